@@ -1,0 +1,48 @@
+//! `--config FILE` (repeatable) for the daemon.json-format mirror configuration, and the default
+//! files read when none is given.
+
+use std::path::PathBuf;
+
+use crate::cli::BadInput;
+use crate::config::{ConfigSource, MirrorConfig};
+
+/// Read, in this order, when no `--config` is given; each only if it exists.
+pub const DEFAULT_FILES: [&str; 2] = ["/etc/docker/daemon.json", "/etc/regmirror/mirrors.json"];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MirrorConfigArgs {
+    /// A daemon.json-format file with mirror-registries, registry-mirrors and insecure-registries.
+    /// Repeatable. Default: /etc/docker/daemon.json then /etc/regmirror/mirrors.json, if present.
+    #[arg(long = "config", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+impl MirrorConfigArgs {
+    /// Reads and validates the configuration. Warnings are printed to stderr.
+    pub fn load(&self) -> anyhow::Result<MirrorConfig> {
+        let paths: Vec<PathBuf> = if self.files.is_empty() {
+            DEFAULT_FILES
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| p.exists())
+                .collect()
+        } else {
+            self.files.clone()
+        };
+        let mut texts = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+            texts.push((path.display().to_string(), text));
+        }
+        let sources: Vec<ConfigSource<'_>> = texts
+            .iter()
+            .map(|(path, text)| ConfigSource { path, text })
+            .collect();
+        let config = MirrorConfig::from_sources(&sources).map_err(|e| BadInput(e.to_string()))?;
+        for warning in &config.warnings {
+            eprintln!("warning: {warning}");
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,76 @@
+//! The command line: one file per subcommand. The only layer that prints or exits.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad input (an invalid reference, configuration or
+//! argument), with the reason on stderr.
+
+mod check;
+mod mirror_config;
+mod resolve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An error caused by what the user gave us: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "regmirror",
+    version,
+    about = "Ordered registry mirrors for Docker, containerd and podman"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the ordered endpoints (mirrors, then origin) a pull of IMAGE tries, and why.
+    Resolve(resolve::Args),
+    /// Validate the mirror configuration and print its warnings.
+    Check(check::Args),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing();
+    let result = match cli.command {
+        Command::Resolve(args) => resolve::run(args),
+        Command::Check(args) => check::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("regmirror: {e:#}");
+            if e.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,143 @@
+//! `regmirror resolve`: which endpoints a pull of an image tries, in order, and why.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::BadInput;
+use super::mirror_config::MirrorConfigArgs;
+use crate::reference::ImageRef;
+use crate::resolve::{Endpoints, MatchKind, Resolver, Role, TlsMode};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: MirrorConfigArgs,
+    /// Print exactly one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// The image reference, as given to `docker pull`.
+    image: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let image =
+        ImageRef::parse(&args.image).map_err(|e| BadInput(format!("{:?}: {e}", args.image)))?;
+    let resolver = Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;
+    let endpoints = resolver.resolve(&image);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Report::new(&image, &endpoints))?
+        );
+    } else {
+        print!("{}", table(&image, &endpoints));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--json` document.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    reference: String,
+    registry: &'a str,
+    repository: &'a str,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+    rule: Option<&'a str>,
+    endpoints: Vec<EndpointReport<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct EndpointReport<'a> {
+    url: &'a str,
+    role: Role,
+    tls: TlsMode,
+    ns: Option<&'a str>,
+    source: &'a str,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(image: &'a ImageRef, endpoints: &'a Endpoints) -> Self {
+        Report {
+            reference: image.to_string(),
+            registry: &endpoints.registry,
+            repository: image.repository(),
+            tag: image.tag(),
+            digest: image.digest().map(|d| d.as_str()),
+            rule: endpoints.rule.as_ref().map(|r| &*r.domain),
+            endpoints: endpoints
+                .endpoints
+                .iter()
+                .map(|e| EndpointReport {
+                    url: &e.url,
+                    role: e.role,
+                    tls: e.tls,
+                    ns: e.ns.as_deref(),
+                    source: &e.source,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The human-readable form.
+fn table(image: &ImageRef, endpoints: &Endpoints) -> String {
+    let mut out = String::new();
+    let rule = match &endpoints.rule {
+        Some(rule) => {
+            let why = match rule.kind {
+                MatchKind::Exact => "exact match",
+                MatchKind::Pattern => "longest matching pattern",
+                MatchKind::CatchAll => "catch-all: no exact or pattern rule matched",
+            };
+            format!("{} ({why}; {})", rule.domain, rule.location)
+        }
+        None => "none: no rule matches, the origin is the only endpoint".to_owned(),
+    };
+    let _ = writeln!(out, "image       {image}");
+    let _ = writeln!(out, "registry    {}", endpoints.registry);
+    let _ = writeln!(out, "repository  {}", image.repository());
+    let _ = writeln!(out, "rule        {rule}");
+    let _ = writeln!(out);
+    let header = ["#", "ROLE", "TLS", "URL", "NS", "WHY"];
+    let rows: Vec<[String; 6]> = endpoints
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            [
+                (i + 1).to_string(),
+                e.role.as_str().to_owned(),
+                e.tls.as_str().to_owned(),
+                e.url.to_string(),
+                e.ns.as_deref().unwrap_or("-").to_owned(),
+                e.source.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut line = |cells: [&str; 6]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}

@@ -1,0 +1,66 @@
+//! Configuration models and their validation. Pure: callers read files and hand over text.
+//!
+//! - [`mirrors`]: the daemon.json-format mirror configuration (`mirror-registries`,
+//!   `registry-mirrors`, `insecure-registries`) shared by every subcommand.
+//!
+//! Every error and warning is a [`Diagnostic`] that names file, line, column and field.
+
+pub mod json_span;
+pub mod mirrors;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use mirrors::{
+    ConfigSource, DomainPattern, InsecureRegistries, Mirror, MirrorConfig, MirrorRule, MirrorUrl,
+    Scheme,
+};
+
+/// Where a value came from: file, 1-based line and column, and the field's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: Arc<str>,
+    pub line: usize,
+    pub column: usize,
+    /// `mirror-registries[0].mirrors[1]` style path of the field.
+    pub field: String,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A located error or warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}",
+            self.location, self.location.field, self.message
+        )
+    }
+}
+
+/// Every error found in a configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! From mirror rules to the ordered endpoints a pull tries: mirrors first, the origin last.
+//!
+//! [`ResolverBuilder`] compiles a [`MirrorConfig`] once into an immutable [`Resolver`];
+//! [`Resolver::resolve`] then answers per image reference without I/O, DNS or locks.
+//!
+//! Precedence, most specific first:
+//! 1. an exact `host[:port]` rule (port-sensitive; Docker Hub's three names are one registry);
+//! 2. `*.suffix` patterns, matched against the whole `host[:port]`; the longest pattern wins;
+//! 3. `*`.
+//!
+//! The seed's patched engine let `*` beat an exact rule; regmirror deliberately does not: a rule
+//! written for one registry is never overridden by the catch-all.
+//!
+//! After the rule's mirrors come, for Docker Hub only, `registry-mirrors`, then the origin
+//! (`https://registry-1.docker.io` for the Hub). An insecure origin is tried as https without
+//! certificate checks, then as plain http, as dockerd does.
+
+mod insecure;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::config::mirrors::canonical_registry;
+use crate::config::{DomainPattern, Mirror, MirrorConfig, Scheme};
+use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST, ImageRef};
+pub use insecure::InsecureMatcher;
+
+/// How to speak TLS to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain http.
+    None,
+    /// https with certificate verification.
+    Verify,
+    /// https without certificate verification (an insecure registry).
+    SkipVerify,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::None => "none",
+            TlsMode::Verify => "verify",
+            TlsMode::SkipVerify => "skip-verify",
+        }
+    }
+}
+
+/// Whether an endpoint is a mirror or the registry itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Mirror,
+    Origin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mirror => "mirror",
+            Role::Origin => "origin",
+        }
+    }
+}
+
+/// Which kind of rule matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatchKind {
+    Exact,
+    Pattern,
+    CatchAll,
+}
+
+/// The rule that decided an image's mirrors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// The rule's domain as configured: `reg.test1.com`, `*.example.com` or `*`.
+    pub domain: Arc<str>,
+    pub kind: MatchKind,
+    /// `file:line:column` of the rule.
+    pub location: Arc<str>,
+}
+
+/// One place to try, with everything a client needs to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `scheme://host[:port][/api-root]`, no trailing slash; `/v2/…` follows it.
+    pub url: Arc<str>,
+    /// `host[:port]` of the endpoint: what TLS names and credentials are looked up by.
+    pub authority: Arc<str>,
+    pub role: Role,
+    pub tls: TlsMode,
+    /// For mirrors, the origin registry (`?ns=` / `domain` header): `docker.io` for the Hub.
+    pub ns: Option<Arc<str>>,
+    /// The repository path to request: `library/nginx`.
+    pub repository: Arc<str>,
+    /// Why this endpoint is in the list.
+    pub source: Arc<str>,
+}
+
+/// The ordered endpoints for one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The registry as matched: lowercase, `docker.io` for the Hub.
+    pub registry: Arc<str>,
+    pub rule: Option<RuleMatch>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Endpoints {
+    pub fn mirrors(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().filter(|e| e.role == Role::Mirror)
+    }
+}
+
+/// Why the resolver could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("pattern {pattern:?} ({location}): {message}")]
+    Pattern {
+        pattern: String,
+        location: String,
+        message: String,
+    },
+}
+
+/// A mirror with its TLS mode decided at build time.
+#[derive(Debug)]
+struct CompiledMirror {
+    url: Arc<str>,
+    authority: Arc<str>,
+    /// True when the URL has no API root, so it may be the origin itself for some registry.
+    bare: bool,
+    tls: TlsMode,
+    source: Arc<str>,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    matched: RuleMatch,
+    mirrors: Vec<CompiledMirror>,
+}
+
+/// Collects configuration, then compiles it into a [`Resolver`].
+#[derive(Debug, Default)]
+pub struct ResolverBuilder {
+    config: MirrorConfig,
+}
+
+impl ResolverBuilder {
+    pub fn new(config: MirrorConfig) -> Self {
+        ResolverBuilder { config }
+    }
+
+    pub fn build(self) -> Result<Resolver, BuildError> {
+        let insecure = InsecureMatcher::new(&self.config.insecure_registries);
+        let compile_mirror = |mirror: &Mirror, source: String| CompiledMirror {
+            url: Arc::from(mirror.url.to_string()),
+            authority: Arc::from(mirror.url.authority()),
+            bare: mirror.url.api_root().is_empty(),
+            tls: match mirror.url.scheme() {
+                Scheme::Http => TlsMode::None,
+                Scheme::Https if insecure.is_insecure(mirror.url.authority()) => {
+                    TlsMode::SkipVerify
+                }
+                Scheme::Https => TlsMode::Verify,
+            },
+            source: Arc::from(source),
+        };
+        let mut exact = HashMap::new();
+        let mut patterns = Vec::new();
+        let mut glob_set = GlobSetBuilder::new();
+        let mut catch_all = None;
+        for rule in &self.config.rules {
+            let kind = match rule.domain {
+                DomainPattern::Exact(_) => MatchKind::Exact,
+                DomainPattern::Suffix(_) => MatchKind::Pattern,
+                DomainPattern::Any => MatchKind::CatchAll,
+            };
+            let mirrors = rule
+                .mirrors
+                .iter()
+                .map(|m| compile_mirror(m, format!("{} {}", m.location, m.location.field)))
+                .collect();
+            let compiled = CompiledRule {
+                matched: RuleMatch {
+                    domain: Arc::from(rule.domain.as_str()),
+                    kind,
+                    location: Arc::from(rule.location.to_string()),
+                },
+                mirrors,
+            };
+            match &rule.domain {
+                DomainPattern::Exact(host) => {
+                    exact.insert(host.clone(), compiled);
+                }
+                DomainPattern::Suffix(pattern) => {
+                    let glob = Glob::new(pattern).map_err(|e| BuildError::Pattern {
+                        pattern: pattern.clone(),
+                        location: rule.location.to_string(),
+                        message: e.to_string(),
+                    })?;
+                    glob_set.add(glob);
+                    patterns.push(compiled);
+                }
+                DomainPattern::Any => catch_all = Some(compiled),
+            }
+        }
+        let glob_set = glob_set.build().map_err(|e| BuildError::Pattern {
+            pattern: String::new(),
+            location: String::new(),
+            message: e.to_string(),
+        })?;
+        let hub_mirrors = self
+            .config
+            .registry_mirrors
+            .iter()
+            .map(|m| compile_mirror(m, format!("{} {}", m.location, m.location.field)))
+            .collect();
+        Ok(Resolver {
+            exact,
+            patterns,
+            glob_set,
+            catch_all,
+            hub_mirrors,
+            insecure,
+            hub: HubOrigin {
+                url: Arc::from(format!("https://{DOCKER_HUB_API_HOST}")),
+                authority: Arc::from(DOCKER_HUB_API_HOST),
+                ns: Arc::from(DOCKER_HUB),
+            },
+        })
+    }
+}
+
+#[derive(Debug)]
+struct HubOrigin {
+    url: Arc<str>,
+    authority: Arc<str>,
+    ns: Arc<str>,
+}
+
+/// Compiled rules. Cheap to share (`Arc<Resolver>`), immutable, no I/O.
+#[derive(Debug)]
+pub struct Resolver {
+    exact: HashMap<String, CompiledRule>,
+    patterns: Vec<CompiledRule>,
+    glob_set: GlobSet,
+    catch_all: Option<CompiledRule>,
+    hub_mirrors: Vec<CompiledMirror>,
+    insecure: InsecureMatcher,
+    hub: HubOrigin,
+}
+
+impl Resolver {
+    /// Compiles a configuration; shorthand for [`ResolverBuilder::build`].
+    pub fn new(config: MirrorConfig) -> Result<Self, BuildError> {
+        ResolverBuilder::new(config).build()
+    }
+
+    /// The ordered endpoints for `image`.
+    pub fn resolve(&self, image: &ImageRef) -> Endpoints {
+        self.resolve_repository(image.registry(), image.repository())
+    }
+
+    /// The ordered endpoints for `repository` on `registry` (`host[:port]`, any Hub spelling).
+    pub fn resolve_repository(&self, registry: &str, repository: &str) -> Endpoints {
+        let registry = canonical_registry(registry);
+        let rule = self.rule_for(&registry);
+        let is_hub = registry == DOCKER_HUB;
+        let repository: Arc<str> = Arc::from(repository);
+        let (origin_url, origin_authority, ns): (Arc<str>, Arc<str>, Arc<str>) = if is_hub {
+            (
+                self.hub.url.clone(),
+                self.hub.authority.clone(),
+                self.hub.ns.clone(),
+            )
+        } else {
+            let ns: Arc<str> = Arc::from(registry.as_str());
+            (Arc::from(format!("https://{registry}")), ns.clone(), ns)
+        };
+
+        let rule_mirrors = rule.map(|r| r.mirrors.as_slice()).unwrap_or_default();
+        let hub_mirrors = if is_hub {
+            self.hub_mirrors.as_slice()
+        } else {
+            &[]
+        };
+        let mut endpoints = Vec::with_capacity(rule_mirrors.len() + hub_mirrors.len() + 2);
+        for mirror in rule_mirrors.iter().chain(hub_mirrors) {
+            let is_origin = mirror.bare
+                && (*mirror.authority == *origin_authority || *mirror.authority == *registry);
+            if is_origin || endpoints.iter().any(|e: &Endpoint| e.url == mirror.url) {
+                continue;
+            }
+            endpoints.push(Endpoint {
+                url: mirror.url.clone(),
+                authority: mirror.authority.clone(),
+                role: Role::Mirror,
+                tls: mirror.tls,
+                ns: Some(ns.clone()),
+                repository: repository.clone(),
+                source: mirror.source.clone(),
+            });
+        }
+        let origin = |url: Arc<str>, tls: TlsMode, source: &str| Endpoint {
+            url,
+            authority: origin_authority.clone(),
+            role: Role::Origin,
+            tls,
+            ns: None,
+            repository: repository.clone(),
+            source: Arc::from(source),
+        };
+        match self.insecure.why_insecure(&registry).filter(|_| !is_hub) {
+            Some(why) => {
+                endpoints.push(origin(origin_url, TlsMode::SkipVerify, why));
+                let http = Arc::from(format!("http://{registry}"));
+                endpoints.push(origin(http, TlsMode::None, why));
+            }
+            None => endpoints.push(origin(origin_url, TlsMode::Verify, "origin")),
+        }
+        Endpoints {
+            registry: ns,
+            rule: rule.map(|r| r.matched.clone()),
+            endpoints,
+        }
+    }
+
+    /// The most specific rule for a canonical registry host.
+    fn rule_for(&self, registry: &str) -> Option<&CompiledRule> {
+        if let Some(rule) = self.exact.get(registry) {
+            return Some(rule);
+        }
+        if !self.patterns.is_empty() {
+            let best = self
+                .glob_set
+                .matches(registry)
+                .into_iter()
+                .max_by_key(|&i| (self.patterns[i].matched.domain.len(), std::cmp::Reverse(i)));
+            if let Some(i) = best {
+                return Some(&self.patterns[i]);
+            }
+        }
+        self.catch_all.as_ref()
+    }
+}
+
+impl fmt::Display for MatchKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MatchKind::Exact => "exact",
+            MatchKind::Pattern => "pattern",
+            MatchKind::CatchAll => "catch-all",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
