@@ -1,0 +1,191 @@
+//! `regmirror resolve` and `regmirror check` as a user runs them: output, JSON shape, exit codes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn regmirror(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run regmirror")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn temp_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mirrors.json");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn resolve_json_has_the_documented_shape() {
+    let out = regmirror(&[
+        "resolve",
+        "--config",
+        "contrib/examples/seed-exact.json",
+        "--json",
+        "reg.test1.com/library/nginx:latest",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).expect("exactly one JSON object");
+    assert_eq!(
+        value,
+        serde_json::json!({
+            "reference": "reg.test1.com/library/nginx:latest",
+            "registry": "reg.test1.com",
+            "repository": "library/nginx",
+            "tag": "latest",
+            "digest": null,
+            "rule": "reg.test1.com",
+            "endpoints": [
+                {"url": "http://mirror.test1.com", "role": "mirror", "tls": "none", "ns": "reg.test1.com",
+                 "source": "contrib/examples/seed-exact.json:5:19 mirror-registries[0].mirrors[0]"},
+                {"url": "https://mirror.test2.com", "role": "mirror", "tls": "verify", "ns": "reg.test1.com",
+                 "source": "contrib/examples/seed-exact.json:5:46 mirror-registries[0].mirrors[1]"},
+                {"url": "https://reg.test1.com", "role": "origin", "tls": "verify", "ns": null, "source": "origin"}
+            ]
+        })
+    );
+    assert!(
+        stderr(&out).contains("plain http"),
+        "the http mirror is warned about"
+    );
+}
+
+#[test]
+fn resolve_with_digest_and_no_rule() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let (_dir, path) = temp_config("{}");
+    let out = regmirror(&[
+        "resolve",
+        "--config",
+        path.to_str().unwrap(),
+        "--json",
+        &format!("quay.io/a/b@{digest}"),
+    ]);
+    assert!(out.status.success());
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value["tag"], serde_json::Value::Null);
+    assert_eq!(value["digest"], digest.as_str());
+    assert_eq!(value["rule"], serde_json::Value::Null);
+    assert_eq!(value["endpoints"].as_array().unwrap().len(), 1);
+}
+
+/// README shows `$ regmirror resolve ...` sessions; each must print exactly what README says.
+#[test]
+fn readme_sessions_match_the_binary() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut sessions = 0;
+    let mut lines = readme.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(command) = line.strip_prefix("$ regmirror resolve ") else {
+            continue;
+        };
+        let mut expected = String::new();
+        while let Some(next) = lines.next_if(|l| !l.starts_with("```")) {
+            expected.push_str(next);
+            expected.push('\n');
+        }
+        let mut args = vec!["resolve"];
+        args.extend(command.split_whitespace());
+        let out = regmirror(&args);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+        assert_eq!(
+            stdout(&out),
+            expected,
+            "README output of `regmirror resolve {command}` is stale"
+        );
+        sessions += 1;
+    }
+    assert!(
+        sessions >= 2,
+        "README should show the seed examples' resolve output"
+    );
+}
+
+#[test]
+fn bad_reference_exits_2_with_the_reason() {
+    let (_dir, path) = temp_config("{}");
+    let out = regmirror(&["resolve", "--config", path.to_str().unwrap(), "Nginx"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("must be lowercase"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn bad_config_exits_2_naming_file_line_and_field() {
+    let (_dir, path) = temp_config(
+        "{\n  \"mirror-registries\": [\n    {\"domain\": \"reg.io\", \"mirrors\": []}\n  ]\n}\n",
+    );
+    for command in ["check", "resolve"] {
+        let mut args = vec![command, "--config", path.to_str().unwrap()];
+        if command == "resolve" {
+            args.push("nginx");
+        }
+        let out = regmirror(&args);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let expected = format!(
+            "{}:3:37: mirror-registries[0].mirrors: must list at least one mirror URL",
+            path.display()
+        );
+        assert!(
+            stderr(&out).contains(&expected),
+            "{command}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let out = regmirror(&["check", "--config", "/nonexistent/mirrors.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/nonexistent/mirrors.json: cannot read"));
+}
+
+#[test]
+fn check_accepts_valid_files_and_prints_warnings() {
+    let out = regmirror(&[
+        "check",
+        "--config",
+        "contrib/examples/seed-catch-all.json",
+        "--config",
+        "contrib/examples/fleet.json",
+    ]);
+    // Both files define "*": that is an error naming both places.
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("configured twice: here and at contrib/examples/seed-catch-all.json")
+    );
+
+    let out = regmirror(&["check", "--config", "contrib/examples/fleet.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("ok: 4 mirror rule(s)"));
+    assert!(
+        stderr(&out).contains("CIDR 10.20.0.0/16"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(regmirror(&["resolve"]).status.code(), Some(2));
+    assert_eq!(regmirror(&["no-such-command"]).status.code(), Some(2));
+    assert!(regmirror(&["--help"]).status.success());
+}
