@@ -22,7 +22,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod reference;
+pub mod registry;
 pub mod resolve;
+pub mod upstream;

@@ -6,6 +6,7 @@
 mod check;
 mod mirror_config;
 mod resolve;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ enum Command {
     Resolve(resolve::Args),
     /// Validate the mirror configuration and print its warnings.
     Check(check::Args),
+    /// Run the multi-upstream pull-through cache (the mirror target).
+    Serve(serve::Args),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -48,10 +51,16 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_tracing();
     let result = match cli.command {
-        Command::Resolve(args) => resolve::run(args),
-        Command::Check(args) => check::run(args),
+        Command::Resolve(args) => {
+            init_tracing("warn");
+            resolve::run(args)
+        }
+        Command::Check(args) => {
+            init_tracing("warn");
+            check::run(args)
+        }
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
@@ -66,11 +75,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr; `REGMIRROR_LOG` (an EnvFilter directive) overrides `default_level`.
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

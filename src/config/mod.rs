@@ -2,11 +2,16 @@
 //!
 //! - [`mirrors`]: the daemon.json-format mirror configuration (`mirror-registries`,
 //!   `registry-mirrors`, `insecure-registries`) shared by every subcommand.
+//! - [`cache`]: the cache server's distribution-compatible `config.yml`.
 //!
 //! Every error and warning is a [`Diagnostic`] that names file, line, column and field.
 
+pub mod cache;
+mod credentials;
 pub mod json_span;
 pub mod mirrors;
+
+pub use credentials::Credentials;
 
 use std::fmt;
 use std::sync::Arc;

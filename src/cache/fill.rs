@@ -1,0 +1,357 @@
+//! Single-flight blob fills, and the reader that streams a blob while it is being filled.
+//!
+//! The first request for a missing blob starts a [`Fill`]: a task of its own (a client hanging up
+//! cancels nothing) that streams the upstream body into a temp file while hashing it, and
+//! publishes the count of bytes written through a `watch` channel. Every request for the same
+//! digest — concurrent, late, or with a `Range` — joins that fill and reads the temp file through
+//! the shared file handle as bytes arrive. At the end the size and digest are checked, the file is
+//! fsynced and renamed into the store. On a mismatch or an upstream failure the fill fails:
+//! every reader's body ends with an error (so the client sees a cut connection, never a clean
+//! short body), the temp file is deleted and nothing is recorded.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use super::meta::Metadata;
+use super::store::BlobStore;
+use crate::reference::Digest;
+use crate::registry::{ErrorCode, RegistryError};
+
+/// Largest read a blob reader makes at once.
+const READ_CHUNK: u64 = 1 << 20;
+
+/// Progress of a fill.
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Bytes `0..written` are in the temp file; `size` is the upstream's Content-Length.
+    Streaming { size: Option<u64>, written: u64 },
+    /// Verified and committed.
+    Done { size: u64 },
+    /// `started` tells whether any byte was published before the failure.
+    Failed { error: RegistryError, started: bool },
+}
+
+/// One in-flight download.
+#[derive(Debug)]
+pub struct Fill {
+    file: Arc<File>,
+    state: watch::Receiver<FillState>,
+}
+
+impl Fill {
+    pub fn subscribe(&self) -> watch::Receiver<FillState> {
+        self.state.clone()
+    }
+
+    /// Waits until the upstream answered: returns the expected size, or the error.
+    pub async fn started(&self) -> Result<Option<u64>, RegistryError> {
+        let mut rx = self.state.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                FillState::Connecting => {}
+                FillState::Streaming { size, .. } => return Ok(*size),
+                FillState::Done { size } => return Ok(Some(*size)),
+                FillState::Failed { error, .. } => return Err(error.clone()),
+            }
+            if rx.changed().await.is_err() {
+                return Err(RegistryError::new(ErrorCode::Unavailable, "fill abandoned"));
+            }
+        }
+    }
+
+    /// A body stream of bytes `start..end` (end exclusive; `None` = to the end of the blob).
+    pub fn reader(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        read_stream(self.file.clone(), start, end, Some(self.state.clone()))
+    }
+}
+
+/// The body of a committed blob file, bytes `start..end`.
+pub fn file_reader(
+    file: File,
+    start: u64,
+    end: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    read_stream(Arc::new(file), start, Some(end), None)
+}
+
+struct ReadState {
+    file: Arc<File>,
+    pos: u64,
+    end: Option<u64>,
+    progress: Option<watch::Receiver<FillState>>,
+}
+
+fn read_stream(
+    file: Arc<File>,
+    start: u64,
+    end: Option<u64>,
+    progress: Option<watch::Receiver<FillState>>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let state = ReadState {
+        file,
+        pos: start,
+        end,
+        progress,
+    };
+    futures_util::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        match next_chunk(&mut state).await {
+            Ok(Some(bytes)) => Some((Ok(bytes), Some(state))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed()
+}
+
+async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
+    loop {
+        // How far the file is readable now, and whether that is final.
+        let (available, complete) = match &mut state.progress {
+            None => (state.end.unwrap_or(u64::MAX), true),
+            Some(rx) => match &*rx.borrow_and_update() {
+                FillState::Connecting => (0, false),
+                FillState::Streaming { written, .. } => (*written, false),
+                FillState::Done { size } => (*size, true),
+                FillState::Failed { error, .. } => {
+                    return Err(io::Error::other(format!("upstream fill failed: {error}")));
+                }
+            },
+        };
+        let limit = state.end.map_or(available, |end| end.min(available));
+        if state.pos < limit {
+            let len = (limit - state.pos).min(READ_CHUNK) as usize;
+            let file = state.file.clone();
+            let pos = state.pos;
+            let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+                let mut buf = vec![0u8; len];
+                let mut filled = 0;
+                while filled < len {
+                    let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buf.truncate(filled);
+                Ok(buf)
+            })
+            .await
+            .map_err(io::Error::other)??;
+            if bytes.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob file shorter than recorded",
+                ));
+            }
+            state.pos += bytes.len() as u64;
+            return Ok(Some(Bytes::from(bytes)));
+        }
+        if complete || state.end.is_some_and(|end| state.pos >= end) {
+            return Ok(None);
+        }
+        let rx = state
+            .progress
+            .as_mut()
+            .expect("incomplete reads follow a fill");
+        if rx.changed().await.is_err() {
+            // The fill task ended; its last state is still readable.
+            let last = rx.borrow().clone();
+            if !matches!(last, FillState::Done { .. } | FillState::Failed { .. }) {
+                return Err(io::Error::other("upstream fill ended without finishing"));
+            }
+        }
+    }
+}
+
+/// What the fill task needs from the upstream: a response whose status was checked.
+pub type UpstreamBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// The in-flight fills by digest.
+#[derive(Debug, Default)]
+pub struct Fills {
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+impl Fills {
+    /// The fill in flight for `digest`, if any.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.lock().get(digest).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<Fill>>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of fills in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Joins the fill for `digest`, or starts one with `fetch`, which must resolve to the
+    /// upstream's size and body (or the registry error to report). Returns the fill and whether
+    /// this call started it.
+    pub fn join_or_start<F>(
+        self: &Arc<Self>,
+        digest: &Digest,
+        store: Arc<BlobStore>,
+        meta: Arc<Metadata>,
+        fetch: F,
+    ) -> io::Result<(Arc<Fill>, bool)>
+    where
+        F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>> + Send + 'static,
+    {
+        let mut inflight = self.lock();
+        if let Some(fill) = inflight.get(digest) {
+            return Ok((fill.clone(), false));
+        }
+        if let Some(size) = store.size(digest) {
+            // Committed between the caller's check and now.
+            let (_tx, rx) = watch::channel(FillState::Done { size });
+            let file = File::open(store.path(digest))?;
+            return Ok((
+                Arc::new(Fill {
+                    file: Arc::new(file),
+                    state: rx,
+                }),
+                false,
+            ));
+        }
+        let temp = store.temp_path();
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&temp)?,
+        );
+        let (tx, rx) = watch::channel(FillState::Connecting);
+        let fill = Arc::new(Fill {
+            file: file.clone(),
+            state: rx,
+        });
+        inflight.insert(digest.clone(), fill.clone());
+        drop(inflight);
+        let task = FillTask {
+            fills: self.clone(),
+            digest: digest.clone(),
+            temp,
+            file,
+            tx,
+            store,
+            meta,
+        };
+        tokio::spawn(task.run(fetch));
+        Ok((fill, true))
+    }
+}
+
+struct FillTask {
+    fills: Arc<Fills>,
+    digest: Digest,
+    temp: PathBuf,
+    file: Arc<File>,
+    tx: watch::Sender<FillState>,
+    store: Arc<BlobStore>,
+    meta: Arc<Metadata>,
+}
+
+impl FillTask {
+    async fn run<F>(self, fetch: F)
+    where
+        F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
+    {
+        let mut started = false;
+        let result = self.download(fetch, &mut started).await;
+        // Leave the in-flight map before announcing the end: a request arriving after this
+        // point finds the committed file (or starts afresh after a failure).
+        self.fills.lock().remove(&self.digest);
+        match result {
+            Ok(size) => {
+                tracing::debug!(digest = %self.digest, size, "fill committed");
+                self.tx.send_replace(FillState::Done { size });
+            }
+            Err(error) => {
+                tracing::warn!(digest = %self.digest, %error, "fill failed");
+                let _ = std::fs::remove_file(&self.temp);
+                self.tx.send_replace(FillState::Failed { error, started });
+            }
+        }
+    }
+
+    async fn download<F>(&self, fetch: F, started: &mut bool) -> Result<u64, RegistryError>
+    where
+        F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
+    {
+        let (size, mut body) = fetch.await?;
+        self.tx
+            .send_replace(FillState::Streaming { size, written: 0 });
+        *started = true;
+        let fail = |message: String| RegistryError::new(ErrorCode::Unavailable, message);
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| fail(format!("upstream body of {} broke: {e}", self.digest)))?;
+            if size.is_some_and(|size| written + chunk.len() as u64 > size) {
+                return Err(fail(format!(
+                    "upstream sent more than {} bytes for {}",
+                    size.unwrap_or(0),
+                    self.digest
+                )));
+            }
+            hasher.update(&chunk);
+            (&*self.file)
+                .write_all(&chunk)
+                .map_err(|e| fail(format!("cannot write the cache: {e}")))?;
+            written += chunk.len() as u64;
+            self.tx.send_replace(FillState::Streaming { size, written });
+        }
+        if size.is_some_and(|size| size != written) {
+            return Err(fail(format!(
+                "upstream body of {} ended at {written} of {} bytes",
+                self.digest,
+                size.unwrap_or(0)
+            )));
+        }
+        let actual = Digest::sha256_from_bytes(&hasher.finalize());
+        if actual != self.digest {
+            return Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                format!(
+                    "upstream sent content with digest {actual} for {}",
+                    self.digest
+                ),
+            ));
+        }
+        let file = self.file.clone();
+        let store = self.store.clone();
+        let meta = self.meta.clone();
+        let temp = self.temp.clone();
+        let digest = self.digest.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            file.sync_all().map_err(|e| e.to_string())?;
+            store.commit(&temp, &digest).map_err(|e| e.to_string())?;
+            meta.put_blob(&digest, written).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("cannot commit {}: {e}", self.digest)))?;
+        Ok(written)
+    }
+}

@@ -1,0 +1,502 @@
+//! The cache's HTTP surface: one handler that parses the `/v2/` path into a [`V2Request`] and
+//! serves it from the store, joining or starting upstream fills on a miss.
+//!
+//! Every `/v2/` response carries `Docker-Distribution-API-Version`; every error is OCI error JSON
+//! (built in [`error_response`] only); every request is logged once with its repository,
+//! reference, cache result, upstream and duration.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt as _;
+
+use super::App;
+use super::manifest::CachedManifest;
+use super::metrics::Source;
+use super::range::{ByteRange, parse_range};
+use super::routing::Route;
+use crate::reference::Digest;
+use crate::registry::route::{self, ManifestRef, V2Request};
+use crate::registry::{
+    API_VERSION, API_VERSION_HEADER, CONTENT_DIGEST_HEADER, ErrorCode, RegistryError,
+};
+
+/// What the request log records about how a request was served.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub cache: &'static str,
+    pub upstream: Option<String>,
+    pub repository: Option<String>,
+    pub reference: Option<String>,
+}
+
+/// The one entry point for every request.
+pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
+    let started = Instant::now();
+    let (request, _body) = request.into_parts();
+    let method = request.method.clone();
+    let path = request.uri.path().to_owned();
+    let mut outcome = Outcome::default();
+    let mut response = match path.as_str() {
+        "/healthz" => text_response(StatusCode::OK, "text/plain", "ok\n"),
+        "/metrics" => text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            &app.metrics.render(app.fills.in_flight()),
+        ),
+        _ => {
+            let mut response = match registry(&app, &request, &mut outcome).await {
+                Ok(response) => response,
+                Err(error) => {
+                    outcome.cache = "error";
+                    app.metrics.error(error.code.as_str());
+                    error_response(&error, method == Method::HEAD)
+                }
+            };
+            response
+                .headers_mut()
+                .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+            response
+        }
+    };
+    for (name, value) in &app.extra_headers {
+        response.headers_mut().append(name, value.clone());
+    }
+    tracing::info!(
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        repository = outcome.repository.as_deref().unwrap_or("-"),
+        reference = outcome.reference.as_deref().unwrap_or("-"),
+        cache = if outcome.cache.is_empty() { "-" } else { outcome.cache },
+        upstream = outcome.upstream.as_deref().unwrap_or("-"),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+async fn registry(
+    app: &App,
+    request: &Parts,
+    outcome: &mut Outcome,
+) -> Result<Response, RegistryError> {
+    let parsed = route::parse(request.uri.path())?;
+    let method = &request.method;
+    let head = *method == Method::HEAD;
+    let query = Query::parse(request.uri.query());
+    let route_for = |name: &str| {
+        let domain = request.headers.get("domain").and_then(|v| v.to_str().ok());
+        app.router.route(name, query.ns.as_deref(), domain)
+    };
+    match (&parsed, method.clone()) {
+        (V2Request::Base, Method::GET | Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, "{}".into(), head))
+        }
+        (V2Request::Catalog, Method::GET) => catalog(app, &query),
+        (V2Request::Tags { name }, Method::GET) => {
+            let route = route_for(name)?;
+            note(outcome, &route, None);
+            tags(app, &route, name, &query).await
+        }
+        (V2Request::Manifest { name, reference }, Method::GET | Method::HEAD) => {
+            let route = route_for(name)?;
+            note(outcome, &route, Some(reference.as_str()));
+            let (manifest, warning) = match reference {
+                ManifestRef::Digest(digest) => {
+                    (app.manifest_by_digest(&route, digest, outcome).await?, None)
+                }
+                ManifestRef::Tag(tag) => app.manifest_by_tag(&route, tag, outcome).await?,
+            };
+            Ok(manifest_response(&manifest, head, warning))
+        }
+        (V2Request::Blob { name, digest }, Method::GET | Method::HEAD) => {
+            let route = route_for(name)?;
+            note(outcome, &route, Some(digest.as_str()));
+            let range = request
+                .headers
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            blob(app, &route, digest, head, range.as_deref(), outcome).await
+        }
+        (V2Request::Upload { .. } | V2Request::Manifest { .. } | V2Request::Blob { .. }, _) => {
+            Err(RegistryError::new(
+                ErrorCode::Denied,
+                "this registry is a pull-through cache: pushes and deletes are not accepted",
+            ))
+        }
+        _ => Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            format!("{method} is not supported here"),
+        )),
+    }
+}
+
+fn note(outcome: &mut Outcome, route: &Route, reference: Option<&str>) {
+    outcome.upstream = Some(route.upstream.name.clone());
+    outcome.repository = Some(route.repository.clone());
+    outcome.reference = reference.map(str::to_owned);
+}
+
+/// The query parameters the registry API uses.
+#[derive(Debug, Default)]
+struct Query {
+    ns: Option<String>,
+    n: Option<usize>,
+    last: Option<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        let mut parsed = Query::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "ns" => parsed.ns = Some(value.into_owned()),
+                "n" => parsed.n = value.parse().ok(),
+                "last" => parsed.last = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// Sorted names after `last`, at most `n`, and the `Link` to the next page.
+fn paginate(mut names: Vec<String>, query: &Query, path: &str) -> (Vec<String>, Option<String>) {
+    names.sort();
+    names.dedup();
+    if let Some(last) = &query.last {
+        names.retain(|name| name > last);
+    }
+    match query.n {
+        Some(n) if names.len() > n => {
+            names.truncate(n);
+            let last = names.last().cloned().unwrap_or_default();
+            let link = format!(
+                "<{path}?n={n}&last={}>; rel=\"next\"",
+                url::form_urlencoded::byte_serialize(last.as_bytes()).collect::<String>()
+            );
+            (names, Some(link))
+        }
+        _ => (names, None),
+    }
+}
+
+fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
+    let repositories = app.meta.repositories().map_err(internal)?;
+    let names = repositories
+        .iter()
+        .map(|(upstream, repository)| app.router.catalog_name(upstream, repository))
+        .collect();
+    let (names, link) = paginate(names, query, "/v2/_catalog");
+    let body = serde_json::json!({ "repositories": names }).to_string();
+    let mut response = json_response(StatusCode::OK, body, false);
+    if let Some(link) = link {
+        response.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&link).map_err(internal)?,
+        );
+    }
+    Ok(response)
+}
+
+async fn tags(
+    app: &App,
+    route: &Route,
+    name: &str,
+    query: &Query,
+) -> Result<Response, RegistryError> {
+    let mut names = app
+        .meta
+        .tags(&route.upstream.name, &route.repository)
+        .map_err(internal)?;
+    let upstream = app.upstream_tags(route).await;
+    let reachable = upstream.is_ok();
+    match upstream {
+        Ok(tags) => names.extend(tags),
+        Err(e) if names.is_empty() => return Err(e),
+        Err(e) => tracing::warn!(error = %e, "tag list from cache only"),
+    }
+    let (tags, link) = paginate(names, query, &format!("/v2/{name}/tags/list"));
+    let body = serde_json::json!({ "name": name, "tags": tags }).to_string();
+    let mut response = json_response(StatusCode::OK, body, false);
+    if let Some(link) = link {
+        response.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&link).map_err(internal)?,
+        );
+    }
+    if !reachable {
+        response.headers_mut().insert(
+            header::WARNING,
+            HeaderValue::from_static(
+                "110 regmirror \"upstream unreachable: tags from cache only\"",
+            ),
+        );
+    }
+    Ok(response)
+}
+
+async fn blob(
+    app: &App,
+    route: &Route,
+    digest: &Digest,
+    head: bool,
+    range: Option<&str>,
+    outcome: &mut Outcome,
+) -> Result<Response, RegistryError> {
+    let cached = app.committed_blob(digest)?;
+    if cached.is_some() || app.fills.get(digest).is_some() {
+        app.require_access(route, digest, ErrorCode::BlobUnknown)
+            .await?;
+    }
+    if let Some((file, size)) = cached {
+        outcome.cache = "hit";
+        app.metrics.request("blob", "hit");
+        let (status, span) = match resolve_range(range, Some(size))? {
+            Some(span) => (StatusCode::PARTIAL_CONTENT, span),
+            None => (
+                StatusCode::OK,
+                ByteRange {
+                    start: 0,
+                    end: size,
+                },
+            ),
+        };
+        let body = if head {
+            Body::empty()
+        } else {
+            let metrics = app.metrics.clone();
+            Body::from_stream(
+                super::fill::file_reader(file, span.start, span.end).inspect(move |chunk| {
+                    if let Ok(bytes) = chunk {
+                        metrics.bytes(Source::Cache, bytes.len() as u64);
+                    }
+                }),
+            )
+        };
+        return Ok(blob_response(status, digest, span, Some(size), body));
+    }
+    if head {
+        outcome.cache = "miss";
+        app.metrics.request("blob", "miss");
+        let size = app.upstream_blob_size(route, digest).await?;
+        let span = ByteRange {
+            start: 0,
+            end: size,
+        };
+        return Ok(blob_response(
+            StatusCode::OK,
+            digest,
+            span,
+            Some(size),
+            Body::empty(),
+        ));
+    }
+    let (fill, started) = app.start_fill(route, digest)?;
+    if !started {
+        app.require_access(route, digest, ErrorCode::BlobUnknown)
+            .await?;
+    }
+    outcome.cache = if started { "miss" } else { "joined" };
+    app.metrics.request("blob", outcome.cache);
+    let size = fill.started().await?;
+    let (status, span) = match resolve_range(range, size)? {
+        Some(span) => (StatusCode::PARTIAL_CONTENT, span),
+        None => (
+            StatusCode::OK,
+            ByteRange {
+                start: 0,
+                end: size.unwrap_or(u64::MAX),
+            },
+        ),
+    };
+    let end = size.map(|_| span.end);
+    let metrics = app.metrics.clone();
+    let body = Body::from_stream(fill.reader(span.start, end).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            metrics.bytes(Source::Fill, bytes.len() as u64);
+        }
+    }));
+    Ok(blob_response(status, digest, span, size, body))
+}
+
+/// A `Range` header against a known size: `Ok(None)` serves the whole blob.
+fn resolve_range(
+    range: Option<&str>,
+    size: Option<u64>,
+) -> Result<Option<ByteRange>, RegistryError> {
+    let (Some(range), Some(size)) = (range, size) else {
+        return Ok(None);
+    };
+    match parse_range(range, size) {
+        Ok(span) => Ok(span),
+        Err(()) => Err(RegistryError::new(
+            ErrorCode::RangeInvalid,
+            format!("range {range:?} is not satisfiable for {size} bytes"),
+        )),
+    }
+}
+
+fn blob_response(
+    status: StatusCode,
+    digest: &Digest,
+    span: ByteRange,
+    size: Option<u64>,
+    body: Body,
+) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    insert(headers, CONTENT_DIGEST_HEADER, digest.as_str());
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(size) = size {
+        insert(
+            headers,
+            header::CONTENT_LENGTH.as_str(),
+            &(span.end - span.start).to_string(),
+        );
+        if status == StatusCode::PARTIAL_CONTENT {
+            insert(
+                headers,
+                header::CONTENT_RANGE.as_str(),
+                &format!("bytes {}-{}/{size}", span.start, span.end - 1),
+            );
+        }
+    }
+    response
+}
+
+fn manifest_response(manifest: &CachedManifest, head: bool, warning: Option<String>) -> Response {
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(manifest.bytes.clone())
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    insert(headers, header::CONTENT_TYPE.as_str(), &manifest.media_type);
+    insert(headers, CONTENT_DIGEST_HEADER, manifest.digest.as_str());
+    insert(
+        headers,
+        header::CONTENT_LENGTH.as_str(),
+        &manifest.bytes.len().to_string(),
+    );
+    if let Some(warning) = warning {
+        insert(
+            headers,
+            header::WARNING.as_str(),
+            &format!("110 regmirror \"{}\"", warning.replace('"', "'")),
+        );
+    }
+    response
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+fn json_response(status: StatusCode, body: String, head: bool) -> Response {
+    let length = body.len();
+    let mut response = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    });
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    insert(
+        response.headers_mut(),
+        header::CONTENT_LENGTH.as_str(),
+        &length.to_string(),
+    );
+    response
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: &str) -> Response {
+    let mut response = Response::new(Body::from(body.to_owned()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The one place a [`RegistryError`] becomes an HTTP response.
+pub fn error_response(error: &RegistryError, head: bool) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, error.body(), head);
+    if error.code == ErrorCode::Unauthorized {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"regmirror\""),
+        );
+    }
+    response
+}
+
+pub fn internal(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::new(ErrorCode::Unavailable, format!("internal error: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(n: Option<usize>, last: Option<&str>) -> Query {
+        Query {
+            ns: None,
+            n,
+            last: last.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn pagination() {
+        let names: Vec<String> = ["c", "a", "b", "d", "b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (page, link) = paginate(names.clone(), &query(Some(2), None), "/v2/_catalog");
+        assert_eq!(page, ["a", "b"]);
+        assert_eq!(
+            link.as_deref(),
+            Some("</v2/_catalog?n=2&last=b>; rel=\"next\"")
+        );
+        let (page, link) = paginate(names.clone(), &query(Some(2), Some("b")), "/v2/_catalog");
+        assert_eq!(page, ["c", "d"]);
+        assert_eq!(link, None);
+        let (page, _) = paginate(names, &query(None, None), "/v2/_catalog");
+        assert_eq!(page, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = Query::parse(Some("ns=ghcr.io&n=10&last=a%2Fb&x=1"));
+        assert_eq!(q.ns.as_deref(), Some("ghcr.io"));
+        assert_eq!(q.n, Some(10));
+        assert_eq!(q.last.as_deref(), Some("a/b"));
+    }
+
+    #[test]
+    fn errors_are_oci_json() {
+        let response = error_response(&RegistryError::new(ErrorCode::BlobUnknown, "nope"), false);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,351 @@
+//! The cache's metadata in one transactional file (redb): what survives restarts and crashes
+//! without a directory walk.
+//!
+//! - `tags`: (upstream, repository, tag) -> digest, media type, fetch and validation times;
+//! - `manifests`: digest -> media type and size (the bytes are a blob in the store);
+//! - `links`: (upstream, repository, digest): which repository may read which blob or manifest,
+//!   so private content fetched for one repository is never served to another;
+//! - `blobs`: digest -> size of committed blobs.
+//!
+//! Keys join their parts with U+001F, which no valid name, tag or digest contains.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::reference::Digest;
+
+const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
+const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+const LINKS: TableDefinition<&str, u64> = TableDefinition::new("links");
+const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
+const SEP: char = '\u{1f}';
+
+/// A cached tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: String,
+    pub media_type: String,
+    /// Unix seconds when the upstream last confirmed the tag.
+    pub validated_at: u64,
+}
+
+/// A cached manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A manifest to record, with what it references.
+#[derive(Debug)]
+pub struct NewManifest<'a> {
+    pub upstream: &'a str,
+    pub repository: &'a str,
+    pub tag: Option<&'a str>,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub size: u64,
+    /// Blobs and child manifests it references: linked to the repository too.
+    pub references: &'a [Digest],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cache metadata: {0}")]
+pub struct MetaError(String);
+
+fn err(e: impl std::fmt::Display) -> MetaError {
+    MetaError(e.to_string())
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn key(parts: &[&str]) -> String {
+    let mut key = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(SEP);
+        }
+        key.push_str(part);
+    }
+    key
+}
+
+#[derive(Debug)]
+pub struct Metadata {
+    db: Database,
+}
+
+impl Metadata {
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let db = Database::create(path).map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(TAGS).map_err(err)?;
+        txn.open_table(MANIFESTS).map_err(err)?;
+        txn.open_table(LINKS).map_err(err)?;
+        txn.open_table(BLOBS).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(Metadata { db })
+    }
+
+    pub fn tag(
+        &self,
+        upstream: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(TAGS).map_err(err)?;
+        let value = table
+            .get(key(&[upstream, repository, tag]).as_str())
+            .map_err(err)?;
+        Ok(value.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    /// Tags cached for a repository, sorted.
+    pub fn tags(&self, upstream: &str, repository: &str) -> Result<Vec<String>, MetaError> {
+        let prefix = format!("{}{SEP}", key(&[upstream, repository]));
+        let end = format!(
+            "{}{}",
+            key(&[upstream, repository]),
+            char::from_u32(0x20).unwrap()
+        );
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(TAGS).map_err(err)?;
+        let mut tags = Vec::new();
+        for entry in table.range(prefix.as_str()..end.as_str()).map_err(err)? {
+            let (k, _) = entry.map_err(err)?;
+            if let Some(tag) = k.value().strip_prefix(prefix.as_str()) {
+                tags.push(tag.to_owned());
+            }
+        }
+        Ok(tags)
+    }
+
+    pub fn forget_tag(&self, upstream: &str, repository: &str, tag: &str) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(TAGS)
+            .map_err(err)?
+            .remove(key(&[upstream, repository, tag]).as_str())
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(MANIFESTS).map_err(err)?;
+        let value = table.get(digest.as_str()).map_err(err)?;
+        Ok(value.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    /// Records a manifest, its tag, and links it and everything it references to the repository,
+    /// in one transaction.
+    pub fn put_manifest(&self, m: &NewManifest<'_>) -> Result<(), MetaError> {
+        let now = now();
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let record = ManifestRecord {
+                media_type: m.media_type.to_owned(),
+                size: m.size,
+            };
+            txn.open_table(MANIFESTS)
+                .map_err(err)?
+                .insert(
+                    m.digest.as_str(),
+                    serde_json::to_vec(&record).map_err(err)?.as_slice(),
+                )
+                .map_err(err)?;
+            if let Some(tag) = m.tag {
+                let record = TagRecord {
+                    digest: m.digest.to_string(),
+                    media_type: m.media_type.to_owned(),
+                    validated_at: now,
+                };
+                txn.open_table(TAGS)
+                    .map_err(err)?
+                    .insert(
+                        key(&[m.upstream, m.repository, tag]).as_str(),
+                        serde_json::to_vec(&record).map_err(err)?.as_slice(),
+                    )
+                    .map_err(err)?;
+            }
+            let mut links = txn.open_table(LINKS).map_err(err)?;
+            for digest in std::iter::once(m.digest).chain(m.references) {
+                links
+                    .insert(
+                        key(&[m.upstream, m.repository, digest.as_str()]).as_str(),
+                        now,
+                    )
+                    .map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// Marks a tag as confirmed by the upstream now.
+    pub fn touch_tag(
+        &self,
+        upstream: &str,
+        repository: &str,
+        tag: &str,
+        record: &TagRecord,
+    ) -> Result<(), MetaError> {
+        let mut record = record.clone();
+        record.validated_at = now();
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(TAGS)
+            .map_err(err)?
+            .insert(
+                key(&[upstream, repository, tag]).as_str(),
+                serde_json::to_vec(&record).map_err(err)?.as_slice(),
+            )
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    pub fn is_linked(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(LINKS).map_err(err)?;
+        Ok(table
+            .get(key(&[upstream, repository, digest.as_str()]).as_str())
+            .map_err(err)?
+            .is_some())
+    }
+
+    pub fn link(&self, upstream: &str, repository: &str, digest: &Digest) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(LINKS)
+            .map_err(err)?
+            .insert(
+                key(&[upstream, repository, digest.as_str()]).as_str(),
+                now(),
+            )
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    pub fn put_blob(&self, digest: &Digest, size: u64) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(BLOBS)
+            .map_err(err)?
+            .insert(digest.as_str(), size)
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(BLOBS).map_err(err)?;
+        Ok(table.get(digest.as_str()).map_err(err)?.map(|v| v.value()))
+    }
+
+    /// Every (upstream, repository) with cached content, sorted and distinct.
+    pub fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(LINKS).map_err(err)?;
+        let mut repositories: Vec<(String, String)> = Vec::new();
+        for entry in table.iter().map_err(err)? {
+            let (k, _) = entry.map_err(err)?;
+            let mut parts = k.value().split(SEP);
+            if let (Some(upstream), Some(repository)) = (parts.next(), parts.next()) {
+                if repositories
+                    .last()
+                    .is_none_or(|(u, r)| u != upstream || r != repository)
+                {
+                    repositories.push((upstream.to_owned(), repository.to_owned()));
+                }
+            }
+        }
+        Ok(repositories)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::store::sha256;
+
+    #[test]
+    fn manifests_tags_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(&dir.path().join("meta.redb")).unwrap();
+        let manifest = sha256(b"manifest");
+        let layer = sha256(b"layer");
+        meta.put_manifest(&NewManifest {
+            upstream: "docker.io",
+            repository: "library/nginx",
+            tag: Some("latest"),
+            digest: &manifest,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            size: 8,
+            references: std::slice::from_ref(&layer),
+        })
+        .unwrap();
+        let tag = meta
+            .tag("docker.io", "library/nginx", "latest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(tag.digest, manifest.as_str());
+        assert!(
+            meta.is_linked("docker.io", "library/nginx", &layer)
+                .unwrap()
+        );
+        assert!(
+            !meta
+                .is_linked("docker.io", "library/other", &layer)
+                .unwrap()
+        );
+        assert!(
+            !meta.is_linked("ghcr.io", "library/nginx", &layer).unwrap(),
+            "upstreams never share"
+        );
+        assert_eq!(
+            meta.tag("ghcr.io", "library/nginx", "latest").unwrap(),
+            None
+        );
+        assert_eq!(meta.manifest(&manifest).unwrap().unwrap().size, 8);
+        meta.link("ghcr.io", "org/x", &layer).unwrap();
+        assert_eq!(
+            meta.repositories().unwrap(),
+            [
+                ("docker.io".into(), "library/nginx".into()),
+                ("ghcr.io".into(), "org/x".into())
+            ]
+        );
+        assert_eq!(meta.tags("docker.io", "library/nginx").unwrap(), ["latest"]);
+        assert!(
+            meta.tags("docker.io", "library/nginx-x")
+                .unwrap()
+                .is_empty()
+        );
+        meta.forget_tag("docker.io", "library/nginx", "latest")
+            .unwrap();
+        assert_eq!(
+            meta.tag("docker.io", "library/nginx", "latest").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let digest = sha256(b"x");
+        Metadata::open(&path).unwrap().put_blob(&digest, 1).unwrap();
+        assert_eq!(
+            Metadata::open(&path).unwrap().blob_size(&digest).unwrap(),
+            Some(1)
+        );
+    }
+}

@@ -1,0 +1,548 @@
+//! The pull-through cache: a multi-upstream OCI registry that serves what it has and fills what
+//! it lacks from the right upstream, one download per blob however many clients ask.
+//!
+//! - [`routing`]: which upstream a request is for (`?ns=`, `domain` header, path prefix, default);
+//! - [`store`]: content-addressed blob files, atomic verified commits;
+//! - [`meta`]: tags, manifests, repository links, blob sizes (redb);
+//! - [`fill`]: single-flight fills streamed to every reader as bytes arrive;
+//! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
+//! - [`http`]: the request handler; [`server`]: start-up and graceful shutdown;
+//! - [`metrics`]: Prometheus counters.
+
+pub mod fill;
+pub mod http;
+pub mod manifest;
+pub mod meta;
+pub mod metrics;
+pub mod range;
+pub mod routing;
+pub mod server;
+pub mod store;
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderName, HeaderValue};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+
+use crate::reference::Digest;
+use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError};
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest};
+use fill::{Fill, Fills, UpstreamBody};
+use http::internal;
+use manifest::{CachedManifest, ManifestMemo};
+use meta::{Metadata, NewManifest};
+use metrics::Metrics;
+use routing::{Route, Router};
+use store::BlobStore;
+
+/// Manifests larger than this are refused (the OCI spec's recommended limit).
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Everything a request handler needs, shared by all of them.
+#[derive(Debug)]
+pub struct App {
+    pub router: Router,
+    pub client: Arc<UpstreamClient>,
+    pub store: Arc<BlobStore>,
+    pub meta: Arc<Metadata>,
+    pub fills: Arc<Fills>,
+    pub metrics: Arc<Metrics>,
+    pub memo: ManifestMemo,
+    /// `http.headers` of the config, added to every response.
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl App {
+    /// Sends a request through the route's endpoints, recording the upstream's latency.
+    async fn upstream(
+        &self,
+        route: &Route,
+        request: UpstreamRequest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let targets = self.router.targets(route);
+        let started = Instant::now();
+        let result = self.client.walk(&targets, &request).await;
+        let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
+        self.metrics
+            .upstream(&route.upstream.name, status, started.elapsed());
+        result.map(|(_, response)| response)
+    }
+
+    /// A committed blob's open file and size.
+    fn committed_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, RegistryError> {
+        match File::open(self.store.path(digest)) {
+            Ok(file) => {
+                let size = file.metadata().map_err(internal)?.len();
+                Ok(Some((file, size)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Content already cached may be served for `route`'s repository only if a manifest of that
+    /// repository referenced it, or the upstream confirms the repository can read it.
+    async fn require_access(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        unknown: ErrorCode,
+    ) -> Result<(), RegistryError> {
+        let upstream = &route.upstream.name;
+        if self
+            .meta
+            .is_linked(upstream, &route.repository, digest)
+            .map_err(internal)?
+        {
+            return Ok(());
+        }
+        let kind = if unknown == ErrorCode::BlobUnknown {
+            "blobs"
+        } else {
+            "manifests"
+        };
+        let mut request = UpstreamRequest::pull(
+            Method::HEAD,
+            &route.repository,
+            format!("/v2/{}/{kind}/{digest}", route.repository),
+        );
+        if kind == "manifests" {
+            request = request.header(ACCEPT, MANIFEST_ACCEPT);
+        }
+        match self.upstream(route, request).await {
+            Ok(response) if response.status() == StatusCode::OK => self
+                .meta
+                .link(upstream, &route.repository, digest)
+                .map_err(internal),
+            Ok(response) => Err(upstream_status(upstream, response.status(), unknown)),
+            Err(e) => Err(RegistryError::new(
+                unknown,
+                format!(
+                    "{digest} is not known for {}, and upstream {upstream} cannot confirm it: {e}",
+                    route.repository
+                ),
+            )),
+        }
+    }
+
+    /// The size the upstream reports for a blob (HEAD), without filling it.
+    async fn upstream_blob_size(
+        &self,
+        route: &Route,
+        digest: &Digest,
+    ) -> Result<u64, RegistryError> {
+        let request = UpstreamRequest::pull(
+            Method::HEAD,
+            &route.repository,
+            format!("/v2/{}/blobs/{digest}", route.repository),
+        );
+        let response = self
+            .upstream(route, request)
+            .await
+            .map_err(|e| unreachable(&route.upstream.name, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(upstream_status(
+                &route.upstream.name,
+                response.status(),
+                ErrorCode::BlobUnknown,
+            ));
+        }
+        content_length(&response).ok_or_else(|| {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("upstream {} sent no size for {digest}", route.upstream.name),
+            )
+        })
+    }
+
+    /// Joins or starts the single fill of `digest` from `route`'s upstream.
+    fn start_fill(
+        self: &App,
+        route: &Route,
+        digest: &Digest,
+    ) -> Result<(Arc<Fill>, bool), RegistryError> {
+        let request = UpstreamRequest::pull(
+            Method::GET,
+            &route.repository,
+            format!("/v2/{}/blobs/{digest}", route.repository),
+        );
+        let targets = self.router.targets(route);
+        let client = self.client.clone();
+        let meta = self.meta.clone();
+        let metrics = self.metrics.clone();
+        let route = route.clone();
+        let digest_for_link = digest.clone();
+        let fetch = async move {
+            let started = Instant::now();
+            let result = client.walk(&targets, &request).await;
+            let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
+            metrics.upstream(&route.upstream.name, status, started.elapsed());
+            let (_, response) = result.map_err(|e| unreachable(&route.upstream.name, e))?;
+            if response.status() != StatusCode::OK {
+                return Err(upstream_status(
+                    &route.upstream.name,
+                    response.status(),
+                    ErrorCode::BlobUnknown,
+                ));
+            }
+            meta.link(&route.upstream.name, &route.repository, &digest_for_link)
+                .map_err(internal)?;
+            let size = content_length(&response);
+            let body: UpstreamBody = response
+                .bytes_stream()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .boxed();
+            Ok((size, body))
+        };
+        self.fills
+            .join_or_start(digest, self.store.clone(), self.meta.clone(), fetch)
+            .map_err(internal)
+    }
+
+    /// A manifest by digest: from cache when this repository may read it, else from upstream.
+    async fn manifest_by_digest(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        outcome: &mut http::Outcome,
+    ) -> Result<Arc<CachedManifest>, RegistryError> {
+        if let Some(manifest) = self.cached_manifest(digest)? {
+            self.require_access(route, digest, ErrorCode::ManifestUnknown)
+                .await?;
+            outcome.cache = "hit";
+            self.metrics.request("manifest", "hit");
+            return Ok(manifest);
+        }
+        outcome.cache = "miss";
+        self.metrics.request("manifest", "miss");
+        self.fetch_manifest(route, digest.as_str(), Some(digest), None)
+            .await
+    }
+
+    /// A manifest by tag: revalidated with the upstream (HEAD; GET only when the digest is new).
+    /// When the upstream fails, the cached tag is served with a warning.
+    async fn manifest_by_tag(
+        &self,
+        route: &Route,
+        tag: &str,
+        outcome: &mut http::Outcome,
+    ) -> Result<(Arc<CachedManifest>, Option<String>), RegistryError> {
+        let upstream = &route.upstream.name;
+        let cached = self
+            .meta
+            .tag(upstream, &route.repository, tag)
+            .map_err(internal)?;
+        let head = UpstreamRequest::pull(
+            Method::HEAD,
+            &route.repository,
+            format!("/v2/{}/manifests/{tag}", route.repository),
+        )
+        .header(ACCEPT, MANIFEST_ACCEPT);
+        let failure = match self.upstream(route, head).await {
+            Ok(response) if response.status() == StatusCode::OK => {
+                let current = response
+                    .headers()
+                    .get(CONTENT_DIGEST_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|s| Digest::parse(s).ok());
+                if let Some(current) = current {
+                    if let Some(manifest) = self.linked_manifest(route, &current)? {
+                        if cached.as_ref().is_none_or(|c| c.digest != current.as_str()) {
+                            self.record_tag(route, tag, &manifest)?;
+                        }
+                        outcome.cache = "hit";
+                        self.metrics.request("tag", "hit");
+                        return Ok((manifest, None));
+                    }
+                }
+                outcome.cache = "miss";
+                self.metrics.request("tag", "miss");
+                return Ok((
+                    self.fetch_manifest(route, tag, None, Some(tag)).await?,
+                    None,
+                ));
+            }
+            Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+                self.meta
+                    .forget_tag(upstream, &route.repository, tag)
+                    .map_err(internal)?;
+                return Err(upstream_status(
+                    upstream,
+                    response.status(),
+                    ErrorCode::ManifestUnknown,
+                ));
+            }
+            Ok(response) if matches!(response.status().as_u16(), 401 | 403) => {
+                return Err(upstream_status(
+                    upstream,
+                    response.status(),
+                    ErrorCode::ManifestUnknown,
+                ));
+            }
+            Ok(response) => {
+                upstream_status(upstream, response.status(), ErrorCode::ManifestUnknown)
+            }
+            Err(e) => unreachable(upstream, e),
+        };
+        let stale = match &cached {
+            Some(record) => Digest::parse(&record.digest)
+                .ok()
+                .map(|d| self.cached_manifest(&d))
+                .transpose()?
+                .flatten(),
+            None => None,
+        };
+        match stale {
+            Some(manifest) => {
+                outcome.cache = "stale";
+                self.metrics.request("tag", "stale");
+                Ok((
+                    manifest,
+                    Some(format!(
+                        "upstream failed ({}); serving the cached tag",
+                        failure.message
+                    )),
+                ))
+            }
+            None => Err(failure),
+        }
+    }
+
+    fn record_tag(
+        &self,
+        route: &Route,
+        tag: &str,
+        manifest: &CachedManifest,
+    ) -> Result<(), RegistryError> {
+        self.meta
+            .put_manifest(&NewManifest {
+                upstream: &route.upstream.name,
+                repository: &route.repository,
+                tag: Some(tag),
+                digest: &manifest.digest,
+                media_type: &manifest.media_type,
+                size: manifest.bytes.len() as u64,
+                references: &[],
+            })
+            .map_err(internal)
+    }
+
+    /// A cached manifest this repository is linked to, without asking the upstream.
+    fn linked_manifest(
+        &self,
+        route: &Route,
+        digest: &Digest,
+    ) -> Result<Option<Arc<CachedManifest>>, RegistryError> {
+        if !self
+            .meta
+            .is_linked(&route.upstream.name, &route.repository, digest)
+            .map_err(internal)?
+        {
+            return Ok(None);
+        }
+        self.cached_manifest(digest)
+    }
+
+    /// A stored manifest, from the memo or the store.
+    fn cached_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<Arc<CachedManifest>>, RegistryError> {
+        if let Some(manifest) = self.memo.get(digest) {
+            return Ok(Some(manifest));
+        }
+        let Some(record) = self.meta.manifest(digest).map_err(internal)? else {
+            return Ok(None);
+        };
+        let bytes = match self.store.read(digest) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(internal(e)),
+        };
+        let manifest = Arc::new(CachedManifest {
+            digest: digest.clone(),
+            media_type: record.media_type,
+            bytes: Bytes::from(bytes),
+        });
+        self.memo.insert(manifest.clone());
+        Ok(Some(manifest))
+    }
+
+    /// GETs a manifest from upstream, verifies its digest, stores it and links what it references.
+    async fn fetch_manifest(
+        &self,
+        route: &Route,
+        reference: &str,
+        expected: Option<&Digest>,
+        tag: Option<&str>,
+    ) -> Result<Arc<CachedManifest>, RegistryError> {
+        let upstream = &route.upstream.name;
+        let request = UpstreamRequest::pull(
+            Method::GET,
+            &route.repository,
+            format!("/v2/{}/manifests/{reference}", route.repository),
+        )
+        .header(ACCEPT, MANIFEST_ACCEPT);
+        let response = self
+            .upstream(route, request)
+            .await
+            .map_err(|e| unreachable(upstream, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(upstream_status(
+                upstream,
+                response.status(),
+                ErrorCode::ManifestUnknown,
+            ));
+        }
+        if content_length(&response).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("upstream manifest {reference} exceeds {MAX_MANIFEST_BYTES} bytes"),
+            ));
+        }
+        let header_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+        let declared = response
+            .headers()
+            .get(CONTENT_DIGEST_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response.bytes().await.map_err(|e| {
+            RegistryError::new(ErrorCode::Unavailable, format!("upstream {upstream}: {e}"))
+        })?;
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("upstream manifest {reference} exceeds {MAX_MANIFEST_BYTES} bytes"),
+            ));
+        }
+        let digest = store::sha256(&bytes);
+        let mismatch = |claimed: &str| {
+            RegistryError::new(
+                ErrorCode::DigestInvalid,
+                format!(
+                    "upstream {upstream} sent a manifest whose digest is {digest}, not {claimed}; refused"
+                ),
+            )
+        };
+        if let Some(expected) = expected.filter(|e| **e != digest) {
+            return Err(mismatch(expected.as_str()));
+        }
+        if let Some(claimed) =
+            declared.filter(|c| c.starts_with("sha256:") && *c != digest.as_str())
+        {
+            return Err(mismatch(&claimed));
+        }
+        let media_type = header_type
+            .filter(|t| !t.is_empty() && t != "application/octet-stream" && t != "text/plain")
+            .or_else(|| manifest::declared_media_type(&bytes))
+            .unwrap_or_else(|| crate::registry::DOCKER_MANIFEST.to_owned());
+        let references = manifest::references(&bytes);
+        let manifest = Arc::new(CachedManifest {
+            digest,
+            media_type,
+            bytes,
+        });
+        let (store, meta, m) = (self.store.clone(), self.meta.clone(), manifest.clone());
+        let (upstream_name, repository, tag) = (
+            upstream.clone(),
+            route.repository.clone(),
+            tag.map(str::to_owned),
+        );
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            store
+                .put_verified(&m.digest, &m.bytes)
+                .map_err(|e| e.to_string())?;
+            meta.put_manifest(&NewManifest {
+                upstream: &upstream_name,
+                repository: &repository,
+                tag: tag.as_deref(),
+                digest: &m.digest,
+                media_type: &m.media_type,
+                size: m.bytes.len() as u64,
+                references: &references,
+            })
+            .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        self.memo.insert(manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Tags the upstream lists for the repository.
+    async fn upstream_tags(&self, route: &Route) -> Result<Vec<String>, RegistryError> {
+        let upstream = &route.upstream.name;
+        let request = UpstreamRequest::pull(
+            Method::GET,
+            &route.repository,
+            format!("/v2/{}/tags/list", route.repository),
+        );
+        let response = self
+            .upstream(route, request)
+            .await
+            .map_err(|e| unreachable(upstream, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(upstream_status(
+                upstream,
+                response.status(),
+                ErrorCode::NameUnknown,
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unreachable_text(upstream, &e.to_string()))?;
+        let list: TagList = serde_json::from_slice(&bytes).map_err(|e| {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("upstream {upstream}: invalid tag list: {e}"),
+            )
+        })?;
+        Ok(list.tags.unwrap_or_default())
+    }
+}
+
+fn content_length(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// An upstream's HTTP error as the registry error to give the client.
+fn upstream_status(upstream: &str, status: StatusCode, not_found: ErrorCode) -> RegistryError {
+    let code = match status.as_u16() {
+        404 => not_found,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Denied,
+        429 => ErrorCode::TooManyRequests,
+        _ => ErrorCode::Unavailable,
+    };
+    RegistryError::new(code, format!("upstream {upstream} answered HTTP {status}"))
+}
+
+fn unreachable(upstream: &str, error: UpstreamError) -> RegistryError {
+    unreachable_text(upstream, &error.summary)
+}
+
+fn unreachable_text(upstream: &str, why: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Unavailable,
+        format!("upstream {upstream} unreachable: {why}"),
+    )
+}

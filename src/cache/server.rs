@@ -1,0 +1,139 @@
+//! Start-up and shutdown of the cache server.
+//!
+//! Start-up validates everything (config, storage, metadata, client) before binding the port and
+//! never contacts an upstream, so the cache starts and serves what it has while every upstream is
+//! down. Shutdown stops accepting, lets in-flight responses finish for a grace period, then exits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+
+use super::fill::Fills;
+use super::manifest::ManifestMemo;
+use super::meta::Metadata;
+use super::metrics::Metrics;
+use super::routing::Router;
+use super::store::BlobStore;
+use super::{App, http};
+use crate::config::MirrorConfig;
+use crate::config::cache::CacheConfig;
+use crate::resolve::Resolver;
+use crate::upstream::{AddressPolicy, HostOverrides, Timeouts, UpstreamClient};
+
+/// How many manifests the in-memory memo keeps.
+const MEMO_CAPACITY: usize = 4096;
+
+/// What `regmirror serve` runs.
+#[derive(Debug)]
+pub struct ServeOptions {
+    pub config: CacheConfig,
+    /// `--mirrors`: the cache's own upstream fetches walk these mirrors first.
+    pub mirrors: Option<MirrorConfig>,
+    pub overrides: HostOverrides,
+    /// How long in-flight responses may run after a shutdown signal.
+    pub grace: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
+/// A bound, ready server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Validates the options, opens storage and binds the listen address.
+    pub async fn bind(options: ServeOptions) -> Result<Self, StartError> {
+        let config = &options.config;
+        if config.tls.is_some() {
+            return Err(StartError(
+                "http.tls: serving TLS is not implemented yet; terminate TLS in front of regmirror"
+                    .into(),
+            ));
+        }
+        let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
+        let root = &config.root;
+        let store =
+            BlobStore::open(root).map_err(|e| fail(&format!("storage {}", root.display()), &e))?;
+        let meta = Metadata::open(&root.join("metadata.redb")).map_err(|e| fail("metadata", &e))?;
+        let resolver = match options.mirrors {
+            Some(mirrors) => Some(Arc::new(
+                Resolver::new(mirrors).map_err(|e| fail("--mirrors", &e))?,
+            )),
+            None => None,
+        };
+        let policy = AddressPolicy::new(
+            Router::trusted_hosts(config),
+            config.allow_private_upstreams,
+        );
+        let client = UpstreamClient::new(options.overrides, policy, Timeouts::default())
+            .map_err(|e| fail("client", &e))?;
+        let mut extra_headers = Vec::new();
+        for (name, value) in &config.headers {
+            let name = HeaderName::try_from(name.as_str()).map_err(|e| fail("http.headers", &e))?;
+            let value =
+                HeaderValue::try_from(value.as_str()).map_err(|e| fail("http.headers", &e))?;
+            extra_headers.push((name, value));
+        }
+        let app = Arc::new(App {
+            router: Router::new(config, resolver),
+            client: Arc::new(client),
+            store: Arc::new(store),
+            meta: Arc::new(meta),
+            fills: Arc::new(Fills::default()),
+            metrics: Arc::new(Metrics::default()),
+            memo: ManifestMemo::new(MEMO_CAPACITY),
+            extra_headers,
+        });
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| fail(&format!("listen on {}", config.listen), &e))?;
+        Ok(Server {
+            listener,
+            app,
+            grace: options.grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains for the grace period.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = axum::Router::new()
+            .fallback(http::handle)
+            .with_state(self.app);
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight responses");
+            let _ = draining_tx.send(());
+        });
+        let grace = self.grace;
+        tokio::select! {
+            result = server => result,
+            () = async move {
+                if draining_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "grace period over: closing remaining connections");
+                Ok(())
+            }
+        }
+    }
+}

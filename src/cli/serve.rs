@@ -1,0 +1,88 @@
+//! `regmirror serve`: the pull-through cache server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::BadInput;
+use super::mirror_config::MirrorConfigArgs;
+use crate::cache::server::{ServeOptions, Server};
+use crate::config::cache::CacheConfig;
+use crate::upstream::HostOverrides;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A distribution-format config.yml. Without it: the embedded default (127.0.0.1:5000,
+    /// ./regmirror-data, Docker Hub plus well-known public registries). REGISTRY_* environment
+    /// variables override either, as with distribution.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// daemon.json-format mirror config: the cache's own upstream fetches try these mirrors
+    /// before the upstream. Repeatable.
+    #[arg(long = "mirrors", value_name = "FILE")]
+    mirrors: Vec<PathBuf>,
+    /// Answer NAME with IP instead of DNS (like curl --resolve). Repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Seconds in-flight responses may run after SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (name, text) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+            (path.display().to_string(), Some(text))
+        }
+        None => ("(embedded default)".to_owned(), None),
+    };
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("REGISTRY_"))
+        .collect();
+    let config = CacheConfig::parse(&name, text.as_deref(), &env).map_err(BadInput)?;
+    super::init_tracing(config.log_level.as_deref().unwrap_or("info"));
+    for warning in &config.warnings {
+        tracing::warn!("{name}: {warning}");
+    }
+    let mirrors = if args.mirrors.is_empty() {
+        None
+    } else {
+        Some(
+            MirrorConfigArgs {
+                files: args.mirrors.clone(),
+            }
+            .load()?,
+        )
+    };
+    let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
+    let options = ServeOptions {
+        config,
+        mirrors,
+        overrides,
+        grace: Duration::from_secs(args.grace),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = Server::bind(options)
+            .await
+            .map_err(|e| BadInput(e.to_string()))?;
+        let addr = server.local_addr()?;
+        tracing::info!(%addr, "regmirror serve listening");
+        server.run(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

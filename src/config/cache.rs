@@ -1,0 +1,672 @@
+//! The cache server's configuration: distribution's `config.yml` format, plus the seed's
+//! `proxy.remoteregistries` / `proxy.on`, and distribution's `REGISTRY_*` environment overrides.
+//!
+//! Pure: the caller passes the file text and the environment. Unknown keys produce warnings that
+//! name them; keys distribution knows but regmirror does not implement produce warnings too; a
+//! value of the wrong type is an error with its line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+
+use super::Credentials;
+use super::mirrors::{MirrorUrl, canonical_registry};
+
+/// Where the embedded default listens.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+/// Where the embedded default keeps its data (relative to the working directory).
+pub const DEFAULT_ROOT: &str = "./regmirror-data";
+/// Well-known public registries the embedded default routes by `?ns=` or path prefix.
+pub const WELL_KNOWN_REGISTRIES: [&str; 6] = [
+    "ghcr.io",
+    "quay.io",
+    "gcr.io",
+    "registry.k8s.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+];
+/// distribution's default `proxy.ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(168 * 3600);
+
+/// One upstream registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The registry's name as clients say it (`docker.io`, `ghcr.io`, `127.0.0.1:5001`): the
+    /// `?ns=` value, the path prefix, and the namespace of its cached content.
+    pub name: String,
+    /// Where its registry API lives.
+    pub url: MirrorUrl,
+    pub credentials: Option<Credentials>,
+}
+
+/// The validated cache configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// `storage.filesystem.rootdirectory`.
+    pub root: PathBuf,
+    /// `http.tls.certificate` / `http.tls.key`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `http.headers`: added to every response.
+    pub headers: Vec<(String, String)>,
+    /// Configured upstreams; the first is the default for requests that name none.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `proxy.on`: serve registries that are not configured, without stored credentials.
+    pub dynamic_upstreams: bool,
+    /// `proxy.allow_private_upstreams`: let dynamic upstreams be loopback, link-local or private.
+    pub allow_private_upstreams: bool,
+    /// `proxy.ttl`.
+    pub ttl: Duration,
+    /// `log.level`, when set.
+    pub log_level: Option<String>,
+    /// Keys that were ignored, and why.
+    pub warnings: Vec<String>,
+}
+
+impl CacheConfig {
+    /// The configuration used when no file is given: Docker Hub as the default upstream, the
+    /// well-known public registries routable by `?ns=` or path prefix.
+    pub fn embedded_default() -> Self {
+        let hub = upstream("docker.io", "https://registry-1.docker.io");
+        let mut upstreams = vec![hub];
+        upstreams.extend(
+            WELL_KNOWN_REGISTRIES
+                .iter()
+                .map(|host| upstream(host, &format!("https://{host}"))),
+        );
+        CacheConfig {
+            listen: DEFAULT_LISTEN.to_owned(),
+            root: PathBuf::from(DEFAULT_ROOT),
+            tls: None,
+            headers: Vec::new(),
+            upstreams,
+            dynamic_upstreams: false,
+            allow_private_upstreams: false,
+            ttl: DEFAULT_TTL,
+            log_level: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Parses `config.yml` text (`file` names it in messages) with `REGISTRY_*` overrides from
+    /// `env`. With no text, the embedded default is the base the overrides apply to.
+    pub fn parse(file: &str, text: Option<&str>, env: &[(String, String)]) -> Result<Self, String> {
+        let Some(text) = text else {
+            return if env_overrides(env).next().is_none() {
+                Ok(Self::embedded_default())
+            } else {
+                Self::parse(file, Some("version: 0.1\n"), env).map(|mut c| {
+                    if c.upstreams.is_empty() {
+                        c.upstreams = Self::embedded_default().upstreams;
+                    }
+                    if c.listen.is_empty() {
+                        c.listen = DEFAULT_LISTEN.to_owned();
+                    }
+                    c
+                })
+            };
+        };
+        let mut document: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+        if document.is_null() {
+            document = Value::Mapping(Mapping::new());
+        }
+        let mut overridden = false;
+        for (path, value) in env_overrides(env) {
+            set_path(&mut document, &path, value);
+            overridden = true;
+        }
+        let mut warnings = Vec::new();
+        check_keys(&document, &SCHEMA, "", &mut warnings);
+        let raw: RawConfig = if overridden {
+            serde_yaml_ng::from_value(document)
+                .map_err(|e| format!("{file} (with REGISTRY_* overrides): {e}"))?
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| format!("{file}: {e}"))?
+        };
+        raw.validate(file, warnings)
+    }
+}
+
+fn upstream(name: &str, url: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        name: name.to_owned(),
+        url: MirrorUrl::parse(url).expect("built-in upstream URLs are valid"),
+        credentials: None,
+    }
+}
+
+/// `REGISTRY_HTTP_ADDR=:5000` -> (["http", "addr"], ":5000").
+fn env_overrides(env: &[(String, String)]) -> impl Iterator<Item = (Vec<String>, Value)> + '_ {
+    env.iter().filter_map(|(key, value)| {
+        let rest = key.strip_prefix("REGISTRY_")?;
+        if rest.is_empty() {
+            return None;
+        }
+        let path = rest.split('_').map(str::to_ascii_lowercase).collect();
+        let value = serde_yaml_ng::from_str(value).unwrap_or(Value::String(value.clone()));
+        Some((path, value))
+    })
+}
+
+fn set_path(document: &mut Value, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = document;
+    for key in parents {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Mapping::new());
+        }
+        let map = node.as_mapping_mut().expect("just made a mapping");
+        node = map
+            .entry(Value::String(key.clone()))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+    }
+    if !node.is_mapping() {
+        *node = Value::Mapping(Mapping::new());
+    }
+    node.as_mapping_mut()
+        .expect("just made a mapping")
+        .insert(Value::String(last.clone()), value);
+}
+
+/// What the config file may hold. `Known` keys are read; `Ignored` ones are distribution's and
+/// get a warning that regmirror does not implement them; `Any` accepts every sub-key.
+enum Key {
+    Map(&'static [(&'static str, Key)]),
+    List(&'static Key),
+    Known,
+    Ignored,
+    Any,
+}
+
+const SCHEMA: Key = Key::Map(&[
+    ("version", Key::Known),
+    (
+        "log",
+        Key::Map(&[
+            ("level", Key::Known),
+            ("formatter", Key::Ignored),
+            ("fields", Key::Any),
+            ("accesslog", Key::Any),
+            ("hooks", Key::Ignored),
+        ]),
+    ),
+    ("loglevel", Key::Ignored),
+    (
+        "storage",
+        Key::Map(&[
+            (
+                "filesystem",
+                Key::Map(&[("rootdirectory", Key::Known), ("maxthreads", Key::Any)]),
+            ),
+            ("cache", Key::Any),
+            ("delete", Key::Ignored),
+            ("maintenance", Key::Ignored),
+            ("redirect", Key::Any),
+            ("inmemory", Key::Ignored),
+            ("s3", Key::Ignored),
+            ("azure", Key::Ignored),
+            ("gcs", Key::Ignored),
+            ("swift", Key::Ignored),
+            ("oss", Key::Ignored),
+        ]),
+    ),
+    (
+        "http",
+        Key::Map(&[
+            ("addr", Key::Known),
+            ("net", Key::Known),
+            ("prefix", Key::Ignored),
+            ("host", Key::Any),
+            ("secret", Key::Any),
+            ("relativeurls", Key::Any),
+            ("draintimeout", Key::Any),
+            (
+                "tls",
+                Key::Map(&[
+                    ("certificate", Key::Known),
+                    ("key", Key::Known),
+                    ("clientcas", Key::Ignored),
+                    ("minimumtls", Key::Ignored),
+                    ("letsencrypt", Key::Ignored),
+                ]),
+            ),
+            ("headers", Key::Any),
+            ("debug", Key::Ignored),
+            ("http2", Key::Any),
+        ]),
+    ),
+    (
+        "proxy",
+        Key::Map(&[
+            ("remoteurl", Key::Known),
+            ("username", Key::Known),
+            ("password", Key::Known),
+            ("ttl", Key::Known),
+            (
+                "remoteregistries",
+                Key::List(&Key::Map(&[
+                    ("url", Key::Known),
+                    ("username", Key::Known),
+                    ("password", Key::Known),
+                ])),
+            ),
+            ("on", Key::Known),
+            ("allow_private_upstreams", Key::Known),
+        ]),
+    ),
+    ("health", Key::Any),
+    ("auth", Key::Ignored),
+    ("notifications", Key::Ignored),
+    ("redis", Key::Ignored),
+    ("validation", Key::Any),
+    ("compatibility", Key::Any),
+    ("reporting", Key::Ignored),
+    ("middleware", Key::Ignored),
+]);
+
+fn check_keys(value: &Value, schema: &Key, path: &str, warnings: &mut Vec<String>) {
+    match (schema, value) {
+        (Key::Map(fields), Value::Mapping(map)) => {
+            for (key, child) in map {
+                let name = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_owned);
+                let child_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                match fields.iter().find(|(k, _)| *k == name) {
+                    Some((_, sub)) => check_keys(child, sub, &child_path, warnings),
+                    None => warnings.push(format!("unknown key {child_path}: ignored")),
+                }
+            }
+        }
+        (Key::List(item), Value::Sequence(items)) => {
+            for (i, child) in items.iter().enumerate() {
+                check_keys(child, item, &format!("{path}[{i}]"), warnings);
+            }
+        }
+        (Key::Ignored, _) => warnings.push(format!(
+            "{path}: a distribution setting regmirror does not implement; ignored"
+        )),
+        _ => {}
+    }
+}
+
+/// The typed shape of the file, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    log: RawLog,
+    storage: RawStorage,
+    http: RawHttp,
+    proxy: RawProxy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLog {
+    level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawStorage {
+    filesystem: RawFilesystem,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawFilesystem {
+    rootdirectory: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawHttp {
+    addr: Option<String>,
+    net: Option<String>,
+    tls: RawTls,
+    headers: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawTls {
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawProxy {
+    remoteurl: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ttl: Option<String>,
+    remoteregistries: Vec<RawRemote>,
+    on: bool,
+    allow_private_upstreams: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRemote {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+fn credentials(username: Option<String>, password: Option<String>) -> Option<Credentials> {
+    match (username, password) {
+        (Some(u), p) if !u.is_empty() => Some(Credentials::new(u, p.unwrap_or_default())),
+        _ => None,
+    }
+}
+
+impl RawConfig {
+    fn validate(self, file: &str, warnings: Vec<String>) -> Result<CacheConfig, String> {
+        let err = |field: &str, message: String| format!("{file}: {field}: {message}");
+        if let Some(net) = self.http.net.as_deref().filter(|n| *n != "tcp") {
+            return Err(err("http.net", format!("{net:?}: only tcp is supported")));
+        }
+        let listen = match self.http.addr.as_deref() {
+            None => DEFAULT_LISTEN.to_owned(),
+            Some(addr) if addr.starts_with(':') => format!("0.0.0.0{addr}"),
+            Some(addr) => addr.to_owned(),
+        };
+        let tls = match (self.http.tls.certificate, self.http.tls.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(err(
+                    "http.tls",
+                    "certificate and key must be given together".into(),
+                ));
+            }
+        };
+        let mut upstreams = Vec::new();
+        let mut add = |field: String, url: &str, creds: Option<Credentials>| {
+            let url = MirrorUrl::parse(url).map_err(|e| err(&field, e))?;
+            let name = canonical_registry(url.authority());
+            if upstreams.iter().any(|u: &UpstreamConfig| u.name == name) {
+                return Err(err(&field, format!("upstream {name} is configured twice")));
+            }
+            upstreams.push(UpstreamConfig {
+                name,
+                url,
+                credentials: creds,
+            });
+            Ok(())
+        };
+        if let Some(url) = &self.proxy.remoteurl {
+            add(
+                "proxy.remoteurl".into(),
+                url,
+                credentials(self.proxy.username, self.proxy.password),
+            )?;
+        }
+        for (i, remote) in self.proxy.remoteregistries.into_iter().enumerate() {
+            add(
+                format!("proxy.remoteregistries[{i}].url"),
+                &remote.url,
+                credentials(remote.username, remote.password),
+            )?;
+        }
+        if upstreams.is_empty() && !self.proxy.on {
+            return Err(err(
+                "proxy",
+                "no upstream: set proxy.remoteurl, proxy.remoteregistries, or proxy.on: true"
+                    .into(),
+            ));
+        }
+        let ttl = match self.proxy.ttl.as_deref() {
+            None => DEFAULT_TTL,
+            Some(text) => parse_duration(text).map_err(|e| err("proxy.ttl", e))?,
+        };
+        let headers = self
+            .http
+            .headers
+            .into_iter()
+            .flat_map(|(name, values)| values.into_iter().map(move |v| (name.clone(), v)))
+            .collect();
+        Ok(CacheConfig {
+            listen,
+            root: self
+                .storage
+                .filesystem
+                .rootdirectory
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            tls,
+            headers,
+            upstreams,
+            dynamic_upstreams: self.proxy.on,
+            allow_private_upstreams: self.proxy.allow_private_upstreams,
+            ttl,
+            log_level: self.log.level,
+            warnings,
+        })
+    }
+}
+
+/// Go-style durations as distribution writes them: `168h`, `30m`, `1h30m`, `45s`, `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration like 168h, 30m or 1h30m");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let number: f64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(invalid()),
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CacheConfig, String> {
+        CacheConfig::parse("config.yml", Some(text), &[])
+    }
+
+    const SEED_MULTI: &str = "version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+proxy:
+  remoteregistries:
+  - url: https://registry-1.docker.io
+    username:
+    password:
+  - url: https://reg.test1.com
+    username: username
+    password: password
+  - url: http://reg.test2.com
+    username: username
+    password: password
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+";
+
+    #[test]
+    fn seed_remoteregistries() {
+        let config = parse(SEED_MULTI).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:5000");
+        assert_eq!(config.root, PathBuf::from("/var/lib/registry"));
+        let names: Vec<_> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["docker.io", "reg.test1.com", "reg.test2.com"]);
+        assert!(config.upstreams[0].credentials.is_none());
+        assert_eq!(
+            config.upstreams[1].credentials.as_ref().unwrap().username(),
+            "username"
+        );
+        assert_eq!(config.upstreams[2].url.to_string(), "http://reg.test2.com");
+        assert_eq!(
+            config.headers,
+            [("X-Content-Type-Options".into(), "nosniff".into())]
+        );
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        assert_eq!(config.ttl, DEFAULT_TTL);
+    }
+
+    #[test]
+    fn seed_dynamic() {
+        let config = parse("version: 0.1\nproxy:\n  on: true\n").unwrap();
+        assert!(config.dynamic_upstreams);
+        assert!(config.upstreams.is_empty());
+    }
+
+    #[test]
+    fn distribution_remoteurl() {
+        let config = parse(
+            "proxy:\n  remoteurl: http://127.0.0.1:5001\n  username: u\n  password: p\n  ttl: 1h30m\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstreams[0].name, "127.0.0.1:5001");
+        assert_eq!(config.ttl, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_keys_warn() {
+        let config = parse(
+            "proxy: {remoteurl: https://r.io, remotURL: x}\nauth: {htpasswd: {path: /x}}\nbogus: 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.warnings,
+            [
+                "unknown key proxy.remotURL: ignored",
+                "auth: a distribution setting regmirror does not implement; ignored",
+                "unknown key bogus: ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let e = parse("version: 0.1\nproxy:\n  on: [1]\n  remoteurl: https://r.io\n").unwrap_err();
+        assert!(e.starts_with("config.yml: "), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env = vec![
+            ("REGISTRY_HTTP_ADDR".to_owned(), "127.0.0.1:6000".to_owned()),
+            (
+                "REGISTRY_PROXY_REMOTEURL".to_owned(),
+                "http://127.0.0.1:5001".to_owned(),
+            ),
+            (
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_owned(),
+                "/data".to_owned(),
+            ),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ];
+        let config = CacheConfig::parse(
+            "config.yml",
+            Some("proxy: {remoteurl: https://x.io}\n"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:6000");
+        assert_eq!(config.upstreams[0].name, "127.0.0.1:5001");
+        assert_eq!(config.root, PathBuf::from("/data"));
+        // Without a file, overrides apply to an empty document.
+        let config = CacheConfig::parse("(none)", None, &env).unwrap();
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(config.listen, "127.0.0.1:6000");
+    }
+
+    #[test]
+    fn embedded_default() {
+        let config = CacheConfig::parse("(none)", None, &[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:5000");
+        assert_eq!(config.upstreams[0].name, "docker.io");
+        assert_eq!(
+            config.upstreams[0].url.to_string(),
+            "https://registry-1.docker.io"
+        );
+        assert_eq!(config.upstreams.len(), 7);
+    }
+
+    #[test]
+    fn invalid_values() {
+        assert!(
+            parse("proxy: {remoteurl: ftp://x}\n")
+                .unwrap_err()
+                .contains("proxy.remoteurl")
+        );
+        assert!(
+            parse("http: {addr: ':1'}\n")
+                .unwrap_err()
+                .contains("no upstream")
+        );
+        assert!(
+            parse("proxy: {remoteurl: https://x, ttl: 5 days}\n")
+                .unwrap_err()
+                .contains("proxy.ttl")
+        );
+        assert!(
+            parse("http: {tls: {key: /k}}\nproxy: {on: true}\n")
+                .unwrap_err()
+                .contains("together")
+        );
+        assert!(
+            parse("proxy: {remoteurl: https://registry-1.docker.io, remoteregistries: [{url: https://docker.io}]}\n")
+                .unwrap_err()
+                .contains("configured twice")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("168h").unwrap(), DEFAULT_TTL);
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

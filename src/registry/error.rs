@@ -1,0 +1,136 @@
+//! Registry errors and their one mapping to HTTP: status plus the OCI error JSON
+//! `{"errors":[{"code": "...", "message": "...", "detail": ...}]}`.
+
+use std::fmt;
+
+/// The OCI distribution error codes regmirror emits (plus distribution's `UNAVAILABLE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    RangeInvalid,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::SizeInvalid => "SIZE_INVALID",
+            ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// The HTTP status distribution uses for the code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BlobUnknown
+            | ErrorCode::BlobUploadUnknown
+            | ErrorCode::ManifestUnknown
+            | ErrorCode::NameUnknown => 404,
+            ErrorCode::BlobUploadInvalid
+            | ErrorCode::DigestInvalid
+            | ErrorCode::ManifestBlobUnknown
+            | ErrorCode::ManifestInvalid
+            | ErrorCode::NameInvalid
+            | ErrorCode::SizeInvalid => 400,
+            ErrorCode::RangeInvalid => 416,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Denied => 403,
+            ErrorCode::Unsupported => 405,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// An error a registry client gets as OCI error JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RegistryError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RegistryError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    /// The OCI error JSON body.
+    pub fn body(&self) -> String {
+        serde_json::json!({
+            "errors": [{"code": self.code.as_str(), "message": self.message, "detail": null}]
+        })
+        .to_string()
+    }
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope() {
+        let e = RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown: v9");
+        assert_eq!(e.status(), 404);
+        let body: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+        assert_eq!(body["errors"][0]["code"], "MANIFEST_UNKNOWN");
+        assert_eq!(body["errors"][0]["message"], "manifest unknown: v9");
+    }
+
+    #[test]
+    fn statuses() {
+        for (code, status) in [
+            (ErrorCode::BlobUnknown, 404),
+            (ErrorCode::NameInvalid, 400),
+            (ErrorCode::DigestInvalid, 400),
+            (ErrorCode::Unauthorized, 401),
+            (ErrorCode::Denied, 403),
+            (ErrorCode::Unsupported, 405),
+            (ErrorCode::TooManyRequests, 429),
+            (ErrorCode::Unavailable, 503),
+        ] {
+            assert_eq!(code.status(), status, "{}", code.as_str());
+        }
+    }
+}

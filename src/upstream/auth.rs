@@ -1,0 +1,174 @@
+//! `WWW-Authenticate` challenges and the token cache.
+//!
+//! Bearer tokens are cached per (registry authority, scope) until shortly before they expire, and
+//! reused by every request with that scope, so a busy cache asks the token service once, not once
+//! per request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A parsed `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    Basic,
+}
+
+impl Challenge {
+    /// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+    pub fn parse(header: &str) -> Option<Self> {
+        let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let params = parse_params(params);
+        let get = |key: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.clone())
+        };
+        Some(Challenge::Bearer {
+            realm: get("realm")?,
+            service: get("service"),
+            scope: get("scope"),
+        })
+    }
+}
+
+/// `key="value", key2=value2`, with quoted values that may hold commas.
+fn parse_params(text: &str) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key.trim().trim_start_matches(',').trim().to_owned();
+        let after = after.trim_start();
+        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            value.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        params.push((key, value));
+        rest = remainder.trim_start().trim_start_matches(',').trim_start();
+    }
+    params
+}
+
+/// Tokens per (authority, scope).
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+/// Tokens are dropped this long before the registry says they expire.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+
+impl TokenCache {
+    pub fn get(&self, authority: &str, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens
+            .get(&(authority.to_owned(), scope.to_owned()))
+            .filter(|(_, expires)| Instant::now() < *expires)
+            .map(|(token, _)| token.clone())
+    }
+
+    pub fn put(&self, authority: &str, scope: &str, token: String, lifetime: Duration) {
+        let expires = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.retain(|_, (_, e)| Instant::now() < *e);
+        tokens.insert((authority.to_owned(), scope.to_owned()), (token, expires));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
+        );
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            })
+        );
+        let c = Challenge::parse(r#"bearer realm="https://a/t", scope="repository:a:pull,push""#)
+            .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: None,
+                scope: Some("repository:a:pull,push".into())
+            }
+        );
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("Negotiate"), None);
+        assert_eq!(Challenge::parse("Bearer service=x"), None);
+    }
+
+    #[test]
+    fn token_cache_expires() {
+        let cache = TokenCache::default();
+        cache.put(
+            "r.io",
+            "repository:a:pull",
+            "t1".into(),
+            Duration::from_secs(300),
+        );
+        assert_eq!(
+            cache.get("r.io", "repository:a:pull").as_deref(),
+            Some("t1")
+        );
+        assert_eq!(cache.get("r.io", "repository:b:pull"), None);
+        assert_eq!(cache.get("s.io", "repository:a:pull"), None);
+        cache.put(
+            "r.io",
+            "repository:c:pull",
+            "t2".into(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            cache.get("r.io", "repository:c:pull"),
+            None,
+            "shorter than the margin"
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! The upstream HTTP client and the endpoint walker.
+//!
+//! One pair of pooled `reqwest` clients (certificate-verifying and not) serves every upstream.
+//! [`UpstreamClient::send`] adds the endpoint's own credentials (Bearer token from the cache or
+//! fetched on a 401 challenge; Basic where the registry asks for it) and the `?ns=` / `domain`
+//! hints for mirrors. [`UpstreamClient::walk`] tries endpoints in order: a mirror's transport
+//! error or HTTP error moves on to the next endpoint; the origin's answer is final.
+//! Redirects (to blob storage) are followed by reqwest, which drops `Authorization` when the
+//! redirect leaves the host.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::{Client, Method, Response, StatusCode};
+
+use super::auth::{Challenge, TokenCache};
+use super::guard::{AddressPolicy, GuardedResolver, HostOverrides};
+use crate::config::{Credentials, MirrorUrl};
+use crate::reference::split_host_port;
+use crate::resolve::{Endpoint, Role, TlsMode};
+
+/// One endpoint to send registry requests to.
+#[derive(Clone)]
+pub struct Target {
+    /// `scheme://host[:port][/api-root]`
+    pub base: Arc<str>,
+    /// `host[:port]`
+    pub authority: Arc<str>,
+    pub tls: TlsMode,
+    /// Credentials for this endpoint only.
+    pub credentials: Option<Credentials>,
+    /// For mirrors: the origin registry, sent as `?ns=` and the `domain` header.
+    pub ns: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("base", &self.base)
+            .field("tls", &self.tls)
+            .field("credentials", &self.credentials)
+            .field("ns", &self.ns)
+            .finish()
+    }
+}
+
+impl Target {
+    /// A configured upstream registry itself.
+    pub fn origin(url: &MirrorUrl, credentials: Option<Credentials>, tls: TlsMode) -> Self {
+        Target {
+            base: Arc::from(url.to_string()),
+            authority: Arc::from(url.authority()),
+            tls,
+            credentials,
+            ns: None,
+        }
+    }
+
+    /// A resolver endpoint. Mirrors get `mirror_credentials`, the origin `origin_credentials`.
+    pub fn from_endpoint(endpoint: &Endpoint, credentials: Option<Credentials>) -> Self {
+        Target {
+            base: endpoint.url.clone(),
+            authority: endpoint.authority.clone(),
+            tls: endpoint.tls,
+            credentials,
+            ns: match endpoint.role {
+                Role::Mirror => endpoint.ns.clone(),
+                Role::Origin => None,
+            },
+        }
+    }
+
+    pub fn is_mirror(&self) -> bool {
+        self.ns.is_some()
+    }
+}
+
+/// One registry API request, independent of the endpoint it goes to.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub method: Method,
+    /// `/v2/<repository>/…`
+    pub path: String,
+    /// Extra query parameters (without `ns`), e.g. `n=100&last=x`.
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    /// The token scope, e.g. `repository:library/nginx:pull`.
+    pub scope: Option<String>,
+}
+
+impl UpstreamRequest {
+    pub fn new(method: Method, path: String) -> Self {
+        UpstreamRequest {
+            method,
+            path,
+            query: None,
+            headers: HeaderMap::new(),
+            scope: None,
+        }
+    }
+
+    /// A pull-scoped request on `repository`.
+    pub fn pull(method: Method, repository: &str, path: String) -> Self {
+        let mut request = Self::new(method, path);
+        request.scope = Some(format!("repository:{repository}:pull"));
+        request
+    }
+
+    pub fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Self {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.insert(name, value);
+        }
+        self
+    }
+}
+
+/// Why no endpoint produced a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{summary}")]
+pub struct UpstreamError {
+    pub summary: String,
+    /// True when every failure was a timeout or a refused connection (the upstream is down).
+    pub unreachable: bool,
+}
+
+/// What a request carries in `Authorization`.
+enum Authorization {
+    /// The full header value, `Bearer <token>`.
+    Bearer(String),
+    Basic(Credentials),
+}
+
+/// Shared by every request to every upstream.
+pub struct UpstreamClient {
+    verify: Client,
+    skip_verify: Client,
+    tokens: TokenCache,
+    basic_hosts: Mutex<HashSet<String>>,
+    policy: Arc<AddressPolicy>,
+}
+
+impl fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamClient").finish_non_exhaustive()
+    }
+}
+
+/// Timeouts for upstream connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Longest silence while waiting for headers or body bytes.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Installs the process-wide rustls crypto provider (ring) once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl UpstreamClient {
+    pub fn new(
+        overrides: HostOverrides,
+        policy: AddressPolicy,
+        timeouts: Timeouts,
+    ) -> Result<Self, String> {
+        install_crypto_provider();
+        let policy = Arc::new(policy);
+        let resolver = GuardedResolver {
+            overrides: Arc::new(overrides),
+            policy: policy.clone(),
+        };
+        let build = |skip_verify: bool| {
+            Client::builder()
+                .connect_timeout(timeouts.connect)
+                .read_timeout(timeouts.read)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
+                .dns_resolver(resolver.clone())
+                .danger_accept_invalid_certs(skip_verify)
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        };
+        Ok(UpstreamClient {
+            verify: build(false)?,
+            skip_verify: build(true)?,
+            tokens: TokenCache::default(),
+            basic_hosts: Mutex::new(HashSet::new()),
+            policy,
+        })
+    }
+
+    fn client(&self, tls: TlsMode) -> &Client {
+        match tls {
+            TlsMode::SkipVerify => &self.skip_verify,
+            TlsMode::None | TlsMode::Verify => &self.verify,
+        }
+    }
+
+    /// Sends `request` to one endpoint, answering one auth challenge if needed.
+    pub async fn send(
+        &self,
+        target: &Target,
+        request: &UpstreamRequest,
+    ) -> Result<Response, UpstreamError> {
+        self.check_ip_literal(target)?;
+        let mut url = format!("{}{}", target.base, request.path);
+        let mut separator = '?';
+        if let Some(query) = &request.query {
+            url.push(separator);
+            url.push_str(query);
+            separator = '&';
+        }
+        if let Some(ns) = &target.ns {
+            url.push(separator);
+            url.push_str("ns=");
+            url.push_str(ns);
+        }
+        let scope = request.scope.as_deref().unwrap_or("");
+        let mut authorization = self.cached_authorization(target, scope);
+        for attempt in 0..2 {
+            let mut builder = self
+                .client(target.tls)
+                .request(request.method.clone(), &url)
+                .headers(request.headers.clone());
+            if let Some(ns) = &target.ns {
+                builder = builder.header("domain", format!("https://{ns}"));
+            }
+            builder = match &authorization {
+                Some(Authorization::Bearer(token)) => builder.header(AUTHORIZATION, token),
+                Some(Authorization::Basic(credentials)) => {
+                    builder.basic_auth(credentials.username(), Some(credentials.password()))
+                }
+                None => builder,
+            };
+            let response = builder.send().await.map_err(|e| UpstreamError {
+                summary: format!("{}: {}", target.base, describe(&e)),
+                unreachable: e.is_connect() || e.is_timeout(),
+            })?;
+            if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
+                return Ok(response);
+            }
+            let challenge = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse);
+            authorization = match challenge {
+                Some(Challenge::Bearer {
+                    realm,
+                    service,
+                    scope: challenge_scope,
+                }) => {
+                    let scope = challenge_scope.unwrap_or_else(|| scope.to_owned());
+                    Some(Authorization::Bearer(
+                        self.fetch_token(target, &realm, service.as_deref(), &scope)
+                            .await?,
+                    ))
+                }
+                Some(Challenge::Basic) if target.credentials.is_some() => {
+                    self.basic_hosts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(target.authority.to_string());
+                    target.credentials.clone().map(Authorization::Basic)
+                }
+                _ => return Ok(response),
+            };
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Tries `targets` in order. Returns the index of the endpoint that answered and its response.
+    /// A mirror's error or HTTP status >= 400 moves on; the last endpoint's response is returned
+    /// whatever its status.
+    pub async fn walk(
+        &self,
+        targets: &[Target],
+        request: &UpstreamRequest,
+    ) -> Result<(usize, Response), UpstreamError> {
+        let mut failures = Vec::new();
+        let mut unreachable = true;
+        for (index, target) in targets.iter().enumerate() {
+            let last = index + 1 == targets.len();
+            match self.send(target, request).await {
+                Ok(response) if last || !target.is_mirror() || response.status().as_u16() < 400 => {
+                    return Ok((index, response));
+                }
+                Ok(response) => {
+                    unreachable = false;
+                    failures.push(format!("{}: HTTP {}", target.base, response.status()));
+                }
+                Err(e) => {
+                    unreachable &= e.unreachable;
+                    failures.push(e.summary);
+                }
+            }
+        }
+        Err(UpstreamError {
+            summary: if failures.is_empty() {
+                "no endpoint to try".to_owned()
+            } else {
+                failures.join("; ")
+            },
+            unreachable,
+        })
+    }
+
+    fn cached_authorization(&self, target: &Target, scope: &str) -> Option<Authorization> {
+        if let Some(token) = self.tokens.get(&target.authority, scope) {
+            return Some(Authorization::Bearer(format!("Bearer {token}")));
+        }
+        let uses_basic = self
+            .basic_hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&*target.authority);
+        if uses_basic {
+            target.credentials.clone().map(Authorization::Basic)
+        } else {
+            None
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        target: &Target,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<String, UpstreamError> {
+        let fail = |message: String| UpstreamError {
+            summary: format!("{}: token service {realm}: {message}", target.base),
+            unreachable: false,
+        };
+        let mut url = url::Url::parse(realm).map_err(|e| fail(e.to_string()))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            if !scope.is_empty() {
+                query.append_pair("scope", scope);
+            }
+        }
+        let tls = if url.scheme() == "https" && target.tls == TlsMode::SkipVerify {
+            TlsMode::SkipVerify
+        } else {
+            TlsMode::Verify
+        };
+        let mut builder = self.client(tls).get(url);
+        if let Some(credentials) = &target.credentials {
+            builder = builder.basic_auth(credentials.username(), Some(credentials.password()));
+        }
+        let response = builder.send().await.map_err(|e| fail(describe(&e)))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("HTTP {}", response.status())));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let bytes = response.bytes().await.map_err(|e| fail(describe(&e)))?;
+        let body: TokenResponse =
+            serde_json::from_slice(&bytes).map_err(|e| fail(format!("invalid answer: {e}")))?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .ok_or_else(|| fail("no token in the answer".into()))?;
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(60));
+        self.tokens
+            .put(&target.authority, scope, token.clone(), lifetime);
+        Ok(format!("Bearer {token}"))
+    }
+
+    /// reqwest's resolver guards names; IP literals never reach it, so check them here.
+    fn check_ip_literal(&self, target: &Target) -> Result<(), UpstreamError> {
+        let (host, _) = split_host_port(&target.authority);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse() {
+            self.policy
+                .check(host, ip)
+                .map_err(|summary| UpstreamError {
+                    summary,
+                    unreachable: false,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The chain of causes of a reqwest error, without any URL credentials (there are none: mirror
+/// URLs are validated to carry no user info).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

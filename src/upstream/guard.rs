@@ -1,0 +1,193 @@
+//! Which addresses upstream requests may reach, and name overrides instead of DNS.
+//!
+//! Configured upstreams and mirrors may be anywhere (a cache in front of an internal registry is
+//! normal). Every other host — a dynamic upstream named by a client through `?ns=`, a `domain`
+//! header or a path prefix — must resolve to public addresses only, unless the operator allows
+//! private ones: otherwise the cache would be an open door into the internal network. The check
+//! runs inside the HTTP client's resolver, on the very addresses it connects to, so a name that
+//! resolves differently on a second lookup cannot slip past it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// `--add-host NAME:IP` entries: names answered without DNS (like curl's `--resolve`).
+#[derive(Debug, Clone, Default)]
+pub struct HostOverrides(HashMap<String, IpAddr>);
+
+impl HostOverrides {
+    /// Parses `NAME:IP` values (`IP` may be IPv6, with or without brackets).
+    pub fn parse(values: &[String]) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        for value in values {
+            let (name, ip) = value
+                .split_once(':')
+                .ok_or_else(|| format!("--add-host {value:?}: expected NAME:IP"))?;
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("--add-host {value:?}: {ip:?} is not an IP address"))?;
+            map.insert(name.to_ascii_lowercase(), ip);
+        }
+        Ok(HostOverrides(map))
+    }
+
+    pub fn get(&self, name: &str) -> Option<IpAddr> {
+        self.0.get(&name.to_ascii_lowercase()).copied()
+    }
+}
+
+/// Hosts that may resolve to any address; everything else must be public.
+#[derive(Debug, Clone, Default)]
+pub struct AddressPolicy {
+    trusted_hosts: HashSet<String>,
+    allow_private: bool,
+}
+
+impl AddressPolicy {
+    /// `trusted_hosts` are host names or IP literals (no port) of configured endpoints.
+    pub fn new(trusted_hosts: impl IntoIterator<Item = String>, allow_private: bool) -> Self {
+        AddressPolicy {
+            trusted_hosts: trusted_hosts
+                .into_iter()
+                .map(|h| {
+                    h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_ascii_lowercase()
+                })
+                .collect(),
+            allow_private,
+        }
+    }
+
+    /// Whether `host` (no port) may be reached at `ip`.
+    pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), String> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if self.allow_private
+            || self.trusted_hosts.contains(&host.to_ascii_lowercase())
+            || is_public(ip)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "refusing upstream {host}: {ip} is a loopback, link-local or private address and \
+                 {host} is not a configured upstream (set proxy.allow_private_upstreams to allow)"
+            ))
+        }
+    }
+}
+
+/// Not loopback, private, link-local, unique-local, shared (CGNAT), unspecified or multicast.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// The HTTP client's resolver: overrides first, then the system resolver, then the policy.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    pub overrides: Arc<HostOverrides>,
+    pub policy: Arc<AddressPolicy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        let this = self.clone();
+        Box::pin(async move {
+            if let Some(ip) = this.overrides.get(&host) {
+                let addrs: Addrs = Box::new(std::iter::once(SocketAddr::new(ip, 0)));
+                return Ok(addrs);
+            }
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            for addr in &resolved {
+                this.policy.check(&host, addr.ip())?;
+            }
+            let addrs: Addrs = Box::new(resolved.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_private_addresses() {
+        for (ip, public) in [
+            ("8.8.8.8", true),
+            ("140.82.112.3", true),
+            ("127.0.0.1", false),
+            ("10.1.2.3", false),
+            ("172.16.0.1", false),
+            ("192.168.1.1", false),
+            ("169.254.169.254", false),
+            ("100.64.0.1", false),
+            ("0.0.0.0", false),
+            ("::1", false),
+            ("fd00::1", false),
+            ("fe80::1", false),
+            ("::ffff:127.0.0.1", false),
+            ("2606:4700::1111", true),
+        ] {
+            assert_eq!(is_public(ip.parse().unwrap()), public, "{ip}");
+        }
+    }
+
+    #[test]
+    fn policy() {
+        let policy = AddressPolicy::new(["reg.internal".to_owned(), "[::1]".to_owned()], false);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(policy.check("reg.internal", lo).is_ok());
+        assert!(policy.check("::1", "::1".parse().unwrap()).is_ok());
+        let err = policy.check("evil.example", lo).unwrap_err();
+        assert!(err.contains("refusing upstream evil.example"), "{err}");
+        assert!(
+            policy
+                .check("evil.example", "8.8.8.8".parse().unwrap())
+                .is_ok()
+        );
+        let open = AddressPolicy::new([], true);
+        assert!(open.check("anything", lo).is_ok());
+    }
+
+    #[test]
+    fn overrides() {
+        let o =
+            HostOverrides::parse(&["Reg.Example.test:127.0.0.2".into(), "v6.test:[::1]".into()])
+                .unwrap();
+        assert_eq!(
+            o.get("reg.example.test"),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(o.get("v6.test"), Some("::1".parse().unwrap()));
+        assert!(HostOverrides::parse(&["nocolon".into()]).is_err());
+        assert!(HostOverrides::parse(&["a:notanip".into()]).is_err());
+    }
+}

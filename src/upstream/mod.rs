@@ -1,0 +1,14 @@
+//! Talking to registries: one shared HTTP client, token and basic auth, the guard that keeps
+//! dynamic upstreams out of the internal network, and the walker that tries an ordered list of
+//! endpoints (mirrors, then origin) until one answers.
+//!
+//! Credentials go only to the endpoint they were configured for and are never logged.
+
+mod auth;
+mod client;
+mod guard;
+
+pub use client::{
+    Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest, install_crypto_provider,
+};
+pub use guard::{AddressPolicy, HostOverrides};
