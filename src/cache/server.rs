@@ -107,8 +107,26 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then drains for the grace period.
+    /// Serves until `shutdown` resolves, then drains for the grace period. Returns once every
+    /// response and fill has finished and the storage is released (or the grace period is over).
     pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self.app.clone();
+        let grace = self.grace;
+        let result = self.serve(shutdown).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        // Handlers hold the app; fills (which run on after their clients) hold the metadata.
+        while (Arc::strong_count(&app) > 1 || Arc::strong_count(&app.meta) > 1)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        result
+    }
+
+    async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
