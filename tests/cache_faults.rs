@@ -15,6 +15,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use regmirror::cache::server::{ServeOptions, Server};
 use regmirror::config::cache::CacheConfig;
+use regmirror::config::{ConfigSource, MirrorConfig};
 use regmirror::upstream::HostOverrides;
 use sha2::{Digest as _, Sha256};
 
@@ -181,14 +182,25 @@ impl Cache {
     }
 
     async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Self {
+        Self::start_with_mirrors(dir, yaml, None).await
+    }
+
+    async fn start_with_mirrors(dir: tempfile::TempDir, yaml: &str, mirrors: Option<&str>) -> Self {
         let text = format!(
             "{yaml}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:0}}\n",
             dir.path().display()
         );
         let config = CacheConfig::parse("test.yml", Some(&text), &[]).unwrap();
+        let mirrors = mirrors.map(|text| {
+            let source = ConfigSource {
+                path: "mirrors.json",
+                text,
+            };
+            MirrorConfig::from_sources(&[source]).unwrap()
+        });
         let options = ServeOptions {
             config,
-            mirrors: None,
+            mirrors,
             overrides: HostOverrides::default(),
             grace: Duration::from_secs(1),
         };
@@ -644,4 +656,59 @@ async fn raw_get(addr: SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+#[tokio::test]
+async fn own_fetches_walk_the_mirrors_first() {
+    let origin = FakeUpstream::start().await;
+    let mirror = FakeUpstream::start().await;
+    let manifest = r#"{"schemaVersion":2,"layers":[]}"#;
+    origin.manifest("library/demo", "v1", manifest);
+    origin.manifest(
+        "library/demo",
+        "v2",
+        r#"{"schemaVersion":2,"layers":[],"annotations":{"v":"2"}}"#,
+    );
+    mirror.manifest("library/demo", "v1", manifest);
+    let mirrors = format!(
+        r#"{{"mirror-registries": [{{"domain": "{}", "mirrors": ["{}"]}}]}}"#,
+        origin.addr,
+        mirror.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::start_with_mirrors(
+        dir,
+        &format!("proxy: {{remoteurl: {}}}", origin.url()),
+        Some(&mirrors),
+    )
+    .await;
+    let get = |path: String| async move { client().get(path).send().await.unwrap() };
+    assert_eq!(
+        get(cache.url("/v2/library/demo/manifests/v1"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        mirror.hits(Method::GET, "/v2/library/demo/manifests/v1"),
+        1,
+        "the mirror served it"
+    );
+    assert_eq!(
+        origin.hits(Method::GET, "/v2/library/demo/manifests/v1"),
+        0,
+        "the origin was not asked"
+    );
+    // The mirror lacks v2: the walk falls back to the origin.
+    assert_eq!(
+        get(cache.url("/v2/library/demo/manifests/v2"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        mirror.hits(Method::HEAD, "/v2/library/demo/manifests/v2"),
+        1
+    );
+    assert_eq!(origin.hits(Method::GET, "/v2/library/demo/manifests/v2"), 1);
 }

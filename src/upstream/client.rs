@@ -300,10 +300,12 @@ impl UpstreamClient {
                 }
                 Ok(response) => {
                     unreachable = false;
+                    tracing::debug!(mirror = %target.base, status = %response.status(), path = %request.path, "mirror failed, trying the next endpoint");
                     failures.push(format!("{}: HTTP {}", target.base, response.status()));
                 }
                 Err(e) => {
                     unreachable &= e.unreachable;
+                    tracing::debug!(endpoint = %target.base, error = %e, path = %request.path, "endpoint failed");
                     failures.push(e.summary);
                 }
             }
