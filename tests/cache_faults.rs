@@ -16,7 +16,7 @@ use bytes::Bytes;
 use regmirror::cache::server::{ServeOptions, Server};
 use regmirror::config::cache::CacheConfig;
 use regmirror::config::{ConfigSource, MirrorConfig};
-use regmirror::upstream::HostOverrides;
+use regmirror::upstream::{HostOverrides, Timeouts};
 use sha2::{Digest as _, Sha256};
 
 fn digest_of(bytes: &[u8]) -> String {
@@ -203,6 +203,11 @@ impl Cache {
             mirrors,
             overrides: HostOverrides::default(),
             grace: Duration::from_secs(1),
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                first_byte: Duration::from_secs(1),
+                read: Duration::from_secs(5),
+            },
         };
         let server = Server::bind(options).await.unwrap();
         let addr = server.local_addr().unwrap();
@@ -711,4 +716,67 @@ async fn own_fetches_walk_the_mirrors_first() {
         1
     );
     assert_eq!(origin.hits(Method::GET, "/v2/library/demo/manifests/v2"), 1);
+}
+
+/// A FAKE mirror that accepts connections and never answers.
+async fn silent_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_silent_mirror_costs_its_timeout_once() {
+    let origin = FakeUpstream::start().await;
+    origin.manifest("library/demo", "v1", r#"{"schemaVersion":2,"layers":[]}"#);
+    let (silent, silent_task) = silent_listener().await;
+    let mirrors = format!(
+        r#"{{"mirror-registries": [{{"domain": "{}", "mirrors": ["http://{silent}"]}}]}}"#,
+        origin.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::start_with_mirrors(
+        dir,
+        &format!("proxy: {{remoteurl: {}}}", origin.url()),
+        Some(&mirrors),
+    )
+    .await;
+    let get = |path: String| async move { client().get(path).send().await.unwrap() };
+
+    let started = Instant::now();
+    assert_eq!(
+        get(cache.url("/v2/library/demo/manifests/v1"))
+            .await
+            .status(),
+        200
+    );
+    let first = started.elapsed();
+    assert!(
+        first >= Duration::from_millis(900),
+        "the silent mirror was tried: {first:?}"
+    );
+    assert!(
+        first < Duration::from_millis(3500),
+        "within the timeout budget: {first:?}"
+    );
+
+    let started = Instant::now();
+    assert_eq!(
+        get(cache.url("/v2/library/demo/manifests/v1"))
+            .await
+            .status(),
+        200
+    );
+    let second = started.elapsed();
+    assert!(
+        second < Duration::from_millis(500),
+        "the breaker skips the silent mirror: {second:?}"
+    );
+    silent_task.abort();
 }

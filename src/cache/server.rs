@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub overrides: HostOverrides,
     /// How long in-flight responses may run after a shutdown signal.
     pub grace: Duration,
+    /// Per-endpoint timeouts of the cache's upstream fetches.
+    pub timeouts: Timeouts,
 }
 
 /// Why the server could not start.
@@ -74,7 +76,7 @@ impl Server {
             Router::trusted_hosts(config),
             config.allow_private_upstreams,
         );
-        let client = UpstreamClient::new(options.overrides, policy, Timeouts::default())
+        let client = UpstreamClient::new(options.overrides, policy, options.timeouts)
             .map_err(|e| fail("client", &e))?;
         let mut extra_headers = Vec::new();
         for (name, value) in &config.headers {

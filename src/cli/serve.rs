@@ -8,7 +8,7 @@ use super::BadInput;
 use super::mirror_config::MirrorConfigArgs;
 use crate::cache::server::{ServeOptions, Server};
 use crate::config::cache::CacheConfig;
-use crate::upstream::HostOverrides;
+use crate::upstream::{HostOverrides, Timeouts};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +27,12 @@ pub struct Args {
     /// Seconds in-flight responses may run after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 30)]
     grace: u64,
+    /// Seconds to connect to an upstream endpoint before trying the next.
+    #[arg(long, default_value_t = 2.0)]
+    connect_timeout: f64,
+    /// Seconds from request to response headers before trying the next endpoint.
+    #[arg(long, default_value_t = 10.0)]
+    first_byte_timeout: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -62,6 +68,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mirrors,
         overrides,
         grace: Duration::from_secs(args.grace),
+        timeouts: Timeouts {
+            connect: seconds("--connect-timeout", args.connect_timeout)?,
+            first_byte: seconds("--first-byte-timeout", args.first_byte_timeout)?,
+            ..Timeouts::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -85,4 +96,15 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, BadInput> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            BadInput(format!(
+                "{flag} {value}: must be a positive number of seconds"
+            ))
+        })
 }

@@ -11,12 +11,13 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Client, Method, Response, StatusCode};
 
 use super::auth::{Challenge, TokenCache};
+use super::breaker::{Admission, Breakers};
 use super::guard::{AddressPolicy, GuardedResolver, HostOverrides};
 use crate::config::{Credentials, MirrorUrl};
 use crate::reference::split_host_port;
@@ -140,6 +141,8 @@ pub struct UpstreamClient {
     tokens: TokenCache,
     basic_hosts: Mutex<HashSet<String>>,
     policy: Arc<AddressPolicy>,
+    breakers: Breakers,
+    first_byte_timeout: Duration,
 }
 
 impl fmt::Debug for UpstreamClient {
@@ -148,18 +151,22 @@ impl fmt::Debug for UpstreamClient {
     }
 }
 
-/// Timeouts for upstream connections.
+/// Timeouts for each endpoint.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// TCP (and TLS) connection set-up.
     pub connect: Duration,
-    /// Longest silence while waiting for headers or body bytes.
+    /// From sending the request to the response headers.
+    pub first_byte: Duration,
+    /// Longest silence between body bytes.
     pub read: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            connect: Duration::from_secs(5),
+            connect: Duration::from_secs(2),
+            first_byte: Duration::from_secs(10),
             read: Duration::from_secs(30),
         }
     }
@@ -199,6 +206,8 @@ impl UpstreamClient {
             tokens: TokenCache::default(),
             basic_hosts: Mutex::new(HashSet::new()),
             policy,
+            breakers: Breakers::default(),
+            first_byte_timeout: timeouts.first_byte,
         })
     }
 
@@ -245,10 +254,22 @@ impl UpstreamClient {
                 }
                 None => builder,
             };
-            let response = builder.send().await.map_err(|e| UpstreamError {
-                summary: format!("{}: {}", target.base, describe(&e)),
-                unreachable: e.is_connect() || e.is_timeout(),
-            })?;
+            let response = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await
+            {
+                Ok(result) => result.map_err(|e| UpstreamError {
+                    summary: format!("{}: {}", target.base, describe(&e)),
+                    unreachable: e.is_connect() || e.is_timeout(),
+                })?,
+                Err(_) => {
+                    return Err(UpstreamError {
+                        summary: format!(
+                            "{}: no response within {:?}",
+                            target.base, self.first_byte_timeout
+                        ),
+                        unreachable: true,
+                    });
+                }
+            };
             if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 return Ok(response);
             }
@@ -284,7 +305,8 @@ impl UpstreamClient {
 
     /// Tries `targets` in order. Returns the index of the endpoint that answered and its response.
     /// A mirror's error or HTTP status >= 400 moves on; the last endpoint's response is returned
-    /// whatever its status.
+    /// whatever its status. Endpoints whose breaker is open are skipped (never the last one);
+    /// transport errors, timeouts and 5xx answers open an endpoint's breaker.
     pub async fn walk(
         &self,
         targets: &[Target],
@@ -294,7 +316,19 @@ impl UpstreamClient {
         let mut unreachable = true;
         for (index, target) in targets.iter().enumerate() {
             let last = index + 1 == targets.len();
-            match self.send(target, request).await {
+            if self.breakers.admit(&target.base, Instant::now()) == Admission::Skipped && !last {
+                failures.push(format!("{}: skipped (recently failed)", target.base));
+                continue;
+            }
+            let result = self.send(target, request).await;
+            match &result {
+                Ok(response) if response.status().is_server_error() => {
+                    self.breakers.failure(&target.base, Instant::now());
+                }
+                Ok(_) => self.breakers.success(&target.base),
+                Err(_) => self.breakers.failure(&target.base, Instant::now()),
+            }
+            match result {
                 Ok(response) if last || !target.is_mirror() || response.status().as_u16() < 400 => {
                     return Ok((index, response));
                 }

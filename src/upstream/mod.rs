@@ -5,6 +5,7 @@
 //! Credentials go only to the endpoint they were configured for and are never logged.
 
 mod auth;
+mod breaker;
 mod client;
 mod guard;
 
