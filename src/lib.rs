@@ -28,4 +28,5 @@ pub mod config;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
+pub mod shim;
 pub mod upstream;

@@ -76,7 +76,7 @@ impl Server {
             Router::trusted_hosts(config),
             config.allow_private_upstreams,
         );
-        let client = UpstreamClient::new(options.overrides, policy, options.timeouts)
+        let client = UpstreamClient::new(options.overrides, policy, options.timeouts, &[])
             .map_err(|e| fail("client", &e))?;
         let mut extra_headers = Vec::new();
         for (name, value) in &config.headers {

@@ -7,6 +7,7 @@ mod check;
 mod mirror_config;
 mod resolve;
 mod serve;
+mod shim;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Command {
     Check(check::Args),
     /// Run the multi-upstream pull-through cache (the mirror target).
     Serve(serve::Args),
+    /// Run the proxy that gives a stock dockerd ordered mirrors with failover.
+    Shim(shim::Args),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
             check::run(args)
         }
         Command::Serve(args) => serve::run(args),
+        Command::Shim(args) => shim::run(args),
     };
     match result {
         Ok(code) => code,

@@ -89,7 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
@@ -98,7 +99,8 @@ async fn shutdown_signal() {
     }
 }
 
-fn seconds(flag: &str, value: f64) -> Result<Duration, BadInput> {
+/// A positive number of seconds from a command-line flag.
+pub fn seconds(flag: &str, value: f64) -> Result<Duration, BadInput> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())

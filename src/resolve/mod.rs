@@ -333,6 +333,11 @@ impl Resolver {
         }
     }
 
+    /// True when some rule (exact, pattern or `*`) covers `registry` (`host[:port]`).
+    pub fn has_rule(&self, registry: &str) -> bool {
+        self.rule_for(&canonical_registry(registry)).is_some()
+    }
+
     /// The most specific rule for a canonical registry host.
     fn rule_for(&self, registry: &str) -> Option<&CompiledRule> {
         if let Some(rule) = self.exact.get(registry) {

@@ -35,6 +35,10 @@ pub struct Target {
     pub credentials: Option<Credentials>,
     /// For mirrors: the origin registry, sent as `?ns=` and the `domain` header.
     pub ns: Option<Arc<str>>,
+    /// A client's own `Authorization`, relayed as is (the shim's origin requests). When set, or
+    /// when `answer_challenges` is false, 401 answers go back to the client untouched.
+    pub client_authorization: Option<HeaderValue>,
+    pub answer_challenges: bool,
 }
 
 impl fmt::Debug for Target {
@@ -44,6 +48,10 @@ impl fmt::Debug for Target {
             .field("tls", &self.tls)
             .field("credentials", &self.credentials)
             .field("ns", &self.ns)
+            .field(
+                "client_authorization",
+                &self.client_authorization.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -57,7 +65,29 @@ impl Target {
             tls,
             credentials,
             ns: None,
+            client_authorization: None,
+            answer_challenges: true,
         }
+    }
+
+    /// A plain-http endpoint that gets requests exactly as the client sent them.
+    pub fn pass_through(base: &str, authority: &str) -> Self {
+        Target {
+            base: Arc::from(base),
+            authority: Arc::from(authority),
+            tls: TlsMode::None,
+            credentials: None,
+            ns: None,
+            client_authorization: None,
+            answer_challenges: false,
+        }
+    }
+
+    /// Relays the client's `Authorization` to this endpoint and leaves challenges to the client.
+    pub fn with_client_authorization(mut self, authorization: Option<HeaderValue>) -> Self {
+        self.client_authorization = authorization;
+        self.answer_challenges = false;
+        self
     }
 
     /// A resolver endpoint. Mirrors get `mirror_credentials`, the origin `origin_credentials`.
@@ -71,6 +101,8 @@ impl Target {
                 Role::Mirror => endpoint.ns.clone(),
                 Role::Origin => None,
             },
+            client_authorization: None,
+            answer_challenges: true,
         }
     }
 
@@ -132,6 +164,8 @@ enum Authorization {
     /// The full header value, `Bearer <token>`.
     Bearer(String),
     Basic(Credentials),
+    /// The client's own header, passed through.
+    Relayed(HeaderValue),
 }
 
 /// Shared by every request to every upstream.
@@ -178,11 +212,20 @@ pub fn install_crypto_provider() {
 }
 
 impl UpstreamClient {
+    /// `extra_roots` are PEM certificates trusted in addition to the system's roots.
     pub fn new(
         overrides: HostOverrides,
         policy: AddressPolicy,
         timeouts: Timeouts,
+        extra_roots: &[Vec<u8>],
     ) -> Result<Self, String> {
+        let mut roots = Vec::new();
+        for pem in extra_roots {
+            roots.push(
+                reqwest::Certificate::from_pem(pem)
+                    .map_err(|e| format!("invalid CA certificate: {e}"))?,
+            );
+        }
         install_crypto_provider();
         let policy = Arc::new(policy);
         let resolver = GuardedResolver {
@@ -190,7 +233,11 @@ impl UpstreamClient {
             policy: policy.clone(),
         };
         let build = |skip_verify: bool| {
-            Client::builder()
+            roots
+                .iter()
+                .fold(Client::builder(), |b, root| {
+                    b.add_root_certificate(root.clone())
+                })
                 .connect_timeout(timeouts.connect)
                 .read_timeout(timeouts.read)
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -224,6 +271,17 @@ impl UpstreamClient {
         target: &Target,
         request: &UpstreamRequest,
     ) -> Result<Response, UpstreamError> {
+        self.send_with_body(target, request, None).await
+    }
+
+    /// [`send`](Self::send) with a request body. A request with a body is sent once: its 401
+    /// answer goes back as it is.
+    pub async fn send_with_body(
+        &self,
+        target: &Target,
+        request: &UpstreamRequest,
+        mut body: Option<reqwest::Body>,
+    ) -> Result<Response, UpstreamError> {
         self.check_ip_literal(target)?;
         let mut url = format!("{}{}", target.base, request.path);
         let mut separator = '?';
@@ -238,7 +296,10 @@ impl UpstreamClient {
             url.push_str(ns);
         }
         let scope = request.scope.as_deref().unwrap_or("");
-        let mut authorization = self.cached_authorization(target, scope);
+        let mut authorization = match &target.client_authorization {
+            Some(value) => Some(Authorization::Relayed(value.clone())),
+            None => self.cached_authorization(target, scope),
+        };
         for attempt in 0..2 {
             let mut builder = self
                 .client(target.tls)
@@ -247,11 +308,15 @@ impl UpstreamClient {
             if let Some(ns) = &target.ns {
                 builder = builder.header("domain", format!("https://{ns}"));
             }
+            if let Some(body) = body.take() {
+                builder = builder.body(body);
+            }
             builder = match &authorization {
                 Some(Authorization::Bearer(token)) => builder.header(AUTHORIZATION, token),
                 Some(Authorization::Basic(credentials)) => {
                     builder.basic_auth(credentials.username(), Some(credentials.password()))
                 }
+                Some(Authorization::Relayed(value)) => builder.header(AUTHORIZATION, value.clone()),
                 None => builder,
             };
             let response = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await
@@ -270,7 +335,11 @@ impl UpstreamClient {
                     });
                 }
             };
-            if response.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
+            let final_answer = response.status() != StatusCode::UNAUTHORIZED
+                || attempt == 1
+                || !target.answer_challenges
+                || request.method != Method::GET && request.method != Method::HEAD;
+            if final_answer {
                 return Ok(response);
             }
             let challenge = response

@@ -1,0 +1,217 @@
+//! `regmirror shim`: the proxy that gives a stock dockerd ordered mirrors with failover, and
+//! `regmirror shim install-ca`, which makes dockerd trust the shim's CA for the configured hosts.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::BadInput;
+use super::mirror_config::MirrorConfigArgs;
+use crate::config::{DomainPattern, MirrorConfig};
+use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
+use crate::resolve::Resolver;
+use crate::shim::ca::{CertificateAuthority, Constraints};
+use crate::shim::proxy::Shim;
+use crate::upstream::{AddressPolicy, HostOverrides, Timeouts, UpstreamClient};
+
+/// How often the config files are checked for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Write the shim's CA into dockerd's per-host certs.d directories.
+    InstallCa(InstallCaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: MirrorConfigArgs,
+    /// Address of the proxy (dockerd's HTTPS_PROXY / HTTP_PROXY).
+    #[arg(long, default_value = "127.0.0.1:3128")]
+    listen: String,
+    /// Where the shim keeps its CA (ca.key is written with mode 0600).
+    #[arg(long, default_value = "/var/lib/regmirror-shim")]
+    state_dir: PathBuf,
+    /// Per-host CA files (<host[:port]>/*.crt) trusted for the shim's own upstream connections.
+    #[arg(long, default_value = "/etc/docker/certs.d")]
+    certs_dir: PathBuf,
+    /// Answer NAME with IP instead of DNS (like curl --resolve). Repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Seconds to connect to an endpoint before trying the next.
+    #[arg(long, default_value_t = 2.0)]
+    connect_timeout: f64,
+    /// Seconds from request to response headers before trying the next endpoint.
+    #[arg(long, default_value_t = 10.0)]
+    first_byte_timeout: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallCaArgs {
+    #[command(flatten)]
+    config: MirrorConfigArgs,
+    #[arg(long, default_value = "/var/lib/regmirror-shim")]
+    state_dir: PathBuf,
+    /// dockerd's certs.d directory.
+    #[arg(long, default_value = "/etc/docker/certs.d")]
+    docker_certs_dir: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::init_tracing("info");
+    match args.action {
+        Some(Action::InstallCa(install)) => install_ca(install),
+        None => serve(args.run),
+    }
+}
+
+fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let ca =
+        CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
+            .map_err(BadInput)?;
+    let resolver = Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;
+    let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
+    let timeouts = Timeouts {
+        connect: super::serve::seconds("--connect-timeout", args.connect_timeout)?,
+        first_byte: super::serve::seconds("--first-byte-timeout", args.first_byte_timeout)?,
+        ..Timeouts::default()
+    };
+    let roots = read_certs_dir(&args.certs_dir);
+    // The shim's endpoints come from the operator's rules and dockerd's own pulls: private
+    // registries are legitimate targets, so the private-address guard stays open here.
+    let client = UpstreamClient::new(
+        overrides.clone(),
+        AddressPolicy::new([], true),
+        timeouts,
+        &roots,
+    )
+    .map_err(BadInput)?;
+    let shim = Arc::new(Shim::new(resolver, client, ca, overrides));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| BadInput(format!("listen on {}: {e}", args.listen)))?;
+        tracing::info!(addr = %listener.local_addr()?, "regmirror shim listening");
+        tokio::spawn(reload_on_change(shim.clone(), args.config.clone()));
+        shim.run(listener, super::serve::shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads the rules on SIGHUP and when a config file changes; a bad config keeps the old rules.
+async fn reload_on_change(shim: Arc<Shim>, config: MirrorConfigArgs) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let mut seen = modification_times(&config.files);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {}
+            () = tokio::time::sleep(RELOAD_POLL) => {
+                let now = modification_times(&config.files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+        }
+        match config
+            .load()
+            .and_then(|c| Resolver::new(c).map_err(anyhow::Error::from))
+        {
+            Ok(resolver) => {
+                shim.reload(resolver);
+                tracing::info!("mirror configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "mirror configuration not reloaded; keeping the previous rules")
+            }
+        }
+    }
+}
+
+fn modification_times(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Every `<dir>/<host>/*.crt`, as PEM.
+fn read_certs_dir(dir: &Path) -> Vec<Vec<u8>> {
+    let Ok(hosts) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut pems = Vec::new();
+    for host in hosts.flatten() {
+        let Ok(files) = std::fs::read_dir(host.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let path = file.path();
+            let is_ca = path.extension().is_some_and(|e| e == "crt")
+                && !path.file_name().is_some_and(|n| n == "regmirror-ca.crt");
+            if let (true, Ok(pem)) = (is_ca, std::fs::read(&path)) {
+                pems.push(pem);
+            }
+        }
+    }
+    pems
+}
+
+fn install_ca(args: InstallCaArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let ca =
+        CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
+            .map_err(BadInput)?;
+    for dir in cert_dirs(&config) {
+        let target = args.docker_certs_dir.join(&dir);
+        std::fs::create_dir_all(&target)?;
+        let file = target.join("regmirror-ca.crt");
+        std::fs::write(&file, ca.cert_pem())?;
+        println!("wrote {}", file.display());
+    }
+    if Constraints::for_config(&config).is_none() {
+        println!(
+            "\nA `*` rule makes the shim intercept every registry, and dockerd reads certs.d per host \
+             only. Trust the CA system-wide instead:\n  cp {} /usr/local/share/ca-certificates/regmirror-shim.crt && \
+             update-ca-certificates\nThen restart dockerd. This CA can then vouch for any host name: \
+             keep {} readable by root only.",
+            CertificateAuthority::cert_path(&args.state_dir).display(),
+            args.state_dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The certs.d directory names dockerd reads for the exact rules' registries.
+fn cert_dirs(config: &MirrorConfig) -> Vec<String> {
+    let mut dirs = Vec::new();
+    for rule in &config.rules {
+        if let DomainPattern::Exact(registry) = &rule.domain {
+            if registry == DOCKER_HUB {
+                dirs.extend([DOCKER_HUB.to_owned(), DOCKER_HUB_API_HOST.to_owned()]);
+            } else {
+                dirs.push(registry.clone());
+            }
+        }
+    }
+    dirs
+}

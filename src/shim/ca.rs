@@ -1,0 +1,309 @@
+//! The shim's own certificate authority, and the leaf certificates it mints per registry host.
+//!
+//! Generated on first start in the state directory: `ca.key` (mode 0600), `ca.crt`, and
+//! `ca.json` (the name constraints it was made with). When the configuration has no `*` rule the
+//! CA is name-constrained to the configured exact and pattern domains, so its key cannot mint a
+//! certificate any client would accept for another name; IP addresses are excluded unless a rule
+//! names one. A CA whose constraints no longer match the configuration is replaced (and the trust
+//! files must be installed again).
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, GeneralSubtree,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SanType,
+};
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DomainPattern, MirrorConfig};
+use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST, LEGACY_DOCKER_HUB, split_host_port};
+
+const CA_COMMON_NAME: &str = "regmirror shim CA";
+
+/// The names a CA may certify: `None` means unconstrained (a `*` rule exists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraints {
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl Constraints {
+    /// What a CA for `config` may certify: the hosts of exact rules and the suffixes of pattern
+    /// rules; `None` (unconstrained) when a `*` rule exists.
+    pub fn for_config(config: &MirrorConfig) -> Option<Self> {
+        let mut dns = Vec::new();
+        let mut ips = Vec::new();
+        for rule in &config.rules {
+            let host = match &rule.domain {
+                DomainPattern::Any => return None,
+                DomainPattern::Suffix(pattern) => pattern.trim_start_matches("*."),
+                DomainPattern::Exact(registry) => split_host_port(registry).0,
+            };
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            match bare.parse::<IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) if bare == DOCKER_HUB => {
+                    dns.extend(
+                        [DOCKER_HUB, LEGACY_DOCKER_HUB, DOCKER_HUB_API_HOST].map(str::to_owned),
+                    );
+                }
+                Err(_) => dns.push(bare.to_owned()),
+            }
+        }
+        dns.sort();
+        dns.dedup();
+        ips.sort();
+        ips.dedup();
+        Some(Constraints { dns, ips })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Recorded {
+    constraints: Option<Constraints>,
+}
+
+pub struct CertificateAuthority {
+    key: KeyPair,
+    params: CertificateParams,
+    cert_pem: String,
+    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn ca_params(constraints: Option<&Constraints>) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, CA_COMMON_NAME);
+    name.push(DnType::OrganizationName, "regmirror");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    if let Some(c) = constraints {
+        let mut excluded = Vec::new();
+        let mut permitted: Vec<GeneralSubtree> = c
+            .dns
+            .iter()
+            .map(|d| GeneralSubtree::DnsName(d.clone()))
+            .collect();
+        permitted.extend(c.ips.iter().map(|ip| {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(*ip, prefix))
+        }));
+        if c.ips.is_empty() {
+            excluded.push(GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])));
+            excluded.push(GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])));
+        }
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: permitted,
+            excluded_subtrees: excluded,
+        });
+    }
+    params
+}
+
+impl CertificateAuthority {
+    /// Loads the CA of `state_dir`, or creates it (again, if its constraints changed).
+    pub fn load_or_create(
+        state_dir: &Path,
+        constraints: Option<Constraints>,
+    ) -> Result<Self, String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            format!("CA in {}: {what}: {e}", state_dir.display())
+        };
+        std::fs::create_dir_all(state_dir).map_err(|e| fail("create", &e))?;
+        let key_path = state_dir.join("ca.key");
+        let cert_path = state_dir.join("ca.crt");
+        let record_path = state_dir.join("ca.json");
+        let wanted = Recorded { constraints };
+        let recorded: Option<Recorded> = std::fs::read(&record_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let params = ca_params(wanted.constraints.as_ref());
+        if recorded.as_ref() == Some(&wanted) && key_path.exists() && cert_path.exists() {
+            let key_pem =
+                std::fs::read_to_string(&key_path).map_err(|e| fail("read ca.key", &e))?;
+            let key = KeyPair::from_pem(&key_pem).map_err(|e| fail("parse ca.key", &e))?;
+            let cert_pem =
+                std::fs::read_to_string(&cert_path).map_err(|e| fail("read ca.crt", &e))?;
+            return Ok(Self::new(key, params, cert_pem));
+        }
+        if recorded.is_some() {
+            tracing::warn!(
+                dir = %state_dir.display(),
+                "the configured domains changed: generating a new CA; run `regmirror shim install-ca` again"
+            );
+        }
+        let key = KeyPair::generate().map_err(|e| fail("generate key", &e))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| fail("self-sign", &e))?;
+        write_private(&key_path, key.serialize_pem().as_bytes())
+            .map_err(|e| fail("write ca.key", &e))?;
+        std::fs::write(&cert_path, cert.pem()).map_err(|e| fail("write ca.crt", &e))?;
+        let record = serde_json::to_vec_pretty(&wanted).map_err(|e| fail("record", &e))?;
+        std::fs::write(&record_path, record).map_err(|e| fail("write ca.json", &e))?;
+        Ok(Self::new(key, params, cert.pem()))
+    }
+
+    fn new(key: KeyPair, params: CertificateParams, cert_pem: String) -> Self {
+        CertificateAuthority {
+            key,
+            params,
+            cert_pem,
+            leaves: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `ca.crt` in PEM, for clients to trust.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("ca.crt")
+    }
+
+    /// A TLS server configuration presenting a leaf certificate for `host`, minted once.
+    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
+        let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(config) = leaves.get(host) {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(self.mint(host)?);
+        leaves.insert(host.to_owned(), config.clone());
+        Ok(config)
+    }
+
+    fn mint(&self, host: &str) -> Result<ServerConfig, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("leaf certificate for {host}: {e}");
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, host);
+        params.distinguished_name = name;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        params.subject_alt_names = vec![match bare.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(bare.try_into().map_err(|e| fail(&e))?),
+        }];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate().map_err(|e| fail(&e))?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let leaf = params.signed_by(&leaf_key, &issuer).map_err(|e| fail(&e))?;
+        let ca_der = pem_to_der(&self.cert_pem).map_err(|e| fail(&e))?;
+        let chain = vec![leaf.der().clone(), ca_der];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| fail(&e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Writes a file readable by its owner only (0600), replacing any previous one atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn created_once_with_a_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let constraints = Some(Constraints {
+            dns: vec!["reg.example.test".into()],
+            ips: vec![],
+        });
+        let ca = CertificateAuthority::load_or_create(dir.path(), constraints.clone()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = CertificateAuthority::load_or_create(dir.path(), constraints).unwrap();
+        assert_eq!(ca.cert_pem(), again.cert_pem(), "reused, not regenerated");
+        let changed = CertificateAuthority::load_or_create(dir.path(), None).unwrap();
+        assert_ne!(ca.cert_pem(), changed.cert_pem(), "new constraints, new CA");
+        assert!(!format!("{ca:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn constraints_follow_the_rules() {
+        let config = |text: &str| {
+            MirrorConfig::from_sources(&[crate::config::ConfigSource {
+                path: "m.json",
+                text,
+            }])
+            .unwrap()
+        };
+        let c = Constraints::for_config(&config(
+            r#"{"mirror-registries": [
+                {"domain": "reg.example.test:5000", "mirrors": ["https://m"]},
+                {"domain": "*.corp.test", "mirrors": ["https://m"]},
+                {"domain": "10.1.2.3:5000", "mirrors": ["https://m"]},
+                {"domain": "docker.io", "mirrors": ["https://m"]}]}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.dns,
+            [
+                "corp.test",
+                "docker.io",
+                "index.docker.io",
+                "reg.example.test",
+                "registry-1.docker.io"
+            ]
+        );
+        assert_eq!(c.ips, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
+        let any = config(r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://m"]}]}"#);
+        assert_eq!(Constraints::for_config(&any), None);
+    }
+
+    #[test]
+    fn mints_leaves_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(dir.path(), None).unwrap();
+        let a = ca.server_config("reg.example.test").unwrap();
+        let b = ca.server_config("reg.example.test").unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "cached");
+        ca.server_config("127.0.0.1").unwrap();
+        ca.server_config("[::1]").unwrap();
+    }
+}

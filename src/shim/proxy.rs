@@ -1,0 +1,592 @@
+//! The proxy dockerd talks to (`HTTPS_PROXY` / `HTTP_PROXY`), and the registry walk behind it.
+//!
+//! - `CONNECT host:port` for a registry with a mirror rule: answered 200, then TLS is terminated
+//!   with a leaf certificate from the shim's CA and the registry API is served by walking the
+//!   resolver's endpoints. Every other `CONNECT` becomes a plain byte tunnel.
+//! - Absolute-form `http://host/…` requests (insecure registries): the same walk, without TLS;
+//!   other hosts are forwarded untouched.
+//! - Origin-form `/v2/…` requests: the shim as a registry endpoint (a dockerd `registry-mirrors`
+//!   entry for Docker Hub, or containerd with `?ns=`).
+//!
+//! The walk: pulls (GET/HEAD of manifests, blobs, tag lists) try the mirrors in order, then the
+//! origin; the client's `Authorization` goes to the origin only, and the origin's answers (401
+//! challenges included) reach the client as they are, so dockerd's own login keeps working.
+//! Everything else (pushes, the `/v2/` ping) goes to the origin only. A blob body that breaks
+//! mid-way continues from the next endpoint with a `Range` request, so the client sees one body.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::ca::CertificateAuthority;
+use crate::cache::http::error_response;
+use crate::reference::split_host_port;
+use crate::registry::route::{self, V2Request};
+use crate::registry::{ErrorCode, RegistryError};
+use crate::resolve::{Endpoints, Resolver, Role};
+use crate::upstream::{HostOverrides, Target, UpstreamClient, UpstreamRequest};
+
+/// Request headers passed on to upstream endpoints.
+const FORWARDED_HEADERS: [HeaderName; 4] = [
+    header::ACCEPT,
+    header::RANGE,
+    header::USER_AGENT,
+    header::IF_NONE_MATCH,
+];
+
+/// Response headers that belong to one connection and are not copied.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// The shim's shared state.
+pub struct Shim {
+    resolver: RwLock<Arc<Resolver>>,
+    client: Arc<UpstreamClient>,
+    ca: Arc<CertificateAuthority>,
+    overrides: HostOverrides,
+}
+
+impl std::fmt::Debug for Shim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shim").finish_non_exhaustive()
+    }
+}
+
+impl Shim {
+    pub fn new(
+        resolver: Resolver,
+        client: UpstreamClient,
+        ca: CertificateAuthority,
+        overrides: HostOverrides,
+    ) -> Self {
+        Shim {
+            resolver: RwLock::new(Arc::new(resolver)),
+            client: Arc::new(client),
+            ca: Arc::new(ca),
+            overrides,
+        }
+    }
+
+    /// Replaces the rules; connections in flight keep the ones they started with.
+    pub fn reload(&self, resolver: Resolver) {
+        *self.resolver.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(resolver);
+    }
+
+    fn resolver(&self) -> Arc<Resolver> {
+        self.resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Accepts connections until `shutdown` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            let shim = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let shim = shim.clone();
+                    async move { Ok::<_, Infallible>(shim.proxy(request, peer).await) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, %peer, "proxy connection ended");
+                }
+            });
+        }
+    }
+
+    /// One request on the proxy port.
+    async fn proxy(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        if request.method() == Method::CONNECT {
+            return self.connect(request, peer);
+        }
+        match request.uri().authority().map(|a| a.to_string()) {
+            // Absolute form: a plain-http request for some host.
+            Some(authority) => {
+                let registry = registry_name(&authority, "http");
+                if self.resolver().has_rule(&registry) {
+                    self.registry(&registry, request).await
+                } else {
+                    self.forward_plain(request).await
+                }
+            }
+            // Origin form: the shim itself is the registry endpoint.
+            None => {
+                let ns = request.uri().query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "ns")
+                        .map(|(_, v)| v.into_owned())
+                });
+                let registry = ns.unwrap_or_else(|| crate::reference::DOCKER_HUB.to_owned());
+                self.registry(&registry, request).await
+            }
+        }
+    }
+
+    fn connect(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let Some(authority) = request.uri().authority().map(|a| a.to_string()) else {
+            return plain(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+        };
+        let registry = registry_name(&authority, "https");
+        let intercept = self.resolver().has_rule(&registry);
+        tracing::info!(%peer, %authority, intercept, "CONNECT");
+        tokio::spawn(async move {
+            let upgraded = match hyper::upgrade::on(request).await {
+                Ok(upgraded) => TokioIo::new(upgraded),
+                Err(e) => {
+                    tracing::warn!(error = %e, %authority, "CONNECT upgrade failed");
+                    return;
+                }
+            };
+            let result = if intercept {
+                self.intercept(upgraded, registry).await
+            } else {
+                self.tunnel(upgraded, &authority).await
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %authority, "CONNECT stream ended");
+            }
+        });
+        Response::new(Body::empty())
+    }
+
+    /// Terminates TLS as `registry` and serves the registry walk on the decrypted stream.
+    async fn intercept(
+        self: Arc<Self>,
+        stream: TokioIo<hyper::upgrade::Upgraded>,
+        registry: String,
+    ) -> Result<(), String> {
+        let (host, _) = split_host_port(&registry);
+        let config = self.ca.server_config(host)?;
+        let tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(stream)
+            .await
+            .map_err(|e| format!("TLS handshake as {registry}: {e}"))?;
+        let service = service_fn(move |request| {
+            let shim = self.clone();
+            let registry = registry.clone();
+            async move { Ok::<_, Infallible>(shim.registry(&registry, request).await) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), service)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Copies bytes both ways between the client and `authority`.
+    async fn tunnel(
+        &self,
+        upgraded: TokioIo<hyper::upgrade::Upgraded>,
+        authority: &str,
+    ) -> Result<(), String> {
+        let (host, port) = split_host_port(authority);
+        let port: u16 = port.and_then(|p| p.parse().ok()).unwrap_or(443);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let mut upstream = match self.overrides.get(bare) {
+            Some(ip) => TcpStream::connect((ip, port)).await,
+            None => TcpStream::connect((bare, port)).await,
+        }
+        .map_err(|e| format!("tunnel to {authority}: {e}"))?;
+        let mut client = upgraded;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Forwards a plain-http proxy request for a host without rules.
+    async fn forward_plain(&self, request: Request<Incoming>) -> Response<Body> {
+        let uri = request.uri().to_string();
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let target = Target::pass_through(&format!("http://{authority}"), &authority);
+        let (parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let mut upstream = UpstreamRequest::new(parts.method, path);
+        upstream.headers = end_to_end(&parts.headers);
+        match self
+            .client
+            .send_with_body(&target, &upstream, Some(streaming_body(body)))
+            .await
+        {
+            Ok(response) => relay(response),
+            Err(e) => plain(StatusCode::BAD_GATEWAY, &format!("{uri}: {e}")),
+        }
+    }
+
+    /// The registry API for `registry`, served by walking its endpoints.
+    async fn registry(&self, registry: &str, request: Request<Incoming>) -> Response<Body> {
+        let head = request.method() == Method::HEAD;
+        match self.walk(registry, request).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error, head),
+        }
+    }
+
+    async fn walk(
+        &self,
+        registry: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, RegistryError> {
+        let parsed = route::parse(request.uri().path())?;
+        let repository = match &parsed {
+            V2Request::Manifest { name, .. }
+            | V2Request::Blob { name, .. }
+            | V2Request::Tags { name }
+            | V2Request::Upload { name, .. } => Some(name.clone()),
+            V2Request::Base | V2Request::Catalog => None,
+        };
+        let endpoints = self
+            .resolver()
+            .resolve_repository(registry, repository.as_deref().unwrap_or(""));
+        let (parts, body) = request.into_parts();
+        let client_authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+        let origins: Vec<Target> = endpoints
+            .endpoints
+            .iter()
+            .filter(|e| e.role == Role::Origin)
+            .map(|e| {
+                Target::from_endpoint(e, None)
+                    .with_client_authorization(client_authorization.clone())
+            })
+            .collect();
+        let path = parts.uri.path().to_owned();
+        let mut upstream = UpstreamRequest::new(parts.method.clone(), path);
+        upstream.query = origin_query(parts.uri.query());
+        upstream.headers = forwarded(&parts.headers);
+        if let Some(repository) = &repository {
+            upstream.scope = Some(format!("repository:{repository}:pull"));
+        }
+        let is_pull = matches!(parts.method, Method::GET | Method::HEAD)
+            && matches!(
+                parsed,
+                V2Request::Manifest { .. } | V2Request::Blob { .. } | V2Request::Tags { .. }
+            );
+        if !is_pull {
+            // Pushes and the ping go to the origin only, with the client's own credentials.
+            upstream.headers = end_to_end(&parts.headers);
+            return self.origin_only(&origins, &upstream, body, &parsed).await;
+        }
+        let mut targets: Vec<Target> = mirror_targets(&endpoints);
+        targets.extend(origins);
+        let (index, response) = self.client.walk(&targets, &upstream).await.map_err(|e| {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("{registry}: every endpoint failed: {e}"),
+            )
+        })?;
+        tracing::info!(
+            registry,
+            path = %upstream.path,
+            endpoint = %targets[index].base,
+            status = response.status().as_u16(),
+            "pull"
+        );
+        let resumable = matches!(parsed, V2Request::Blob { .. })
+            && parts.method == Method::GET
+            && !upstream.headers.contains_key(header::RANGE)
+            && response.status() == reqwest::StatusCode::OK;
+        if resumable {
+            let rest = targets[index + 1..].to_vec();
+            return Ok(relay_resumable(
+                response,
+                self.client.clone(),
+                rest,
+                upstream,
+            ));
+        }
+        Ok(relay(response))
+    }
+
+    /// Sends a non-pull request to the origin endpoints in order (https, then http for an
+    /// insecure origin), with its body.
+    async fn origin_only(
+        &self,
+        origins: &[Target],
+        request: &UpstreamRequest,
+        body: Incoming,
+        parsed: &V2Request,
+    ) -> Result<Response<Body>, RegistryError> {
+        let mut body = Some(streaming_body(body));
+        let mut last_error = String::from("no origin endpoint");
+        for (i, origin) in origins.iter().enumerate() {
+            // A request body can be sent once; only a body-less request may try a second origin.
+            let this_body = if i + 1 == origins.len() || *parsed == V2Request::Base {
+                body.take()
+            } else {
+                None
+            };
+            match self.client.send_with_body(origin, request, this_body).await {
+                Ok(response) => return Ok(relay(response)),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(RegistryError::new(
+            ErrorCode::Unavailable,
+            format!("origin unreachable: {last_error}"),
+        ))
+    }
+}
+
+/// The registry name a CONNECT or absolute URI names: the default port dropped.
+fn registry_name(authority: &str, scheme: &str) -> String {
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    authority
+        .strip_suffix(default)
+        .unwrap_or(authority)
+        .to_ascii_lowercase()
+}
+
+fn mirror_targets(endpoints: &Endpoints) -> Vec<Target> {
+    endpoints
+        .endpoints
+        .iter()
+        .filter(|e| e.role == Role::Mirror)
+        .map(|e| Target::from_endpoint(e, None))
+        .collect()
+}
+
+/// The client's query without `ns` (the walker adds its own for mirrors).
+fn origin_query(query: Option<&str>) -> Option<String> {
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(query?.as_bytes())
+        .filter(|(k, _)| k != "ns")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    Some(
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish(),
+    )
+}
+
+fn forwarded(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in FORWARDED_HEADERS {
+        for value in headers.get_all(&name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Every header but hop-by-hop ones, `Host` and `Authorization` (the target adds its own).
+fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n == "host" || n == "authorization" || n == "proxy-connection"
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+fn streaming_body(body: Incoming) -> reqwest::Body {
+    let stream = http_body_util::BodyStream::new(body)
+        .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
+    reqwest::Body::wrap_stream(stream)
+}
+
+fn copy_headers(response: &reqwest::Response, into: &mut HeaderMap<HeaderValue>) {
+    for (name, value) in response.headers() {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            into.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// An upstream response, streamed to the client as it is.
+fn relay(response: reqwest::Response) -> Response<Body> {
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = response.status();
+    copy_headers(&response, out.headers_mut());
+    *out.body_mut() = Body::from_stream(response.bytes_stream());
+    out
+}
+
+/// A blob response that, if its body breaks, continues from the next endpoints with a Range
+/// request at the byte where it stopped.
+fn relay_resumable(
+    response: reqwest::Response,
+    client: Arc<UpstreamClient>,
+    rest: Vec<Target>,
+    request: UpstreamRequest,
+) -> Response<Body> {
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = response.status();
+    copy_headers(&response, out.headers_mut());
+    struct Resume {
+        current: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+        sent: u64,
+        rest: std::vec::IntoIter<Target>,
+        client: Arc<UpstreamClient>,
+        request: UpstreamRequest,
+    }
+    let state = Resume {
+        current: response.bytes_stream().boxed(),
+        sent: 0,
+        rest: rest.into_iter(),
+        client,
+        request,
+    };
+    let stream = futures_util::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        loop {
+            match state.current.next().await {
+                Some(Ok(bytes)) => {
+                    state.sent += bytes.len() as u64;
+                    return Some((Ok(bytes), Some(state)));
+                }
+                None => return None,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, sent = state.sent, "blob body broke; resuming from the next endpoint");
+                    let mut resumed = None;
+                    for target in state.rest.by_ref() {
+                        let mut request = state.request.clone();
+                        let range = format!("bytes={}-", state.sent);
+                        if let Ok(value) = HeaderValue::from_str(&range) {
+                            request.headers.insert(header::RANGE, value);
+                        }
+                        match state.client.send(&target, &request).await {
+                            Ok(r) if r.status() == reqwest::StatusCode::PARTIAL_CONTENT => {
+                                resumed = Some(r);
+                                break;
+                            }
+                            Ok(r) => {
+                                tracing::warn!(endpoint = %target.base, status = %r.status(), "cannot resume here")
+                            }
+                            Err(e) => {
+                                tracing::warn!(endpoint = %target.base, error = %e, "cannot resume here")
+                            }
+                        }
+                    }
+                    match resumed {
+                        Some(r) => state.current = r.bytes_stream().boxed(),
+                        None => {
+                            return Some((
+                                Err(std::io::Error::other(format!("blob body broke: {error}"))),
+                                None,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    *out.body_mut() = Body::from_stream(stream);
+    out
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut response = Response::new(Body::from(format!("{text}\n")));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names() {
+        assert_eq!(
+            registry_name("reg.example.test:443", "https"),
+            "reg.example.test"
+        );
+        assert_eq!(
+            registry_name("reg.example.test:5000", "https"),
+            "reg.example.test:5000"
+        );
+        assert_eq!(registry_name("Reg.io:80", "http"), "reg.io");
+        assert_eq!(registry_name("reg.io:443", "http"), "reg.io:443");
+    }
+
+    #[test]
+    fn queries_lose_ns() {
+        assert_eq!(origin_query(Some("ns=docker.io")), None);
+        assert_eq!(
+            origin_query(Some("n=10&ns=x&last=a")).as_deref(),
+            Some("n=10&last=a")
+        );
+        assert_eq!(origin_query(None), None);
+    }
+
+    #[test]
+    fn header_filters() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let pulled = forwarded(&headers);
+        assert!(
+            pulled.get(header::AUTHORIZATION).is_none(),
+            "never to mirrors"
+        );
+        assert!(pulled.get(header::ACCEPT).is_some());
+        let pushed = end_to_end(&headers);
+        assert!(pushed.get(header::CONNECTION).is_none());
+        assert!(
+            pushed.get(header::AUTHORIZATION).is_none(),
+            "set per target instead"
+        );
+        assert!(pushed.get(header::CONTENT_TYPE).is_some());
+    }
+}
