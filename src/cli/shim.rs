@@ -167,7 +167,7 @@ fn read_certs_dir(dir: &Path) -> Vec<Vec<u8>> {
         for file in files.flatten() {
             let path = file.path();
             let is_ca = path.extension().is_some_and(|e| e == "crt")
-                && !path.file_name().is_some_and(|n| n == "regmirror-ca.crt");
+                && path.file_name().is_none_or(|n| n != "regmirror-ca.crt");
             if let (true, Ok(pem)) = (is_ca, std::fs::read(&path)) {
                 pems.push(pem);
             }
