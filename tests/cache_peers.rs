@@ -1,0 +1,309 @@
+//! `regmirror serve` between real peers: the distribution registry as origin, skopeo and
+//! containerd (`ctr`) as clients. Images are built with umoci; everything is on 127.0.0.1.
+
+mod peers;
+
+use std::process::Command;
+use std::time::Duration;
+
+use peers::{
+    Containerd, Dockerd, Images, Registry, RegistryOptions, Regmirror, engine_lock, hosts_toml,
+    skopeo_pull,
+};
+
+/// An origin holding `library/demo:v1` (OCI), `library/demo:v2s2` (Docker schema 2) and
+/// `library/multi:v1` (a two-platform index).
+fn seeded_origin() -> (Registry, Images) {
+    let origin = Registry::start(RegistryOptions::default());
+    let images = Images::new();
+    images.build(
+        "v1",
+        &[
+            ("hello", b"hello from v1\n"),
+            ("data/big", &vec![7u8; 300_000]),
+        ],
+    );
+    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
+    images.push(
+        "v1",
+        &format!("{}/library/demo:v2s2", origin.host()),
+        &["--format", "v2s2"],
+    );
+    images.build("arm", &[("hello", b"hello from arm\n")]);
+    push_index(&images, &origin);
+    (origin, images)
+}
+
+/// Builds an OCI index of `v1` (amd64) and `arm` (arm64) and pushes it with `skopeo copy --all`.
+fn push_index(images: &Images, origin: &Registry) {
+    use sha2::Digest as _;
+    let layout = images.dir.path().join("layout");
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let descriptor = |tag: &str, arch: &str| {
+        let mut d = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap()
+            .clone();
+        d.as_object_mut().unwrap().remove("annotations");
+        d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        d
+    };
+    let multi = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [descriptor("v1", "amd64"), descriptor("arm", "arm64")],
+    });
+    let bytes = serde_json::to_vec(&multi).unwrap();
+    let hex = hex::encode(sha2::Sha256::digest(&bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    images.push(
+        "multi",
+        &format!("{}/library/multi:v1", origin.host()),
+        &["--all"],
+    );
+}
+
+/// Pulls `path` from `via` and straight from the origin; both copies must be byte-identical.
+fn assert_same_as_origin(via: &str, origin: &Registry, path: &str, extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("cached"), dir.path().join("direct"));
+    let cached = skopeo_pull(&format!("{via}/{path}"), &a, extra)
+        .unwrap_or_else(|e| panic!("pull of {path} through {via}: {e}"));
+    let direct = skopeo_pull(&format!("{}/{path}", origin.host()), &b, extra).unwrap();
+    assert_eq!(cached, direct, "{path}: manifest bytes differ");
+    assert_eq!(
+        peers::dir_blobs(&a),
+        peers::dir_blobs(&b),
+        "{path}: blobs differ"
+    );
+}
+
+#[test]
+fn skopeo_pulls_through_the_cache_byte_identical() {
+    let (origin, _images) = seeded_origin();
+    let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let via = cache.host();
+    assert_same_as_origin(&via, &origin, "library/demo:v1", &[]);
+    assert_same_as_origin(&via, &origin, "library/demo:v2s2", &[]);
+    assert_same_as_origin(&via, &origin, "library/multi:v1", &["--all"]);
+    // The path-prefix form names the upstream explicitly (a host:port prefix cannot be written
+    // in an image reference, so this one is asked with plain HTTP).
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let (status, _, prefixed) = peers::http(
+        "GET",
+        cache.addr,
+        &format!("/v2/{}/library/demo/manifests/v1", origin.host()),
+        &accept,
+    );
+    let (_, _, direct) = peers::http("GET", origin.addr, "/v2/library/demo/manifests/v1", &accept);
+    assert_eq!(status, 200);
+    assert_eq!(prefixed, direct);
+
+    // Pulling again through the cache downloads no blob from the origin.
+    let blob_gets = origin.count("GET", "/blobs/sha256:");
+    let dir = tempfile::tempdir().unwrap();
+    skopeo_pull(
+        &format!("{via}/library/demo:v1"),
+        &dir.path().join("again"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        origin.count("GET", "/blobs/sha256:"),
+        blob_gets,
+        "served from cache"
+    );
+}
+
+#[test]
+fn cache_serves_with_every_upstream_down() {
+    let (mut origin, _images) = seeded_origin();
+    let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let first = skopeo_pull(
+        &format!("{}/library/demo:v1", cache.host()),
+        &dir.path().join("a"),
+        &[],
+    )
+    .unwrap();
+    origin.stop();
+
+    // A restart while the upstream is down: distribution cannot even start (#4038).
+    let data = cache.stop();
+    let cache = Regmirror::serve_in(
+        data,
+        &format!("proxy: {{remoteurl: {}}}", origin.url()),
+        &[],
+    );
+    let again = skopeo_pull(
+        &format!("{}/library/demo:v1", cache.host()),
+        &dir.path().join("b"),
+        &[],
+    )
+    .expect("cached image pulls with the upstream down");
+    assert_eq!(first, again);
+    let error = skopeo_pull(
+        &format!("{}/library/demo:v2s2", cache.host()),
+        &dir.path().join("c"),
+        &[],
+    )
+    .expect_err("an uncached image cannot be pulled");
+    assert!(
+        error.contains("unreachable") || error.contains("UNAVAILABLE") || error.contains("503"),
+        "{error}"
+    );
+}
+
+#[test]
+fn concurrent_cold_pulls_download_the_blob_once() {
+    let origin = Registry::start(RegistryOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (file, digest) = peers::random_file(dir.path(), "big", 192 << 20);
+    peers::push_blob(origin.addr, "library/big", &file, &digest);
+    let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let url = format!("{}/v2/library/big/blobs/{digest}", cache.url());
+    let clients: Vec<std::thread::JoinHandle<String>> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            let out = dir.path().join(format!("out{i}"));
+            std::thread::spawn(move || {
+                let status = Command::new("curl")
+                    .args(["-sS", "-f", "-o"])
+                    .arg(&out)
+                    .arg(&url)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "client {i}");
+                let output = Command::new("sha256sum").arg(&out).output().unwrap();
+                String::from_utf8_lossy(&output.stdout)
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(
+            format!("sha256:{}", client.join().unwrap()),
+            digest,
+            "every body is digest-correct"
+        );
+    }
+    assert_eq!(
+        origin.count("GET", &format!("/v2/library/big/blobs/{digest}")),
+        1,
+        "one upstream download:\n{}",
+        origin.log()
+    );
+}
+
+#[test]
+fn containerd_pulls_through_the_cache_with_ns() {
+    let _engine = engine_lock();
+    let (origin, _images) = seeded_origin();
+    // The cache's default upstream is an empty registry, not the origin: only ?ns= can route
+    // these requests right.
+    let empty = Registry::start(RegistryOptions::default());
+    let cache = Regmirror::serve(
+        &format!(
+            "proxy:\n  remoteregistries:\n  - url: {}\n  - url: {}\n",
+            empty.url(),
+            origin.url()
+        ),
+        &[],
+    );
+    let containerd = Containerd::start();
+    let hosts = tempfile::tempdir().unwrap();
+    hosts_toml(
+        hosts.path(),
+        &origin.host(),
+        &format!(
+            "server = \"{}\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            origin.url(),
+            cache.url()
+        ),
+    );
+    containerd
+        .pull(
+            hosts.path(),
+            &format!("{}/library/demo:v1", origin.host()),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("ctr pull: {e}\n{}", containerd.log()));
+    let served = |kind: &str| {
+        cache
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains(kind)
+                    && l.contains("status=200")
+                    && l.contains(&format!("upstream=\"{}\"", origin.host()))
+            })
+            .count()
+    };
+    assert!(
+        served("/manifests/") >= 1,
+        "manifests came through the cache: {}",
+        cache.log()
+    );
+    assert!(
+        served("/blobs/") >= 2,
+        "blobs came through the cache: {}",
+        cache.log()
+    );
+    assert_eq!(
+        empty.count("GET", "/v2/library"),
+        0,
+        "nothing went to the default upstream"
+    );
+    // A multi-arch index pulls the same way.
+    containerd
+        .pull(
+            hosts.path(),
+            &format!("{}/library/multi:v1", origin.host()),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("ctr pull of the index: {e}"));
+}
+
+#[test]
+fn dockerd_pulls_a_hub_name_through_registry_mirrors() {
+    let _engine = engine_lock();
+    let (origin, _images) = seeded_origin();
+    let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let dockerd = Dockerd::start(
+        &format!(r#"{{"registry-mirrors": ["{}"]}}"#, cache.url()),
+        None,
+    );
+    let pull = dockerd.docker(&["pull", "demo:v1"]);
+    assert!(
+        pull.status.success(),
+        "docker pull: {}{}\n{}",
+        String::from_utf8_lossy(&pull.stdout),
+        String::from_utf8_lossy(&pull.stderr),
+        dockerd.log()
+    );
+    let images = dockerd.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(String::from_utf8_lossy(&images.stdout).contains("demo:v1"));
+    assert!(
+        cache.log().contains("/v2/library/demo/manifests/v1"),
+        "{}",
+        cache.log()
+    );
+}

@@ -1,0 +1,763 @@
+//! Real peers for integration tests: the distribution registry, skopeo and umoci, containerd and
+//! ctr, dockerd, and regmirror's own binary, each started on 127.0.0.1 with an ephemeral port and
+//! stopped on drop (success or panic). A missing binary fails the test with the Debian package to
+//! install. Nothing here uses DNS or leaves loopback.
+#![allow(dead_code)] // each test binary uses a subset
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Engine-level tests (containerd, dockerd) take this so they never run at the same time.
+pub fn engine_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The path of `binary`, or a failure naming the Debian package that provides it.
+pub fn require(binary: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let path = Path::new(dir).join(binary);
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!("{binary} not found: install the Debian package `{package}` (bash .ci/run does)");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command to completion, failing the test with its output when it fails.
+pub fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A minimal HTTP/1.1 request over loopback: (status, headers, body).
+pub fn http(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = response[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 2 + size + 2..];
+    }
+}
+
+/// Polls until `addr` answers `GET /v2/` with any HTTP status.
+fn wait_for_http(addr: SocketAddr, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "process exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if let Ok(mut stream) = TcpStream::connect(addr) {
+            let _ = stream.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = [0u8; 12];
+            if stream
+                .read(&mut buf)
+                .map(|n| n >= 12 && buf.starts_with(b"HTTP/1.1"))
+                .unwrap_or(false)
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{addr} did not answer within 20 s: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A process killed on drop.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(command: &mut Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        Process { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        unsafe_kill(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// TLS material made with the openssl CLI: a CA and a leaf for the given names.
+pub struct TestCa {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, dns_names: &[&str]) -> Self {
+        require("openssl", "openssl");
+        let p = |name: &str| dir.join(name);
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=regmirror test CA",
+            ])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.crt")));
+        let san: Vec<String> = dns_names
+            .iter()
+            .map(|n| format!("DNS:{n}"))
+            .chain(["IP:127.0.0.1".to_owned()])
+            .collect();
+        std::fs::write(p("ext.cnf"), format!("subjectAltName={}\n", san.join(","))).unwrap();
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=registry",
+            ])
+            .arg("-keyout")
+            .arg(p("leaf.key"))
+            .arg("-out")
+            .arg(p("leaf.csr")));
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("leaf.csr"))
+            .arg("-CA")
+            .arg(p("ca.crt"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p("ext.cnf"))
+            .arg("-out")
+            .arg(p("leaf.crt")));
+        TestCa {
+            ca_cert: p("ca.crt"),
+            cert: p("leaf.crt"),
+            key: p("leaf.key"),
+        }
+    }
+}
+
+/// Options for a distribution registry.
+#[derive(Default)]
+pub struct RegistryOptions<'a> {
+    pub tls: Option<&'a TestCa>,
+    /// `(user, password)`: basic auth with an htpasswd file.
+    pub htpasswd: Option<(&'a str, &'a str)>,
+    /// Proxy mode: the upstream URL.
+    pub proxy: Option<String>,
+}
+
+/// The real distribution registry (`docker-registry serve`).
+pub struct Registry {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    process: Process,
+}
+
+impl Registry {
+    pub fn start(options: RegistryOptions<'_>) -> Self {
+        let binary = require("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some(ca) = options.tls {
+            config.push_str(&format!(
+                "  tls: {{certificate: {}, key: {}}}\n",
+                ca.cert.display(),
+                ca.key.display()
+            ));
+        }
+        if let Some((user, password)) = options.htpasswd {
+            require("htpasswd", "apache2-utils");
+            let out = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
+                file.display()
+            ));
+        }
+        if let Some(upstream) = &options.proxy {
+            config.push_str(&format!("proxy: {{remoteurl: {upstream}}}\n"));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut process = Process::spawn(
+            Command::new(binary).arg("serve").arg(&config_path),
+            dir.path().join("registry.log"),
+        );
+        if options.tls.is_none() {
+            wait_for_http(addr, &mut process.child, &process.log);
+        } else {
+            wait_for_port(addr);
+        }
+        Registry { addr, dir, process }
+    }
+
+    /// `host:port`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Access-log lines for `METHOD path` requests whose path contains `fragment`.
+    pub fn count(&self, method: &str, fragment: &str) -> usize {
+        self.process
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(fragment))
+            .count()
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+}
+
+fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} did not open within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `regmirror serve` from this build, with a config.yml written from `yaml` (listen address and
+/// storage are added).
+pub struct Regmirror {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    process: Process,
+}
+
+impl Regmirror {
+    pub fn serve(yaml: &str, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::serve_in(dir, yaml, extra_args)
+    }
+
+    pub fn serve_in(dir: tempfile::TempDir, yaml: &str, extra_args: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "{yaml}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(extra_args)
+            .env("REGMIRROR_LOG", "info");
+        let mut process = Process::spawn(&mut command, dir.path().join("regmirror.log"));
+        wait_for_http(addr, &mut process.child, &process.log);
+        Regmirror { addr, dir, process }
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Stops the server and hands back its directory (for a restart).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.process.stop();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// Test images built without a daemon (umoci), pushed with skopeo.
+pub struct Images {
+    pub dir: tempfile::TempDir,
+}
+
+impl Images {
+    pub fn new() -> Self {
+        require("umoci", "umoci");
+        require("skopeo", "skopeo");
+        Images {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn layout(&self) -> PathBuf {
+        self.dir.path().join("layout")
+    }
+
+    /// Builds image `tag` in the OCI layout with `files` (path, content) in one layer.
+    pub fn build(&self, tag: &str, files: &[(&str, &[u8])]) {
+        let layout = self.layout();
+        if !layout.exists() {
+            run(Command::new("umoci")
+                .arg("init")
+                .arg("--layout")
+                .arg(&layout));
+        }
+        let image = format!("{}:{tag}", layout.display());
+        run(Command::new("umoci").args(["new", "--image"]).arg(&image));
+        let bundle = self.dir.path().join(format!("bundle-{tag}"));
+        run(Command::new("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(&image)
+            .arg(&bundle));
+        for (path, content) in files {
+            let target = bundle.join("rootfs").join(path);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::write(target, content).unwrap();
+        }
+        run(Command::new("umoci")
+            .args(["repack", "--image"])
+            .arg(&image)
+            .arg(&bundle));
+        run(Command::new("umoci")
+            .args(["config", "--image"])
+            .arg(&image)
+            .args(["--config.cmd", "/hello"]));
+    }
+
+    /// Pushes `tag` to `docker://host/repository` (plain http, no TLS checks).
+    pub fn push(&self, tag: &str, destination: &str, extra: &[&str]) {
+        run(Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .args(extra)
+            .arg(format!("oci:{}:{tag}", self.layout().display()))
+            .arg(format!("docker://{destination}")));
+    }
+}
+
+/// `skopeo copy docker://SRC dir:DEST`; the result and the manifest bytes copied.
+pub fn skopeo_pull(source: &str, dest: &Path, extra: &[&str]) -> Result<Vec<u8>, String> {
+    let output = Command::new(require("skopeo", "skopeo"))
+        .args(["copy", "--src-tls-verify=false"])
+        .args(extra)
+        .arg(format!("docker://{source}"))
+        .arg(format!("dir:{}", dest.display()))
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(std::fs::read(dest.join("manifest.json")).unwrap())
+}
+
+/// The blob files of a `skopeo copy ... dir:` result, sorted by name.
+pub fn dir_blobs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().len() == 64)
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_str().unwrap().to_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Uploads a blob read from `file` to `repository` (monolithic, streamed by curl).
+pub fn push_blob(registry: SocketAddr, repository: &str, file: &Path, digest: &str) {
+    require("curl", "curl");
+    let out = run(Command::new("curl")
+        .args(["-sS", "-i", "-X", "POST"])
+        .arg(format!("http://{registry}/v2/{repository}/blobs/uploads/")));
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .expect("upload location")
+        .trim()
+        .to_owned();
+    let url = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let out = run(Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+        ])
+        .arg(file)
+        .arg(format!("{url}{separator}digest={digest}")));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "blob upload");
+}
+
+/// The real containerd, with its own root, state and socket in a temp dir.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    process: Process,
+}
+
+impl Containerd {
+    pub fn start() -> Self {
+        let binary = require("containerd", "containerd");
+        require("ctr", "containerd");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let socket = root.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n",
+            root.display(),
+            socket.display()
+        );
+        let config_path = root.join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let process = Process::spawn(
+            Command::new(binary).arg("--config").arg(&config_path),
+            root.join("containerd.log"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new("ctr")
+                .arg("-a")
+                .arg(&socket)
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Containerd {
+            dir,
+            socket,
+            process,
+        }
+    }
+
+    /// `ctr images pull --hosts-dir DIR REF` (content only), killed after `timeout`.
+    pub fn pull(
+        &self,
+        hosts_dir: &Path,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["images", "pull", "--hosts-dir"])
+            .arg(hosts_dir)
+            .arg(reference)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let output = child.wait_with_output().unwrap();
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                return if status.success() {
+                    Ok(text)
+                } else {
+                    Err(text)
+                };
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "ctr pull of {reference} did not finish within {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+}
+
+/// Writes `DIR/<host>/hosts.toml`.
+pub fn hosts_toml(dir: &Path, host: &str, text: &str) {
+    let host_dir = dir.join(host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("hosts.toml"), text).unwrap();
+}
+
+/// A random file of `size` bytes and its sha256 digest.
+pub fn random_file(dir: &Path, name: &str, size: usize) -> (PathBuf, String) {
+    use sha2::Digest as _;
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut hasher = sha2::Sha256::new();
+    let mut state: u64 = size as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len());
+        for b in &mut buf[..n] {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            *b = (state >> 56) as u8;
+        }
+        file.write_all(&buf[..n]).unwrap();
+        hasher.update(&buf[..n]);
+        left -= n;
+    }
+    (path, format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// The real dockerd (Debian `docker.io`), with no bridge, no iptables and vfs storage, its
+/// `/etc/docker` replaced by a private directory in its own mount namespace, and every registry
+/// request it would send beyond loopback routed to `proxy` (by default a closed local port, so
+/// nothing can leave the machine).
+pub struct Dockerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// The private `/etc/docker` (certs.d lives here).
+    pub etc: PathBuf,
+    process: Process,
+    _containerd: Containerd,
+}
+
+impl Dockerd {
+    pub fn start(daemon_json: &str, proxy: Option<&str>) -> Self {
+        let dockerd = require("dockerd", "docker.io");
+        require("docker", "docker.io");
+        require("unshare", "util-linux");
+        let containerd = Containerd::start();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let etc = root.join("etc-docker");
+        std::fs::create_dir_all(etc.join("certs.d")).unwrap();
+        std::fs::create_dir_all("/etc/docker").unwrap();
+        std::fs::write(root.join("daemon.json"), daemon_json).unwrap();
+        let socket = root.join("docker.sock");
+        let proxy = proxy.map_or_else(
+            || format!("http://127.0.0.1:{}", free_port()),
+            str::to_owned,
+        );
+        let script = format!(
+            "mount --bind {etc} /etc/docker && exec {dockerd} --data-root {root}/data --exec-root {root}/exec \
+             -H unix://{socket} --pidfile {root}/docker.pid --iptables=false --ip6tables=false --bridge=none \
+             --storage-driver=vfs --containerd {ctd} --config-file {root}/daemon.json",
+            etc = etc.display(),
+            dockerd = dockerd.display(),
+            root = root.display(),
+            socket = socket.display(),
+            ctd = containerd.socket.display(),
+        );
+        let mut command = Command::new("unshare");
+        command
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env("HTTPS_PROXY", &proxy)
+            .env("HTTP_PROXY", &proxy)
+            .env("NO_PROXY", "")
+            .env_remove("https_proxy")
+            .env_remove("http_proxy")
+            .env_remove("no_proxy");
+        let process = Process::spawn(&mut command, root.join("dockerd.log"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new("docker")
+                .arg("-H")
+                .arg(format!("unix://{}", socket.display()))
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Dockerd {
+            dir,
+            socket,
+            etc,
+            process,
+            _containerd: containerd,
+        }
+    }
+
+    /// Runs `docker ARGS` against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+}
