@@ -761,3 +761,60 @@ impl Dockerd {
         self.process.log_text()
     }
 }
+
+/// `regmirror shim` from this build, with its mirror config written from `json`.
+pub struct Shim {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    process: Process,
+}
+
+impl Shim {
+    pub fn start(json: &str, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mirrors.json");
+        std::fs::write(&config, json).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+        command
+            .arg("shim")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(extra_args)
+            .env("REGMIRROR_LOG", "info,regmirror=debug");
+        let process = Process::spawn(&mut command, dir.path().join("shim.log"));
+        wait_for_port(addr);
+        Shim { addr, dir, process }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mirrors.json")
+    }
+
+    /// Runs `regmirror shim install-ca` into `certs_dir`.
+    pub fn install_ca(&self, certs_dir: &Path) {
+        run(Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args(["shim", "install-ca", "--config"])
+            .arg(self.config_path())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .arg("--docker-certs-dir")
+            .arg(certs_dir));
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        unsafe_kill(self.process.pid(), signal);
+    }
+}
