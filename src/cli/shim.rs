@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::BadInput;
 use super::mirror_config::MirrorConfigArgs;
+use crate::config::docker_auth::RegistryAuths;
 use crate::config::{DomainPattern, MirrorConfig};
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::resolve::Resolver;
@@ -49,6 +50,10 @@ struct RunArgs {
     /// Answer NAME with IP instead of DNS (like curl --resolve). Repeatable.
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_host: Vec<String>,
+    /// Credentials for mirrors, in Docker's config.json format (`auths`). Mirrors never get the
+    /// client's credentials.
+    #[arg(long, value_name = "FILE")]
+    mirror_credentials: Option<PathBuf>,
     /// Seconds to connect to an endpoint before trying the next.
     #[arg(long, default_value_t = 2.0)]
     connect_timeout: f64,
@@ -89,6 +94,14 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         ..Timeouts::default()
     };
     let roots = read_certs_dir(&args.certs_dir);
+    let mirror_credentials = match &args.mirror_credentials {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+            RegistryAuths::parse(&path.display().to_string(), &text).map_err(BadInput)?
+        }
+        None => RegistryAuths::default(),
+    };
     // The shim's endpoints come from the operator's rules and dockerd's own pulls: private
     // registries are legitimate targets, so the private-address guard stays open here.
     let client = UpstreamClient::new(
@@ -98,7 +111,13 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         &roots,
     )
     .map_err(BadInput)?;
-    let shim = Arc::new(Shim::new(resolver, client, ca, overrides));
+    let shim = Arc::new(Shim::new(
+        resolver,
+        client,
+        ca,
+        overrides,
+        mirror_credentials,
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

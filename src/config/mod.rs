@@ -2,12 +2,14 @@
 //!
 //! - [`mirrors`]: the daemon.json-format mirror configuration (`mirror-registries`,
 //!   `registry-mirrors`, `insecure-registries`) shared by every subcommand.
-//! - [`cache`]: the cache server's distribution-compatible `config.yml`.
+//! - [`cache`]: the cache server's distribution-compatible `config.yml`;
+//! - [`docker_auth`]: mirror credentials in Docker's `config.json` format.
 //!
 //! Every error and warning is a [`Diagnostic`] that names file, line, column and field.
 
 pub mod cache;
 mod credentials;
+pub mod docker_auth;
 pub mod json_span;
 pub mod mirrors;
 

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 
 use super::ca::CertificateAuthority;
 use crate::cache::http::error_response;
+use crate::config::docker_auth::RegistryAuths;
 use crate::reference::split_host_port;
 use crate::registry::route::{self, V2Request};
 use crate::registry::{ErrorCode, RegistryError};
@@ -61,6 +62,7 @@ pub struct Shim {
     client: Arc<UpstreamClient>,
     ca: Arc<CertificateAuthority>,
     overrides: HostOverrides,
+    mirror_credentials: RegistryAuths,
 }
 
 impl std::fmt::Debug for Shim {
@@ -75,12 +77,14 @@ impl Shim {
         client: UpstreamClient,
         ca: CertificateAuthority,
         overrides: HostOverrides,
+        mirror_credentials: RegistryAuths,
     ) -> Self {
         Shim {
             resolver: RwLock::new(Arc::new(resolver)),
             client: Arc::new(client),
             ca: Arc::new(ca),
             overrides,
+            mirror_credentials,
         }
     }
 
@@ -313,7 +317,7 @@ impl Shim {
             upstream.headers = end_to_end(&parts.headers);
             return self.origin_only(&origins, &upstream, body, &parsed).await;
         }
-        let mut targets: Vec<Target> = mirror_targets(&endpoints);
+        let mut targets: Vec<Target> = self.mirror_targets(&endpoints);
         targets.extend(origins);
         let (index, response) = self.client.walk(&targets, &upstream).await.map_err(|e| {
             RegistryError::new(
@@ -342,6 +346,16 @@ impl Shim {
             ));
         }
         Ok(relay(response))
+    }
+
+    /// The mirrors of `endpoints`, each with the credentials configured for its own host.
+    fn mirror_targets(&self, endpoints: &Endpoints) -> Vec<Target> {
+        endpoints
+            .endpoints
+            .iter()
+            .filter(|e| e.role == Role::Mirror)
+            .map(|e| Target::from_endpoint(e, self.mirror_credentials.get(&e.authority).cloned()))
+            .collect()
     }
 
     /// Sends a non-pull request to the origin endpoints in order (https, then http for an
@@ -381,15 +395,6 @@ fn registry_name(authority: &str, scheme: &str) -> String {
         .strip_suffix(default)
         .unwrap_or(authority)
         .to_ascii_lowercase()
-}
-
-fn mirror_targets(endpoints: &Endpoints) -> Vec<Target> {
-    endpoints
-        .endpoints
-        .iter()
-        .filter(|e| e.role == Role::Mirror)
-        .map(|e| Target::from_endpoint(e, None))
-        .collect()
 }
 
 /// The client's query without `ns` (the walker adds its own for mirrors).

@@ -337,6 +337,19 @@ impl Registry {
             .count()
     }
 
+    /// Like [`count`](Self::count), for answers with `status` only.
+    pub fn count_status(&self, method: &str, fragment: &str, status: u16) -> usize {
+        self.process
+            .log_text()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("\"{method} "))
+                    && l.contains(fragment)
+                    && l.contains(&format!("\" {status} "))
+            })
+            .count()
+    }
+
     pub fn log(&self) -> String {
         self.process.log_text()
     }

@@ -9,6 +9,9 @@ use super::BadInput;
 use super::mirror_config::MirrorConfigArgs;
 use crate::reference::ImageRef;
 use crate::resolve::{Endpoints, MatchKind, Resolver, Role, TlsMode};
+use crate::upstream::HostOverrides;
+
+mod probe;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,6 +20,16 @@ pub struct Args {
     /// Print exactly one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Contact each endpoint (HEAD of the manifest) and report which would serve, with latency,
+    /// and why the others would be skipped.
+    #[arg(long)]
+    probe: bool,
+    /// With --probe: answer NAME with IP instead of DNS. Repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// With --probe: seconds each endpoint gets to answer.
+    #[arg(long, default_value_t = 5.0)]
+    probe_timeout: f64,
     /// The image reference, as given to `docker pull`.
     image: String,
 }
@@ -27,13 +40,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ImageRef::parse(&args.image).map_err(|e| BadInput(format!("{:?}: {e}", args.image)))?;
     let resolver = Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;
     let endpoints = resolver.resolve(&image);
+    let probes = if args.probe {
+        let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
+        let timeout = super::serve::seconds("--probe-timeout", args.probe_timeout)?;
+        Some(probe::run(&image, &endpoints, overrides, timeout)?)
+    } else {
+        None
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&Report::new(&image, &endpoints))?
-        );
+        let mut report = serde_json::to_value(Report::new(&image, &endpoints))?;
+        if let Some(probes) = &probes {
+            report["probe"] = serde_json::to_value(probes)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", table(&image, &endpoints));
+        if let Some(probes) = &probes {
+            print!("{}", probe::table(probes));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,195 @@
+//! The shim as a registry endpoint (origin-form `/v2/…?ns=`), without an engine: mirror
+//! credentials, configuration reload, and `regmirror resolve --probe`, against real
+//! distribution registries on 127.0.0.1.
+
+mod peers;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use peers::{Images, Registry, RegistryOptions, Shim, http};
+
+const ACCEPT: (&str, &str) = ("Accept", "application/vnd.oci.image.manifest.v1+json");
+
+fn seeded(images: &Images, options: RegistryOptions<'_>, creds: Option<&str>) -> Registry {
+    let registry = Registry::start(options);
+    let extra: Vec<String> = creds
+        .map(|c| format!("--dest-creds={c}"))
+        .into_iter()
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    images.push(
+        "v1",
+        &format!("{}/library/demo:v1", registry.host()),
+        &extra,
+    );
+    registry
+}
+
+fn rules(origin: &Registry, mirrors: &[String]) -> String {
+    let list: Vec<String> = mirrors.iter().map(|m| format!("\"{m}\"")).collect();
+    format!(
+        r#"{{"mirror-registries": [{{"domain": "{}", "mirrors": [{}]}}]}}"#,
+        origin.host(),
+        list.join(",")
+    )
+}
+
+fn manifest_via(shim: &Shim, origin: &Registry) -> u16 {
+    http(
+        "GET",
+        shim.addr,
+        &format!("/v2/library/demo/manifests/v1?ns={}", origin.host()),
+        &[ACCEPT],
+    )
+    .0
+}
+
+#[test]
+fn mirrors_get_their_own_credentials_never_the_clients() {
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hi\n")]);
+    let origin = seeded(&images, RegistryOptions::default(), None);
+    let mirror = seeded(
+        &images,
+        RegistryOptions {
+            htpasswd: Some(("mirroruser", "mirrorpass")),
+            ..Default::default()
+        },
+        Some("mirroruser:mirrorpass"),
+    );
+    let json = rules(&origin, &[mirror.url()]);
+
+    // Without credentials for the mirror: it answers 401, the walk moves on to the origin.
+    let shim = Shim::start(&json, &[]);
+    let origin_before = origin.count("GET", "/v2/library/demo/manifests/");
+    assert_eq!(manifest_via(&shim, &origin), 200);
+    assert_eq!(
+        origin.count("GET", "/v2/library/demo/manifests/"),
+        origin_before + 1,
+        "served by the origin"
+    );
+
+    // With them, the mirror serves; the origin is not asked.
+    let credentials = shim.dir.path().join("config.json");
+    std::fs::write(
+        &credentials,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "bWlycm9ydXNlcjptaXJyb3JwYXNz"}}}}}}"#,
+            mirror.host()
+        ),
+    )
+    .unwrap();
+    let shim = Shim::start(
+        &json,
+        &["--mirror-credentials", credentials.to_str().unwrap()],
+    );
+    let origin_before = origin.count("GET", "/v2/library/demo/manifests/");
+    let mirror_before = mirror.count_status("GET", "/v2/library/demo/manifests/", 200);
+    let (status, _, _) = http(
+        "GET",
+        shim.addr,
+        &format!("/v2/library/demo/manifests/v1?ns={}", origin.host()),
+        &[
+            ACCEPT,
+            ("Authorization", "Bearer client-token-for-the-origin"),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        mirror.count_status("GET", "/v2/library/demo/manifests/", 200),
+        mirror_before + 1
+    );
+    assert_eq!(
+        origin.count("GET", "/v2/library/demo/manifests/"),
+        origin_before
+    );
+    assert!(!mirror.log().contains("client-token-for-the-origin"));
+    assert!(
+        !shim.log().contains("mirrorpass") && !shim.log().contains("bWlycm9ydXNlcjptaXJyb3JwYXNz")
+    );
+}
+
+#[test]
+fn rules_reload_on_sighup_and_file_change() {
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hi\n")]);
+    let origin = seeded(&images, RegistryOptions::default(), None);
+    let first = seeded(&images, RegistryOptions::default(), None);
+    let second = seeded(&images, RegistryOptions::default(), None);
+    let shim = Shim::start(&rules(&origin, &[first.url()]), &[]);
+    let count = |r: &Registry| r.count("GET", "/v2/library/demo/manifests/v1");
+    let (a, b) = (count(&first), count(&second));
+    assert_eq!(manifest_via(&shim, &origin), 200);
+    assert_eq!((count(&first), count(&second)), (a + 1, b));
+
+    std::fs::write(shim.config_path(), rules(&origin, &[second.url()])).unwrap();
+    shim.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(manifest_via(&shim, &origin), 200);
+        if count(&second) > b {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new rule never took effect: {}",
+            shim.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(shim.log().contains("mirror configuration reloaded"));
+
+    // A broken file keeps the previous rules.
+    std::fs::write(shim.config_path(), "{ not json").unwrap();
+    shim.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = count(&second);
+    assert_eq!(manifest_via(&shim, &origin), 200);
+    assert_eq!(count(&second), before + 1);
+    assert!(shim.log().contains("keeping the previous rules"));
+}
+
+#[test]
+fn resolve_probe_reports_which_endpoint_serves() {
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hi\n")]);
+    let origin = seeded(&images, RegistryOptions::default(), None);
+    let mirror = seeded(&images, RegistryOptions::default(), None);
+    let down = format!("http://127.0.0.1:{}", peers::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("m.json");
+    std::fs::write(&config, rules(&origin, &[down.clone(), mirror.url()])).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args([
+            "resolve",
+            "--probe",
+            "--json",
+            "--probe-timeout",
+            "2",
+            "--config",
+        ])
+        .arg(&config)
+        .arg(format!("{}/library/demo:v1", origin.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probe = report["probe"].as_array().unwrap();
+    assert_eq!(probe[0]["url"], down.as_str());
+    assert!(
+        probe[0]["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped: "),
+        "{report}"
+    );
+    assert_eq!(probe[1]["url"], mirror.url().as_str());
+    assert_eq!(probe[1]["status"], 200);
+    assert_eq!(probe[1]["verdict"], "serves");
+    assert_eq!(probe.last().unwrap()["verdict"], "not reached");
+}
