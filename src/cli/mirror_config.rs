@@ -18,9 +18,9 @@ pub struct MirrorConfigArgs {
 }
 
 impl MirrorConfigArgs {
-    /// Reads and validates the configuration. Warnings are printed to stderr.
-    pub fn load(&self) -> anyhow::Result<MirrorConfig> {
-        let paths: Vec<PathBuf> = if self.files.is_empty() {
+    /// The files read: the `--config` values, or the default files that exist.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        if self.files.is_empty() {
             DEFAULT_FILES
                 .iter()
                 .map(PathBuf::from)
@@ -28,7 +28,20 @@ impl MirrorConfigArgs {
                 .collect()
         } else {
             self.files.clone()
-        };
+        }
+    }
+
+    /// The files read, as generated files name them.
+    pub fn source_names(&self) -> Vec<String> {
+        self.paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    /// Reads and validates the configuration. Warnings are printed to stderr.
+    pub fn load(&self) -> anyhow::Result<MirrorConfig> {
+        let paths = self.paths();
         let mut texts = Vec::with_capacity(paths.len());
         for path in &paths {
             let text = std::fs::read_to_string(path)

@@ -4,6 +4,7 @@
 //! argument), with the reason on stderr.
 
 mod check;
+mod generate;
 mod mirror_config;
 mod resolve;
 mod serve;
@@ -39,6 +40,10 @@ enum Command {
     Serve(serve::Args),
     /// Run the proxy that gives a stock dockerd ordered mirrors with failover.
     Shim(shim::Args),
+    /// Write containerd hosts.toml directories (also Docker 28+'s /etc/docker/certs.d).
+    ContainerdHosts(generate::ContainerdArgs),
+    /// Write a containers-registries.conf drop-in (podman, CRI-O, skopeo, buildah).
+    RegistriesConf(generate::RegistriesConfArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -65,6 +70,14 @@ pub fn main() -> ExitCode {
         }
         Command::Serve(args) => serve::run(args),
         Command::Shim(args) => shim::run(args),
+        Command::ContainerdHosts(args) => {
+            init_tracing("warn");
+            generate::containerd_hosts(args)
+        }
+        Command::RegistriesConf(args) => {
+            init_tracing("warn");
+            generate::registries_conf(args)
+        }
     };
     match result {
         Ok(code) => code,

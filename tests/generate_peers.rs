@@ -1,0 +1,191 @@
+//! Generated engine configuration used by the real engines: containerd 1.6 (`ctr images pull
+//! --hosts-dir`) over `regmirror containerd-hosts` output, and skopeo over
+//! `regmirror registries-conf` output. Registries are real distribution registries on 127.0.0.1.
+
+mod peers;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use peers::{Containerd, Images, Registry, RegistryOptions, engine_lock, skopeo_pull};
+
+/// A registry holding library/demo:v1, v2 and v3.
+fn seeded(images: &Images) -> Registry {
+    let registry = Registry::start(RegistryOptions::default());
+    for tag in ["v1", "v2", "v3"] {
+        images.push(
+            "v1",
+            &format!("{}/library/demo:{tag}", registry.host()),
+            &[],
+        );
+    }
+    registry
+}
+
+fn generate(args: &[&str], config: &str, out: &Path) {
+    let file = out.with_extension("json");
+    std::fs::write(&file, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(args)
+        .arg("--config")
+        .arg(&file)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn rules(domain: &str, mirrors: &[String]) -> String {
+    let list: Vec<String> = mirrors.iter().map(|m| format!("\"{m}\"")).collect();
+    format!(
+        r#"{{"mirror-registries": [{{"domain": "{domain}", "mirrors": [{}]}}]}}"#,
+        list.join(",")
+    )
+}
+
+fn manifests(registry: &Registry) -> usize {
+    registry.count("GET", "/v2/library/demo/manifests/")
+        + registry.count("HEAD", "/v2/library/demo/manifests/")
+}
+
+#[test]
+fn containerd_pulls_through_generated_hosts_files() {
+    let _engine = engine_lock();
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hello\n")]);
+    let origin = seeded(&images);
+    let mut first = seeded(&images);
+    let mut second = seeded(&images);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("certs.d");
+    generate(
+        &["containerd-hosts", "--containerd-version", "1.6.20"],
+        &rules(&origin.host(), &[first.url(), second.url()]),
+        &hosts,
+    );
+    let text = std::fs::read_to_string(hosts.join(origin.host()).join("hosts.toml")).unwrap();
+    assert!(
+        text.contains(&format!("server = \"http://{}\"", origin.host())),
+        "a loopback origin is insecure: plain http\n{text}"
+    );
+    let containerd = Containerd::start();
+    let pull = |tag: &str| {
+        containerd
+            .pull(
+                &hosts,
+                &format!("{}/library/demo:{tag}", origin.host()),
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("ctr pull {tag}: {e}\n{}", containerd.log()))
+    };
+    let origin_before =
+        origin.count("GET", "/v2/library/demo/") + origin.count("HEAD", "/v2/library/demo/");
+
+    // 1. The first mirror serves; the origin sees no manifest or blob request.
+    pull("v1");
+    assert!(manifests(&first) >= 1, "the first mirror served v1");
+    assert_eq!(
+        origin.count("GET", "/v2/library/demo/") + origin.count("HEAD", "/v2/library/demo/"),
+        origin_before
+    );
+
+    // 2. The first mirror stopped: the next one serves.
+    first.stop();
+    let second_before = manifests(&second);
+    pull("v2");
+    assert!(
+        manifests(&second) > second_before,
+        "the second mirror served v2"
+    );
+
+    // 3. Every mirror stopped: the plain-http origin serves.
+    second.stop();
+    let origin_before = manifests(&origin);
+    pull("v3");
+    assert!(manifests(&origin) > origin_before, "the origin served v3");
+}
+
+#[test]
+fn containerd_reaches_an_unlisted_registry_through_default() {
+    let _engine = engine_lock();
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hello\n")]);
+    let unlisted = seeded(&images);
+    let mirror = seeded(&images);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("certs.d");
+    generate(
+        &["containerd-hosts", "--containerd-version", "1.6.20"],
+        &rules("*", &[mirror.url()]),
+        &hosts,
+    );
+    assert!(hosts.join("_default/hosts.toml").exists());
+    let containerd = Containerd::start();
+    let before = manifests(&unlisted);
+    containerd
+        .pull(
+            &hosts,
+            &format!("{}/library/demo:v1", unlisted.host()),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("ctr pull: {e}\n{}", containerd.log()));
+    assert!(
+        mirror
+            .log()
+            .contains(&format!("ns={}", unlisted.host().replace(':', "%3A"))),
+        "containerd {} used _default and sent ?ns= to the mirror:\n{}",
+        String::from_utf8_lossy(
+            &Command::new("containerd")
+                .arg("--version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .trim(),
+        mirror.log()
+    );
+    assert_eq!(
+        manifests(&unlisted),
+        before,
+        "the unlisted registry itself was not asked"
+    );
+}
+
+#[test]
+fn skopeo_pulls_through_a_generated_registries_conf() {
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hello\n")]);
+    let origin = seeded(&images);
+    let mirror = seeded(&images);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("50-regmirror.conf");
+    generate(
+        &["registries-conf"],
+        &rules(&origin.host(), &[mirror.url()]),
+        &conf,
+    );
+    let origin_before = manifests(&origin);
+    let mirror_before = manifests(&mirror);
+    skopeo_pull(
+        &format!("{}/library/demo:v1", origin.host()),
+        &dir.path().join("out"),
+        &["--registries-conf", conf.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(
+        manifests(&mirror) > mirror_before,
+        "the mirror served the pull:\n{}",
+        std::fs::read_to_string(&conf).unwrap()
+    );
+    assert_eq!(
+        manifests(&origin),
+        origin_before,
+        "the origin was not asked"
+    );
+}
