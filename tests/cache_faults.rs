@@ -780,3 +780,37 @@ async fn a_silent_mirror_costs_its_timeout_once() {
     );
     silent_task.abort();
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_responses_finish() {
+    let upstream = FakeUpstream::start().await;
+    let blob = random_bytes(500_000, 9);
+    let digest = digest_of(&blob);
+    upstream.blob(
+        "library/demo",
+        &digest,
+        blob.clone(),
+        10,
+        Duration::from_millis(40),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::start_in(dir, &format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+    let mut response = client()
+        .get(cache.url(&format!("/v2/library/demo/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.chunk().await.unwrap().unwrap().to_vec();
+    let addr = cache.addr;
+    let stopping = tokio::spawn(cache.stop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections once stopping"
+    );
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    assert_eq!(digest_of(&body), digest, "the in-flight response completed");
+    stopping.await.unwrap();
+}

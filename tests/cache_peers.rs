@@ -307,3 +307,49 @@ fn dockerd_pulls_a_hub_name_through_registry_mirrors() {
         cache.log()
     );
 }
+
+#[test]
+fn tls_with_skopeo_verifying_a_test_ca() {
+    let (origin, _images) = seeded_origin();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = peers::TestCa::new(dir.path(), &["localhost"]);
+    let cert = ca.cert.to_str().unwrap().to_owned();
+    let key = ca.key.to_str().unwrap().to_owned();
+    let cache = Regmirror::serve_with_env(
+        tempfile::tempdir().unwrap(),
+        &format!("proxy: {{remoteurl: {}}}", origin.url()),
+        &[],
+        &[
+            ("REGISTRY_HTTP_TLS_CERTIFICATE", &cert),
+            ("REGISTRY_HTTP_TLS_KEY", &key),
+        ],
+    );
+    let certs = dir.path().join("trust");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca.ca_cert, certs.join("ca.crt")).unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-cert-dir"])
+        .arg(&certs)
+        .arg(format!("docker://{}/library/demo:v1", cache.host()))
+        .arg(format!("dir:{}", dir.path().join("out").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo over verified TLS: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cache.log()
+    );
+    // Without the CA, verification fails: TLS is real.
+    let out = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("docker://{}/library/demo:v1", cache.host()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,19 +50,20 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     grace: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Server {
     /// Validates the options, opens storage and binds the listen address.
     pub async fn bind(options: ServeOptions) -> Result<Self, StartError> {
         let config = &options.config;
-        if config.tls.is_some() {
-            return Err(StartError(
-                "http.tls: serving TLS is not implemented yet; terminate TLS in front of regmirror"
-                    .into(),
-            ));
-        }
         let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
+        let tls = match &config.tls {
+            Some((certificate, key)) => {
+                Some(tls_acceptor(certificate, key).map_err(|e| fail("http.tls", &e))?)
+            }
+            None => None,
+        };
         let root = &config.root;
         let store =
             BlobStore::open(root).map_err(|e| fail(&format!("storage {}", root.display()), &e))?;
@@ -102,6 +104,7 @@ impl Server {
             listener,
             app,
             grace: options.grace,
+            tls,
         })
     }
 
@@ -135,6 +138,9 @@ impl Server {
         let router = axum::Router::new()
             .fallback(http::handle)
             .with_state(self.app);
+        if let Some(acceptor) = self.tls {
+            return serve_tls(self.listener, acceptor, router, shutdown, self.grace).await;
+        }
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -156,4 +162,79 @@ impl Server {
             }
         }
     }
+}
+
+/// The server's TLS configuration from PEM files (`http.tls.certificate`, `http.tls.key`).
+fn tls_acceptor(certificate: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    crate::upstream::install_crypto_provider();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .map_err(|e| format!("{}: {e}", certificate.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", certificate.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate", certificate.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The accept loop for TLS: handshake, then HTTP/1.1 with the same router; on shutdown, stop
+/// accepting and let open connections finish for the grace period.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(stream).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight responses");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "grace period over: closing remaining connections"
+        );
+    }
+    Ok(())
 }

@@ -190,6 +190,20 @@ impl CertificateAuthority {
     }
 
     fn mint(&self, host: &str) -> Result<ServerConfig, String> {
+        let (chain, key) = self.leaf(host)?;
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("leaf certificate for {host}: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// A leaf certificate for `host` signed by the CA, with the chain to present and its key.
+    fn leaf(
+        &self,
+        host: &str,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
         let fail = |e: &dyn std::fmt::Display| format!("leaf certificate for {host}: {e}");
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
@@ -211,12 +225,7 @@ impl CertificateAuthority {
         let ca_der = pem_to_der(&self.cert_pem).map_err(|e| fail(&e))?;
         let chain = vec![leaf.der().clone(), ca_der];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let mut config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| fail(&e))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(config)
+        Ok((chain, key))
     }
 }
 
@@ -294,6 +303,50 @@ mod tests {
         assert_eq!(c.ips, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
         let any = config(r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://m"]}]}"#);
         assert_eq!(Constraints::for_config(&any), None);
+    }
+
+    /// What a TLS client (webpki, as in rustls; Go's verifier applies the same RFC 5280 rules)
+    /// says about a leaf for `host`.
+    fn verify(ca: &CertificateAuthority, host: &str) -> Result<(), String> {
+        crate::upstream::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem_to_der(ca.cert_pem()).unwrap()).unwrap();
+        use rustls::client::danger::ServerCertVerifier as _;
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let (chain, _) = ca.leaf(host).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &[],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn name_constraints_stop_certificates_for_other_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let constraints = Constraints {
+            dns: vec!["reg.example.test".into(), "corp.test".into()],
+            ips: vec![],
+        };
+        let ca = CertificateAuthority::load_or_create(dir.path(), Some(constraints)).unwrap();
+        verify(&ca, "reg.example.test").unwrap();
+        verify(&ca, "build.corp.test").unwrap();
+        let refused = verify(&ca, "bank.example").unwrap_err();
+        assert!(refused.to_lowercase().contains("name"), "{refused}");
+        assert!(
+            verify(&ca, "10.0.0.1").is_err(),
+            "IP addresses are excluded"
+        );
+        let open = CertificateAuthority::load_or_create(&dir.path().join("open"), None).unwrap();
+        verify(&open, "bank.example").unwrap();
     }
 
     #[test]

@@ -382,6 +382,17 @@ impl Regmirror {
     }
 
     pub fn serve_in(dir: tempfile::TempDir, yaml: &str, extra_args: &[&str]) -> Self {
+        Self::serve_with_env(dir, yaml, extra_args, &[])
+    }
+
+    /// With `REGISTRY_*`-style environment overrides; waits for the port only when they turn
+    /// TLS on.
+    pub fn serve_with_env(
+        dir: tempfile::TempDir,
+        yaml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = format!(
             "{yaml}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
@@ -395,9 +406,14 @@ impl Regmirror {
             .arg("--config")
             .arg(&config_path)
             .args(extra_args)
-            .env("REGMIRROR_LOG", "info");
+            .env("REGMIRROR_LOG", "info")
+            .envs(env.iter().copied());
         let mut process = Process::spawn(&mut command, dir.path().join("regmirror.log"));
-        wait_for_http(addr, &mut process.child, &process.log);
+        if env.iter().any(|(k, _)| k.starts_with("REGISTRY_HTTP_TLS")) {
+            wait_for_port(addr);
+        } else {
+            wait_for_http(addr, &mut process.child, &process.log);
+        }
         Regmirror { addr, dir, process }
     }
 
