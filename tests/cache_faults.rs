@@ -38,6 +38,8 @@ struct Canned {
 #[derive(Default)]
 struct FakeState {
     canned: Mutex<HashMap<(Method, String), Canned>>,
+    /// Answers for these paths wait this long first.
+    delays: Mutex<HashMap<String, Duration>>,
     hits: Mutex<HashMap<(Method, String), usize>>,
 }
 
@@ -96,6 +98,14 @@ impl FakeUpstream {
         self.answer(Method::HEAD, &path, canned);
     }
 
+    fn delay(&self, path: &str, delay: Duration) {
+        self.state
+            .delays
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), delay);
+    }
+
     fn hits(&self, method: Method, path: &str) -> usize {
         *self
             .state
@@ -120,6 +130,10 @@ impl Drop for FakeUpstream {
 async fn fake_handler(State(state): State<Arc<FakeState>>, request: Request) -> Response {
     let key = (request.method().clone(), request.uri().path().to_owned());
     *state.hits.lock().unwrap().entry(key.clone()).or_default() += 1;
+    let delay = state.delays.lock().unwrap().get(&key.1).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let canned = state.canned.lock().unwrap().get(&key).cloned();
     let Some(canned) = canned else {
         let mut response = Response::new(Body::from(r#"{"errors":[{"code":"NOT_FOUND"}]}"#));
@@ -813,4 +827,75 @@ async fn shutdown_lets_in_flight_responses_finish() {
     }
     assert_eq!(digest_of(&body), digest, "the in-flight response completed");
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_tag_requests_share_one_revalidation() {
+    let upstream = FakeUpstream::start().await;
+    upstream.manifest("library/demo", "v1", r#"{"schemaVersion":2,"layers":[]}"#);
+    upstream.delay("/v2/library/demo/manifests/v1", Duration::from_millis(300));
+    let cache = Cache::start(&format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+    let url = cache.url("/v2/library/demo/manifests/v1");
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(
+        upstream.hits(Method::HEAD, "/v2/library/demo/manifests/v1"),
+        1,
+        "one revalidation in flight"
+    );
+    assert_eq!(
+        upstream.hits(Method::GET, "/v2/library/demo/manifests/v1"),
+        1,
+        "one GET for the new digest"
+    );
+    // The next request revalidates again (the default window is 0), by HEAD only.
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        upstream.hits(Method::HEAD, "/v2/library/demo/manifests/v1"),
+        2
+    );
+    assert_eq!(
+        upstream.hits(Method::GET, "/v2/library/demo/manifests/v1"),
+        1,
+        "never a GET when the digest is unchanged"
+    );
+}
+
+#[tokio::test]
+async fn serve_stale_on_404_keeps_a_tag_the_upstream_lost() {
+    let upstream = FakeUpstream::start().await;
+    let manifest = r#"{"schemaVersion":2,"layers":[]}"#;
+    upstream.manifest("library/demo", "v1", manifest);
+    let cache = Cache::start(&format!(
+        "proxy: {{remoteurl: {}, serve_stale_on_404: true}}",
+        upstream.url()
+    ))
+    .await;
+    let url = cache.url("/v2/library/demo/manifests/v1");
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    upstream.state.canned.lock().unwrap().clear();
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["warning"]
+            .to_str()
+            .unwrap()
+            .contains("HTTP 404")
+    );
+
+    // Without the option a 404 means the tag is gone.
+    let upstream = FakeUpstream::start().await;
+    upstream.manifest("library/demo", "v1", manifest);
+    let cache = Cache::start(&format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+    let url = cache.url("/v2/library/demo/manifests/v1");
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    upstream.state.canned.lock().unwrap().clear();
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 404);
 }

@@ -353,3 +353,69 @@ fn tls_with_skopeo_verifying_a_test_ca() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Pushes a different image under `library/demo:v1` at the origin.
+fn move_tag(images: &Images, origin: &Registry) {
+    images.build("moved", &[("hello", b"a different image\n")]);
+    images.push("moved", &format!("{}/library/demo:v1", origin.host()), &[]);
+}
+
+fn tag_digest(cache: &Regmirror) -> String {
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let (status, head, _) =
+        peers::http("GET", cache.addr, "/v2/library/demo/manifests/v1", &accept);
+    assert_eq!(status, 200, "{head}");
+    head.lines()
+        .find_map(|l| l.strip_prefix("docker-content-digest: "))
+        .expect("digest header")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_moved_tag_is_seen_at_once_by_default_and_after_the_window_with_one() {
+    let (origin, images) = seeded_origin();
+    let revalidating = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let windowed = Regmirror::serve(
+        &format!("proxy: {{remoteurl: {}, tag_revalidate: 2s}}", origin.url()),
+        &[],
+    );
+    let before = tag_digest(&revalidating);
+    assert_eq!(tag_digest(&windowed), before);
+    move_tag(&images, &origin);
+    let after = tag_digest(&revalidating);
+    assert_ne!(after, before, "the default revalidates every request");
+    assert_eq!(
+        tag_digest(&windowed),
+        before,
+        "within the window the cached tag is served"
+    );
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(
+        tag_digest(&windowed),
+        after,
+        "after the window the move is seen"
+    );
+}
+
+#[test]
+fn a_stale_tag_is_served_with_a_warning_while_the_origin_is_down() {
+    let (mut origin, _images) = seeded_origin();
+    let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let digest = tag_digest(&cache);
+    origin.stop();
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let (status, head, _) =
+        peers::http("GET", cache.addr, "/v2/library/demo/manifests/v1", &accept);
+    assert_eq!(status, 200);
+    assert!(head.contains(&digest));
+    assert!(
+        head.to_ascii_lowercase().contains("warning: 110 regmirror"),
+        "{head}"
+    );
+    let (_, _, metrics) = peers::http("GET", cache.addr, "/metrics", &[]);
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("regmirror_cache_requests_total{kind=\"tag\",result=\"stale\"} 1")
+    );
+}

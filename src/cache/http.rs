@@ -82,7 +82,7 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
 }
 
 async fn registry(
-    app: &App,
+    app: &Arc<App>,
     request: &Parts,
     outcome: &mut Outcome,
 ) -> Result<Response, RegistryError> {
@@ -111,7 +111,11 @@ async fn registry(
                 ManifestRef::Digest(digest) => {
                     (app.manifest_by_digest(&route, digest, outcome).await?, None)
                 }
-                ManifestRef::Tag(tag) => app.manifest_by_tag(&route, tag, outcome).await?,
+                ManifestRef::Tag(tag) => {
+                    let answer = app.manifest_by_tag(&route, tag).await?;
+                    outcome.cache = answer.cache;
+                    (answer.manifest, answer.warning)
+                }
             };
             Ok(manifest_response(&manifest, head, warning))
         }

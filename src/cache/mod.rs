@@ -19,13 +19,15 @@ pub mod routing;
 pub mod server;
 pub mod store;
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt as _, StreamExt as _};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 
@@ -55,6 +57,29 @@ pub struct App {
     pub memo: ManifestMemo,
     /// `http.headers` of the config, added to every response.
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `proxy.serve_stale_on_404`.
+    pub serve_stale_on_404: bool,
+    /// Revalidations in flight, by (upstream, repository, tag).
+    pub tag_flights: Mutex<HashMap<String, TagFlight>>,
+    /// When each tag was last confirmed by its upstream.
+    pub tag_validated: Mutex<HashMap<String, Instant>>,
+}
+
+/// What a tag request is answered with.
+#[derive(Debug, Clone)]
+pub struct TagAnswer {
+    pub manifest: Arc<CachedManifest>,
+    /// For the `Warning` header when the cached tag is served because the upstream failed.
+    pub warning: Option<String>,
+    /// hit, miss, fresh (within the revalidation window) or stale.
+    pub cache: &'static str,
+}
+
+/// A revalidation shared by every concurrent request for one tag.
+pub type TagFlight = Shared<BoxFuture<'static, Result<TagAnswer, RegistryError>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl App {
@@ -224,14 +249,80 @@ impl App {
             .await
     }
 
-    /// A manifest by tag: revalidated with the upstream (HEAD; GET only when the digest is new).
-    /// When the upstream fails, the cached tag is served with a warning.
+    /// A manifest by tag. Within the upstream's `tag_revalidate` window the cached tag is served
+    /// without asking; otherwise it is revalidated, with at most one revalidation in flight per
+    /// tag: concurrent requests share its answer.
     async fn manifest_by_tag(
+        self: &Arc<Self>,
+        route: &Route,
+        tag: &str,
+    ) -> Result<TagAnswer, RegistryError> {
+        let key = format!(
+            "{}\u{1f}{}\u{1f}{tag}",
+            route.upstream.name, route.repository
+        );
+        let window = route.upstream.tag_revalidate;
+        if !window.is_zero() {
+            let fresh = lock(&self.tag_validated)
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < window);
+            if fresh {
+                if let Some(manifest) = self.cached_tag(route, tag)? {
+                    self.metrics.request("tag", "fresh");
+                    return Ok(TagAnswer {
+                        manifest,
+                        warning: None,
+                        cache: "fresh",
+                    });
+                }
+            }
+        }
+        let flight = {
+            let mut flights = lock(&self.tag_flights);
+            match flights.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let app = self.clone();
+                    let (route, tag, done) = (route.clone(), tag.to_owned(), key.clone());
+                    let flight = async move {
+                        let answer = app.revalidate_tag(&route, &tag, &done).await;
+                        lock(&app.tag_flights).remove(&done);
+                        answer
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    /// The manifest a cached tag points at, if this repository may read it.
+    fn cached_tag(
         &self,
         route: &Route,
         tag: &str,
-        outcome: &mut http::Outcome,
-    ) -> Result<(Arc<CachedManifest>, Option<String>), RegistryError> {
+    ) -> Result<Option<Arc<CachedManifest>>, RegistryError> {
+        let record = self
+            .meta
+            .tag(&route.upstream.name, &route.repository, tag)
+            .map_err(internal)?;
+        match record.and_then(|r| Digest::parse(&r.digest).ok()) {
+            Some(digest) => self.linked_manifest(route, &digest),
+            None => Ok(None),
+        }
+    }
+
+    /// Asks the upstream about a tag (HEAD; GET only when the digest is new). When the upstream
+    /// fails (or answers 404 with `serve_stale_on_404`), the cached tag is served with a warning.
+    async fn revalidate_tag(
+        &self,
+        route: &Route,
+        tag: &str,
+        key: &str,
+    ) -> Result<TagAnswer, RegistryError> {
         let upstream = &route.upstream.name;
         let cached = self
             .meta
@@ -245,6 +336,7 @@ impl App {
         .header(ACCEPT, MANIFEST_ACCEPT);
         let failure = match self.upstream(route, head).await {
             Ok(response) if response.status() == StatusCode::OK => {
+                lock(&self.tag_validated).insert(key.to_owned(), Instant::now());
                 let current = response
                     .headers()
                     .get(CONTENT_DIGEST_HEADER)
@@ -255,17 +347,26 @@ impl App {
                         if cached.as_ref().is_none_or(|c| c.digest != current.as_str()) {
                             self.record_tag(route, tag, &manifest)?;
                         }
-                        outcome.cache = "hit";
                         self.metrics.request("tag", "hit");
-                        return Ok((manifest, None));
+                        return Ok(TagAnswer {
+                            manifest,
+                            warning: None,
+                            cache: "hit",
+                        });
                     }
                 }
-                outcome.cache = "miss";
                 self.metrics.request("tag", "miss");
-                return Ok((
-                    self.fetch_manifest(route, tag, None, Some(tag)).await?,
-                    None,
-                ));
+                let manifest = self.fetch_manifest(route, tag, None, Some(tag)).await?;
+                return Ok(TagAnswer {
+                    manifest,
+                    warning: None,
+                    cache: "miss",
+                });
+            }
+            Ok(response)
+                if response.status() == StatusCode::NOT_FOUND && self.serve_stale_on_404 =>
+            {
+                upstream_status(upstream, response.status(), ErrorCode::ManifestUnknown)
             }
             Ok(response) if response.status() == StatusCode::NOT_FOUND => {
                 self.meta
@@ -289,25 +390,18 @@ impl App {
             }
             Err(e) => unreachable(upstream, e),
         };
-        let stale = match &cached {
-            Some(record) => Digest::parse(&record.digest)
-                .ok()
-                .map(|d| self.cached_manifest(&d))
-                .transpose()?
-                .flatten(),
-            None => None,
-        };
-        match stale {
+        match self.cached_tag(route, tag)? {
             Some(manifest) => {
-                outcome.cache = "stale";
                 self.metrics.request("tag", "stale");
-                Ok((
+                let warning = format!(
+                    "upstream failed ({}); serving the cached tag",
+                    failure.message
+                );
+                Ok(TagAnswer {
                     manifest,
-                    Some(format!(
-                        "upstream failed ({}); serving the cached tag",
-                        failure.message
-                    )),
-                ))
+                    warning: Some(warning),
+                    cache: "stale",
+                })
             }
             None => Err(failure),
         }

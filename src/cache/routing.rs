@@ -24,6 +24,8 @@ pub struct Upstream {
     /// The namespace of its cached content: `docker.io`, `ghcr.io`, `127.0.0.1:5001`.
     pub name: String,
     pub origin: Target,
+    /// How long a tag is served from cache without asking this upstream.
+    pub tag_revalidate: std::time::Duration,
 }
 
 /// An upstream plus the repository path on it.
@@ -39,6 +41,7 @@ pub struct Router {
     configured: HashMap<String, Arc<Upstream>>,
     default: Option<Arc<Upstream>>,
     dynamic: bool,
+    dynamic_tag_revalidate: std::time::Duration,
     /// `--mirrors`: the cache's own fetches walk these endpoints before the origin.
     mirrors: Option<Arc<Resolver>>,
 }
@@ -51,6 +54,7 @@ impl Router {
             Arc::new(Upstream {
                 name: u.name.clone(),
                 origin: Target::origin(&u.url, u.credentials.clone(), tls),
+                tag_revalidate: u.tag_revalidate,
             })
         };
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(make).collect();
@@ -61,6 +65,10 @@ impl Router {
                 .map(|u| (u.name.clone(), u.clone()))
                 .collect(),
             dynamic: config.dynamic_upstreams,
+            dynamic_tag_revalidate: config
+                .upstreams
+                .first()
+                .map_or(std::time::Duration::ZERO, |u| u.tag_revalidate),
             mirrors,
         }
     }
@@ -150,6 +158,7 @@ impl Router {
         Ok(Arc::new(Upstream {
             name,
             origin: Target::origin(&url, None, TlsMode::Verify),
+            tag_revalidate: self.dynamic_tag_revalidate,
         }))
     }
 

@@ -96,6 +96,9 @@ impl Server {
             metrics: Arc::new(Metrics::default()),
             memo: ManifestMemo::new(MEMO_CAPACITY),
             extra_headers,
+            serve_stale_on_404: config.serve_stale_on_404,
+            tag_flights: Default::default(),
+            tag_validated: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

@@ -39,6 +39,8 @@ pub struct UpstreamConfig {
     /// Where its registry API lives.
     pub url: MirrorUrl,
     pub credentials: Option<Credentials>,
+    /// How long a tag is served from cache without asking this upstream (`tag_revalidate`).
+    pub tag_revalidate: Duration,
 }
 
 /// The validated cache configuration.
@@ -60,6 +62,8 @@ pub struct CacheConfig {
     pub allow_private_upstreams: bool,
     /// `proxy.ttl`.
     pub ttl: Duration,
+    /// `proxy.serve_stale_on_404`: a tag the upstream answers 404 for is still served from cache.
+    pub serve_stale_on_404: bool,
     /// `log.level`, when set.
     pub log_level: Option<String>,
     /// Keys that were ignored, and why.
@@ -86,6 +90,7 @@ impl CacheConfig {
             dynamic_upstreams: false,
             allow_private_upstreams: false,
             ttl: DEFAULT_TTL,
+            serve_stale_on_404: false,
             log_level: None,
             warnings: Vec::new(),
         }
@@ -136,6 +141,7 @@ fn upstream(name: &str, url: &str) -> UpstreamConfig {
         name: name.to_owned(),
         url: MirrorUrl::parse(url).expect("built-in upstream URLs are valid"),
         credentials: None,
+        tag_revalidate: Duration::ZERO,
     }
 }
 
@@ -254,9 +260,12 @@ const SCHEMA: Key = Key::Map(&[
                     ("url", Key::Known),
                     ("username", Key::Known),
                     ("password", Key::Known),
+                    ("tag_revalidate", Key::Known),
                 ])),
             ),
             ("on", Key::Known),
+            ("tag_revalidate", Key::Known),
+            ("serve_stale_on_404", Key::Known),
             ("allow_private_upstreams", Key::Known),
         ]),
     ),
@@ -354,6 +363,8 @@ struct RawProxy {
     remoteregistries: Vec<RawRemote>,
     on: bool,
     allow_private_upstreams: bool,
+    tag_revalidate: Option<String>,
+    serve_stale_on_404: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,6 +373,7 @@ struct RawRemote {
     url: String,
     username: Option<String>,
     password: Option<String>,
+    tag_revalidate: Option<String>,
 }
 
 fn credentials(username: Option<String>, password: Option<String>) -> Option<Credentials> {
@@ -392,25 +404,37 @@ impl RawConfig {
                 ));
             }
         };
-        let mut upstreams = Vec::new();
-        let mut add = |field: String, url: &str, creds: Option<Credentials>| {
-            let url = MirrorUrl::parse(url).map_err(|e| err(&field, e))?;
-            let name = canonical_registry(url.authority());
-            if upstreams.iter().any(|u: &UpstreamConfig| u.name == name) {
-                return Err(err(&field, format!("upstream {name} is configured twice")));
-            }
-            upstreams.push(UpstreamConfig {
-                name,
-                url,
-                credentials: creds,
-            });
-            Ok(())
+        let default_revalidate = match self.proxy.tag_revalidate.as_deref() {
+            None => Duration::ZERO,
+            Some(text) => parse_duration(text).map_err(|e| err("proxy.tag_revalidate", e))?,
         };
+        let mut upstreams = Vec::new();
+        let mut add =
+            |field: String, url: &str, creds: Option<Credentials>, revalidate: Option<&str>| {
+                let tag_revalidate = match revalidate {
+                    None => default_revalidate,
+                    Some(text) => parse_duration(text)
+                        .map_err(|e| err(&field.replace(".url", ".tag_revalidate"), e))?,
+                };
+                let url = MirrorUrl::parse(url).map_err(|e| err(&field, e))?;
+                let name = canonical_registry(url.authority());
+                if upstreams.iter().any(|u: &UpstreamConfig| u.name == name) {
+                    return Err(err(&field, format!("upstream {name} is configured twice")));
+                }
+                upstreams.push(UpstreamConfig {
+                    name,
+                    url,
+                    credentials: creds,
+                    tag_revalidate,
+                });
+                Ok(())
+            };
         if let Some(url) = &self.proxy.remoteurl {
             add(
                 "proxy.remoteurl".into(),
                 url,
                 credentials(self.proxy.username, self.proxy.password),
+                None,
             )?;
         }
         for (i, remote) in self.proxy.remoteregistries.into_iter().enumerate() {
@@ -418,6 +442,7 @@ impl RawConfig {
                 format!("proxy.remoteregistries[{i}].url"),
                 &remote.url,
                 credentials(remote.username, remote.password),
+                remote.tag_revalidate.as_deref(),
             )?;
         }
         if upstreams.is_empty() && !self.proxy.on {
@@ -450,6 +475,7 @@ impl RawConfig {
             dynamic_upstreams: self.proxy.on,
             allow_private_upstreams: self.proxy.allow_private_upstreams,
             ttl,
+            serve_stale_on_404: self.proxy.serve_stale_on_404,
             log_level: self.log.level,
             warnings,
         })
@@ -587,6 +613,26 @@ health:
         let e = parse("version: 0.1\nproxy:\n  on: [1]\n  remoteurl: https://r.io\n").unwrap_err();
         assert!(e.starts_with("config.yml: "), "{e}");
         assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn tag_revalidation_windows() {
+        let config = parse(
+            "proxy:\n  tag_revalidate: 10m\n  serve_stale_on_404: true\n  remoteregistries:\n  - url: https://a.io\n  - url: https://b.io\n    tag_revalidate: 30s\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstreams[0].tag_revalidate, Duration::from_secs(600));
+        assert_eq!(config.upstreams[1].tag_revalidate, Duration::from_secs(30));
+        assert!(config.serve_stale_on_404);
+        assert_eq!(
+            CacheConfig::embedded_default().upstreams[0].tag_revalidate,
+            Duration::ZERO
+        );
+        assert!(
+            parse("proxy: {remoteregistries: [{url: https://a.io, tag_revalidate: soon}]}\n")
+                .unwrap_err()
+                .contains("proxy.remoteregistries[0].tag_revalidate")
+        );
     }
 
     #[test]
