@@ -419,3 +419,47 @@ fn a_stale_tag_is_served_with_a_warning_while_the_origin_is_down() {
             .contains("regmirror_cache_requests_total{kind=\"tag\",result=\"stale\"} 1")
     );
 }
+
+#[test]
+fn htpasswd_with_docker_login() {
+    let _engine = engine_lock();
+    let (origin, _images) = seeded_origin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = peers::run(
+        Command::new(peers::require("htpasswd", "apache2-utils"))
+            .args(["-Bbn", "carol", "pa55word"]),
+    );
+    let file = dir.path().join("htpasswd");
+    std::fs::write(&file, out.stdout).unwrap();
+    let cache = Regmirror::serve(
+        &format!(
+            "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",
+            origin.url(),
+            file.display()
+        ),
+        &[],
+    );
+    let (status, head, _) = peers::http("GET", cache.addr, "/v2/", &[]);
+    assert_eq!(status, 401);
+    assert!(
+        head.contains("www-authenticate: Basic realm=\"cache\""),
+        "{head}"
+    );
+    let dockerd = Dockerd::start("{}", None);
+    let wrong = dockerd.docker(&["login", "-u", "carol", "-p", "nope", &cache.host()]);
+    assert!(!wrong.status.success(), "a wrong password is refused");
+    let login = dockerd.docker(&["login", "-u", "carol", "-p", "pa55word", &cache.host()]);
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let pull = dockerd.docker(&["pull", &format!("{}/library/demo:v1", cache.host())]);
+    assert!(
+        pull.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&pull.stderr),
+        dockerd.log()
+    );
+    assert!(!cache.log().contains("pa55word"));
+}

@@ -50,7 +50,24 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
             &app.metrics.render(app.fills.in_flight()),
         ),
         _ => {
-            let mut response = match registry(&app, &request, &mut outcome).await {
+            let challenge = app.htpasswd.as_ref().and_then(|htpasswd| {
+                let header = request
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                htpasswd
+                    .authenticate(header)
+                    .is_none()
+                    .then(|| htpasswd.challenge())
+            });
+            let result = match &challenge {
+                None => registry(&app, &request, &mut outcome).await,
+                Some(_) => Err(RegistryError::new(
+                    ErrorCode::Unauthorized,
+                    "authentication required",
+                )),
+            };
+            let mut response = match result {
                 Ok(response) => response,
                 Err(error) => {
                     outcome.cache = "error";
@@ -61,6 +78,11 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
             response
                 .headers_mut()
                 .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+            if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
             response
         }
     };
@@ -444,14 +466,7 @@ fn text_response(status: StatusCode, content_type: &'static str, body: &str) -> 
 /// The one place a [`RegistryError`] becomes an HTTP response.
 pub fn error_response(error: &RegistryError, head: bool) -> Response {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json_response(status, error.body(), head);
-    if error.code == ErrorCode::Unauthorized {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"regmirror\""),
-        );
-    }
-    response
+    json_response(status, error.body(), head)
 }
 
 pub fn internal(e: impl std::fmt::Display) -> RegistryError {

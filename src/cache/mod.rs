@@ -9,6 +9,7 @@
 //! - [`http`]: the request handler; [`server`]: start-up and graceful shutdown;
 //! - [`metrics`]: Prometheus counters.
 
+pub mod auth;
 pub mod fill;
 pub mod http;
 pub mod manifest;
@@ -59,6 +60,8 @@ pub struct App {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// `proxy.serve_stale_on_404`.
     pub serve_stale_on_404: bool,
+    /// `auth.htpasswd`: when set, every `/v2/` request must authenticate.
+    pub htpasswd: Option<auth::Htpasswd>,
     /// Revalidations in flight, by (upstream, repository, tag).
     pub tag_flights: Mutex<HashMap<String, TagFlight>>,
     /// When each tag was last confirmed by its upstream.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 
+use super::auth::Htpasswd;
 use super::fill::Fills;
 use super::manifest::ManifestMemo;
 use super::meta::Metadata;
@@ -80,6 +81,17 @@ impl Server {
         );
         let client = UpstreamClient::new(options.overrides, policy, options.timeouts, &[])
             .map_err(|e| fail("client", &e))?;
+        let htpasswd = match &config.htpasswd {
+            Some((realm, path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| fail(&format!("auth.htpasswd.path {}", path.display()), &e))?;
+                Some(
+                    Htpasswd::parse(realm, &path.display().to_string(), &text)
+                        .map_err(|e| fail("auth.htpasswd", &e))?,
+                )
+            }
+            None => None,
+        };
         let mut extra_headers = Vec::new();
         for (name, value) in &config.headers {
             let name = HeaderName::try_from(name.as_str()).map_err(|e| fail("http.headers", &e))?;
@@ -97,12 +109,21 @@ impl Server {
             memo: ManifestMemo::new(MEMO_CAPACITY),
             extra_headers,
             serve_stale_on_404: config.serve_stale_on_404,
+            htpasswd,
             tag_flights: Default::default(),
             tag_validated: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|e| fail(&format!("listen on {}", config.listen), &e))?;
+        let local = listener.local_addr().map_err(|e| fail("listen", &e))?;
+        if !local.ip().is_loopback() && app.htpasswd.is_none() {
+            tracing::warn!(
+                addr = %local,
+                "listening beyond loopback WITHOUT authentication: anyone who can reach this port can \
+                 pull through this cache (set auth.htpasswd, or listen on 127.0.0.1)"
+            );
+        }
         Ok(Server {
             listener,
             app,

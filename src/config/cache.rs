@@ -52,6 +52,8 @@ pub struct CacheConfig {
     pub root: PathBuf,
     /// `http.tls.certificate` / `http.tls.key`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `auth.htpasswd`: (realm, file).
+    pub htpasswd: Option<(String, PathBuf)>,
     /// `http.headers`: added to every response.
     pub headers: Vec<(String, String)>,
     /// Configured upstreams; the first is the default for requests that name none.
@@ -85,6 +87,7 @@ impl CacheConfig {
             listen: DEFAULT_LISTEN.to_owned(),
             root: PathBuf::from(DEFAULT_ROOT),
             tls: None,
+            htpasswd: None,
             headers: Vec::new(),
             upstreams,
             dynamic_upstreams: false,
@@ -270,7 +273,17 @@ const SCHEMA: Key = Key::Map(&[
         ]),
     ),
     ("health", Key::Any),
-    ("auth", Key::Ignored),
+    (
+        "auth",
+        Key::Map(&[
+            (
+                "htpasswd",
+                Key::Map(&[("realm", Key::Known), ("path", Key::Known)]),
+            ),
+            ("token", Key::Ignored),
+            ("silly", Key::Ignored),
+        ]),
+    ),
     ("notifications", Key::Ignored),
     ("redis", Key::Ignored),
     ("validation", Key::Any),
@@ -314,9 +327,23 @@ fn check_keys(value: &Value, schema: &Key, path: &str, warnings: &mut Vec<String
 #[serde(default)]
 struct RawConfig {
     log: RawLog,
+    auth: RawAuth,
     storage: RawStorage,
     http: RawHttp,
     proxy: RawProxy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawAuth {
+    htpasswd: Option<RawHtpasswd>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawHtpasswd {
+    realm: Option<String>,
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -408,6 +435,16 @@ impl RawConfig {
             None => Duration::ZERO,
             Some(text) => parse_duration(text).map_err(|e| err("proxy.tag_revalidate", e))?,
         };
+        let htpasswd = match self.auth.htpasswd {
+            None => None,
+            Some(RawHtpasswd { path: None, .. }) => {
+                return Err(err("auth.htpasswd.path", "is required".into()));
+            }
+            Some(RawHtpasswd {
+                realm,
+                path: Some(path),
+            }) => Some((realm.unwrap_or_else(|| "regmirror".to_owned()), path)),
+        };
         let mut upstreams = Vec::new();
         let mut add =
             |field: String, url: &str, creds: Option<Credentials>, revalidate: Option<&str>| {
@@ -470,6 +507,7 @@ impl RawConfig {
                 .rootdirectory
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
             tls,
+            htpasswd,
             headers,
             upstreams,
             dynamic_upstreams: self.proxy.on,
@@ -595,14 +633,14 @@ health:
     #[test]
     fn unknown_and_unsupported_keys_warn() {
         let config = parse(
-            "proxy: {remoteurl: https://r.io, remotURL: x}\nauth: {htpasswd: {path: /x}}\nbogus: 1\n",
+            "proxy: {remoteurl: https://r.io, remotURL: x}\nauth: {token: {realm: x}}\nbogus: 1\n",
         )
         .unwrap();
         assert_eq!(
             config.warnings,
             [
                 "unknown key proxy.remotURL: ignored",
-                "auth: a distribution setting regmirror does not implement; ignored",
+                "auth.token: a distribution setting regmirror does not implement; ignored",
                 "unknown key bogus: ignored",
             ]
         );
