@@ -166,7 +166,11 @@ impl Server {
             return serve_tls(self.listener, acceptor, router, shutdown, self.grace).await;
         }
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        // No Nagle: a response's head and body go out at once (else delayed ACKs add ~40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing in-flight responses");
             let _ = draining_tx.send(());
@@ -232,6 +236,7 @@ async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();

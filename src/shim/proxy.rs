@@ -118,6 +118,7 @@ impl Shim {
                 },
                 () = &mut shutdown => return,
             };
+            let _ = stream.set_nodelay(true);
             let shim = self.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
