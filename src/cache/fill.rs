@@ -4,7 +4,9 @@
 //! cancels nothing) that streams the upstream body into a temp file while hashing it, and
 //! publishes the count of bytes written through a `watch` channel. Every request for the same
 //! digest — concurrent, late, or with a `Range` — joins that fill and reads the temp file through
-//! the shared file handle as bytes arrive. At the end the size and digest are checked, the file is
+//! the shared file handle as bytes arrive; the blob's last byte is held back until the digest is
+//! verified, so no client ever holds a complete body of unverified content. At the end the size
+//! and digest are checked (the hash runs on its own thread, off the streaming path), the file is
 //! fsynced and renamed into the store. On a mismatch or an upstream failure the fill fails:
 //! every reader's body ends with an error (so the client sees a cut connection, never a clean
 //! short body), the temp file is deleted and nothing is recorded.
@@ -128,7 +130,12 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
             None => (state.end.unwrap_or(u64::MAX), true),
             Some(rx) => match &*rx.borrow_and_update() {
                 FillState::Connecting => (0, false),
-                FillState::Streaming { written, .. } => (*written, false),
+                // The blob's last byte is held back until its digest is verified: a client
+                // must never see a complete body of unverified content.
+                FillState::Streaming { written, size } => (
+                    size.map_or(*written, |size| (*written).min(size.saturating_sub(1))),
+                    false,
+                ),
                 FillState::Done { size } => (*size, true),
                 FillState::Failed { error, .. } => {
                     return Err(io::Error::other(format!("upstream fill failed: {error}")));
