@@ -463,3 +463,109 @@ fn htpasswd_with_docker_login() {
     );
     assert!(!cache.log().contains("pa55word"));
 }
+
+#[test]
+fn local_push_alongside_the_cache_with_skopeo_and_dockerd() {
+    let _engine = engine_lock();
+    let (origin, images) = seeded_origin();
+    let cache = Regmirror::serve_with_env(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "proxy: {{remoteurl: {}}}\nlocal: [{{prefix: myteam/}}]",
+            origin.url()
+        ),
+        &[],
+        &[("REGISTRY_STORAGE_DELETE_ENABLED", "true")],
+    );
+    // skopeo pushes to a local repository and pulls it back, byte-identical.
+    images.push("v1", &format!("{}/myteam/app:v1", cache.host()), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pulled = skopeo_pull(
+        &format!("{}/myteam/app:v1", cache.host()),
+        &dir.path().join("a"),
+        &[],
+    )
+    .unwrap();
+    let layout = images.dir.path().join("layout");
+    let pushed_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let v1 = pushed_index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let original = std::fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(v1.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    assert_eq!(
+        pulled, original,
+        "the pushed manifest comes back byte for byte"
+    );
+    assert_eq!(
+        origin.count("GET", "/v2/myteam/"),
+        0,
+        "local repositories never go upstream"
+    );
+
+    // A push to a proxied repository is refused, naming the local prefixes.
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{}/library/demo:pushed", cache.host()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("myteam/") || stderr.contains("denied"),
+        "{stderr}"
+    );
+
+    // dockerd: pull through the cache, push to a local repository, remove, pull back.
+    let dockerd = Dockerd::start("{}", None);
+    let proxied = format!("{}/library/demo:v1", cache.host());
+    let local = format!("{}/myteam/from-docker:v2", cache.host());
+    for args in [
+        vec!["pull", proxied.as_str()],
+        vec!["tag", proxied.as_str(), local.as_str()],
+        vec!["push", local.as_str()],
+        vec!["rmi", local.as_str(), proxied.as_str()],
+        vec!["pull", local.as_str()],
+    ] {
+        let out = dockerd.docker(&args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            cache.log()
+        );
+    }
+
+    // Deletes (storage.delete.enabled): the manifest is gone afterwards.
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let (status, head, _) = peers::http("GET", cache.addr, "/v2/myteam/app/manifests/v1", &accept);
+    assert_eq!(status, 200);
+    let digest = head
+        .lines()
+        .find_map(|l| l.strip_prefix("docker-content-digest: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (status, _, _) = peers::http(
+        "DELETE",
+        cache.addr,
+        &format!("/v2/myteam/app/manifests/{digest}"),
+        &[],
+    );
+    assert_eq!(status, 202);
+    let (status, _, _) = peers::http("GET", cache.addr, "/v2/myteam/app/manifests/v1", &accept);
+    assert_eq!(status, 404);
+}

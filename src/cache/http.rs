@@ -18,6 +18,7 @@ use futures_util::StreamExt as _;
 use super::App;
 use super::manifest::CachedManifest;
 use super::metrics::Source;
+use super::push;
 use super::range::{ByteRange, parse_range};
 use super::routing::Route;
 use crate::reference::Digest;
@@ -38,7 +39,7 @@ pub struct Outcome {
 /// The one entry point for every request.
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let started = Instant::now();
-    let (request, _body) = request.into_parts();
+    let (request, body) = request.into_parts();
     let method = request.method.clone();
     let path = request.uri.path().to_owned();
     let mut outcome = Outcome::default();
@@ -61,7 +62,7 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
                     .then(|| htpasswd.challenge())
             });
             let result = match &challenge {
-                None => registry(&app, &request, &mut outcome).await,
+                None => registry(&app, &request, body, &mut outcome).await,
                 Some(_) => Err(RegistryError::new(
                     ErrorCode::Unauthorized,
                     "authentication required",
@@ -106,6 +107,7 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
 async fn registry(
     app: &Arc<App>,
     request: &Parts,
+    body: Body,
     outcome: &mut Outcome,
 ) -> Result<Response, RegistryError> {
     let parsed = route::parse(request.uri.path())?;
@@ -151,11 +153,37 @@ async fn registry(
                 .map(str::to_owned);
             blob(app, &route, digest, head, range.as_deref(), outcome).await
         }
-        (V2Request::Upload { .. } | V2Request::Manifest { .. } | V2Request::Blob { .. }, _) => {
-            Err(RegistryError::new(
-                ErrorCode::Denied,
-                "this registry is a pull-through cache: pushes and deletes are not accepted",
-            ))
+        (V2Request::Upload { name, id }, _) => {
+            let route = route_for(name)?;
+            note(outcome, &route, None);
+            if !route.upstream.local {
+                return Err(push::refuse(app, &route, name));
+            }
+            outcome.cache = "push";
+            push::upload(app, &route, name, id.as_deref(), request, body).await
+        }
+        (V2Request::Manifest { name, reference }, Method::PUT) => {
+            let route = route_for(name)?;
+            note(outcome, &route, Some(reference.as_str()));
+            if !route.upstream.local {
+                return Err(push::refuse(app, &route, name));
+            }
+            outcome.cache = "push";
+            push::put_manifest(app, &route, name, reference, request, body).await
+        }
+        (V2Request::Manifest { name, reference }, Method::DELETE) => {
+            let route = route_for(name)?;
+            if !route.upstream.local {
+                return Err(push::refuse(app, &route, name));
+            }
+            push::delete(app, &route, reference, false)
+        }
+        (V2Request::Blob { name, digest }, Method::DELETE) => {
+            let route = route_for(name)?;
+            if !route.upstream.local {
+                return Err(push::refuse(app, &route, name));
+            }
+            push::delete(app, &route, &ManifestRef::Digest(digest.clone()), true)
         }
         _ => Err(RegistryError::new(
             ErrorCode::Unsupported,
@@ -308,6 +336,12 @@ async fn blob(
             )
         };
         return Ok(blob_response(status, digest, span, Some(size), body));
+    }
+    if route.upstream.local {
+        return Err(RegistryError::new(
+            ErrorCode::BlobUnknown,
+            format!("{digest} is not in {}", route.repository),
+        ));
     }
     if head {
         outcome.cache = "miss";

@@ -235,6 +235,39 @@ impl Metadata {
         txn.commit().map_err(err)
     }
 
+    /// Removes a repository's link to `digest` and every tag of the repository pointing at it.
+    pub fn unlink(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(), MetaError> {
+        let prefix = format!("{}{SEP}", key(&[upstream, repository]));
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            txn.open_table(LINKS)
+                .map_err(err)?
+                .remove(key(&[upstream, repository, digest.as_str()]).as_str())
+                .map_err(err)?;
+            let mut tags = txn.open_table(TAGS).map_err(err)?;
+            let mut doomed = Vec::new();
+            for entry in tags.range(prefix.as_str()..).map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                let record: Option<TagRecord> = serde_json::from_slice(v.value()).ok();
+                if record.is_some_and(|r| r.digest == digest.as_str()) {
+                    doomed.push(k.value().to_owned());
+                }
+            }
+            for k in doomed {
+                tags.remove(k.as_str()).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
+    }
+
     pub fn put_blob(&self, digest: &Digest, size: u64) -> Result<(), MetaError> {
         let txn = self.db.begin_write().map_err(err)?;
         txn.open_table(BLOBS)

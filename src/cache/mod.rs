@@ -15,6 +15,7 @@ pub mod http;
 pub mod manifest;
 pub mod meta;
 pub mod metrics;
+pub mod push;
 pub mod range;
 pub mod routing;
 pub mod server;
@@ -62,6 +63,10 @@ pub struct App {
     pub serve_stale_on_404: bool,
     /// `auth.htpasswd`: when set, every `/v2/` request must authenticate.
     pub htpasswd: Option<auth::Htpasswd>,
+    /// Uploads to local repositories in progress.
+    pub uploads: push::Uploads,
+    /// `storage.delete.enabled`.
+    pub delete_enabled: bool,
     /// Revalidations in flight, by (upstream, repository, tag).
     pub tag_flights: Mutex<HashMap<String, TagFlight>>,
     /// When each tag was last confirmed by its upstream.
@@ -128,6 +133,12 @@ impl App {
             .map_err(internal)?
         {
             return Ok(());
+        }
+        if route.upstream.local {
+            return Err(RegistryError::new(
+                unknown,
+                format!("{digest} is not in {}", route.repository),
+            ));
         }
         let kind = if unknown == ErrorCode::BlobUnknown {
             "blobs"
@@ -246,6 +257,12 @@ impl App {
             self.metrics.request("manifest", "hit");
             return Ok(manifest);
         }
+        if route.upstream.local {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestUnknown,
+                format!("{digest} is not in {}", route.repository),
+            ));
+        }
         outcome.cache = "miss";
         self.metrics.request("manifest", "miss");
         self.fetch_manifest(route, digest.as_str(), Some(digest), None)
@@ -260,6 +277,19 @@ impl App {
         route: &Route,
         tag: &str,
     ) -> Result<TagAnswer, RegistryError> {
+        if route.upstream.local {
+            let manifest = self.cached_tag(route, tag)?.ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::ManifestUnknown,
+                    format!("{}:{tag} is not known", route.repository),
+                )
+            })?;
+            return Ok(TagAnswer {
+                manifest,
+                warning: None,
+                cache: "local",
+            });
+        }
         let key = format!(
             "{}\u{1f}{}\u{1f}{tag}",
             route.upstream.name, route.repository
@@ -578,6 +608,9 @@ impl App {
 
     /// Tags the upstream lists for the repository.
     async fn upstream_tags(&self, route: &Route) -> Result<Vec<String>, RegistryError> {
+        if route.upstream.local {
+            return Ok(Vec::new());
+        }
         let upstream = &route.upstream.name;
         let request = UpstreamRequest::pull(
             Method::GET,

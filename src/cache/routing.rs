@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::cache::{CacheConfig, UpstreamConfig};
+use crate::config::cache::{CacheConfig, LocalRepositories, UpstreamConfig};
 use crate::config::mirrors::canonical_registry;
 use crate::config::{MirrorUrl, Scheme};
 use crate::reference::{self, DOCKER_HUB};
@@ -26,7 +26,12 @@ pub struct Upstream {
     pub origin: Target,
     /// How long a tag is served from cache without asking this upstream.
     pub tag_revalidate: std::time::Duration,
+    /// The local namespace: pushes accepted, never proxied.
+    pub local: bool,
 }
+
+/// The namespace of local (pushed) repositories.
+pub const LOCAL: &str = "local";
 
 /// An upstream plus the repository path on it.
 #[derive(Debug, Clone)]
@@ -42,6 +47,8 @@ pub struct Router {
     default: Option<Arc<Upstream>>,
     dynamic: bool,
     dynamic_tag_revalidate: std::time::Duration,
+    pub local: LocalRepositories,
+    local_upstream: Arc<Upstream>,
     /// `--mirrors`: the cache's own fetches walk these endpoints before the origin.
     mirrors: Option<Arc<Resolver>>,
 }
@@ -55,6 +62,7 @@ impl Router {
                 name: u.name.clone(),
                 origin: Target::origin(&u.url, u.credentials.clone(), tls),
                 tag_revalidate: u.tag_revalidate,
+                local: false,
             })
         };
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(make).collect();
@@ -65,6 +73,13 @@ impl Router {
                 .map(|u| (u.name.clone(), u.clone()))
                 .collect(),
             dynamic: config.dynamic_upstreams,
+            local: config.local.clone(),
+            local_upstream: Arc::new(Upstream {
+                name: LOCAL.to_owned(),
+                origin: Target::pass_through("http://local.invalid", "local.invalid"),
+                tag_revalidate: std::time::Duration::ZERO,
+                local: true,
+            }),
             dynamic_tag_revalidate: config
                 .upstreams
                 .first()
@@ -119,6 +134,12 @@ impl Router {
                 });
             }
         }
+        if self.local.contains(name) {
+            return Ok(Route {
+                upstream: self.local_upstream.clone(),
+                repository: name.to_owned(),
+            });
+        }
         let upstream = self.default.clone().ok_or_else(|| {
             RegistryError::new(
                 ErrorCode::NameUnknown,
@@ -159,6 +180,7 @@ impl Router {
             name,
             origin: Target::origin(&url, None, TlsMode::Verify),
             tag_revalidate: self.dynamic_tag_revalidate,
+            local: false,
         }))
     }
 
@@ -184,6 +206,7 @@ impl Router {
     /// prefixed by the registry host otherwise.
     pub fn catalog_name(&self, upstream: &str, repository: &str) -> String {
         match &self.default {
+            _ if upstream == LOCAL => repository.to_owned(),
             Some(default) if default.name == upstream => repository.to_owned(),
             _ => format!("{upstream}/{repository}"),
         }

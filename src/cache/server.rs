@@ -110,6 +110,8 @@ impl Server {
             extra_headers,
             serve_stale_on_404: config.serve_stale_on_404,
             htpasswd,
+            uploads: Default::default(),
+            delete_enabled: config.delete_enabled,
             tag_flights: Default::default(),
             tag_validated: Default::default(),
         });

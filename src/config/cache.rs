@@ -43,6 +43,39 @@ pub struct UpstreamConfig {
     pub tag_revalidate: Duration,
 }
 
+/// Repositories that accept pushes and are never proxied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LocalRepositories {
+    #[default]
+    None,
+    /// `local: all`: every repository a request does not name an upstream for (no `?ns=`,
+    /// `domain` header or registry path prefix); there is then no default upstream.
+    All,
+    /// `local: [{prefix: "myteam/"}]`
+    Prefixes(Vec<String>),
+}
+
+impl LocalRepositories {
+    pub fn contains(&self, repository: &str) -> bool {
+        match self {
+            LocalRepositories::None => false,
+            LocalRepositories::All => true,
+            LocalRepositories::Prefixes(prefixes) => {
+                prefixes.iter().any(|p| repository.starts_with(p.as_str()))
+            }
+        }
+    }
+
+    /// How a refusal names them: `myteam/, ci/`.
+    pub fn describe(&self) -> String {
+        match self {
+            LocalRepositories::None => "none are configured (local:)".to_owned(),
+            LocalRepositories::All => "all repositories without an upstream".to_owned(),
+            LocalRepositories::Prefixes(prefixes) => prefixes.join(", "),
+        }
+    }
+}
+
 /// The validated cache configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -54,6 +87,10 @@ pub struct CacheConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `auth.htpasswd`: (realm, file).
     pub htpasswd: Option<(String, PathBuf)>,
+    /// `local`: repositories that accept pushes.
+    pub local: LocalRepositories,
+    /// `storage.delete.enabled`: local manifests and blobs may be deleted.
+    pub delete_enabled: bool,
     /// `http.headers`: added to every response.
     pub headers: Vec<(String, String)>,
     /// Configured upstreams; the first is the default for requests that name none.
@@ -88,6 +125,8 @@ impl CacheConfig {
             root: PathBuf::from(DEFAULT_ROOT),
             tls: None,
             htpasswd: None,
+            local: LocalRepositories::None,
+            delete_enabled: false,
             headers: Vec::new(),
             upstreams,
             dynamic_upstreams: false,
@@ -214,7 +253,7 @@ const SCHEMA: Key = Key::Map(&[
                 Key::Map(&[("rootdirectory", Key::Known), ("maxthreads", Key::Any)]),
             ),
             ("cache", Key::Any),
-            ("delete", Key::Ignored),
+            ("delete", Key::Map(&[("enabled", Key::Known)])),
             ("maintenance", Key::Ignored),
             ("redirect", Key::Any),
             ("inmemory", Key::Ignored),
@@ -272,6 +311,7 @@ const SCHEMA: Key = Key::Map(&[
             ("allow_private_upstreams", Key::Known),
         ]),
     ),
+    ("local", Key::Any),
     ("health", Key::Any),
     (
         "auth",
@@ -328,6 +368,7 @@ fn check_keys(value: &Value, schema: &Key, path: &str, warnings: &mut Vec<String
 struct RawConfig {
     log: RawLog,
     auth: RawAuth,
+    local: Option<serde_yaml_ng::Value>,
     storage: RawStorage,
     http: RawHttp,
     proxy: RawProxy,
@@ -356,6 +397,13 @@ struct RawLog {
 #[serde(default)]
 struct RawStorage {
     filesystem: RawFilesystem,
+    delete: RawDelete,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawDelete {
+    enabled: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,7 +530,36 @@ impl RawConfig {
                 remote.tag_revalidate.as_deref(),
             )?;
         }
-        if upstreams.is_empty() && !self.proxy.on {
+        let local = match &self.local {
+            None => LocalRepositories::None,
+            Some(Value::String(all)) if all == "all" => LocalRepositories::All,
+            Some(Value::Sequence(items)) => {
+                let mut prefixes = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let prefix = item
+                        .get("prefix")
+                        .and_then(Value::as_str)
+                        .filter(|p| !p.is_empty());
+                    match prefix {
+                        Some(prefix) => prefixes.push(prefix.to_owned()),
+                        None => {
+                            return Err(err(
+                                &format!("local[{i}]"),
+                                "expected {prefix: \"team/\"}".into(),
+                            ));
+                        }
+                    }
+                }
+                LocalRepositories::Prefixes(prefixes)
+            }
+            Some(_) => {
+                return Err(err(
+                    "local",
+                    "expected `all` or a list of {prefix: ...}".into(),
+                ));
+            }
+        };
+        if upstreams.is_empty() && !self.proxy.on && local == LocalRepositories::None {
             return Err(err(
                 "proxy",
                 "no upstream: set proxy.remoteurl, proxy.remoteregistries, or proxy.on: true"
@@ -508,6 +585,8 @@ impl RawConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
             tls,
             htpasswd,
+            local,
+            delete_enabled: self.storage.delete.enabled,
             headers,
             upstreams,
             dynamic_upstreams: self.proxy.on,
@@ -671,6 +750,24 @@ health:
                 .unwrap_err()
                 .contains("proxy.remoteregistries[0].tag_revalidate")
         );
+    }
+
+    #[test]
+    fn local_repositories() {
+        let config = parse("proxy: {remoteurl: https://r.io}\nlocal: [{prefix: myteam/}, {prefix: ci/}]\nstorage: {delete: {enabled: true}}\n").unwrap();
+        assert!(config.local.contains("myteam/app") && config.local.contains("ci/x"));
+        assert!(!config.local.contains("library/nginx"));
+        assert!(config.delete_enabled);
+        assert_eq!(config.local.describe(), "myteam/, ci/");
+        let all = parse("local: all\n").unwrap();
+        assert_eq!(all.local, LocalRepositories::All);
+        assert!(all.upstreams.is_empty());
+        assert!(
+            parse("local: [{nope: x}]\n")
+                .unwrap_err()
+                .contains("local[0]")
+        );
+        assert!(parse("local: 5\n").unwrap_err().contains("local:"));
     }
 
     #[test]

@@ -1,0 +1,366 @@
+//! The push API for local repositories (`local:` in the config): blob uploads (monolithic and
+//! chunked), cross-repository mounts, manifest PUT, and deletes when `storage.delete.enabled`.
+//!
+//! Uploads are written to temp files in the store's own file system; the final PUT hashes the file,
+//! refuses a digest mismatch (the file is deleted) and commits it with the same atomic rename as
+//! fills. A manifest is accepted only when every blob and manifest it references is already in the
+//! repository. Proxied repositories refuse all of this with DENIED, naming the local prefixes.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+
+use super::App;
+use super::http::internal;
+use super::manifest;
+use super::meta::NewManifest;
+use super::routing::Route;
+use crate::reference::Digest;
+use crate::registry::route::ManifestRef;
+use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, RegistryError};
+
+/// Manifests larger than this are refused.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Uploads in progress, by id.
+#[derive(Debug, Default)]
+pub struct Uploads {
+    active: Mutex<HashMap<String, Upload>>,
+}
+
+#[derive(Debug, Clone)]
+struct Upload {
+    repository: String,
+    path: PathBuf,
+    size: u64,
+}
+
+impl Uploads {
+    fn get(&self, id: &str, repository: &str) -> Result<Upload, RegistryError> {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active
+            .get(id)
+            .filter(|u| u.repository == repository)
+            .cloned()
+            .ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::BlobUploadUnknown,
+                    format!("upload {id} is not known"),
+                )
+            })
+    }
+
+    fn set(&self, id: &str, upload: Option<Upload>) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        match upload {
+            Some(upload) => active.insert(id.to_owned(), upload),
+            None => active.remove(id),
+        };
+    }
+}
+
+/// DENIED for a push to a repository that is proxied.
+pub fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "{name} is proxied from {}: pushes are accepted only for local repositories ({})",
+            route.upstream.name,
+            app.router.local.describe()
+        ),
+    )
+}
+
+fn new_upload_id() -> String {
+    let mut bytes = [0u8; 16];
+    let seed = format!(
+        "{:?}{:?}",
+        std::time::SystemTime::now(),
+        std::thread::current().id()
+    );
+    bytes.copy_from_slice(&Sha256::digest(seed.as_bytes())[..16]);
+    hex::encode(bytes)
+}
+
+fn accepted(name: &str, id: &str, size: u64) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let headers = response.headers_mut();
+    let set = |headers: &mut axum::http::HeaderMap, key: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(key, value);
+        }
+    };
+    set(
+        headers,
+        "location",
+        format!("/v2/{name}/blobs/uploads/{id}"),
+    );
+    set(headers, "docker-upload-uuid", id.to_owned());
+    set(headers, "range", format!("0-{}", size.saturating_sub(1)));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+fn created(location: String, digest: &Digest) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::CREATED;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(digest.as_str()) {
+        headers.insert(CONTENT_DIGEST_HEADER, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+fn query(parts: &Parts, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Appends a request body to an upload file; returns the new size.
+async fn append(path: &PathBuf, body: Body) -> Result<u64, RegistryError> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| RegistryError::new(ErrorCode::BlobUploadInvalid, e.to_string()))?;
+        file.write_all(&chunk).map_err(internal)?;
+    }
+    file.sync_all().map_err(internal)?;
+    Ok(file.metadata().map_err(internal)?.len())
+}
+
+/// The upload API: POST (start, monolithic or mount), PATCH, PUT, GET and DELETE.
+pub async fn upload(
+    app: &App,
+    route: &Route,
+    name: &str,
+    id: Option<&str>,
+    parts: &Parts,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    match (&parts.method, id) {
+        (&Method::POST, None) => {
+            if let (Some(mount), Some(from)) = (query(parts, "mount"), query(parts, "from")) {
+                if let Ok(digest) = Digest::parse(&mount) {
+                    let linked = app
+                        .meta
+                        .is_linked(&route.upstream.name, &from, &digest)
+                        .map_err(internal)?;
+                    if linked && app.store.size(&digest).is_some() {
+                        app.meta
+                            .link(&route.upstream.name, &route.repository, &digest)
+                            .map_err(internal)?;
+                        return Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest));
+                    }
+                }
+            }
+            let id = new_upload_id();
+            let path = app.store.temp_path();
+            let size = append(&path, body).await?;
+            let upload = Upload {
+                repository: route.repository.clone(),
+                path,
+                size,
+            };
+            if let Some(digest) = query(parts, "digest") {
+                return finish(app, route, name, upload, &digest).await;
+            }
+            app.uploads.set(&id, Some(upload));
+            Ok(accepted(name, &id, size))
+        }
+        (&Method::PATCH, Some(id)) => {
+            let mut upload = app.uploads.get(id, &route.repository)?;
+            upload.size = append(&upload.path, body).await?;
+            app.uploads.set(id, Some(upload.clone()));
+            Ok(accepted(name, id, upload.size))
+        }
+        (&Method::PUT, Some(id)) => {
+            let mut upload = app.uploads.get(id, &route.repository)?;
+            upload.size = append(&upload.path, body).await?;
+            app.uploads.set(id, None);
+            let digest = query(parts, "digest").ok_or_else(|| {
+                RegistryError::new(ErrorCode::DigestInvalid, "the final PUT needs ?digest=")
+            })?;
+            finish(app, route, name, upload, &digest).await
+        }
+        (&Method::GET, Some(id)) => {
+            let upload = app.uploads.get(id, &route.repository)?;
+            let mut response = accepted(name, id, upload.size);
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+        (&Method::DELETE, Some(id)) => {
+            let upload = app.uploads.get(id, &route.repository)?;
+            app.uploads.set(id, None);
+            let _ = std::fs::remove_file(&upload.path);
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+        (method, _) => Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            format!("{method} on an upload"),
+        )),
+    }
+}
+
+/// Verifies a complete upload against `digest` and commits it.
+async fn finish(
+    app: &App,
+    route: &Route,
+    name: &str,
+    upload: Upload,
+    digest: &str,
+) -> Result<Response, RegistryError> {
+    let digest = Digest::parse(digest)
+        .map_err(|e| RegistryError::new(ErrorCode::DigestInvalid, format!("{digest:?}: {e}")))?;
+    let path = upload.path.clone();
+    let actual = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(Digest::sha256_from_bytes(&hasher.finalize()))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    if actual != digest {
+        let _ = std::fs::remove_file(&upload.path);
+        return Err(RegistryError::new(
+            ErrorCode::DigestInvalid,
+            format!("uploaded content has digest {actual}, not {digest}"),
+        ));
+    }
+    app.store.commit(&upload.path, &digest).map_err(internal)?;
+    app.meta.put_blob(&digest, upload.size).map_err(internal)?;
+    app.meta
+        .link(&route.upstream.name, &route.repository, &digest)
+        .map_err(internal)?;
+    Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest))
+}
+
+/// PUT of a manifest by tag or digest.
+pub async fn put_manifest(
+    app: &App,
+    route: &Route,
+    name: &str,
+    reference: &ManifestRef,
+    parts: &Parts,
+    body: Body,
+) -> Result<Response, RegistryError> {
+    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| {
+            RegistryError::new(ErrorCode::ManifestInvalid, format!("manifest body: {e}"))
+        })?;
+    let digest = super::store::sha256(&bytes);
+    if let ManifestRef::Digest(expected) = reference {
+        if *expected != digest {
+            return Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                format!("manifest digest is {digest}, not {expected}"),
+            ));
+        }
+    }
+    let media_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .or_else(|| manifest::declared_media_type(&bytes))
+        .ok_or_else(|| RegistryError::new(ErrorCode::ManifestInvalid, "no media type"))?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, format!("not JSON: {e}")))?;
+    let references = manifest::references(&bytes);
+    for referenced in &references {
+        if !app
+            .meta
+            .is_linked(&route.upstream.name, &route.repository, referenced)
+            .map_err(internal)?
+        {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!("{referenced} is not in {}: push it first", route.repository),
+            ));
+        }
+    }
+    app.store.put_verified(&digest, &bytes).map_err(internal)?;
+    let tag = match reference {
+        ManifestRef::Tag(tag) => Some(tag.as_str()),
+        ManifestRef::Digest(_) => None,
+    };
+    app.meta
+        .put_manifest(&NewManifest {
+            upstream: &route.upstream.name,
+            repository: &route.repository,
+            tag,
+            digest: &digest,
+            media_type: &media_type,
+            size: bytes.len() as u64,
+            references: &references,
+        })
+        .map_err(internal)?;
+    Ok(created(format!("/v2/{name}/manifests/{digest}"), &digest))
+}
+
+/// DELETE of a manifest (by digest: its tags go too) or of a blob link.
+pub fn delete(
+    app: &App,
+    route: &Route,
+    reference: &ManifestRef,
+    blob: bool,
+) -> Result<Response, RegistryError> {
+    if !app.delete_enabled {
+        return Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled (storage.delete.enabled)",
+        ));
+    }
+    let ManifestRef::Digest(digest) = reference else {
+        return Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            "delete by digest, not by tag",
+        ));
+    };
+    let upstream = &route.upstream.name;
+    if !app
+        .meta
+        .is_linked(upstream, &route.repository, digest)
+        .map_err(internal)?
+    {
+        let code = if blob {
+            ErrorCode::BlobUnknown
+        } else {
+            ErrorCode::ManifestUnknown
+        };
+        return Err(RegistryError::new(
+            code,
+            format!("{digest} is not in {}", route.repository),
+        ));
+    }
+    app.meta
+        .unlink(upstream, &route.repository, digest)
+        .map_err(internal)?;
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response)
+}
