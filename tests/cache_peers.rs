@@ -569,3 +569,123 @@ fn local_push_alongside_the_cache_with_skopeo_and_dockerd() {
     let (status, _, _) = peers::http("GET", cache.addr, "/v2/myteam/app/manifests/v1", &accept);
     assert_eq!(status, 404);
 }
+
+#[test]
+fn eviction_under_a_size_cap_keeps_shared_layers_and_in_flight_pulls() {
+    let origin = Registry::start(RegistryOptions::default());
+    let images = Images::new();
+    // Incompressible content: umoci gzips layers.
+    let noise = |seed: u64, len: usize| -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    };
+    let base = noise(42, 3_000_000);
+    images.build("base", &[("base.bin", &base)]);
+    for n in 1..=4u32 {
+        let own = noise(u64::from(n) * 7919, 1_000_000);
+        images.build_on("base", &format!("img{n}"), &[("own.bin", &own)]);
+        images.push(
+            &format!("img{n}"),
+            &format!("{}/library/img{n}:v1", origin.host()),
+            &[],
+        );
+    }
+    // Room for the shared base layer and about two images' own layers.
+    let cache = Regmirror::serve_with_env(
+        tempfile::tempdir().unwrap(),
+        &format!("proxy: {{remoteurl: {}}}", origin.url()),
+        &[],
+        &[
+            ("REGISTRY_STORAGE_MAXSIZE", "6MB"),
+            ("REGISTRY_STORAGE_GC_INTERVAL", "1s"),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pull = |n: u32, into: &str| {
+        skopeo_pull(
+            &format!("{}/library/img{n}:v1", cache.host()),
+            &dir.path().join(into),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("pull img{n}: {e}"));
+    };
+    for n in 1..=4 {
+        pull(n, &format!("first{n}"));
+        std::thread::sleep(Duration::from_millis(1100)); // distinct last-use seconds
+    }
+    // A slow download of img1's own layer is in flight while the collector evicts img1.
+    let own1 = peers::dir_blobs(&dir.path().join("first1"))
+        .into_iter()
+        .find(|(_, bytes)| bytes.len() > 100_000 && bytes.len() < 2_000_000)
+        .map(|(hex, _)| hex)
+        .expect("img1's own layer");
+    let slow = {
+        let url = format!("{}/v2/library/img1/blobs/sha256:{own1}", cache.url());
+        let out = dir.path().join("slow");
+        std::thread::spawn(move || {
+            let status = Command::new("curl")
+                .args(["-sS", "-f", "--limit-rate", "150k", "-o"])
+                .arg(&out)
+                .arg(&url)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let sum = Command::new("sha256sum").arg(&out).output().unwrap();
+            String::from_utf8_lossy(&sum.stdout)
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cache.log().contains("evicted") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no eviction happened: {}",
+            cache.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        slow.join().unwrap(),
+        own1,
+        "the in-flight download completed, digest-correct"
+    );
+
+    // The most recent image is still whole in the cache: pulling it asks the origin for no blob.
+    let blob_gets = origin.count("GET", "/blobs/sha256:");
+    pull(4, "again4");
+    assert_eq!(
+        origin.count("GET", "/blobs/sha256:"),
+        blob_gets,
+        "img4 was kept whole"
+    );
+    // The oldest image was evicted, but not the base layer it shared with img4.
+    let base_hex = peers::dir_blobs(&dir.path().join("first4"))
+        .into_iter()
+        .find(|(_, bytes)| bytes.len() > 2_000_000)
+        .map(|(hex, _)| hex)
+        .expect("the base layer");
+    pull(1, "again1");
+    assert!(
+        origin.count("GET", "/blobs/sha256:") > blob_gets,
+        "img1's own layer came from the origin again"
+    );
+    assert_eq!(
+        origin.count("GET", &format!("/blobs/sha256:{base_hex}")),
+        1,
+        "the shared base layer was never fetched twice"
+    );
+    assert_eq!(
+        peers::dir_blobs(&dir.path().join("again1")),
+        peers::dir_blobs(&dir.path().join("first1"))
+    );
+}

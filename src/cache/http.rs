@@ -141,6 +141,7 @@ async fn registry(
                     (answer.manifest, answer.warning)
                 }
             };
+            app.mark_used(&manifest.digest);
             Ok(manifest_response(&manifest, head, warning))
         }
         (V2Request::Blob { name, digest }, Method::GET | Method::HEAD) => {
@@ -310,6 +311,7 @@ async fn blob(
         app.require_access(route, digest, ErrorCode::BlobUnknown)
             .await?;
     }
+    app.mark_used(digest);
     if let Some((file, size)) = cached {
         outcome.cache = "hit";
         app.metrics.request("blob", "hit");

@@ -9,7 +9,8 @@
 //!
 //! Keys join their parts with U+001F, which no valid name, tag or digest contains.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -21,6 +22,10 @@ const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
 const LINKS: TableDefinition<&str, u64> = TableDefinition::new("links");
 const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
+const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
+/// Files whose metadata an eviction already removed, deleted after the commit: a crash in
+/// between leaves them here, and the next collection finishes the job.
+const DOOMED: TableDefinition<&str, ()> = TableDefinition::new("doomed");
 const SEP: char = '\u{1f}';
 
 /// A cached tag.
@@ -37,6 +42,21 @@ pub struct TagRecord {
 pub struct ManifestRecord {
     pub media_type: String,
     pub size: u64,
+    /// What it references (config, layers, child manifests): kept alive while it lives.
+    #[serde(default)]
+    pub references: Vec<String>,
+}
+
+/// The metadata a collection decides from.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub manifests: HashMap<String, ManifestRecord>,
+    /// Committed blobs and their sizes.
+    pub blobs: HashMap<String, u64>,
+    pub last_used: HashMap<String, u64>,
+    /// (upstream, repository, digest, linked at)
+    pub links: Vec<(String, String, String, u64)>,
+    pub doomed: Vec<PathBuf>,
 }
 
 /// A manifest to record, with what it references.
@@ -90,6 +110,8 @@ impl Metadata {
         txn.open_table(MANIFESTS).map_err(err)?;
         txn.open_table(LINKS).map_err(err)?;
         txn.open_table(BLOBS).map_err(err)?;
+        txn.open_table(LAST_USED).map_err(err)?;
+        txn.open_table(DOOMED).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Metadata { db })
     }
@@ -150,9 +172,25 @@ impl Metadata {
         let now = now();
         let txn = self.db.begin_write().map_err(err)?;
         {
+            let mut references: Vec<String> =
+                m.references.iter().map(ToString::to_string).collect();
+            if references.is_empty() {
+                // A tag moved to a manifest already stored: keep what the record knew.
+                if let Some(old) = txn
+                    .open_table(MANIFESTS)
+                    .map_err(err)?
+                    .get(m.digest.as_str())
+                    .map_err(err)?
+                {
+                    if let Ok(old) = serde_json::from_slice::<ManifestRecord>(old.value()) {
+                        references = old.references;
+                    }
+                }
+            }
             let record = ManifestRecord {
                 media_type: m.media_type.to_owned(),
                 size: m.size,
+                references,
             };
             txn.open_table(MANIFESTS)
                 .map_err(err)?
@@ -281,6 +319,131 @@ impl Metadata {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(BLOBS).map_err(err)?;
         Ok(table.get(digest.as_str()).map_err(err)?.map(|v| v.value()))
+    }
+
+    /// Records last-use times (digest -> unix seconds) in one transaction.
+    pub fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(LAST_USED).map_err(err)?;
+            for (digest, at) in uses {
+                table.insert(digest.as_str(), *at).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// Everything a collection needs, read in one transaction.
+    pub fn inventory(&self) -> Result<Inventory, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let mut inventory = Inventory::default();
+        for entry in txn
+            .open_table(MANIFESTS)
+            .map_err(err)?
+            .iter()
+            .map_err(err)?
+        {
+            let (k, v) = entry.map_err(err)?;
+            if let Ok(record) = serde_json::from_slice::<ManifestRecord>(v.value()) {
+                inventory.manifests.insert(k.value().to_owned(), record);
+            }
+        }
+        for entry in txn.open_table(BLOBS).map_err(err)?.iter().map_err(err)? {
+            let (k, v) = entry.map_err(err)?;
+            inventory.blobs.insert(k.value().to_owned(), v.value());
+        }
+        for entry in txn
+            .open_table(LAST_USED)
+            .map_err(err)?
+            .iter()
+            .map_err(err)?
+        {
+            let (k, v) = entry.map_err(err)?;
+            inventory.last_used.insert(k.value().to_owned(), v.value());
+        }
+        for entry in txn.open_table(LINKS).map_err(err)?.iter().map_err(err)? {
+            let (k, v) = entry.map_err(err)?;
+            let parts: Vec<&str> = k.value().split(SEP).collect();
+            if let [upstream, repository, digest] = parts[..] {
+                inventory.links.push((
+                    upstream.to_owned(),
+                    repository.to_owned(),
+                    digest.to_owned(),
+                    v.value(),
+                ));
+            }
+        }
+        for entry in txn.open_table(DOOMED).map_err(err)?.iter().map_err(err)? {
+            let (k, _) = entry.map_err(err)?;
+            inventory.doomed.push(PathBuf::from(k.value()));
+        }
+        Ok(inventory)
+    }
+
+    /// Forgets evicted manifests and blobs in one transaction: their links everywhere, tags
+    /// pointing at them, their records and use times; their files are recorded as doomed.
+    pub fn evict(&self, digests: &[String], files: &[PathBuf]) -> Result<(), MetaError> {
+        let doomed: std::collections::HashSet<&str> = digests.iter().map(String::as_str).collect();
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut links = txn.open_table(LINKS).map_err(err)?;
+            let dead_links: Vec<String> = links
+                .iter()
+                .map_err(err)?
+                .filter_map(|entry| entry.ok())
+                .map(|(k, _)| k.value().to_owned())
+                .filter(|k| k.rsplit(SEP).next().is_some_and(|d| doomed.contains(d)))
+                .collect();
+            for k in dead_links {
+                links.remove(k.as_str()).map_err(err)?;
+            }
+            let mut tags = txn.open_table(TAGS).map_err(err)?;
+            let dead_tags: Vec<String> = tags
+                .iter()
+                .map_err(err)?
+                .filter_map(|entry| entry.ok())
+                .filter(|(_, v)| {
+                    serde_json::from_slice::<TagRecord>(v.value())
+                        .is_ok_and(|r| doomed.contains(r.digest.as_str()))
+                })
+                .map(|(k, _)| k.value().to_owned())
+                .collect();
+            for k in dead_tags {
+                tags.remove(k.as_str()).map_err(err)?;
+            }
+            let mut manifests = txn.open_table(MANIFESTS).map_err(err)?;
+            let mut blobs = txn.open_table(BLOBS).map_err(err)?;
+            let mut used = txn.open_table(LAST_USED).map_err(err)?;
+            for digest in digests {
+                manifests.remove(digest.as_str()).map_err(err)?;
+                blobs.remove(digest.as_str()).map_err(err)?;
+                used.remove(digest.as_str()).map_err(err)?;
+            }
+            let mut doomed_files = txn.open_table(DOOMED).map_err(err)?;
+            for file in files {
+                doomed_files
+                    .insert(file.to_string_lossy().as_ref(), ())
+                    .map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
+    }
+
+    /// Forgets doomed files once they are deleted.
+    pub fn clear_doomed(&self, files: &[PathBuf]) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut doomed = txn.open_table(DOOMED).map_err(err)?;
+            for file in files {
+                doomed
+                    .remove(file.to_string_lossy().as_ref())
+                    .map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
     }
 
     /// Every (upstream, repository) with cached content, sorted and distinct.

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod fill;
+pub mod gc;
 pub mod http;
 pub mod manifest;
 pub mod meta;
@@ -67,6 +68,8 @@ pub struct App {
     pub uploads: push::Uploads,
     /// `storage.delete.enabled`.
     pub delete_enabled: bool,
+    /// Last uses since the last flush (digest -> unix seconds), written in batches.
+    pub used: Mutex<HashMap<String, u64>>,
     /// Revalidations in flight, by (upstream, repository, tag).
     pub tag_flights: Mutex<HashMap<String, TagFlight>>,
     /// When each tag was last confirmed by its upstream.
@@ -91,6 +94,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl App {
+    /// Notes that `digest` was served: hits keep content from eviction.
+    pub(crate) fn mark_used(&self, digest: &Digest) {
+        lock(&self.used).insert(digest.to_string(), meta::now());
+    }
+
+    /// Writes the recorded last uses to the metadata.
+    pub fn flush_uses(&self) -> Result<(), meta::MetaError> {
+        let uses: Vec<(String, u64)> = lock(&self.used).drain().collect();
+        self.meta.record_use(&uses)
+    }
+
     /// Sends a request through the route's endpoints, recording the upstream's latency.
     async fn upstream(
         &self,

@@ -52,6 +52,15 @@ pub struct Server {
     app: Arc<App>,
     grace: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    eviction: Eviction,
+}
+
+/// When and what the server evicts.
+#[derive(Debug, Clone, Copy)]
+struct Eviction {
+    interval: Duration,
+    ttl: Duration,
+    max_size: Option<u64>,
 }
 
 impl Server {
@@ -112,6 +121,7 @@ impl Server {
             htpasswd,
             uploads: Default::default(),
             delete_enabled: config.delete_enabled,
+            used: Default::default(),
             tag_flights: Default::default(),
             tag_validated: Default::default(),
         });
@@ -131,6 +141,11 @@ impl Server {
             app,
             grace: options.grace,
             tls,
+            eviction: Eviction {
+                interval: config.gc_interval,
+                ttl: config.ttl,
+                max_size: config.max_size,
+            },
         })
     }
 
@@ -146,7 +161,13 @@ impl Server {
     ) -> std::io::Result<()> {
         let app = self.app.clone();
         let grace = self.grace;
+        let collector = tokio::spawn(collect_periodically(app.clone(), self.eviction));
         let result = self.serve(shutdown).await;
+        collector.abort();
+        let _ = collector.await;
+        if let Err(e) = app.flush_uses() {
+            tracing::warn!(error = %e, "last-use times not saved");
+        }
         let deadline = tokio::time::Instant::now() + grace;
         // Handlers hold the app; fills (which run on after their clients) hold the metadata.
         while (Arc::strong_count(&app) > 1 || Arc::strong_count(&app.meta) > 1)
@@ -268,4 +289,36 @@ async fn serve_tls(
         );
     }
     Ok(())
+}
+
+/// Flushes last-use times and evicts every `interval`.
+async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
+    let mut ticks = tokio::time::interval(eviction.interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let app = app.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            app.flush_uses()?;
+            let policy = super::gc::Policy {
+                ttl: eviction.ttl,
+                max_size: eviction.max_size,
+                now: super::meta::now(),
+            };
+            super::gc::collect(&app.meta, &app.store, &policy, false)
+        })
+        .await;
+        match result {
+            Ok(Ok(plan)) if !plan.evict.is_empty() => tracing::info!(
+                manifests = plan.manifests,
+                blobs = plan.blobs,
+                freed_bytes = plan.freed_bytes,
+                kept_bytes = plan.kept_bytes,
+                "evicted"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
+            Err(e) => tracing::warn!(error = %e, "eviction task failed"),
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! argument), with the reason on stderr.
 
 mod check;
+mod gc;
 mod generate;
 mod mirror_config;
 mod resolve;
@@ -38,6 +39,8 @@ enum Command {
     Check(check::Args),
     /// Run the multi-upstream pull-through cache (the mirror target).
     Serve(serve::Args),
+    /// Evict from a stopped cache now (the server does it every storage.gc_interval).
+    Gc(gc::Args),
     /// Run the proxy that gives a stock dockerd ordered mirrors with failover.
     Shim(shim::Args),
     /// Write containerd hosts.toml directories (also Docker 28+'s /etc/docker/certs.d).
@@ -70,6 +73,10 @@ pub fn main() -> ExitCode {
         }
         Command::Serve(args) => serve::run(args),
         Command::Shim(args) => shim::run(args),
+        Command::Gc(args) => {
+            init_tracing("warn");
+            gc::run(args)
+        }
         Command::ContainerdHosts(args) => {
             init_tracing("warn");
             generate::containerd_hosts(args)

@@ -27,6 +27,8 @@ pub const WELL_KNOWN_REGISTRIES: [&str; 6] = [
     "mcr.microsoft.com",
     "public.ecr.aws",
 ];
+/// How often the server evicts by default.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(600);
 /// distribution's default `proxy.ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(168 * 3600);
 
@@ -91,6 +93,10 @@ pub struct CacheConfig {
     pub local: LocalRepositories,
     /// `storage.delete.enabled`: local manifests and blobs may be deleted.
     pub delete_enabled: bool,
+    /// `storage.maxsize`: least recently used images are evicted above it.
+    pub max_size: Option<u64>,
+    /// `storage.gc_interval`: how often the server collects (default 10m).
+    pub gc_interval: Duration,
     /// `http.headers`: added to every response.
     pub headers: Vec<(String, String)>,
     /// Configured upstreams; the first is the default for requests that name none.
@@ -127,6 +133,8 @@ impl CacheConfig {
             htpasswd: None,
             local: LocalRepositories::None,
             delete_enabled: false,
+            max_size: None,
+            gc_interval: DEFAULT_GC_INTERVAL,
             headers: Vec::new(),
             upstreams,
             dynamic_upstreams: false,
@@ -194,10 +202,44 @@ fn env_overrides(env: &[(String, String)]) -> impl Iterator<Item = (Vec<String>,
         if rest.is_empty() {
             return None;
         }
-        let path = rest.split('_').map(str::to_ascii_lowercase).collect();
+        let words: Vec<String> = rest.split('_').map(str::to_ascii_lowercase).collect();
         let value = serde_yaml_ng::from_str(value).unwrap_or(Value::String(value.clone()));
-        Some((path, value))
+        Some((schema_path(&words), value))
     })
+}
+
+/// Joins words back into keys that contain underscores (`gc_interval`, `tag_revalidate`) where
+/// the schema knows such a key; otherwise every word is a level, as distribution reads them.
+fn schema_path(words: &[String]) -> Vec<String> {
+    let mut path = Vec::new();
+    let mut node = Some(&SCHEMA);
+    let mut i = 0;
+    while i < words.len() {
+        let fields: &[(&str, Key)] = match node {
+            Some(Key::Map(fields)) => fields,
+            _ => &[],
+        };
+        let longest = (i + 1..=words.len()).rev().find_map(|j| {
+            let candidate = words[i..j].join("_");
+            fields
+                .iter()
+                .find(|(k, _)| *k == candidate)
+                .map(|(_, sub)| (j, candidate, sub))
+        });
+        match longest {
+            Some((j, key, sub)) => {
+                path.push(key);
+                node = Some(sub);
+                i = j;
+            }
+            None => {
+                path.push(words[i].clone());
+                node = None;
+                i += 1;
+            }
+        }
+    }
+    path
 }
 
 fn set_path(document: &mut Value, path: &[String], value: Value) {
@@ -254,6 +296,8 @@ const SCHEMA: Key = Key::Map(&[
             ),
             ("cache", Key::Any),
             ("delete", Key::Map(&[("enabled", Key::Known)])),
+            ("maxsize", Key::Known),
+            ("gc_interval", Key::Known),
             ("maintenance", Key::Ignored),
             ("redirect", Key::Any),
             ("inmemory", Key::Ignored),
@@ -398,6 +442,8 @@ struct RawLog {
 struct RawStorage {
     filesystem: RawFilesystem,
     delete: RawDelete,
+    maxsize: Option<serde_yaml_ng::Value>,
+    gc_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -566,6 +612,26 @@ impl RawConfig {
                     .into(),
             ));
         }
+        let max_size = match &self.storage.maxsize {
+            None => None,
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(text)) => {
+                Some(parse_size(text).map_err(|e| err("storage.maxsize", e))?)
+            }
+            Some(_) => return Err(err("storage.maxsize", "expected a size like 50GiB".into())),
+        };
+        let gc_interval = match self.storage.gc_interval.as_deref() {
+            None => DEFAULT_GC_INTERVAL,
+            Some(text) => parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    err(
+                        "storage.gc_interval",
+                        format!("{text:?} is not a positive duration"),
+                    )
+                })?,
+        };
         let ttl = match self.proxy.ttl.as_deref() {
             None => DEFAULT_TTL,
             Some(text) => parse_duration(text).map_err(|e| err("proxy.ttl", e))?,
@@ -587,6 +653,8 @@ impl RawConfig {
             htpasswd,
             local,
             delete_enabled: self.storage.delete.enabled,
+            max_size,
+            gc_interval,
             headers,
             upstreams,
             dynamic_upstreams: self.proxy.on,
@@ -630,6 +698,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Ok(Duration::from_secs_f64(total))
+}
+
+/// Parses sizes as `storage.maxsize` writes them: `50GiB`, `500MB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 50GiB"))?;
+    let factor: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "K" => 1e3,
+        "MB" | "M" => 1e6,
+        "GB" | "G" => 1e9,
+        "TB" | "T" => 1e12,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{text:?} is not a size like 50GiB")),
+    };
+    Ok((number * factor) as u64)
 }
 
 #[cfg(test)]
@@ -783,6 +876,8 @@ health:
                 "/data".to_owned(),
             ),
             ("HOME".to_owned(), "/root".to_owned()),
+            ("REGISTRY_STORAGE_GC_INTERVAL".to_owned(), "1s".to_owned()),
+            ("REGISTRY_PROXY_TAG_REVALIDATE".to_owned(), "1m".to_owned()),
         ];
         let config = CacheConfig::parse(
             "config.yml",
@@ -793,6 +888,12 @@ health:
         assert_eq!(config.listen, "127.0.0.1:6000");
         assert_eq!(config.upstreams[0].name, "127.0.0.1:5001");
         assert_eq!(config.root, PathBuf::from("/data"));
+        assert_eq!(
+            config.gc_interval,
+            Duration::from_secs(1),
+            "keys with underscores are found"
+        );
+        assert_eq!(config.upstreams[0].tag_revalidate, Duration::from_secs(60));
         // Without a file, overrides apply to an empty document.
         let config = CacheConfig::parse("(none)", None, &env).unwrap();
         assert_eq!(config.upstreams.len(), 1);
@@ -849,5 +950,14 @@ health:
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
     }
 }

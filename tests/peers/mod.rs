@@ -486,6 +486,26 @@ impl Images {
             .args(["--config.cmd", "/hello"]));
     }
 
+    /// Builds image `tag` as `base` plus one more layer with `files` (so images share `base`'s
+    /// layers).
+    pub fn build_on(&self, base: &str, tag: &str, files: &[(&str, &[u8])]) {
+        let layout = self.layout();
+        let bundle = self.dir.path().join(format!("bundle-{tag}"));
+        run(Command::new("umoci")
+            .args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:{base}", layout.display()))
+            .arg(&bundle));
+        for (path, content) in files {
+            let target = bundle.join("rootfs").join(path);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::write(target, content).unwrap();
+        }
+        run(Command::new("umoci")
+            .args(["repack", "--image"])
+            .arg(format!("{}:{tag}", layout.display()))
+            .arg(&bundle));
+    }
+
     /// Pushes `tag` to `docker://host/repository` (plain http, no TLS checks).
     pub fn push(&self, tag: &str, destination: &str, extra: &[&str]) {
         run(Command::new("skopeo")

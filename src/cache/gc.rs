@@ -1,0 +1,360 @@
+//! Eviction: content not used for `proxy.ttl` goes, and with `storage.maxsize` the least
+//! recently used images go until the cache fits.
+//!
+//! The unit is the image: a manifest and what it references (config, layers, child manifests).
+//! Hits refresh an image's last use (unlike distribution's TTL, fixed at fetch time). A blob stays
+//! while any remaining manifest references it, or while it was itself used within the TTL, so
+//! evicting one image never breaks another that shares its layers. Pushed (local) content is
+//! never evicted. [`plan`] is pure; [`collect`] applies a plan crash-safely: metadata first, in
+//! one transaction that also records the files to delete, then the files; a crash in between is
+//! finished by the next collection. Readers hold open file handles, so an eviction never cuts a
+//! download in progress.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::meta::{Inventory, MetaError, Metadata};
+use super::routing::LOCAL;
+use super::store::BlobStore;
+use crate::reference::Digest;
+
+/// What decides eviction.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub ttl: Duration,
+    pub max_size: Option<u64>,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// What a collection removes (or would, with `--dry-run`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Digests of evicted manifests and blobs, sorted.
+    pub evict: Vec<String>,
+    pub manifests: usize,
+    pub blobs: usize,
+    pub freed_bytes: u64,
+    pub kept_bytes: u64,
+}
+
+/// Decides what goes.
+pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
+    let horizon = policy.now.saturating_sub(policy.ttl.as_secs());
+    let mut last_use: HashMap<&str, u64> = HashMap::new();
+    let mut local: HashSet<&str> = HashSet::new();
+    for (upstream, _, digest, at) in &inventory.links {
+        let entry = last_use.entry(digest.as_str()).or_default();
+        *entry = (*entry).max(*at);
+        if upstream == LOCAL {
+            local.insert(digest.as_str());
+        }
+    }
+    for (digest, at) in &inventory.last_used {
+        let entry = last_use.entry(digest.as_str()).or_default();
+        *entry = (*entry).max(*at);
+    }
+    let used = |d: &str| last_use.get(d).copied().unwrap_or(0);
+    let size_of = |d: &str| {
+        inventory
+            .manifests
+            .get(d)
+            .map(|m| m.size)
+            .or_else(|| inventory.blobs.get(d).copied())
+            .unwrap_or(0)
+    };
+    // Images: manifests no other manifest references (an index's children belong to it).
+    let children: HashSet<&str> = inventory
+        .manifests
+        .values()
+        .flat_map(|m| m.references.iter().map(String::as_str))
+        .filter(|d| inventory.manifests.contains_key(*d))
+        .collect();
+    let mut roots: Vec<&str> = inventory
+        .manifests
+        .keys()
+        .map(String::as_str)
+        .filter(|d| !children.contains(d))
+        .collect();
+    roots.sort_by_key(|d| (used(d), *d));
+    let mut live_roots: HashSet<&str> = roots
+        .iter()
+        .copied()
+        .filter(|d| local.contains(d) || used(d) >= horizon)
+        .collect();
+    // Recently used blobs stay on their own, unless the size cap needs their room.
+    let mut keep_recent_blobs = true;
+    loop {
+        let live = live_set(
+            inventory,
+            &live_roots,
+            &local,
+            keep_recent_blobs.then_some((&last_use, horizon)),
+        );
+        let kept: u64 = live.iter().map(|d| size_of(d)).sum();
+        let over = policy.max_size.is_some_and(|max| kept > max);
+        if !over {
+            return finish(inventory, &live, kept, size_of);
+        }
+        keep_recent_blobs = false;
+        // Evict the least recently used evictable image.
+        match roots
+            .iter()
+            .find(|d| live_roots.contains(*d) && !local.contains(*d))
+        {
+            Some(oldest) => {
+                live_roots.remove(oldest);
+            }
+            None => {
+                let live = live_set(inventory, &live_roots, &local, None);
+                let kept = live.iter().map(|d| size_of(d)).sum();
+                return finish(inventory, &live, kept, size_of);
+            }
+        }
+    }
+}
+
+/// Every digest kept alive by `roots` (transitively), by local links, and, when given, by its
+/// own use since the horizon.
+fn live_set<'a>(
+    inventory: &'a Inventory,
+    roots: &HashSet<&'a str>,
+    local: &HashSet<&'a str>,
+    recent: Option<(&HashMap<&'a str, u64>, u64)>,
+) -> HashSet<&'a str> {
+    let mut live: HashSet<&str> = HashSet::new();
+    let mut stack: Vec<&str> = roots.iter().copied().chain(local.iter().copied()).collect();
+    if let Some((last_use, horizon)) = recent {
+        stack.extend(
+            inventory
+                .blobs
+                .keys()
+                .map(String::as_str)
+                .filter(|d| last_use.get(d).copied().unwrap_or(0) >= horizon),
+        );
+    }
+    while let Some(digest) = stack.pop() {
+        if !live.insert(digest) {
+            continue;
+        }
+        if let Some(manifest) = inventory.manifests.get(digest) {
+            stack.extend(manifest.references.iter().map(String::as_str));
+        }
+    }
+    live
+}
+
+fn finish(
+    inventory: &Inventory,
+    live: &HashSet<&str>,
+    kept: u64,
+    size_of: impl Fn(&str) -> u64,
+) -> Plan {
+    let mut plan = Plan {
+        kept_bytes: kept,
+        ..Plan::default()
+    };
+    for digest in inventory
+        .manifests
+        .keys()
+        .filter(|d| !live.contains(d.as_str()))
+    {
+        plan.manifests += 1;
+        plan.freed_bytes += size_of(digest);
+        plan.evict.push(digest.clone());
+    }
+    for digest in inventory
+        .blobs
+        .keys()
+        .filter(|d| !live.contains(d.as_str()) && !inventory.manifests.contains_key(*d))
+    {
+        plan.blobs += 1;
+        plan.freed_bytes += size_of(digest);
+        plan.evict.push(digest.clone());
+    }
+    plan.evict.sort();
+    plan
+}
+
+/// Plans and (unless `dry_run`) applies a collection.
+pub fn collect(
+    meta: &Metadata,
+    store: &BlobStore,
+    policy: &Policy,
+    dry_run: bool,
+) -> Result<Plan, MetaError> {
+    let inventory = meta.inventory()?;
+    if !dry_run {
+        finish_doomed(meta, &inventory.doomed)?;
+    }
+    let plan = plan(&inventory, policy);
+    if dry_run || plan.evict.is_empty() {
+        return Ok(plan);
+    }
+    let files: Vec<PathBuf> = plan
+        .evict
+        .iter()
+        .filter_map(|d| Digest::parse(d).ok())
+        .map(|d| store.path(&d))
+        .collect();
+    meta.evict(&plan.evict, &files)?;
+    finish_doomed(meta, &files)?;
+    Ok(plan)
+}
+
+fn finish_doomed(meta: &Metadata, files: &[PathBuf]) -> Result<(), MetaError> {
+    for file in files {
+        if let Err(e) = std::fs::remove_file(file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(file = %file.display(), error = %e, "cannot delete an evicted file");
+            }
+        }
+    }
+    meta.clear_doomed(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::meta::ManifestRecord;
+
+    fn digest(name: &str) -> String {
+        crate::cache::store::sha256(name.as_bytes()).to_string()
+    }
+
+    /// Images a, b, c sharing layer "shared"; each has its own layer; used at times 10, 20, 30.
+    fn inventory() -> Inventory {
+        let mut inv = Inventory::default();
+        for (image, at) in [("a", 10), ("b", 20), ("c", 30)] {
+            let own = digest(&format!("{image}-layer"));
+            inv.manifests.insert(
+                digest(image),
+                ManifestRecord {
+                    media_type: String::new(),
+                    size: 1,
+                    references: vec![own.clone(), digest("shared")],
+                },
+            );
+            inv.blobs.insert(own.clone(), 100);
+            inv.last_used.insert(digest(image), at);
+            inv.links
+                .push(("docker.io".into(), "x".into(), digest(image), 0));
+        }
+        inv.blobs.insert(digest("shared"), 1000);
+        inv.blobs.insert(digest("orphan"), 50);
+        inv
+    }
+
+    #[test]
+    fn ttl_by_last_use_keeps_shared_layers() {
+        let inv = inventory();
+        let plan = plan(
+            &inv,
+            &Policy {
+                ttl: Duration::from_secs(15),
+                max_size: None,
+                now: 30,
+            },
+        );
+        // horizon 15: a (10) goes, b and c stay; the shared layer stays; the orphan goes.
+        let mut expected = vec![digest("a"), digest("a-layer"), digest("orphan")];
+        expected.sort();
+        assert_eq!(plan.evict, expected);
+        assert_eq!((plan.manifests, plan.blobs), (1, 2));
+    }
+
+    #[test]
+    fn size_cap_evicts_least_recently_used_images() {
+        let inv = inventory();
+        // Everything is recent; 1,000 (shared) + 2 x 101 fits in 1,300: only the oldest (a) goes.
+        let plan = plan(
+            &inv,
+            &Policy {
+                ttl: Duration::from_secs(1000),
+                max_size: Some(1300),
+                now: 30,
+            },
+        );
+        assert!(plan.evict.contains(&digest("a")) && plan.evict.contains(&digest("a-layer")));
+        assert!(
+            !plan.evict.contains(&digest("shared")),
+            "still used by b and c"
+        );
+        assert!(!plan.evict.contains(&digest("b")));
+        assert!(plan.kept_bytes <= 1300);
+    }
+
+    #[test]
+    fn local_content_is_never_evicted() {
+        let mut inv = inventory();
+        inv.links
+            .push((LOCAL.into(), "team/app".into(), digest("a"), 0));
+        let plan = plan(
+            &inv,
+            &Policy {
+                ttl: Duration::from_secs(1),
+                max_size: Some(0),
+                now: 1000,
+            },
+        );
+        assert!(!plan.evict.contains(&digest("a")) && !plan.evict.contains(&digest("shared")));
+        assert!(plan.evict.contains(&digest("b")));
+    }
+
+    #[test]
+    fn a_crash_between_metadata_and_files_is_finished_by_the_next_collection() {
+        use crate::cache::meta::NewManifest;
+        use crate::cache::store::sha256;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let meta = Metadata::open(&dir.path().join("metadata.redb")).unwrap();
+        let layer = sha256(b"layer");
+        store.put_verified(&layer, b"layer").unwrap();
+        meta.put_blob(&layer, 5).unwrap();
+        let manifest = format!(r#"{{"layers":[{{"digest":"{layer}"}}]}}"#);
+        let manifest_digest = sha256(manifest.as_bytes());
+        store
+            .put_verified(&manifest_digest, manifest.as_bytes())
+            .unwrap();
+        meta.put_manifest(&NewManifest {
+            upstream: "docker.io",
+            repository: "library/x",
+            tag: Some("v1"),
+            digest: &manifest_digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            size: manifest.len() as u64,
+            references: std::slice::from_ref(&layer),
+        })
+        .unwrap();
+        let policy = Policy {
+            ttl: Duration::ZERO,
+            max_size: None,
+            now: u64::MAX,
+        };
+        let plan = super::plan(&meta.inventory().unwrap(), &policy);
+        assert_eq!(plan.evict.len(), 2);
+        // "Crash" right after the metadata transaction: files still there, recorded as doomed.
+        let files: Vec<PathBuf> = [&layer, &manifest_digest]
+            .iter()
+            .map(|d| store.path(d))
+            .collect();
+        meta.evict(&plan.evict, &files).unwrap();
+        assert!(files.iter().all(|f| f.exists()));
+        drop(meta);
+        let meta = Metadata::open(&dir.path().join("metadata.redb")).unwrap();
+        assert_eq!(
+            meta.tag("docker.io", "library/x", "v1").unwrap(),
+            None,
+            "metadata is consistent at once"
+        );
+        assert!(!meta.is_linked("docker.io", "library/x", &layer).unwrap());
+        let again = collect(&meta, &store, &policy, false).unwrap();
+        assert!(again.evict.is_empty());
+        assert!(
+            files.iter().all(|f| !f.exists()),
+            "the doomed files are deleted"
+        );
+        assert!(meta.inventory().unwrap().doomed.is_empty());
+    }
+}

@@ -1,0 +1,59 @@
+//! `regmirror gc`: run an eviction of a stopped cache now and report what it removes (the server
+//! collects by itself every `storage.gc_interval`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::BadInput;
+use crate::cache::gc::{self, Policy};
+use crate::cache::meta::{Metadata, now};
+use crate::cache::store::BlobStore;
+use crate::config::cache::CacheConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The cache's config.yml (storage.filesystem.rootdirectory, proxy.ttl, storage.maxsize).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Report what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (name, text) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+            (path.display().to_string(), Some(text))
+        }
+        None => ("(embedded default)".to_owned(), None),
+    };
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("REGISTRY_"))
+        .collect();
+    let config = CacheConfig::parse(&name, text.as_deref(), &env).map_err(BadInput)?;
+    let meta = Metadata::open(&config.root.join("metadata.redb")).map_err(|e| {
+        anyhow::anyhow!("{e} (is `regmirror serve` running on this storage? It collects by itself every storage.gc_interval)")
+    })?;
+    let store = BlobStore::open(&config.root)?;
+    let policy = Policy {
+        ttl: config.ttl,
+        max_size: config.max_size,
+        now: now(),
+    };
+    let plan = gc::collect(&meta, &store, &policy, args.dry_run)?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for digest in &plan.evict {
+        println!("{verb} {digest}");
+    }
+    println!(
+        "{verb} {} manifest(s) and {} blob(s), {} bytes; {} bytes kept",
+        plan.manifests, plan.blobs, plan.freed_bytes, plan.kept_bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
