@@ -689,3 +689,57 @@ fn eviction_under_a_size_cap_keeps_shared_layers_and_in_flight_pulls() {
         peers::dir_blobs(&dir.path().join("first1"))
     );
 }
+
+#[test]
+fn client_certificates_are_required_with_clientcas() {
+    let (origin, _images) = seeded_origin();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = peers::TestCa::new(dir.path(), &["localhost"]);
+    let (cert, key, cas) = (
+        ca.cert.to_str().unwrap().to_owned(),
+        ca.key.to_str().unwrap().to_owned(),
+        format!("[{}]", ca.ca_cert.display()),
+    );
+    let cache = Regmirror::serve_with_env(
+        tempfile::tempdir().unwrap(),
+        &format!("proxy: {{remoteurl: {}}}", origin.url()),
+        &[],
+        &[
+            ("REGISTRY_HTTP_TLS_CERTIFICATE", &cert),
+            ("REGISTRY_HTTP_TLS_KEY", &key),
+            ("REGISTRY_HTTP_TLS_CLIENTCAS", &cas),
+        ],
+    );
+    let url = format!("https://localhost:{}/v2/", cache.addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", cache.addr.port());
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+                &resolve,
+                "--cacert",
+            ])
+            .arg(&ca.ca_cert)
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let without = curl(&[]);
+    assert!(
+        !without.status.success() || String::from_utf8_lossy(&without.stdout) != "200",
+        "no client certificate, no access"
+    );
+    let with = curl(&["--cert", &cert, "--key", &key]);
+    assert_eq!(
+        String::from_utf8_lossy(&with.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+}

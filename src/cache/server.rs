@@ -69,9 +69,10 @@ impl Server {
         let config = &options.config;
         let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
         let tls = match &config.tls {
-            Some((certificate, key)) => {
-                Some(tls_acceptor(certificate, key).map_err(|e| fail("http.tls", &e))?)
-            }
+            Some((certificate, key)) => Some(
+                tls_acceptor(certificate, key, &config.client_cas)
+                    .map_err(|e| fail("http.tls", &e))?,
+            ),
             None => None,
         };
         let root = &config.root;
@@ -216,7 +217,11 @@ impl Server {
 }
 
 /// The server's TLS configuration from PEM files (`http.tls.certificate`, `http.tls.key`).
-fn tls_acceptor(certificate: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+fn tls_acceptor(
+    certificate: &Path,
+    key: &Path,
+    client_cas: &[std::path::PathBuf],
+) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     crate::upstream::install_crypto_provider();
@@ -228,8 +233,28 @@ fn tls_acceptor(certificate: &Path, key: &Path) -> Result<tokio_rustls::TlsAccep
         return Err(format!("{}: no certificate", certificate.display()));
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    // With http.tls.clientcas, clients must present a certificate signed by one of them.
+    let builder = rustls::ServerConfig::builder();
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for path in client_cas {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| e.to_string())?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -87,6 +87,8 @@ pub struct CacheConfig {
     pub root: PathBuf,
     /// `http.tls.certificate` / `http.tls.key`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `http.tls.clientcas`: when set, clients must present a certificate signed by one of them.
+    pub client_cas: Vec<PathBuf>,
     /// `auth.htpasswd`: (realm, file).
     pub htpasswd: Option<(String, PathBuf)>,
     /// `local`: repositories that accept pushes.
@@ -130,6 +132,7 @@ impl CacheConfig {
             listen: DEFAULT_LISTEN.to_owned(),
             root: PathBuf::from(DEFAULT_ROOT),
             tls: None,
+            client_cas: Vec::new(),
             htpasswd: None,
             local: LocalRepositories::None,
             delete_enabled: false,
@@ -323,7 +326,7 @@ const SCHEMA: Key = Key::Map(&[
                 Key::Map(&[
                     ("certificate", Key::Known),
                     ("key", Key::Known),
-                    ("clientcas", Key::Ignored),
+                    ("clientcas", Key::Known),
                     ("minimumtls", Key::Ignored),
                     ("letsencrypt", Key::Ignored),
                 ]),
@@ -472,6 +475,7 @@ struct RawHttp {
 struct RawTls {
     certificate: Option<PathBuf>,
     key: Option<PathBuf>,
+    clientcas: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -525,6 +529,13 @@ impl RawConfig {
                 ));
             }
         };
+        let client_cas = self.http.tls.clientcas;
+        if !client_cas.is_empty() && tls.is_none() {
+            return Err(err(
+                "http.tls.clientcas",
+                "needs http.tls.certificate and key".into(),
+            ));
+        }
         let default_revalidate = match self.proxy.tag_revalidate.as_deref() {
             None => Duration::ZERO,
             Some(text) => parse_duration(text).map_err(|e| err("proxy.tag_revalidate", e))?,
@@ -650,6 +661,7 @@ impl RawConfig {
                 .rootdirectory
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
             tls,
+            client_cas,
             htpasswd,
             local,
             delete_enabled: self.storage.delete.enabled,
