@@ -120,6 +120,25 @@ impl App {
         result.map(|(_, response)| response)
     }
 
+    /// [`upstream`](Self::upstream) for a request that must be answered 200: anything else
+    /// becomes the registry error a client gets (`not_found` for a 404).
+    async fn upstream_ok(
+        &self,
+        route: &Route,
+        request: UpstreamRequest,
+        not_found: ErrorCode,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let upstream = &route.upstream.name;
+        let response = self
+            .upstream(route, request)
+            .await
+            .map_err(|e| unreachable(upstream, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(upstream_status(upstream, response.status(), not_found));
+        }
+        Ok(response)
+    }
+
     /// A committed blob's open file and size.
     fn committed_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, RegistryError> {
         match File::open(self.store.path(digest)) {
@@ -195,16 +214,8 @@ impl App {
             format!("/v2/{}/blobs/{digest}", route.repository),
         );
         let response = self
-            .upstream(route, request)
-            .await
-            .map_err(|e| unreachable(&route.upstream.name, e))?;
-        if response.status() != StatusCode::OK {
-            return Err(upstream_status(
-                &route.upstream.name,
-                response.status(),
-                ErrorCode::BlobUnknown,
-            ));
-        }
+            .upstream_ok(route, request, ErrorCode::BlobUnknown)
+            .await?;
         content_length(&response).ok_or_else(|| {
             RegistryError::new(
                 ErrorCode::Unavailable,
@@ -530,16 +541,8 @@ impl App {
         )
         .header(ACCEPT, MANIFEST_ACCEPT);
         let response = self
-            .upstream(route, request)
-            .await
-            .map_err(|e| unreachable(upstream, e))?;
-        if response.status() != StatusCode::OK {
-            return Err(upstream_status(
-                upstream,
-                response.status(),
-                ErrorCode::ManifestUnknown,
-            ));
-        }
+            .upstream_ok(route, request, ErrorCode::ManifestUnknown)
+            .await?;
         if content_length(&response).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
             return Err(RegistryError::new(
                 ErrorCode::ManifestInvalid,
@@ -632,16 +635,8 @@ impl App {
             format!("/v2/{}/tags/list", route.repository),
         );
         let response = self
-            .upstream(route, request)
-            .await
-            .map_err(|e| unreachable(upstream, e))?;
-        if response.status() != StatusCode::OK {
-            return Err(upstream_status(
-                upstream,
-                response.status(),
-                ErrorCode::NameUnknown,
-            ));
-        }
+            .upstream_ok(route, request, ErrorCode::NameUnknown)
+            .await?;
         #[derive(serde::Deserialize)]
         struct TagList {
             tags: Option<Vec<String>>,

@@ -4,11 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::BadInput;
 use crate::cache::gc::{self, Policy};
 use crate::cache::meta::{Metadata, now};
 use crate::cache::store::BlobStore;
-use crate::config::cache::CacheConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,18 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (name, text) = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
-            (path.display().to_string(), Some(text))
-        }
-        None => ("(embedded default)".to_owned(), None),
-    };
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("REGISTRY_"))
-        .collect();
-    let config = CacheConfig::parse(&name, text.as_deref(), &env).map_err(BadInput)?;
+    let (_, config) = super::serve::load_cache_config(args.config.as_deref())?;
     let meta = Metadata::open(&config.root.join("metadata.redb")).map_err(|e| {
         anyhow::anyhow!("{e} (is `regmirror serve` running on this storage? It collects by itself every storage.gc_interval)")
     })?;

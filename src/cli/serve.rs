@@ -35,8 +35,10 @@ pub struct Args {
     first_byte_timeout: f64,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (name, text) = match &args.config {
+/// Reads `--config` (or takes the embedded default) with the `REGISTRY_*` environment overrides;
+/// returns the name it goes by in messages and the config.
+pub fn load_cache_config(path: Option<&std::path::Path>) -> anyhow::Result<(String, CacheConfig)> {
+    let (name, text) = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
@@ -48,6 +50,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|(k, _)| k.starts_with("REGISTRY_"))
         .collect();
     let config = CacheConfig::parse(&name, text.as_deref(), &env).map_err(BadInput)?;
+    Ok((name, config))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (name, config) = load_cache_config(args.config.as_deref())?;
     super::init_tracing(config.log_level.as_deref().unwrap_or("info"));
     for warning in &config.warnings {
         tracing::warn!("{name}: {warning}");
