@@ -41,6 +41,12 @@ struct FakeState {
     /// Answers for these paths wait this long first.
     delays: Mutex<HashMap<String, Duration>>,
     hits: Mutex<HashMap<(Method, String), usize>>,
+    /// When set, every request needs exactly this Authorization header (else 401 Basic).
+    basic: Mutex<Option<String>>,
+    /// Paths answered with a 307 to another URL (blob storage).
+    redirects: Mutex<HashMap<String, String>>,
+    /// Authorization headers received, per path.
+    authorizations: Mutex<HashMap<String, Vec<Option<String>>>>,
 }
 
 struct FakeUpstream {
@@ -130,6 +136,36 @@ impl Drop for FakeUpstream {
 async fn fake_handler(State(state): State<Arc<FakeState>>, request: Request) -> Response {
     let key = (request.method().clone(), request.uri().path().to_owned());
     *state.hits.lock().unwrap().entry(key.clone()).or_default() += 1;
+    let authorization = request
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned());
+    state
+        .authorizations
+        .lock()
+        .unwrap()
+        .entry(key.1.clone())
+        .or_default()
+        .push(authorization.clone());
+    let required = state.basic.lock().unwrap().clone();
+    if required.is_some() && authorization != required {
+        let mut response = Response::new(Body::from(r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#));
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Basic realm=\"fake\""),
+        );
+        return response;
+    }
+    let redirect = state.redirects.lock().unwrap().get(&key.1).cloned();
+    if let Some(location) = redirect {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        response
+            .headers_mut()
+            .insert("location", HeaderValue::from_str(&location).unwrap());
+        return response;
+    }
     let delay = state.delays.lock().unwrap().get(&key.1).copied();
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -898,4 +934,54 @@ async fn serve_stale_on_404_keeps_a_tag_the_upstream_lost() {
     assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
     upstream.state.canned.lock().unwrap().clear();
     assert_eq!(client().get(&url).send().await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn credentials_never_follow_a_redirect_to_another_host() {
+    let registry = FakeUpstream::start().await;
+    let storage = FakeUpstream::start().await;
+    let blob = random_bytes(10_000, 11);
+    let digest = digest_of(&blob);
+    let path = format!("/v2/library/demo/blobs/{digest}");
+    storage.blob("library/demo", &digest, blob.clone(), 1, Duration::ZERO);
+    // alice:s3cret
+    *registry.state.basic.lock().unwrap() = Some("Basic YWxpY2U6czNjcmV0".to_owned());
+    registry.state.redirects.lock().unwrap().insert(
+        path.clone(),
+        format!("{}{path}", storage.url().replace("127.0.0.1", "localhost")),
+    );
+    let cache = Cache::start(&format!(
+        "proxy: {{remoteurl: {}, username: alice, password: s3cret}}",
+        registry.url()
+    ))
+    .await;
+    let response = client().get(cache.url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), blob);
+    let at_registry = registry
+        .state
+        .authorizations
+        .lock()
+        .unwrap()
+        .get(&path)
+        .cloned()
+        .unwrap();
+    assert!(
+        at_registry
+            .iter()
+            .any(|a| a.as_deref() == Some("Basic YWxpY2U6czNjcmV0")),
+        "the registry got the credentials"
+    );
+    let at_storage = storage
+        .state
+        .authorizations
+        .lock()
+        .unwrap()
+        .get(&path)
+        .cloned()
+        .unwrap();
+    assert!(
+        at_storage.iter().all(Option::is_none),
+        "blob storage never sees them: {at_storage:?}"
+    );
 }

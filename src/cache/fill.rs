@@ -84,13 +84,43 @@ impl Fill {
     }
 }
 
-/// The body of a committed blob file, bytes `start..end`.
+/// Bodies at least this long are read ahead on a thread of their own.
+const READ_AHEAD_FROM: u64 = 8 << 20;
+/// Chunks read ahead of what the client has taken.
+const READ_AHEAD_CHUNKS: usize = 4;
+
+/// The body of a committed blob file, bytes `start..end`. Large bodies are read ahead by a
+/// blocking thread so reading the file overlaps writing the socket.
 pub fn file_reader(
     file: File,
     start: u64,
     end: u64,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    read_stream(Arc::new(file), start, Some(end), None)
+) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>> {
+    if end - start < READ_AHEAD_FROM {
+        return read_stream(Arc::new(file), start, Some(end), None).boxed();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let mut pos = start;
+        while pos < end {
+            let len = (end - pos).min(READ_CHUNK) as usize;
+            let mut buf = vec![0u8; len];
+            let chunk = match file.read_exact_at(&mut buf, pos) {
+                Ok(()) => Ok(Bytes::from(buf)),
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            // A client that went away closes the channel: stop reading.
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+            pos += len as u64;
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    })
+    .boxed()
 }
 
 struct ReadState {

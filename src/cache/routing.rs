@@ -178,7 +178,7 @@ impl Router {
         })?;
         Ok(Arc::new(Upstream {
             name,
-            origin: Target::origin(&url, None, TlsMode::Verify),
+            origin: Target::origin(&url, None, TlsMode::Verify).untrusted(),
             tag_revalidate: self.dynamic_tag_revalidate,
             local: false,
         }))

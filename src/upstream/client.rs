@@ -39,6 +39,9 @@ pub struct Target {
     /// when `answer_challenges` is false, 401 answers go back to the client untouched.
     pub client_authorization: Option<HeaderValue>,
     pub answer_challenges: bool,
+    /// Configured by the operator: may resolve to (and redirect to) private addresses. Targets a
+    /// client named (dynamic upstreams) are not, and neither are their redirects.
+    pub trusted: bool,
 }
 
 impl fmt::Debug for Target {
@@ -67,6 +70,7 @@ impl Target {
             ns: None,
             client_authorization: None,
             answer_challenges: true,
+            trusted: true,
         }
     }
 
@@ -80,7 +84,14 @@ impl Target {
             ns: None,
             client_authorization: None,
             answer_challenges: false,
+            trusted: true,
         }
+    }
+
+    /// A target a client named: kept off private addresses, redirects included.
+    pub fn untrusted(mut self) -> Self {
+        self.trusted = false;
+        self
     }
 
     /// Relays the client's `Authorization` to this endpoint and leaves challenges to the client.
@@ -103,6 +114,7 @@ impl Target {
             },
             client_authorization: None,
             answer_challenges: true,
+            trusted: true,
         }
     }
 
@@ -172,6 +184,9 @@ enum Authorization {
 pub struct UpstreamClient {
     verify: Client,
     skip_verify: Client,
+    /// The same, with the address guard in the resolver, for untrusted targets.
+    guarded_verify: Client,
+    guarded_skip_verify: Client,
     tokens: TokenCache,
     basic_hosts: Mutex<HashSet<String>>,
     policy: Arc<AddressPolicy>,
@@ -232,7 +247,11 @@ impl UpstreamClient {
             overrides: Arc::new(overrides),
             policy: policy.clone(),
         };
-        let build = |skip_verify: bool| {
+        let open = GuardedResolver {
+            overrides: resolver.overrides.clone(),
+            policy: Arc::new(AddressPolicy::new([], true)),
+        };
+        let build = |skip_verify: bool, resolver: &GuardedResolver| {
             roots
                 .iter()
                 .fold(Client::builder(), |b, root| {
@@ -248,8 +267,10 @@ impl UpstreamClient {
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))
         };
         Ok(UpstreamClient {
-            verify: build(false)?,
-            skip_verify: build(true)?,
+            verify: build(false, &open)?,
+            skip_verify: build(true, &open)?,
+            guarded_verify: build(false, &resolver)?,
+            guarded_skip_verify: build(true, &resolver)?,
             tokens: TokenCache::default(),
             basic_hosts: Mutex::new(HashSet::new()),
             policy,
@@ -258,10 +279,12 @@ impl UpstreamClient {
         })
     }
 
-    fn client(&self, tls: TlsMode) -> &Client {
-        match tls {
-            TlsMode::SkipVerify => &self.skip_verify,
-            TlsMode::None | TlsMode::Verify => &self.verify,
+    fn client(&self, tls: TlsMode, trusted: bool) -> &Client {
+        match (tls, trusted) {
+            (TlsMode::SkipVerify, true) => &self.skip_verify,
+            (TlsMode::None | TlsMode::Verify, true) => &self.verify,
+            (TlsMode::SkipVerify, false) => &self.guarded_skip_verify,
+            (TlsMode::None | TlsMode::Verify, false) => &self.guarded_verify,
         }
     }
 
@@ -302,7 +325,7 @@ impl UpstreamClient {
         };
         for attempt in 0..2 {
             let mut builder = self
-                .client(target.tls)
+                .client(target.tls, target.trusted)
                 .request(request.method.clone(), &url)
                 .headers(request.headers.clone());
             if let Some(ns) = &target.ns {
@@ -465,7 +488,7 @@ impl UpstreamClient {
         } else {
             TlsMode::Verify
         };
-        let mut builder = self.client(tls).get(url);
+        let mut builder = self.client(tls, target.trusted).get(url);
         if let Some(credentials) = &target.credentials {
             builder = builder.basic_auth(credentials.username(), Some(credentials.password()));
         }
@@ -494,6 +517,9 @@ impl UpstreamClient {
 
     /// reqwest's resolver guards names; IP literals never reach it, so check them here.
     fn check_ip_literal(&self, target: &Target) -> Result<(), UpstreamError> {
+        if target.trusted {
+            return Ok(());
+        }
         let (host, _) = split_host_port(&target.authority);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse() {

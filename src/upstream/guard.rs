@@ -5,7 +5,9 @@
 //! header or a path prefix — must resolve to public addresses only, unless the operator allows
 //! private ones: otherwise the cache would be an open door into the internal network. The check
 //! runs inside the HTTP client's resolver, on the very addresses it connects to, so a name that
-//! resolves differently on a second lookup cannot slip past it.
+//! resolves differently on a second lookup cannot slip past it. Requests to configured endpoints
+//! use a client without the guard; requests to dynamic upstreams use a guarded one, so their
+//! redirects are held to the same rule.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
