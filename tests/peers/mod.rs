@@ -135,6 +135,19 @@ fn wait_for_http(addr: SocketAddr, child: &mut Child, log: &Path) {
     );
 }
 
+/// Polls until the command `make` builds succeeds, failing with `process`'s log after `timeout`.
+fn wait_for_command(make: impl Fn() -> Command, timeout: Duration, what: &str, process: &Process) {
+    let deadline = Instant::now() + timeout;
+    while !make().output().map(|o| o.status.success()).unwrap_or(false) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start: {}",
+            process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A process killed on drop.
 pub struct Process {
     child: Child,
@@ -613,25 +626,16 @@ impl Containerd {
             Command::new(binary).arg("--config").arg(&config_path),
             root.join("containerd.log"),
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = Command::new("ctr")
-                .arg("-a")
-                .arg(&socket)
-                .arg("version")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start: {}",
-                process.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_command(
+            || {
+                let mut command = Command::new("ctr");
+                command.arg("-a").arg(&socket).arg("version");
+                command
+            },
+            Duration::from_secs(20),
+            "containerd",
+            &process,
+        );
         Containerd {
             dir,
             socket,
@@ -768,25 +772,19 @@ impl Dockerd {
             .env_remove("http_proxy")
             .env_remove("no_proxy");
         let process = Process::spawn(&mut command, root.join("dockerd.log"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = Command::new("docker")
-                .arg("-H")
-                .arg(format!("unix://{}", socket.display()))
-                .arg("version")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not start: {}",
-                process.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_command(
+            || {
+                let mut command = Command::new("docker");
+                command
+                    .arg("-H")
+                    .arg(format!("unix://{}", socket.display()))
+                    .arg("version");
+                command
+            },
+            Duration::from_secs(60),
+            "dockerd",
+            &process,
+        );
         Dockerd {
             dir,
             socket,
