@@ -88,15 +88,6 @@ impl Router {
         }
     }
 
-    /// Host names and IP literals of configured upstreams: trusted by the address guard.
-    pub fn trusted_hosts(config: &CacheConfig) -> Vec<String> {
-        config
-            .upstreams
-            .iter()
-            .map(|u| reference::split_host_port(u.url.authority()).0.to_owned())
-            .collect()
-    }
-
     /// Routes a request for `name` (the `/v2/<name>/…` path part).
     pub fn route(
         &self,

@@ -85,10 +85,7 @@ impl Server {
             )),
             None => None,
         };
-        let policy = AddressPolicy::new(
-            Router::trusted_hosts(config),
-            config.allow_private_upstreams,
-        );
+        let policy = AddressPolicy::new(config.allow_private_upstreams);
         let client = UpstreamClient::new(options.overrides, policy, options.timeouts, &[])
             .map_err(|e| fail("client", &e))?;
         let htpasswd = match &config.htpasswd {

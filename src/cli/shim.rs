@@ -106,7 +106,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     // registries are legitimate targets, so the private-address guard stays open here.
     let client = UpstreamClient::new(
         overrides.clone(),
-        AddressPolicy::new([], true),
+        AddressPolicy::new(true),
         timeouts,
         &roots,
     )

@@ -249,7 +249,7 @@ impl UpstreamClient {
         };
         let open = GuardedResolver {
             overrides: resolver.overrides.clone(),
-            policy: Arc::new(AddressPolicy::new([], true)),
+            policy: Arc::new(AddressPolicy::new(true)),
         };
         let build = |skip_verify: bool, resolver: &GuardedResolver| {
             roots

@@ -9,7 +9,7 @@
 //! use a client without the guard; requests to dynamic upstreams use a guarded one, so their
 //! redirects are held to the same rule.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -41,36 +41,22 @@ impl HostOverrides {
     }
 }
 
-/// Hosts that may resolve to any address; everything else must be public.
-#[derive(Debug, Clone, Default)]
+/// What addresses untrusted targets (dynamic upstreams and their redirects) may reach.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct AddressPolicy {
-    trusted_hosts: HashSet<String>,
     allow_private: bool,
 }
 
 impl AddressPolicy {
-    /// `trusted_hosts` are host names or IP literals (no port) of configured endpoints.
-    pub fn new(trusted_hosts: impl IntoIterator<Item = String>, allow_private: bool) -> Self {
-        AddressPolicy {
-            trusted_hosts: trusted_hosts
-                .into_iter()
-                .map(|h| {
-                    h.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_ascii_lowercase()
-                })
-                .collect(),
-            allow_private,
-        }
+    /// `allow_private`: loopback, link-local and private addresses are allowed too.
+    pub fn new(allow_private: bool) -> Self {
+        AddressPolicy { allow_private }
     }
 
     /// Whether `host` (no port) may be reached at `ip`.
     pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), String> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        if self.allow_private
-            || self.trusted_hosts.contains(&host.to_ascii_lowercase())
-            || is_public(ip)
-        {
+        if self.allow_private || is_public(ip) {
             Ok(())
         } else {
             Err(format!(
@@ -164,19 +150,17 @@ mod tests {
 
     #[test]
     fn policy() {
-        let policy = AddressPolicy::new(["reg.internal".to_owned(), "[::1]".to_owned()], false);
+        let guarded = AddressPolicy::new(false);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(policy.check("reg.internal", lo).is_ok());
-        assert!(policy.check("::1", "::1".parse().unwrap()).is_ok());
-        let err = policy.check("evil.example", lo).unwrap_err();
+        let err = guarded.check("evil.example", lo).unwrap_err();
         assert!(err.contains("refusing upstream evil.example"), "{err}");
+        assert!(guarded.check("[::1]", "::1".parse().unwrap()).is_err());
         assert!(
-            policy
+            guarded
                 .check("evil.example", "8.8.8.8".parse().unwrap())
                 .is_ok()
         );
-        let open = AddressPolicy::new([], true);
-        assert!(open.check("anything", lo).is_ok());
+        assert!(AddressPolicy::new(true).check("anything", lo).is_ok());
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn run(
         first_byte: timeout,
         read: timeout,
     };
-    let client = UpstreamClient::new(overrides, AddressPolicy::new([], true), timeouts, &[])
+    let client = UpstreamClient::new(overrides, AddressPolicy::new(true), timeouts, &[])
         .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
