@@ -54,10 +54,6 @@ pub struct Fill {
 }
 
 impl Fill {
-    pub fn subscribe(&self) -> watch::Receiver<FillState> {
-        self.state.clone()
-    }
-
     /// Waits until the upstream answered: returns the expected size, or the error.
     pub async fn started(&self) -> Result<Option<u64>, RegistryError> {
         let mut rx = self.state.clone();

@@ -226,27 +226,6 @@ impl Metadata {
         txn.commit().map_err(err)
     }
 
-    /// Marks a tag as confirmed by the upstream now.
-    pub fn touch_tag(
-        &self,
-        upstream: &str,
-        repository: &str,
-        tag: &str,
-        record: &TagRecord,
-    ) -> Result<(), MetaError> {
-        let mut record = record.clone();
-        record.validated_at = now();
-        let txn = self.db.begin_write().map_err(err)?;
-        txn.open_table(TAGS)
-            .map_err(err)?
-            .insert(
-                key(&[upstream, repository, tag]).as_str(),
-                serde_json::to_vec(&record).map_err(err)?.as_slice(),
-            )
-            .map_err(err)?;
-        txn.commit().map_err(err)
-    }
-
     pub fn is_linked(
         &self,
         upstream: &str,
@@ -313,12 +292,6 @@ impl Metadata {
             .insert(digest.as_str(), size)
             .map_err(err)?;
         txn.commit().map_err(err)
-    }
-
-    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, MetaError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(BLOBS).map_err(err)?;
-        Ok(table.get(digest.as_str()).map_err(err)?.map(|v| v.value()))
     }
 
     /// Records last-use times (digest -> unix seconds) in one transaction.
@@ -539,9 +512,7 @@ mod tests {
         let path = dir.path().join("meta.redb");
         let digest = sha256(b"x");
         Metadata::open(&path).unwrap().put_blob(&digest, 1).unwrap();
-        assert_eq!(
-            Metadata::open(&path).unwrap().blob_size(&digest).unwrap(),
-            Some(1)
-        );
+        let blobs = Metadata::open(&path).unwrap().inventory().unwrap().blobs;
+        assert_eq!(blobs.get(digest.as_str()), Some(&1));
     }
 }

@@ -113,12 +113,6 @@ pub struct Endpoints {
     pub endpoints: Vec<Endpoint>,
 }
 
-impl Endpoints {
-    pub fn mirrors(&self) -> impl Iterator<Item = &Endpoint> {
-        self.endpoints.iter().filter(|e| e.role == Role::Mirror)
-    }
-}
-
 /// Why the resolver could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
