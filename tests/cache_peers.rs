@@ -743,3 +743,42 @@ fn client_certificates_are_required_with_clientcas() {
         String::from_utf8_lossy(&with.stderr)
     );
 }
+
+#[test]
+fn tag_list_and_catalog_paginate_with_link() {
+    let (origin, _images) = seeded_origin();
+    let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let (status, head, body) =
+        peers::http("GET", cache.addr, "/v2/library/demo/tags/list?n=1", &[]);
+    assert_eq!(status, 200);
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        page,
+        serde_json::json!({"name": "library/demo", "tags": ["v1"]})
+    );
+    assert!(
+        head.contains("link: </v2/library/demo/tags/list?n=1&last=v1>; rel=\"next\""),
+        "{head}"
+    );
+    let (_, head, body) = peers::http(
+        "GET",
+        cache.addr,
+        "/v2/library/demo/tags/list?n=1&last=v1",
+        &[],
+    );
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(page["tags"], serde_json::json!(["v2s2"]));
+    assert!(!head.contains("link:"), "last page: {head}");
+    // The catalog lists what is cached.
+    let accept = [("Accept", "application/vnd.oci.image.index.v1+json")];
+    assert_eq!(
+        peers::http("GET", cache.addr, "/v2/library/multi/manifests/v1", &accept).0,
+        200
+    );
+    let (_, _, body) = peers::http("GET", cache.addr, "/v2/_catalog", &[]);
+    let catalog: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        catalog,
+        serde_json::json!({"repositories": ["library/multi"]})
+    );
+}
