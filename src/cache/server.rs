@@ -23,7 +23,7 @@ use super::{App, http};
 use crate::config::MirrorConfig;
 use crate::config::cache::CacheConfig;
 use crate::resolve::Resolver;
-use crate::upstream::{AddressPolicy, HostOverrides, Timeouts, UpstreamClient};
+use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 
 /// How many manifests the in-memory memo keeps.
 const MEMO_CAPACITY: usize = 4096;
@@ -86,8 +86,13 @@ impl Server {
             None => None,
         };
         let policy = AddressPolicy::new(config.allow_private_upstreams);
-        let client = UpstreamClient::new(options.overrides, policy, options.timeouts, &[])
-            .map_err(|e| fail("client", &e))?;
+        let client = UpstreamClient::new(
+            options.overrides,
+            policy,
+            options.timeouts,
+            &HostRoots::default(),
+        )
+        .map_err(|e| fail("client", &e))?;
         let htpasswd = match &config.htpasswd {
             Some((realm, path)) => {
                 let text = std::fs::read_to_string(path)

@@ -1,7 +1,7 @@
 //! `regmirror shim`: the proxy that gives a stock dockerd ordered mirrors with failover, and
 //! `regmirror shim install-ca`, which makes dockerd trust the shim's CA for the configured hosts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,7 +14,7 @@ use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::resolve::Resolver;
 use crate::shim::ca::{CertificateAuthority, Constraints};
 use crate::shim::proxy::Shim;
-use crate::upstream::{AddressPolicy, HostOverrides, Timeouts, UpstreamClient};
+use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 
 /// How often the config files are checked for changes.
 const RELOAD_POLL: Duration = Duration::from_secs(2);
@@ -93,7 +93,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         first_byte: super::serve::seconds("--first-byte-timeout", args.first_byte_timeout)?,
         ..Timeouts::default()
     };
-    let roots = read_certs_dir(&args.certs_dir);
+    let roots = HostRoots::read_dir(&args.certs_dir, "regmirror-ca.crt");
     let mirror_credentials = match &args.mirror_credentials {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -171,28 +171,6 @@ fn modification_times(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .iter()
         .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
         .collect()
-}
-
-/// Every `<dir>/<host>/*.crt`, as PEM.
-fn read_certs_dir(dir: &Path) -> Vec<Vec<u8>> {
-    let Ok(hosts) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut pems = Vec::new();
-    for host in hosts.flatten() {
-        let Ok(files) = std::fs::read_dir(host.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            let is_ca = path.extension().is_some_and(|e| e == "crt")
-                && path.file_name().is_none_or(|n| n != "regmirror-ca.crt");
-            if let (true, Ok(pem)) = (is_ca, std::fs::read(&path)) {
-                pems.push(pem);
-            }
-        }
-    }
-    pems
 }
 
 fn install_ca(args: InstallCaArgs) -> anyhow::Result<ExitCode> {

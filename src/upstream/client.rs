@@ -18,6 +18,7 @@ use reqwest::{Client, Method, Response, StatusCode};
 
 use super::auth::{Challenge, TokenCache};
 use super::breaker::{Admission, Breakers};
+use super::certs::HostRoots;
 use super::guard::{AddressPolicy, GuardedResolver, HostOverrides};
 use crate::config::{Credentials, MirrorUrl};
 use crate::reference::split_host_port;
@@ -227,20 +228,13 @@ pub fn install_crypto_provider() {
 }
 
 impl UpstreamClient {
-    /// `extra_roots` are PEM certificates trusted in addition to the system's roots.
+    /// `host_roots`: per-host CAs (certs.d) trusted in addition to the system's roots.
     pub fn new(
         overrides: HostOverrides,
         policy: AddressPolicy,
         timeouts: Timeouts,
-        extra_roots: &[Vec<u8>],
+        host_roots: &HostRoots,
     ) -> Result<Self, String> {
-        let mut roots = Vec::new();
-        for pem in extra_roots {
-            roots.push(
-                reqwest::Certificate::from_pem(pem)
-                    .map_err(|e| format!("invalid CA certificate: {e}"))?,
-            );
-        }
         install_crypto_provider();
         let policy = Arc::new(policy);
         let resolver = GuardedResolver {
@@ -251,18 +245,21 @@ impl UpstreamClient {
             overrides: resolver.overrides.clone(),
             policy: Arc::new(AddressPolicy::new(true)),
         };
-        let build = |skip_verify: bool, resolver: &GuardedResolver| {
-            roots
-                .iter()
-                .fold(Client::builder(), |b, root| {
-                    b.add_root_certificate(root.clone())
-                })
+        let build = |skip_verify: bool, resolver: &GuardedResolver| -> Result<Client, String> {
+            let mut builder = Client::builder()
                 .connect_timeout(timeouts.connect)
                 .read_timeout(timeouts.read)
                 .pool_idle_timeout(Duration::from_secs(90))
                 .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
-                .dns_resolver(resolver.clone())
-                .danger_accept_invalid_certs(skip_verify)
+                .dns_resolver(resolver.clone());
+            builder = if skip_verify {
+                builder.danger_accept_invalid_certs(true)
+            } else if !host_roots.is_empty() {
+                builder.tls_backend_preconfigured(host_roots.client_config()?)
+            } else {
+                builder
+            };
+            builder
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))
         };

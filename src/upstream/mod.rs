@@ -6,9 +6,11 @@
 
 mod auth;
 mod breaker;
+mod certs;
 mod client;
 mod guard;
 
+pub use certs::HostRoots;
 pub use client::{
     Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest, install_crypto_provider,
 };

@@ -12,7 +12,7 @@ use crate::reference::ImageRef;
 use crate::registry::MANIFEST_ACCEPT;
 use crate::resolve::{Endpoints, Role};
 use crate::upstream::{
-    AddressPolicy, HostOverrides, Target, Timeouts, UpstreamClient, UpstreamRequest,
+    AddressPolicy, HostOverrides, HostRoots, Target, Timeouts, UpstreamClient, UpstreamRequest,
 };
 
 /// What one endpoint answered.
@@ -37,8 +37,13 @@ pub fn run(
         first_byte: timeout,
         read: timeout,
     };
-    let client = UpstreamClient::new(overrides, AddressPolicy::new(true), timeouts, &[])
-        .map_err(anyhow::Error::msg)?;
+    let client = UpstreamClient::new(
+        overrides,
+        AddressPolicy::new(true),
+        timeouts,
+        &HostRoots::default(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
