@@ -2,6 +2,7 @@
 //! output, warnings, `--check`, `--prune`, `--force` and idempotence.
 //! `REGMIRROR_UPDATE_GOLDEN=1 cargo test --test generate_cli` rewrites tests/golden/.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -136,6 +137,27 @@ fn warnings_name_the_rule() {
         "{}",
         stderr(&result)
     );
+}
+
+#[test]
+fn written_files_are_readable_by_everyone() {
+    // Rootless podman and skopeo read the drop-in as a user; tempfile starts files at 0600.
+    let out = tempfile::tempdir().unwrap();
+    let conf = out.path().join("50-regmirror.conf");
+    let hosts = out.path().join("certs.d");
+    for args in [
+        ["registries-conf", "--out", conf.to_str().unwrap()],
+        ["containerd-hosts", "--out", hosts.to_str().unwrap()],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--config", "contrib/examples/fleet.json"]);
+        let result = regmirror(&args);
+        assert!(result.status.success(), "{}", stderr(&result));
+    }
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&conf), 0o644);
+    assert_eq!(mode(&hosts.join("docker.io/hosts.toml")), 0o644);
+    assert_eq!(mode(&hosts.join("_default/hosts.toml")), 0o644);
 }
 
 #[test]

@@ -4,10 +4,12 @@
 //! generated files the config no longer names, and files a person wrote (no marker line), which
 //! are never overwritten without `force`. Applying a plan writes each file atomically (temp file
 //! in the same directory, fsync, rename) and leaves unchanged files untouched, so a second run
-//! changes nothing, byte for byte.
+//! changes nothing, byte for byte. Written files are mode 0644: containerd runs as root, but
+//! rootless podman, skopeo and `--check` run by a user must be able to read them.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use super::MARKER;
@@ -164,11 +166,16 @@ impl Plan {
     }
 }
 
-/// Temp file in the same directory, fsync, rename, fsync of the directory.
+/// The mode of every written file (the temp file it starts as is 0600).
+const FILE_MODE: u32 = 0o644;
+
+/// Temp file in the same directory, mode 0644, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     let file = temp.persist(path).map_err(|e| e.error)?;
@@ -222,5 +229,21 @@ mod tests {
                 .unwrap()
                 .starts_with(MARKER)
         );
+    }
+
+    #[test]
+    fn written_files_are_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.io/hosts.toml");
+        // A new file, and a file replacing one that was 0600.
+        write_atomic(&path, b"x\n").unwrap();
+        assert_eq!(mode(&path), 0o644);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&path, b"y\n").unwrap();
+        assert_eq!(mode(&path), 0o644);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 }
