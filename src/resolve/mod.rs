@@ -287,22 +287,16 @@ impl Resolver {
             &[]
         };
         let mut endpoints = Vec::with_capacity(rule_mirrors.len() + hub_mirrors.len() + 2);
-        for mirror in rule_mirrors.iter().chain(hub_mirrors) {
-            let is_origin = mirror.bare
-                && (*mirror.authority == *origin_authority || *mirror.authority == *registry);
-            if is_origin || endpoints.iter().any(|e: &Endpoint| e.url == mirror.url) {
-                continue;
-            }
-            endpoints.push(Endpoint {
-                url: mirror.url.clone(),
-                authority: mirror.authority.clone(),
-                role: Role::Mirror,
-                tls: mirror.tls,
-                ns: Some(ns.clone()),
-                repository: repository.clone(),
-                source: mirror.source.clone(),
-            });
-        }
+        push_mirrors(
+            &mut endpoints,
+            rule_mirrors.iter().chain(hub_mirrors),
+            |mirror| {
+                mirror.bare
+                    && (*mirror.authority == *origin_authority || *mirror.authority == *registry)
+            },
+            Some(&ns),
+            &repository,
+        );
         let origin = |url: Arc<str>, tls: TlsMode, source: &str| Endpoint {
             url,
             authority: origin_authority.clone(),
@@ -327,6 +321,32 @@ impl Resolver {
         }
     }
 
+    /// The mirrors of the `*.suffix` or `*` rule configured as `domain`, for an engine with a
+    /// wildcard of its own (containerd's `_default`, registries.conf's `*.suffix` prefixes):
+    /// in order, with TLS modes, duplicates dropped, no `ns` (the engine adds it) and no
+    /// repository. Unlike [`Resolver::resolve_repository`], no mirror is dropped as the origin
+    /// and `registry-mirrors` are not appended: both depend on the registry. `None` when no
+    /// such rule is configured.
+    pub fn wildcard_mirrors(&self, domain: &DomainPattern) -> Option<Vec<Endpoint>> {
+        let rule = match domain {
+            DomainPattern::Exact(_) => None,
+            DomainPattern::Suffix(pattern) => self
+                .patterns
+                .iter()
+                .find(|r| *r.matched.domain == **pattern),
+            DomainPattern::Any => self.catch_all.as_ref(),
+        }?;
+        let mut endpoints = Vec::with_capacity(rule.mirrors.len());
+        push_mirrors(
+            &mut endpoints,
+            rule.mirrors.iter(),
+            |_| false,
+            None,
+            &Arc::from(""),
+        );
+        Some(endpoints)
+    }
+
     /// True when some rule (exact, pattern or `*`) covers `registry` (`host[:port]`).
     pub fn has_rule(&self, registry: &str) -> bool {
         self.rule_for(&canonical_registry(registry)).is_some()
@@ -348,6 +368,31 @@ impl Resolver {
             }
         }
         self.catch_all.as_ref()
+    }
+}
+
+/// Appends `mirrors` as mirror endpoints, except those `is_origin` says are the registry itself
+/// and URLs already listed.
+fn push_mirrors<'a>(
+    endpoints: &mut Vec<Endpoint>,
+    mirrors: impl Iterator<Item = &'a CompiledMirror>,
+    is_origin: impl Fn(&CompiledMirror) -> bool,
+    ns: Option<&Arc<str>>,
+    repository: &Arc<str>,
+) {
+    for mirror in mirrors {
+        if is_origin(mirror) || endpoints.iter().any(|e| e.url == mirror.url) {
+            continue;
+        }
+        endpoints.push(Endpoint {
+            url: mirror.url.clone(),
+            authority: mirror.authority.clone(),
+            role: Role::Mirror,
+            tls: mirror.tls,
+            ns: ns.cloned(),
+            repository: repository.clone(),
+            source: mirror.source.clone(),
+        });
     }
 }
 

@@ -318,3 +318,49 @@ fn many_rules_resolve_correctly() {
     );
     assert_eq!(lines(&r, "x.team77.example.net/a").len(), 1);
 }
+
+#[test]
+fn wildcard_mirrors_for_engines_with_their_own_wildcard() {
+    let r = resolver(
+        r#"{"mirror-registries": [
+            {"domain": "*", "mirrors": ["http://sea.hub:5000", "https://sea.hub:5000", "http://sea.hub:5000"]},
+            {"domain": "*.corp", "mirrors": ["https://m.corp", "https://mirror.test1.com/root"]},
+            {"domain": "reg.corp", "mirrors": ["https://exact"]}],
+            "registry-mirrors": ["https://hub-mirror"],
+            "insecure-registries": ["sea.hub:5000", "mirror.test1.com"]}"#,
+    );
+    let table = |domain: &str| -> Option<Vec<String>> {
+        let endpoints = r.wildcard_mirrors(&DomainPattern::parse(domain).unwrap())?;
+        Some(
+            endpoints
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {} {} {:?}",
+                        e.role.as_str(),
+                        e.tls.as_str(),
+                        e.url,
+                        e.ns
+                    )
+                })
+                .collect(),
+        )
+    };
+    // Nothing is dropped as the origin (m.corp is kept) and registry-mirrors are not added.
+    assert_eq!(
+        table("*").unwrap(),
+        [
+            "mirror none http://sea.hub:5000 None",
+            "mirror skip-verify https://sea.hub:5000 None",
+        ]
+    );
+    assert_eq!(
+        table("*.corp").unwrap(),
+        [
+            "mirror verify https://m.corp None",
+            "mirror skip-verify https://mirror.test1.com/root None",
+        ]
+    );
+    assert_eq!(table("reg.corp"), None, "exact rules resolve per registry");
+    assert_eq!(table("*.other"), None);
+}
