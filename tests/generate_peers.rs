@@ -155,6 +155,24 @@ fn containerd_reaches_an_unlisted_registry_through_default() {
         before,
         "the unlisted registry itself was not asked"
     );
+
+    // The mirror pulled by its own name: the resolver drops it as a mirror of itself, so its own
+    // hosts.toml (the origin as the one host table) wins over _default: no ?ns= hop.
+    let asked_with_ns = |registry: &Registry| registry.log().matches("ns=").count();
+    let before = asked_with_ns(&mirror);
+    containerd
+        .pull(
+            &hosts,
+            &format!("{}/library/demo:v2", mirror.host()),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("ctr pull: {e}\n{}", containerd.log()));
+    assert_eq!(
+        asked_with_ns(&mirror),
+        before,
+        "pulled from the origin directly:\n{}",
+        std::fs::read_to_string(hosts.join(mirror.host()).join("hosts.toml")).unwrap()
+    );
 }
 
 #[test]

@@ -58,7 +58,8 @@ struct Mode {
 pub fn containerd_hosts(args: ContainerdArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let version = containerd::Version::parse(&args.containerd_version).map_err(BadInput)?;
-    let generated = containerd::generate(&config, &args.config.source_names(), version);
+    let generated = containerd::generate(&config, &args.config.source_names(), version)
+        .map_err(|e| BadInput(e.to_string()))?;
     warn(&generated.warnings);
     let plan = Plan::hosts_dir(&args.out, &generated.files, args.mode.force)?;
     finish(&plan, &args.mode, args.prune, &args.out)

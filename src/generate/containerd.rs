@@ -1,19 +1,23 @@
 //! containerd `hosts.toml` files (one directory per registry under `config_path`), as
 //! containerd 1.6+ and Docker Engine 28+ with the containerd image store read them.
 //!
-//! Per exact rule: `<host[:port]>/hosts.toml` with `server` = the origin (Docker Hub:
-//! `https://registry-1.docker.io`; an insecure origin: `http://…` and `skip_verify`), then one
-//! `[host."<mirror>"]` per mirror in order, pull and resolve only (a push must never go to a
-//! mirror), `skip_verify` for an insecure https mirror. `registry-mirrors` follow the docker.io
-//! rule's mirrors. `*` becomes `_default/hosts.toml` (containerd >= 1.6.17). A mirror URL's path is
-//! the API root, exactly as containerd reads it (`/v2` is appended).
+//! Every registry the configuration names ([`super::named`]) gets `<host[:port]>/hosts.toml`
+//! written from the resolver's endpoints, in its order: the last endpoint (the origin; Docker Hub:
+//! `https://registry-1.docker.io`) is `server`, and each endpoint before it a `[host."<url>"]`
+//! table: the mirrors, pull and resolve only (a push must never go to a mirror), `skip_verify`
+//! for an insecure https mirror, then for an insecure origin its https attempt without
+//! verification, so that `server` is its plain http attempt. containerd 1.6 ignores a hosts.toml
+//! without a host table ("invalid `host` tree") and falls back to the plain origin, not to
+//! `_default`; when the resolver's answer is the origin alone, the origin is written as the one
+//! host table (it is then tried twice when it fails). `*` becomes `_default/hosts.toml`
+//! (containerd >= 1.6.17) with the rule's mirrors and no `server`. A mirror URL's path is the
+//! API root, exactly as containerd reads it (`/v2` is appended).
 
 use std::collections::BTreeMap;
 
-use super::{Warning, marker_line, toml_string};
-use crate::config::{DomainPattern, Mirror, MirrorConfig, Scheme};
-use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
-use crate::resolve::InsecureMatcher;
+use super::{Warning, marker_line, named, toml_string};
+use crate::config::{DomainPattern, MirrorConfig};
+use crate::resolve::{BuildError, Endpoint, Resolver, Role, TlsMode};
 
 /// A containerd version, major.minor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,50 +70,75 @@ pub struct HostsFiles {
     pub warnings: Vec<Warning>,
 }
 
-pub fn generate(config: &MirrorConfig, sources: &[String], version: Version) -> HostsFiles {
-    let insecure = InsecureMatcher::new(&config.insecure_registries);
-    let mut out = HostsFiles::default();
+/// The files for `config`; `sources` are named in each file's marker line.
+pub fn generate(
+    config: &MirrorConfig,
+    sources: &[String],
+    version: Version,
+) -> Result<HostsFiles, BuildError> {
+    let resolver = Resolver::new(config.clone())?;
     let marker = marker_line(sources);
-    let mut hub_rule_seen = false;
+    let mut out = HostsFiles::default();
+    let named = named::registries(config, &resolver, &[]);
+    for registry in &named {
+        let (origin, before) = registry
+            .endpoints
+            .split_last()
+            .expect("the resolver always ends with the origin");
+        let hosts = if before.is_empty() {
+            std::slice::from_ref(origin)
+        } else {
+            before
+        };
+        let mut text = marker.clone();
+        // The last origin attempt is verified https or plain http: never `skip_verify`.
+        text.push_str(&format!("server = {}\n", toml_string(&origin.url)));
+        push_hosts(&mut text, hosts, version);
+        out.files.insert(registry.registry.to_string(), text);
+    }
     for rule in &config.rules {
         let location = rule.location.to_string();
         match &rule.domain {
-            DomainPattern::Exact(registry) => {
-                let is_hub = registry == DOCKER_HUB;
-                hub_rule_seen |= is_hub;
-                let extra: &[Mirror] = if is_hub { &config.registry_mirrors } else { &[] };
-                let text = host_file(&marker, Some(registry), rule.mirrors.iter().chain(extra), &insecure, version);
-                out.files.insert(registry.clone(), text);
+            DomainPattern::Exact(_) => {}
+            DomainPattern::Suffix(pattern) => {
+                let covered: Vec<&str> = named
+                    .iter()
+                    .filter(|e| e.rule.as_ref().is_some_and(|r| *r.domain == **pattern))
+                    .map(|e| &*e.registry)
+                    .collect();
+                let written = if covered.is_empty() {
+                    "not written".to_owned()
+                } else {
+                    format!(
+                        "written only for the registries the configuration names ({})",
+                        covered.join(", ")
+                    )
+                };
+                out.warnings.push(Warning {
+                    location,
+                    message: format!(
+                        "containerd hosts.toml cannot express the pattern rule {pattern:?}: {written}; \
+                         add an exact rule per registry"
+                    ),
+                });
             }
-            DomainPattern::Suffix(pattern) => out.warnings.push(Warning {
-                location,
-                message: format!(
-                    "containerd hosts.toml cannot express the pattern rule {pattern:?}: not written; \
-                     add an exact rule per registry"
-                ),
-            }),
             DomainPattern::Any if version < DEFAULT_DIR_SINCE => out.warnings.push(Warning {
                 location,
                 message: format!(
-                    "containerd {}.{}.{} does not read _default (needs 1.6.17 or 1.7): the `*` rule is not written",
+                    "containerd {}.{}.{} does not read _default (needs 1.6.17 or 1.7): the `*` rule is written only \
+                     for the registries the configuration names",
                     version.major, version.minor, version.patch
                 ),
             }),
             DomainPattern::Any => {
-                let text = host_file(&marker, None, rule.mirrors.iter(), &insecure, version);
+                let mirrors = resolver
+                    .wildcard_mirrors(&rule.domain)
+                    .expect("the resolver compiled the `*` rule");
+                let mut text = marker.clone();
+                push_hosts(&mut text, &mirrors, version);
                 out.files.insert("_default".to_owned(), text);
             }
         }
-    }
-    if !hub_rule_seen && !config.registry_mirrors.is_empty() {
-        let text = host_file(
-            &marker,
-            Some(DOCKER_HUB),
-            config.registry_mirrors.iter(),
-            &insecure,
-            version,
-        );
-        out.files.insert(DOCKER_HUB.to_owned(), text);
     }
     for (cidr, location) in &config.insecure_registries.cidrs {
         out.warnings.push(Warning {
@@ -129,55 +158,23 @@ pub fn generate(config: &MirrorConfig, sources: &[String], version: Version) -> 
             ),
         });
     }
-    out
+    Ok(out)
 }
 
-/// One hosts.toml: the origin as `server` (none for `_default`), then the mirrors in order.
-fn host_file<'a>(
-    marker: &str,
-    registry: Option<&str>,
-    mirrors: impl Iterator<Item = &'a Mirror>,
-    insecure: &InsecureMatcher,
-    version: Version,
-) -> String {
-    let mut text = String::from(marker);
-    if let Some(registry) = registry {
-        if registry == DOCKER_HUB {
-            text.push_str(&format!(
-                "server = {}\n",
-                toml_string(&format!("https://{DOCKER_HUB_API_HOST}"))
-            ));
-        } else if insecure.is_insecure(registry) {
-            text.push_str(&format!(
-                "server = {}\nskip_verify = true\n",
-                toml_string(&format!("http://{registry}"))
-            ));
-        } else {
-            text.push_str(&format!(
-                "server = {}\n",
-                toml_string(&format!("https://{registry}"))
-            ));
-        }
-    }
-    let mut written = Vec::new();
-    for mirror in mirrors {
-        let url = mirror.url.to_string();
-        if written.contains(&url) || registry.is_some_and(|r| mirror.url.is_registry_itself(r)) {
-            continue;
-        }
+/// One `[host."<url>"]` table per endpoint, in order.
+fn push_hosts(text: &mut String, endpoints: &[Endpoint], version: Version) {
+    for endpoint in endpoints {
         text.push_str(&format!(
             "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            toml_string(&url)
+            toml_string(&endpoint.url)
         ));
-        if mirror.url.scheme() == Scheme::Https && insecure.is_insecure(mirror.url.authority()) {
+        if endpoint.tls == TlsMode::SkipVerify {
             text.push_str("  skip_verify = true\n");
         }
-        if version >= DIAL_TIMEOUT_SINCE {
+        if endpoint.role == Role::Mirror && version >= DIAL_TIMEOUT_SINCE {
             text.push_str(&format!("  dial_timeout = {}\n", toml_string(DIAL_TIMEOUT)));
         }
-        written.push(url);
     }
-    text
 }
 
 #[cfg(test)]
@@ -197,6 +194,87 @@ mod tests {
         Version::parse(s).unwrap()
     }
 
+    fn files(json: &str, version: &str) -> HostsFiles {
+        generate(&config(json), &["m.json".into()], v(version)).unwrap()
+    }
+
+    /// What containerd 1.6.20 tries for `registry` with `files`, as `tls url` lines:
+    /// `<registry>/hosts.toml`, else `_default/hosts.toml`; its `[host."…"]` tables in order,
+    /// then `server` (default: the registry over https, Docker Hub's API host for docker.io).
+    /// A file without a host table is ignored ("invalid `host` tree", measured on 1.6.20) and
+    /// containerd falls back to the default origin, not to `_default`. The same endpoint twice
+    /// in a row counts once: a retry of the same URL changes no answer.
+    fn containerd_tries(files: &BTreeMap<String, String>, registry: &str) -> Vec<String> {
+        let default_origin = if registry == "docker.io" {
+            "https://registry-1.docker.io".to_owned()
+        } else {
+            format!("https://{registry}")
+        };
+        let file = files
+            .get(registry)
+            .or_else(|| files.get("_default"))
+            .filter(|text| text.contains("\n[host."));
+        let Some(text) = file else {
+            return vec![format!("verify {default_origin}")];
+        };
+        let (mut hosts, mut server) = (Vec::new(), None);
+        for line in text.lines() {
+            let tls = |url: &str| {
+                if url.starts_with("http://") {
+                    "none"
+                } else {
+                    "verify"
+                }
+            };
+            if let Some(url) = line
+                .strip_prefix("[host.\"")
+                .and_then(|l| l.strip_suffix("\"]"))
+            {
+                hosts.push(format!("{} {url}", tls(url)));
+            } else if let Some(url) = line
+                .strip_prefix("server = \"")
+                .and_then(|l| l.strip_suffix('"'))
+            {
+                server = Some(format!("{} {url}", tls(url)));
+            } else if line.trim() == "skip_verify = true" {
+                let last = if line.starts_with(' ') {
+                    hosts.last_mut()
+                } else {
+                    server.as_mut()
+                };
+                let last = last.unwrap();
+                *last = last.replacen("verify ", "skip-verify ", 1);
+            }
+        }
+        hosts.push(server.unwrap_or(format!("verify {default_origin}")));
+        hosts.dedup();
+        hosts
+    }
+
+    /// The resolver's endpoints for `registry`, as `tls url` lines.
+    fn resolver_says(json: &str, registry: &str) -> Vec<String> {
+        Resolver::new(config(json))
+            .unwrap()
+            .resolve_repository(registry, "x")
+            .endpoints
+            .iter()
+            .map(|e| format!("{} {}", e.tls.as_str(), e.url))
+            .collect()
+    }
+
+    /// containerd and the resolver agree on every registry of `registries`.
+    fn assert_agree(json: &str, registries: &[&str]) {
+        let out = files(json, "1.7");
+        for registry in registries {
+            assert_eq!(
+                containerd_tries(&out.files, registry),
+                resolver_says(json, registry),
+                "{registry}\n{:#?}",
+                out.files
+            );
+        }
+    }
+
     #[test]
     fn versions() {
         assert!(v("1.6.16") < DEFAULT_DIR_SINCE);
@@ -207,39 +285,135 @@ mod tests {
     }
 
     #[test]
-    fn every_file_is_toml_containerd_can_parse() {
-        let files = generate(
-            &config(
-                r#"{"mirror-registries": [{"domain": "reg.io:5000", "mirrors": ["https://m\"q", "http://p"]}, {"domain": "*", "mirrors": ["https://any/root"]}]}"#,
-            ),
-            &["m.json".into()],
-            v("2.1"),
-        );
-        for (dir, text) in &files.files {
-            let parsed: toml::Table =
-                toml::from_str(text).unwrap_or_else(|e| panic!("{dir}: {e}\n{text}"));
-            assert!(parsed.contains_key("host"), "{dir}");
+    fn every_file_is_toml_containerd_can_parse_with_a_host_table() {
+        for json in [
+            r#"{"mirror-registries": [{"domain": "reg.io:5000", "mirrors": ["https://m\"q", "http://p"]}, {"domain": "*", "mirrors": ["https://any/root"]}]}"#,
+            // cache.internal:5000 pulled by its own name: the resolver drops it as a mirror, so
+            // its answer is the origin alone.
+            r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://cache.internal:5000"]}]}"#,
+            // An insecure registry no rule covers.
+            r#"{"insecure-registries": ["legacy:5000"]}"#,
+        ] {
+            for version in ["1.6.4", "1.7", "2.1"] {
+                for (dir, text) in &files(json, version).files {
+                    let parsed: toml::Table =
+                        toml::from_str(text).unwrap_or_else(|e| panic!("{dir}: {e}\n{text}"));
+                    assert!(
+                        parsed
+                            .get("host")
+                            .and_then(toml::Value::as_table)
+                            .is_some_and(|t| !t.is_empty()),
+                        "containerd 1.6 ignores {dir}/hosts.toml without a host table:\n{text}"
+                    );
+                }
+            }
         }
+        let out = files(
+            r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://cache.internal:5000"]}]}"#,
+            "1.7",
+        );
+        assert_eq!(
+            out.files["cache.internal:5000"],
+            "# Generated by regmirror from m.json; edit those, not this file.\n\
+             server = \"https://cache.internal:5000\"\n\n\
+             [host.\"https://cache.internal:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        );
+    }
+
+    #[test]
+    fn docker_hub_gets_the_catch_all_mirrors_then_registry_mirrors() {
+        let json = r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://any", "https://shared"]}],
+                       "registry-mirrors": ["https://shared", "https://hub-mirror"]}"#;
+        assert_eq!(
+            resolver_says(json, "docker.io"),
+            [
+                "verify https://any",
+                "verify https://shared",
+                "verify https://hub-mirror",
+                "verify https://registry-1.docker.io"
+            ]
+        );
+        assert_agree(json, &["docker.io", "quay.io"]);
+        // Without registry-mirrors, and for a containerd without _default.
+        let json = r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://any"]}]}"#;
+        assert_agree(json, &["docker.io", "quay.io"]);
+        assert!(files(json, "1.6.4").files.contains_key("docker.io"));
+    }
+
+    #[test]
+    fn insecure_registries_under_wildcards_get_the_resolvers_tls() {
+        let json = r#"{"mirror-registries": [
+                {"domain": "*", "mirrors": ["https://any", "http://sea.hub:5000"]},
+                {"domain": "*.corp.example", "mirrors": ["https://corp-cache"]}],
+            "insecure-registries": ["legacy.corp.example:5000", "a.corp.example", "sea.hub:5000", "lone:5000"]}"#;
+        assert_eq!(
+            resolver_says(json, "legacy.corp.example:5000"),
+            [
+                "verify https://any",
+                "none http://sea.hub:5000",
+                "skip-verify https://legacy.corp.example:5000",
+                "none http://legacy.corp.example:5000"
+            ],
+            "the pattern does not cover a host with a port"
+        );
+        assert_agree(
+            json,
+            &[
+                "legacy.corp.example:5000",
+                "a.corp.example",
+                "sea.hub:5000",
+                "lone:5000",
+                "docker.io",
+                "quay.io",
+            ],
+        );
+        let out = files(json, "2.1");
+        assert_eq!(
+            out.files["a.corp.example"],
+            "# Generated by regmirror from m.json; edit those, not this file.\n\
+             server = \"http://a.corp.example\"\n\n\
+             [host.\"https://corp-cache\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"2s\"\n\n\
+             [host.\"https://a.corp.example\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
+        );
+        assert!(
+            out.warnings[0].message.contains(
+                "pattern rule \"*.corp.example\": written only for the registries the configuration names (a.corp.example)"
+            ),
+            "{:?}",
+            out.warnings
+        );
+    }
+
+    #[test]
+    fn exact_rules_and_the_origin_they_leave() {
+        let json = r#"{"mirror-registries": [
+                {"domain": "reg.io", "mirrors": ["https://m1", "http://m2"]},
+                {"domain": "127.0.0.1:5001", "mirrors": ["http://127.0.0.1:5002"]},
+                {"domain": "*", "mirrors": ["https://reg.io:5000", "https://m1"]}],
+            "insecure-registries": ["m1"]}"#;
+        assert_agree(
+            json,
+            &["reg.io", "127.0.0.1:5001", "reg.io:5000", "other.io"],
+        );
     }
 
     #[test]
     fn warnings_for_what_containerd_cannot_express() {
-        let files = generate(
-            &config(
-                r#"{"mirror-registries": [{"domain": "*.corp", "mirrors": ["https://m"]}, {"domain": "*", "mirrors": ["https://m"]}],
-                    "insecure-registries": ["10.0.0.0/8"]}"#,
-            ),
-            &[],
-            v("1.6.4"),
+        let files = files(
+            r#"{"mirror-registries": [{"domain": "*.corp", "mirrors": ["https://m"]}, {"domain": "*", "mirrors": ["https://m"]}],
+                "insecure-registries": ["10.0.0.0/8"]}"#,
+            "1.6.4",
         );
-        assert!(
-            files.files.is_empty(),
-            "nothing half-written: {:?}",
-            files.files.keys()
+        assert_eq!(
+            files.files.keys().collect::<Vec<_>>(),
+            ["docker.io", "m"],
+            "no _default; the registries the configuration names (Docker Hub through `*`, the mirror `m` \
+             by its URL) are written"
         );
         let messages: Vec<String> = files.warnings.iter().map(ToString::to_string).collect();
         assert!(
-            messages[0].starts_with("m.json:1:") && messages[0].contains("pattern rule \"*.corp\""),
+            messages[0].starts_with("m.json:1:")
+                && messages[0].contains("pattern rule \"*.corp\": not written"),
             "{messages:?}"
         );
         assert!(

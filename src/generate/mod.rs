@@ -8,6 +8,7 @@
 
 pub mod containerd;
 pub mod files;
+mod named;
 pub mod registries_conf;
 
 use std::fmt;
