@@ -137,6 +137,34 @@ fn warnings_name_the_rule() {
         "{}",
         stderr(&result)
     );
+    let result = regmirror(&[
+        "registries-conf",
+        "--config",
+        "contrib/examples/fleet.json",
+        "--out",
+        out.path().join("r.conf").to_str().unwrap(),
+    ]);
+    assert!(result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("contrib/examples/fleet.json:5:19: mirror cache.internal:5000 serves docker.io, ghcr.io, \
+        legacy.corp.example:5000, *.corp.example in registries.conf, but podman and CRI-O send no ?ns="), "{err}");
+    assert!(err.contains("contrib/examples/fleet.json:8:17: registries.conf's prefix \"*.corp.example\" also matches \
+        hosts with a port"), "{err}");
+    let result = regmirror(&[
+        "registries-conf",
+        "--config",
+        "contrib/examples/seed-exact.json",
+        "--out",
+        out.path().join("r.conf").to_str().unwrap(),
+        "--registry",
+        "lone.example",
+    ]);
+    assert!(result.status.success());
+    let err = stderr(&result);
+    assert!(
+        err.contains("--registry lone.example: no rule covers it"),
+        "{err}"
+    );
 }
 
 #[test]

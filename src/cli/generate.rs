@@ -40,7 +40,8 @@ pub struct RegistriesConfArgs {
     out: PathBuf,
     #[command(flatten)]
     mode: Mode,
-    /// A registry (`host[:port]`) the `*` rule is written out for. Repeatable.
+    /// A registry (`host[:port]`) to write out as `regmirror resolve` answers for it, besides the
+    /// registries the config names: the format has no catch-all for the `*` rule. Repeatable.
     #[arg(long = "registry", value_name = "HOST")]
     registries: Vec<String>,
 }
@@ -76,7 +77,8 @@ pub fn registries_conf(args: RegistriesConfArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let generated =
-        registries_conf::generate(&config, &args.config.source_names(), &args.registries);
+        registries_conf::generate(&config, &args.config.source_names(), &args.registries)
+            .map_err(|e| BadInput(e.to_string()))?;
     warn(&generated.warnings);
     let plan = Plan::single(&args.out, &generated.text, args.mode.force)?;
     finish(&plan, &args.mode, false, &args.out)

@@ -1,6 +1,11 @@
 //! Engine configuration generated from the one mirror config: containerd's `hosts.toml`
 //! directories ([`containerd`]) and a containers-registries.conf drop-in ([`registries_conf`]).
 //!
+//! Both write what the resolver answers ([`crate::resolve::Resolver`]), registry by registry
+//! (`named`), so an engine pulls through the same mirrors, in the same order and with the same
+//! TLS modes as `regmirror resolve` shows; an engine's own wildcard is used only for registries
+//! the configuration does not name.
+//!
 //! Generation is pure (config in, files and warnings out); [`files`] is the one place that
 //! touches the file system: atomic, idempotent writes, `--check`, `--prune` and `--force`.
 //! What an engine cannot express is reported as a [`Warning`] naming the rule, never silently

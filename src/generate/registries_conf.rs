@@ -1,16 +1,24 @@
 //! A containers-registries.conf v2 drop-in (podman, CRI-O, skopeo, buildah).
 //!
-//! A `[[registry]]` per exact rule (`prefix` and `location` = the registry, `insecure` for an
-//! insecure origin) with one `[[registry.mirror]]` per mirror (`location` without scheme; plain
-//! http or an insecure https mirror gets `insecure = true`). Pattern rules map to `*.suffix`
-//! prefixes (which take no `location`). The format has no catch-all: `*` is expanded over the
-//! registries given with `--registry`, or reported. A mirror path rewrites the repository
-//! namespace there (unlike docker and containerd), so it is warned about.
+//! Every registry the configuration names ([`super::named`]) and every `--registry HOST` gets a
+//! `[[registry]]` written from the resolver's answer: `prefix` and `location` = the registry,
+//! `insecure` when the resolver does not verify the origin's certificate, and one
+//! `[[registry.mirror]]` per mirror in the resolver's order (`location` without scheme;
+//! `insecure = true` for plain http or an insecure https mirror). Each pattern rule then becomes
+//! a `*.suffix` prefix (which takes no `location`) with its mirrors. The format has no
+//! catch-all: the `*` rule reaches only the registries written out.
+//!
+//! containers/image takes the longest prefix, the first one on a tie (`x.a.io` against
+//! `*.a.io`), so the registries come before the patterns and always win. It also lets `*.suffix`
+//! (and, by a bug it documents, an exact prefix) match a host with any port, which the
+//! resolver's rules never do: a registry with a port that the configuration names gets its own
+//! block, and each pattern rule is warned about. A mirror path rewrites the repository namespace
+//! there (unlike docker and containerd), and podman and CRI-O send no `?ns=`, so a mirror that
+//! serves several registries cannot tell them apart: both are warned about.
 
-use super::{Warning, marker_line, toml_string};
-use crate::config::{DomainPattern, Mirror, MirrorConfig, MirrorRule, Scheme};
-use crate::reference::DOCKER_HUB;
-use crate::resolve::InsecureMatcher;
+use super::{Warning, marker_line, named, toml_string};
+use crate::config::{DomainPattern, MirrorConfig};
+use crate::resolve::{BuildError, Endpoint, Resolver, Role, TlsMode};
 
 /// The drop-in text and what could not be expressed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -19,109 +27,147 @@ pub struct RegistriesConf {
     pub warnings: Vec<Warning>,
 }
 
-/// `expand_any`: registries (`host[:port]`) the `*` rule is written out for.
+/// A mirror location as written, the mirror's URL and the prefixes it serves.
+struct Served {
+    location: String,
+    url: String,
+    prefixes: Vec<String>,
+}
+
+/// `registries`: hosts (`host[:port]`) to write out besides those the configuration names, for
+/// the `*` rule in particular.
 pub fn generate(
     config: &MirrorConfig,
     sources: &[String],
-    expand_any: &[String],
-) -> RegistriesConf {
-    let insecure = InsecureMatcher::new(&config.insecure_registries);
+    registries: &[String],
+) -> Result<RegistriesConf, BuildError> {
+    let resolver = Resolver::new(config.clone())?;
     let mut out = RegistriesConf {
         text: marker_line(sources),
         warnings: Vec::new(),
     };
-    let exact: Vec<&str> = config
-        .rules
-        .iter()
-        .filter_map(|r| match &r.domain {
-            DomainPattern::Exact(host) => Some(host.as_str()),
-            _ => None,
-        })
-        .collect();
-    let mut hub_written = false;
+    let mut served: Vec<Served> = Vec::new();
+    for registry in named::registries(config, &resolver, registries) {
+        let (mirrors, origin): (Vec<Endpoint>, Vec<Endpoint>) = registry
+            .endpoints
+            .into_iter()
+            .partition(|e| e.role == Role::Mirror);
+        let insecure = origin.iter().any(|e| e.tls != TlsMode::Verify);
+        out.text.push_str(&format!(
+            "\n[[registry]]\nprefix = {0}\nlocation = {0}\ninsecure = {insecure}\n",
+            toml_string(&registry.registry)
+        ));
+        push_mirrors(&mut out.text, &mut served, &registry.registry, &mirrors);
+    }
     for rule in &config.rules {
+        let location = rule.location.to_string();
         match &rule.domain {
-            DomainPattern::Exact(registry) => {
-                let hub = registry == DOCKER_HUB;
-                hub_written |= hub;
-                let extra: &[Mirror] = if hub { &config.registry_mirrors } else { &[] };
-                registry_block(&mut out, registry, Some(registry), rule, extra, &insecure);
+            DomainPattern::Exact(_) => {}
+            DomainPattern::Suffix(pattern) => {
+                let mirrors = resolver
+                    .wildcard_mirrors(&rule.domain)
+                    .expect("the resolver compiled the pattern rule");
+                out.text
+                    .push_str(&format!("\n[[registry]]\nprefix = {}\n", toml_string(pattern)));
+                push_mirrors(&mut out.text, &mut served, pattern, &mirrors);
+                out.warnings.push(Warning {
+                    location,
+                    message: format!(
+                        "registries.conf's prefix {pattern:?} also matches hosts with a port (x{}:5000), which this rule \
+                         does not cover: podman and CRI-O send their pulls to its mirrors too; name such a registry (an exact \
+                         rule, insecure-registries or --registry HOST) to have it written as regmirror resolves it",
+                        &pattern[1..]
+                    ),
+                });
             }
-            DomainPattern::Suffix(pattern) => registry_block(&mut out, pattern, None, rule, &[], &insecure),
-            DomainPattern::Any if expand_any.is_empty() => out.warnings.push(Warning {
-                location: rule.location.to_string(),
-                message: "registries.conf has no catch-all: the `*` rule is not written; name the registries it \
-                          should cover with --registry HOST"
+            DomainPattern::Any if registries.is_empty() => out.warnings.push(Warning {
+                location,
+                message: "registries.conf has no catch-all: the `*` rule is written only for the registries the \
+                          configuration names; name the others it should cover with --registry HOST"
                     .to_owned(),
             }),
-            DomainPattern::Any => {
-                for registry in expand_any.iter().filter(|r| !exact.contains(&r.as_str())) {
-                    registry_block(&mut out, registry, Some(registry), rule, &[], &insecure);
-                }
-            }
+            DomainPattern::Any => {}
         }
     }
-    if !hub_written && !config.registry_mirrors.is_empty() {
-        let hub_rule = MirrorRule {
-            domain: DomainPattern::Exact(DOCKER_HUB.to_owned()),
-            mirrors: Vec::new(),
-            location: config.registry_mirrors[0].location.clone(),
-        };
-        registry_block(
-            &mut out,
-            DOCKER_HUB,
-            Some(DOCKER_HUB),
-            &hub_rule,
-            &config.registry_mirrors,
-            &insecure,
-        );
-    }
-    out
-}
-
-fn registry_block(
-    out: &mut RegistriesConf,
-    prefix: &str,
-    location: Option<&str>,
-    rule: &MirrorRule,
-    extra: &[Mirror],
-    insecure: &InsecureMatcher,
-) {
-    out.text.push_str(&format!(
-        "\n[[registry]]\nprefix = {}\n",
-        toml_string(prefix)
-    ));
-    if let Some(location) = location {
-        out.text
-            .push_str(&format!("location = {}\n", toml_string(location)));
-        let origin_insecure = location != DOCKER_HUB && insecure.is_insecure(location);
-        out.text
-            .push_str(&format!("insecure = {origin_insecure}\n"));
-    }
-    let mut written: Vec<String> = Vec::new();
-    for mirror in rule.mirrors.iter().chain(extra) {
-        let url = &mirror.url;
-        let location_text = format!("{}{}", url.authority(), url.api_root());
-        let is_origin = location.is_some_and(|registry| url.is_registry_itself(registry));
-        if is_origin || written.contains(&location_text) {
-            continue;
-        }
-        if !url.api_root().is_empty() {
+    let mut reported: Vec<&str> = Vec::new();
+    for host in registries {
+        let covered = resolver.resolve_repository(host, "").rule.is_some();
+        if !covered && !reported.contains(&host.as_str()) {
+            reported.push(host);
             out.warnings.push(Warning {
-                location: mirror.location.to_string(),
+                location: String::new(),
                 message: format!(
-                    "mirror {url} has a path: in registries.conf a mirror path rewrites the repository namespace \
-                     ({location_text}/<repository>), unlike docker and containerd where it is the API root"
+                    "--registry {host}: no rule covers it; written with its origin only, as regmirror resolves it"
                 ),
             });
         }
-        let mirror_insecure = url.scheme() == Scheme::Http || insecure.is_insecure(url.authority());
-        out.text.push_str(&format!(
-            "\n[[registry.mirror]]\nlocation = {}\ninsecure = {mirror_insecure}\n",
-            toml_string(&location_text)
-        ));
-        written.push(location_text);
     }
+    for mirror in &served {
+        let location = mirror_location(config, &mirror.url);
+        if mirror.location.contains('/') {
+            out.warnings.push(Warning {
+                location: location.clone(),
+                message: format!(
+                    "mirror {} has a path: in registries.conf a mirror path rewrites the repository namespace \
+                     ({}/<repository>), unlike docker and containerd where it is the API root",
+                    mirror.url, mirror.location
+                ),
+            });
+        }
+        if mirror.prefixes.len() > 1 {
+            out.warnings.push(Warning {
+                location,
+                message: format!(
+                    "mirror {} serves {} in registries.conf, but podman and CRI-O send no ?ns=: the mirror cannot \
+                     tell which registry a repository is from; give each registry its own mirror",
+                    mirror.location,
+                    mirror.prefixes.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One `[[registry.mirror]]` per mirror location (an http and an https URL for the same
+/// authority share one: the first wins), recorded in `served` for `prefix`.
+fn push_mirrors(text: &mut String, served: &mut Vec<Served>, prefix: &str, mirrors: &[Endpoint]) {
+    let mut written: Vec<&str> = Vec::new();
+    for mirror in mirrors {
+        let location = mirror
+            .url
+            .split_once("://")
+            .map_or(&*mirror.url, |(_, rest)| rest);
+        if written.contains(&location) {
+            continue;
+        }
+        written.push(location);
+        text.push_str(&format!(
+            "\n[[registry.mirror]]\nlocation = {}\ninsecure = {}\n",
+            toml_string(location),
+            mirror.tls != TlsMode::Verify
+        ));
+        match served.iter_mut().find(|s| s.location == location) {
+            Some(entry) => entry.prefixes.push(prefix.to_owned()),
+            None => served.push(Served {
+                location: location.to_owned(),
+                url: mirror.url.to_string(),
+                prefixes: vec![prefix.to_owned()],
+            }),
+        }
+    }
+}
+
+/// `file:line:column` of the first configured mirror with `url`.
+fn mirror_location(config: &MirrorConfig, url: &str) -> String {
+    config
+        .rules
+        .iter()
+        .flat_map(|rule| &rule.mirrors)
+        .chain(&config.registry_mirrors)
+        .find(|m| m.url.to_string() == url)
+        .map(|m| m.location.to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -137,40 +183,240 @@ mod tests {
         .unwrap()
     }
 
+    fn conf(json: &str, registries: &[&str]) -> RegistriesConf {
+        let registries: Vec<String> = registries.iter().map(|s| s.to_string()).collect();
+        generate(&config(json), &[], &registries).unwrap()
+    }
+
+    fn prefixes(text: &str) -> Vec<String> {
+        let parsed: toml::Table = toml::from_str(text).unwrap();
+        parsed["registry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["prefix"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Does containers/image's prefix `prefix` match `reference`, and how long is the match?
+    /// (`refMatchingPrefix`: a `*.suffix` or an exact prefix may be followed by `:`, `/`, `@`.)
+    fn matches(reference: &str, prefix: &str) -> bool {
+        let end = match prefix.strip_prefix('*') {
+            Some(suffix) => match reference.find(suffix) {
+                Some(i) if !reference[..i].contains('/') => i + suffix.len(),
+                _ => return false,
+            },
+            None if reference.starts_with(prefix) => prefix.len(),
+            None => return false,
+        };
+        end == reference.len() || matches!(reference.as_bytes()[end], b':' | b'/' | b'@')
+    }
+
+    /// What containers/image tries for `<registry>/x`, as `insecure|verify location` lines: the
+    /// `[[registry]]` with the longest matching prefix (the first on a tie), its mirrors in
+    /// order, then its location (the registry itself under a `*.suffix` prefix); without a
+    /// match, the registry, verified.
+    fn podman_tries(text: &str, registry: &str) -> Vec<String> {
+        let tls = |insecure: Option<&toml::Value>| {
+            if insecure.and_then(toml::Value::as_bool).unwrap_or(false) {
+                "insecure"
+            } else {
+                "verify"
+            }
+        };
+        let reference = format!("{registry}/x");
+        let parsed: toml::Table = toml::from_str(text).unwrap();
+        let mut best: Option<&toml::Table> = None;
+        for block in parsed["registry"].as_array().unwrap() {
+            let block = block.as_table().unwrap();
+            let prefix = block["prefix"].as_str().unwrap();
+            let longer = best.is_none_or(|b| prefix.len() > b["prefix"].as_str().unwrap().len());
+            if matches(&reference, prefix) && longer {
+                best = Some(block);
+            }
+        }
+        let Some(block) = best else {
+            return vec![format!("verify {registry}")];
+        };
+        let mut tries: Vec<String> = block
+            .get("mirror")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    tls(m.get("insecure")),
+                    m["location"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let location = block
+            .get("location")
+            .and_then(toml::Value::as_str)
+            .unwrap_or(registry);
+        tries.push(format!("{} {location}", tls(block.get("insecure"))));
+        tries
+    }
+
+    /// The resolver's answer in registries.conf's terms: mirror locations (one per authority and
+    /// path), then the registry, insecure unless every origin attempt verifies.
+    fn resolver_says(json: &str, registry: &str) -> Vec<String> {
+        let endpoints = Resolver::new(config(json))
+            .unwrap()
+            .resolve_repository(registry, "x");
+        let mut tries: Vec<String> = Vec::new();
+        let mut origin = "verify";
+        for e in &endpoints.endpoints {
+            let tls = if e.tls == TlsMode::Verify {
+                "verify"
+            } else {
+                "insecure"
+            };
+            match e.role {
+                Role::Mirror => {
+                    let location = e.url.split_once("://").unwrap().1;
+                    if !tries.iter().any(|t| t.ends_with(&format!(" {location}"))) {
+                        tries.push(format!("{tls} {location}"));
+                    }
+                }
+                Role::Origin if tls == "insecure" => origin = tls,
+                Role::Origin => {}
+            }
+        }
+        tries.push(format!("{origin} {}", endpoints.registry));
+        tries
+    }
+
+    fn assert_agree(json: &str, registries: &[&str], pulled: &[&str]) {
+        let out = conf(json, registries);
+        for registry in pulled {
+            assert_eq!(
+                podman_tries(&out.text, registry),
+                resolver_says(json, registry),
+                "{registry}\n{}",
+                out.text
+            );
+        }
+    }
+
+    const FLEET: &str = r#"{"mirror-registries": [
+            {"domain": "docker.io", "mirrors": ["https://cache.internal:5000"]},
+            {"domain": "*.corp.example", "mirrors": ["https://cache.internal:5000", "https://cache-b.internal:5000"]},
+            {"domain": "x.eu.corp.example", "mirrors": ["https://eu-cache"]},
+            {"domain": "*", "mirrors": ["https://cache.internal:5000", "http://sea.hub:5000"]}],
+        "registry-mirrors": ["https://mirror.gcr.io"],
+        "insecure-registries": ["legacy.corp.example:5000", "old.corp.example", "sea.hub:5000"]}"#;
+
+    #[test]
+    fn podman_pulls_as_the_resolver_says() {
+        assert_agree(
+            FLEET,
+            &["quay.io", "index.docker.io", "x.corp.example"],
+            &[
+                "docker.io",
+                "quay.io",
+                "x.eu.corp.example",
+                "y.eu.corp.example",
+                "x.corp.example",
+                // An insecure registry under a pattern, and one whose port the pattern does
+                // not cover (containers/image would send it to the pattern's mirrors).
+                "old.corp.example",
+                "legacy.corp.example:5000",
+                // A `*` mirror pulled by its own name.
+                "sea.hub:5000",
+                "cache.internal:5000",
+            ],
+        );
+    }
+
+    #[test]
+    fn registries_named_twice_are_written_once() {
+        let json = r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://m"]},
+                {"domain": "*.corp", "mirrors": ["https://c"]},
+                {"domain": "quay.io", "mirrors": ["https://q"]}],
+            "registry-mirrors": ["https://hub"]}"#;
+        let registries = [
+            "docker.io",
+            "index.docker.io",
+            "Quay.io",
+            "a.corp",
+            "a.corp",
+            "ghcr.io",
+        ];
+        let out = conf(json, &registries);
+        assert_eq!(
+            prefixes(&out.text),
+            ["quay.io", "docker.io", "m", "a.corp", "ghcr.io", "*.corp"]
+        );
+        assert_agree(
+            json,
+            &registries,
+            &["docker.io", "quay.io", "a.corp", "b.corp", "ghcr.io"],
+        );
+    }
+
     #[test]
     fn catch_all_needs_registries() {
-        let c = config(
-            r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://m"]}, {"domain": "quay.io", "mirrors": ["https://q"]}]}"#,
-        );
-        let out = generate(&c, &[], &[]);
+        let json = r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://m"]}, {"domain": "quay.io", "mirrors": ["https://q"]}]}"#;
+        let out = conf(json, &[]);
         assert!(
             out.warnings[0].message.contains("no catch-all"),
             "{:?}",
             out.warnings
         );
-        let out = generate(&c, &[], &["ghcr.io".into(), "quay.io".into()]);
-        assert!(out.warnings.is_empty());
-        let parsed: toml::Table = toml::from_str(&out.text).unwrap();
-        let prefixes: Vec<&str> = parsed["registry"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["prefix"].as_str().unwrap())
-            .collect();
+        assert_eq!(prefixes(&out.text), ["quay.io", "docker.io", "m"]);
+        let out = conf(json, &["ghcr.io", "quay.io"]);
+        assert!(
+            !out.warnings
+                .iter()
+                .any(|w| w.message.contains("no catch-all"))
+        );
         assert_eq!(
-            prefixes,
-            ["ghcr.io", "quay.io"],
+            prefixes(&out.text),
+            ["quay.io", "docker.io", "m", "ghcr.io"],
             "the exact quay.io rule wins over the expansion"
         );
     }
 
     #[test]
+    fn shared_mirrors_and_uncovered_registries_are_reported() {
+        let json = r#"{"mirror-registries": [
+            {"domain": "a.io", "mirrors": ["https://shared", "https://own"]},
+            {"domain": "b.io", "mirrors": ["http://shared"]},
+            {"domain": "*.corp", "mirrors": ["https://shared"]}]}"#;
+        let out = conf(json, &["lone.io", "lone.io"]);
+        let messages: Vec<String> = out.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            messages.iter().any(|m| m.starts_with(
+                "m.json:2:44: mirror shared serves a.io, b.io, *.corp in registries.conf, \
+                but podman and CRI-O send no ?ns="
+            )),
+            "{messages:#?}"
+        );
+        assert!(
+            !messages.iter().any(|m| m.contains("mirror own")),
+            "{messages:#?}"
+        );
+        let uncovered = "--registry lone.io: no rule covers it; written with its origin only, as regmirror resolves it";
+        assert_eq!(
+            messages.iter().filter(|m| *m == uncovered).count(),
+            1,
+            "{messages:#?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m
+                    .contains("prefix \"*.corp\" also matches hosts with a port (x.corp:5000)")),
+            "{messages:#?}"
+        );
+    }
+
+    #[test]
     fn mirror_paths_are_warned_about() {
-        let out = generate(
-            &config(
-                r#"{"mirror-registries": [{"domain": "r.io", "mirrors": ["https://m/cache"]}]}"#,
-            ),
-            &[],
+        let out = conf(
+            r#"{"mirror-registries": [{"domain": "r.io", "mirrors": ["https://m/cache"]}]}"#,
             &[],
         );
         assert!(
