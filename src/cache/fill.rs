@@ -67,7 +67,9 @@ impl RecentChunks {
         if start >= chunk.len() {
             return None;
         }
-        let end = chunk.len().min(usize::try_from(limit - offset).unwrap_or(usize::MAX));
+        let end = chunk
+            .len()
+            .min(usize::try_from(limit - offset).unwrap_or(usize::MAX));
         Some(chunk.slice(start..end))
     }
 
@@ -302,6 +304,21 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
     }
 }
 
+/// Allocates a blob's blocks before it is written, so a disk too full for it fails the fill at
+/// once (a clear error instead of gigabytes downloaded for nothing). A filesystem without
+/// `fallocate` is written as before.
+fn reserve(file: &File, size: u64) -> io::Result<()> {
+    use rustix::io::Errno;
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(()),
+        Err(e) if e == Errno::NOSPC || e == Errno::DQUOT || e == Errno::FBIG => Err(e.into()),
+        Err(e) => {
+            tracing::debug!(error = %e, "fallocate refused; blocks are allocated as written");
+            Ok(())
+        }
+    }
+}
+
 /// What the fill task needs from the upstream: a response whose status was checked.
 pub type UpstreamBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
@@ -429,6 +446,12 @@ impl FillTask {
         F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
     {
         let (size, body) = fetch.await?;
+        if let Some(size) = size {
+            reserve(&self.file, size).map_err(|e| {
+                let message = format!("cannot reserve {size} bytes for {}: {e}", self.digest);
+                RegistryError::new(ErrorCode::Unavailable, message)
+            })?;
+        }
         self.tx
             .send_replace(FillState::Streaming { size, written: 0 });
         *started = true;
@@ -539,7 +562,10 @@ mod tests {
         assert!(recent.bytes <= RECENT_BYTES);
         assert!(recent.slice(0, 1).is_none(), "the first chunk was dropped");
         assert!(recent.slice(2 << 20, 3 << 20).is_none());
-        assert!(recent.slice(3 << 20, 4 << 20).is_some(), "the window holds 8 MiB");
+        assert!(
+            recent.slice(3 << 20, 4 << 20).is_some(),
+            "the window holds 8 MiB"
+        );
         let last = (RECENT_BYTES as u64) + (2 << 20);
         assert_eq!(recent.slice(last, last + 10).unwrap().len(), 10);
         recent.clear();
@@ -547,9 +573,25 @@ mod tests {
     }
 
     #[test]
+    fn space_is_reserved_before_the_download_and_a_blob_too_large_is_refused() {
+        let file = tempfile::tempfile().unwrap();
+        reserve(&file, 1 << 20).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 1 << 20);
+        let error = reserve(&file, 1 << 62).unwrap_err();
+        let errno = rustix::io::Errno::from_io_error(&error);
+        assert!(
+            errno == Some(rustix::io::Errno::FBIG) || errno == Some(rustix::io::Errno::NOSPC),
+            "EFBIG or ENOSPC, got {error}"
+        );
+    }
+
+    #[test]
     fn one_chunk_larger_than_the_window_is_kept() {
         let mut recent = RecentChunks::default();
         recent.push(0, Bytes::from(vec![1u8; RECENT_BYTES + 1]));
-        assert_eq!(recent.slice(RECENT_BYTES as u64, u64::MAX).unwrap().len(), 1);
+        assert_eq!(
+            recent.slice(RECENT_BYTES as u64, u64::MAX).unwrap().len(),
+            1
+        );
     }
 }
