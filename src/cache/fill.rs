@@ -190,8 +190,8 @@ struct ReadState {
     file: Arc<File>,
     pos: u64,
     end: Option<u64>,
-    progress: Option<watch::Receiver<FillState>>,
-    recent: Option<SharedRecent>,
+    /// `None` for a committed file, and from the moment the fill's content is verified.
+    follow: Option<Follow>,
 }
 
 fn read_stream(
@@ -200,16 +200,11 @@ fn read_stream(
     end: Option<u64>,
     follow: Option<Follow>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let (progress, recent) = match follow {
-        Some(follow) => (Some(follow.progress), Some(follow.recent)),
-        None => (None, None),
-    };
     let state = ReadState {
         file,
         pos: start,
         end,
-        progress,
-        recent,
+        follow,
     };
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -225,9 +220,9 @@ fn read_stream(
 async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
     loop {
         // How far the file is readable now, and whether that is final.
-        let (available, complete) = match &mut state.progress {
+        let (available, complete) = match &mut state.follow {
             None => (state.end.unwrap_or(u64::MAX), true),
-            Some(rx) => match &*rx.borrow_and_update() {
+            Some(follow) => match &*follow.progress.borrow_and_update() {
                 FillState::Connecting => (0, false),
                 // The blob's last byte is held back until its digest is verified: a client
                 // must never see a complete body of unverified content.
@@ -241,18 +236,18 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
                 }
             },
         };
-        if complete && state.progress.is_some() {
+        if complete && state.follow.is_some() {
             // Verified content: what becomes of the commit no longer concerns this reader,
             // which reads on through its own handle.
-            state.progress = None;
+            state.follow = None;
             state.end = Some(state.end.map_or(available, |end| end.min(available)));
         }
         let limit = state.end.map_or(available, |end| end.min(available));
         if state.pos < limit {
             let in_memory = state
-                .recent
+                .follow
                 .as_ref()
-                .and_then(|recent| lock_recent(recent).slice(state.pos, limit));
+                .and_then(|follow| lock_recent(&follow.recent).slice(state.pos, limit));
             if let Some(bytes) = in_memory {
                 state.pos += bytes.len() as u64;
                 return Ok(Some(bytes));
@@ -287,10 +282,11 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
         if complete || state.end.is_some_and(|end| state.pos >= end) {
             return Ok(None);
         }
-        let rx = state
-            .progress
+        let rx = &mut state
+            .follow
             .as_mut()
-            .expect("incomplete reads follow a fill");
+            .expect("incomplete reads follow a fill")
+            .progress;
         if rx.changed().await.is_err() {
             // The fill task ended; its last state is still readable.
             let last = rx.borrow().clone();
@@ -446,7 +442,7 @@ impl FillTask {
         F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
     {
         let (size, body) = fetch.await?;
-        if let Some(size) = size {
+        if let Some(size) = size.filter(|&size| size > 0) {
             reserve(&self.file, size).map_err(|e| {
                 let message = format!("cannot reserve {size} bytes for {}: {e}", self.digest);
                 RegistryError::new(ErrorCode::Unavailable, message)
