@@ -91,8 +91,7 @@ pub fn generate(
     }
     let mut reported: Vec<&str> = Vec::new();
     for host in registries {
-        let covered = resolver.resolve_repository(host, "").rule.is_some();
-        if !covered && !reported.contains(&host.as_str()) {
+        if !resolver.has_rule(host) && !reported.contains(&host.as_str()) {
             reported.push(host);
             out.warnings.push(Warning {
                 location: String::new(),
