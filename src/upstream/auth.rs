@@ -91,6 +91,11 @@ pub struct TokenCache {
 
 /// Tokens are dropped this long before the registry says they expire.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// The longest a token is kept, whatever its `expires_in` says (registries issue 5 to 60 minute
+/// tokens; a huge value must neither overflow nor pin a token forever).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Tokens kept at most: scopes are chosen by clients (repository names), so the cache is bounded.
+const MAX_TOKENS: usize = 4096;
 
 impl TokenCache {
     pub fn get(&self, authority: &str, scope: &str) -> Option<String> {
@@ -102,9 +107,21 @@ impl TokenCache {
     }
 
     pub fn put(&self, authority: &str, scope: &str, token: String, lifetime: Duration) {
-        let expires = Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN);
+        let now = Instant::now();
+        let lifetime = lifetime.min(MAX_LIFETIME).saturating_sub(EXPIRY_MARGIN);
+        let expires = now.checked_add(lifetime).unwrap_or(now);
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.retain(|_, (_, e)| Instant::now() < *e);
+        tokens.retain(|_, (_, e)| now < *e);
+        if tokens.len() >= MAX_TOKENS {
+            // Still full of live tokens: the one expiring first goes.
+            if let Some(first) = tokens
+                .iter()
+                .min_by_key(|(_, (_, e))| *e)
+                .map(|(k, _)| k.clone())
+            {
+                tokens.remove(&first);
+            }
+        }
         tokens.insert((authority.to_owned(), scope.to_owned()), (token, expires));
     }
 }
@@ -169,6 +186,38 @@ mod tests {
             cache.get("r.io", "repository:c:pull"),
             None,
             "shorter than the margin"
+        );
+    }
+
+    #[test]
+    fn huge_lifetimes_neither_overflow_nor_last_forever() {
+        let cache = TokenCache::default();
+        cache.put("r.io", "s", "t".into(), Duration::MAX);
+        assert_eq!(cache.get("r.io", "s").as_deref(), Some("t"));
+        let (_, expires) = cache.tokens.lock().unwrap()[&("r.io".into(), "s".into())].clone();
+        assert!(expires <= Instant::now() + MAX_LIFETIME);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = TokenCache::default();
+        for i in 0..MAX_TOKENS + 10 {
+            cache.put(
+                "r.io",
+                &format!("repository:r{i}:pull"),
+                "t".into(),
+                Duration::from_secs(300 + i as u64),
+            );
+        }
+        assert_eq!(cache.tokens.lock().unwrap().len(), MAX_TOKENS);
+        assert!(
+            cache
+                .get("r.io", &format!("repository:r{}:pull", MAX_TOKENS + 9))
+                .is_some()
+        );
+        assert!(
+            cache.get("r.io", "repository:r0:pull").is_none(),
+            "the first to expire went"
         );
     }
 }

@@ -3,7 +3,13 @@
 //!
 //! Closed: requests go through; a failure (transport error, timeout, 5xx) opens it. Open: the
 //! endpoint is skipped until the cool-down ends. Half-open: one request probes it; success closes
-//! the breaker, failure opens it again with the cool-down doubled (up to `MAX_COOL_DOWN`).
+//! the breaker, failure opens it again with the cool-down doubled (up to `MAX_COOL_DOWN`). A probe
+//! that ends with neither (its caller went away mid-request) must not leave the endpoint half-open
+//! forever: the walker holds a [`Probe`] guard whose drop hands the probe to the next request.
+//!
+//! Endpoints include hosts clients name (dynamic upstreams), so the map is bounded: beyond
+//! [`MAX_ENDPOINTS`] entries, expired ones are dropped and a new failing endpoint is not tracked
+//! (it is then treated as closed, the safe default).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +17,8 @@ use std::time::{Duration, Instant};
 
 pub const FIRST_COOL_DOWN: Duration = Duration::from_secs(5);
 pub const MAX_COOL_DOWN: Duration = Duration::from_secs(300);
+/// Endpoints with a breaker state at most.
+pub const MAX_ENDPOINTS: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -52,6 +60,20 @@ impl Breakers {
         }
     }
 
+    /// A probe that ended without an answer either way: the next request probes again.
+    pub fn abandon(&self, endpoint: &str, now: Instant) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(State::HalfOpen { cool_down }) = states.get(endpoint).copied() {
+            states.insert(
+                endpoint.to_owned(),
+                State::Open {
+                    until: now,
+                    cool_down,
+                },
+            );
+        }
+    }
+
     pub fn success(&self, endpoint: &str) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         states.remove(endpoint);
@@ -59,6 +81,12 @@ impl Breakers {
 
     pub fn failure(&self, endpoint: &str, now: Instant) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if states.len() >= MAX_ENDPOINTS && !states.contains_key(endpoint) {
+            states.retain(|_, state| !matches!(state, State::Open { until, .. } if *until <= now));
+            if states.len() >= MAX_ENDPOINTS {
+                return;
+            }
+        }
         let next = match states.get(endpoint).copied() {
             None => State::Open {
                 until: now + FIRST_COOL_DOWN,
@@ -74,6 +102,37 @@ impl Breakers {
             Some(open @ State::Open { .. }) => open,
         };
         states.insert(endpoint.to_owned(), next);
+    }
+}
+
+/// The one half-open probe of an endpoint, held while it is in flight: dropped without
+/// [`Probe::resolved`], it gives the probe back ([`Breakers::abandon`]).
+pub struct Probe<'a> {
+    breakers: &'a Breakers,
+    endpoint: &'a str,
+    resolved: bool,
+}
+
+impl<'a> Probe<'a> {
+    pub fn new(breakers: &'a Breakers, endpoint: &'a str) -> Self {
+        Probe {
+            breakers,
+            endpoint,
+            resolved: false,
+        }
+    }
+
+    /// The probe's outcome was recorded (success or failure).
+    pub fn resolved(mut self) {
+        self.resolved = true;
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if !self.resolved {
+            self.breakers.abandon(self.endpoint, Instant::now());
+        }
     }
 }
 
@@ -105,6 +164,36 @@ mod tests {
         b.success("m");
         assert_eq!(b.admit("m", t2), Admission::Allowed);
         assert_eq!(b.admit("other", t0), Admission::Allowed);
+    }
+
+    #[test]
+    fn a_probe_dropped_unresolved_is_handed_to_the_next_request() {
+        let b = Breakers::default();
+        let t0 = Instant::now();
+        b.failure("m", t0);
+        let t1 = t0 + FIRST_COOL_DOWN;
+        assert_eq!(b.admit("m", t1), Admission::Probe);
+        drop(Probe::new(&b, "m"));
+        assert_eq!(b.admit("m", t1), Admission::Probe, "not half-open forever");
+        let probe = Probe::new(&b, "m");
+        b.success("m");
+        probe.resolved();
+        assert_eq!(b.admit("m", t1), Admission::Allowed);
+    }
+
+    #[test]
+    fn the_number_of_endpoints_is_bounded() {
+        let b = Breakers::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_ENDPOINTS + 100 {
+            b.failure(&format!("http://h{i}"), t0);
+        }
+        assert_eq!(b.states.lock().unwrap().len(), MAX_ENDPOINTS);
+        // Once their cool-down is over, new failures take their places.
+        let later = t0 + FIRST_COOL_DOWN;
+        b.failure("http://new", later);
+        assert_eq!(b.admit("http://new", later), Admission::Skipped);
+        assert!(b.states.lock().unwrap().len() <= MAX_ENDPOINTS);
     }
 
     #[test]

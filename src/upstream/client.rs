@@ -6,18 +6,22 @@
 //! hints for mirrors. [`UpstreamClient::walk`] tries endpoints in order: a mirror's transport
 //! error or HTTP error moves on to the next endpoint; the origin's answer is final.
 //! Redirects (to blob storage) are followed by reqwest, which drops `Authorization` when the
-//! redirect leaves the host.
+//! redirect leaves the host; for targets a client named, every hop must pass the address guard.
+//! Bodies the client reads whole (token answers, and manifests and tag lists for the cache) are
+//! read through [`read_limited`], never beyond their limit.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::StreamExt as _;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Client, Method, Response, StatusCode};
 
 use super::auth::{Challenge, TokenCache};
-use super::breaker::{Admission, Breakers};
+use super::breaker::{Admission, Breakers, Probe};
 use super::certs::HostRoots;
 use super::guard::{AddressPolicy, GuardedResolver, HostOverrides};
 use crate::config::{Credentials, MirrorUrl};
@@ -222,6 +226,41 @@ impl Default for Timeouts {
     }
 }
 
+/// Redirects followed at most for one request.
+const MAX_REDIRECTS: usize = 10;
+/// The largest token service answer read.
+const MAX_TOKEN_ANSWER: usize = 1 << 20;
+
+/// Why a body read whole was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// Reads a response body whole, refusing (without reading further) once it passes `limit` bytes:
+/// a Content-Length over the limit is refused before the first byte.
+pub async fn read_limited(response: Response, limit: usize) -> Result<Bytes, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Broken(describe(&e)))?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
 /// Installs the process-wide rustls crypto provider (ring) once.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -246,7 +285,20 @@ impl UpstreamClient {
             policy: Arc::new(AddressPolicy::new(true)),
         };
         let build = |skip_verify: bool, resolver: &GuardedResolver| -> Result<Client, String> {
+            // Every redirect of a guarded client passes the same address policy as the first
+            // request: its resolver checks names, this checks IP literals.
+            let hops = resolver.policy.clone();
+            let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                match hops.check_url(attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(refused) => attempt.error(refused),
+                }
+            });
             let mut builder = Client::builder()
+                .redirect(redirects)
                 .connect_timeout(timeouts.connect)
                 .read_timeout(timeouts.read)
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -405,10 +457,15 @@ impl UpstreamClient {
         let mut unreachable = true;
         for (index, target) in targets.iter().enumerate() {
             let last = index + 1 == targets.len();
-            if self.breakers.admit(&target.base, Instant::now()) == Admission::Skipped && !last {
+            let admission = self.breakers.admit(&target.base, Instant::now());
+            if admission == Admission::Skipped && !last {
                 failures.push(format!("{}: skipped (recently failed)", target.base));
                 continue;
             }
+            // Held across the request: if this future is dropped mid-way, the probe is given
+            // back instead of leaving the endpoint half-open forever.
+            let probe =
+                (admission == Admission::Probe).then(|| Probe::new(&self.breakers, &target.base));
             let result = self.send(target, request).await;
             match &result {
                 Ok(response) if response.status().is_server_error() => {
@@ -416,6 +473,9 @@ impl UpstreamClient {
                 }
                 Ok(_) => self.breakers.success(&target.base),
                 Err(_) => self.breakers.failure(&target.base, Instant::now()),
+            }
+            if let Some(probe) = probe {
+                probe.resolved();
             }
             match result {
                 Ok(response) if last || !target.is_mirror() || response.status().as_u16() < 400 => {
@@ -471,6 +531,10 @@ impl UpstreamClient {
             unreachable: false,
         };
         let mut url = url::Url::parse(realm).map_err(|e| fail(e.to_string()))?;
+        if !target.trusted {
+            // The realm is the target's word, not the operator's: held to the same rule.
+            self.policy.check_url(&url).map_err(fail)?;
+        }
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -499,7 +563,9 @@ impl UpstreamClient {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let bytes = response.bytes().await.map_err(|e| fail(describe(&e)))?;
+        let bytes = read_limited(response, MAX_TOKEN_ANSWER)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let body: TokenResponse =
             serde_json::from_slice(&bytes).map_err(|e| fail(format!("invalid answer: {e}")))?;
         let token = body

@@ -2,12 +2,15 @@
 //!
 //! Configured upstreams and mirrors may be anywhere (a cache in front of an internal registry is
 //! normal). Every other host — a dynamic upstream named by a client through `?ns=`, a `domain`
-//! header or a path prefix — must resolve to public addresses only, unless the operator allows
-//! private ones: otherwise the cache would be an open door into the internal network. The check
-//! runs inside the HTTP client's resolver, on the very addresses it connects to, so a name that
-//! resolves differently on a second lookup cannot slip past it. Requests to configured endpoints
-//! use a client without the guard; requests to dynamic upstreams use a guarded one, so their
-//! redirects are held to the same rule.
+//! header or a path prefix — must be reached on public addresses only, unless the operator allows
+//! private ones: otherwise the cache would be an open door into the internal network. Requests to
+//! such targets use the guarded clients, where the check runs at every hop:
+//! - a host name is checked inside the HTTP client's resolver, on the very addresses it connects
+//!   to, so a name that resolves differently on a second lookup cannot slip past it;
+//! - an IP literal never reaches a resolver, so [`AddressPolicy::check_url`] checks it: for the
+//!   first request, in the redirect policy for every redirect, and for a token service's realm.
+//!
+//! `--add-host` overrides are the operator's own word and are not checked.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +54,18 @@ impl AddressPolicy {
     /// `allow_private`: loopback, link-local and private addresses are allowed too.
     pub fn new(allow_private: bool) -> Self {
         AddressPolicy { allow_private }
+    }
+
+    /// Whether `url` may be requested as far as its host is an IP literal (names are checked when
+    /// they are resolved).
+    pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
+        let ip: IpAddr = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.into(),
+            Some(url::Host::Ipv6(ip)) => ip.into(),
+            Some(url::Host::Domain(_)) => return Ok(()),
+            None => return Err(format!("refusing {url}: no host")),
+        };
+        self.check(&ip.to_string(), ip)
     }
 
     /// Whether `host` (no port) may be reached at `ip`.
@@ -161,6 +176,30 @@ mod tests {
                 .is_ok()
         );
         assert!(AddressPolicy::new(true).check("anything", lo).is_ok());
+    }
+
+    #[test]
+    fn urls_with_literal_hosts() {
+        let guarded = AddressPolicy::new(false);
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        for refused in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://127.0.0.1:5000/v2/",
+            "https://[::1]/token",
+            "http://[::ffff:10.0.0.1]/",
+            "http://0x7f000001/",
+        ] {
+            let error = guarded.check_url(&url(refused)).unwrap_err();
+            assert!(error.contains("refusing"), "{refused}: {error}");
+        }
+        for allowed in ["https://8.8.8.8/v2/", "https://auth.docker.io/token"] {
+            assert!(guarded.check_url(&url(allowed)).is_ok(), "{allowed}");
+        }
+        assert!(
+            AddressPolicy::new(true)
+                .check_url(&url("http://127.0.0.1/"))
+                .is_ok()
+        );
     }
 
     #[test]

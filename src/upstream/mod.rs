@@ -12,6 +12,7 @@ mod guard;
 
 pub use certs::HostRoots;
 pub use client::{
-    Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest, install_crypto_provider,
+    BodyError, Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest,
+    install_crypto_provider, read_limited,
 };
 pub use guard::{AddressPolicy, HostOverrides};
