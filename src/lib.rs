@@ -26,6 +26,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod listen;
 pub mod reference;
 pub mod registry;
 pub mod resolve;

@@ -329,9 +329,9 @@ async fn dynamic_upstreams_cannot_reach_private_addresses() {
         "never contacted"
     );
 
-    // Allowed explicitly, the same request goes through.
+    // Allowed explicitly, the same request goes through: a loopback registry is insecure, as
+    // dockerd treats it, so plain http is tried after https.
     let cache = Cache::start("proxy: {on: true, allow_private_upstreams: true}").await;
-    // Dynamic upstreams speak https; the fake speaks http, so the attempt fails at TLS, but it was made.
     let response = client()
         .get(cache.url(&format!(
             "/v2/library/demo/manifests/v1?ns={}",
@@ -340,13 +340,10 @@ async fn dynamic_upstreams_cannot_reach_private_addresses() {
         .send()
         .await
         .unwrap();
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(
-        !body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("refusing"),
-        "{body}"
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        upstream.hits(Method::GET, "/v2/library/demo/manifests/v1"),
+        1
     );
 }
 

@@ -1,31 +1,56 @@
 //! Inbound authentication: `auth.htpasswd` (bcrypt entries, as distribution and `htpasswd -B`
 //! write them) with the Basic challenge.
 //!
-//! bcrypt is deliberately slow (tens of milliseconds), so a verified (user, password) pair is
-//! remembered by a SHA-256 of the password for a while: the per-request cost stays a hash-map
-//! lookup. The file is read once at start-up.
+//! bcrypt is deliberately slow (tens to hundreds of milliseconds), so:
+//! - a verified (user, password) pair is remembered by a SHA-256 of the password for a while: the
+//!   per-request cost of a known client stays a hash-map lookup;
+//! - verifications run on the blocking pool, at most half the cores at once, never on the async
+//!   workers, so wrong-password floods cannot stall other requests (`/healthz` included); past
+//!   [`MAX_WAITING`] queued verifications, requests are answered TOOMANYREQUESTS at once;
+//! - an unknown user costs a verification against a dummy hash of the same cost as the file's,
+//!   so the time of an answer does not tell whether a user exists.
+//!
+//! The file is read once at start-up.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
 
 /// How long a verified password is trusted without running bcrypt again.
 const REMEMBER: Duration = Duration::from_secs(300);
+/// Verifications waiting for a turn at most.
+const MAX_WAITING: usize = 64;
 
 #[derive(Debug)]
 pub struct Htpasswd {
     realm: String,
     users: HashMap<String, String>,
+    /// What an unknown user's password is checked against.
+    dummy: String,
     verified: Mutex<HashMap<(String, [u8; 32]), Instant>>,
+    turns: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Why a request did not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No or wrong credentials: the Basic challenge.
+    Unauthorized,
+    /// Too many verifications queued: try again later.
+    Busy,
 }
 
 impl Htpasswd {
-    /// Parses htpasswd text; only bcrypt (`$2y$`, `$2a$`, `$2b$`) entries are accepted.
+    /// Parses htpasswd text; only bcrypt (`$2y$`, `$2a$`, `$2b$`) entries are accepted. Computes
+    /// the dummy hash at the highest cost the file uses (one bcrypt run).
     pub fn parse(realm: &str, file: &str, text: &str) -> Result<Self, String> {
         let mut users = HashMap::new();
+        let mut cost = 4;
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -40,12 +65,21 @@ impl Htpasswd {
                     number + 1
                 ));
             }
+            if let Some(entry_cost) = hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
+                cost = cost.max(entry_cost.min(31));
+            }
             users.insert(user.to_owned(), hash.to_owned());
         }
+        let dummy =
+            bcrypt::hash("regmirror: no such user", cost).map_err(|e| format!("{file}: {e}"))?;
+        let parallel = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
         Ok(Htpasswd {
             realm: realm.to_owned(),
             users,
+            dummy,
             verified: Mutex::new(HashMap::new()),
+            turns: Arc::new(Semaphore::new(parallel)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -54,28 +88,56 @@ impl Htpasswd {
         format!("Basic realm=\"{}\"", self.realm.replace('"', "'"))
     }
 
-    /// The user an `Authorization` header authenticates, if it does.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Option<String> {
-        let encoded = authorization?.strip_prefix("Basic ")?;
+    /// The user an `Authorization` header authenticates.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, Refusal> {
+        let encoded = authorization
+            .and_then(|a| a.strip_prefix("Basic "))
+            .ok_or(Refusal::Unauthorized)?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
-            .ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (user, password) = decoded.split_once(':')?;
-        let hash = self.users.get(user)?;
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .ok_or(Refusal::Unauthorized)?;
+        let (user, password) = decoded.split_once(':').ok_or(Refusal::Unauthorized)?;
         let key = (user.to_owned(), Sha256::digest(password.as_bytes()).into());
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < REMEMBER)
+        {
+            return Ok(user.to_owned());
+        }
+        let known = self.users.get(user);
+        let hash = known.unwrap_or(&self.dummy).clone();
+        let ok = self.verify(password.to_owned(), hash).await? && known.is_some();
+        if !ok {
+            return Err(Refusal::Unauthorized);
+        }
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if verified.get(&key).is_some_and(|at| at.elapsed() < REMEMBER) {
-            return Some(user.to_owned());
-        }
-        drop(verified);
-        if !bcrypt::verify(password, hash).unwrap_or(false) {
-            return None;
-        }
-        verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         verified.retain(|_, at| at.elapsed() < REMEMBER);
         verified.insert(key, Instant::now());
-        Some(user.to_owned())
+        Ok(user.to_owned())
+    }
+
+    /// One bcrypt verification, on the blocking pool, when a turn is free.
+    async fn verify(&self, password: String, hash: String) -> Result<bool, Refusal> {
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::Busy);
+        }
+        let turn = self.turns.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let turn = turn.map_err(|_| Refusal::Busy)?;
+        let verified = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            bcrypt::verify(password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        Ok(verified)
     }
 }
 
@@ -90,29 +152,45 @@ mod tests {
         )
     }
 
-    #[test]
-    fn verifies_bcrypt_entries() {
+    #[tokio::test]
+    async fn verifies_bcrypt_entries() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let htpasswd =
             Htpasswd::parse("cache", "htpasswd", &format!("# users\nalice:{hash}\n")).unwrap();
+        let auth = |header: String| {
+            let htpasswd = &htpasswd;
+            async move { htpasswd.authenticate(Some(&header)).await }
+        };
         assert_eq!(
-            htpasswd
-                .authenticate(Some(&header("alice", "s3cret")))
-                .as_deref(),
-            Some("alice")
+            auth(header("alice", "s3cret")).await.as_deref(),
+            Ok("alice")
         );
         assert_eq!(
-            htpasswd
-                .authenticate(Some(&header("alice", "s3cret")))
-                .as_deref(),
-            Some("alice"),
+            auth(header("alice", "s3cret")).await.as_deref(),
+            Ok("alice"),
             "remembered"
         );
-        assert_eq!(htpasswd.authenticate(Some(&header("alice", "wrong"))), None);
-        assert_eq!(htpasswd.authenticate(Some(&header("bob", "s3cret"))), None);
-        assert_eq!(htpasswd.authenticate(Some("Bearer x")), None);
-        assert_eq!(htpasswd.authenticate(None), None);
+        assert_eq!(
+            auth(header("alice", "wrong")).await,
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            auth(header("bob", "s3cret")).await,
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(auth("Bearer x".into()).await, Err(Refusal::Unauthorized));
+        assert_eq!(
+            htpasswd.authenticate(None).await,
+            Err(Refusal::Unauthorized)
+        );
         assert_eq!(htpasswd.challenge(), "Basic realm=\"cache\"");
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_what_the_file_costs() {
+        let hash = bcrypt::hash("x", 6).unwrap();
+        let htpasswd = Htpasswd::parse("r", "pw", &format!("a:{hash}\n")).unwrap();
+        assert!(htpasswd.dummy.starts_with("$2b$06$"), "{}", htpasswd.dummy);
     }
 
     #[test]

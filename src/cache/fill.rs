@@ -1,21 +1,29 @@
 //! Single-flight blob fills, and the reader that streams a blob while it is being filled.
 //!
-//! The first request for a missing blob starts a [`Fill`]: a task of its own (a client hanging up
-//! cancels nothing) that streams the upstream body into a temp file while hashing it, and
-//! publishes the count of bytes written through a `watch` channel. Every request for the same
-//! digest — concurrent, late, or with a `Range` — joins that fill and reads the temp file through
-//! the shared file handle as bytes arrive. Readers keeping up with the download take the chunks
-//! just received from a small in-memory window ([`RecentChunks`]) instead, without copying them
-//! back out of the page cache: that is the common case, and with eight clients on one blob it
-//! saves eight reads of every byte. The blob's last byte is held back until the digest is
-//! verified, so no client ever holds a complete body of unverified content. At the end the size
-//! and digest are checked (the hash runs on its own thread, off the streaming path); once they
-//! match, readers may take the last byte while the file is fsynced and renamed into the store
-//! (flushing a 1 GiB blob to disk takes seconds, which no client should wait for; readers keep
-//! the open handle, so the rename cannot disturb them). On a mismatch or an upstream failure the
-//! fill fails:
-//! every reader's body ends with an error (so the client sees a cut connection, never a clean
-//! short body), the temp file is deleted and nothing is recorded.
+//! The first request for a blob its upstream's namespace lacks starts a [`Fill`]: a task of its
+//! own (a client hanging up cancels nothing) that streams the upstream body into a temp file while
+//! hashing it, and publishes the count of bytes written through a `watch` channel. Every request
+//! for the same digest *from the same upstream* — concurrent, late, or with a `Range` — joins that
+//! fill and reads the temp file through the shared file handle as bytes arrive; a request routed
+//! to another upstream never joins it (it starts its own), so one slow or hostile upstream cannot
+//! hold a digest for everyone. Readers keeping up with the download take the chunks just received
+//! from a small in-memory window ([`RecentChunks`]) instead, without copying them back out of the
+//! page cache. The blob's last byte is held back until the digest is verified, so no client ever
+//! holds a complete body of unverified content.
+//!
+//! Bounds: a blob larger than `limits.max_blob_size` is refused before the download (by its
+//! Content-Length) or cut when it passes the limit (without one); space is reserved up front only
+//! when the file system has it; a fill that falls behind `limits.fill_min_rate` by more than the
+//! read timeout is abandoned; at most `limits.max_fills` run at once. Hashing runs on the
+//! blocking pool one batch of chunks at a time, and readers read files there one chunk at a time:
+//! neither holds a thread while waiting for the network or for a slow client.
+//!
+//! At the end the size and digest are checked; once they match, readers may take the last byte
+//! while the file is fsynced, recorded in the metadata (with the repository that asked, and the
+//! upstream whose namespace now holds it) and renamed into the store. On a mismatch, an upstream
+//! failure, a limit, or a panic, the fill fails: every reader's body ends with an error (so the
+//! client sees a cut connection, never a clean short body), the temp file is deleted and nothing
+//! is recorded. A drop guard does that cleanup whatever ends the task.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -23,38 +31,62 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::task::JoinHandle;
 
-use super::meta::Metadata;
+use super::buffers::Buffers;
+use super::meta::{Metadata, NewBlob};
 use super::store::BlobStore;
 use crate::reference::Digest;
 use crate::registry::{ErrorCode, RegistryError};
 
 /// Largest read a blob reader makes at once.
-const READ_CHUNK: u64 = 1 << 20;
+const READ_CHUNK: usize = 1 << 20;
 /// Most network chunks a fill writes between two progress notifications.
 const READY_CHUNKS: usize = 64;
 /// Bytes of the most recent chunks a fill keeps in memory for the readers following it.
 const RECENT_BYTES: usize = 8 << 20;
+/// Batches of chunks waiting for the hasher before the download waits for it.
+const HASH_QUEUE: usize = 16;
+/// Bodies at least this long are read ahead (one chunk) once their content is verified.
+const READ_AHEAD_FROM: u64 = 2 << 20;
 
-/// The chunks a fill wrote last, by offset, at most [`RECENT_BYTES`] of them (plus one chunk).
-#[derive(Debug, Default)]
+/// The chunks a fill wrote last, by offset, at most [`RECENT_BYTES`] of them (plus one chunk),
+/// and only while the memory budget has room.
+#[derive(Debug)]
 struct RecentChunks {
     chunks: VecDeque<(u64, Bytes)>,
     bytes: usize,
+    buffers: Arc<Buffers>,
 }
 
 impl RecentChunks {
+    fn new(buffers: Arc<Buffers>) -> Self {
+        RecentChunks {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            buffers,
+        }
+    }
+
     fn push(&mut self, offset: u64, chunk: Bytes) {
+        if !self.buffers.has_room_for(chunk.len()) {
+            // Over the budget: readers behind the write head read the file instead.
+            self.clear();
+            return;
+        }
         self.bytes += chunk.len();
+        self.buffers.hold(chunk.len());
         self.chunks.push_back((offset, chunk));
         while self.bytes > RECENT_BYTES && self.chunks.len() > 1 {
             if let Some((_, old)) = self.chunks.pop_front() {
                 self.bytes -= old.len();
+                self.buffers.release(old.len());
             }
         }
     }
@@ -75,14 +107,21 @@ impl RecentChunks {
 
     fn clear(&mut self) {
         self.chunks.clear();
+        self.buffers.release(self.bytes);
         self.bytes = 0;
+    }
+}
+
+impl Drop for RecentChunks {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
 type SharedRecent = Arc<Mutex<RecentChunks>>;
 
-fn lock_recent(recent: &Mutex<RecentChunks>) -> std::sync::MutexGuard<'_, RecentChunks> {
-    recent.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Progress of a fill.
@@ -91,13 +130,19 @@ pub enum FillState {
     /// Waiting for the upstream's response headers.
     Connecting,
     /// Bytes `0..written` are in the temp file; `size` is the upstream's Content-Length.
-    Streaming { size: Option<u64>, written: u64 },
+    Streaming {
+        size: Option<u64>,
+        written: u64,
+    },
     /// Size and digest verified: every byte may be read; the commit to the store is under way.
-    Verified { size: u64 },
+    Verified {
+        size: u64,
+    },
     /// Verified and committed.
-    Done { size: u64 },
-    /// `started` tells whether any byte was published before the failure.
-    Failed { error: RegistryError, started: bool },
+    Done {
+        size: u64,
+    },
+    Failed(RegistryError),
 }
 
 /// One in-flight download.
@@ -106,6 +151,9 @@ pub struct Fill {
     file: Arc<File>,
     state: watch::Receiver<FillState>,
     recent: SharedRecent,
+    buffers: Arc<Buffers>,
+    /// The repository whose request started it: its other requests join without an access check.
+    pub repository: String,
 }
 
 impl Fill {
@@ -119,7 +167,7 @@ impl Fill {
                 FillState::Verified { size } | FillState::Done { size } => {
                     return Ok(Some(*size));
                 }
-                FillState::Failed { error, .. } => return Err(error.clone()),
+                FillState::Failed(error) => return Err(error.clone()),
             }
             if rx.changed().await.is_err() {
                 return Err(RegistryError::new(ErrorCode::Unavailable, "fill abandoned"));
@@ -137,47 +185,24 @@ impl Fill {
             progress: self.state.clone(),
             recent: self.recent.clone(),
         };
-        read_stream(self.file.clone(), start, end, Some(follow))
+        read_stream(
+            self.file.clone(),
+            start,
+            end,
+            Some(follow),
+            self.buffers.clone(),
+        )
     }
 }
 
-/// Bodies at least this long are read ahead on a thread of their own.
-const READ_AHEAD_FROM: u64 = 8 << 20;
-/// Chunks read ahead of what the client has taken.
-const READ_AHEAD_CHUNKS: usize = 4;
-
-/// The body of a committed blob file, bytes `start..end`. Large bodies are read ahead by a
-/// blocking thread so reading the file overlaps writing the socket.
+/// The body of a committed blob file, bytes `start..end`.
 pub fn file_reader(
     file: File,
     start: u64,
     end: u64,
-) -> futures_util::stream::BoxStream<'static, io::Result<Bytes>> {
-    if end - start < READ_AHEAD_FROM {
-        return read_stream(Arc::new(file), start, Some(end), None).boxed();
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD_CHUNKS);
-    tokio::task::spawn_blocking(move || {
-        let mut pos = start;
-        while pos < end {
-            let len = (end - pos).min(READ_CHUNK) as usize;
-            let mut buf = vec![0u8; len];
-            let chunk = match file.read_exact_at(&mut buf, pos) {
-                Ok(()) => Ok(Bytes::from(buf)),
-                Err(e) => Err(e),
-            };
-            let failed = chunk.is_err();
-            // A client that went away closes the channel: stop reading.
-            if tx.blocking_send(chunk).is_err() || failed {
-                return;
-            }
-            pos += len as u64;
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    })
-    .boxed()
+    buffers: Arc<Buffers>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    read_stream(Arc::new(file), start, Some(end), None, buffers)
 }
 
 /// What a reader of a fill in flight follows: its progress and its window of recent chunks.
@@ -192,6 +217,17 @@ struct ReadState {
     end: Option<u64>,
     /// `None` for a committed file, and from the moment the fill's content is verified.
     follow: Option<Follow>,
+    buffers: Arc<Buffers>,
+    /// The next chunk, read ahead on the blocking pool: (offset, read).
+    ahead: Option<(u64, JoinHandle<io::Result<Bytes>>)>,
+}
+
+impl Drop for ReadState {
+    fn drop(&mut self) {
+        if let Some((_, read)) = self.ahead.take() {
+            read.abort();
+        }
+    }
 }
 
 fn read_stream(
@@ -199,12 +235,15 @@ fn read_stream(
     start: u64,
     end: Option<u64>,
     follow: Option<Follow>,
+    buffers: Arc<Buffers>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let state = ReadState {
         file,
         pos: start,
         end,
         follow,
+        buffers,
+        ahead: None,
     };
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -215,6 +254,31 @@ fn read_stream(
         }
     })
     .boxed()
+}
+
+/// Reads up to `len` bytes at `pos` on the blocking pool, holding a read turn (the thread is
+/// held for the read only).
+fn read_at(
+    file: Arc<File>,
+    pos: u64,
+    len: usize,
+    buffers: Arc<Buffers>,
+    turn: OwnedSemaphorePermit,
+) -> JoinHandle<io::Result<Bytes>> {
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        Ok(buffers.track(buf))
+    })
 }
 
 async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
@@ -231,7 +295,7 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
                     false,
                 ),
                 FillState::Verified { size } | FillState::Done { size } => (*size, true),
-                FillState::Failed { error, .. } => {
+                FillState::Failed(error) => {
                     return Err(io::Error::other(format!("upstream fill failed: {error}")));
                 }
             },
@@ -247,29 +311,32 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
             let in_memory = state
                 .follow
                 .as_ref()
-                .and_then(|follow| lock_recent(&follow.recent).slice(state.pos, limit));
+                .and_then(|follow| lock(&follow.recent).slice(state.pos, limit));
             if let Some(bytes) = in_memory {
                 state.pos += bytes.len() as u64;
                 return Ok(Some(bytes));
             }
-            let len = (limit - state.pos).min(READ_CHUNK) as usize;
-            let file = state.file.clone();
-            let pos = state.pos;
-            let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-                let mut buf = vec![0u8; len];
-                let mut filled = 0;
-                while filled < len {
-                    let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
-                    if n == 0 {
-                        break;
+            let read = match state.ahead.take() {
+                Some((offset, read)) if offset == state.pos => read,
+                other => {
+                    if let Some((_, stale)) = other {
+                        stale.abort();
                     }
-                    filled += n;
+                    let wanted = usize::try_from(limit - state.pos)
+                        .unwrap_or(usize::MAX)
+                        .min(READ_CHUNK);
+                    let len = state.buffers.chunk_len(wanted);
+                    let turn = state.buffers.read_turn().await;
+                    read_at(
+                        state.file.clone(),
+                        state.pos,
+                        len,
+                        state.buffers.clone(),
+                        turn,
+                    )
                 }
-                buf.truncate(filled);
-                Ok(buf)
-            })
-            .await
-            .map_err(io::Error::other)??;
+            };
+            let bytes = read.await.map_err(io::Error::other)??;
             if bytes.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -277,7 +344,8 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
                 ));
             }
             state.pos += bytes.len() as u64;
-            return Ok(Some(Bytes::from(bytes)));
+            read_ahead(state, limit, complete);
+            return Ok(Some(bytes));
         }
         if complete || state.end.is_some_and(|end| state.pos >= end) {
             return Ok(None);
@@ -292,7 +360,7 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
             let last = rx.borrow().clone();
             if !matches!(
                 last,
-                FillState::Verified { .. } | FillState::Done { .. } | FillState::Failed { .. }
+                FillState::Verified { .. } | FillState::Done { .. } | FillState::Failed(_)
             ) {
                 return Err(io::Error::other("upstream fill ended without finishing"));
             }
@@ -300,8 +368,39 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
     }
 }
 
+/// Starts reading the next chunk of a large, complete body while the client takes this one, if
+/// the memory budget has room for it.
+fn read_ahead(state: &mut ReadState, limit: u64, complete: bool) {
+    let remaining = limit.saturating_sub(state.pos);
+    if !complete || state.follow.is_some() || remaining < READ_AHEAD_FROM {
+        return;
+    }
+    let len = usize::try_from(remaining)
+        .unwrap_or(usize::MAX)
+        .min(READ_CHUNK);
+    if !state.buffers.has_room_for(len) {
+        return;
+    }
+    if let Some(turn) = state.buffers.try_read_turn() {
+        let read = read_at(
+            state.file.clone(),
+            state.pos,
+            len,
+            state.buffers.clone(),
+            turn,
+        );
+        state.ahead = Some((state.pos, read));
+    }
+}
+
+/// Free bytes for an unprivileged writer on the file system of `file`.
+fn free_space(file: &File) -> io::Result<u64> {
+    let stat = rustix::fs::fstatvfs(file)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// Allocates a blob's blocks before it is written, so a disk too full for it fails the fill at
-/// once (a clear error instead of gigabytes downloaded for nothing). A filesystem without
+/// once (a clear error instead of gigabytes downloaded for nothing). A file system without
 /// `fallocate` is written as before.
 fn reserve(file: &File, size: u64) -> io::Result<()> {
     use rustix::io::Errno;
@@ -318,171 +417,276 @@ fn reserve(file: &File, size: u64) -> io::Result<()> {
 /// What the fill task needs from the upstream: a response whose status was checked.
 pub type UpstreamBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
-/// The in-flight fills by digest.
-#[derive(Debug, Default)]
+/// The bounds every fill runs within (`limits` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct FillLimits {
+    /// `limits.max_blob_size`.
+    pub max_blob_size: u64,
+    /// `limits.fill_min_rate`, bytes per second.
+    pub min_rate: u64,
+    /// How far behind the minimum rate a fill may fall: the upstream read timeout.
+    pub grace: Duration,
+    /// `limits.max_fills`.
+    pub max_fills: usize,
+}
+
+/// A fill is for one digest from one upstream.
+type FillKey = (String, Digest);
+
+/// The in-flight fills by upstream and digest.
+#[derive(Debug)]
 pub struct Fills {
-    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    inflight: Mutex<HashMap<FillKey, Arc<Fill>>>,
+    store: Arc<BlobStore>,
+    meta: Arc<Metadata>,
+    buffers: Arc<Buffers>,
+    limits: FillLimits,
 }
 
 impl Fills {
-    /// The fill in flight for `digest`, if any.
-    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.lock().get(digest).cloned()
+    pub fn new(
+        store: Arc<BlobStore>,
+        meta: Arc<Metadata>,
+        buffers: Arc<Buffers>,
+        limits: FillLimits,
+    ) -> Self {
+        Fills {
+            inflight: Mutex::new(HashMap::new()),
+            store,
+            meta,
+            buffers,
+            limits,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<Fill>>> {
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    /// The fill in flight for `digest` from `upstream`, if any.
+    pub fn get(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
+        lock(&self.inflight)
+            .get(&(upstream.to_owned(), digest.clone()))
+            .cloned()
     }
 
     /// Number of fills in flight.
     pub fn in_flight(&self) -> usize {
-        self.lock().len()
+        lock(&self.inflight).len()
     }
 
-    /// Joins the fill for `digest`, or starts one with `fetch`, which must resolve to the
-    /// upstream's size and body (or the registry error to report). Returns the fill and whether
-    /// this call started it.
+    /// Joins the fill of `digest` from `upstream`, or starts one for `repository` with `fetch`,
+    /// which must resolve to the upstream's size and body (or the registry error to report).
+    /// Returns the fill and whether this call started it.
     pub fn join_or_start<F>(
         self: &Arc<Self>,
+        upstream: &str,
+        repository: &str,
         digest: &Digest,
-        store: Arc<BlobStore>,
-        meta: Arc<Metadata>,
         fetch: F,
-    ) -> io::Result<(Arc<Fill>, bool)>
+    ) -> Result<(Arc<Fill>, bool), RegistryError>
     where
         F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>> + Send + 'static,
     {
-        let mut inflight = self.lock();
-        if let Some(fill) = inflight.get(digest) {
+        let key = (upstream.to_owned(), digest.clone());
+        let mut inflight = lock(&self.inflight);
+        if let Some(fill) = inflight.get(&key) {
             return Ok((fill.clone(), false));
         }
-        if let Some(size) = store.size(digest) {
-            // Committed between the caller's check and now.
-            let (_tx, rx) = watch::channel(FillState::Done { size });
-            let file = File::open(store.path(digest))?;
-            return Ok((
-                Arc::new(Fill {
-                    file: Arc::new(file),
-                    state: rx,
-                    recent: SharedRecent::default(),
-                }),
-                false,
+        if inflight.len() >= self.limits.max_fills {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "{} upstream downloads are in progress (limits.max_fills); try again shortly",
+                    inflight.len()
+                ),
             ));
         }
-        let temp = store.temp_path();
+        let internal = |e: io::Error| {
+            RegistryError::new(ErrorCode::Unavailable, format!("internal error: {e}"))
+        };
+        let temp = self.store.temp_path();
         let file = Arc::new(
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .open(&temp)?,
+                .open(&temp)
+                .map_err(internal)?,
         );
         let (tx, rx) = watch::channel(FillState::Connecting);
-        let recent = SharedRecent::default();
+        let recent = Arc::new(Mutex::new(RecentChunks::new(self.buffers.clone())));
         let fill = Arc::new(Fill {
             file: file.clone(),
             state: rx,
             recent: recent.clone(),
+            buffers: self.buffers.clone(),
+            repository: repository.to_owned(),
         });
-        inflight.insert(digest.clone(), fill.clone());
+        inflight.insert(key.clone(), fill.clone());
         drop(inflight);
         let task = FillTask {
             fills: self.clone(),
-            digest: digest.clone(),
+            key,
+            repository: repository.to_owned(),
             temp,
             file,
             tx,
             recent,
-            store,
-            meta,
+            finished: false,
         };
         tokio::spawn(task.run(fetch));
         Ok((fill, true))
     }
 }
 
+/// One fill's task. Whatever ends it — success, failure or a panic — it leaves the in-flight
+/// map, tells its readers, and (unless it committed) deletes its temp file: [`Drop`] does what
+/// [`FillTask::finish`] did not get to do.
 struct FillTask {
     fills: Arc<Fills>,
-    digest: Digest,
+    key: FillKey,
+    repository: String,
     temp: PathBuf,
     file: Arc<File>,
     tx: watch::Sender<FillState>,
     recent: SharedRecent,
-    store: Arc<BlobStore>,
-    meta: Arc<Metadata>,
+    finished: bool,
 }
 
 impl FillTask {
-    async fn run<F>(self, fetch: F)
+    async fn run<F>(mut self, fetch: F)
     where
         F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
     {
-        let mut started = false;
-        let result = self.download(fetch, &mut started).await;
+        let result = self.download(fetch).await;
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: Result<u64, RegistryError>) {
+        self.finished = true;
         // Readers still behind go on from the file: the window's memory is given back now.
-        lock_recent(&self.recent).clear();
+        lock(&self.recent).clear();
         // Leave the in-flight map before announcing the end: a request arriving after this
         // point finds the committed file (or starts afresh after a failure).
-        self.fills.lock().remove(&self.digest);
+        lock(&self.fills.inflight).remove(&self.key);
+        let (upstream, digest) = &self.key;
         match result {
             Ok(size) => {
-                tracing::debug!(digest = %self.digest, size, "fill committed");
+                tracing::debug!(%upstream, %digest, size, "fill committed");
                 self.tx.send_replace(FillState::Done { size });
             }
             Err(error) => {
-                tracing::warn!(digest = %self.digest, %error, "fill failed");
+                tracing::warn!(%upstream, %digest, %error, "fill failed");
                 let _ = std::fs::remove_file(&self.temp);
-                self.tx.send_replace(FillState::Failed { error, started });
+                self.tx.send_replace(FillState::Failed(error));
             }
         }
     }
 
-    async fn download<F>(&self, fetch: F, started: &mut bool) -> Result<u64, RegistryError>
+    fn digest(&self) -> &Digest {
+        &self.key.1
+    }
+
+    async fn download<F>(&self, fetch: F) -> Result<u64, RegistryError>
     where
         F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
     {
+        let limits = self.fills.limits;
+        let fail = |message: String| RegistryError::new(ErrorCode::Unavailable, message);
+        let too_large = |size: u64| {
+            RegistryError::new(
+                ErrorCode::SizeInvalid,
+                format!(
+                    "blob {} is {size} bytes or more, over limits.max_blob_size ({} bytes)",
+                    self.digest(),
+                    limits.max_blob_size
+                ),
+            )
+        };
         let (size, body) = fetch.await?;
         if let Some(size) = size.filter(|&size| size > 0) {
+            if size > limits.max_blob_size {
+                return Err(too_large(size));
+            }
+            let free = free_space(&self.file).map_err(|e| fail(e.to_string()))?;
+            if size > free {
+                return Err(fail(format!(
+                    "not enough free space for {}: {size} bytes needed, {free} free",
+                    self.digest()
+                )));
+            }
             reserve(&self.file, size).map_err(|e| {
-                let message = format!("cannot reserve {size} bytes for {}: {e}", self.digest);
-                RegistryError::new(ErrorCode::Unavailable, message)
+                fail(format!(
+                    "cannot reserve {size} bytes for {}: {e}",
+                    self.digest()
+                ))
             })?;
         }
         self.tx
             .send_replace(FillState::Streaming { size, written: 0 });
-        *started = true;
-        let fail = |message: String| RegistryError::new(ErrorCode::Unavailable, message);
-        // Hashing (~0.7 s per GiB even with SHA-NI) runs on its own thread, off the path from
-        // the upstream socket to the file the readers follow; the commit waits for it.
-        let (to_hasher, hasher_input) = std::sync::mpsc::channel::<Bytes>();
-        let hasher = tokio::task::spawn_blocking(move || {
+        // Hashing (~0.5 s per GiB with SHA-NI) runs on the blocking pool a batch at a time, off
+        // the path from the upstream socket to the file the readers follow.
+        let (to_hasher, mut hasher_input) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_QUEUE);
+        let hasher = tokio::spawn(async move {
             let mut hasher = Sha256::new();
-            for chunk in hasher_input {
-                hasher.update(&chunk);
+            while let Some(batch) = hasher_input.recv().await {
+                hasher = tokio::task::spawn_blocking(move || {
+                    for chunk in &batch {
+                        hasher.update(chunk);
+                    }
+                    hasher
+                })
+                .await
+                .map_err(|e| e.to_string())?;
             }
-            Digest::sha256_from_bytes(&hasher.finalize())
+            Ok::<_, String>(Digest::sha256_from_bytes(&hasher.finalize()))
         });
+        let started = tokio::time::Instant::now();
         let mut written = 0u64;
         // Every chunk already received is written before readers are woken once: readers then
         // make few, large reads instead of one per network chunk.
         let mut batches = body.ready_chunks(READY_CHUNKS);
-        while let Some(batch) = batches.next().await {
+        loop {
+            // A fill may fall behind the minimum rate by the grace, no more.
+            let allowed =
+                limits.grace + Duration::from_secs_f64(written as f64 / limits.min_rate as f64);
+            let deadline = started
+                .checked_add(allowed)
+                .unwrap_or(started + limits.grace);
+            let batch = match tokio::time::timeout_at(deadline, batches.next()).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(fail(format!(
+                        "upstream too slow for {}: {written} bytes in {:.0?}, under \
+                         limits.fill_min_rate ({} bytes/s)",
+                        self.digest(),
+                        started.elapsed(),
+                        limits.min_rate
+                    )));
+                }
+            };
+            let mut hashed = Vec::with_capacity(batch.len());
             for chunk in batch {
                 let chunk = chunk
-                    .map_err(|e| fail(format!("upstream body of {} broke: {e}", self.digest)))?;
-                if size.is_some_and(|size| written + chunk.len() as u64 > size) {
+                    .map_err(|e| fail(format!("upstream body of {} broke: {e}", self.digest())))?;
+                let after = written + chunk.len() as u64;
+                if size.is_some_and(|size| after > size) {
                     return Err(fail(format!(
                         "upstream sent more than {} bytes for {}",
                         size.unwrap_or(0),
-                        self.digest
+                        self.digest()
                     )));
+                }
+                if after > limits.max_blob_size {
+                    return Err(too_large(after));
                 }
                 (&*self.file)
                     .write_all(&chunk)
                     .map_err(|e| fail(format!("cannot write the cache: {e}")))?;
-                lock_recent(&self.recent).push(written, chunk.clone());
-                written += chunk.len() as u64;
-                let _ = to_hasher.send(chunk);
+                lock(&self.recent).push(written, chunk.clone());
+                written = after;
+                hashed.push(chunk);
+            }
+            if to_hasher.send(hashed).await.is_err() {
+                break;
             }
             self.tx.send_replace(FillState::Streaming { size, written });
         }
@@ -490,35 +694,62 @@ impl FillTask {
         if size.is_some_and(|size| size != written) {
             return Err(fail(format!(
                 "upstream body of {} ended at {written} of {} bytes",
-                self.digest,
+                self.digest(),
                 size.unwrap_or(0)
             )));
         }
-        let actual = hasher.await.map_err(|e| fail(e.to_string()))?;
-        if actual != self.digest {
+        let actual = hasher
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(fail)?;
+        if actual != *self.digest() {
             return Err(RegistryError::new(
                 ErrorCode::DigestInvalid,
                 format!(
                     "upstream sent content with digest {actual} for {}",
-                    self.digest
+                    self.digest()
                 ),
             ));
         }
         self.tx.send_replace(FillState::Verified { size: written });
         let file = self.file.clone();
-        let store = self.store.clone();
-        let meta = self.meta.clone();
+        let fills = self.fills.clone();
         let temp = self.temp.clone();
-        let digest = self.digest.clone();
+        let (upstream, digest) = self.key.clone();
+        let repository = self.repository.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             file.sync_all().map_err(|e| e.to_string())?;
-            store.commit(&temp, &digest).map_err(|e| e.to_string())?;
-            meta.put_blob(&digest, written).map_err(|e| e.to_string())
+            // The record first: every file in the store has one (see `meta`).
+            fills
+                .meta
+                .put_blob(&NewBlob {
+                    upstream: &upstream,
+                    repository: &repository,
+                    digest: &digest,
+                    size: written,
+                })
+                .map_err(|e| e.to_string())?;
+            fills
+                .store
+                .commit(&temp, &digest)
+                .map(drop)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(format!("cannot commit {}: {e}", self.digest)))?;
+        .map_err(|e| fail(format!("cannot commit {}: {e}", self.digest())))?;
         Ok(written)
+    }
+}
+
+impl Drop for FillTask {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(Err(RegistryError::new(
+                ErrorCode::Unavailable,
+                "the download was abandoned (internal error)",
+            )));
+        }
     }
 }
 
@@ -526,8 +757,12 @@ impl FillTask {
 mod tests {
     use super::*;
 
+    fn buffers() -> Arc<Buffers> {
+        Buffers::new(1 << 30)
+    }
+
     fn window(chunks: &[&'static [u8]]) -> RecentChunks {
-        let mut recent = RecentChunks::default();
+        let mut recent = RecentChunks::new(buffers());
         let mut offset = 0;
         for chunk in chunks {
             recent.push(offset, Bytes::from_static(chunk));
@@ -550,12 +785,18 @@ mod tests {
 
     #[test]
     fn old_chunks_leave_the_window_and_are_read_from_the_file() {
-        let mut recent = RecentChunks::default();
+        let budget = buffers();
+        let mut recent = RecentChunks::new(budget.clone());
         let chunk = Bytes::from(vec![7u8; 1 << 20]);
         for i in 0..(RECENT_BYTES as u64 >> 20) + 3 {
             recent.push(i << 20, chunk.clone());
         }
         assert!(recent.bytes <= RECENT_BYTES);
+        assert_eq!(
+            budget.in_use(),
+            recent.bytes,
+            "the window counts against the budget"
+        );
         assert!(recent.slice(0, 1).is_none(), "the first chunk was dropped");
         assert!(recent.slice(2 << 20, 3 << 20).is_none());
         assert!(
@@ -566,6 +807,17 @@ mod tests {
         assert_eq!(recent.slice(last, last + 10).unwrap().len(), 10);
         recent.clear();
         assert!(recent.slice(last, last + 10).is_none());
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn over_the_budget_the_window_keeps_nothing() {
+        let budget = Buffers::new(1000);
+        let mut recent = RecentChunks::new(budget.clone());
+        recent.push(0, Bytes::from(vec![1u8; 600]));
+        recent.push(600, Bytes::from(vec![1u8; 600]));
+        assert!(recent.slice(0, 1).is_none() && recent.slice(600, 601).is_none());
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]
@@ -573,6 +825,7 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         reserve(&file, 1 << 20).unwrap();
         assert_eq!(file.metadata().unwrap().len(), 1 << 20);
+        assert!(free_space(&file).unwrap() > 0);
         let error = reserve(&file, 1 << 62).unwrap_err();
         let errno = rustix::io::Errno::from_io_error(&error);
         assert!(
@@ -583,11 +836,72 @@ mod tests {
 
     #[test]
     fn one_chunk_larger_than_the_window_is_kept() {
-        let mut recent = RecentChunks::default();
+        let mut recent = RecentChunks::new(buffers());
         recent.push(0, Bytes::from(vec![1u8; RECENT_BYTES + 1]));
         assert_eq!(
             recent.slice(RECENT_BYTES as u64, u64::MAX).unwrap().len(),
             1
         );
+    }
+
+    fn fills(dir: &std::path::Path) -> Arc<Fills> {
+        let store = Arc::new(BlobStore::open(dir).unwrap());
+        let meta = Arc::new(Metadata::open(&dir.join("meta.redb")).unwrap());
+        Arc::new(Fills::new(
+            store,
+            meta,
+            buffers(),
+            FillLimits {
+                max_blob_size: 1 << 30,
+                min_rate: 1,
+                grace: Duration::from_secs(5),
+                max_fills: 2,
+            },
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fill_cleans_up_after_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = fills(dir.path());
+        let digest = crate::cache::store::sha256(b"x");
+        let (fill, started) = fills
+            .join_or_start("up", "repo", &digest, async {
+                panic!("a bug in the fetch");
+            })
+            .unwrap();
+        assert!(started);
+        let error = fill.started().await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::Unavailable);
+        assert_eq!(fills.in_flight(), 0, "the digest is not wedged");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        // The next request starts afresh.
+        let body: UpstreamBody = futures_util::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed();
+        let (fill, started) = fills
+            .join_or_start("up", "repo", &digest, async move { Ok((Some(1), body)) })
+            .unwrap();
+        assert!(started);
+        let bytes: Vec<Bytes> = fill.reader(0, None).map(Result::unwrap).collect().await;
+        assert_eq!(bytes.concat(), b"x");
+    }
+
+    #[tokio::test]
+    async fn fills_are_per_upstream_and_bounded_in_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = fills(dir.path());
+        let digest = crate::cache::store::sha256(b"x");
+        let never = || async { std::future::pending().await };
+        let (a, _) = fills.join_or_start("a", "r", &digest, never()).unwrap();
+        let (b, started) = fills.join_or_start("b", "r", &digest, never()).unwrap();
+        assert!(started, "another upstream never joins");
+        assert!(!Arc::ptr_eq(&a, &b));
+        let (_, started) = fills.join_or_start("a", "r2", &digest, never()).unwrap();
+        assert!(!started, "the same upstream joins");
+        let error = fills.join_or_start("c", "r", &digest, never()).unwrap_err();
+        assert_eq!(error.code, ErrorCode::TooManyRequests);
+        assert!(error.message.contains("limits.max_fills"));
     }
 }

@@ -311,7 +311,13 @@ mod tests {
         let meta = Metadata::open(&dir.path().join("metadata.redb")).unwrap();
         let layer = sha256(b"layer");
         store.put_verified(&layer, b"layer").unwrap();
-        meta.put_blob(&layer, 5).unwrap();
+        meta.put_blob(&crate::cache::meta::NewBlob {
+            upstream: "docker.io",
+            repository: "library/x",
+            digest: &layer,
+            size: 5,
+        })
+        .unwrap();
         let manifest = format!(r#"{{"layers":[{{"digest":"{layer}"}}]}}"#);
         let manifest_digest = sha256(manifest.as_bytes());
         store
@@ -349,6 +355,7 @@ mod tests {
             "metadata is consistent at once"
         );
         assert!(!meta.is_linked("docker.io", "library/x", &layer).unwrap());
+        assert!(!meta.has_source("docker.io", &layer).unwrap());
         let again = collect(&meta, &store, &policy, false).unwrap();
         assert!(again.evict.is_empty());
         assert!(

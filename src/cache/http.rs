@@ -16,6 +16,7 @@ use axum::response::Response;
 use futures_util::StreamExt as _;
 
 use super::App;
+use super::auth::Refusal;
 use super::manifest::CachedManifest;
 use super::metrics::Source;
 use super::push;
@@ -30,6 +31,8 @@ use crate::registry::{
 /// What the request log records about how a request was served.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// The API area, for the duration histogram.
+    pub kind: &'static str,
     pub cache: &'static str,
     pub upstream: Option<String>,
     pub repository: Option<String>,
@@ -43,53 +46,69 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let method = request.method.clone();
     let path = request.uri.path().to_owned();
     let mut outcome = Outcome::default();
-    let mut response = match path.as_str() {
-        "/healthz" => text_response(StatusCode::OK, "text/plain", "ok\n"),
-        "/metrics" => text_response(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            &app.metrics.render(app.fills.in_flight()),
-        ),
-        _ => {
-            let challenge = app.htpasswd.as_ref().and_then(|htpasswd| {
+    let mut response = if path == "/healthz" {
+        text_response(StatusCode::OK, "text/plain", "ok\n")
+    } else {
+        // With auth.htpasswd, everything but /healthz needs it (/metrics too).
+        let refusal = match &app.htpasswd {
+            Some(htpasswd) => {
                 let header = request
                     .headers
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
-                htpasswd
-                    .authenticate(header)
-                    .is_none()
-                    .then(|| htpasswd.challenge())
-            });
-            let result = match &challenge {
-                None => registry(&app, &request, body, &mut outcome).await,
-                Some(_) => Err(RegistryError::new(
-                    ErrorCode::Unauthorized,
-                    "authentication required",
-                )),
-            };
-            let mut response = match result {
-                Ok(response) => response,
-                Err(error) => {
-                    outcome.cache = "error";
-                    app.metrics.error(error.code.as_str());
-                    error_response(&error, method == Method::HEAD)
-                }
-            };
-            response
-                .headers_mut()
-                .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+                htpasswd.authenticate(header).await.err()
+            }
+            None => None,
+        };
+        let result = match refusal {
+            Some(Refusal::Unauthorized) => Err(RegistryError::new(
+                ErrorCode::Unauthorized,
+                "authentication required",
+            )),
+            Some(Refusal::Busy) => Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                "too many password checks in progress; try again shortly",
+            )),
+            None if path == "/metrics" => Ok(text_response(
+                StatusCode::OK,
+                super::metrics::CONTENT_TYPE,
+                &app.metrics
+                    .render(app.fills.in_flight(), app.buffers.in_use()),
+            )),
+            None => registry(&app, &request, body, &mut outcome).await,
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                outcome.cache = "error";
+                app.metrics.error(error.code.as_str());
+                error_response(&error, method == Method::HEAD)
+            }
+        };
+        response
+            .headers_mut()
+            .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+        if refusal == Some(Refusal::Unauthorized) {
+            let challenge = app.htpasswd.as_ref().map(|h| h.challenge());
             if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, value);
             }
-            response
         }
+        response
     };
     for (name, value) in &app.extra_headers {
         response.headers_mut().append(name, value.clone());
     }
+    app.metrics.answered(
+        if outcome.kind.is_empty() {
+            "other"
+        } else {
+            outcome.kind
+        },
+        started.elapsed(),
+    );
     tracing::info!(
         method = %method,
         path = %path,
@@ -111,6 +130,14 @@ async fn registry(
     outcome: &mut Outcome,
 ) -> Result<Response, RegistryError> {
     let parsed = route::parse(request.uri.path())?;
+    outcome.kind = match &parsed {
+        V2Request::Base => "base",
+        V2Request::Catalog => "catalog",
+        V2Request::Tags { .. } => "tags",
+        V2Request::Manifest { .. } => "manifest",
+        V2Request::Blob { .. } => "blob",
+        V2Request::Upload { .. } => "upload",
+    };
     let method = &request.method;
     let head = *method == Method::HEAD;
     let query = Query::parse(request.uri.query());
@@ -306,13 +333,17 @@ async fn blob(
     range: Option<&str>,
     outcome: &mut Outcome,
 ) -> Result<Response, RegistryError> {
-    let cached = app.committed_blob(digest)?;
-    if cached.is_some() || app.fills.get(digest).is_some() {
+    // Content the store has for another namespace is a miss here: this upstream must deliver
+    // the bytes itself before they are served on its routes.
+    let cached = if app.holds(route, digest)? {
+        app.committed_blob(digest)?
+    } else {
+        None
+    };
+    if let Some((file, size)) = cached {
         app.require_access(route, digest, ErrorCode::BlobUnknown)
             .await?;
-    }
-    app.mark_used(digest);
-    if let Some((file, size)) = cached {
+        app.mark_used(digest);
         outcome.cache = "hit";
         app.metrics.request("blob", "hit");
         let (status, span) = match resolve_range(range, Some(size))? {
@@ -329,13 +360,12 @@ async fn blob(
             Body::empty()
         } else {
             let metrics = app.metrics.clone();
-            Body::from_stream(
-                super::fill::file_reader(file, span.start, span.end).inspect(move |chunk| {
-                    if let Ok(bytes) = chunk {
-                        metrics.bytes(Source::Cache, bytes.len() as u64);
-                    }
-                }),
-            )
+            let reader = super::fill::file_reader(file, span.start, span.end, app.buffers.clone());
+            Body::from_stream(reader.inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    metrics.bytes(Source::Cache, bytes.len() as u64);
+                }
+            }))
         };
         return Ok(blob_response(status, digest, span, Some(size), body));
     }
@@ -362,7 +392,9 @@ async fn blob(
         ));
     }
     let (fill, started) = app.start_fill(route, digest)?;
-    if !started {
+    if !started && fill.repository != route.repository {
+        // Joining another repository's download: the upstream must confirm this one may read
+        // the blob. (The same repository's clients need no check: they asked for the same.)
         app.require_access(route, digest, ErrorCode::BlobUnknown)
             .await?;
     }

@@ -1,6 +1,6 @@
 //! Cached manifests: the exact upstream bytes with their media type and digest, what a manifest
-//! references (for repository links), and a bounded in-memory memo of hot manifests so that
-//! manifest-by-digest requests cost no file I/O.
+//! references (for repository links), and an in-memory memo of hot manifests, bounded in bytes
+//! (`limits.manifest_memo`), so that manifest-by-digest requests cost no file I/O.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,43 +47,70 @@ pub fn declared_media_type(bytes: &[u8]) -> Option<String> {
     value.get("mediaType")?.as_str().map(str::to_owned)
 }
 
-/// Hot manifests by digest, at most `capacity` of them.
+/// Hot manifests by digest, at most `budget` bytes of them; the least recently used go first.
 #[derive(Debug)]
 pub struct ManifestMemo {
-    entries: Mutex<HashMap<Digest, Arc<CachedManifest>>>,
-    capacity: usize,
+    entries: Mutex<Memo>,
+    budget: usize,
+}
+
+#[derive(Debug, Default)]
+struct Memo {
+    manifests: HashMap<Digest, (Arc<CachedManifest>, u64)>,
+    bytes: usize,
+    /// A use counter: each get or insert stamps its entry with the next value.
+    clock: u64,
 }
 
 impl ManifestMemo {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(budget: usize) -> Self {
         ManifestMemo {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
+            entries: Mutex::new(Memo::default()),
+            budget,
         }
     }
 
     pub fn get(&self, digest: &Digest) -> Option<Arc<CachedManifest>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(digest)
-            .cloned()
+        let mut memo = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        memo.clock += 1;
+        let clock = memo.clock;
+        let (manifest, used) = memo.manifests.get_mut(digest)?;
+        *used = clock;
+        Some(manifest.clone())
     }
 
     pub fn insert(&self, manifest: Arc<CachedManifest>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity {
-            // Cheap bound: drop an arbitrary half; hot entries come straight back.
-            let evict: Vec<Digest> = entries
-                .keys()
-                .take(self.capacity / 2 + 1)
-                .cloned()
+        let size = manifest.bytes.len();
+        if size > self.budget / 4 {
+            return;
+        }
+        let mut memo = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        memo.clock += 1;
+        let clock = memo.clock;
+        if let Some((old, _)) = memo
+            .manifests
+            .insert(manifest.digest.clone(), (manifest, clock))
+        {
+            memo.bytes -= old.bytes.len();
+        }
+        memo.bytes += size;
+        if memo.bytes > self.budget {
+            // Down to three quarters at once, so the sort is paid rarely.
+            let mut by_use: Vec<(u64, Digest)> = memo
+                .manifests
+                .iter()
+                .map(|(digest, (_, used))| (*used, digest.clone()))
                 .collect();
-            for digest in &evict {
-                entries.remove(digest);
+            by_use.sort_unstable();
+            for (_, digest) in by_use {
+                if memo.bytes <= self.budget / 4 * 3 {
+                    break;
+                }
+                if let Some((gone, _)) = memo.manifests.remove(&digest) {
+                    memo.bytes -= gone.bytes.len();
+                }
             }
         }
-        entries.insert(manifest.digest.clone(), manifest);
     }
 }
 
@@ -114,18 +141,37 @@ mod tests {
     }
 
     #[test]
-    fn memo_is_bounded() {
-        let memo = ManifestMemo::new(4);
-        for i in 0..10u8 {
-            let digest = crate::cache::store::sha256(&[i]);
-            memo.insert(Arc::new(CachedManifest {
-                digest,
+    fn memo_is_bounded_by_bytes_and_keeps_what_is_used() {
+        let memo = ManifestMemo::new(4000);
+        let make = |i: u8| {
+            Arc::new(CachedManifest {
+                digest: crate::cache::store::sha256(&[i]),
                 media_type: String::new(),
-                bytes: Bytes::new(),
-            }));
+                bytes: Bytes::from(vec![i; 500]),
+            })
+        };
+        memo.insert(make(0));
+        for i in 1..40u8 {
+            memo.insert(make(i));
+            assert!(memo.get(&make(0).digest).is_some(), "the hot one stays");
+            let entries = memo.entries.lock().unwrap();
+            assert!(entries.bytes <= 4000, "{} bytes", entries.bytes);
+            assert_eq!(
+                entries.bytes,
+                entries
+                    .manifests
+                    .values()
+                    .map(|(m, _)| m.bytes.len())
+                    .sum::<usize>()
+            );
         }
-        assert!(memo.entries.lock().unwrap().len() <= 4);
-        let last = crate::cache::store::sha256(&[9]);
-        assert!(memo.get(&last).is_some());
+        assert!(memo.get(&make(1).digest).is_none(), "cold ones went");
+        // A manifest over a quarter of the budget is served from the store instead.
+        memo.insert(Arc::new(CachedManifest {
+            digest: crate::cache::store::sha256(b"big"),
+            media_type: String::new(),
+            bytes: Bytes::from(vec![0; 1001]),
+        }));
+        assert!(memo.get(&crate::cache::store::sha256(b"big")).is_none());
     }
 }

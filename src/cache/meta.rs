@@ -5,7 +5,16 @@
 //! - `manifests`: digest -> media type and size (the bytes are a blob in the store);
 //! - `links`: (upstream, repository, digest): which repository may read which blob or manifest,
 //!   so private content fetched for one repository is never served to another;
-//! - `blobs`: digest -> size of committed blobs.
+//! - `blobs`: digest -> size of committed blobs;
+//! - `sources`: (namespace, digest): the content's bytes were received from that upstream (or
+//!   pushed to the local namespace). The store is shared by every namespace, so a digest another
+//!   namespace holds is served on a route only once its own upstream has delivered the same
+//!   bytes: an upstream that merely *claims* a digest (a HEAD 200) never gets content cached from
+//!   elsewhere.
+//!
+//! Blob and manifest records are written before their file is renamed into the store, so every
+//! file in the store has a record (eviction sees it); a crash in between leaves a record without
+//! a file, which reads as a miss and is filled again.
 //!
 //! Keys join their parts with U+001F, which no valid name, tag or digest contains.
 
@@ -23,6 +32,10 @@ const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests"
 const LINKS: TableDefinition<&str, u64> = TableDefinition::new("links");
 const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
+const SOURCES: TableDefinition<&str, u64> = TableDefinition::new("sources");
+const VERSION: TableDefinition<&str, u64> = TableDefinition::new("version");
+/// 2: `sources` exists (before it, links alone granted access).
+const SCHEMA_VERSION: u64 = 2;
 /// Files whose metadata an eviction already removed, deleted after the commit: a crash in
 /// between leaves them here, and the next collection finishes the job.
 const DOOMED: TableDefinition<&str, ()> = TableDefinition::new("doomed");
@@ -57,6 +70,15 @@ pub struct Inventory {
     /// (upstream, repository, digest, linked at)
     pub links: Vec<(String, String, String, u64)>,
     pub doomed: Vec<PathBuf>,
+}
+
+/// A verified blob about to be renamed into the store, and who fetched or pushed it.
+#[derive(Debug)]
+pub struct NewBlob<'a> {
+    pub upstream: &'a str,
+    pub repository: &'a str,
+    pub digest: &'a Digest,
+    pub size: u64,
 }
 
 /// A manifest to record, with what it references.
@@ -112,8 +134,71 @@ impl Metadata {
         txn.open_table(BLOBS).map_err(err)?;
         txn.open_table(LAST_USED).map_err(err)?;
         txn.open_table(DOOMED).map_err(err)?;
+        txn.open_table(SOURCES).map_err(err)?;
+        let version = txn
+            .open_table(VERSION)
+            .map_err(err)?
+            .get("schema")
+            .map_err(err)?
+            .map_or(1, |v| v.value());
+        if version < SCHEMA_VERSION {
+            // Caches written before sources existed: what a namespace links, it holds.
+            let links: Vec<String> = txn
+                .open_table(LINKS)
+                .map_err(err)?
+                .iter()
+                .map_err(err)?
+                .filter_map(Result::ok)
+                .map(|(k, _)| k.value().to_owned())
+                .collect();
+            let mut sources = txn.open_table(SOURCES).map_err(err)?;
+            for link in links {
+                if let [upstream, _, digest] = link.split(SEP).collect::<Vec<_>>()[..] {
+                    sources
+                        .insert(key(&[upstream, digest]).as_str(), now())
+                        .map_err(err)?;
+                }
+            }
+            txn.open_table(VERSION)
+                .map_err(err)?
+                .insert("schema", SCHEMA_VERSION)
+                .map_err(err)?;
+        }
         txn.commit().map_err(err)?;
         Ok(Metadata { db })
+    }
+
+    /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
+    pub fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(SOURCES).map_err(err)?;
+        Ok(table
+            .get(key(&[upstream, digest.as_str()]).as_str())
+            .map_err(err)?
+            .is_some())
+    }
+
+    /// Records a verified blob in one transaction: its size, that its namespace holds it, and
+    /// the repository it was fetched for or pushed to.
+    pub fn put_blob(&self, blob: &NewBlob<'_>) -> Result<(), MetaError> {
+        let now = now();
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let digest = blob.digest.as_str();
+            txn.open_table(BLOBS)
+                .map_err(err)?
+                .insert(digest, blob.size)
+                .map_err(err)?;
+            txn.open_table(SOURCES)
+                .map_err(err)?
+                .insert(key(&[blob.upstream, digest]).as_str(), now)
+                .map_err(err)?;
+            txn.open_table(LINKS)
+                .map_err(err)?
+                .insert(key(&[blob.upstream, blob.repository, digest]).as_str(), now)
+                .map_err(err)?;
+        }
+        txn.commit().map_err(err)
     }
 
     pub fn tag(
@@ -213,6 +298,10 @@ impl Metadata {
                     )
                     .map_err(err)?;
             }
+            txn.open_table(SOURCES)
+                .map_err(err)?
+                .insert(key(&[m.upstream, m.digest.as_str()]).as_str(), now)
+                .map_err(err)?;
             let mut links = txn.open_table(LINKS).map_err(err)?;
             for digest in std::iter::once(m.digest).chain(m.references) {
                 links
@@ -282,15 +371,6 @@ impl Metadata {
                 tags.remove(k.as_str()).map_err(err)?;
             }
         }
-        txn.commit().map_err(err)
-    }
-
-    pub fn put_blob(&self, digest: &Digest, size: u64) -> Result<(), MetaError> {
-        let txn = self.db.begin_write().map_err(err)?;
-        txn.open_table(BLOBS)
-            .map_err(err)?
-            .insert(digest.as_str(), size)
-            .map_err(err)?;
         txn.commit().map_err(err)
     }
 
@@ -372,6 +452,17 @@ impl Metadata {
                 .collect();
             for k in dead_links {
                 links.remove(k.as_str()).map_err(err)?;
+            }
+            let mut sources = txn.open_table(SOURCES).map_err(err)?;
+            let dead_sources: Vec<String> = sources
+                .iter()
+                .map_err(err)?
+                .filter_map(|entry| entry.ok())
+                .map(|(k, _)| k.value().to_owned())
+                .filter(|k| k.rsplit(SEP).next().is_some_and(|d| doomed.contains(d)))
+                .collect();
+            for k in dead_sources {
+                sources.remove(k.as_str()).map_err(err)?;
             }
             let mut tags = txn.open_table(TAGS).map_err(err)?;
             let dead_tags: Vec<String> = tags
@@ -507,12 +598,48 @@ mod tests {
     }
 
     #[test]
+    fn caches_from_before_sources_hold_what_they_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let digest = sha256(b"old");
+        {
+            let meta = Metadata::open(&path).unwrap();
+            meta.link("ghcr.io", "org/x", &digest).unwrap();
+            // As a cache written by an earlier version: no sources, no version.
+            let txn = meta.db.begin_write().unwrap();
+            txn.delete_table(SOURCES).unwrap();
+            txn.delete_table(VERSION).unwrap();
+            txn.commit().unwrap();
+        }
+        let meta = Metadata::open(&path).unwrap();
+        assert!(meta.has_source("ghcr.io", &digest).unwrap());
+        assert!(!meta.has_source("docker.io", &digest).unwrap());
+    }
+
+    #[test]
     fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");
         let digest = sha256(b"x");
-        Metadata::open(&path).unwrap().put_blob(&digest, 1).unwrap();
-        let blobs = Metadata::open(&path).unwrap().inventory().unwrap().blobs;
-        assert_eq!(blobs.get(digest.as_str()), Some(&1));
+        Metadata::open(&path)
+            .unwrap()
+            .put_blob(&NewBlob {
+                upstream: "docker.io",
+                repository: "library/x",
+                digest: &digest,
+                size: 1,
+            })
+            .unwrap();
+        let meta = Metadata::open(&path).unwrap();
+        assert_eq!(
+            meta.inventory().unwrap().blobs.get(digest.as_str()),
+            Some(&1)
+        );
+        assert!(meta.has_source("docker.io", &digest).unwrap());
+        assert!(
+            !meta.has_source("ghcr.io", &digest).unwrap(),
+            "namespaces never share"
+        );
+        assert!(meta.is_linked("docker.io", "library/x", &digest).unwrap());
     }
 }

@@ -1,24 +1,80 @@
-//! Prometheus metrics in the text exposition format, kept in atomics and small labelled maps.
+//! Prometheus metrics, kept and written by the `prometheus-client` crate (the OpenMetrics
+//! project's Rust client: correct label escaping and histograms).
 //!
-//! `regmirror_cache_requests_total{kind,result}` (hit, miss, stale, error),
-//! `regmirror_bytes_served_total{source}` (cache, fill), `regmirror_upstream_requests_total
-//! {upstream,status}`, `regmirror_upstream_request_seconds_{sum,count}{upstream}`,
-//! `regmirror_fills_in_flight`, `regmirror_errors_total{code}`.
+//! - `regmirror_cache_requests_total{kind,result}` (hit, miss, joined, fresh, stale, error);
+//! - `regmirror_http_request_seconds{kind}`: a histogram of every request's duration;
+//! - `regmirror_bytes_served_total{source}` (cache, fill);
+//! - `regmirror_upstream_requests_total{upstream,status}` and
+//!   `regmirror_upstream_request_seconds{upstream}` (a histogram);
+//! - `regmirror_fills_in_flight`, `regmirror_buffer_bytes` (blob data in flight), and
+//!   `regmirror_errors_total{code}`.
+//!
+//! Label values are bounded whatever clients send: `upstream` is a configured upstream's name,
+//! `local`, or `dynamic` for every registry a client named with `proxy.on` (see
+//! [`crate::cache::routing::Upstream::label`]); kinds, results and codes are fixed sets.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-#[derive(Debug, Default)]
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The exposition's content type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamStatusLabels {
+    upstream: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Request durations from 1 ms to about 16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    bytes_from_cache: AtomicU64,
-    bytes_from_fill: AtomicU64,
-    upstream: Mutex<BTreeMap<(String, u16), u64>>,
-    upstream_latency: Mutex<BTreeMap<String, (f64, u64)>>,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily<KindLabels>,
+    bytes: Family<SourceLabels, Counter>,
+    upstream: Family<UpstreamStatusLabels, Counter>,
+    upstream_latency: HistogramFamily<UpstreamLabels>,
+    fills: Gauge,
+    buffers: Gauge,
+    errors: Family<CodeLabels, Counter>,
 }
 
 /// Where served bytes came from.
@@ -28,92 +84,124 @@ pub enum Source {
     Fill,
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    *map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key)
-        .or_default() += 1;
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "regmirror_cache_requests",
+            "Registry requests by kind and how the cache answered them",
+            requests.clone(),
+        );
+        let durations: HistogramFamily<KindLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "regmirror_http_request_seconds",
+            "How long requests took to answer (headers), by kind",
+            durations.clone(),
+        );
+        let bytes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "regmirror_bytes_served",
+            "Blob bytes sent to clients, from the store or from fills in flight",
+            bytes.clone(),
+        );
+        let upstream = Family::<UpstreamStatusLabels, Counter>::default();
+        registry.register(
+            "regmirror_upstream_requests",
+            "Upstream answers by upstream and HTTP status (0: no answer)",
+            upstream.clone(),
+        );
+        let upstream_latency: HistogramFamily<UpstreamLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "regmirror_upstream_request_seconds",
+            "How long upstreams took to answer",
+            upstream_latency.clone(),
+        );
+        let fills = Gauge::default();
+        registry.register(
+            "regmirror_fills_in_flight",
+            "Upstream downloads in progress",
+            fills.clone(),
+        );
+        let buffers = Gauge::default();
+        registry.register(
+            "regmirror_buffer_bytes",
+            "Blob data held in memory for clients and fills (limits.buffer_memory)",
+            buffers.clone(),
+        );
+        let errors = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "regmirror_errors",
+            "Error answers by OCI error code",
+            errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            bytes,
+            upstream,
+            upstream_latency,
+            fills,
+            buffers,
+            errors,
+        }
+    }
 }
 
 impl Metrics {
-    /// `kind`: manifest, blob, tag. `result`: hit, miss, stale, error.
+    /// `kind`: manifest, blob, tag. `result`: hit, miss, joined, fresh, stale, local.
     pub fn request(&self, kind: &'static str, result: &'static str) {
-        bump(&self.requests, (kind, result));
+        self.requests
+            .get_or_create(&RequestLabels { kind, result })
+            .inc();
+    }
+
+    /// A request answered after `took`; `kind` is its API area (manifest, blob, ...).
+    pub fn answered(&self, kind: &'static str, took: Duration) {
+        self.durations
+            .get_or_create(&KindLabels { kind })
+            .observe(took.as_secs_f64());
     }
 
     pub fn bytes(&self, source: Source, n: u64) {
-        match source {
-            Source::Cache => &self.bytes_from_cache,
-            Source::Fill => &self.bytes_from_fill,
-        }
-        .fetch_add(n, Ordering::Relaxed);
+        let source = match source {
+            Source::Cache => "cache",
+            Source::Fill => "fill",
+        };
+        self.bytes.get_or_create(&SourceLabels { source }).inc_by(n);
     }
 
-    /// An upstream answer (status 0 = no answer) and how long it took.
+    /// An upstream answer (status 0 = no answer) and how long it took. `upstream` is a bounded
+    /// label (see the module docs).
     pub fn upstream(&self, upstream: &str, status: u16, latency: Duration) {
-        bump(&self.upstream, (upstream.to_owned(), status));
-        let mut latencies = self
-            .upstream_latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let entry = latencies.entry(upstream.to_owned()).or_default();
-        entry.0 += latency.as_secs_f64();
-        entry.1 += 1;
+        self.upstream
+            .get_or_create(&UpstreamStatusLabels {
+                upstream: upstream.to_owned(),
+                status,
+            })
+            .inc();
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
     }
 
     pub fn error(&self, code: &'static str) {
-        bump(&self.errors, code);
+        self.errors.get_or_create(&CodeLabels { code }).inc();
     }
 
-    /// The exposition text; `fills` is the current number of fills in flight.
-    pub fn render(&self, fills: usize) -> String {
+    /// The exposition text; `fills` and `buffer_bytes` are read now.
+    pub fn render(&self, fills: usize, buffer_bytes: usize) -> String {
+        self.fills.set(i64::try_from(fills).unwrap_or(i64::MAX));
+        self.buffers
+            .set(i64::try_from(buffer_bytes).unwrap_or(i64::MAX));
         let mut out = String::new();
-        let _ = writeln!(out, "# TYPE regmirror_cache_requests_total counter");
-        for ((kind, result), n) in &*self.requests.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = writeln!(
-                out,
-                "regmirror_cache_requests_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
-            );
-        }
-        let _ = writeln!(out, "# TYPE regmirror_bytes_served_total counter");
-        let cache = self.bytes_from_cache.load(Ordering::Relaxed);
-        let fill = self.bytes_from_fill.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "regmirror_bytes_served_total{{source=\"cache\"}} {cache}"
-        );
-        let _ = writeln!(
-            out,
-            "regmirror_bytes_served_total{{source=\"fill\"}} {fill}"
-        );
-        let _ = writeln!(out, "# TYPE regmirror_upstream_requests_total counter");
-        for ((upstream, status), n) in &*self.upstream.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = writeln!(
-                out,
-                "regmirror_upstream_requests_total{{upstream=\"{upstream}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let _ = writeln!(out, "# TYPE regmirror_upstream_request_seconds summary");
-        for (upstream, (sum, count)) in &*self
-            .upstream_latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        {
-            let _ = writeln!(
-                out,
-                "regmirror_upstream_request_seconds_sum{{upstream=\"{upstream}\"}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "regmirror_upstream_request_seconds_count{{upstream=\"{upstream}\"}} {count}"
-            );
-        }
-        let _ = writeln!(out, "# TYPE regmirror_fills_in_flight gauge");
-        let _ = writeln!(out, "regmirror_fills_in_flight {fills}");
-        let _ = writeln!(out, "# TYPE regmirror_errors_total counter");
-        for (code, n) in &*self.errors.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = writeln!(out, "regmirror_errors_total{{code=\"{code}\"}} {n}");
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -123,23 +211,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters() {
+    fn renders_counters_and_histograms() {
         let m = Metrics::default();
         m.request("blob", "hit");
         m.request("blob", "hit");
         m.bytes(Source::Fill, 10);
         m.upstream("docker.io", 200, Duration::from_millis(500));
+        m.upstream("we\"ird\nname", 0, Duration::from_millis(1));
+        m.answered("manifest", Duration::from_millis(3));
         m.error("BLOB_UNKNOWN");
-        let text = m.render(3);
-        assert!(text.contains("regmirror_cache_requests_total{kind=\"blob\",result=\"hit\"} 2"));
-        assert!(text.contains("regmirror_bytes_served_total{source=\"fill\"} 10"));
-        assert!(text.contains(
-            "regmirror_upstream_requests_total{upstream=\"docker.io\",status=\"200\"} 1"
-        ));
+        let text = m.render(3, 1024);
+        for expected in [
+            "regmirror_cache_requests_total{kind=\"blob\",result=\"hit\"} 2",
+            "regmirror_bytes_served_total{source=\"fill\"} 10",
+            "regmirror_upstream_requests_total{upstream=\"docker.io\",status=\"200\"} 1",
+            "regmirror_upstream_request_seconds_sum{upstream=\"docker.io\"} 0.5",
+            "regmirror_upstream_request_seconds_bucket{le=\"0.512\",upstream=\"docker.io\"} 1",
+            "regmirror_http_request_seconds_count{kind=\"manifest\"} 1",
+            "regmirror_fills_in_flight 3",
+            "regmirror_buffer_bytes 1024",
+            "regmirror_errors_total{code=\"BLOB_UNKNOWN\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
         assert!(
-            text.contains("regmirror_upstream_request_seconds_sum{upstream=\"docker.io\"} 0.5")
+            text.contains(r#"upstream="we\"ird\nname""#),
+            "label values are escaped:\n{text}"
         );
-        assert!(text.contains("regmirror_fills_in_flight 3"));
-        assert!(text.contains("regmirror_errors_total{code=\"BLOB_UNKNOWN\"} 1"));
     }
 }

@@ -5,11 +5,13 @@
 //! - [`store`]: content-addressed blob files, atomic verified commits;
 //! - [`meta`]: tags, manifests, repository links, blob sizes (redb);
 //! - [`fill`]: single-flight fills streamed to every reader as bytes arrive;
+//! - [`buffers`]: the memory budget for blob data in flight;
 //! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
 //! - [`http`]: the request handler; [`server`]: start-up and graceful shutdown;
 //! - [`metrics`]: Prometheus counters.
 
 pub mod auth;
+pub mod buffers;
 pub mod fill;
 pub mod gc;
 pub mod http;
@@ -34,9 +36,11 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 
+use crate::config::cache::Limits;
 use crate::reference::Digest;
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError};
-use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest};
+use crate::upstream::{BodyError, UpstreamClient, UpstreamError, UpstreamRequest, read_limited};
+use buffers::Buffers;
 use fill::{Fill, Fills, UpstreamBody};
 use http::internal;
 use manifest::{CachedManifest, ManifestMemo};
@@ -45,8 +49,10 @@ use metrics::Metrics;
 use routing::{Route, Router};
 use store::BlobStore;
 
-/// Manifests larger than this are refused (the OCI spec's recommended limit).
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// The largest tag list read from an upstream (a repository with 100,000 tags fits).
+const MAX_TAG_LIST_BYTES: usize = 16 << 20;
+/// Tags whose last revalidation time is remembered at most (for `tag_revalidate` windows).
+const MAX_VALIDATED_TAGS: usize = 100_000;
 
 /// Everything a request handler needs, shared by all of them.
 #[derive(Debug)]
@@ -72,8 +78,12 @@ pub struct App {
     pub used: Mutex<HashMap<String, u64>>,
     /// Revalidations in flight, by (upstream, repository, tag).
     pub tag_flights: Mutex<HashMap<String, TagFlight>>,
-    /// When each tag was last confirmed by its upstream.
+    /// When each tag was last confirmed by its upstream (at most [`MAX_VALIDATED_TAGS`]).
     pub tag_validated: Mutex<HashMap<String, Instant>>,
+    /// The memory budget for blob data in flight.
+    pub buffers: Arc<Buffers>,
+    /// `limits`.
+    pub limits: Limits,
 }
 
 /// What a tag request is answered with.
@@ -116,7 +126,7 @@ impl App {
         let result = self.client.walk(&targets, &request).await;
         let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
         self.metrics
-            .upstream(&route.upstream.name, status, started.elapsed());
+            .upstream(route.upstream.label(), status, started.elapsed());
         result.map(|(_, response)| response)
     }
 
@@ -237,25 +247,22 @@ impl App {
         );
         let targets = self.router.targets(route);
         let client = self.client.clone();
-        let meta = self.meta.clone();
         let metrics = self.metrics.clone();
-        let route = route.clone();
-        let digest_for_link = digest.clone();
+        let upstream = route.upstream.name.clone();
+        let label = route.upstream.label().to_owned();
         let fetch = async move {
             let started = Instant::now();
             let result = client.walk(&targets, &request).await;
             let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
-            metrics.upstream(&route.upstream.name, status, started.elapsed());
-            let (_, response) = result.map_err(|e| unreachable(&route.upstream.name, e))?;
+            metrics.upstream(&label, status, started.elapsed());
+            let (_, response) = result.map_err(|e| unreachable(&upstream, e))?;
             if response.status() != StatusCode::OK {
                 return Err(upstream_status(
-                    &route.upstream.name,
+                    &upstream,
                     response.status(),
                     ErrorCode::BlobUnknown,
                 ));
             }
-            meta.link(&route.upstream.name, &route.repository, &digest_for_link)
-                .map_err(internal)?;
             let size = content_length(&response);
             let body: UpstreamBody = response
                 .bytes_stream()
@@ -264,7 +271,15 @@ impl App {
             Ok((size, body))
         };
         self.fills
-            .join_or_start(digest, self.store.clone(), self.meta.clone(), fetch)
+            .join_or_start(&route.upstream.name, &route.repository, digest, fetch)
+    }
+
+    /// Whether the route's namespace holds the content of `digest`: its own upstream delivered
+    /// it (or it was pushed there). The store is shared; this keeps it from being served on the
+    /// word of another upstream.
+    fn holds(&self, route: &Route, digest: &Digest) -> Result<bool, RegistryError> {
+        self.meta
+            .has_source(&route.upstream.name, digest)
             .map_err(internal)
     }
 
@@ -275,7 +290,12 @@ impl App {
         digest: &Digest,
         outcome: &mut http::Outcome,
     ) -> Result<Arc<CachedManifest>, RegistryError> {
-        if let Some(manifest) = self.cached_manifest(digest)? {
+        let cached = if self.holds(route, digest)? {
+            self.cached_manifest(digest)?
+        } else {
+            None
+        };
+        if let Some(manifest) = cached {
             self.require_access(route, digest, ErrorCode::ManifestUnknown)
                 .await?;
             outcome.cache = "hit";
@@ -340,12 +360,21 @@ impl App {
             match flights.get(&key) {
                 Some(flight) => flight.clone(),
                 None => {
+                    // A task of its own: it runs to the end however many of its clients go
+                    // away, and whatever ends it (a panic included) takes it out of the map.
                     let app = self.clone();
                     let (route, tag, done) = (route.clone(), tag.to_owned(), key.clone());
+                    let task = tokio::spawn(async move {
+                        let _leave = LeaveFlight {
+                            app: app.clone(),
+                            key: done.clone(),
+                        };
+                        app.revalidate_tag(&route, &tag, &done).await
+                    });
                     let flight = async move {
-                        let answer = app.revalidate_tag(&route, &tag, &done).await;
-                        lock(&app.tag_flights).remove(&done);
-                        answer
+                        task.await.unwrap_or_else(|e| {
+                            Err(internal(format!("the tag revalidation failed: {e}")))
+                        })
                     }
                     .boxed()
                     .shared();
@@ -394,7 +423,7 @@ impl App {
         .header(ACCEPT, MANIFEST_ACCEPT);
         let failure = match self.upstream(route, head).await {
             Ok(response) if response.status() == StatusCode::OK => {
-                lock(&self.tag_validated).insert(key.to_owned(), Instant::now());
+                self.validated(key, route.upstream.tag_revalidate);
                 let current = response
                     .headers()
                     .get(CONTENT_DIGEST_HEADER)
@@ -484,17 +513,36 @@ impl App {
             .map_err(internal)
     }
 
-    /// A cached manifest this repository is linked to, without asking the upstream.
+    /// Notes that the upstream just confirmed a tag. Only windows need it; the map is bounded
+    /// by dropping entries whose window is over (or, past that, all of them: a dropped entry
+    /// only costs one early revalidation).
+    fn validated(&self, key: &str, window: std::time::Duration) {
+        if window.is_zero() {
+            return;
+        }
+        let mut validated = lock(&self.tag_validated);
+        if validated.len() >= MAX_VALIDATED_TAGS {
+            let longest = self.router.longest_tag_revalidate();
+            validated.retain(|_, at| at.elapsed() < longest);
+            if validated.len() >= MAX_VALIDATED_TAGS {
+                validated.clear();
+            }
+        }
+        validated.insert(key.to_owned(), Instant::now());
+    }
+
+    /// A cached manifest this repository is linked to and its namespace holds, without asking
+    /// the upstream.
     fn linked_manifest(
         &self,
         route: &Route,
         digest: &Digest,
     ) -> Result<Option<Arc<CachedManifest>>, RegistryError> {
-        if !self
+        let linked = self
             .meta
             .is_linked(&route.upstream.name, &route.repository, digest)
-            .map_err(internal)?
-        {
+            .map_err(internal)?;
+        if !linked || !self.holds(route, digest)? {
             return Ok(None);
         }
         self.cached_manifest(digest)
@@ -543,12 +591,6 @@ impl App {
         let response = self
             .upstream_ok(route, request, ErrorCode::ManifestUnknown)
             .await?;
-        if content_length(&response).is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
-            return Err(RegistryError::new(
-                ErrorCode::ManifestInvalid,
-                format!("upstream manifest {reference} exceeds {MAX_MANIFEST_BYTES} bytes"),
-            ));
-        }
         let header_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -559,15 +601,17 @@ impl App {
             .get(CONTENT_DIGEST_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(|e| {
-            RegistryError::new(ErrorCode::Unavailable, format!("upstream {upstream}: {e}"))
-        })?;
-        if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::new(
+        let limit = usize::try_from(self.limits.max_manifest_size).unwrap_or(usize::MAX);
+        let bytes = read_limited(response, limit).await.map_err(|e| match e {
+            BodyError::TooLarge { limit } => RegistryError::new(
                 ErrorCode::ManifestInvalid,
-                format!("upstream manifest {reference} exceeds {MAX_MANIFEST_BYTES} bytes"),
-            ));
-        }
+                format!(
+                    "upstream {upstream} sent a manifest {reference} over limits.max_manifest_size \
+                     ({limit} bytes)"
+                ),
+            ),
+            BodyError::Broken(why) => unreachable_text(upstream, &why),
+        })?;
         let digest = store::sha256(&bytes);
         let mismatch = |claimed: &str| {
             RegistryError::new(
@@ -602,9 +646,7 @@ impl App {
             tag.map(str::to_owned),
         );
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            store
-                .put_verified(&m.digest, &m.bytes)
-                .map_err(|e| e.to_string())?;
+            // The record first: every file in the store has one (see `meta`).
             meta.put_manifest(&NewManifest {
                 upstream: &upstream_name,
                 repository: &repository,
@@ -614,7 +656,10 @@ impl App {
                 size: m.bytes.len() as u64,
                 references: &references,
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+            store
+                .put_verified(&m.digest, &m.bytes)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(internal)?
@@ -641,10 +686,9 @@ impl App {
         struct TagList {
             tags: Option<Vec<String>>,
         }
-        let bytes = response
-            .bytes()
+        let bytes = read_limited(response, MAX_TAG_LIST_BYTES)
             .await
-            .map_err(|e| unreachable_text(upstream, &e.to_string()))?;
+            .map_err(|e| unreachable_text(upstream, &format!("tag list: {e}")))?;
         let list: TagList = serde_json::from_slice(&bytes).map_err(|e| {
             RegistryError::new(
                 ErrorCode::Unavailable,
@@ -652,6 +696,18 @@ impl App {
             )
         })?;
         Ok(list.tags.unwrap_or_default())
+    }
+}
+
+/// Takes a finished (or failed) tag revalidation out of the map, whatever ended it.
+struct LeaveFlight {
+    app: Arc<App>,
+    key: String,
+}
+
+impl Drop for LeaveFlight {
+    fn drop(&mut self) {
+        lock(&self.app.tag_flights).remove(&self.key);
     }
 }
 

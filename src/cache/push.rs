@@ -5,11 +5,17 @@
 //! refuses a digest mismatch (the file is deleted) and commits it with the same atomic rename as
 //! fills. A manifest is accepted only when every blob and manifest it references is already in the
 //! repository. Proxied repositories refuse all of this with DENIED, naming the local prefixes.
+//!
+//! Bounds: an upload grows to `limits.max_blob_size` at most (past it the upload is abandoned
+//! with SIZE_INVALID); a request body that sends nothing for `limits.idle_timeout` fails; an
+//! upload no request touched for `limits.upload_lifetime` is abandoned and its file deleted
+//! ([`Uploads::expire`], run periodically by the server); at most `limits.max_uploads` are in
+//! progress.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -17,18 +23,16 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use futures_util::StreamExt as _;
 use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
 
 use super::App;
 use super::http::internal;
 use super::manifest;
-use super::meta::NewManifest;
+use super::meta::{NewBlob, NewManifest};
 use super::routing::Route;
 use crate::reference::Digest;
 use crate::registry::route::ManifestRef;
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, RegistryError};
-
-/// Manifests larger than this are refused.
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 /// Uploads in progress, by id.
 #[derive(Debug, Default)]
@@ -41,29 +45,95 @@ struct Upload {
     repository: String,
     path: PathBuf,
     size: u64,
+    /// When a request last finished with it.
+    touched: Instant,
+    /// A request is writing to it now.
+    busy: bool,
 }
 
 impl Uploads {
-    fn get(&self, id: &str, repository: &str) -> Result<Upload, RegistryError> {
-        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        active
-            .get(id)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Upload>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A known, live upload of `repository`, marked busy when `claim` (for a request that writes
+    /// to it: another one at the same time is refused).
+    fn get(
+        &self,
+        id: &str,
+        repository: &str,
+        lifetime: Duration,
+        claim: bool,
+    ) -> Result<Upload, RegistryError> {
+        let mut active = self.lock();
+        let upload = active
+            .get_mut(id)
             .filter(|u| u.repository == repository)
-            .cloned()
+            .filter(|u| u.busy || u.touched.elapsed() < lifetime)
             .ok_or_else(|| {
                 RegistryError::new(
                     ErrorCode::BlobUploadUnknown,
-                    format!("upload {id} is not known"),
+                    format!("upload {id} is not known (or was abandoned)"),
                 )
-            })
+            })?;
+        if claim {
+            if upload.busy {
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    format!("upload {id} is being written by another request"),
+                ));
+            }
+            upload.busy = true;
+        }
+        Ok(upload.clone())
     }
 
-    fn set(&self, id: &str, upload: Option<Upload>) {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        match upload {
-            Some(upload) => active.insert(id.to_owned(), upload),
-            None => active.remove(id),
+    /// Starts tracking a new upload, unless `max` are in progress.
+    fn start(&self, id: &str, upload: Upload, max: usize) -> Result<(), RegistryError> {
+        let mut active = self.lock();
+        if active.len() >= max {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!("{max} uploads are in progress (limits.max_uploads)"),
+            ));
+        }
+        active.insert(id.to_owned(), upload);
+        Ok(())
+    }
+
+    /// A request is done with the upload: its new size, or `None` when the upload ended.
+    fn release(&self, id: &str, size: Option<u64>) {
+        let mut active = self.lock();
+        match size {
+            Some(size) => {
+                if let Some(upload) = active.get_mut(id) {
+                    upload.size = size;
+                    upload.busy = false;
+                    upload.touched = Instant::now();
+                }
+            }
+            None => {
+                active.remove(id);
+            }
+        }
+    }
+
+    /// Abandons uploads no request touched for `lifetime`, deleting their files. Returns how
+    /// many went.
+    pub fn expire(&self, lifetime: Duration) -> usize {
+        let expired: Vec<Upload> = {
+            let mut active = self.lock();
+            let ids: Vec<String> = active
+                .iter()
+                .filter(|(_, u)| !u.busy && u.touched.elapsed() >= lifetime)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| active.remove(id)).collect()
         };
+        for upload in &expired {
+            let _ = std::fs::remove_file(&upload.path);
+        }
+        expired.len()
     }
 }
 
@@ -130,21 +200,69 @@ fn query(parts: &Parts, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Appends a request body to an upload file; returns the new size.
-async fn append(path: &PathBuf, body: Body) -> Result<u64, RegistryError> {
-    let mut file = std::fs::OpenOptions::new()
+/// Appends a request body to an upload file of `size` bytes; returns the new size. Past
+/// `limits.max_blob_size`, or after `limits.idle_timeout` without data, it fails.
+async fn append(
+    app: &App,
+    path: &PathBuf,
+    mut size: u64,
+    body: Body,
+) -> Result<u64, RegistryError> {
+    let limits = &app.limits;
+    let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
+        .await
         .map_err(internal)?;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| RegistryError::new(ErrorCode::BlobUploadInvalid, e.to_string()))?;
-        file.write_all(&chunk).map_err(internal)?;
+    loop {
+        let chunk = match tokio::time::timeout(limits.idle_timeout, stream.next()).await {
+            Ok(Some(chunk)) => chunk
+                .map_err(|e| RegistryError::new(ErrorCode::BlobUploadInvalid, e.to_string()))?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    format!(
+                        "no data for {:?} (limits.idle_timeout)",
+                        limits.idle_timeout
+                    ),
+                ));
+            }
+        };
+        size += chunk.len() as u64;
+        if size > limits.max_blob_size {
+            return Err(RegistryError::new(
+                ErrorCode::SizeInvalid,
+                format!(
+                    "the upload passed limits.max_blob_size ({} bytes)",
+                    limits.max_blob_size
+                ),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(internal)?;
     }
-    file.sync_all().map_err(internal)?;
-    Ok(file.metadata().map_err(internal)?.len())
+    file.sync_all().await.map_err(internal)?;
+    Ok(size)
+}
+
+/// Appends `body` to an upload a request claimed, then releases it; an upload whose body
+/// failed is abandoned (its file deleted).
+async fn append_claimed(
+    app: &App,
+    id: &str,
+    upload: &Upload,
+    body: Body,
+) -> Result<u64, RegistryError> {
+    match append(app, &upload.path, upload.size, body).await {
+        Ok(size) => Ok(size),
+        Err(error) => {
+            app.uploads.release(id, None);
+            let _ = std::fs::remove_file(&upload.path);
+            Err(error)
+        }
+    }
 }
 
 /// The upload API: POST (start, monolithic or mount), PATCH, PUT, GET and DELETE.
@@ -156,60 +274,68 @@ pub async fn upload(
     parts: &Parts,
     body: Body,
 ) -> Result<Response, RegistryError> {
+    let lifetime = app.limits.upload_lifetime;
     match (&parts.method, id) {
         (&Method::POST, None) => {
             if let (Some(mount), Some(from)) = (query(parts, "mount"), query(parts, "from")) {
                 if let Ok(digest) = Digest::parse(&mount) {
+                    let upstream = &route.upstream.name;
                     let linked = app
                         .meta
-                        .is_linked(&route.upstream.name, &from, &digest)
-                        .map_err(internal)?;
+                        .is_linked(upstream, &from, &digest)
+                        .map_err(internal)?
+                        && app.meta.has_source(upstream, &digest).map_err(internal)?;
                     if linked && app.store.size(&digest).is_some() {
                         app.meta
-                            .link(&route.upstream.name, &route.repository, &digest)
+                            .link(upstream, &route.repository, &digest)
                             .map_err(internal)?;
                         return Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest));
                     }
                 }
             }
             let id = new_upload_id();
-            let path = app.store.temp_path();
-            let size = append(&path, body).await?;
             let upload = Upload {
                 repository: route.repository.clone(),
-                path,
-                size,
+                path: app.store.temp_path(),
+                size: 0,
+                touched: Instant::now(),
+                busy: true,
             };
+            app.uploads
+                .start(&id, upload.clone(), app.limits.max_uploads)?;
+            let size = append_claimed(app, &id, &upload, body).await?;
             if let Some(digest) = query(parts, "digest") {
-                return finish(app, route, name, upload, &digest).await;
+                app.uploads.release(&id, None);
+                return finish(app, route, name, Upload { size, ..upload }, &digest).await;
             }
-            app.uploads.set(&id, Some(upload));
+            app.uploads.release(&id, Some(size));
             Ok(accepted(name, &id, size))
         }
         (&Method::PATCH, Some(id)) => {
-            let mut upload = app.uploads.get(id, &route.repository)?;
-            upload.size = append(&upload.path, body).await?;
-            app.uploads.set(id, Some(upload.clone()));
-            Ok(accepted(name, id, upload.size))
+            let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
+            let size = append_claimed(app, id, &upload, body).await?;
+            app.uploads.release(id, Some(size));
+            Ok(accepted(name, id, size))
         }
         (&Method::PUT, Some(id)) => {
-            let mut upload = app.uploads.get(id, &route.repository)?;
-            upload.size = append(&upload.path, body).await?;
-            app.uploads.set(id, None);
+            let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
+            let size = append_claimed(app, id, &upload, body).await?;
+            app.uploads.release(id, None);
             let digest = query(parts, "digest").ok_or_else(|| {
+                let _ = std::fs::remove_file(&upload.path);
                 RegistryError::new(ErrorCode::DigestInvalid, "the final PUT needs ?digest=")
             })?;
-            finish(app, route, name, upload, &digest).await
+            finish(app, route, name, Upload { size, ..upload }, &digest).await
         }
         (&Method::GET, Some(id)) => {
-            let upload = app.uploads.get(id, &route.repository)?;
+            let upload = app.uploads.get(id, &route.repository, lifetime, false)?;
             let mut response = accepted(name, id, upload.size);
             *response.status_mut() = StatusCode::NO_CONTENT;
             Ok(response)
         }
         (&Method::DELETE, Some(id)) => {
-            let upload = app.uploads.get(id, &route.repository)?;
-            app.uploads.set(id, None);
+            let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
+            app.uploads.release(id, None);
             let _ = std::fs::remove_file(&upload.path);
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
@@ -249,11 +375,16 @@ async fn finish(
             format!("uploaded content has digest {actual}, not {digest}"),
         ));
     }
-    app.store.commit(&upload.path, &digest).map_err(internal)?;
-    app.meta.put_blob(&digest, upload.size).map_err(internal)?;
+    // The record first: every file in the store has one (see `meta`).
     app.meta
-        .link(&route.upstream.name, &route.repository, &digest)
+        .put_blob(&NewBlob {
+            upstream: &route.upstream.name,
+            repository: &route.repository,
+            digest: &digest,
+            size: upload.size,
+        })
         .map_err(internal)?;
+    app.store.commit(&upload.path, &digest).map_err(internal)?;
     Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest))
 }
 
@@ -266,11 +397,13 @@ pub async fn put_manifest(
     parts: &Parts,
     body: Body,
 ) -> Result<Response, RegistryError> {
-    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES)
-        .await
-        .map_err(|e| {
-            RegistryError::new(ErrorCode::ManifestInvalid, format!("manifest body: {e}"))
-        })?;
+    let limit = usize::try_from(app.limits.max_manifest_size).unwrap_or(usize::MAX);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        RegistryError::new(
+            ErrorCode::ManifestInvalid,
+            format!("manifest body (limits.max_manifest_size is {limit} bytes): {e}"),
+        )
+    })?;
     let digest = super::store::sha256(&bytes);
     if let ManifestRef::Digest(expected) = reference {
         if *expected != digest {
@@ -303,11 +436,11 @@ pub async fn put_manifest(
             ));
         }
     }
-    app.store.put_verified(&digest, &bytes).map_err(internal)?;
     let tag = match reference {
         ManifestRef::Tag(tag) => Some(tag.as_str()),
         ManifestRef::Digest(_) => None,
     };
+    // The record first: every file in the store has one (see `meta`).
     app.meta
         .put_manifest(&NewManifest {
             upstream: &route.upstream.name,
@@ -319,6 +452,7 @@ pub async fn put_manifest(
             references: &references,
         })
         .map_err(internal)?;
+    app.store.put_verified(&digest, &bytes).map_err(internal)?;
     Ok(created(format!("/v2/{name}/manifests/{digest}"), &digest))
 }
 

@@ -4,7 +4,10 @@
 //! path prefix whose first component is a registry host (`/v2/ghcr.io/org/img/…`); else the
 //! default (first configured) upstream. Registries that are not configured are served only with
 //! `proxy.on` (dynamic upstreams, no stored credentials), and the HTTP client's address guard
-//! keeps those off loopback, link-local and private addresses.
+//! keeps those off loopback, link-local and private addresses, redirects included. A dynamic
+//! upstream listed in the `--mirrors` config's `insecure-registries` (or on loopback) is tried as
+//! dockerd would: https without certificate checks, then plain http. The local (pushed)
+//! namespace is never an upstream: `?ns=local` names nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,15 +26,27 @@ use crate::upstream::Target;
 pub struct Upstream {
     /// The namespace of its cached content: `docker.io`, `ghcr.io`, `127.0.0.1:5001`.
     pub name: String,
-    pub origin: Target,
+    /// The upstream itself: one endpoint, or for an insecure dynamic upstream https without
+    /// certificate checks, then http.
+    pub origins: Vec<Target>,
     /// How long a tag is served from cache without asking this upstream.
     pub tag_revalidate: std::time::Duration,
     /// The local namespace: pushes accepted, never proxied.
     pub local: bool,
+    /// Named by a client (`proxy.on`), not configured.
+    pub dynamic: bool,
+}
+
+impl Upstream {
+    /// Its name as a metrics label: every dynamic upstream shares one, so clients cannot grow
+    /// the number of series.
+    pub fn label(&self) -> &str {
+        if self.dynamic { "dynamic" } else { &self.name }
+    }
 }
 
 /// The namespace of local (pushed) repositories.
-pub const LOCAL: &str = "local";
+pub use crate::config::cache::LOCAL_NAMESPACE as LOCAL;
 
 /// An upstream plus the repository path on it.
 #[derive(Debug, Clone)]
@@ -49,8 +64,9 @@ pub struct Router {
     dynamic_tag_revalidate: std::time::Duration,
     pub local: LocalRepositories,
     local_upstream: Arc<Upstream>,
-    /// `--mirrors`: the cache's own fetches walk these endpoints before the origin.
-    mirrors: Option<Arc<Resolver>>,
+    /// `--mirrors` (empty without it): the cache's own fetches walk its mirrors before the
+    /// upstream, and its `insecure-registries` decide how dynamic upstreams are reached.
+    mirrors: Arc<Resolver>,
 }
 
 impl Router {
@@ -60,9 +76,10 @@ impl Router {
             let tls = origin_tls(&u.url, &insecure);
             Arc::new(Upstream {
                 name: u.name.clone(),
-                origin: Target::origin(&u.url, u.credentials.clone(), tls),
+                origins: vec![Target::origin(&u.url, u.credentials.clone(), tls)],
                 tag_revalidate: u.tag_revalidate,
                 local: false,
+                dynamic: false,
             })
         };
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(make).collect();
@@ -76,15 +93,21 @@ impl Router {
             local: config.local.clone(),
             local_upstream: Arc::new(Upstream {
                 name: LOCAL.to_owned(),
-                origin: Target::pass_through("http://local.invalid", "local.invalid"),
+                origins: Vec::new(),
                 tag_revalidate: std::time::Duration::ZERO,
                 local: true,
+                dynamic: false,
             }),
             dynamic_tag_revalidate: config
                 .upstreams
                 .first()
                 .map_or(std::time::Duration::ZERO, |u| u.tag_revalidate),
-            mirrors,
+            mirrors: mirrors.unwrap_or_else(|| {
+                Arc::new(
+                    Resolver::new(crate::config::MirrorConfig::default())
+                        .expect("an empty mirror config compiles"),
+                )
+            }),
         }
     }
 
@@ -151,6 +174,12 @@ impl Router {
         if let Some(upstream) = self.configured.get(&name) {
             return Ok(upstream.clone());
         }
+        if name == LOCAL {
+            return Err(RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!("{LOCAL:?} is the namespace of pushed repositories, not an upstream"),
+            ));
+        }
         if !self.dynamic || !reference::is_valid_host(&name) {
             return Err(RegistryError::new(
                 ErrorCode::NameUnknown,
@@ -159,38 +188,49 @@ impl Router {
                 ),
             ));
         }
-        let url_host = if name == DOCKER_HUB {
-            reference::DOCKER_HUB_API_HOST
-        } else {
-            &name
-        };
-        let url = MirrorUrl::parse(&format!("https://{url_host}")).map_err(|e| {
-            RegistryError::new(ErrorCode::NameInvalid, format!("upstream {name}: {e}"))
-        })?;
+        // The resolver knows how the registry itself is reached: Hub's API host, and for an
+        // insecure registry https without certificate checks, then http.
+        let origins = self
+            .mirrors
+            .resolve_repository(&name, "")
+            .endpoints
+            .iter()
+            .filter(|e| e.role == Role::Origin)
+            .map(|e| Target::from_endpoint(e, None).untrusted())
+            .collect();
         Ok(Arc::new(Upstream {
             name,
-            origin: Target::origin(&url, None, TlsMode::Verify).untrusted(),
+            origins,
             tag_revalidate: self.dynamic_tag_revalidate,
             local: false,
+            dynamic: true,
         }))
     }
 
     /// The endpoints to fetch `route` from: `--mirrors` endpoints (without credentials), then the
     /// upstream itself with its credentials.
     pub fn targets(&self, route: &Route) -> Vec<Target> {
-        let mut targets = Vec::new();
-        if let Some(resolver) = &self.mirrors {
-            let endpoints = resolver.resolve_repository(&route.upstream.name, &route.repository);
-            targets.extend(
-                endpoints
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.role == Role::Mirror)
-                    .map(|e| Target::from_endpoint(e, None)),
-            );
-        }
-        targets.push(route.upstream.origin.clone());
+        let endpoints = self
+            .mirrors
+            .resolve_repository(&route.upstream.name, &route.repository);
+        let mut targets: Vec<Target> = endpoints
+            .endpoints
+            .iter()
+            .filter(|e| e.role == Role::Mirror)
+            .map(|e| Target::from_endpoint(e, None))
+            .collect();
+        targets.extend(route.upstream.origins.iter().cloned());
         targets
+    }
+
+    /// The longest `tag_revalidate` window of any upstream.
+    pub fn longest_tag_revalidate(&self) -> std::time::Duration {
+        self.configured
+            .values()
+            .map(|u| u.tag_revalidate)
+            .chain([self.dynamic_tag_revalidate])
+            .max()
+            .unwrap_or_default()
     }
 
     /// How clients see a cached repository in `/v2/_catalog`: bare for the default upstream,
@@ -295,15 +335,18 @@ mod tests {
         );
         let route = r.route("org/img", Some("quay.io"), None).unwrap();
         assert_eq!(route.upstream.name, "quay.io");
-        assert_eq!(&*route.upstream.origin.base, "https://quay.io");
-        assert!(route.upstream.origin.credentials.is_none());
+        assert_eq!(&*route.upstream.origins[0].base, "https://quay.io");
+        assert!(route.upstream.origins[0].credentials.is_none());
         let route = r.route("my.org/x/y", None, None).unwrap();
         assert_eq!(
             (route.upstream.name.as_str(), route.repository.as_str()),
             ("my.org", "x/y")
         );
         let hub = r.route("nginx", Some("docker.io"), None).unwrap();
-        assert_eq!(&*hub.upstream.origin.base, "https://registry-1.docker.io");
+        assert_eq!(
+            &*hub.upstream.origins[0].base,
+            "https://registry-1.docker.io"
+        );
     }
 
     #[test]
@@ -313,8 +356,8 @@ mod tests {
         );
         let a = r.route("x", Some("a.io"), None).unwrap();
         let b = r.route("x", Some("b.io"), None).unwrap();
-        assert!(a.upstream.origin.credentials.is_some());
-        assert!(b.upstream.origin.credentials.is_none());
+        assert!(a.upstream.origins[0].credentials.is_some());
+        assert!(b.upstream.origins[0].credentials.is_none());
         assert!(!format!("{:?}", a.upstream).contains("secret"));
     }
 }

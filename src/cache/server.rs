@@ -2,7 +2,13 @@
 //!
 //! Start-up validates everything (config, storage, metadata, client) before binding the port and
 //! never contacts an upstream, so the cache starts and serves what it has while every upstream is
-//! down. Shutdown stops accepting, lets in-flight responses finish for a grace period, then exits.
+//! down. The storage lock is taken before anything in the storage root is touched.
+//!
+//! Connections are accepted under `limits` ([`crate::listen`]): at most `max_connections` at
+//! once, a TLS handshake within `tls_handshake_timeout`, a request head within `header_timeout`
+//! (which also closes idle keep-alive connections), and a response that can write nothing for
+//! `idle_timeout` is cut. Shutdown stops accepting, lets in-flight responses finish for a grace
+//! period, then exits.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +19,8 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 
 use super::auth::Htpasswd;
-use super::fill::Fills;
+use super::buffers::Buffers;
+use super::fill::{FillLimits, Fills};
 use super::manifest::ManifestMemo;
 use super::meta::Metadata;
 use super::metrics::Metrics;
@@ -22,11 +29,9 @@ use super::store::BlobStore;
 use super::{App, http};
 use crate::config::MirrorConfig;
 use crate::config::cache::CacheConfig;
+use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
 use crate::resolve::Resolver;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
-
-/// How many manifests the in-memory memo keeps.
-const MEMO_CAPACITY: usize = 4096;
 
 /// What `regmirror serve` runs.
 #[derive(Debug)]
@@ -48,7 +53,7 @@ pub struct StartError(String);
 
 /// A bound, ready server.
 pub struct Server {
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     app: Arc<App>,
     grace: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -111,14 +116,29 @@ impl Server {
                 HeaderValue::try_from(value.as_str()).map_err(|e| fail("http.headers", &e))?;
             extra_headers.push((name, value));
         }
+        let limits = config.limits.clone();
+        let store = Arc::new(store);
+        let meta = Arc::new(meta);
+        let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
+        let fills = Fills::new(
+            store.clone(),
+            meta.clone(),
+            buffers.clone(),
+            FillLimits {
+                max_blob_size: limits.max_blob_size,
+                min_rate: limits.fill_min_rate,
+                grace: options.timeouts.read,
+                max_fills: limits.max_fills,
+            },
+        );
         let app = Arc::new(App {
             router: Router::new(config, resolver),
             client: Arc::new(client),
-            store: Arc::new(store),
-            meta: Arc::new(meta),
-            fills: Arc::new(Fills::default()),
+            store,
+            meta,
+            fills: Arc::new(fills),
             metrics: Arc::new(Metrics::default()),
-            memo: ManifestMemo::new(MEMO_CAPACITY),
+            memo: ManifestMemo::new(usize::try_from(limits.manifest_memo).unwrap_or(usize::MAX)),
             extra_headers,
             serve_stale_on_404: config.serve_stale_on_404,
             htpasswd,
@@ -127,11 +147,25 @@ impl Server {
             used: Default::default(),
             tag_flights: Default::default(),
             tag_validated: Default::default(),
+            buffers,
+            limits,
         });
+        let open_files = raise_open_file_limit();
+        let supported = connections_for(open_files);
+        let max_connections = config.limits.max_connections.unwrap_or(supported);
+        if max_connections > supported {
+            tracing::warn!(
+                max_connections,
+                open_files,
+                "limits.max_connections is more than the open-file limit supports; accepting \
+                 will back off when descriptors run out"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|e| fail(&format!("listen on {}", config.listen), &e))?;
         let local = listener.local_addr().map_err(|e| fail("listen", &e))?;
+        let listener = Listener::new(listener, max_connections);
         if !local.ip().is_loopback() && app.htpasswd.is_none() {
             tracing::warn!(
                 addr = %local,
@@ -165,15 +199,18 @@ impl Server {
         let app = self.app.clone();
         let grace = self.grace;
         let collector = tokio::spawn(collect_periodically(app.clone(), self.eviction));
+        let expirer = tokio::spawn(expire_uploads(app.clone()));
         let result = self.serve(shutdown).await;
         collector.abort();
+        expirer.abort();
         let _ = collector.await;
+        let _ = expirer.await;
         if let Err(e) = app.flush_uses() {
             tracing::warn!(error = %e, "last-use times not saved");
         }
         let deadline = tokio::time::Instant::now() + grace;
-        // Handlers hold the app; fills (which run on after their clients) hold the metadata.
-        while (Arc::strong_count(&app) > 1 || Arc::strong_count(&app.meta) > 1)
+        // Handlers hold the app; fills (which run on after their clients) hold their map.
+        while (Arc::strong_count(&app) > 1 || Arc::strong_count(&app.fills) > 1)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -181,42 +218,86 @@ impl Server {
         result
     }
 
+    /// The accept loop, for plain http and TLS alike: each connection gets its slot, its
+    /// handshake and head timeouts, and a stall timeout on its writes; on shutdown, stop
+    /// accepting and let open connections finish for the grace period.
     async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = axum::Router::new()
-            .fallback(http::handle)
-            .with_state(self.app);
-        if let Some(acceptor) = self.tls {
-            return serve_tls(self.listener, acceptor, router, shutdown, self.grace).await;
-        }
-        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-        // No Nagle: a response's head and body go out at once (else delayed ACKs add ~40 ms).
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight responses");
-            let _ = draining_tx.send(());
-        });
-        let grace = self.grace;
-        tokio::select! {
-            result = server => result,
-            () = async move {
-                if draining_rx.await.is_ok() {
-                    tokio::time::sleep(grace).await;
-                } else {
-                    std::future::pending::<()>().await;
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        let Server {
+            mut listener,
+            app,
+            grace,
+            tls,
+            ..
+        } = self;
+        let limits = app.limits.clone();
+        let router = axum::Router::new().fallback(http::handle).with_state(app);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let peer = accepted.peer;
+            // No Nagle: a response's head and body go out at once (else delayed ACKs add ~40 ms).
+            let _ = accepted.stream.set_nodelay(true);
+            let stream = StallTimeout::new(accepted.stream, limits.idle_timeout);
+            let slot = accepted.slot;
+            let tls = tls.clone();
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let watcher = graceful.watcher();
+            let limits = limits.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let io: Box<dyn Io> = match tls {
+                    None => Box::new(stream),
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(stream);
+                        match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
+                            Ok(Ok(tls)) => Box::new(tls),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out (limits.tls_handshake_timeout)");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .serve_connection(TokioIo::new(io), service);
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(%peer, error = %e, "connection ended");
                 }
-            } => {
-                tracing::warn!(grace_seconds = grace.as_secs(), "grace period over: closing remaining connections");
-                Ok(())
-            }
+            });
         }
+        // The port closes now: new connections are refused while the others finish.
+        drop(listener);
+        tracing::info!("shutting down: no new connections, finishing in-flight responses");
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "grace period over: closing remaining connections"
+            );
+        }
+        Ok(())
     }
 }
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// The server's TLS configuration from PEM files (`http.tls.certificate`, `http.tls.key`).
 fn tls_acceptor(
@@ -263,59 +344,22 @@ fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The accept loop for TLS: handshake, then HTTP/1.1 with the same router; on shutdown, stop
-/// accepting and let open connections finish for the grace period.
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
+/// Abandons uploads nobody touched for `limits.upload_lifetime`, checking twice per lifetime
+/// (at most once a minute).
+async fn expire_uploads(app: Arc<App>) {
+    let lifetime = app.limits.upload_lifetime;
+    let every = (lifetime / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(stream).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended");
-            }
-        });
+        ticks.tick().await;
+        let expired = app.uploads.expire(lifetime);
+        if expired > 0 {
+            tracing::info!(
+                expired,
+                "abandoned uploads removed (limits.upload_lifetime)"
+            );
+        }
     }
-    tracing::info!("shutting down: no new connections, finishing in-flight responses");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_seconds = grace.as_secs(),
-            "grace period over: closing remaining connections"
-        );
-    }
-    Ok(())
 }
 
 /// Flushes last-use times and evicts every `interval`.

@@ -4,6 +4,10 @@
 //! A file appears under `blobs/` only by an atomic rename of a temp file in `tmp/` whose digest
 //! was verified and whose data was fsynced; a crash leaves at most a stray temp file, which
 //! [`BlobStore::open`] deletes on start. A reader never sees a partial or unverified blob.
+//!
+//! One process owns a store at a time: [`BlobStore::open`] takes an exclusive lock on
+//! `<root>/lock` before it touches anything (a second server, or `regmirror gc`, on a live store
+//! fails at once and wipes nothing), and holds it while the store is open.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,11 +22,34 @@ pub struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
     next_temp: AtomicU64,
+    /// The open lock file; the lock goes with it.
+    _lock: std::fs::File,
 }
 
 impl BlobStore {
-    /// Opens (creating) the store under `root` and removes temp files a crash left behind.
+    /// Locks the store under `root` (creating it), then removes temp files a crash left behind.
     pub fn open(root: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                if e == rustix::io::Errno::WOULDBLOCK {
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} is in use by another regmirror process (serve or gc)",
+                            root.display()
+                        ),
+                    )
+                } else {
+                    e.into()
+                }
+            },
+        )?;
         let blobs = root.join("blobs");
         let tmp = root.join("tmp");
         std::fs::create_dir_all(&blobs)?;
@@ -34,6 +61,7 @@ impl BlobStore {
             blobs,
             tmp,
             next_temp: AtomicU64::new(0),
+            _lock: lock,
         })
     }
 
@@ -124,6 +152,22 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        std::fs::write(store.temp_path(), b"an upload in progress").unwrap();
+        let error = BlobStore::open(dir.path()).unwrap_err();
+        assert!(error.to_string().contains("in use"), "{error}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            1,
+            "nothing wiped"
+        );
+        drop(store);
+        BlobStore::open(dir.path()).unwrap();
     }
 
     #[test]

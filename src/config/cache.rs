@@ -27,10 +27,66 @@ pub const WELL_KNOWN_REGISTRIES: [&str; 6] = [
     "mcr.microsoft.com",
     "public.ecr.aws",
 ];
+/// The namespace of pushed repositories in the cache: never the name of an upstream.
+pub const LOCAL_NAMESPACE: &str = "local";
 /// How often the server evicts by default.
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(600);
 /// distribution's default `proxy.ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(168 * 3600);
+
+/// `limits`: bounds on what clients and upstreams can make the server hold, each with its
+/// default. A limit that is hit gives a clear error naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `header_timeout`: time to send a request head, and how long an idle keep-alive connection
+    /// waits for the next one.
+    pub header_timeout: Duration,
+    /// `tls_handshake_timeout`: time to complete the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// `idle_timeout`: a connection that makes no progress writing a response (a client that does
+    /// not read) or reading a request body for this long is closed.
+    pub idle_timeout: Duration,
+    /// `max_connections`: connections served at once; `None` derives it from the open-file
+    /// limit (a connection may hold a socket and a file).
+    pub max_connections: Option<usize>,
+    /// `max_manifest_size`: the largest manifest accepted from an upstream or a push.
+    pub max_manifest_size: u64,
+    /// `max_blob_size`: the largest blob filled or pushed.
+    pub max_blob_size: u64,
+    /// `fill_min_rate` (bytes per second): a fill that falls behind this rate by more than the
+    /// upstream read timeout is abandoned.
+    pub fill_min_rate: u64,
+    /// `max_fills`: upstream downloads in flight at once.
+    pub max_fills: usize,
+    /// `upload_lifetime`: an upload no request touched for this long is abandoned.
+    pub upload_lifetime: Duration,
+    /// `max_uploads`: uploads in progress at once.
+    pub max_uploads: usize,
+    /// `manifest_memo`: bytes of hot manifests kept in memory.
+    pub manifest_memo: u64,
+    /// `buffer_memory`: blob data held in memory for clients and fills; past it, reads shrink
+    /// and nothing is read ahead.
+    pub buffer_memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(20),
+            tls_handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_manifest_size: 4 << 20,
+            max_blob_size: 64 << 30,
+            fill_min_rate: 32 << 10,
+            max_fills: 256,
+            upload_lifetime: Duration::from_secs(3600),
+            max_uploads: 1000,
+            manifest_memo: 64 << 20,
+            buffer_memory: 256 << 20,
+        }
+    }
+}
 
 /// One upstream registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +169,8 @@ pub struct CacheConfig {
     pub serve_stale_on_404: bool,
     /// `log.level`, when set.
     pub log_level: Option<String>,
+    /// `limits`.
+    pub limits: Limits,
     /// Keys that were ignored, and why.
     pub warnings: Vec<String>,
 }
@@ -145,6 +203,7 @@ impl CacheConfig {
             ttl: DEFAULT_TTL,
             serve_stale_on_404: false,
             log_level: None,
+            limits: Limits::default(),
             warnings: Vec::new(),
         }
     }
@@ -371,6 +430,23 @@ const SCHEMA: Key = Key::Map(&[
             ("silly", Key::Ignored),
         ]),
     ),
+    (
+        "limits",
+        Key::Map(&[
+            ("header_timeout", Key::Known),
+            ("tls_handshake_timeout", Key::Known),
+            ("idle_timeout", Key::Known),
+            ("max_connections", Key::Known),
+            ("max_manifest_size", Key::Known),
+            ("max_blob_size", Key::Known),
+            ("fill_min_rate", Key::Known),
+            ("max_fills", Key::Known),
+            ("upload_lifetime", Key::Known),
+            ("max_uploads", Key::Known),
+            ("manifest_memo", Key::Known),
+            ("buffer_memory", Key::Known),
+        ]),
+    ),
     ("notifications", Key::Ignored),
     ("redis", Key::Ignored),
     ("validation", Key::Any),
@@ -414,11 +490,112 @@ fn check_keys(value: &Value, schema: &Key, path: &str, warnings: &mut Vec<String
 #[serde(default)]
 struct RawConfig {
     log: RawLog,
+    limits: RawLimits,
     auth: RawAuth,
     local: Option<serde_yaml_ng::Value>,
     storage: RawStorage,
     http: RawHttp,
     proxy: RawProxy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLimits {
+    header_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_manifest_size: Option<Value>,
+    max_blob_size: Option<Value>,
+    fill_min_rate: Option<Value>,
+    max_fills: Option<usize>,
+    upload_lifetime: Option<String>,
+    max_uploads: Option<usize>,
+    manifest_memo: Option<Value>,
+    buffer_memory: Option<Value>,
+}
+
+impl RawLimits {
+    fn validate(self, err: impl Fn(&str, String) -> String) -> Result<Limits, String> {
+        let defaults = Limits::default();
+        let duration = |key: &str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(text) => parse_duration(&text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    err(
+                        &format!("limits.{key}"),
+                        format!("{text:?} is not a positive duration like 30s"),
+                    )
+                }),
+        };
+        let size = |key: &str, value: Option<Value>, default: u64| match value {
+            None => Ok(default),
+            Some(value) => size_value(&value).filter(|n| *n > 0).ok_or_else(|| {
+                err(
+                    &format!("limits.{key}"),
+                    format!("{value:?} is not a positive size like 4MiB"),
+                )
+            }),
+        };
+        let count = |key: &str, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(err(&format!("limits.{key}"), "must be at least 1".into())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        Ok(Limits {
+            header_timeout: duration(
+                "header_timeout",
+                self.header_timeout,
+                defaults.header_timeout,
+            )?,
+            tls_handshake_timeout: duration(
+                "tls_handshake_timeout",
+                self.tls_handshake_timeout,
+                defaults.tls_handshake_timeout,
+            )?,
+            idle_timeout: duration("idle_timeout", self.idle_timeout, defaults.idle_timeout)?,
+            max_connections: match self.max_connections {
+                Some(0) => {
+                    return Err(err("limits.max_connections", "must be at least 1".into()));
+                }
+                other => other,
+            },
+            max_manifest_size: size(
+                "max_manifest_size",
+                self.max_manifest_size,
+                defaults.max_manifest_size,
+            )?,
+            max_blob_size: size("max_blob_size", self.max_blob_size, defaults.max_blob_size)?,
+            fill_min_rate: size(
+                "fill_min_rate",
+                self.fill_min_rate.map(|v| match v {
+                    Value::String(text) => Value::String(text.trim_end_matches("/s").to_owned()),
+                    other => other,
+                }),
+                defaults.fill_min_rate,
+            )?,
+            max_fills: count("max_fills", self.max_fills, defaults.max_fills)?,
+            upload_lifetime: duration(
+                "upload_lifetime",
+                self.upload_lifetime,
+                defaults.upload_lifetime,
+            )?,
+            max_uploads: count("max_uploads", self.max_uploads, defaults.max_uploads)?,
+            manifest_memo: size("manifest_memo", self.manifest_memo, defaults.manifest_memo)?,
+            buffer_memory: size("buffer_memory", self.buffer_memory, defaults.buffer_memory)?,
+        })
+    }
+}
+
+/// A size written as a number of bytes or as text (`4MiB`).
+fn size_value(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(text) => parse_size(text).ok(),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -560,6 +737,14 @@ impl RawConfig {
                 };
                 let url = MirrorUrl::parse(url).map_err(|e| err(&field, e))?;
                 let name = canonical_registry(url.authority());
+                if name == LOCAL_NAMESPACE {
+                    return Err(err(
+                        &field,
+                        format!(
+                            "{name:?} names the namespace of pushed repositories; give the port too"
+                        ),
+                    ));
+                }
                 if upstreams.iter().any(|u: &UpstreamConfig| u.name == name) {
                     return Err(err(&field, format!("upstream {name} is configured twice")));
                 }
@@ -623,6 +808,7 @@ impl RawConfig {
                     .into(),
             ));
         }
+        let limits = self.limits.validate(err)?;
         let max_size = match &self.storage.maxsize {
             None => None,
             Some(Value::Number(n)) => n.as_u64(),
@@ -674,6 +860,7 @@ impl RawConfig {
             ttl,
             serve_stale_on_404: self.proxy.serve_stale_on_404,
             log_level: self.log.level,
+            limits,
             warnings,
         })
     }

@@ -57,6 +57,9 @@ pub struct FakeState {
     pub confirm_all_heads: AtomicBool,
     /// Bodies go without Content-Length (chunked).
     pub chunked: AtomicBool,
+    /// Paths answered 200 with this many zero bytes, generated as they are sent, without
+    /// Content-Length (an upstream that sends far more than anyone should read).
+    pub endless: Mutex<HashMap<String, u64>>,
 }
 
 /// A FAKE token service on the fake itself.
@@ -212,6 +215,25 @@ async fn fake_handler(State(state): State<Arc<FakeState>>, request: Request) -> 
     let delay = state.delays.lock().unwrap().get(&key.1).copied();
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
+    }
+    let endless = state.endless.lock().unwrap().get(&key.1).copied();
+    if let Some(total) = endless {
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                (left > 0).then(|| {
+                    let n = left.min(chunk.len() as u64);
+                    (Ok::<_, std::io::Error>(chunk.slice(..n as usize)), left - n)
+                })
+            }
+        });
+        let mut response = Response::new(Body::from_stream(stream));
+        response.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        );
+        return response;
     }
     let canned = state.canned.lock().unwrap().get(&key).cloned();
     let confirmed = key.0 == Method::HEAD && state.confirm_all_heads.load(Ordering::Relaxed);

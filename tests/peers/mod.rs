@@ -372,6 +372,16 @@ impl Registry {
     }
 }
 
+/// A numeric line of `/proc/<pid>/status` (`Threads`, `VmRSS`, `VmHWM` in kB).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 fn wait_for_port(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
@@ -406,14 +416,44 @@ impl Regmirror {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(dir, yaml, extra_args, env, &[])
+    }
+
+    /// Like [`serve_with_env`](Self::serve_with_env), started through `launcher` (e.g. `prlimit
+    /// --nofile=64:64`).
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        yaml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        launcher: &[&str],
+    ) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http = if yaml.lines().any(|l| l.starts_with("http:")) {
+            String::new()
+        } else {
+            format!("http: {{addr: {addr}}}\n")
+        };
         let config = format!(
-            "{yaml}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
+            "{yaml}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\n{http}",
             dir.path().join("data").display()
         );
+        let addr = yaml
+            .lines()
+            .find_map(|l| l.split("addr: ").nth(1))
+            .and_then(|a| a.split([',', '}', ' ']).next())
+            .map_or(addr, |a| a.parse().unwrap());
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+        let (program, launcher_args) = match launcher.split_first() {
+            Some((program, args)) => (program.to_string(), args.to_vec()),
+            None => (env!("CARGO_BIN_EXE_regmirror").to_owned(), Vec::new()),
+        };
+        let mut command = Command::new(program);
+        command.args(launcher_args);
+        if !launcher.is_empty() {
+            command.arg(env!("CARGO_BIN_EXE_regmirror"));
+        }
         command
             .arg("serve")
             .arg("--config")
@@ -422,7 +462,7 @@ impl Regmirror {
             .env("REGMIRROR_LOG", "info")
             .envs(env.iter().copied());
         let mut process = Process::spawn(&mut command, dir.path().join("regmirror.log"));
-        if env.iter().any(|(k, _)| k.starts_with("REGISTRY_HTTP_TLS")) {
+        if env.iter().any(|(k, _)| k.starts_with("REGISTRY_HTTP_TLS")) || yaml.contains("tls:") {
             wait_for_port(addr);
         } else {
             wait_for_http(addr, &mut process.child, &process.log);
@@ -440,6 +480,40 @@ impl Regmirror {
 
     pub fn log(&self) -> String {
         self.process.log_text()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// A line of `/proc/<pid>/status`, e.g. `Threads` or `VmRSS` (in kB), as a number.
+    pub fn status(&self, field: &str) -> u64 {
+        proc_status(self.pid(), field)
+    }
+
+    /// Open file descriptors of the server.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// CPU time (user + system) the server used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// kill -9, then hands back the directory (for a restart).
+    pub fn kill(mut self) -> tempfile::TempDir {
+        unsafe_kill(self.pid(), "KILL");
+        self.process.stop();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// Stops the server and hands back its directory (for a restart).
