@@ -1,10 +1,13 @@
 //! The proxy dockerd talks to (`HTTPS_PROXY` / `HTTP_PROXY`), and the registry walk behind it.
 //!
 //! - `CONNECT host:port` for a registry with a mirror rule: answered 200, then TLS is terminated
-//!   with a leaf certificate from the shim's CA and the registry API is served by walking the
-//!   resolver's endpoints. Every other `CONNECT` becomes a plain byte tunnel.
+//!   with a leaf certificate from the shim's CA and the registry API (`/v2/…`) is served by
+//!   walking the resolver's endpoints. Any other path on that connection (a token service, blob
+//!   storage: with a `*` rule every host is intercepted) passes through to `https://host:port`
+//!   untouched, over a verified TLS connection. Every other `CONNECT` becomes a plain byte
+//!   tunnel.
 //! - Absolute-form `http://host/…` requests (insecure registries): the same walk, without TLS;
-//!   other hosts are forwarded untouched.
+//!   other paths and other hosts are forwarded untouched.
 //! - Origin-form `/v2/…` requests: the shim as a registry endpoint (a dockerd `registry-mirrors`
 //!   entry for Docker Hub, or containerd with `?ns=`).
 //!
@@ -21,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -148,10 +151,10 @@ impl Shim {
             // Absolute form: a plain-http request for some host.
             Some(authority) => {
                 let registry = registry_name(&authority, "http");
-                if self.resolver().has_rule(&registry) {
+                if self.resolver().has_rule(&registry) && is_registry_api(request.uri().path()) {
                     self.registry(&registry, request).await
                 } else {
-                    self.forward_plain(request).await
+                    self.pass_through("http", &authority, request).await
                 }
             }
             // Origin form: the shim itself is the registry endpoint.
@@ -183,7 +186,7 @@ impl Shim {
                 }
             };
             let result = if intercept {
-                self.intercept(upgraded, registry).await
+                self.intercept(upgraded, registry, &authority).await
             } else {
                 self.tunnel(upgraded, &authority).await
             };
@@ -194,11 +197,13 @@ impl Shim {
         Response::new(Body::empty())
     }
 
-    /// Terminates TLS as `registry` and serves the registry walk on the decrypted stream.
+    /// Terminates TLS as `registry` and serves the decrypted stream: the registry walk for
+    /// `/v2/…`, anything else passed through to `authority` (the CONNECT target).
     async fn intercept(
         self: Arc<Self>,
         stream: TokioIo<hyper::upgrade::Upgraded>,
         registry: String,
+        authority: &str,
     ) -> Result<(), String> {
         let (host, _) = split_host_port(&registry);
         let config = self.ca.server_config(host)?;
@@ -206,10 +211,18 @@ impl Shim {
             .accept(stream)
             .await
             .map_err(|e| format!("TLS handshake as {registry}: {e}"))?;
-        let service = service_fn(move |request| {
+        let registry: Arc<str> = Arc::from(registry);
+        let authority: Arc<str> = Arc::from(authority);
+        let service = service_fn(move |request: Request<Incoming>| {
             let shim = self.clone();
-            let registry = registry.clone();
-            async move { Ok::<_, Infallible>(shim.registry(&registry, request).await) }
+            let (registry, authority) = (registry.clone(), authority.clone());
+            async move {
+                Ok::<_, Infallible>(if is_registry_api(request.uri().path()) {
+                    shim.registry(&registry, request).await
+                } else {
+                    shim.pass_through("https", &authority, request).await
+                })
+            }
         });
         hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(tls), service)
@@ -238,30 +251,41 @@ impl Shim {
             .map_err(|e| e.to_string())
     }
 
-    /// Forwards a plain-http proxy request for a host without rules.
-    async fn forward_plain(&self, request: Request<Incoming>) -> Response<Body> {
-        let uri = request.uri().to_string();
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let target = Target::pass_through(&format!("http://{authority}"), &authority);
+    /// Sends a request to its own host untouched, at `scheme://authority`: the client's method,
+    /// path, query, headers and body, `Authorization` included (it is the client's own request
+    /// to that host), and relays the answer as it is. Logs the path, never the query or headers.
+    async fn pass_through(
+        &self,
+        scheme: &str,
+        authority: &str,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let mut upstream = UpstreamRequest::new(parts.method, path);
+        let target = Target::pass_through(&format!("{scheme}://{authority}"), authority)
+            .with_client_authorization(parts.headers.get(header::AUTHORIZATION).cloned());
+        let path = parts.uri.path().to_owned();
+        let mut upstream = UpstreamRequest::new(parts.method.clone(), path.clone());
+        upstream.query = parts.uri.query().map(str::to_owned);
         upstream.headers = end_to_end(&parts.headers);
-        match self
-            .client
-            .send_with_body(&target, &upstream, Some(streaming_body(body)))
-            .await
-        {
-            Ok(response) => relay(response),
-            Err(e) => plain(StatusCode::BAD_GATEWAY, &format!("{uri}: {e}")),
+        let body = (!body.is_end_stream()).then(|| streaming_body(body));
+        match self.client.send_with_body(&target, &upstream, body).await {
+            Ok(response) => {
+                tracing::info!(
+                    %authority,
+                    method = %parts.method,
+                    %path,
+                    status = response.status().as_u16(),
+                    "passed through"
+                );
+                relay(response)
+            }
+            Err(e) => {
+                tracing::warn!(%authority, method = %parts.method, %path, error = %e, "pass-through failed");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{scheme}://{authority}{path}: {e}"),
+                )
+            }
         }
     }
 
@@ -396,6 +420,12 @@ fn registry_name(authority: &str, scheme: &str) -> String {
         .strip_suffix(default)
         .unwrap_or(authority)
         .to_ascii_lowercase()
+}
+
+/// Whether `path` is the registry API, which the shim serves by walking the endpoints; every
+/// other path on a registry's host belongs to that host alone.
+fn is_registry_api(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
 }
 
 /// The client's query without `ns` (the walker adds its own for mirrors).
@@ -556,6 +586,16 @@ mod tests {
         );
         assert_eq!(registry_name("Reg.io:80", "http"), "reg.io");
         assert_eq!(registry_name("reg.io:443", "http"), "reg.io:443");
+    }
+
+    #[test]
+    fn registry_api_paths() {
+        for path in ["/v2", "/v2/", "/v2/library/app/manifests/1", "/v2/_catalog"] {
+            assert!(is_registry_api(path), "{path}");
+        }
+        for path in ["/", "/token", "/v2x", "/v20/", "/oauth/token", "/v1/_ping"] {
+            assert!(!is_registry_api(path), "{path}");
+        }
     }
 
     #[test]

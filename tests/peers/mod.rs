@@ -279,6 +279,18 @@ pub struct RegistryOptions<'a> {
     pub htpasswd: Option<(&'a str, &'a str)>,
     /// Proxy mode: the upstream URL.
     pub proxy: Option<String>,
+    /// Token authentication (`auth.token`).
+    pub token: Option<TokenAuth<'a>>,
+}
+
+/// distribution's `auth.token` section: clients get a Bearer challenge naming `realm`, and
+/// tokens are accepted when `issuer` signed them for `service` with a key whose certificate
+/// chains to `rootcertbundle`.
+pub struct TokenAuth<'a> {
+    pub realm: &'a str,
+    pub service: &'a str,
+    pub issuer: &'a str,
+    pub rootcertbundle: &'a Path,
 }
 
 /// The real distribution registry (`docker-registry serve`).
@@ -313,6 +325,15 @@ impl Registry {
             config.push_str(&format!(
                 "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
                 file.display()
+            ));
+        }
+        if let Some(token) = &options.token {
+            config.push_str(&format!(
+                "auth: {{token: {{realm: \"{}\", service: {}, issuer: {}, rootcertbundle: {}}}}}\n",
+                token.realm,
+                token.service,
+                token.issuer,
+                token.rootcertbundle.display()
             ));
         }
         if let Some(upstream) = &options.proxy {
