@@ -11,6 +11,10 @@
 //! - Origin-form `/v2/…` requests: the shim as a registry endpoint (a dockerd `registry-mirrors`
 //!   entry for Docker Hub, or containerd with `?ns=`).
 //!
+//! Who may connect, and which ports tunnels reach, is [`Access`]'s decision: a client outside
+//! `--allow-clients` gets 403 for every request; beyond loopback, hosts without a rule are
+//! reached on ports 443 and 5000 only.
+//!
 //! The walk: pulls (GET/HEAD of manifests, blobs, tag lists) try the mirrors in order, then the
 //! origin; the client's `Authorization` goes to the origin only, and the origin's answers (401
 //! challenges included) reach the client as they are, so dockerd's own login keeps working.
@@ -31,6 +35,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::access::{Access, SHARED_PORTS};
 use super::ca::CertificateAuthority;
 use crate::cache::http::error_response;
 use crate::config::docker_auth::RegistryAuths;
@@ -66,6 +71,7 @@ pub struct Shim {
     ca: Arc<CertificateAuthority>,
     overrides: HostOverrides,
     mirror_credentials: RegistryAuths,
+    access: Access,
 }
 
 impl std::fmt::Debug for Shim {
@@ -81,6 +87,7 @@ impl Shim {
         ca: CertificateAuthority,
         overrides: HostOverrides,
         mirror_credentials: RegistryAuths,
+        access: Access,
     ) -> Self {
         Shim {
             resolver: RwLock::new(Arc::new(resolver)),
@@ -88,6 +95,7 @@ impl Shim {
             ca: Arc::new(ca),
             overrides,
             mirror_credentials,
+            access,
         }
     }
 
@@ -122,6 +130,11 @@ impl Shim {
                 () = &mut shutdown => return,
             };
             let _ = stream.set_nodelay(true);
+            if !self.access.admits(peer.ip()) {
+                tracing::warn!(%peer, "refused a client outside --allow-clients");
+                tokio::spawn(refuse_client(stream, peer));
+                continue;
+            }
             let shim = self.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
@@ -147,12 +160,17 @@ impl Shim {
         if request.method() == Method::CONNECT {
             return self.connect(request, peer);
         }
-        match request.uri().authority().map(|a| a.to_string()) {
+        match host_and_port(request.uri()) {
             // Absolute form: a plain-http request for some host.
             Some(authority) => {
                 let registry = registry_name(&authority, "http");
-                if self.resolver().has_rule(&registry) && is_registry_api(request.uri().path()) {
+                let has_rule = self.resolver().has_rule(&registry);
+                let port = request.uri().port_u16().unwrap_or(80);
+                if has_rule && is_registry_api(request.uri().path()) {
                     self.registry(&registry, request).await
+                } else if !has_rule && !self.access.reaches_port(port) {
+                    tracing::warn!(%peer, %authority, reached = ?SHARED_PORTS, "refused a forward for a host without a rule");
+                    port_refused(&authority)
                 } else {
                     self.pass_through("http", &authority, request).await
                 }
@@ -171,11 +189,16 @@ impl Shim {
     }
 
     fn connect(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let Some(authority) = request.uri().authority().map(|a| a.to_string()) else {
+        let Some(authority) = host_and_port(request.uri()) else {
             return plain(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
         };
         let registry = registry_name(&authority, "https");
         let intercept = self.resolver().has_rule(&registry);
+        let port = request.uri().port_u16().unwrap_or(443);
+        if !intercept && !self.access.reaches_port(port) {
+            tracing::warn!(%peer, %authority, reached = ?SHARED_PORTS, "refused a CONNECT for a host without a rule");
+            return port_refused(&authority);
+        }
         tracing::info!(%peer, %authority, intercept, "CONNECT");
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(request).await {
@@ -188,7 +211,7 @@ impl Shim {
             let result = if intercept {
                 self.intercept(upgraded, registry, &authority).await
             } else {
-                self.tunnel(upgraded, &authority).await
+                self.tunnel(upgraded, &authority, port).await
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, %authority, "CONNECT stream ended");
@@ -230,14 +253,14 @@ impl Shim {
             .map_err(|e| e.to_string())
     }
 
-    /// Copies bytes both ways between the client and `authority`.
+    /// Copies bytes both ways between the client and `authority`, at `port`.
     async fn tunnel(
         &self,
         upgraded: TokioIo<hyper::upgrade::Upgraded>,
         authority: &str,
+        port: u16,
     ) -> Result<(), String> {
-        let (host, port) = split_host_port(authority);
-        let port: u16 = port.and_then(|p| p.parse().ok()).unwrap_or(443);
+        let (host, _) = split_host_port(authority);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let mut upstream = match self.overrides.get(bare) {
             Some(ip) => TcpStream::connect((ip, port)).await,
@@ -422,6 +445,16 @@ fn registry_name(authority: &str, scheme: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// `host[:port]` of an absolute-form or CONNECT target, without user info: the result names
+/// targets in logs and error texts, which must never carry credentials.
+fn host_and_port(uri: &hyper::Uri) -> Option<String> {
+    let host = uri.host()?;
+    Some(match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 /// Whether `path` is the registry API, which the shim serves by walking the endpoints; every
 /// other path on a registry's host belongs to that host alone.
 fn is_registry_api(path: &str) -> bool {
@@ -564,6 +597,38 @@ fn relay_resumable(
     out
 }
 
+/// Answers every request of a client outside `--allow-clients` with 403, then closes.
+async fn refuse_client(stream: TcpStream, peer: SocketAddr) {
+    let service = service_fn(move |_request: Request<Incoming>| async move {
+        let mut response = plain(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "regmirror shim: {} may not use this proxy (not in --allow-clients)",
+                peer.ip()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(response)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The answer to a tunnel or forward for a host without a rule, on a port a shim listening
+/// beyond loopback does not reach.
+fn port_refused(authority: &str) -> Response<Body> {
+    plain(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "regmirror shim: {authority} refused: listening beyond loopback, hosts without a \
+             mirror rule are reached on ports {SHARED_PORTS:?} only"
+        ),
+    )
+}
+
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut response = Response::new(Body::from(format!("{text}\n")));
     *response.status_mut() = status;
@@ -586,6 +651,27 @@ mod tests {
         );
         assert_eq!(registry_name("Reg.io:80", "http"), "reg.io");
         assert_eq!(registry_name("reg.io:443", "http"), "reg.io:443");
+    }
+
+    #[test]
+    fn targets_lose_user_info() {
+        for (uri, expected) in [
+            (
+                "http://user:secret@reg.example.test:5000/v2/",
+                Some("reg.example.test:5000"),
+            ),
+            ("http://reg.example.test/v2/", Some("reg.example.test")),
+            ("http://[::1]:5000/", Some("[::1]:5000")),
+            ("/v2/", None),
+        ] {
+            let uri: hyper::Uri = uri.parse().unwrap();
+            assert_eq!(host_and_port(&uri).as_deref(), expected, "{uri}");
+        }
+        let connect: hyper::Uri = "reg.example.test:443".parse().unwrap();
+        assert_eq!(
+            host_and_port(&connect).as_deref(),
+            Some("reg.example.test:443")
+        );
     }
 
     #[test]
