@@ -2,19 +2,31 @@
 //! the shim and a private /etc/docker; `reg.example.test` is mapped to 127.0.0.1 by the shim's
 //! `--add-host` (dockerd never resolves it: it sends CONNECT to the proxy). The origin is a TLS
 //! distribution registry; mirrors are distribution registries or in-process FAKES for faults no
-//! real peer produces (a silent socket, a reset mid-body).
+//! real peer produces (a silent socket, a reset mid-body), and the token service of an origin
+//! with token auth is an in-process FAKE (distribution ships none).
 
 mod peers;
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use peers::{Dockerd, Images, Registry, RegistryOptions, Shim, TestCa, engine_lock};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use peers::{Dockerd, Images, Registry, RegistryOptions, Shim, TestCa, TokenAuth, engine_lock};
+use rcgen::SigningKey as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const ORIGIN: &str = "reg.example.test";
 const OTHER: &str = "other.example.test";
+/// The host name of the FAKE token service.
+const AUTH: &str = "auth.example.test";
+const TOKEN_SERVICE: &str = "regmirror-test-registry";
+const TOKEN_ISSUER: &str = "regmirror-test-issuer";
 
 struct Lab {
     ca_dir: tempfile::TempDir,
@@ -25,7 +37,7 @@ struct Lab {
 impl Lab {
     fn new() -> Self {
         let ca_dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new(ca_dir.path(), &[ORIGIN, OTHER]);
+        let ca = TestCa::new(ca_dir.path(), &[ORIGIN, OTHER, AUTH]);
         let images = Images::new();
         images.build(
             "v1",
@@ -39,7 +51,7 @@ impl Lab {
         let origin = Registry::start(RegistryOptions {
             tls: Some(&self.ca),
             htpasswd,
-            proxy: None,
+            ..Default::default()
         });
         let mut extra = Vec::new();
         if let Some((user, password)) = htpasswd {
@@ -48,6 +60,29 @@ impl Lab {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         self.images
             .push("v1", &format!("{}/library/demo:v1", origin.host()), &extra);
+        origin
+    }
+
+    /// A TLS registry with token auth by `issuer`, holding library/demo:v1 (pushed with a token
+    /// minted directly: skopeo cannot reach the issuer's host name, which only the shim maps).
+    fn token_origin(&self, issuer: &FakeTokenIssuer) -> Registry {
+        let realm = issuer.realm();
+        let origin = Registry::start(RegistryOptions {
+            tls: Some(&self.ca),
+            token: Some(TokenAuth {
+                realm: &realm,
+                service: TOKEN_SERVICE,
+                issuer: TOKEN_ISSUER,
+                rootcertbundle: &issuer.signer_cert,
+            }),
+            ..Default::default()
+        });
+        let token = issuer.mint("seeder", &["repository:library/demo:pull,push".to_owned()]);
+        self.images.push(
+            "v1",
+            &format!("{}/library/demo:v1", origin.host()),
+            &["--dest-registry-token", &token],
+        );
         origin
     }
 
@@ -62,22 +97,32 @@ impl Lab {
     /// The shim for `ORIGIN:port` with `mirrors`, trusting the test CA for its own upstream calls.
     fn shim(&self, origin: &Registry, mirrors: &[String], extra: &[&str]) -> Shim {
         let port = origin.addr.port();
+        self.shim_for(&format!("{ORIGIN}:{port}"), &[port], mirrors, extra)
+    }
+
+    /// The shim with one rule, for `domain` with `mirrors`, trusting the test CA for its own
+    /// upstream calls to the test host names on `ports`.
+    fn shim_for(&self, domain: &str, ports: &[u16], mirrors: &[String], extra: &[&str]) -> Shim {
         let list: Vec<String> = mirrors.iter().map(|m| format!("\"{m}\"")).collect();
         let json = format!(
-            r#"{{"mirror-registries": [{{"domain": "{ORIGIN}:{port}", "mirrors": [{}]}}]}}"#,
+            r#"{{"mirror-registries": [{{"domain": "{domain}", "mirrors": [{}]}}]}}"#,
             list.join(", ")
         );
         let certs = self.ca_dir.path().join("certs.d");
-        for name in [ORIGIN, OTHER] {
-            let dir = certs.join(format!("{name}:{port}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::copy(&self.ca.ca_cert, dir.join("ca.crt")).unwrap();
+        for port in ports {
+            for name in [ORIGIN, OTHER, AUTH] {
+                let dir = certs.join(format!("{name}:{port}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(&self.ca.ca_cert, dir.join("ca.crt")).unwrap();
+            }
         }
         let mut args = vec![
             "--add-host".to_owned(),
             format!("{ORIGIN}:127.0.0.1"),
             "--add-host".to_owned(),
             format!("{OTHER}:127.0.0.1"),
+            "--add-host".to_owned(),
+            format!("{AUTH}:127.0.0.1"),
             "--certs-dir".to_owned(),
             certs.display().to_string(),
             "--connect-timeout".to_owned(),
@@ -95,6 +140,19 @@ impl Lab {
         let dockerd = Dockerd::start("{}", Some(&shim.url()));
         shim.install_ca(&dockerd.etc.join("certs.d"));
         dockerd
+    }
+
+    /// dockerd trusts the shim's CA for `host` (what `install-ca` writes for an exact rule; a
+    /// `*` rule names no host). dockerd verifies a registry's token service with that registry's
+    /// trust, so this covers the token service's host too.
+    fn trust_shim_ca(&self, dockerd: &Dockerd, shim: &Shim, host: &str) {
+        let dir = dockerd.etc.join("certs.d").join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            shim.dir.path().join("state").join("ca.crt"),
+            dir.join("regmirror-ca.crt"),
+        )
+        .unwrap();
     }
 
     /// dockerd trusts the test CA for `host` directly (for tunnelled hosts).
@@ -394,4 +452,271 @@ fn a_mirror_that_breaks_mid_blob_is_resumed_from_the_next() {
         shim.log()
     );
     assert!(mirror.log().contains("206") || mirror.count("GET", "/blobs/") >= 1);
+}
+
+/// One request the FAKE token service received.
+#[derive(Debug, Clone)]
+struct TokenRequest {
+    path: String,
+    scopes: Vec<String>,
+    /// It carried the expected user's Basic credentials.
+    authenticated: bool,
+}
+
+/// A FAKE token service: distribution has no token server of its own (Docker Hub's,
+/// `auth.docker.io`, is on the internet). It serves `/token` over TLS with the test CA's leaf,
+/// answers 401 unless the request carries `user:password` by Basic auth, and otherwise issues a
+/// distribution-compatible JWT: RS256, signed with a test key whose self-signed certificate is
+/// sent in `x5c` and is the registry's `rootcertbundle`, for the scopes asked. Records every
+/// request. Stopped on drop.
+struct FakeTokenIssuer {
+    addr: SocketAddr,
+    /// The signing certificate (PEM), for the registry's `rootcertbundle`.
+    signer_cert: PathBuf,
+    signer: Arc<Signer>,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+    stop: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+struct Signer {
+    key: rcgen::KeyPair,
+    /// The signing certificate, base64 DER, as `x5c` carries it.
+    x5c: String,
+}
+
+impl FakeTokenIssuer {
+    fn start(ca: &TestCa, user: &str, password: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let signer_cert = dir.path().join("signer.crt");
+        let signer_key = dir.path().join("signer.key");
+        peers::run(
+            std::process::Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=regmirror test token signer", "-keyout"])
+                .arg(&signer_key)
+                .arg("-out")
+                .arg(&signer_cert),
+        );
+        let signer = Arc::new(Signer {
+            key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(&signer_key).unwrap()).unwrap(),
+            x5c: STANDARD.encode(CertificateDer::from_pem_file(&signer_cert).unwrap()),
+        });
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                CertificateDer::pem_file_iter(&ca.cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(&ca.key).unwrap(),
+            )
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issuer = FakeTokenIssuer {
+            addr,
+            signer_cert,
+            signer,
+            requests: Arc::default(),
+            stop: Arc::default(),
+            _dir: dir,
+        };
+        let tls = Arc::new(tls);
+        let basic = format!("Basic {}", STANDARD.encode(format!("{user}:{password}")));
+        let (signer, requests, stop) = (
+            issuer.signer.clone(),
+            issuer.requests.clone(),
+            issuer.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (tls, signer, requests, basic) =
+                    (tls.clone(), signer.clone(), requests.clone(), basic.clone());
+                std::thread::spawn(move || {
+                    let _ = answer_token_request(stream, tls, &signer, &requests, &basic);
+                });
+            }
+        });
+        issuer
+    }
+
+    /// The `realm` the registry's challenges name: reachable by host name only through the shim.
+    fn realm(&self) -> String {
+        format!("https://{AUTH}:{}/token", self.addr.port())
+    }
+
+    fn mint(&self, subject: &str, scopes: &[String]) -> String {
+        jwt(&self.signer, subject, scopes)
+    }
+
+    fn requests(&self) -> Vec<TokenRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeTokenIssuer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+    }
+}
+
+/// A distribution-compatible token for `scopes` (`repository:<name>:<actions>`).
+fn jwt(signer: &Signer, subject: &str, scopes: &[String]) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|scope| {
+            let (kind, rest) = scope.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some(serde_json::json!({
+                "type": kind,
+                "name": name,
+                "actions": actions.split(',').collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [signer.x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER,
+        "sub": subject,
+        "aud": TOKEN_SERVICE,
+        "exp": now + 300,
+        "nbf": now - 10,
+        "iat": now,
+        "access": access,
+    });
+    let encode = |value: &serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    let signed = format!("{}.{}", encode(&header), encode(&claims));
+    let signature = signer.key.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+fn answer_token_request(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    signer: &Signer,
+    requests: &Mutex<Vec<TokenRequest>>,
+    basic: &str,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let connection = rustls::ServerConnection::new(tls).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(connection, stream);
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tls.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.lines();
+    let target = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let authorization = lines.find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().to_owned())
+    });
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let scopes: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let authenticated = authorization.as_deref() == Some(basic);
+    requests.lock().unwrap().push(TokenRequest {
+        path: path.to_owned(),
+        scopes: scopes.clone(),
+        authenticated,
+    });
+    let (status, extra, body) = if path != "/token" {
+        ("404 Not Found", "", String::new())
+    } else if !authenticated {
+        (
+            "401 Unauthorized",
+            "WWW-Authenticate: Basic realm=\"fake token service\"\r\n",
+            String::new(),
+        )
+    } else {
+        let token = jwt(signer, "alice", &scopes);
+        let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300});
+        (
+            "200 OK",
+            "Content-Type: application/json\r\n",
+            body.to_string(),
+        )
+    };
+    write!(
+        tls,
+        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    tls.conn.send_close_notify();
+    tls.flush()
+}
+
+#[test]
+fn a_catch_all_rule_passes_token_requests_through_to_the_token_service() {
+    let _engine = engine_lock();
+    let lab = Lab::new();
+    let issuer = FakeTokenIssuer::start(&lab.ca, "alice", "s3cret");
+    let origin = lab.token_origin(&issuer);
+    let registry = format!("{ORIGIN}:{}", origin.addr.port());
+    let down = format!("http://127.0.0.1:{}", peers::free_port());
+    let shim = lab.shim_for("*", &[origin.addr.port(), issuer.addr.port()], &[down], &[]);
+    let dockerd = Dockerd::start("{}", Some(&shim.url()));
+    lab.trust_shim_ca(&dockerd, &shim, &registry);
+
+    let login = dockerd.docker(&["login", "-u", "alice", "-p", "s3cret", &registry]);
+    assert!(
+        login.status.success(),
+        "docker login: {}\n--- shim\n{}\n--- issuer\n{:?}",
+        text(&login),
+        shim.log(),
+        issuer.requests()
+    );
+    pull(&dockerd, &format!("{registry}/library/demo:v1"), &shim);
+
+    assert!(
+        origin.count_status("GET", "/v2/library/demo/manifests/", 200) >= 1,
+        "the origin served the pull with the token:\n{}",
+        origin.log()
+    );
+    let requests = issuer.requests();
+    assert!(
+        requests.iter().any(|r| r.path == "/token"
+            && r.authenticated
+            && r.scopes.iter().any(|s| s == "repository:library/demo:pull")),
+        "dockerd's credentials reached the token service with the pull scope: {requests:?}"
+    );
+    let log = shim.log();
+    let auth = format!("authority={AUTH}:{}", issuer.addr.port());
+    assert!(
+        log.lines().any(|l| l.contains("passed through")
+            && l.contains(&auth)
+            && l.contains("path=/token")),
+        "the token request went through the shim:\n{log}"
+    );
+    assert!(
+        !log.contains("s3cret") && !log.contains("YWxpY2U6czNjcmV0"),
+        "credentials never logged"
+    );
 }

@@ -1,6 +1,7 @@
-//! The shim as a registry endpoint (origin-form `/v2/…?ns=`), without an engine: mirror
-//! credentials, configuration reload, and `regmirror resolve --probe`, against real
-//! distribution registries on 127.0.0.1.
+//! The shim as a registry endpoint (origin-form `/v2/…?ns=`) and as a plain-http proxy
+//! (absolute-form), without an engine: mirror credentials, configuration reload, paths outside
+//! the registry API, and `regmirror resolve --probe`, against real distribution registries on
+//! 127.0.0.1.
 
 mod peers;
 
@@ -192,4 +193,68 @@ fn resolve_probe_reports_which_endpoint_serves() {
     assert_eq!(probe[1]["status"], 200);
     assert_eq!(probe[1]["verdict"], "serves");
     assert_eq!(probe.last().unwrap()["verdict"], "not reached");
+}
+
+/// A rule for every registry whose only mirror is down.
+fn catch_all_with_a_dead_mirror() -> String {
+    format!(
+        r#"{{"mirror-registries": [{{"domain": "*", "mirrors": ["http://127.0.0.1:{}"]}}]}}"#,
+        peers::free_port()
+    )
+}
+
+#[test]
+fn paths_outside_the_registry_api_reach_their_host_under_a_catch_all_rule() {
+    let origin = Registry::start(RegistryOptions::default());
+    let shim = Shim::start(&catch_all_with_a_dead_mirror(), &[]);
+    // Absolute form, as a client with HTTP_PROXY sends it: distribution answers `/` itself.
+    let (status, head, _) = http(
+        "GET",
+        shim.addr,
+        &format!("http://{}/?probe=1", origin.host()),
+        &[],
+    );
+    assert_eq!(status, 200, "{head}\n{}", shim.log());
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("cache-control: no-cache"),
+        "the registry's own answer: {head}"
+    );
+    assert_eq!(origin.count("GET", " /?probe=1 "), 1, "{}", origin.log());
+    assert!(shim.log().contains("passed through"), "{}", shim.log());
+}
+
+#[test]
+fn hosts_without_rules_get_the_clients_own_authorization() {
+    let origin = Registry::start(RegistryOptions {
+        htpasswd: Some(("alice", "s3cret")),
+        ..Default::default()
+    });
+    let other = format!("http://127.0.0.1:{}", peers::free_port());
+    let shim = Shim::start(
+        &format!(
+            r#"{{"mirror-registries": [{{"domain": "elsewhere.example.test", "mirrors": ["{other}"]}}]}}"#
+        ),
+        &[],
+    );
+    let ping = |headers: &[(&str, &str)]| {
+        http(
+            "GET",
+            shim.addr,
+            &format!("http://{}/v2/", origin.host()),
+            headers,
+        )
+        .0
+    };
+    assert_eq!(ping(&[]), 401);
+    assert_eq!(
+        ping(&[("Authorization", "Basic YWxpY2U6czNjcmV0")]),
+        200,
+        "{}",
+        shim.log()
+    );
+    assert!(
+        !shim.log().contains("YWxpY2U6czNjcmV0"),
+        "credentials never logged"
+    );
 }

@@ -1,6 +1,7 @@
 //! `regmirror shim`: the proxy that gives a stock dockerd ordered mirrors with failover, and
 //! `regmirror shim install-ca`, which makes dockerd trust the shim's CA for the configured hosts.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::config::docker_auth::RegistryAuths;
 use crate::config::{DomainPattern, MirrorConfig};
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::resolve::Resolver;
+use crate::shim::access::{Access, SHARED_PORTS};
 use crate::shim::ca::{CertificateAuthority, Constraints};
 use crate::shim::proxy::Shim;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
@@ -38,9 +40,18 @@ enum Action {
 struct RunArgs {
     #[command(flatten)]
     config: MirrorConfigArgs,
-    /// Address of the proxy (dockerd's HTTPS_PROXY / HTTP_PROXY).
+    /// Address of the proxy (dockerd's HTTPS_PROXY / HTTP_PROXY), IP:PORT. Beyond loopback it
+    /// needs --allow-clients.
     #[arg(long, default_value = "127.0.0.1:3128")]
-    listen: String,
+    listen: SocketAddr,
+    /// Clients that may use the shim: CIDRs or addresses, comma-separated or repeated; others
+    /// get 403. Required when --listen is not a loopback address. Default: anyone (on loopback).
+    #[arg(
+        long = "allow-clients",
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ','
+    )]
+    allow_clients: Vec<String>,
     /// Where the shim keeps its CA (ca.key is written with mode 0600).
     #[arg(long, default_value = "/var/lib/regmirror-shim")]
     state_dir: PathBuf,
@@ -82,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let access = Access::new(args.listen, &args.allow_clients).map_err(BadInput)?;
     let config = args.config.load()?;
     let ca =
         CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
@@ -117,6 +129,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         ca,
         overrides,
         mirror_credentials,
+        access.clone(),
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -125,7 +138,18 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| BadInput(format!("listen on {}: {e}", args.listen)))?;
-        tracing::info!(addr = %listener.local_addr()?, "regmirror shim listening");
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "regmirror shim listening");
+        if access.beyond_loopback() {
+            tracing::warn!(
+                %addr,
+                clients = %access.clients(),
+                ports = ?SHARED_PORTS,
+                "LISTENING BEYOND LOOPBACK: these clients can pull through this shim, reach every \
+                 registry its rules name (every host, with a `*` rule) and tunnel to other hosts \
+                 on these ports; keep the port behind a firewall"
+            );
+        }
         tokio::spawn(reload_on_change(shim.clone(), args.config.clone()));
         shim.run(listener, super::serve::shutdown_signal()).await;
         anyhow::Ok(())

@@ -1,8 +1,10 @@
 //! The dockerd pull shim: an HTTP(S) proxy that makes a stock dockerd's registry traffic walk the
 //! configured mirrors before the origin.
 //!
+//! - [`access`]: who may use the shim, and which ports its tunnels reach;
 //! - [`ca`]: the shim's name-constrained CA and per-host leaf certificates;
 //! - [`proxy`]: the proxy listener, TLS interception, tunnels, and the registry walk.
 
+pub mod access;
 pub mod ca;
 pub mod proxy;

@@ -1,12 +1,19 @@
 //! The proxy dockerd talks to (`HTTPS_PROXY` / `HTTP_PROXY`), and the registry walk behind it.
 //!
 //! - `CONNECT host:port` for a registry with a mirror rule: answered 200, then TLS is terminated
-//!   with a leaf certificate from the shim's CA and the registry API is served by walking the
-//!   resolver's endpoints. Every other `CONNECT` becomes a plain byte tunnel.
+//!   with a leaf certificate from the shim's CA and the registry API (`/v2/…`) is served by
+//!   walking the resolver's endpoints. Any other path on that connection (a token service, blob
+//!   storage: with a `*` rule every host is intercepted) passes through to `https://host:port`
+//!   untouched, over a verified TLS connection. Every other `CONNECT` becomes a plain byte
+//!   tunnel.
 //! - Absolute-form `http://host/…` requests (insecure registries): the same walk, without TLS;
-//!   other hosts are forwarded untouched.
+//!   other paths and other hosts are forwarded untouched.
 //! - Origin-form `/v2/…` requests: the shim as a registry endpoint (a dockerd `registry-mirrors`
 //!   entry for Docker Hub, or containerd with `?ns=`).
+//!
+//! Who may connect, and which ports tunnels reach, is [`Access`]'s decision: a client outside
+//! `--allow-clients` gets 403 for every request; beyond loopback, hosts without a rule are
+//! reached on ports 443 and 5000 only.
 //!
 //! The walk: pulls (GET/HEAD of manifests, blobs, tag lists) try the mirrors in order, then the
 //! origin; the client's `Authorization` goes to the origin only, and the origin's answers (401
@@ -21,13 +28,14 @@ use std::sync::{Arc, RwLock};
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::access::{Access, SHARED_PORTS};
 use super::ca::CertificateAuthority;
 use crate::cache::http::error_response;
 use crate::config::docker_auth::RegistryAuths;
@@ -63,6 +71,7 @@ pub struct Shim {
     ca: Arc<CertificateAuthority>,
     overrides: HostOverrides,
     mirror_credentials: RegistryAuths,
+    access: Access,
 }
 
 impl std::fmt::Debug for Shim {
@@ -78,6 +87,7 @@ impl Shim {
         ca: CertificateAuthority,
         overrides: HostOverrides,
         mirror_credentials: RegistryAuths,
+        access: Access,
     ) -> Self {
         Shim {
             resolver: RwLock::new(Arc::new(resolver)),
@@ -85,6 +95,7 @@ impl Shim {
             ca: Arc::new(ca),
             overrides,
             mirror_credentials,
+            access,
         }
     }
 
@@ -119,6 +130,11 @@ impl Shim {
                 () = &mut shutdown => return,
             };
             let _ = stream.set_nodelay(true);
+            if !self.access.admits(peer.ip()) {
+                tracing::warn!(%peer, "refused a client outside --allow-clients");
+                tokio::spawn(refuse_client(stream, peer));
+                continue;
+            }
             let shim = self.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
@@ -144,14 +160,19 @@ impl Shim {
         if request.method() == Method::CONNECT {
             return self.connect(request, peer);
         }
-        match request.uri().authority().map(|a| a.to_string()) {
+        match host_and_port(request.uri()) {
             // Absolute form: a plain-http request for some host.
             Some(authority) => {
                 let registry = registry_name(&authority, "http");
-                if self.resolver().has_rule(&registry) {
+                let has_rule = self.resolver().has_rule(&registry);
+                let port = request.uri().port_u16().unwrap_or(80);
+                if has_rule && is_registry_api(request.uri().path()) {
                     self.registry(&registry, request).await
+                } else if !has_rule && !self.access.reaches_port(port) {
+                    tracing::warn!(%peer, %authority, reached = ?SHARED_PORTS, "refused a forward for a host without a rule");
+                    port_refused(&authority)
                 } else {
-                    self.forward_plain(request).await
+                    self.pass_through("http", &authority, request).await
                 }
             }
             // Origin form: the shim itself is the registry endpoint.
@@ -168,11 +189,16 @@ impl Shim {
     }
 
     fn connect(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let Some(authority) = request.uri().authority().map(|a| a.to_string()) else {
+        let Some(authority) = host_and_port(request.uri()) else {
             return plain(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
         };
         let registry = registry_name(&authority, "https");
         let intercept = self.resolver().has_rule(&registry);
+        let port = request.uri().port_u16().unwrap_or(443);
+        if !intercept && !self.access.reaches_port(port) {
+            tracing::warn!(%peer, %authority, reached = ?SHARED_PORTS, "refused a CONNECT for a host without a rule");
+            return port_refused(&authority);
+        }
         tracing::info!(%peer, %authority, intercept, "CONNECT");
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(request).await {
@@ -183,9 +209,9 @@ impl Shim {
                 }
             };
             let result = if intercept {
-                self.intercept(upgraded, registry).await
+                self.intercept(upgraded, registry, &authority).await
             } else {
-                self.tunnel(upgraded, &authority).await
+                self.tunnel(upgraded, &authority, port).await
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, %authority, "CONNECT stream ended");
@@ -194,11 +220,13 @@ impl Shim {
         Response::new(Body::empty())
     }
 
-    /// Terminates TLS as `registry` and serves the registry walk on the decrypted stream.
+    /// Terminates TLS as `registry` and serves the decrypted stream: the registry walk for
+    /// `/v2/…`, anything else passed through to `authority` (the CONNECT target).
     async fn intercept(
         self: Arc<Self>,
         stream: TokioIo<hyper::upgrade::Upgraded>,
         registry: String,
+        authority: &str,
     ) -> Result<(), String> {
         let (host, _) = split_host_port(&registry);
         let config = self.ca.server_config(host)?;
@@ -206,10 +234,18 @@ impl Shim {
             .accept(stream)
             .await
             .map_err(|e| format!("TLS handshake as {registry}: {e}"))?;
-        let service = service_fn(move |request| {
+        let registry: Arc<str> = Arc::from(registry);
+        let authority: Arc<str> = Arc::from(authority);
+        let service = service_fn(move |request: Request<Incoming>| {
             let shim = self.clone();
-            let registry = registry.clone();
-            async move { Ok::<_, Infallible>(shim.registry(&registry, request).await) }
+            let (registry, authority) = (registry.clone(), authority.clone());
+            async move {
+                Ok::<_, Infallible>(if is_registry_api(request.uri().path()) {
+                    shim.registry(&registry, request).await
+                } else {
+                    shim.pass_through("https", &authority, request).await
+                })
+            }
         });
         hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(tls), service)
@@ -217,14 +253,14 @@ impl Shim {
             .map_err(|e| e.to_string())
     }
 
-    /// Copies bytes both ways between the client and `authority`.
+    /// Copies bytes both ways between the client and `authority`, at `port`.
     async fn tunnel(
         &self,
         upgraded: TokioIo<hyper::upgrade::Upgraded>,
         authority: &str,
+        port: u16,
     ) -> Result<(), String> {
-        let (host, port) = split_host_port(authority);
-        let port: u16 = port.and_then(|p| p.parse().ok()).unwrap_or(443);
+        let (host, _) = split_host_port(authority);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let mut upstream = match self.overrides.get(bare) {
             Some(ip) => TcpStream::connect((ip, port)).await,
@@ -238,30 +274,41 @@ impl Shim {
             .map_err(|e| e.to_string())
     }
 
-    /// Forwards a plain-http proxy request for a host without rules.
-    async fn forward_plain(&self, request: Request<Incoming>) -> Response<Body> {
-        let uri = request.uri().to_string();
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let target = Target::pass_through(&format!("http://{authority}"), &authority);
+    /// Sends a request to its own host untouched, at `scheme://authority`: the client's method,
+    /// path, query, headers and body, `Authorization` included (it is the client's own request
+    /// to that host), and relays the answer as it is. Logs the path, never the query or headers.
+    async fn pass_through(
+        &self,
+        scheme: &str,
+        authority: &str,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let mut upstream = UpstreamRequest::new(parts.method, path);
+        let target = Target::pass_through(&format!("{scheme}://{authority}"), authority)
+            .with_client_authorization(parts.headers.get(header::AUTHORIZATION).cloned());
+        let path = parts.uri.path().to_owned();
+        let mut upstream = UpstreamRequest::new(parts.method.clone(), path.clone());
+        upstream.query = parts.uri.query().map(str::to_owned);
         upstream.headers = end_to_end(&parts.headers);
-        match self
-            .client
-            .send_with_body(&target, &upstream, Some(streaming_body(body)))
-            .await
-        {
-            Ok(response) => relay(response),
-            Err(e) => plain(StatusCode::BAD_GATEWAY, &format!("{uri}: {e}")),
+        let body = (!body.is_end_stream()).then(|| streaming_body(body));
+        match self.client.send_with_body(&target, &upstream, body).await {
+            Ok(response) => {
+                tracing::info!(
+                    %authority,
+                    method = %parts.method,
+                    %path,
+                    status = response.status().as_u16(),
+                    "passed through"
+                );
+                relay(response)
+            }
+            Err(e) => {
+                tracing::warn!(%authority, method = %parts.method, %path, error = %e, "pass-through failed");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{scheme}://{authority}{path}: {e}"),
+                )
+            }
         }
     }
 
@@ -396,6 +443,22 @@ fn registry_name(authority: &str, scheme: &str) -> String {
         .strip_suffix(default)
         .unwrap_or(authority)
         .to_ascii_lowercase()
+}
+
+/// `host[:port]` of an absolute-form or CONNECT target, without user info: the result names
+/// targets in logs and error texts, which must never carry credentials.
+fn host_and_port(uri: &hyper::Uri) -> Option<String> {
+    let host = uri.host()?;
+    Some(match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// Whether `path` is the registry API, which the shim serves by walking the endpoints; every
+/// other path on a registry's host belongs to that host alone.
+fn is_registry_api(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
 }
 
 /// The client's query without `ns` (the walker adds its own for mirrors).
@@ -534,6 +597,38 @@ fn relay_resumable(
     out
 }
 
+/// Answers every request of a client outside `--allow-clients` with 403, then closes.
+async fn refuse_client(stream: TcpStream, peer: SocketAddr) {
+    let service = service_fn(move |_request: Request<Incoming>| async move {
+        let mut response = plain(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "regmirror shim: {} may not use this proxy (not in --allow-clients)",
+                peer.ip()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(response)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The answer to a tunnel or forward for a host without a rule, on a port a shim listening
+/// beyond loopback does not reach.
+fn port_refused(authority: &str) -> Response<Body> {
+    plain(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "regmirror shim: {authority} refused: listening beyond loopback, hosts without a \
+             mirror rule are reached on ports {SHARED_PORTS:?} only"
+        ),
+    )
+}
+
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut response = Response::new(Body::from(format!("{text}\n")));
     *response.status_mut() = status;
@@ -556,6 +651,37 @@ mod tests {
         );
         assert_eq!(registry_name("Reg.io:80", "http"), "reg.io");
         assert_eq!(registry_name("reg.io:443", "http"), "reg.io:443");
+    }
+
+    #[test]
+    fn targets_lose_user_info() {
+        for (uri, expected) in [
+            (
+                "http://user:secret@reg.example.test:5000/v2/",
+                Some("reg.example.test:5000"),
+            ),
+            ("http://reg.example.test/v2/", Some("reg.example.test")),
+            ("http://[::1]:5000/", Some("[::1]:5000")),
+            ("/v2/", None),
+        ] {
+            let uri: hyper::Uri = uri.parse().unwrap();
+            assert_eq!(host_and_port(&uri).as_deref(), expected, "{uri}");
+        }
+        let connect: hyper::Uri = "reg.example.test:443".parse().unwrap();
+        assert_eq!(
+            host_and_port(&connect).as_deref(),
+            Some("reg.example.test:443")
+        );
+    }
+
+    #[test]
+    fn registry_api_paths() {
+        for path in ["/v2", "/v2/", "/v2/library/app/manifests/1", "/v2/_catalog"] {
+            assert!(is_registry_api(path), "{path}");
+        }
+        for path in ["/", "/token", "/v2x", "/v20/", "/oauth/token", "/v1/_ping"] {
+            assert!(!is_registry_api(path), "{path}");
+        }
     }
 
     #[test]

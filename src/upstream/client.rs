@@ -79,12 +79,17 @@ impl Target {
         }
     }
 
-    /// A plain-http endpoint that gets requests exactly as the client sent them.
+    /// An endpoint that gets requests exactly as the client sent them: `http://` or `https://`
+    /// (certificates verified) `authority`.
     pub fn pass_through(base: &str, authority: &str) -> Self {
         Target {
             base: Arc::from(base),
             authority: Arc::from(authority),
-            tls: TlsMode::None,
+            tls: if base.starts_with("https://") {
+                TlsMode::Verify
+            } else {
+                TlsMode::None
+            },
             credentials: None,
             ns: None,
             client_authorization: None,

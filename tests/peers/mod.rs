@@ -279,6 +279,18 @@ pub struct RegistryOptions<'a> {
     pub htpasswd: Option<(&'a str, &'a str)>,
     /// Proxy mode: the upstream URL.
     pub proxy: Option<String>,
+    /// Token authentication (`auth.token`).
+    pub token: Option<TokenAuth<'a>>,
+}
+
+/// distribution's `auth.token` section: clients get a Bearer challenge naming `realm`, and
+/// tokens are accepted when `issuer` signed them for `service` with a key whose certificate
+/// chains to `rootcertbundle`.
+pub struct TokenAuth<'a> {
+    pub realm: &'a str,
+    pub service: &'a str,
+    pub issuer: &'a str,
+    pub rootcertbundle: &'a Path,
 }
 
 /// The real distribution registry (`docker-registry serve`).
@@ -313,6 +325,15 @@ impl Registry {
             config.push_str(&format!(
                 "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
                 file.display()
+            ));
+        }
+        if let Some(token) = &options.token {
+            config.push_str(&format!(
+                "auth: {{token: {{realm: \"{}\", service: {}, issuer: {}, rootcertbundle: {}}}}}\n",
+                token.realm,
+                token.service,
+                token.issuer,
+                token.rootcertbundle.display()
             ));
         }
         if let Some(upstream) = &options.proxy {
@@ -937,5 +958,52 @@ impl Shim {
 
     pub fn signal(&self, signal: &str) {
         unsafe_kill(self.process.pid(), signal);
+    }
+}
+
+/// A private network namespace (`unshare -n`, as root) holding nothing but its own loopback
+/// interface: a test may listen on 0.0.0.0 there, or on ports below 1024, and still reach nothing
+/// beyond that namespace's 127.0.0.0/8. Processes join it through [`Netns::command`]; it goes
+/// away when the holder (stopped on drop) and every process that joined are gone.
+pub struct Netns {
+    pub dir: tempfile::TempDir,
+    holder: Process,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        require("unshare", "util-linux");
+        require("nsenter", "util-linux");
+        require("ip", "iproute2");
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let script = format!(
+            "ip link set lo up && touch {} && exec sleep 3600",
+            ready.display()
+        );
+        let holder = Process::spawn(
+            Command::new("unshare").args(["-n", "sh", "-c", &script]),
+            dir.path().join("netns.log"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no network namespace (unshare -n needs root): {}",
+                holder.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Netns { dir, holder }
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/proc/{}/ns/net", self.holder.pid()))
+            .arg("--")
+            .arg(program);
+        command
     }
 }
