@@ -149,15 +149,12 @@ pub fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
     )
 }
 
-fn new_upload_id() -> String {
+/// A fresh upload id: 128 random bits, so one client cannot guess (and write to) another's
+/// upload.
+fn new_upload_id() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 16];
-    let seed = format!(
-        "{:?}{:?}",
-        std::time::SystemTime::now(),
-        std::thread::current().id()
-    );
-    bytes.copy_from_slice(&Sha256::digest(seed.as_bytes())[..16]);
-    hex::encode(bytes)
+    getrandom::fill(&mut bytes).map_err(internal)?;
+    Ok(hex::encode(bytes))
 }
 
 fn accepted(name: &str, id: &str, size: u64) -> Response {
@@ -293,7 +290,7 @@ pub async fn upload(
                     }
                 }
             }
-            let id = new_upload_id();
+            let id = new_upload_id()?;
             let upload = Upload {
                 repository: route.repository.clone(),
                 path: app.store.temp_path(),

@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use super::access::{Access, SHARED_PORTS};
 use super::ca::CertificateAuthority;
 use crate::cache::http::error_response;
+use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
 use crate::config::docker_auth::RegistryAuths;
 use crate::reference::split_host_port;
 use crate::registry::route::{self, V2Request};
@@ -63,6 +64,21 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
     "transfer-encoding",
 ];
+
+/// A request head must arrive within this (also how long an idle keep-alive connection stays).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// A connection whose writes make no progress for this long (a client that stopped reading) is
+/// cut.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// HTTP/1.1 serving with the head timeout in force.
+fn http1_server() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+}
 
 /// The shim's shared state.
 pub struct Shim {
@@ -117,31 +133,32 @@ impl Shim {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        // The same accept discipline as the cache: a connection cap from the open-file limit,
+        // back-off when descriptors run out, head and stall timeouts.
+        let mut listener = Listener::new(listener, connections_for(raise_open_file_limit()));
         tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
                 () = &mut shutdown => return,
             };
-            let _ = stream.set_nodelay(true);
+            let peer = accepted.peer;
+            let _ = accepted.stream.set_nodelay(true);
             if !self.access.admits(peer.ip()) {
                 tracing::warn!(%peer, "refused a client outside --allow-clients");
-                tokio::spawn(refuse_client(stream, peer));
+                tokio::spawn(refuse_client(accepted.stream, peer));
                 continue;
             }
+            let stream = StallTimeout::new(accepted.stream, STALL_TIMEOUT);
+            let slot = accepted.slot;
             let shim = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |request| {
                     let shim = shim.clone();
                     async move { Ok::<_, Infallible>(shim.proxy(request, peer).await) }
                 });
-                let connection = hyper::server::conn::http1::Builder::new()
+                let connection = http1_server()
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
                 if let Err(e) = connection.await {
@@ -247,7 +264,7 @@ impl Shim {
                 })
             }
         });
-        hyper::server::conn::http1::Builder::new()
+        http1_server()
             .serve_connection(TokioIo::new(tls), service)
             .await
             .map_err(|e| e.to_string())
