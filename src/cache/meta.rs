@@ -119,6 +119,24 @@ fn key(parts: &[&str]) -> String {
     key
 }
 
+/// Removes every entry of a table keyed `…␟digest` whose digest is in `doomed`.
+fn remove_by_digest(
+    table: &mut redb::Table<'_, &str, u64>,
+    doomed: &std::collections::HashSet<&str>,
+) -> Result<(), MetaError> {
+    let dead: Vec<String> = table
+        .iter()
+        .map_err(err)?
+        .filter_map(|entry| entry.ok())
+        .map(|(k, _)| k.value().to_owned())
+        .filter(|k| k.rsplit(SEP).next().is_some_and(|d| doomed.contains(d)))
+        .collect();
+    for k in dead {
+        table.remove(k.as_str()).map_err(err)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct Metadata {
     db: Database,
@@ -442,28 +460,8 @@ impl Metadata {
         let doomed: std::collections::HashSet<&str> = digests.iter().map(String::as_str).collect();
         let txn = self.db.begin_write().map_err(err)?;
         {
-            let mut links = txn.open_table(LINKS).map_err(err)?;
-            let dead_links: Vec<String> = links
-                .iter()
-                .map_err(err)?
-                .filter_map(|entry| entry.ok())
-                .map(|(k, _)| k.value().to_owned())
-                .filter(|k| k.rsplit(SEP).next().is_some_and(|d| doomed.contains(d)))
-                .collect();
-            for k in dead_links {
-                links.remove(k.as_str()).map_err(err)?;
-            }
-            let mut sources = txn.open_table(SOURCES).map_err(err)?;
-            let dead_sources: Vec<String> = sources
-                .iter()
-                .map_err(err)?
-                .filter_map(|entry| entry.ok())
-                .map(|(k, _)| k.value().to_owned())
-                .filter(|k| k.rsplit(SEP).next().is_some_and(|d| doomed.contains(d)))
-                .collect();
-            for k in dead_sources {
-                sources.remove(k.as_str()).map_err(err)?;
-            }
+            remove_by_digest(&mut txn.open_table(LINKS).map_err(err)?, &doomed)?;
+            remove_by_digest(&mut txn.open_table(SOURCES).map_err(err)?, &doomed)?;
             let mut tags = txn.open_table(TAGS).map_err(err)?;
             let dead_tags: Vec<String> = tags
                 .iter()
