@@ -1,4 +1,10 @@
 //! Single `Range: bytes=…` requests, as blob clients send them to resume downloads.
+//!
+//! The grammar and the checks against the blob's size are `http-range-header`'s (RFC 9110
+//! §14.1.2); this module only decides which answers regmirror serves as one 206 and which as the
+//! whole blob.
+
+use http_range_header::{RangeInvalid, RangeRejected, RangeUnsatisfiableError, parse_range_header};
 
 /// Bytes `start..end` (end exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,50 +14,25 @@ pub struct ByteRange {
 }
 
 /// Parses `bytes=a-b`, `bytes=a-` or `bytes=-n` against `size`. `Ok(None)`: serve the whole blob
-/// (no usable single range, e.g. several ranges or another unit). `Err(())`: not satisfiable.
+/// (no usable single range: another unit, several ranges, or a suffix of an empty blob).
+/// `Err(())`: a malformed or unsatisfiable `bytes` range. An end past the blob is clamped to it,
+/// and `Ok(Some(r))` always has `r.start < r.end <= size`.
 #[allow(clippy::result_unit_err)]
 pub fn parse_range(header: &str, size: u64) -> Result<Option<ByteRange>, ()> {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return Ok(None);
-    };
-    let parse = |s: &str| s.trim().parse::<u64>().map_err(|_| ());
-    let span = match (first.trim(), last.trim()) {
-        ("", "") => return Err(()),
-        ("", suffix) => {
-            let n = parse(suffix)?;
-            if n == 0 {
-                return Err(());
-            }
-            ByteRange {
-                start: size.saturating_sub(n),
-                end: size,
-            }
+    let parsed = match parse_range_header(header.trim()) {
+        Ok(parsed) if parsed.len() == 1 => parsed,
+        Ok(_) | Err(RangeUnsatisfiableError::Rejected(RangeRejected::TooMany)) => return Ok(None),
+        Err(RangeUnsatisfiableError::Invalid(RangeInvalid::DoesNotStartWithToken)) => {
+            return Ok(None);
         }
-        (start, "") => ByteRange {
-            start: parse(start)?,
-            end: size,
-        },
-        (start, end) => {
-            let (start, end) = (parse(start)?, parse(end)?);
-            if end < start {
-                return Err(());
-            }
-            ByteRange {
-                start,
-                end: (end + 1).min(size),
-            }
-        }
+        Err(_) => return Err(()),
     };
-    if span.start >= size {
-        return Err(());
-    }
-    Ok(Some(span))
+    let ranges = parsed.validate(size).map_err(|_| ())?;
+    // Validation leaves `start <= end < size`, so `end + 1` cannot overflow.
+    Ok(ranges.first().map(|inclusive| ByteRange {
+        start: *inclusive.start(),
+        end: *inclusive.end() + 1,
+    }))
 }
 
 #[cfg(test)]
@@ -61,17 +42,57 @@ mod tests {
     #[test]
     fn ranges() {
         let r = |start, end| Ok(Some(ByteRange { start, end }));
-        assert_eq!(parse_range("bytes=0-99", 1000), r(0, 100));
-        assert_eq!(parse_range("bytes=500-", 1000), r(500, 1000));
-        assert_eq!(parse_range("bytes=-100", 1000), r(900, 1000));
-        assert_eq!(parse_range("bytes=-5000", 1000), r(0, 1000));
-        assert_eq!(parse_range("bytes=900-5000", 1000), r(900, 1000));
-        assert_eq!(parse_range("bytes=999-999", 1000), r(999, 1000));
-        assert_eq!(parse_range("bytes=1000-", 1000), Err(()));
-        assert_eq!(parse_range("bytes=5-4", 1000), Err(()));
-        assert_eq!(parse_range("bytes=-0", 1000), Err(()));
-        assert_eq!(parse_range("bytes=x-1", 1000), Err(()));
-        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ok(None));
-        assert_eq!(parse_range("items=0-1", 1000), Ok(None));
+        let max = u64::MAX;
+        let cases: Vec<(String, u64, Result<Option<ByteRange>, ()>)> = vec![
+            ("bytes=0-99".into(), 1000, r(0, 100)),
+            ("bytes=500-".into(), 1000, r(500, 1000)),
+            ("bytes=-100".into(), 1000, r(900, 1000)),
+            ("bytes=-5000".into(), 1000, r(0, 1000)),
+            ("bytes=900-5000".into(), 1000, r(900, 1000)),
+            ("bytes=999-999".into(), 1000, r(999, 1000)),
+            ("bytes=0-0".into(), 1000, r(0, 1)),
+            ("bytes=0-0".into(), 1, r(0, 1)),
+            ("Bytes=0-0".into(), 10, r(0, 1)),
+            // An end past the size, up to u64::MAX and beyond, is clamped (RFC 9110 §14.1.2).
+            (format!("bytes=0-{max}"), 1000, r(0, 1000)),
+            (format!("bytes=5-{max}"), 1000, r(5, 1000)),
+            ("bytes=5-99999999999999999999999".into(), 1000, r(5, 1000)),
+            (format!("bytes=0-{max}"), max, r(0, max)),
+            (format!("bytes={}-{max}", max - 1), max, r(max - 1, max)),
+            // A huge suffix selects the whole blob.
+            (format!("bytes=-{max}"), 1000, r(0, 1000)),
+            ("bytes=-99999999999999999999999".into(), 1000, r(0, 1000)),
+            // Whitespace around the header and after `=` is tolerated, not inside a range.
+            ("  bytes=0-99  ".into(), 1000, r(0, 100)),
+            ("bytes= 0-99".into(), 1000, r(0, 100)),
+            ("bytes=0 - 99".into(), 1000, Err(())),
+            // Not satisfiable.
+            ("bytes=1000-".into(), 1000, Err(())),
+            ("bytes=1000-2000".into(), 1000, Err(())),
+            (format!("bytes={max}-"), 1000, Err(())),
+            (format!("bytes={max}-{max}"), 1000, Err(())),
+            (format!("bytes={max}-"), max, Err(())),
+            ("bytes=0-0".into(), 0, Err(())),
+            ("bytes=-0".into(), 1000, Err(())),
+            ("bytes=-0".into(), 0, Err(())),
+            // Malformed.
+            ("bytes=5-4".into(), 1000, Err(())),
+            ("bytes=x-1".into(), 1000, Err(())),
+            ("bytes=-".into(), 1000, Err(())),
+            ("bytes=".into(), 1000, Err(())),
+            ("bytes=+1-2".into(), 1000, Err(())),
+            ("bytes=--1".into(), 1000, Err(())),
+            (format!("bytes=0-{}", "9".repeat(40)), 1000, Err(())),
+            // The whole blob: several ranges, another unit, a suffix of an empty blob.
+            ("bytes=0-1,5-6".into(), 1000, Ok(None)),
+            ("bytes=0-0,0-0,0-0".into(), 1000, Ok(None)),
+            ("items=0-1".into(), 1000, Ok(None)),
+            ("".into(), 1000, Ok(None)),
+            ("bytes".into(), 1000, Ok(None)),
+            ("bytes=-5".into(), 0, Ok(None)),
+        ];
+        for (header, size, expected) in cases {
+            assert_eq!(parse_range(&header, size), expected, "{header:?} of {size}");
+        }
     }
 }

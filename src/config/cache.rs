@@ -866,62 +866,44 @@ impl RawConfig {
     }
 }
 
-/// Go-style durations as distribution writes them: `168h`, `30m`, `1h30m`, `45s`, `0`.
+/// Go's `time.Duration` bound: distribution refuses anything longer (about 292 years), and so does
+/// regmirror, which keeps `Instant + duration` from overflowing wherever a duration is used.
+const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Go-style durations as distribution writes them: `168h`, `30m`, `1h30m`, `45s`, `500ms`, `1.5h`,
+/// `0`. humantime does the arithmetic (checked: an overflow is an error); only Go's units are
+/// accepted, so a file regmirror reads means the same to distribution (no `2d`, no `1M`, no spaces).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("{text:?} is not a duration like 168h, 30m or 1h30m");
-    if text == "0" {
-        return Ok(Duration::ZERO);
+    let invalid =
+        |why: String| format!("{text:?} is not a duration like 168h, 30m or 1h30m ({why})");
+    let text = text.trim();
+    if let Some(unit) = text
+        .split(|c: char| c.is_ascii_digit() || c == '.')
+        .find(|unit| !unit.is_empty() && !GO_DURATION_UNITS.contains(unit))
+    {
+        return Err(invalid(format!("unknown unit {unit:?}")));
     }
-    let mut total = 0f64;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(invalid());
+    let duration = humantime::parse_duration(text).map_err(|e| invalid(e.to_string()))?;
+    if duration > MAX_DURATION {
+        return Err(invalid(format!(
+            "longer than Go's longest duration, {}h",
+            MAX_DURATION.as_secs() / 3600
+        )));
     }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let number: f64 = rest[..digits].parse().map_err(|_| invalid())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return Err(invalid()),
-        };
-        total += number * seconds;
-        rest = &rest[unit_len..];
-    }
-    Ok(Duration::from_secs_f64(total))
+    Ok(duration)
 }
 
-/// Parses sizes as `storage.maxsize` writes them: `50GiB`, `500MB`, `1048576`.
+/// The units of Go's `time.ParseDuration`.
+const GO_DURATION_UNITS: [&str; 7] = ["ns", "us", "µs", "ms", "s", "m", "h"];
+
+/// Sizes as `storage.maxsize` writes them: `50GiB`, `500MB`, `1048576` (bytesize's grammar: units
+/// are case-insensitive, `K`/`KB` are powers of ten, `Ki`/`KiB` powers of two). A size beyond
+/// `u64::MAX` bytes saturates to it.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 50GiB"))?;
-    let factor: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "KB" | "K" => 1e3,
-        "MB" | "M" => 1e6,
-        "GB" | "G" => 1e9,
-        "TB" | "T" => 1e12,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("{text:?} is not a size like 50GiB")),
-    };
-    Ok((number * factor) as u64)
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("{text:?} is not a size like 50GiB or 500MB ({e})"))
 }
 
 #[cfg(test)]
@@ -1142,21 +1124,73 @@ health:
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("168h").unwrap(), DEFAULT_TTL);
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("h").is_err());
-        assert!(parse_duration("").is_err());
+        let ok = |text: &str, expected: Duration| {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        };
+        ok("168h", DEFAULT_TTL);
+        ok("0", Duration::ZERO);
+        ok("1m30s", Duration::from_secs(90));
+        ok("1h30m", Duration::from_secs(5400));
+        ok("30m", Duration::from_secs(1800));
+        ok("45s", Duration::from_secs(45));
+        ok("250ms", Duration::from_millis(250));
+        ok("500ms", Duration::from_millis(500));
+        ok("1.5h", Duration::from_secs(5400));
+        ok(" 10m ", Duration::from_secs(600));
+        ok("1h0m0.5s", Duration::from_millis(3_600_500));
+        ok("1500us", Duration::from_micros(1500));
+        ok("2562047h", Duration::from_secs(2_562_047 * 3600));
+        let huge_hours = format!("{}h", "9".repeat(400));
+        for bad in [
+            "10",
+            "h",
+            "",
+            "-1h",
+            "1x",
+            "5 days",
+            "2d",
+            "1M",
+            "1h 30m",
+            "2562048h",
+            "18446744073709551615s",
+            &huge_hours,
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[test]
     fn sizes() {
         assert_eq!(parse_size("50GiB").unwrap(), 50 << 30);
         assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("6MB").unwrap(), 6_000_000);
         assert_eq!(parse_size("1024").unwrap(), 1024);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5 parsecs").is_err());
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size(" 2 KiB ").unwrap(), 2048);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(
+            parse_size(&format!("{}GiB", "9".repeat(400))).unwrap(),
+            u64::MAX
+        );
+        for bad in ["lots", "5 parsecs", "", "GiB", "-5MB", "1.2.3GB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn huge_values_are_errors_not_panics() {
+        let huge = "9".repeat(400);
+        let e = parse(&format!(
+            "proxy: {{remoteurl: https://r.io, ttl: {huge}h}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("proxy.ttl"), "{e}");
+        let env = vec![(
+            "REGISTRY_STORAGE_GC_INTERVAL".to_owned(),
+            "18446744073709551615s".to_owned(),
+        )];
+        let e = CacheConfig::parse("config.yml", Some("proxy: {on: true}\n"), &env).unwrap_err();
+        assert!(e.contains("storage.gc_interval"), "{e}");
     }
 }

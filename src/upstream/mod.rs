@@ -10,6 +10,7 @@ mod certs;
 mod client;
 mod guard;
 
+pub use auth::Challenge;
 pub use certs::HostRoots;
 pub use client::{
     BodyError, Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest,

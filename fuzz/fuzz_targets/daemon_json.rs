@@ -1,0 +1,62 @@
+//! `MirrorConfig::from_sources` on arbitrary daemon.json text: never panics; when the text is a
+//! valid configuration, building the resolver and resolving the registries it names and a few
+//! fixed references never panics either, and every resolution ends with the origin.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use regmirror::config::{ConfigSource, DomainPattern, MirrorConfig};
+use regmirror::reference::ImageRef;
+use regmirror::resolve::{Endpoints, Resolver, Role};
+
+const REFERENCES: [&str; 6] = [
+    "nginx",
+    "reg.test1.com/library/nginx:latest",
+    "localhost:5000/team/app:v2",
+    "[::1]:5000/x/y",
+    "10.1.2.3:5000/a@sha256:7173b809ca12ec5dee4506cd86be934c4596dd234ee82c0662eac04a8c2c71dc",
+    "a.b.example.com/org/img",
+];
+
+fuzz_target!(|text: &str| {
+    let Ok(config) = MirrorConfig::from_sources(&[ConfigSource {
+        path: "daemon.json",
+        text,
+    }]) else {
+        return;
+    };
+    let mut registries: Vec<String> = config
+        .rules
+        .iter()
+        .filter_map(|rule| match &rule.domain {
+            DomainPattern::Exact(host) => Some(host.clone()),
+            DomainPattern::Suffix(suffix) => Some(format!("x{}", &suffix[1..])),
+            DomainPattern::Any => None,
+        })
+        .chain(
+            config
+                .insecure_registries
+                .hosts
+                .iter()
+                .map(|(h, _)| h.clone()),
+        )
+        .collect();
+    registries.truncate(16);
+    let Ok(resolver) = Resolver::new(config) else {
+        return;
+    };
+    for registry in &registries {
+        ends_with_origin(&resolver.resolve_repository(registry, "team/app"));
+    }
+    for reference in REFERENCES {
+        let image = ImageRef::parse(reference).expect("fixed references are valid");
+        ends_with_origin(&resolver.resolve(&image));
+    }
+});
+
+fn ends_with_origin(endpoints: &Endpoints) {
+    let last = endpoints
+        .endpoints
+        .last()
+        .expect("the origin is always there");
+    assert_eq!(last.role, Role::Origin, "{endpoints:?}");
+}
