@@ -3,9 +3,9 @@
 //!
 //! The budget is soft and never makes anyone wait: below it, readers take large chunks and read
 //! ahead; above it, they take small chunks and read nothing ahead, and fills stop keeping a
-//! window. So a thousand clients that stop reading cost a bounded amount of memory (at most one
-//! small chunk each beyond the budget) and never a thread, while clients that keep up still get
-//! large reads when memory allows.
+//! window. So a thousand clients that stop reading cost a bounded amount of memory (beyond the
+//! budget, what each connection queues: the server caps that at 64 KiB, plus one small chunk)
+//! and never a thread, while clients that keep up still get large reads when memory allows.
 //!
 //! File reads run on the blocking pool, [`READ_THREADS`] at a time at most: more parallel reads
 //! of one disk gain nothing, and a burst of clients must not spawn a burst of threads.
@@ -57,56 +57,75 @@ impl Buffers {
         self.in_use.load(Ordering::Relaxed)
     }
 
-    /// How much of `wanted` a reader should read now: all of it while the budget allows, else a
-    /// small chunk.
-    pub fn chunk_len(&self, wanted: usize) -> usize {
-        if self.in_use() + wanted <= self.limit {
-            wanted
-        } else {
-            wanted.min(SMALL_CHUNK)
-        }
+    /// Reserves room for a read of up to `wanted` bytes: all of it while the budget allows, else
+    /// a small chunk, which is always granted (nobody waits for memory).
+    pub fn reserve_read(self: &Arc<Self>, wanted: usize) -> Reservation {
+        self.try_reserve(wanted).unwrap_or_else(|| {
+            let len = wanted.min(SMALL_CHUNK);
+            self.in_use.fetch_add(len, Ordering::Relaxed);
+            Reservation {
+                buffers: self.clone(),
+                len,
+            }
+        })
     }
 
-    /// Whether optional memory (a read-ahead, a fill's window) may be taken now.
-    pub fn has_room_for(&self, len: usize) -> bool {
-        self.in_use() + len <= self.limit
+    /// Reserves `len` bytes if the budget has room for them (memory that is optional: a
+    /// read-ahead, a fill's window).
+    pub fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Reservation> {
+        self.in_use
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |in_use| {
+                (in_use + len <= self.limit).then_some(in_use + len)
+            })
+            .ok()
+            .map(|_| Reservation {
+                buffers: self.clone(),
+                len,
+            })
+    }
+}
+
+/// Bytes reserved against the budget; given back when dropped, or kept by the `Bytes` made with
+/// [`Reservation::into_bytes`] until its last clone is dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    buffers: Arc<Buffers>,
+    len: usize,
+}
+
+impl Reservation {
+    pub fn len(&self) -> usize {
+        self.len
     }
 
-    /// Counts `len` bytes held outside a tracked buffer (a fill's window); give them back with
-    /// [`release`](Self::release).
-    pub fn hold(&self, len: usize) {
-        self.in_use.fetch_add(len, Ordering::Relaxed);
-    }
-
-    pub fn release(&self, len: usize) {
-        self.in_use.fetch_sub(len, Ordering::Relaxed);
-    }
-
-    /// `data` as `Bytes` counted against the budget until the last clone is dropped (for a
-    /// response chunk: until the connection has written it).
-    pub fn track(self: &Arc<Self>, data: Vec<u8>) -> Bytes {
-        self.hold(data.len());
+    /// `data` (at most the reserved length) as `Bytes` that hold the reservation: for a response
+    /// chunk, until the connection has written it.
+    pub fn into_bytes(mut self, data: Vec<u8>) -> Bytes {
+        debug_assert!(data.len() <= self.len);
+        let unused = self.len.saturating_sub(data.len());
+        self.buffers.in_use.fetch_sub(unused, Ordering::Relaxed);
+        self.len -= unused;
         Bytes::from_owner(Tracked {
             data,
-            buffers: self.clone(),
+            _reservation: self,
         })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.buffers.in_use.fetch_sub(self.len, Ordering::Relaxed);
     }
 }
 
 struct Tracked {
     data: Vec<u8>,
-    buffers: Arc<Buffers>,
+    _reservation: Reservation,
 }
 
 impl AsRef<[u8]> for Tracked {
     fn as_ref(&self) -> &[u8] {
         &self.data
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.buffers.release(self.data.len());
     }
 }
 
@@ -117,9 +136,15 @@ mod tests {
     #[test]
     fn tracked_bytes_count_until_the_last_clone_goes() {
         let buffers = Buffers::new(1 << 20);
-        let chunk = buffers.track(vec![1; 1000]);
+        let reservation = buffers.reserve_read(2000);
+        assert_eq!(buffers.in_use(), 2000, "reserved before the read");
+        let chunk = reservation.into_bytes(vec![1; 1000]);
         let clone = chunk.slice(10..20);
-        assert_eq!(buffers.in_use(), 1000);
+        assert_eq!(
+            buffers.in_use(),
+            1000,
+            "what the read did not fill is given back"
+        );
         drop(chunk);
         assert_eq!(buffers.in_use(), 1000, "a slice keeps the buffer");
         drop(clone);
@@ -127,16 +152,17 @@ mod tests {
     }
 
     #[test]
-    fn over_the_budget_chunks_shrink_and_nothing_optional_is_taken() {
+    fn over_the_budget_reads_shrink_and_nothing_optional_is_taken() {
         let buffers = Buffers::new(1 << 20);
-        assert_eq!(buffers.chunk_len(1 << 20), 1 << 20);
-        let held = buffers.track(vec![0; 900 << 10]);
-        assert_eq!(buffers.chunk_len(1 << 20), SMALL_CHUNK);
-        assert_eq!(buffers.chunk_len(100), 100);
-        assert!(!buffers.has_room_for(200 << 10));
-        buffers.hold(10);
-        buffers.release(10);
-        drop(held);
-        assert!(buffers.has_room_for(1 << 20));
+        let first = buffers.reserve_read(900 << 10);
+        assert_eq!(first.len(), 900 << 10);
+        // Concurrent readers each see what the others reserved: no burst past the budget.
+        assert_eq!(buffers.reserve_read(1 << 20).len(), SMALL_CHUNK);
+        assert_eq!(buffers.reserve_read(100).len(), 100);
+        assert!(buffers.try_reserve(200 << 10).is_none());
+        drop(first);
+        assert_eq!(buffers.in_use(), 0);
+        assert!(buffers.try_reserve(1 << 20).is_some());
+        assert_eq!(buffers.in_use(), 0, "an unused reservation is given back");
     }
 }

@@ -39,7 +39,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
 
-use super::buffers::Buffers;
+use super::buffers::{Buffers, Reservation};
 use super::meta::{Metadata, NewBlob};
 use super::store::BlobStore;
 use crate::reference::Digest;
@@ -57,10 +57,10 @@ const HASH_QUEUE: usize = 16;
 const READ_AHEAD_FROM: u64 = 2 << 20;
 
 /// The chunks a fill wrote last, by offset, at most [`RECENT_BYTES`] of them (plus one chunk),
-/// and only while the memory budget has room.
+/// each held only while the memory budget has room for it.
 #[derive(Debug)]
 struct RecentChunks {
-    chunks: VecDeque<(u64, Bytes)>,
+    chunks: VecDeque<(u64, Bytes, Reservation)>,
     bytes: usize,
     buffers: Arc<Buffers>,
 }
@@ -75,26 +75,24 @@ impl RecentChunks {
     }
 
     fn push(&mut self, offset: u64, chunk: Bytes) {
-        if !self.buffers.has_room_for(chunk.len()) {
+        let Some(reservation) = self.buffers.try_reserve(chunk.len()) else {
             // Over the budget: readers behind the write head read the file instead.
             self.clear();
             return;
-        }
+        };
         self.bytes += chunk.len();
-        self.buffers.hold(chunk.len());
-        self.chunks.push_back((offset, chunk));
+        self.chunks.push_back((offset, chunk, reservation));
         while self.bytes > RECENT_BYTES && self.chunks.len() > 1 {
-            if let Some((_, old)) = self.chunks.pop_front() {
+            if let Some((_, old, _)) = self.chunks.pop_front() {
                 self.bytes -= old.len();
-                self.buffers.release(old.len());
             }
         }
     }
 
     /// Bytes from `pos` up to `limit` (exclusive) out of one chunk, if the window holds `pos`.
     fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
-        let index = self.chunks.partition_point(|(offset, _)| *offset <= pos);
-        let (offset, chunk) = self.chunks.get(index.checked_sub(1)?)?;
+        let index = self.chunks.partition_point(|(offset, _, _)| *offset <= pos);
+        let (offset, chunk, _) = self.chunks.get(index.checked_sub(1)?)?;
         let start = usize::try_from(pos - offset).ok()?;
         if start >= chunk.len() {
             return None;
@@ -107,14 +105,7 @@ impl RecentChunks {
 
     fn clear(&mut self) {
         self.chunks.clear();
-        self.buffers.release(self.bytes);
         self.bytes = 0;
-    }
-}
-
-impl Drop for RecentChunks {
-    fn drop(&mut self) {
-        self.clear();
     }
 }
 
@@ -256,17 +247,17 @@ fn read_stream(
     .boxed()
 }
 
-/// Reads up to `len` bytes at `pos` on the blocking pool, holding a read turn (the thread is
-/// held for the read only).
+/// Reads up to the reserved length at `pos` on the blocking pool, holding a read turn (the
+/// thread is held for the read only).
 fn read_at(
     file: Arc<File>,
     pos: u64,
-    len: usize,
-    buffers: Arc<Buffers>,
+    room: Reservation,
     turn: OwnedSemaphorePermit,
 ) -> JoinHandle<io::Result<Bytes>> {
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
+        let len = room.len();
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
@@ -277,7 +268,7 @@ fn read_at(
             filled += n;
         }
         buf.truncate(filled);
-        Ok(buffers.track(buf))
+        Ok(room.into_bytes(buf))
     })
 }
 
@@ -325,15 +316,9 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
                     let wanted = usize::try_from(limit - state.pos)
                         .unwrap_or(usize::MAX)
                         .min(READ_CHUNK);
-                    let len = state.buffers.chunk_len(wanted);
                     let turn = state.buffers.read_turn().await;
-                    read_at(
-                        state.file.clone(),
-                        state.pos,
-                        len,
-                        state.buffers.clone(),
-                        turn,
-                    )
+                    let room = state.buffers.reserve_read(wanted);
+                    read_at(state.file.clone(), state.pos, room, turn)
                 }
             };
             let bytes = read.await.map_err(io::Error::other)??;
@@ -378,17 +363,11 @@ fn read_ahead(state: &mut ReadState, limit: u64, complete: bool) {
     let len = usize::try_from(remaining)
         .unwrap_or(usize::MAX)
         .min(READ_CHUNK);
-    if !state.buffers.has_room_for(len) {
+    let Some(turn) = state.buffers.try_read_turn() else {
         return;
-    }
-    if let Some(turn) = state.buffers.try_read_turn() {
-        let read = read_at(
-            state.file.clone(),
-            state.pos,
-            len,
-            state.buffers.clone(),
-            turn,
-        );
+    };
+    if let Some(room) = state.buffers.try_reserve(len) {
+        let read = read_at(state.file.clone(), state.pos, room, turn);
         state.ahead = Some((state.pos, read));
     }
 }
@@ -807,7 +786,7 @@ mod tests {
         assert_eq!(recent.slice(last, last + 10).unwrap().len(), 10);
         recent.clear();
         assert!(recent.slice(last, last + 10).is_none());
-        assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.in_use(), 0, "the window's memory is given back");
     }
 
     #[test]

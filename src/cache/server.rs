@@ -33,6 +33,9 @@ use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_lim
 use crate::resolve::Resolver;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 
+/// The most a connection buffers: its request head, and queued response body.
+const MAX_CONNECTION_BUFFER: usize = 64 << 10;
+
 /// What `regmirror serve` runs.
 #[derive(Debug)]
 pub struct ServeOptions {
@@ -273,6 +276,10 @@ impl Server {
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.header_timeout)
+                    // Request heads up to 64 KiB; and hyper queues at most this much of a
+                    // response body per connection, so a client that stops reading holds
+                    // little beyond the chunk being written (see `buffers`).
+                    .max_buf_size(MAX_CONNECTION_BUFFER)
                     .serve_connection(TokioIo::new(io), service);
                 if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %e, "connection ended");
