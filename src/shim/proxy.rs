@@ -71,12 +71,14 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// cut.
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// HTTP/1.1 serving with the head timeout in force.
+/// HTTP/1.1 serving with the head timeout in force, request heads up to 64 KiB, and at most
+/// 64 KiB of a response queued per connection (a client that stops reading holds little).
 fn http1_server() -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 << 10);
     builder
 }
 
