@@ -257,7 +257,7 @@ fn read_at(
 ) -> JoinHandle<io::Result<Bytes>> {
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let len = room.len();
+        let len = room.size();
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
