@@ -1,10 +1,11 @@
-//! `MirrorConfig::from_sources` on arbitrary daemon.json text: never panics; when the text is a
-//! valid configuration, building the resolver and resolving the registries it names and a few
-//! fixed references never panics either, and every resolution ends with the origin.
+//! `MirrorConfig::from_sources` on arbitrary daemon.json text: never panics, and every error and
+//! warning names a line and a column (in characters) inside the text; when the text is a valid
+//! configuration, building the resolver and resolving the registries it names and a few fixed
+//! references never panics either, and every resolution ends with the origin.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use regmirror::config::{ConfigSource, DomainPattern, MirrorConfig};
+use regmirror::config::{ConfigSource, Diagnostic, DomainPattern, MirrorConfig};
 use regmirror::reference::ImageRef;
 use regmirror::resolve::{Endpoints, Resolver, Role};
 
@@ -18,12 +19,23 @@ const REFERENCES: [&str; 6] = [
 ];
 
 fuzz_target!(|text: &str| {
-    let Ok(config) = MirrorConfig::from_sources(&[ConfigSource {
+    let config = match MirrorConfig::from_sources(&[ConfigSource {
         path: "daemon.json",
         text,
-    }]) else {
-        return;
+    }]) {
+        Ok(config) => config,
+        Err(errors) => {
+            errors
+                .0
+                .iter()
+                .for_each(|error| located_inside(text, error));
+            return;
+        }
     };
+    config
+        .warnings
+        .iter()
+        .for_each(|warning| located_inside(text, warning));
     let mut registries: Vec<String> = config
         .rules
         .iter()
@@ -59,4 +71,13 @@ fn ends_with_origin(endpoints: &Endpoints) {
         .last()
         .expect("the origin is always there");
     assert_eq!(last.role, Role::Origin, "{endpoints:?}");
+}
+
+fn located_inside(text: &str, diagnostic: &Diagnostic) {
+    let (line, column) = (diagnostic.location.line, diagnostic.location.column);
+    let line_text = line.checked_sub(1).and_then(|i| text.split('\n').nth(i));
+    assert!(
+        line_text.is_some_and(|l| column >= 1 && column <= l.chars().count() + 1),
+        "{text:?}: {diagnostic} is outside the text"
+    );
 }

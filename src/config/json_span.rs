@@ -40,6 +40,21 @@ pub fn line_column(text: &str, offset: usize) -> LineColumn {
     }
 }
 
+/// Line and column (in characters) of a serde_json error, which counts its 1-based column in
+/// bytes: on a line with non-ASCII text the two differ.
+pub fn serde_error_position(text: &str, line: usize, byte_column: usize) -> LineColumn {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let mut offset = (line_start + byte_column.saturating_sub(1)).min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    line_column(text, offset)
+}
+
 struct Walker<'t> {
     bytes: &'t [u8],
     pos: usize,
@@ -216,6 +231,22 @@ mod tests {
         assert_eq!(at(&[Key("absent")]), None);
         assert_eq!(at(&[Key("mirror-registries"), Index(3)]), None);
         assert_eq!(at(&[Key("debug"), Index(0)]), None);
+    }
+
+    #[test]
+    fn serde_errors_in_characters() {
+        let error_at = |text: &str| {
+            let e = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+            let p = serde_error_position(text, e.line(), e.column());
+            (p.line, p.column)
+        };
+        // Found by fuzz/daemon_json: serde_json said column 5 of a 3-character line.
+        assert_eq!(error_at("\"θθ"), (1, 3));
+        assert_eq!(error_at("[\"θθθθ\" x]"), (1, 9));
+        assert_eq!(error_at("{\n  \"é\": [1,]\n}"), (2, 11));
+        assert_eq!(error_at("[1,]"), (1, 4));
+        assert_eq!(error_at("{\"a\": 1\n"), (2, 1));
+        assert_eq!(error_at(""), (1, 1));
     }
 
     #[test]

@@ -340,11 +340,13 @@ impl<'a> FileReader<'a> {
                 let message = message
                     .rfind(" at line ")
                     .map_or(message.as_str(), |i| &message[..i]);
+                let position =
+                    json_span::serde_error_position(self.source.text, e.line(), e.column());
                 self.errors.push(Diagnostic {
                     location: Location {
                         file: self.file.clone(),
-                        line: e.line().max(1),
-                        column: e.column().max(1),
+                        line: position.line,
+                        column: position.column,
                         field: String::new(),
                     },
                     message: format!("invalid JSON: {message}"),
@@ -676,6 +678,12 @@ mod tests {
             "{errors:?}"
         );
         assert!(errors[0].contains("invalid JSON"), "{errors:?}");
+        // Columns count characters, not serde_json's bytes (found by fuzz/daemon_json).
+        let non_ascii = self::errors("{\"é\": [\"θθ\" x]}");
+        assert!(
+            non_ascii[0].starts_with("/etc/regmirror/mirrors.json:1:13:"),
+            "{non_ascii:?}"
+        );
     }
 
     #[test]
