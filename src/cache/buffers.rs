@@ -94,7 +94,8 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub fn len(&self) -> usize {
+    /// The bytes reserved.
+    pub fn size(&self) -> usize {
         self.len
     }
 
@@ -155,10 +156,10 @@ mod tests {
     fn over_the_budget_reads_shrink_and_nothing_optional_is_taken() {
         let buffers = Buffers::new(1 << 20);
         let first = buffers.reserve_read(900 << 10);
-        assert_eq!(first.len(), 900 << 10);
+        assert_eq!(first.size(), 900 << 10);
         // Concurrent readers each see what the others reserved: no burst past the budget.
-        assert_eq!(buffers.reserve_read(1 << 20).len(), SMALL_CHUNK);
-        assert_eq!(buffers.reserve_read(100).len(), 100);
+        assert_eq!(buffers.reserve_read(1 << 20).size(), SMALL_CHUNK);
+        assert_eq!(buffers.reserve_read(100).size(), 100);
         assert!(buffers.try_reserve(200 << 10).is_none());
         drop(first);
         assert_eq!(buffers.in_use(), 0);

@@ -257,7 +257,7 @@ fn read_at(
 ) -> JoinHandle<io::Result<Bytes>> {
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let len = room.len();
+        let len = room.size();
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
@@ -692,31 +692,28 @@ impl FillTask {
         }
         self.tx.send_replace(FillState::Verified { size: written });
         let file = self.file.clone();
-        let fills = self.fills.clone();
-        let temp = self.temp.clone();
-        let (upstream, digest) = self.key.clone();
-        let repository = self.repository.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            file.sync_all().map_err(|e| e.to_string())?;
-            // The record first: every file in the store has one (see `meta`).
-            fills
-                .meta
-                .put_blob(&NewBlob {
-                    upstream: &upstream,
-                    repository: &repository,
-                    digest: &digest,
-                    size: written,
-                })
-                .map_err(|e| e.to_string())?;
-            fills
-                .store
-                .commit(&temp, &digest)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(format!("cannot commit {}: {e}", self.digest())))?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(format!("cannot write the cache: {e}")))?;
+        let (upstream, digest) = &self.key;
+        let commit_failed = |e: String| fail(format!("cannot commit {digest}: {e}"));
+        // The record first: every stored blob has one (see `meta`).
+        self.fills
+            .meta
+            .put_blob(&NewBlob {
+                upstream,
+                repository: &self.repository,
+                digest,
+                size: written,
+            })
+            .await
+            .map_err(|e| commit_failed(e.to_string()))?;
+        self.fills
+            .store
+            .commit(self.temp.clone(), digest)
+            .await
+            .map_err(|e| commit_failed(e.to_string()))?;
         Ok(written)
     }
 }
@@ -824,8 +821,8 @@ mod tests {
     }
 
     fn fills(dir: &std::path::Path) -> Arc<Fills> {
-        let store = Arc::new(BlobStore::open(dir).unwrap());
-        let meta = Arc::new(Metadata::open(&dir.join("meta.redb")).unwrap());
+        let store = Arc::new(BlobStore::open_files(dir).unwrap());
+        let meta = Arc::new(Metadata::open_local(&dir.join("meta.redb")).unwrap());
         Arc::new(Fills::new(
             store,
             meta,

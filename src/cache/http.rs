@@ -22,6 +22,7 @@ use super::metrics::Source;
 use super::push;
 use super::range::{ByteRange, parse_range};
 use super::routing::Route;
+use super::store::Committed;
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
@@ -149,7 +150,7 @@ async fn registry(
         (V2Request::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, "{}".into(), head))
         }
-        (V2Request::Catalog, Method::GET) => catalog(app, &query),
+        (V2Request::Catalog, Method::GET) => catalog(app, &query).await,
         (V2Request::Tags { name }, Method::GET) => {
             let route = route_for(name)?;
             note(outcome, &route, None);
@@ -204,14 +205,14 @@ async fn registry(
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
-            push::delete(app, &route, reference, false)
+            push::delete(app, &route, reference, false).await
         }
         (V2Request::Blob { name, digest }, Method::DELETE) => {
             let route = route_for(name)?;
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
-            push::delete(app, &route, &ManifestRef::Digest(digest.clone()), true)
+            push::delete(app, &route, &ManifestRef::Digest(digest.clone()), true).await
         }
         _ => Err(RegistryError::new(
             ErrorCode::Unsupported,
@@ -270,8 +271,8 @@ fn paginate(mut names: Vec<String>, query: &Query, path: &str) -> (Vec<String>, 
     }
 }
 
-fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
-    let repositories = app.meta.repositories().map_err(internal)?;
+async fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
+    let repositories = app.meta.repositories().await.map_err(internal)?;
     let names = repositories
         .iter()
         .map(|(upstream, repository)| app.router.catalog_name(upstream, repository))
@@ -297,6 +298,7 @@ async fn tags(
     let mut names = app
         .meta
         .tags(&route.upstream.name, &route.repository)
+        .await
         .map_err(internal)?;
     let upstream = app.upstream_tags(route).await;
     let reachable = upstream.is_ok();
@@ -335,14 +337,15 @@ async fn blob(
 ) -> Result<Response, RegistryError> {
     // Content the store has for another namespace is a miss here: this upstream must deliver
     // the bytes itself before they are served on its routes.
-    let cached = if app.holds(route, digest)? {
-        app.committed_blob(digest)?
+    let cached = if app.holds(route, digest).await? {
+        app.committed_blob(digest).await?
     } else {
         None
     };
-    if let Some((file, size)) = cached {
+    if let Some(committed) = cached {
         app.require_access(route, digest, ErrorCode::BlobUnknown)
             .await?;
+        let size = committed.size();
         app.mark_used(digest);
         outcome.cache = "hit";
         app.metrics.request("blob", "hit");
@@ -360,7 +363,11 @@ async fn blob(
             Body::empty()
         } else {
             let metrics = app.metrics.clone();
-            let reader = super::fill::file_reader(file, span.start, span.end, app.buffers.clone());
+            let reader = match committed {
+                Committed::File { file, .. } => {
+                    super::fill::file_reader(file, span.start, span.end, app.buffers.clone())
+                }
+            };
             Body::from_stream(reader.inspect(move |chunk| {
                 if let Ok(bytes) = chunk {
                     metrics.bytes(Source::Cache, bytes.len() as u64);

@@ -280,11 +280,17 @@ pub async fn upload(
                     let linked = app
                         .meta
                         .is_linked(upstream, &from, &digest)
+                        .await
                         .map_err(internal)?
-                        && app.meta.has_source(upstream, &digest).map_err(internal)?;
-                    if linked && app.store.size(&digest).is_some() {
+                        && app
+                            .meta
+                            .has_source(upstream, &digest)
+                            .await
+                            .map_err(internal)?;
+                    if linked && app.store.size(&digest).await.map_err(internal)?.is_some() {
                         app.meta
                             .link(upstream, &route.repository, &digest)
+                            .await
                             .map_err(internal)?;
                         return Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest));
                     }
@@ -380,8 +386,12 @@ async fn finish(
             digest: &digest,
             size: upload.size,
         })
+        .await
         .map_err(internal)?;
-    app.store.commit(&upload.path, &digest).map_err(internal)?;
+    app.store
+        .commit(upload.path.clone(), &digest)
+        .await
+        .map_err(internal)?;
     Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest))
 }
 
@@ -425,6 +435,7 @@ pub async fn put_manifest(
         if !app
             .meta
             .is_linked(&route.upstream.name, &route.repository, referenced)
+            .await
             .map_err(internal)?
         {
             return Err(RegistryError::new(
@@ -448,13 +459,17 @@ pub async fn put_manifest(
             size: bytes.len() as u64,
             references: &references,
         })
+        .await
         .map_err(internal)?;
-    app.store.put_verified(&digest, &bytes).map_err(internal)?;
+    app.store
+        .put_verified(&digest, bytes.clone())
+        .await
+        .map_err(internal)?;
     Ok(created(format!("/v2/{name}/manifests/{digest}"), &digest))
 }
 
 /// DELETE of a manifest (by digest: its tags go too) or of a blob link.
-pub fn delete(
+pub async fn delete(
     app: &App,
     route: &Route,
     reference: &ManifestRef,
@@ -476,6 +491,7 @@ pub fn delete(
     if !app
         .meta
         .is_linked(upstream, &route.repository, digest)
+        .await
         .map_err(internal)?
     {
         let code = if blob {
@@ -490,6 +506,7 @@ pub fn delete(
     }
     app.meta
         .unlink(upstream, &route.repository, digest)
+        .await
         .map_err(internal)?;
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::ACCEPTED;

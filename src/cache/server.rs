@@ -84,9 +84,10 @@ impl Server {
             None => None,
         };
         let root = &config.root;
-        let store =
-            BlobStore::open(root).map_err(|e| fail(&format!("storage {}", root.display()), &e))?;
-        let meta = Metadata::open(&root.join("metadata.redb")).map_err(|e| fail("metadata", &e))?;
+        let store = BlobStore::open_files(root)
+            .map_err(|e| fail(&format!("storage {}", root.display()), &e))?;
+        let meta =
+            Metadata::open_local(&root.join("metadata.redb")).map_err(|e| fail("metadata", &e))?;
         let resolver = match options.mirrors {
             Some(mirrors) => Some(Arc::new(
                 Resolver::new(mirrors).map_err(|e| fail("--mirrors", &e))?,
@@ -208,7 +209,7 @@ impl Server {
         expirer.abort();
         let _ = collector.await;
         let _ = expirer.await;
-        if let Err(e) = app.flush_uses() {
+        if let Err(e) = app.flush_uses().await {
             tracing::warn!(error = %e, "last-use times not saved");
         }
         let deadline = tokio::time::Instant::now() + grace;
@@ -376,27 +377,26 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
     loop {
         ticks.tick().await;
         let app = app.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            app.flush_uses()?;
+        let result = async {
+            app.flush_uses().await?;
             let policy = super::gc::Policy {
                 ttl: eviction.ttl,
                 max_size: eviction.max_size,
                 now: super::meta::now(),
             };
-            super::gc::collect(&app.meta, &app.store, &policy, false)
-        })
+            super::gc::collect(&app.meta, &app.store, &policy, false).await
+        }
         .await;
         match result {
-            Ok(Ok(plan)) if !plan.evict.is_empty() => tracing::info!(
+            Ok(plan) if !plan.evict.is_empty() => tracing::info!(
                 manifests = plan.manifests,
                 blobs = plan.blobs,
                 freed_bytes = plan.freed_bytes,
                 kept_bytes = plan.kept_bytes,
                 "evicted"
             ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
-            Err(e) => tracing::warn!(error = %e, "eviction task failed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "eviction failed"),
         }
     }
 }

@@ -20,16 +20,20 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (_, config) = super::serve::load_cache_config(args.config.as_deref())?;
-    let meta = Metadata::open(&config.root.join("metadata.redb")).map_err(|e| {
-        anyhow::anyhow!("{e} (is `regmirror serve` running on this storage? It collects by itself every storage.gc_interval)")
+    // The store's lock first: on a live cache this fails at once and touches nothing.
+    let store = BlobStore::open_files(&config.root).map_err(|e| {
+        anyhow::anyhow!("{e} (`regmirror serve` collects by itself every storage.gc_interval)")
     })?;
-    let store = BlobStore::open(&config.root)?;
+    let meta = Metadata::open_local(&config.root.join("metadata.redb"))?;
     let policy = Policy {
         ttl: config.ttl,
         max_size: config.max_size,
         now: now(),
     };
-    let plan = gc::collect(&meta, &store, &policy, args.dry_run)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let plan = runtime.block_on(gc::collect(&meta, &store, &policy, args.dry_run))?;
     let verb = if args.dry_run {
         "would remove"
     } else {
