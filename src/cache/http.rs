@@ -359,21 +359,31 @@ async fn blob(
                 },
             ),
         };
-        let body = if head {
-            Body::empty()
-        } else {
-            let metrics = app.metrics.clone();
-            let reader = match committed {
-                Committed::File { file, .. } => {
-                    super::fill::file_reader(file, span.start, span.end, app.buffers.clone())
-                }
-            };
-            Body::from_stream(reader.inspect(move |chunk| {
-                if let Ok(bytes) = chunk {
-                    metrics.bytes(Source::Cache, bytes.len() as u64);
-                }
-            }))
+        if head {
+            return Ok(blob_response(status, digest, span, Some(size), Body::empty()));
+        }
+        let reader = match committed {
+            Committed::File { file, .. } => {
+                super::fill::file_reader(file, span.start, span.end, app.buffers.clone()).boxed()
+            }
+            Committed::Object { key, redirect, .. } if redirect => {
+                // distribution's default on object storage: the client fetches from the bucket.
+                let url = app.store.presigned(&key).await.map_err(internal)?;
+                outcome.cache = "redirect";
+                return Ok(redirect_response(&url));
+            }
+            Committed::Object { key, .. } => app
+                .store
+                .stream_object(&key, span.start, span.end)
+                .await
+                .map_err(internal)?,
         };
+        let metrics = app.metrics.clone();
+        let body = Body::from_stream(reader.inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics.bytes(Source::Cache, bytes.len() as u64);
+            }
+        }));
         return Ok(blob_response(status, digest, span, Some(size), body));
     }
     if route.upstream.local {
@@ -475,6 +485,14 @@ fn blob_response(
             );
         }
     }
+    response
+}
+
+/// 307 to where the client fetches a blob itself.
+fn redirect_response(url: &url::Url) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    insert(response.headers_mut(), header::LOCATION.as_str(), url.as_str());
     response
 }
 

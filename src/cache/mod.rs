@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus counters.
 
 pub mod auth;
+pub mod bucket;
 pub mod buffers;
 pub mod fill;
 pub mod gc;

@@ -28,7 +28,9 @@ use super::routing::Router;
 use super::store::BlobStore;
 use super::{App, http};
 use crate::config::MirrorConfig;
-use crate::config::cache::CacheConfig;
+use super::bucket::Bucket;
+use super::meta::BucketMetadata;
+use crate::config::cache::{CacheConfig, StorageBackend};
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
 use crate::resolve::Resolver;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
@@ -83,11 +85,7 @@ impl Server {
             ),
             None => None,
         };
-        let root = &config.root;
-        let store = BlobStore::open_files(root)
-            .map_err(|e| fail(&format!("storage {}", root.display()), &e))?;
-        let meta =
-            Metadata::open_local(&root.join("metadata.redb")).map_err(|e| fail("metadata", &e))?;
+        let (store, meta) = open_storage(config, options.timeouts.connect).await?;
         let resolver = match options.mirrors {
             Some(mirrors) => Some(Arc::new(
                 Resolver::new(mirrors).map_err(|e| fail("--mirrors", &e))?,
@@ -306,6 +304,49 @@ impl Server {
 /// A connection's byte stream, plain or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Opens the configured storage: the local root (locked first, so a second process touches
+/// nothing), and on S3 the bucket, checked once: when it cannot be reached the server still
+/// starts (one error line naming the endpoint and bucket) and answers 503 for what needs it.
+pub async fn open_storage(
+    config: &CacheConfig,
+    connect_timeout: Duration,
+) -> Result<(BlobStore, Metadata), StartError> {
+    let root = &config.root;
+    let local = |e: &dyn std::fmt::Display| StartError(format!("storage {}: {e}", root.display()));
+    match &config.storage {
+        StorageBackend::Filesystem => {
+            let store = BlobStore::open_files(root).map_err(|e| local(&e))?;
+            let meta = Metadata::open_local(&root.join("metadata.redb"))
+                .map_err(|e| StartError(format!("metadata: {e}")))?;
+            Ok((store, meta))
+        }
+        StorageBackend::S3(s3) => {
+            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError)?;
+            let store = BlobStore::open_bucket(root, bucket.clone(), s3.redirect)
+                .map_err(|e| local(&e))?;
+            match bucket.check().await {
+                Ok(()) => tracing::info!(storage = %bucket.describe, "object storage reachable"),
+                Err(e) => tracing::error!(
+                    "{e}: starting anyway; requests that need the storage answer 503 until it \
+                     is back"
+                ),
+            }
+            let meta = Metadata::Bucket(BucketMetadata::new(bucket, replica_name()));
+            Ok((store, meta))
+        }
+    }
+}
+
+/// A name for this process among the replicas of a bucket: 64 random bits.
+fn replica_name() -> String {
+    let mut bytes = [0u8; 8];
+    // Without the OS's randomness, the process id still tells this replica's batches apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = u64::from(std::process::id()).to_be_bytes();
+    }
+    hex::encode(bytes)
+}
 
 /// The server's TLS configuration from PEM files (`http.tls.certificate`, `http.tls.key`).
 fn tls_acceptor(

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cache::gc::{self, Policy};
-use crate::cache::meta::{Metadata, now};
-use crate::cache::store::BlobStore;
+use crate::cache::meta::now;
+use crate::cache::server::open_storage;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,19 +20,20 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (_, config) = super::serve::load_cache_config(args.config.as_deref())?;
-    // The store's lock first: on a live cache this fails at once and touches nothing.
-    let store = BlobStore::open_files(&config.root).map_err(|e| {
-        anyhow::anyhow!("{e} (`regmirror serve` collects by itself every storage.gc_interval)")
-    })?;
-    let meta = Metadata::open_local(&config.root.join("metadata.redb"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The local root's lock first: on a live cache this fails at once and touches nothing.
+    let (store, meta) = runtime
+        .block_on(open_storage(&config, std::time::Duration::from_secs(5)))
+        .map_err(|e| {
+            anyhow::anyhow!("{e} (`regmirror serve` collects by itself every storage.gc_interval)")
+        })?;
     let policy = Policy {
         ttl: config.ttl,
         max_size: config.max_size,
         now: now(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let plan = runtime.block_on(gc::collect(&meta, &store, &policy, args.dry_run))?;
     let verb = if args.dry_run {
         "would remove"

@@ -1,6 +1,7 @@
 //! The cache's metadata: what survives restarts and crashes without a directory walk or a bucket
 //! listing per request. One interface, [`Metadata`], over two backends the cache logic never
-//! tells apart: [`local`] (one redb file, for a cache on the local file system).
+//! tells apart: [`local`] (one redb file, for a cache on the local file system) and [`bucket`]
+//! (objects in an S3-compatible bucket, shared by every replica).
 //!
 //! - tags: (upstream, repository, tag) -> digest, media type, validation time;
 //! - manifests: digest -> media type, size and what they reference (the bytes are a blob);
@@ -18,6 +19,7 @@
 //! every stored blob has a record (eviction sees it); a crash in between leaves a record without
 //! content, which reads as a miss and is filled again.
 
+pub mod bucket;
 pub mod local;
 
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::reference::Digest;
+pub use bucket::BucketMetadata;
 pub use local::LocalMetadata;
 
 /// A cached tag.
@@ -97,6 +100,7 @@ pub fn now() -> u64 {
 #[derive(Debug)]
 pub enum Metadata {
     Local(LocalMetadata),
+    Bucket(BucketMetadata),
 }
 
 impl Metadata {
@@ -113,6 +117,7 @@ impl Metadata {
     ) -> Result<Option<TagRecord>, MetaError> {
         match self {
             Metadata::Local(m) => m.tag(upstream, repository, tag),
+            Metadata::Bucket(m) => m.tag(upstream, repository, tag).await,
         }
     }
 
@@ -120,6 +125,7 @@ impl Metadata {
     pub async fn tags(&self, upstream: &str, repository: &str) -> Result<Vec<String>, MetaError> {
         match self {
             Metadata::Local(m) => m.tags(upstream, repository),
+            Metadata::Bucket(m) => m.tags(upstream, repository).await,
         }
     }
 
@@ -131,12 +137,14 @@ impl Metadata {
     ) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.forget_tag(upstream, repository, tag),
+            Metadata::Bucket(m) => m.forget_tag(upstream, repository, tag).await,
         }
     }
 
     pub async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
         match self {
             Metadata::Local(m) => m.manifest(digest),
+            Metadata::Bucket(m) => m.manifest(digest).await,
         }
     }
 
@@ -145,6 +153,7 @@ impl Metadata {
     pub async fn put_manifest(&self, manifest: &NewManifest<'_>) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.put_manifest(manifest),
+            Metadata::Bucket(m) => m.put_manifest(manifest).await,
         }
     }
 
@@ -156,6 +165,7 @@ impl Metadata {
     ) -> Result<bool, MetaError> {
         match self {
             Metadata::Local(m) => m.is_linked(upstream, repository, digest),
+            Metadata::Bucket(m) => m.is_linked(upstream, repository, digest).await,
         }
     }
 
@@ -167,6 +177,7 @@ impl Metadata {
     ) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.link(upstream, repository, digest),
+            Metadata::Bucket(m) => m.link(upstream, repository, digest).await,
         }
     }
 
@@ -179,6 +190,7 @@ impl Metadata {
     ) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.unlink(upstream, repository, digest),
+            Metadata::Bucket(m) => m.unlink(upstream, repository, digest).await,
         }
     }
 
@@ -186,6 +198,7 @@ impl Metadata {
     pub async fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
         match self {
             Metadata::Local(m) => m.has_source(upstream, digest),
+            Metadata::Bucket(m) => m.has_source(upstream, digest).await,
         }
     }
 
@@ -194,6 +207,7 @@ impl Metadata {
     pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.put_blob(blob),
+            Metadata::Bucket(m) => m.put_blob(blob).await,
         }
     }
 
@@ -201,6 +215,7 @@ impl Metadata {
     pub async fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.record_use(uses),
+            Metadata::Bucket(m) => m.record_use(uses).await,
         }
     }
 
@@ -208,6 +223,7 @@ impl Metadata {
     pub async fn inventory(&self) -> Result<Inventory, MetaError> {
         match self {
             Metadata::Local(m) => m.inventory(),
+            Metadata::Bucket(m) => m.inventory().await,
         }
     }
 
@@ -216,6 +232,7 @@ impl Metadata {
     pub async fn evict(&self, digests: &[String]) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.evict(digests),
+            Metadata::Bucket(m) => m.evict(digests).await,
         }
     }
 
@@ -223,6 +240,7 @@ impl Metadata {
     pub async fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.clear_doomed(digests),
+            Metadata::Bucket(m) => m.clear_doomed(digests).await,
         }
     }
 
@@ -230,6 +248,7 @@ impl Metadata {
     pub async fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
         match self {
             Metadata::Local(m) => m.repositories(),
+            Metadata::Bucket(m) => m.repositories().await,
         }
     }
 }

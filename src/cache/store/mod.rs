@@ -1,6 +1,7 @@
 //! The content store: blobs and manifests by digest, shared by every upstream and repository,
 //! behind one interface ([`BlobStore`]) whichever backend keeps them: [`files`] (the local file
-//! system). Downloads and uploads in progress are written to the local [`spool`] first; content
+//! system) or an S3-compatible bucket ([`crate::cache::bucket`]: `blobs/<alg>/<2>/<hex>`,
+//! written by multipart uploads completed only after verification). Downloads and uploads in progress are written to the local [`spool`] first; content
 //! becomes visible in the store only once its digest is verified, so a reader never sees a
 //! partial or unverified blob.
 
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
+use crate::cache::bucket::{Bucket, keys};
 use crate::reference::Digest;
 use files::FileStore;
 use spool::Spool;
@@ -33,18 +35,32 @@ pub struct BlobStore {
 #[derive(Debug)]
 enum Content {
     Files(FileStore),
+    Bucket {
+        bucket: Bucket,
+        /// Blob GETs may answer 307 to a presigned URL (not `storage.redirect.disable`).
+        redirect: bool,
+    },
 }
 
 /// A committed blob, ready to be read.
 #[derive(Debug)]
 pub enum Committed {
-    File { file: File, size: u64 },
+    File {
+        file: File,
+        size: u64,
+    },
+    /// An object in the bucket: streamed from it, or redirected to with `redirect`.
+    Object {
+        key: String,
+        size: u64,
+        redirect: bool,
+    },
 }
 
 impl Committed {
     pub fn size(&self) -> u64 {
         match self {
-            Committed::File { size, .. } => *size,
+            Committed::File { size, .. } | Committed::Object { size, .. } => *size,
         }
     }
 }
@@ -61,6 +77,22 @@ impl BlobStore {
             spool,
             content: Content::Files(FileStore::open(root)?),
         })
+    }
+
+    /// A store in a bucket, with its spool (locked) under the local `root`.
+    pub fn open_bucket(root: &std::path::Path, bucket: Bucket, redirect: bool) -> io::Result<Self> {
+        Ok(BlobStore {
+            spool: Spool::open(root)?,
+            content: Content::Bucket { bucket, redirect },
+        })
+    }
+
+    /// The bucket, when the store is one.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        match &self.content {
+            Content::Files(_) => None,
+            Content::Bucket { bucket, .. } => Some(bucket),
+        }
     }
 
     /// A fresh spool path for content in progress.
@@ -82,6 +114,44 @@ impl BlobStore {
                     Err(e) => Err(e),
                 }
             }
+            Content::Bucket { bucket, redirect } => {
+                let key = keys::blob(digest);
+                Ok(bucket
+                    .head(&key)
+                    .await
+                    .map_err(io::Error::other)?
+                    .map(|size| Committed::Object {
+                        key,
+                        size,
+                        redirect: *redirect,
+                    }))
+            }
+        }
+    }
+
+    /// Bytes `start..end` of a committed object, as they arrive from the bucket.
+    pub async fn stream_object(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> io::Result<futures_util::stream::BoxStream<'static, io::Result<Bytes>>> {
+        match &self.content {
+            Content::Bucket { bucket, .. } => bucket
+                .stream(key, start, end)
+                .await
+                .map_err(io::Error::other),
+            Content::Files(_) => Err(io::Error::other("not a bucket")),
+        }
+    }
+
+    /// A presigned URL of a committed object.
+    pub async fn presigned(&self, key: &str) -> io::Result<url::Url> {
+        match &self.content {
+            Content::Bucket { bucket, .. } => {
+                bucket.presigned(key).await.map_err(io::Error::other)
+            }
+            Content::Files(_) => Err(io::Error::other("not a bucket")),
         }
     }
 
@@ -98,6 +168,11 @@ impl BlobStore {
                 tokio::task::spawn_blocking(move || files::commit(&temp, &path))
                     .await
                     .map_err(blocking_error)?
+            }
+            Content::Bucket { bucket, .. } => {
+                let uploaded = bucket.upload_file(&keys::blob(digest), &temp).await;
+                let _ = tokio::fs::remove_file(&temp).await;
+                uploaded.map_err(io::Error::other)
             }
         }
     }
@@ -117,6 +192,10 @@ impl BlobStore {
                     .await
                     .map_err(blocking_error)?
             }
+            Content::Bucket { bucket, .. } => bucket
+                .put(&keys::blob(digest), bytes)
+                .await
+                .map_err(io::Error::other),
         }
     }
 
@@ -128,6 +207,10 @@ impl BlobStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             },
+            Content::Bucket { bucket, .. } => bucket
+                .get(&keys::blob(digest))
+                .await
+                .map_err(io::Error::other),
         }
     }
 
@@ -138,6 +221,10 @@ impl BlobStore {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             },
+            Content::Bucket { bucket, .. } => bucket
+                .delete(&keys::blob(digest))
+                .await
+                .map_err(io::Error::other),
         }
     }
 }
