@@ -103,9 +103,7 @@ impl Bucket {
                 .with_access_key_id(credentials.username())
                 .with_secret_access_key(credentials.password());
         }
-        let store = builder
-            .build()
-            .map_err(|e| format!("storage.s3: {e}"))?;
+        let store = builder.build().map_err(|e| format!("storage.s3: {e}"))?;
         let at = config.endpoint.as_deref().unwrap_or("AWS");
         let root = config.prefix.clone();
         Ok(Bucket {
@@ -150,9 +148,8 @@ impl Bucket {
 
     fn unreachable(&self, e: object_store::Error) -> BucketError {
         match e {
-            object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. } => {
-                BucketError::Precondition
-            }
+            object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. } => BucketError::Precondition,
             e => BucketError::Unreachable(format!("storage {}: {e}", self.describe)),
         }
     }
@@ -203,8 +200,7 @@ impl Bucket {
         key: &str,
         start: u64,
         end: u64,
-    ) -> Result<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>, BucketError>
-    {
+    ) -> Result<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>, BucketError> {
         let options = GetOptions {
             range: Some(GetRange::Bounded(start..end)),
             ..GetOptions::default()
@@ -447,7 +443,11 @@ pub mod keys {
         let (upstream, rest) = rest.split_once('/')?;
         let (repository, digest) = rest.split_once("/_links/")?;
         let (algorithm, hex) = digest.split_once('/')?;
-        Some((upstream.to_owned(), repository.to_owned(), format!("{algorithm}:{hex}")))
+        Some((
+            upstream.to_owned(),
+            repository.to_owned(),
+            format!("{algorithm}:{hex}"),
+        ))
     }
 
     pub const SOURCES: &str = "meta/sources/";
@@ -479,8 +479,10 @@ pub mod keys {
         Some(format!("{algorithm}:{hex}"))
     }
 
+    pub const FILL_LEASES: &str = "leases/fills/";
+
     pub fn fill_lease(upstream: &str, digest: &Digest) -> String {
-        format!("leases/fills/{upstream}/{}", digest_part(digest))
+        format!("{FILL_LEASES}{upstream}/{}", digest_part(digest))
     }
 
     pub const GC_LEASE: &str = "leases/gc";
@@ -507,7 +509,12 @@ mod tests {
             keys::tag("docker.io", "library/nginx", "1.27"),
             "meta/tags/docker.io/library/nginx/_tags/1.27"
         );
-        for key in [keys::blob(&d), keys::manifest(&d), keys::doomed(&d), keys::source("x", &d)] {
+        for key in [
+            keys::blob(&d),
+            keys::manifest(&d),
+            keys::doomed(&d),
+            keys::source("x", &d),
+        ] {
             assert_eq!(keys::digest_at_end(&key), Some(d.to_string()), "{key}");
         }
     }

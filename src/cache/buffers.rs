@@ -99,10 +99,6 @@ impl Reservation {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// `data` (at most the reserved length) as `Bytes` that hold the reservation: for a response
     /// chunk, until the connection has written it.
     pub fn into_bytes(mut self, data: Vec<u8>) -> Bytes {

@@ -49,6 +49,9 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let mut outcome = Outcome::default();
     let mut response = if path == "/healthz" {
         text_response(StatusCode::OK, "text/plain", "ok\n")
+    } else if path.starts_with(super::fleet::FILLS_PATH) {
+        outcome.kind = "fleet";
+        fleet_fill(&app, &request).await
     } else {
         // With auth.htpasswd, everything but /healthz needs it (/metrics too).
         let refusal = match &app.htpasswd {
@@ -360,7 +363,13 @@ async fn blob(
             ),
         };
         if head {
-            return Ok(blob_response(status, digest, span, Some(size), Body::empty()));
+            return Ok(blob_response(
+                status,
+                digest,
+                span,
+                Some(size),
+                Body::empty(),
+            ));
         }
         let reader = match committed {
             Committed::File { file, .. } => {
@@ -438,6 +447,37 @@ async fn blob(
     Ok(blob_response(status, digest, span, size, body))
 }
 
+/// The internal route of a fleet on one bucket: another replica streams this one's download in
+/// flight (see [`super::fleet`]). Refused without the fleet's signature.
+async fn fleet_fill(app: &App, request: &Parts) -> Response {
+    let path = request.uri.path();
+    let signature = request
+        .headers
+        .get(super::fleet::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let secret = app.fleet.as_ref().and(app.secret.as_ref());
+    if !super::fleet::verify(secret, path, signature) {
+        return text_response(StatusCode::FORBIDDEN, "text/plain", "forbidden\n");
+    }
+    let fill = super::fleet::parse_fill_path(path)
+        .and_then(|(upstream, digest)| app.fills.get(&upstream, &digest));
+    let Some(fill) = fill else {
+        return text_response(StatusCode::NOT_FOUND, "text/plain", "no such fill\n");
+    };
+    let Ok(size) = fill.started().await else {
+        return text_response(StatusCode::NOT_FOUND, "text/plain", "the fill failed\n");
+    };
+    let mut response = Response::new(Body::from_stream(fill.reader(0, None)));
+    if let Some(size) = size {
+        insert(
+            response.headers_mut(),
+            header::CONTENT_LENGTH.as_str(),
+            &size.to_string(),
+        );
+    }
+    response
+}
+
 /// A `Range` header against a known size: `Ok(None)` serves the whole blob.
 fn resolve_range(
     range: Option<&str>,
@@ -492,7 +532,11 @@ fn blob_response(
 fn redirect_response(url: &url::Url) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-    insert(response.headers_mut(), header::LOCATION.as_str(), url.as_str());
+    insert(
+        response.headers_mut(),
+        header::LOCATION.as_str(),
+        url.as_str(),
+    );
     response
 }
 

@@ -14,8 +14,10 @@ pub mod auth;
 pub mod bucket;
 pub mod buffers;
 pub mod fill;
+pub mod fleet;
 pub mod gc;
 pub mod http;
+pub mod lease;
 pub mod manifest;
 pub mod meta;
 pub mod metrics;
@@ -40,7 +42,7 @@ use crate::reference::Digest;
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError};
 use crate::upstream::{BodyError, UpstreamClient, UpstreamError, UpstreamRequest, read_limited};
 use buffers::Buffers;
-use fill::{Fill, Fills, UpstreamBody};
+use fill::{Fetched, Fill, Fills, UpstreamBody};
 use http::internal;
 use manifest::{CachedManifest, ManifestMemo};
 use meta::{Metadata, NewManifest};
@@ -81,6 +83,10 @@ pub struct App {
     pub tag_validated: Mutex<HashMap<String, Instant>>,
     /// The memory budget for blob data in flight.
     pub buffers: Arc<Buffers>,
+    /// On a shared bucket: this replica among the others (leases, following their downloads).
+    pub fleet: Option<fleet::Fleet>,
+    /// `http.secret`: authenticates the fleet's internal route.
+    pub secret: Option<crate::config::cache::Secret>,
     /// `limits`.
     pub limits: Limits,
 }
@@ -244,7 +250,7 @@ impl App {
         let metrics = self.metrics.clone();
         let upstream = route.upstream.name.clone();
         let label = route.upstream.label().to_owned();
-        let fetch = async move {
+        let download = async move {
             let started = Instant::now();
             let result = client.walk(&targets, &request).await;
             let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
@@ -264,8 +270,61 @@ impl App {
                 .boxed();
             Ok((size, body))
         };
+        let fetch = match self.fleet.clone() {
+            None => async move {
+                let (size, body) = download.await?;
+                Ok(Fetched::stored(size, body, None))
+            }
+            .boxed(),
+            Some(fleet) => {
+                let confirm = self.upstream_confirms(route, digest);
+                let (upstream, repository, digest) = (
+                    route.upstream.name.clone(),
+                    route.repository.clone(),
+                    digest.clone(),
+                );
+                async move {
+                    fleet
+                        .fetch(&upstream, &repository, &digest, download, confirm)
+                        .await
+                }
+                .boxed()
+            }
+        };
         self.fills
             .join_or_start(&route.upstream.name, &route.repository, digest, fetch)
+    }
+
+    /// A check, to run later, that the upstream lets `route`'s repository read the blob
+    /// (HEAD 200).
+    fn upstream_confirms(
+        &self,
+        route: &Route,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send + 'static {
+        let request = UpstreamRequest::pull(
+            Method::HEAD,
+            &route.repository,
+            format!("/v2/{}/blobs/{digest}", route.repository),
+        );
+        let targets = self.router.targets(route);
+        let client = self.client.clone();
+        let upstream = route.upstream.name.clone();
+        async move {
+            let (_, response) = client
+                .walk(&targets, &request)
+                .await
+                .map_err(|e| unreachable(&upstream, e))?;
+            if response.status() == StatusCode::OK {
+                Ok(())
+            } else {
+                Err(upstream_status(
+                    &upstream,
+                    response.status(),
+                    ErrorCode::BlobUnknown,
+                ))
+            }
+        }
     }
 
     /// Whether the route's namespace holds the content of `digest`: its own upstream delivered

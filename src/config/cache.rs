@@ -88,6 +88,16 @@ impl Default for Limits {
     }
 }
 
+/// A secret from the config: compared, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Where the cache keeps content and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageBackend {
@@ -210,6 +220,10 @@ pub struct CacheConfig {
     pub gc_interval: Duration,
     /// `http.headers`: added to every response.
     pub headers: Vec<(String, String)>,
+    /// `http.host`: the URL other replicas reach this one at (advertised in fill leases).
+    pub host: Option<String>,
+    /// `http.secret`: shared by the replicas of one bucket; authenticates their internal route.
+    pub secret: Option<Secret>,
     /// Configured upstreams; the first is the default for requests that name none.
     pub upstreams: Vec<UpstreamConfig>,
     /// `proxy.on`: serve registries that are not configured, without stored credentials.
@@ -251,6 +265,8 @@ impl CacheConfig {
             max_size: None,
             gc_interval: DEFAULT_GC_INTERVAL,
             headers: Vec::new(),
+            host: None,
+            secret: None,
             upstreams,
             dynamic_upstreams: false,
             allow_private_upstreams: false,
@@ -504,8 +520,8 @@ const SCHEMA: Key = Key::Map(&[
             ("addr", Key::Known),
             ("net", Key::Known),
             ("prefix", Key::Ignored),
-            ("host", Key::Any),
-            ("secret", Key::Any),
+            ("host", Key::Known),
+            ("secret", Key::Known),
             ("relativeurls", Key::Any),
             ("draintimeout", Key::Any),
             (
@@ -793,6 +809,8 @@ struct RawFilesystem {
 #[serde(default)]
 struct RawHttp {
     addr: Option<String>,
+    host: Option<String>,
+    secret: Option<String>,
     net: Option<String>,
     tls: RawTls,
     headers: std::collections::BTreeMap<String, Vec<String>>,
@@ -1052,6 +1070,18 @@ impl RawConfig {
             None => DEFAULT_TTL,
             Some(text) => parse_duration(text).map_err(|e| err("proxy.ttl", e))?,
         };
+        let host = match self.http.host.filter(|h| !h.is_empty()) {
+            None => None,
+            Some(host) => {
+                let url = url::Url::parse(&host)
+                    .map_err(|e| err("http.host", format!("{host:?}: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(err("http.host", format!("{host:?}: an http(s) URL")));
+                }
+                Some(host.trim_end_matches('/').to_owned())
+            }
+        };
+        let secret = self.http.secret.filter(|s| !s.is_empty()).map(Secret);
         let headers = self
             .http
             .headers
@@ -1092,6 +1122,8 @@ impl RawConfig {
             max_size,
             gc_interval,
             headers,
+            host,
+            secret,
             upstreams,
             dynamic_upstreams: self.proxy.on,
             allow_private_upstreams: self.proxy.allow_private_upstreams,

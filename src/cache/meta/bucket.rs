@@ -268,10 +268,7 @@ impl BucketMetadata {
         let body = serde_json::to_vec(&batch).map_err(|e| MetaError(e.to_string()))?;
         let n = self.batch.fetch_add(1, Ordering::Relaxed);
         let key = format!("{}{}/{}-{n}", keys::USED, self.replica, now());
-        self.bucket
-            .put(&key, Bytes::from(body))
-            .await
-            .map_err(err)
+        self.bucket.put(&key, Bytes::from(body)).await.map_err(err)
     }
 
     /// Everything a collection needs. The last-use batches read are merged into one (and
@@ -286,16 +283,15 @@ impl BucketMetadata {
             .into_iter()
             .filter_map(|(key, _)| keys::digest_at_end(&key))
             .collect();
-        let records: Vec<(String, Option<ManifestRecord>)> =
-            futures_util::stream::iter(manifests)
-                .map(|digest| async move {
-                    let parsed = Digest::parse(&digest).map_err(|e| MetaError(e.to_string()))?;
-                    let record = self.manifest(&parsed).await?;
-                    Ok::<_, MetaError>((digest, record))
-                })
-                .buffer_unordered(PARALLEL)
-                .try_collect()
-                .await?;
+        let records: Vec<(String, Option<ManifestRecord>)> = futures_util::stream::iter(manifests)
+            .map(|digest| async move {
+                let parsed = Digest::parse(&digest).map_err(|e| MetaError(e.to_string()))?;
+                let record = self.manifest(&parsed).await?;
+                Ok::<_, MetaError>((digest, record))
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
         inventory.manifests = records
             .into_iter()
             .filter_map(|(d, r)| Some((d, r?)))
@@ -321,8 +317,7 @@ impl BucketMetadata {
             .collect();
         for key in &batches {
             if let Some(body) = self.bucket.get(key).await.map_err(err)? {
-                let batch: HashMap<String, u64> =
-                    serde_json::from_slice(&body).unwrap_or_default();
+                let batch: HashMap<String, u64> = serde_json::from_slice(&body).unwrap_or_default();
                 for (digest, at) in batch {
                     let entry = inventory.last_used.entry(digest).or_default();
                     *entry = (*entry).max(at);

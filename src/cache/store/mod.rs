@@ -148,9 +148,7 @@ impl BlobStore {
     /// A presigned URL of a committed object.
     pub async fn presigned(&self, key: &str) -> io::Result<url::Url> {
         match &self.content {
-            Content::Bucket { bucket, .. } => {
-                bucket.presigned(key).await.map_err(io::Error::other)
-            }
+            Content::Bucket { bucket, .. } => bucket.presigned(key).await.map_err(io::Error::other),
             Content::Files(_) => Err(io::Error::other("not a bucket")),
         }
     }
