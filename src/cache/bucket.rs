@@ -59,8 +59,8 @@ pub struct Versioned {
     pub version: UpdateVersion,
 }
 
-/// An abandoned multipart upload: (key under the root, upload id, initiated).
-pub type PendingUpload = (String, String, Option<std::time::SystemTime>);
+/// A multipart upload in progress: (key under the root, upload id).
+pub type PendingUpload = (String, String);
 
 /// The bucket, its root, and how to reach it.
 #[derive(Debug, Clone)]
@@ -364,7 +364,7 @@ impl Bucket {
             .map_err(|e| BucketError::Unreachable(format!("storage {}: {e}", self.describe)))?;
         Ok(parse_uploads(&text)
             .into_iter()
-            .map(|(key, id, initiated)| (self.relative(&Path::from(key)), id, initiated))
+            .map(|(key, id)| (self.relative(&Path::from(key)), id))
             .collect())
     }
 
@@ -377,7 +377,7 @@ impl Bucket {
     }
 }
 
-/// The (key, upload id, initiated) of each `<Upload>` in a ListMultipartUploads answer.
+/// The (key, upload id) of each `<Upload>` in a ListMultipartUploads answer.
 fn parse_uploads(xml: &str) -> Vec<PendingUpload> {
     let tag = |body: &str, name: &str| -> Option<String> {
         let start = body.find(&format!("<{name}>"))? + name.len() + 2;
@@ -388,9 +388,7 @@ fn parse_uploads(xml: &str) -> Vec<PendingUpload> {
         .skip(1)
         .filter_map(|upload| {
             let upload = upload.split("</Upload>").next()?;
-            let initiated =
-                tag(upload, "Initiated").and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
-            Some((tag(upload, "Key")?, tag(upload, "UploadId")?, initiated))
+            Some((tag(upload, "Key")?, tag(upload, "UploadId")?))
         })
         .collect()
 }
@@ -530,8 +528,6 @@ mod tests {
         assert_eq!(uploads.len(), 2);
         assert_eq!(uploads[0].0, "cache/blobs/sha256/ab/abcd");
         assert_eq!(uploads[0].1, "id-1");
-        assert!(uploads[0].2.is_some());
         assert_eq!(uploads[1].0, "a&b");
-        assert!(uploads[1].2.is_none());
     }
 }

@@ -16,13 +16,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 
 use super::bucket::{Bucket, BucketError, keys};
 use super::fill::{Fetched, Keep, UpstreamBody};
-use super::lease::{Claim, Decision, LEASE_TTL, Lease, Leases, decide};
+use super::lease::{Claim, Decision, Lease, Leases, decide};
 use super::metrics::Metrics;
 use crate::config::cache::Secret;
 use crate::reference::Digest;
@@ -74,9 +74,10 @@ impl Fleet {
         result.map(Some)
     }
 
-    /// Aborts the multipart uploads of blobs that no replica is downloading (their fill's lease
-    /// is gone or expired): what a replica killed in the middle of storing a blob left behind.
-    /// Uploads younger than a lease's lifetime are left alone (their lease may be in flight).
+    /// Aborts the multipart uploads of blobs that no replica is storing (no live lease for the
+    /// digest): what a replica killed while storing a blob left behind. A replica takes a
+    /// blob's lease before it starts an upload and releases it after completing it, and the
+    /// uploads are listed before the leases, so a live upload always has a live lease here.
     pub async fn abort_abandoned_uploads(&self) -> Result<usize, BucketError> {
         let pending = self.bucket.pending_uploads().await?;
         if pending.is_empty() {
@@ -93,18 +94,36 @@ impl Fleet {
                 live.extend(keys::digest_at_end(&key));
             }
         }
-        let young = SystemTime::now() - LEASE_TTL;
         let mut aborted = 0;
-        for (key, id, initiated) in pending {
-            let owned = keys::digest_at_end(&key).is_some_and(|d| live.contains(&d));
-            if owned || initiated.is_none_or(|at| at > young) {
+        for (key, id) in pending {
+            if !key.starts_with(keys::BLOBS)
+                || keys::digest_at_end(&key).is_some_and(|d| live.contains(&d))
+            {
                 continue;
             }
-            self.bucket.abort_upload(&key, &id).await?;
-            tracing::info!(%key, "aborted an abandoned multipart upload");
-            aborted += 1;
+            // Completed since the listing: nothing to abort any more.
+            match self.bucket.abort_upload(&key, &id).await {
+                Ok(()) => {
+                    tracing::info!(%key, "aborted an abandoned multipart upload");
+                    aborted += 1;
+                }
+                Err(e) => tracing::debug!(%key, error = %e, "upload gone before its abort"),
+            }
         }
         Ok(aborted)
+    }
+
+    /// Runs `store` (which uploads the blob `digest`) holding the blob's lease, so a collection
+    /// meanwhile never takes the upload for one a dead replica left. When another replica
+    /// holds the lease (it stores the same blob), its lease covers the upload just as well.
+    pub async fn storing<T>(&self, digest: &Digest, store: impl Future<Output = T>) -> T {
+        let key = keys::fill_lease(super::routing::LOCAL, digest);
+        let claim = self.leases.claim(&key, "").await;
+        let result = store.await;
+        if let Ok(Claim::Held { lease, .. }) = claim {
+            lease.release().await;
+        }
+        result
     }
 
     pub fn new(bucket: Bucket, leases: Leases, follower: Follower, metrics: Arc<Metrics>) -> Self {

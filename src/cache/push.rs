@@ -388,10 +388,12 @@ async fn finish(
         })
         .await
         .map_err(internal)?;
-    app.store
-        .commit(upload.path.clone(), &digest)
-        .await
-        .map_err(internal)?;
+    let commit = app.store.commit(upload.path.clone(), &digest);
+    match &app.fleet {
+        Some(fleet) => fleet.storing(&digest, commit).await,
+        None => commit.await,
+    }
+    .map_err(internal)?;
     Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest))
 }
 
