@@ -38,8 +38,14 @@ fn seed_004(moto: &MotoServer, spool: &Path) -> Vec<(String, String)> {
 
 /// A replica on the bucket: `yaml` plus the fleet's secret on its own port.
 fn replica(moto: &MotoServer, yaml: &str) -> Regmirror {
+    replica_with(moto, yaml, &[])
+}
+
+/// [`replica`] with more environment (`REGISTRY_STORAGE_*` keys: the harness writes `storage`).
+fn replica_with(moto: &MotoServer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
     let dir = tempfile::tempdir().unwrap();
-    let env = seed_004(moto, &dir.path().join("spool"));
+    let mut env = seed_004(moto, &dir.path().join("spool"));
+    env.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let port = peers::free_port();
     let yaml = format!("{yaml}\nhttp: {{addr: 127.0.0.1:{port}, secret: {SECRET}}}");
@@ -443,4 +449,108 @@ fn gc_aborts_uploads_a_killed_replica_left() {
         !object_keys(&moto, "leases/").contains(&"leases/gc".to_owned()),
         "the gc lease is released"
     );
+}
+
+#[test]
+fn blobs_redirect_to_presigned_urls_unless_disabled() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let work = tempfile::tempdir().unwrap();
+    let (file, digest) = peers::random_file(work.path(), "blob", 100_000);
+    // distribution's default on object storage: redirects on.
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = seed_004(&moto, &dir.path().join("spool"))
+        .into_iter()
+        .filter(|(k, _)| k != "REGISTRY_STORAGE_REDIRECT_DISABLE")
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cache = Regmirror::spawn(dir, "local: all", &[], &env, &[]);
+    peers::push_blob(cache.addr, "team/app", &file, &digest);
+    let (status, head, _) = http(
+        "GET",
+        cache.addr,
+        &format!("/v2/team/app/blobs/{digest}"),
+        &[],
+    );
+    assert_eq!(status, 307, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(location.starts_with(&moto.endpoint()), "{location}");
+    assert!(
+        location.contains("X-Amz-Signature="),
+        "presigned: {location}"
+    );
+    let target = location.trim_start_matches(&moto.endpoint()).to_owned();
+    let (status, _, body) = http("GET", moto.addr, &target, &[]);
+    assert_eq!(status, 200);
+    assert_eq!(digest_of(&body), digest);
+    // HEAD is answered by the cache itself.
+    let (status, head, _) = http(
+        "HEAD",
+        cache.addr,
+        &format!("/v2/team/app/blobs/{digest}"),
+        &[],
+    );
+    assert_eq!(status, 200, "{head}");
+}
+
+#[test]
+fn eviction_on_the_bucket() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let origin = Registry::start(RegistryOptions::default());
+    let work = tempfile::tempdir().unwrap();
+    let images = Images::new();
+    // Random content: the layers do not compress below the cap.
+    images.build("v1", &[("one.bin", &random_bytes(2_000_000, 61))]);
+    images.build("v2", &[("two.bin", &random_bytes(2_000_000, 62))]);
+    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
+    images.push("v2", &format!("{}/library/demo:v2", origin.host()), &[]);
+    // Room for one image; both replicas collect every second, one at a time.
+    let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
+    let gc = [
+        ("REGISTRY_STORAGE_MAXSIZE", "3MB"),
+        ("REGISTRY_STORAGE_GC_INTERVAL", "1s"),
+    ];
+    let a = replica_with(&moto, &yaml, &gc);
+    let b = replica_with(&moto, &yaml, &gc);
+    skopeo_pull(&format!("{}/library/demo:v1", a.host()), work.path(), &[]).unwrap();
+    settled(&a);
+    std::thread::sleep(Duration::from_millis(1500));
+    let old = tempfile::tempdir().unwrap();
+    let v1 = skopeo_pull(&format!("{}/library/demo:v1", b.host()), old.path(), &[]).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    skopeo_pull(&format!("{}/library/demo:v2", b.host()), fresh.path(), &[]).unwrap();
+    settled(&b);
+    let v1_blob = {
+        let hex = digest_of(&v1);
+        let hex = hex.trim_start_matches("sha256:").to_owned();
+        format!("blobs/sha256/{}/{hex}", &hex[..2])
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while object_keys(&moto, "blobs/").contains(&v1_blob) {
+        assert!(Instant::now() < deadline, "v1 is evicted for v2");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        object_keys(&moto, "meta/doomed/").is_empty() || {
+            std::thread::sleep(Duration::from_secs(2));
+            object_keys(&moto, "meta/doomed/").is_empty()
+        },
+        "doomed markers are cleared"
+    );
+    // v2 stays whole: pulled again without the origin.
+    drop(origin);
+    let again = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read(fresh.path().join("manifest.json")).unwrap();
+    skopeo_pull(
+        &format!("{}/library/demo@{}", a.host(), digest_of(&manifest)),
+        again.path(),
+        &[],
+    )
+    .unwrap();
 }
