@@ -554,3 +554,27 @@ fn eviction_on_the_bucket() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_missing_bucket_is_one_clear_line_and_503s() {
+    let moto = MotoServer::start();
+    // No bucket created.
+    let cache = replica(&moto, "local: all");
+    let log = cache.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("starting anyway"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&format!("s3://{BUCKET}/")) && line.contains(&moto.endpoint()),
+        "names the bucket and the endpoint: {line}"
+    );
+    let (status, _, body) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    moto.create_bucket(BUCKET);
+    let (status, _, _) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(
+        status, 404,
+        "served (nothing pushed yet) once the bucket exists"
+    );
+}

@@ -150,8 +150,18 @@ impl Bucket {
         match e {
             object_store::Error::Precondition { .. }
             | object_store::Error::AlreadyExists { .. } => BucketError::Precondition,
-            e => BucketError::Unreachable(format!("storage {}: {e}", self.describe)),
+            e => BucketError::Unreachable(format!(
+                "storage {}: {}",
+                self.describe,
+                one_line(&e.to_string())
+            )),
         }
+    }
+
+    /// A 404 for the key itself; a missing bucket answers 404 too, and is an outage.
+    fn is_missing_key(&self, e: &object_store::Error) -> bool {
+        matches!(e, object_store::Error::NotFound { .. })
+            && !format!("{e:?}").contains("NoSuchBucket")
     }
 
     /// One listing request: the bucket exists and the credentials are good.
@@ -180,7 +190,7 @@ impl Bucket {
                 let body = result.bytes().await.map_err(|e| self.unreachable(e))?;
                 Ok(Some(Versioned { body, version }))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if self.is_missing_key(&e) => Ok(None),
             Err(e) => Err(self.unreachable(e)),
         }
     }
@@ -189,7 +199,7 @@ impl Bucket {
     pub async fn head(&self, key: &str) -> Result<Option<u64>, BucketError> {
         match self.store.head(&self.path(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if self.is_missing_key(&e) => Ok(None),
             Err(e) => Err(self.unreachable(e)),
         }
     }
@@ -313,7 +323,8 @@ impl Bucket {
     /// Deletes an object; a missing one is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), BucketError> {
         match self.store.delete(&self.path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if self.is_missing_key(&e) => Ok(()),
             Err(e) => Err(self.unreachable(e)),
         }
     }
@@ -375,6 +386,25 @@ impl Bucket {
             .await
             .map_err(|e| self.unreachable(e))
     }
+}
+
+/// An error for one log line: S3's `<Code>` and `<Message>` when the store answered an XML error
+/// (the whole document otherwise spans lines), whitespace folded, at most 300 characters.
+fn one_line(error: &str) -> String {
+    let tag = |name: &str| -> Option<&str> {
+        let start = error.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = error[start..].find(&format!("</{name}>"))? + start;
+        Some(&error[start..end])
+    };
+    let text = match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => {
+            let before = &error[..error.find('<').unwrap_or(error.len())];
+            format!("{before}{code}: {message}")
+        }
+        _ => error.to_owned(),
+    };
+    let folded: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    folded.chars().take(300).collect()
 }
 
 /// The (key, upload id) of each `<Upload>` in a ListMultipartUploads answer.
@@ -515,6 +545,17 @@ mod tests {
         ] {
             assert_eq!(keys::digest_at_end(&key), Some(d.to_string()), "{key}");
         }
+    }
+
+    #[test]
+    fn store_errors_fit_one_line() {
+        let xml = "Generic S3 error: Error performing list request: response error \"<?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message>\n<RequestId>x</RequestId></Error>\"";
+        assert_eq!(
+            one_line(xml),
+            "Generic S3 error: Error performing list request: response error \"NoSuchBucket: The specified bucket does not exist"
+        );
+        assert_eq!(one_line("a\n  b"), "a b");
+        assert_eq!(one_line(&"x".repeat(1000)).len(), 300);
     }
 
     #[test]
