@@ -156,14 +156,25 @@ impl Fleet {
         let mut confirm = Some(confirm);
         let mut waited = false;
         loop {
-            // Stored by another replica meanwhile: read it from the bucket (verified again).
+            // Stored for this upstream by another replica meanwhile: read it from the bucket
+            // (verified again). Content stored for another upstream does not count (see
+            // `meta`: sources).
             let blob = keys::blob(digest);
-            if let Some(size) = self
+            let held = self
                 .bucket
-                .head(&blob)
+                .head(&keys::source(upstream, digest))
                 .await
                 .map_err(|e| unavailable(&self.bucket, e))?
-            {
+                .is_some();
+            let stored = if held {
+                self.bucket
+                    .head(&blob)
+                    .await
+                    .map_err(|e| unavailable(&self.bucket, e))?
+            } else {
+                None
+            };
+            if let Some(size) = stored {
                 if let Some(confirm) = confirm.take() {
                     confirm.await?;
                 }
