@@ -473,12 +473,7 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
         &[],
     );
     assert_eq!(status, 307, "{head}");
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let location = peers::header(&head, "location").unwrap();
     assert!(location.starts_with(&moto.endpoint()), "{location}");
     assert!(
         location.contains("X-Amz-Signature="),

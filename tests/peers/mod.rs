@@ -116,6 +116,13 @@ fn exchange(
     (status, head, body)
 }
 
+/// The value of header `name` (lower case) in a response head from [`http`].
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(|v| v.trim().to_owned())
+}
+
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {

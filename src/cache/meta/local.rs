@@ -48,6 +48,18 @@ fn key(parts: &[&str]) -> String {
     key
 }
 
+/// Every key of a table.
+fn keys_of<V: redb::Value + 'static>(
+    table: &impl ReadableTable<&'static str, V>,
+) -> Result<Vec<String>, MetaError> {
+    Ok(table
+        .iter()
+        .map_err(err)?
+        .filter_map(Result::ok)
+        .map(|(k, _)| k.value().to_owned())
+        .collect())
+}
+
 /// Removes every entry of a table keyed `…␟digest` whose digest is in `doomed`.
 fn remove_by_digest(
     table: &mut redb::Table<'_, &str, u64>,
@@ -90,14 +102,7 @@ impl LocalMetadata {
             .map_or(1, |v| v.value());
         if version < 3 {
             // Doomed files were recorded by path, `<root>/blobs/<algorithm>/<2>/<hex>`.
-            let paths: Vec<String> = txn
-                .open_table(DOOMED)
-                .map_err(err)?
-                .iter()
-                .map_err(err)?
-                .filter_map(Result::ok)
-                .map(|(k, _)| k.value().to_owned())
-                .collect();
+            let paths = keys_of(&txn.open_table(DOOMED).map_err(err)?)?;
             let mut doomed = txn.open_table(DOOMED).map_err(err)?;
             for path in paths {
                 doomed.remove(path.as_str()).map_err(err)?;
@@ -111,14 +116,7 @@ impl LocalMetadata {
         }
         if version < 2 {
             // Caches written before sources existed: what a namespace links, it holds.
-            let links: Vec<String> = txn
-                .open_table(LINKS)
-                .map_err(err)?
-                .iter()
-                .map_err(err)?
-                .filter_map(Result::ok)
-                .map(|(k, _)| k.value().to_owned())
-                .collect();
+            let links = keys_of(&txn.open_table(LINKS).map_err(err)?)?;
             let mut sources = txn.open_table(SOURCES).map_err(err)?;
             for link in links {
                 if let [upstream, _, digest] = link.split(SEP).collect::<Vec<_>>()[..] {
