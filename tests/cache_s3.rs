@@ -573,3 +573,80 @@ fn a_missing_bucket_is_one_clear_line_and_503s() {
         "served (nothing pushed yet) once the bucket exists"
     );
 }
+
+#[test]
+fn a_push_moves_between_replicas() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let replicas: Vec<Regmirror> = (0..3).map(|_| replica(&moto, "local: all")).collect();
+    let blob = random_bytes(3_000_000, 71);
+    let digest = digest_of(&blob);
+    // docker push's three requests, each to another replica (a load balancer without stickiness).
+    let (status, head, _) = http("POST", replicas[0].addr, "/v2/team/app/blobs/uploads/", &[]);
+    assert_eq!(status, 202);
+    let location = peers::header(&head, "location").unwrap();
+    let (first, second) = blob.split_at(1_000_000);
+    for (replica, part, size) in [
+        (&replicas[1], first, 1_000_000),
+        (&replicas[2], second, 3_000_000),
+    ] {
+        let (status, head, _) = peers::http_with_body("PATCH", replica.addr, &location, &[], part);
+        assert_eq!(status, 202, "{head}");
+        assert_eq!(
+            peers::header(&head, "range").as_deref(),
+            Some(format!("0-{}", size - 1).as_str())
+        );
+    }
+    let (status, head, _) = http("GET", replicas[0].addr, &location, &[]);
+    assert_eq!(status, 204, "{head}");
+    let (status, head, _) = peers::http_with_body(
+        "PUT",
+        replicas[0].addr,
+        &format!("{location}?digest={digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 201, "{head}");
+    let (status, _, body) = http(
+        "GET",
+        replicas[1].addr,
+        &format!("/v2/team/app/blobs/{digest}"),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(digest_of(&body), digest);
+    assert!(
+        object_keys(&moto, "uploads/").is_empty(),
+        "parts and record are gone"
+    );
+}
+
+#[test]
+fn abandoned_pushes_are_collected() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let cache = replica_with(
+        &moto,
+        "local: all",
+        &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")],
+    );
+    let (_, head, _) = http("POST", cache.addr, "/v2/team/app/blobs/uploads/", &[]);
+    let location = peers::header(&head, "location").unwrap();
+    let (status, _, _) = peers::http_with_body("PATCH", cache.addr, &location, &[], &[5u8; 1000]);
+    assert_eq!(status, 202);
+    assert!(!object_keys(&moto, "uploads/").is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, _, _) = http("GET", cache.addr, &location, &[]);
+    assert_eq!(status, 404, "abandoned");
+    let env = seed_004(&moto, &cache.dir.path().join("gc-spool"));
+    peers::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .arg("gc")
+            .arg("--config")
+            .arg(cache.dir.path().join("config.yml"))
+            .envs(env)
+            .env("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s"),
+    );
+    assert!(object_keys(&moto, "uploads/").is_empty(), "collected");
+    assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+}

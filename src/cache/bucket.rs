@@ -14,6 +14,7 @@
 //! | `meta/doomed/<alg>/<hex>` | evicted; the content is deleted next (empty) |
 //! | `leases/fills/<upstream>/<alg>/<hex>` | the replica downloading that blob, until when (JSON) |
 //! | `leases/gc` | the replica collecting, until when (JSON) |
+//! | `uploads/<id>/record`, `uploads/<id>/part-<n>` | a push in progress: repository, size, parts (JSON); the bytes of each PATCH |
 //!
 //! A `/` inside a repository name is a key level; `_tags` and `_links` cannot be repository name
 //! components (those start with a letter or digit), so no two records share a key. Characters S3

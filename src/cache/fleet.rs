@@ -52,7 +52,11 @@ fn unavailable(bucket: &Bucket, e: impl std::fmt::Display) -> RegistryError {
 impl Fleet {
     /// Runs `collect` unless another replica is collecting (then `None`): the collection holds
     /// the bucket's gc lease, and afterwards aborts the multipart uploads no live fill owns.
-    pub async fn collect_alone<T, F>(&self, collect: F) -> Result<Option<T>, String>
+    pub async fn collect_alone<T, F>(
+        &self,
+        collect: F,
+        upload_lifetime: Duration,
+    ) -> Result<Option<T>, String>
     where
         F: Future<Output = Result<T, String>>,
     {
@@ -66,8 +70,12 @@ impl Fleet {
         };
         let result = collect.await;
         if result.is_ok() {
-            if let Err(e) = self.abort_abandoned_uploads().await {
-                tracing::warn!(error = %e, "cannot clean up abandoned multipart uploads");
+            let cleaned = async {
+                let uploads = super::shared_uploads::expire(&self.bucket, upload_lifetime).await?;
+                self.abort_abandoned_uploads(&uploads).await
+            };
+            if let Err(e) = cleaned.await {
+                tracing::warn!(error = %e, "cannot clean up abandoned uploads");
             }
         }
         lease.release().await;
@@ -75,10 +83,14 @@ impl Fleet {
     }
 
     /// Aborts the multipart uploads of blobs that no replica is storing (no live lease for the
-    /// digest): what a replica killed while storing a blob left behind. A replica takes a
+    /// digest), and of parts of pushes no longer in progress: what a replica killed while
+    /// storing left behind. A replica takes a
     /// blob's lease before it starts an upload and releases it after completing it, and the
     /// uploads are listed before the leases, so a live upload always has a live lease here.
-    pub async fn abort_abandoned_uploads(&self) -> Result<usize, BucketError> {
+    pub async fn abort_abandoned_uploads(
+        &self,
+        pushes: &std::collections::HashSet<String>,
+    ) -> Result<usize, BucketError> {
         let pending = self.bucket.pending_uploads().await?;
         if pending.is_empty() {
             return Ok(0);
@@ -96,9 +108,15 @@ impl Fleet {
         }
         let mut aborted = 0;
         for (key, id) in pending {
-            if !key.starts_with(keys::BLOBS)
-                || keys::digest_at_end(&key).is_some_and(|d| live.contains(&d))
-            {
+            let owned = if key.starts_with(keys::BLOBS) {
+                keys::digest_at_end(&key).is_some_and(|d| live.contains(&d))
+            } else if key.starts_with(super::shared_uploads::UPLOADS) {
+                // A part of a push in progress (`pushes`: the live uploads).
+                pushes.contains(super::shared_uploads::upload_id(&key))
+            } else {
+                true
+            };
+            if owned {
                 continue;
             }
             // Completed since the listing: nothing to abort any more.

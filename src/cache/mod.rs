@@ -25,6 +25,7 @@ pub mod push;
 pub mod range;
 pub mod routing;
 pub mod server;
+pub mod shared_uploads;
 pub mod store;
 
 use std::collections::HashMap;

@@ -506,7 +506,15 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             max_size: eviction.max_size,
             now: super::meta::now(),
         };
-        let result = collect(&app.meta, &app.store, app.fleet.as_ref(), &policy, false).await;
+        let result = collect(
+            &app.meta,
+            &app.store,
+            app.fleet.as_ref(),
+            &policy,
+            app.limits.upload_lifetime,
+            false,
+        )
+        .await;
         match result {
             Ok(Some(plan)) if !plan.evict.is_empty() => tracing::info!(
                 manifests = plan.manifests,
@@ -529,6 +537,7 @@ pub async fn collect(
     store: &BlobStore,
     fleet: Option<&Fleet>,
     policy: &super::gc::Policy,
+    upload_lifetime: Duration,
     dry_run: bool,
 ) -> Result<Option<super::gc::Plan>, String> {
     let run = async {
@@ -537,7 +546,7 @@ pub async fn collect(
             .map_err(|e| e.to_string())
     };
     match fleet {
-        Some(fleet) if !dry_run => fleet.collect_alone(run).await,
+        Some(fleet) if !dry_run => fleet.collect_alone(run, upload_lifetime).await,
         _ => run.await.map(Some),
     }
 }

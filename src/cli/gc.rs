@@ -52,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &storage.store,
             fleet.as_ref(),
             &policy,
+            config.limits.upload_lifetime,
             args.dry_run,
         ))
         .map_err(|e| anyhow::anyhow!(e))?;
