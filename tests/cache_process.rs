@@ -410,12 +410,7 @@ async fn kill_9_in_the_middle_of_a_push_leaves_nothing_behind() {
         let data = cache.dir.path().join("data");
         let (status, head, _) = http("POST", cache.addr, "/v2/team/app/blobs/uploads/", &[]);
         assert_eq!(status, 202);
-        let location = head
-            .lines()
-            .find_map(|l| l.strip_prefix("location: "))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let location = peers::header(&head, "location").unwrap();
         // A PATCH whose body stops half-way: the server has written what it got.
         let mut stream = TcpStream::connect(cache.addr).unwrap();
         let part = vec![9u8; 1 << 20];

@@ -40,6 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
 
 use super::buffers::{Buffers, Reservation};
+use super::lease::HeldLease;
 use super::meta::{Metadata, NewBlob};
 use super::store::BlobStore;
 use crate::reference::Digest;
@@ -396,6 +397,44 @@ fn reserve(file: &File, size: u64) -> io::Result<()> {
 /// What the fill task needs from the upstream: a response whose status was checked.
 pub type UpstreamBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
+/// Where a fill's bytes come from, and what becomes of them once verified.
+pub struct Fetched {
+    /// The Content-Length, when known.
+    pub size: Option<u64>,
+    pub body: UpstreamBody,
+    pub keep: Keep,
+}
+
+/// What a fill does with verified bytes.
+#[derive(Debug)]
+pub enum Keep {
+    /// Store them with their records. `lease`: the fleet's lease on this download, held until
+    /// the content is stored; losing it stops the download.
+    Store { lease: Option<HeldLease> },
+    /// Another replica of the fleet stores them: this one only links them to the repository its
+    /// clients asked for.
+    Link,
+}
+
+impl Fetched {
+    /// Bytes to store, from the upstream itself.
+    pub fn stored(size: Option<u64>, body: UpstreamBody, lease: Option<HeldLease>) -> Self {
+        Fetched {
+            size,
+            body,
+            keep: Keep::Store { lease },
+        }
+    }
+}
+
+/// Resolves when a held lease is lost; never without one.
+async fn lost(keep: &Keep) {
+    match keep {
+        Keep::Store { lease: Some(lease) } => lease.lost().await,
+        _ => std::future::pending().await,
+    }
+}
+
 /// The bounds every fill runs within (`limits` in the config).
 #[derive(Debug, Clone, Copy)]
 pub struct FillLimits {
@@ -461,7 +500,7 @@ impl Fills {
         fetch: F,
     ) -> Result<(Arc<Fill>, bool), RegistryError>
     where
-        F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>> + Send + 'static,
+        F: Future<Output = Result<Fetched, RegistryError>> + Send + 'static,
     {
         let key = (upstream.to_owned(), digest.clone());
         let mut inflight = lock(&self.inflight);
@@ -532,7 +571,7 @@ struct FillTask {
 impl FillTask {
     async fn run<F>(mut self, fetch: F)
     where
-        F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
+        F: Future<Output = Result<Fetched, RegistryError>>,
     {
         let result = self.download(fetch).await;
         self.finish(result);
@@ -565,7 +604,7 @@ impl FillTask {
 
     async fn download<F>(&self, fetch: F) -> Result<u64, RegistryError>
     where
-        F: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
+        F: Future<Output = Result<Fetched, RegistryError>>,
     {
         let limits = self.fills.limits;
         let fail = |message: String| RegistryError::new(ErrorCode::Unavailable, message);
@@ -579,7 +618,7 @@ impl FillTask {
                 ),
             )
         };
-        let (size, body) = fetch.await?;
+        let Fetched { size, body, keep } = fetch.await?;
         if let Some(size) = size.filter(|&size| size > 0) {
             if size > limits.max_blob_size {
                 return Err(too_large(size));
@@ -629,7 +668,16 @@ impl FillTask {
             let deadline = started
                 .checked_add(allowed)
                 .unwrap_or(started + limits.grace);
-            let batch = match tokio::time::timeout_at(deadline, batches.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, batches.next()) => next,
+                () = lost(&keep) => {
+                    return Err(fail(format!(
+                        "the fleet's lease on {} was lost: another replica downloads it",
+                        self.digest()
+                    )));
+                }
+            };
+            let batch = match next {
                 Ok(Some(batch)) => batch,
                 Ok(None) => break,
                 Err(_) => {
@@ -692,31 +740,41 @@ impl FillTask {
         }
         self.tx.send_replace(FillState::Verified { size: written });
         let file = self.file.clone();
-        let fills = self.fills.clone();
-        let temp = self.temp.clone();
-        let (upstream, digest) = self.key.clone();
-        let repository = self.repository.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            file.sync_all().map_err(|e| e.to_string())?;
-            // The record first: every file in the store has one (see `meta`).
-            fills
-                .meta
-                .put_blob(&NewBlob {
-                    upstream: &upstream,
-                    repository: &repository,
-                    digest: &digest,
-                    size: written,
-                })
-                .map_err(|e| e.to_string())?;
-            fills
-                .store
-                .commit(&temp, &digest)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(format!("cannot commit {}: {e}", self.digest())))?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(format!("cannot write the cache: {e}")))?;
+        let (upstream, digest) = &self.key;
+        let commit_failed = |e: String| fail(format!("cannot commit {digest}: {e}"));
+        let lease = match keep {
+            Keep::Link => {
+                let meta = &self.fills.meta;
+                meta.link(upstream, &self.repository, digest)
+                    .await
+                    .map_err(|e| commit_failed(e.to_string()))?;
+                return Ok(written);
+            }
+            Keep::Store { lease } => lease,
+        };
+        // The record first: every stored blob has one (see `meta`).
+        self.fills
+            .meta
+            .put_blob(&NewBlob {
+                upstream,
+                repository: &self.repository,
+                digest,
+                size: written,
+            })
+            .await
+            .map_err(|e| commit_failed(e.to_string()))?;
+        self.fills
+            .store
+            .commit(self.temp.clone(), digest)
+            .await
+            .map_err(|e| commit_failed(e.to_string()))?;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         Ok(written)
     }
 }
@@ -824,8 +882,8 @@ mod tests {
     }
 
     fn fills(dir: &std::path::Path) -> Arc<Fills> {
-        let store = Arc::new(BlobStore::open(dir).unwrap());
-        let meta = Arc::new(Metadata::open(&dir.join("meta.redb")).unwrap());
+        let store = Arc::new(BlobStore::open_files(dir).unwrap());
+        let meta = Arc::new(Metadata::open_local(&dir.join("meta.redb")).unwrap());
         Arc::new(Fills::new(
             store,
             meta,
@@ -860,7 +918,9 @@ mod tests {
         // The next request starts afresh.
         let body: UpstreamBody = futures_util::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed();
         let (fill, started) = fills
-            .join_or_start("up", "repo", &digest, async move { Ok((Some(1), body)) })
+            .join_or_start("up", "repo", &digest, async move {
+                Ok(Fetched::stored(Some(1), body, None))
+            })
             .unwrap();
         assert!(started);
         let bytes: Vec<Bytes> = fill.reader(0, None).map(Result::unwrap).collect().await;

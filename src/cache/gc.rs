@@ -11,7 +11,6 @@
 //! download in progress.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::meta::{Inventory, MetaError, Metadata};
@@ -178,40 +177,40 @@ fn finish(
 }
 
 /// Plans and (unless `dry_run`) applies a collection.
-pub fn collect(
+pub async fn collect(
     meta: &Metadata,
     store: &BlobStore,
     policy: &Policy,
     dry_run: bool,
 ) -> Result<Plan, MetaError> {
-    let inventory = meta.inventory()?;
+    let inventory = meta.inventory().await?;
     if !dry_run {
-        finish_doomed(meta, &inventory.doomed)?;
+        finish_doomed(meta, store, &inventory.doomed).await?;
     }
     let plan = plan(&inventory, policy);
     if dry_run || plan.evict.is_empty() {
         return Ok(plan);
     }
-    let files: Vec<PathBuf> = plan
-        .evict
-        .iter()
-        .filter_map(|d| Digest::parse(d).ok())
-        .map(|d| store.path(&d))
-        .collect();
-    meta.evict(&plan.evict, &files)?;
-    finish_doomed(meta, &files)?;
+    meta.evict(&plan.evict).await?;
+    finish_doomed(meta, store, &plan.evict).await?;
     Ok(plan)
 }
 
-fn finish_doomed(meta: &Metadata, files: &[PathBuf]) -> Result<(), MetaError> {
-    for file in files {
-        if let Err(e) = std::fs::remove_file(file) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(file = %file.display(), error = %e, "cannot delete an evicted file");
-            }
+/// Deletes the content of doomed digests, then forgets them.
+async fn finish_doomed(
+    meta: &Metadata,
+    store: &BlobStore,
+    doomed: &[String],
+) -> Result<(), MetaError> {
+    for digest in doomed {
+        let Ok(parsed) = Digest::parse(digest) else {
+            continue;
+        };
+        if let Err(e) = store.delete(&parsed).await {
+            tracing::warn!(%digest, error = %e, "cannot delete evicted content");
         }
     }
-    meta.clear_doomed(files)
+    meta.clear_doomed(doomed).await
 }
 
 #[cfg(test)]
@@ -302,26 +301,31 @@ mod tests {
         assert!(plan.evict.contains(&digest("b")));
     }
 
-    #[test]
-    fn a_crash_between_metadata_and_files_is_finished_by_the_next_collection() {
-        use crate::cache::meta::NewManifest;
+    #[tokio::test]
+    async fn a_crash_between_metadata_and_files_is_finished_by_the_next_collection() {
+        use crate::cache::meta::{NewBlob, NewManifest};
         use crate::cache::store::sha256;
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let meta = Metadata::open(&dir.path().join("metadata.redb")).unwrap();
+        let store = BlobStore::open_files(dir.path()).unwrap();
+        let meta = Metadata::open_local(&dir.path().join("metadata.redb")).unwrap();
         let layer = sha256(b"layer");
-        store.put_verified(&layer, b"layer").unwrap();
-        meta.put_blob(&crate::cache::meta::NewBlob {
+        store
+            .put_verified(&layer, bytes::Bytes::from_static(b"layer"))
+            .await
+            .unwrap();
+        meta.put_blob(&NewBlob {
             upstream: "docker.io",
             repository: "library/x",
             digest: &layer,
             size: 5,
         })
+        .await
         .unwrap();
         let manifest = format!(r#"{{"layers":[{{"digest":"{layer}"}}]}}"#);
         let manifest_digest = sha256(manifest.as_bytes());
         store
-            .put_verified(&manifest_digest, manifest.as_bytes())
+            .put_verified(&manifest_digest, bytes::Bytes::from(manifest.clone()))
+            .await
             .unwrap();
         meta.put_manifest(&NewManifest {
             upstream: "docker.io",
@@ -332,36 +336,40 @@ mod tests {
             size: manifest.len() as u64,
             references: std::slice::from_ref(&layer),
         })
+        .await
         .unwrap();
         let policy = Policy {
             ttl: Duration::ZERO,
             max_size: None,
             now: u64::MAX,
         };
-        let plan = super::plan(&meta.inventory().unwrap(), &policy);
+        let plan = super::plan(&meta.inventory().await.unwrap(), &policy);
         assert_eq!(plan.evict.len(), 2);
-        // "Crash" right after the metadata transaction: files still there, recorded as doomed.
-        let files: Vec<PathBuf> = [&layer, &manifest_digest]
-            .iter()
-            .map(|d| store.path(d))
-            .collect();
-        meta.evict(&plan.evict, &files).unwrap();
-        assert!(files.iter().all(|f| f.exists()));
+        // "Crash" right after the metadata transaction: content still there, recorded as doomed.
+        meta.evict(&plan.evict).await.unwrap();
+        assert!(store.size(&layer).await.unwrap().is_some());
         drop(meta);
-        let meta = Metadata::open(&dir.path().join("metadata.redb")).unwrap();
+        let meta = Metadata::open_local(&dir.path().join("metadata.redb")).unwrap();
         assert_eq!(
-            meta.tag("docker.io", "library/x", "v1").unwrap(),
+            meta.tag("docker.io", "library/x", "v1").await.unwrap(),
             None,
             "metadata is consistent at once"
         );
-        assert!(!meta.is_linked("docker.io", "library/x", &layer).unwrap());
-        assert!(!meta.has_source("docker.io", &layer).unwrap());
-        let again = collect(&meta, &store, &policy, false).unwrap();
-        assert!(again.evict.is_empty());
         assert!(
-            files.iter().all(|f| !f.exists()),
-            "the doomed files are deleted"
+            !meta
+                .is_linked("docker.io", "library/x", &layer)
+                .await
+                .unwrap()
         );
-        assert!(meta.inventory().unwrap().doomed.is_empty());
+        assert!(!meta.has_source("docker.io", &layer).await.unwrap());
+        let again = collect(&meta, &store, &policy, false).await.unwrap();
+        assert!(again.evict.is_empty());
+        assert_eq!(
+            store.size(&layer).await.unwrap(),
+            None,
+            "the doomed content is deleted"
+        );
+        assert_eq!(store.size(&manifest_digest).await.unwrap(), None);
+        assert!(meta.inventory().await.unwrap().doomed.is_empty());
     }
 }

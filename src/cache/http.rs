@@ -22,6 +22,7 @@ use super::metrics::Source;
 use super::push;
 use super::range::{ByteRange, parse_range};
 use super::routing::Route;
+use super::store::Committed;
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
@@ -48,6 +49,9 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let mut outcome = Outcome::default();
     let mut response = if path == "/healthz" {
         text_response(StatusCode::OK, "text/plain", "ok\n")
+    } else if path.starts_with(super::fleet::FILLS_PATH) {
+        outcome.kind = "fleet";
+        fleet_fill(&app, &request).await
     } else {
         // With auth.htpasswd, everything but /healthz needs it (/metrics too).
         let refusal = match &app.htpasswd {
@@ -149,7 +153,7 @@ async fn registry(
         (V2Request::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, "{}".into(), head))
         }
-        (V2Request::Catalog, Method::GET) => catalog(app, &query),
+        (V2Request::Catalog, Method::GET) => catalog(app, &query).await,
         (V2Request::Tags { name }, Method::GET) => {
             let route = route_for(name)?;
             note(outcome, &route, None);
@@ -204,14 +208,14 @@ async fn registry(
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
-            push::delete(app, &route, reference, false)
+            push::delete(app, &route, reference, false).await
         }
         (V2Request::Blob { name, digest }, Method::DELETE) => {
             let route = route_for(name)?;
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
-            push::delete(app, &route, &ManifestRef::Digest(digest.clone()), true)
+            push::delete(app, &route, &ManifestRef::Digest(digest.clone()), true).await
         }
         _ => Err(RegistryError::new(
             ErrorCode::Unsupported,
@@ -270,8 +274,8 @@ fn paginate(mut names: Vec<String>, query: &Query, path: &str) -> (Vec<String>, 
     }
 }
 
-fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
-    let repositories = app.meta.repositories().map_err(internal)?;
+async fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
+    let repositories = app.meta.repositories().await.map_err(internal)?;
     let names = repositories
         .iter()
         .map(|(upstream, repository)| app.router.catalog_name(upstream, repository))
@@ -297,6 +301,7 @@ async fn tags(
     let mut names = app
         .meta
         .tags(&route.upstream.name, &route.repository)
+        .await
         .map_err(internal)?;
     let upstream = app.upstream_tags(route).await;
     let reachable = upstream.is_ok();
@@ -335,14 +340,15 @@ async fn blob(
 ) -> Result<Response, RegistryError> {
     // Content the store has for another namespace is a miss here: this upstream must deliver
     // the bytes itself before they are served on its routes.
-    let cached = if app.holds(route, digest)? {
-        app.committed_blob(digest)?
+    let cached = if app.holds(route, digest).await? {
+        app.committed_blob(digest).await?
     } else {
         None
     };
-    if let Some((file, size)) = cached {
+    if let Some(committed) = cached {
         app.require_access(route, digest, ErrorCode::BlobUnknown)
             .await?;
+        let size = committed.size();
         app.mark_used(digest);
         outcome.cache = "hit";
         app.metrics.request("blob", "hit");
@@ -356,17 +362,37 @@ async fn blob(
                 },
             ),
         };
-        let body = if head {
-            Body::empty()
-        } else {
-            let metrics = app.metrics.clone();
-            let reader = super::fill::file_reader(file, span.start, span.end, app.buffers.clone());
-            Body::from_stream(reader.inspect(move |chunk| {
-                if let Ok(bytes) = chunk {
-                    metrics.bytes(Source::Cache, bytes.len() as u64);
-                }
-            }))
+        if head {
+            return Ok(blob_response(
+                status,
+                digest,
+                span,
+                Some(size),
+                Body::empty(),
+            ));
+        }
+        let reader = match committed {
+            Committed::File { file, .. } => {
+                super::fill::file_reader(file, span.start, span.end, app.buffers.clone()).boxed()
+            }
+            Committed::Object { key, redirect, .. } if redirect => {
+                // distribution's default on object storage: the client fetches from the bucket.
+                let url = app.store.presigned(&key).await.map_err(internal)?;
+                outcome.cache = "redirect";
+                return Ok(redirect_response(&url));
+            }
+            Committed::Object { key, .. } => app
+                .store
+                .stream_object(&key, span.start, span.end)
+                .await
+                .map_err(internal)?,
         };
+        let metrics = app.metrics.clone();
+        let body = Body::from_stream(reader.inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics.bytes(Source::Cache, bytes.len() as u64);
+            }
+        }));
         return Ok(blob_response(status, digest, span, Some(size), body));
     }
     if route.upstream.local {
@@ -421,6 +447,37 @@ async fn blob(
     Ok(blob_response(status, digest, span, size, body))
 }
 
+/// The internal route of a fleet on one bucket: another replica streams this one's download in
+/// flight (see [`super::fleet`]). Refused without the fleet's signature.
+async fn fleet_fill(app: &App, request: &Parts) -> Response {
+    let path = request.uri.path();
+    let signature = request
+        .headers
+        .get(super::fleet::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let secret = app.fleet.as_ref().and(app.secret.as_ref());
+    if !super::fleet::verify(secret, path, signature) {
+        return text_response(StatusCode::FORBIDDEN, "text/plain", "forbidden\n");
+    }
+    let fill = super::fleet::parse_fill_path(path)
+        .and_then(|(upstream, digest)| app.fills.get(&upstream, &digest));
+    let Some(fill) = fill else {
+        return text_response(StatusCode::NOT_FOUND, "text/plain", "no such fill\n");
+    };
+    let Ok(size) = fill.started().await else {
+        return text_response(StatusCode::NOT_FOUND, "text/plain", "the fill failed\n");
+    };
+    let mut response = Response::new(Body::from_stream(fill.reader(0, None)));
+    if let Some(size) = size {
+        insert(
+            response.headers_mut(),
+            header::CONTENT_LENGTH.as_str(),
+            &size.to_string(),
+        );
+    }
+    response
+}
+
 /// A `Range` header against a known size: `Ok(None)` serves the whole blob.
 fn resolve_range(
     range: Option<&str>,
@@ -468,6 +525,18 @@ fn blob_response(
             );
         }
     }
+    response
+}
+
+/// 307 to where the client fetches a blob itself.
+fn redirect_response(url: &url::Url) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    insert(
+        response.headers_mut(),
+        header::LOCATION.as_str(),
+        url.as_str(),
+    );
     response
 }
 

@@ -6,8 +6,9 @@
 //! - `regmirror_bytes_served_total{source}` (cache, fill);
 //! - `regmirror_upstream_requests_total{upstream,status}` and
 //!   `regmirror_upstream_request_seconds{upstream}` (a histogram);
-//! - `regmirror_fills_in_flight`, `regmirror_buffer_bytes` (blob data in flight), and
-//!   `regmirror_errors_total{code}`.
+//! - `regmirror_fills_in_flight`, `regmirror_buffer_bytes` (blob data in flight),
+//!   `regmirror_errors_total{code}`, and on a shared bucket `regmirror_fleet_fills_total{role}`
+//!   (led, took_over, followed, waited).
 //!
 //! Label values are bounded whatever clients send: `upstream` is a configured upstream's name,
 //! `local`, or `dynamic` for every registry a client named with `proxy.on` (see
@@ -53,6 +54,11 @@ struct UpstreamStatusLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -75,6 +81,7 @@ pub struct Metrics {
     fills: Gauge,
     buffers: Gauge,
     errors: Family<CodeLabels, Counter>,
+    fleet: Family<RoleLabels, Counter>,
 }
 
 /// Where served bytes came from.
@@ -137,7 +144,15 @@ impl Default for Metrics {
             "Error answers by OCI error code",
             errors.clone(),
         );
+        let fleet = Family::<RoleLabels, Counter>::default();
+        registry.register(
+            "regmirror_fleet_fills",
+            "Fills on a shared bucket by this replica's role: led (held the lease), took_over \
+             (an expired one), followed (streamed another replica's download), waited",
+            fleet.clone(),
+        );
         Metrics {
+            fleet,
             registry,
             requests,
             durations,
@@ -188,6 +203,11 @@ impl Metrics {
                 upstream: upstream.to_owned(),
             })
             .observe(latency.as_secs_f64());
+    }
+
+    /// A fill on a shared bucket: `led`, `took_over`, `followed` or `waited`.
+    pub fn fleet(&self, role: &'static str) {
+        self.fleet.get_or_create(&RoleLabels { role }).inc();
     }
 
     pub fn error(&self, code: &'static str) {

@@ -11,10 +11,13 @@
 //! - [`metrics`]: Prometheus counters.
 
 pub mod auth;
+pub mod bucket;
 pub mod buffers;
 pub mod fill;
+pub mod fleet;
 pub mod gc;
 pub mod http;
+pub mod lease;
 pub mod manifest;
 pub mod meta;
 pub mod metrics;
@@ -22,15 +25,14 @@ pub mod push;
 pub mod range;
 pub mod routing;
 pub mod server;
+pub mod shared_uploads;
 pub mod store;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::{HeaderName, HeaderValue};
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt as _, StreamExt as _};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
@@ -41,13 +43,13 @@ use crate::reference::Digest;
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError};
 use crate::upstream::{BodyError, UpstreamClient, UpstreamError, UpstreamRequest, read_limited};
 use buffers::Buffers;
-use fill::{Fill, Fills, UpstreamBody};
+use fill::{Fetched, Fill, Fills, UpstreamBody};
 use http::internal;
 use manifest::{CachedManifest, ManifestMemo};
 use meta::{Metadata, NewManifest};
 use metrics::Metrics;
 use routing::{Route, Router};
-use store::BlobStore;
+use store::{BlobStore, Committed};
 
 /// The largest tag list read from an upstream (a repository with 100,000 tags fits).
 const MAX_TAG_LIST_BYTES: usize = 16 << 20;
@@ -82,6 +84,10 @@ pub struct App {
     pub tag_validated: Mutex<HashMap<String, Instant>>,
     /// The memory budget for blob data in flight.
     pub buffers: Arc<Buffers>,
+    /// On a shared bucket: this replica among the others (leases, following their downloads).
+    pub fleet: Option<fleet::Fleet>,
+    /// `http.secret`: authenticates the fleet's internal route.
+    pub secret: Option<crate::config::cache::Secret>,
     /// `limits`.
     pub limits: Limits,
 }
@@ -110,9 +116,9 @@ impl App {
     }
 
     /// Writes the recorded last uses to the metadata.
-    pub fn flush_uses(&self) -> Result<(), meta::MetaError> {
+    pub async fn flush_uses(&self) -> Result<(), meta::MetaError> {
         let uses: Vec<(String, u64)> = lock(&self.used).drain().collect();
-        self.meta.record_use(&uses)
+        self.meta.record_use(&uses).await
     }
 
     /// Sends a request through the route's endpoints, recording the upstream's latency.
@@ -149,16 +155,9 @@ impl App {
         Ok(response)
     }
 
-    /// A committed blob's open file and size.
-    fn committed_blob(&self, digest: &Digest) -> Result<Option<(File, u64)>, RegistryError> {
-        match File::open(self.store.path(digest)) {
-            Ok(file) => {
-                let size = file.metadata().map_err(internal)?.len();
-                Ok(Some((file, size)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(internal(e)),
-        }
+    /// A committed blob, ready to be read.
+    async fn committed_blob(&self, digest: &Digest) -> Result<Option<Committed>, RegistryError> {
+        self.store.open(digest).await.map_err(internal)
     }
 
     /// Content already cached may be served for `route`'s repository only if a manifest of that
@@ -173,6 +172,7 @@ impl App {
         if self
             .meta
             .is_linked(upstream, &route.repository, digest)
+            .await
             .map_err(internal)?
         {
             return Ok(());
@@ -200,6 +200,7 @@ impl App {
             Ok(response) if response.status() == StatusCode::OK => self
                 .meta
                 .link(upstream, &route.repository, digest)
+                .await
                 .map_err(internal),
             Ok(response) => Err(upstream_status(upstream, response.status(), unknown)),
             Err(e) => Err(RegistryError::new(
@@ -250,7 +251,7 @@ impl App {
         let metrics = self.metrics.clone();
         let upstream = route.upstream.name.clone();
         let label = route.upstream.label().to_owned();
-        let fetch = async move {
+        let download = async move {
             let started = Instant::now();
             let result = client.walk(&targets, &request).await;
             let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
@@ -270,16 +271,70 @@ impl App {
                 .boxed();
             Ok((size, body))
         };
+        let fetch = match self.fleet.clone() {
+            None => async move {
+                let (size, body) = download.await?;
+                Ok(Fetched::stored(size, body, None))
+            }
+            .boxed(),
+            Some(fleet) => {
+                let confirm = self.upstream_confirms(route, digest);
+                let (upstream, repository, digest) = (
+                    route.upstream.name.clone(),
+                    route.repository.clone(),
+                    digest.clone(),
+                );
+                async move {
+                    fleet
+                        .fetch(&upstream, &repository, &digest, download, confirm)
+                        .await
+                }
+                .boxed()
+            }
+        };
         self.fills
             .join_or_start(&route.upstream.name, &route.repository, digest, fetch)
+    }
+
+    /// A check, to run later, that the upstream lets `route`'s repository read the blob
+    /// (HEAD 200).
+    fn upstream_confirms(
+        &self,
+        route: &Route,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send + 'static {
+        let request = UpstreamRequest::pull(
+            Method::HEAD,
+            &route.repository,
+            format!("/v2/{}/blobs/{digest}", route.repository),
+        );
+        let targets = self.router.targets(route);
+        let client = self.client.clone();
+        let upstream = route.upstream.name.clone();
+        async move {
+            let (_, response) = client
+                .walk(&targets, &request)
+                .await
+                .map_err(|e| unreachable(&upstream, e))?;
+            if response.status() == StatusCode::OK {
+                Ok(())
+            } else {
+                Err(upstream_status(
+                    &upstream,
+                    response.status(),
+                    ErrorCode::BlobUnknown,
+                ))
+            }
+        }
     }
 
     /// Whether the route's namespace holds the content of `digest`: its own upstream delivered
     /// it (or it was pushed there). The store is shared; this keeps it from being served on the
     /// word of another upstream.
-    fn holds(&self, route: &Route, digest: &Digest) -> Result<bool, RegistryError> {
+    async fn holds(&self, route: &Route, digest: &Digest) -> Result<bool, RegistryError> {
         self.meta
             .has_source(&route.upstream.name, digest)
+            .await
             .map_err(internal)
     }
 
@@ -290,8 +345,8 @@ impl App {
         digest: &Digest,
         outcome: &mut http::Outcome,
     ) -> Result<Arc<CachedManifest>, RegistryError> {
-        let cached = if self.holds(route, digest)? {
-            self.cached_manifest(digest)?
+        let cached = if self.holds(route, digest).await? {
+            self.cached_manifest(digest).await?
         } else {
             None
         };
@@ -323,7 +378,7 @@ impl App {
         tag: &str,
     ) -> Result<TagAnswer, RegistryError> {
         if route.upstream.local {
-            let manifest = self.cached_tag(route, tag)?.ok_or_else(|| {
+            let manifest = self.cached_tag(route, tag).await?.ok_or_else(|| {
                 RegistryError::new(
                     ErrorCode::ManifestUnknown,
                     format!("{}:{tag} is not known", route.repository),
@@ -345,7 +400,7 @@ impl App {
                 .get(&key)
                 .is_some_and(|at| at.elapsed() < window);
             if fresh {
-                if let Some(manifest) = self.cached_tag(route, tag)? {
+                if let Some(manifest) = self.cached_tag(route, tag).await? {
                     self.metrics.request("tag", "fresh");
                     return Ok(TagAnswer {
                         manifest,
@@ -387,7 +442,7 @@ impl App {
     }
 
     /// The manifest a cached tag points at, if this repository may read it.
-    fn cached_tag(
+    async fn cached_tag(
         &self,
         route: &Route,
         tag: &str,
@@ -395,9 +450,10 @@ impl App {
         let record = self
             .meta
             .tag(&route.upstream.name, &route.repository, tag)
+            .await
             .map_err(internal)?;
         match record.and_then(|r| Digest::parse(&r.digest).ok()) {
-            Some(digest) => self.linked_manifest(route, &digest),
+            Some(digest) => self.linked_manifest(route, &digest).await,
             None => Ok(None),
         }
     }
@@ -414,6 +470,7 @@ impl App {
         let cached = self
             .meta
             .tag(upstream, &route.repository, tag)
+            .await
             .map_err(internal)?;
         let head = UpstreamRequest::pull(
             Method::HEAD,
@@ -430,9 +487,9 @@ impl App {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|s| Digest::parse(s).ok());
                 if let Some(current) = current {
-                    if let Some(manifest) = self.linked_manifest(route, &current)? {
+                    if let Some(manifest) = self.linked_manifest(route, &current).await? {
                         if cached.as_ref().is_none_or(|c| c.digest != current.as_str()) {
-                            self.record_tag(route, tag, &manifest)?;
+                            self.record_tag(route, tag, &manifest).await?;
                         }
                         self.metrics.request("tag", "hit");
                         return Ok(TagAnswer {
@@ -458,6 +515,7 @@ impl App {
             Ok(response) if response.status() == StatusCode::NOT_FOUND => {
                 self.meta
                     .forget_tag(upstream, &route.repository, tag)
+                    .await
                     .map_err(internal)?;
                 return Err(upstream_status(
                     upstream,
@@ -477,7 +535,7 @@ impl App {
             }
             Err(e) => unreachable(upstream, e),
         };
-        match self.cached_tag(route, tag)? {
+        match self.cached_tag(route, tag).await? {
             Some(manifest) => {
                 self.metrics.request("tag", "stale");
                 let warning = format!(
@@ -494,7 +552,7 @@ impl App {
         }
     }
 
-    fn record_tag(
+    async fn record_tag(
         &self,
         route: &Route,
         tag: &str,
@@ -510,6 +568,7 @@ impl App {
                 size: manifest.bytes.len() as u64,
                 references: &[],
             })
+            .await
             .map_err(internal)
     }
 
@@ -533,7 +592,7 @@ impl App {
 
     /// A cached manifest this repository is linked to and its namespace holds, without asking
     /// the upstream.
-    fn linked_manifest(
+    async fn linked_manifest(
         &self,
         route: &Route,
         digest: &Digest,
@@ -541,33 +600,32 @@ impl App {
         let linked = self
             .meta
             .is_linked(&route.upstream.name, &route.repository, digest)
+            .await
             .map_err(internal)?;
-        if !linked || !self.holds(route, digest)? {
+        if !linked || !self.holds(route, digest).await? {
             return Ok(None);
         }
-        self.cached_manifest(digest)
+        self.cached_manifest(digest).await
     }
 
     /// A stored manifest, from the memo or the store.
-    fn cached_manifest(
+    async fn cached_manifest(
         &self,
         digest: &Digest,
     ) -> Result<Option<Arc<CachedManifest>>, RegistryError> {
         if let Some(manifest) = self.memo.get(digest) {
             return Ok(Some(manifest));
         }
-        let Some(record) = self.meta.manifest(digest).map_err(internal)? else {
+        let Some(record) = self.meta.manifest(digest).await.map_err(internal)? else {
             return Ok(None);
         };
-        let bytes = match self.store.read(digest) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(internal(e)),
+        let Some(bytes) = self.store.read(digest).await.map_err(internal)? else {
+            return Ok(None);
         };
         let manifest = Arc::new(CachedManifest {
             digest: digest.clone(),
             media_type: record.media_type,
-            bytes: Bytes::from(bytes),
+            bytes,
         });
         self.memo.insert(manifest.clone());
         Ok(Some(manifest))
@@ -639,31 +697,23 @@ impl App {
             media_type,
             bytes,
         });
-        let (store, meta, m) = (self.store.clone(), self.meta.clone(), manifest.clone());
-        let (upstream_name, repository, tag) = (
-            upstream.clone(),
-            route.repository.clone(),
-            tag.map(str::to_owned),
-        );
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            // The record first: every file in the store has one (see `meta`).
-            meta.put_manifest(&NewManifest {
-                upstream: &upstream_name,
-                repository: &repository,
-                tag: tag.as_deref(),
-                digest: &m.digest,
-                media_type: &m.media_type,
-                size: m.bytes.len() as u64,
+        // The record first: every stored manifest has one (see `meta`).
+        self.meta
+            .put_manifest(&NewManifest {
+                upstream,
+                repository: &route.repository,
+                tag,
+                digest: &manifest.digest,
+                media_type: &manifest.media_type,
+                size: manifest.bytes.len() as u64,
                 references: &references,
             })
-            .map_err(|e| e.to_string())?;
-            store
-                .put_verified(&m.digest, &m.bytes)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+            .await
+            .map_err(internal)?;
+        self.store
+            .put_verified(&manifest.digest, manifest.bytes.clone())
+            .await
+            .map_err(internal)?;
         self.memo.insert(manifest.clone());
         Ok(manifest)
     }

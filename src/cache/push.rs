@@ -151,13 +151,13 @@ pub fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
 
 /// A fresh upload id: 128 random bits, so one client cannot guess (and write to) another's
 /// upload.
-fn new_upload_id() -> Result<String, RegistryError> {
+pub(super) fn new_upload_id() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(internal)?;
     Ok(hex::encode(bytes))
 }
 
-fn accepted(name: &str, id: &str, size: u64) -> Response {
+pub(super) fn accepted(name: &str, id: &str, size: u64) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
@@ -191,7 +191,7 @@ fn created(location: String, digest: &Digest) -> Response {
     response
 }
 
-fn query(parts: &Parts, key: &str) -> Option<String> {
+pub(super) fn query(parts: &Parts, key: &str) -> Option<String> {
     url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
@@ -199,9 +199,9 @@ fn query(parts: &Parts, key: &str) -> Option<String> {
 
 /// Appends a request body to an upload file of `size` bytes; returns the new size. Past
 /// `limits.max_blob_size`, or after `limits.idle_timeout` without data, it fails.
-async fn append(
+pub(super) async fn append(
     app: &App,
-    path: &PathBuf,
+    path: &std::path::Path,
     mut size: u64,
     body: Body,
 ) -> Result<u64, RegistryError> {
@@ -272,6 +272,12 @@ pub async fn upload(
     body: Body,
 ) -> Result<Response, RegistryError> {
     let lifetime = app.limits.upload_lifetime;
+    let monolithic = query(parts, "digest").is_some() && id.is_none();
+    let mounting = query(parts, "mount").is_some() && id.is_none();
+    if let Some(bucket) = app.store.bucket().filter(|_| !monolithic && !mounting) {
+        // On a bucket, any replica continues an upload another started.
+        return super::shared_uploads::upload(app, bucket, route, name, id, parts, body).await;
+    }
     match (&parts.method, id) {
         (&Method::POST, None) => {
             if let (Some(mount), Some(from)) = (query(parts, "mount"), query(parts, "from")) {
@@ -280,14 +286,27 @@ pub async fn upload(
                     let linked = app
                         .meta
                         .is_linked(upstream, &from, &digest)
+                        .await
                         .map_err(internal)?
-                        && app.meta.has_source(upstream, &digest).map_err(internal)?;
-                    if linked && app.store.size(&digest).is_some() {
+                        && app
+                            .meta
+                            .has_source(upstream, &digest)
+                            .await
+                            .map_err(internal)?;
+                    if linked && app.store.size(&digest).await.map_err(internal)?.is_some() {
                         app.meta
                             .link(upstream, &route.repository, &digest)
+                            .await
                             .map_err(internal)?;
                         return Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest));
                     }
+                }
+                // Not mountable: a new upload, on the bucket when there is one.
+                if let Some(bucket) = app.store.bucket().filter(|_| !monolithic) {
+                    return super::shared_uploads::upload(
+                        app, bucket, route, name, id, parts, body,
+                    )
+                    .await;
                 }
             }
             let id = new_upload_id()?;
@@ -353,11 +372,23 @@ async fn finish(
     upload: Upload,
     digest: &str,
 ) -> Result<Response, RegistryError> {
+    finish_file(app, route, name, upload.path, upload.size, digest).await
+}
+
+/// Verifies a complete upload in the spool file `path` against `digest` and commits it.
+pub(super) async fn finish_file(
+    app: &App,
+    route: &Route,
+    name: &str,
+    path: PathBuf,
+    size: u64,
+    digest: &str,
+) -> Result<Response, RegistryError> {
     let digest = Digest::parse(digest)
         .map_err(|e| RegistryError::new(ErrorCode::DigestInvalid, format!("{digest:?}: {e}")))?;
-    let path = upload.path.clone();
+    let hashed = path.clone();
     let actual = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
-        let mut file = std::fs::File::open(&path)?;
+        let mut file = std::fs::File::open(&hashed)?;
         let mut hasher = Sha256::new();
         std::io::copy(&mut file, &mut hasher)?;
         Ok(Digest::sha256_from_bytes(&hasher.finalize()))
@@ -366,7 +397,7 @@ async fn finish(
     .map_err(internal)?
     .map_err(internal)?;
     if actual != digest {
-        let _ = std::fs::remove_file(&upload.path);
+        let _ = std::fs::remove_file(&path);
         return Err(RegistryError::new(
             ErrorCode::DigestInvalid,
             format!("uploaded content has digest {actual}, not {digest}"),
@@ -378,10 +409,16 @@ async fn finish(
             upstream: &route.upstream.name,
             repository: &route.repository,
             digest: &digest,
-            size: upload.size,
+            size,
         })
+        .await
         .map_err(internal)?;
-    app.store.commit(&upload.path, &digest).map_err(internal)?;
+    let commit = app.store.commit(path, &digest);
+    match &app.fleet {
+        Some(fleet) => fleet.storing(&digest, commit).await,
+        None => commit.await,
+    }
+    .map_err(internal)?;
     Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest))
 }
 
@@ -425,6 +462,7 @@ pub async fn put_manifest(
         if !app
             .meta
             .is_linked(&route.upstream.name, &route.repository, referenced)
+            .await
             .map_err(internal)?
         {
             return Err(RegistryError::new(
@@ -448,13 +486,17 @@ pub async fn put_manifest(
             size: bytes.len() as u64,
             references: &references,
         })
+        .await
         .map_err(internal)?;
-    app.store.put_verified(&digest, &bytes).map_err(internal)?;
+    app.store
+        .put_verified(&digest, bytes.clone())
+        .await
+        .map_err(internal)?;
     Ok(created(format!("/v2/{name}/manifests/{digest}"), &digest))
 }
 
 /// DELETE of a manifest (by digest: its tags go too) or of a blob link.
-pub fn delete(
+pub async fn delete(
     app: &App,
     route: &Route,
     reference: &ManifestRef,
@@ -476,6 +518,7 @@ pub fn delete(
     if !app
         .meta
         .is_linked(upstream, &route.repository, digest)
+        .await
         .map_err(internal)?
     {
         let code = if blob {
@@ -490,6 +533,7 @@ pub fn delete(
     }
     app.meta
         .unlink(upstream, &route.repository, digest)
+        .await
         .map_err(internal)?;
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::ACCEPTED;

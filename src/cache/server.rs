@@ -19,16 +19,20 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 
 use super::auth::Htpasswd;
+use super::bucket::Bucket;
 use super::buffers::Buffers;
 use super::fill::{FillLimits, Fills};
+use super::fleet::{Fleet, Follower};
+use super::lease::Leases;
 use super::manifest::ManifestMemo;
+use super::meta::BucketMetadata;
 use super::meta::Metadata;
 use super::metrics::Metrics;
 use super::routing::Router;
 use super::store::BlobStore;
 use super::{App, http};
 use crate::config::MirrorConfig;
-use crate::config::cache::CacheConfig;
+use crate::config::cache::{CacheConfig, StorageBackend};
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
 use crate::resolve::Resolver;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
@@ -83,10 +87,12 @@ impl Server {
             ),
             None => None,
         };
-        let root = &config.root;
-        let store =
-            BlobStore::open(root).map_err(|e| fail(&format!("storage {}", root.display()), &e))?;
-        let meta = Metadata::open(&root.join("metadata.redb")).map_err(|e| fail("metadata", &e))?;
+        let Storage {
+            store,
+            meta,
+            bucket,
+            replica,
+        } = open_storage(config, options.timeouts.connect).await?;
         let resolver = match options.mirrors {
             Some(mirrors) => Some(Arc::new(
                 Resolver::new(mirrors).map_err(|e| fail("--mirrors", &e))?,
@@ -119,6 +125,22 @@ impl Server {
                 HeaderValue::try_from(value.as_str()).map_err(|e| fail("http.headers", &e))?;
             extra_headers.push((name, value));
         }
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| fail(&format!("listen on {}", config.listen), &e))?;
+        let local = listener.local_addr().map_err(|e| fail("listen", &e))?;
+        let metrics = Arc::new(Metrics::default());
+        let fleet = match &bucket {
+            None => None,
+            Some(bucket) => Some(fleet_for(
+                config,
+                bucket,
+                &replica,
+                local,
+                options.timeouts.connect,
+                &metrics,
+            )?),
+        };
         let limits = config.limits.clone();
         let store = Arc::new(store);
         let meta = Arc::new(meta);
@@ -140,7 +162,7 @@ impl Server {
             store,
             meta,
             fills: Arc::new(fills),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             memo: ManifestMemo::new(usize::try_from(limits.manifest_memo).unwrap_or(usize::MAX)),
             extra_headers,
             serve_stale_on_404: config.serve_stale_on_404,
@@ -152,6 +174,8 @@ impl Server {
             tag_validated: Default::default(),
             buffers,
             limits,
+            fleet,
+            secret: config.secret.clone(),
         });
         let open_files = raise_open_file_limit();
         let supported = connections_for(open_files);
@@ -164,10 +188,6 @@ impl Server {
                  will back off when descriptors run out"
             );
         }
-        let listener = tokio::net::TcpListener::bind(&config.listen)
-            .await
-            .map_err(|e| fail(&format!("listen on {}", config.listen), &e))?;
-        let local = listener.local_addr().map_err(|e| fail("listen", &e))?;
         let listener = Listener::new(listener, max_connections);
         if !local.ip().is_loopback() && app.htpasswd.is_none() {
             tracing::warn!(
@@ -208,7 +228,7 @@ impl Server {
         expirer.abort();
         let _ = collector.await;
         let _ = expirer.await;
-        if let Err(e) = app.flush_uses() {
+        if let Err(e) = app.flush_uses().await {
             tracing::warn!(error = %e, "last-use times not saved");
         }
         let deadline = tokio::time::Instant::now() + grace;
@@ -306,6 +326,109 @@ impl Server {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
+/// The storage a server runs on.
+pub struct Storage {
+    pub store: BlobStore,
+    pub meta: Metadata,
+    /// The bucket, when the storage is one.
+    pub bucket: Option<Bucket>,
+    /// This process's name among the replicas of a bucket.
+    pub replica: String,
+}
+
+/// Opens the configured storage: the local root (locked first, so a second process touches
+/// nothing), and on S3 the bucket, checked once: when it cannot be reached the server still
+/// starts (one error line naming the endpoint and bucket) and answers 503 for what needs it.
+pub async fn open_storage(
+    config: &CacheConfig,
+    connect_timeout: Duration,
+) -> Result<Storage, StartError> {
+    let root = &config.root;
+    let local = |e: &dyn std::fmt::Display| StartError(format!("storage {}: {e}", root.display()));
+    let replica = replica_name();
+    match &config.storage {
+        StorageBackend::Filesystem => {
+            let store = BlobStore::open_files(root).map_err(|e| local(&e))?;
+            let meta = Metadata::open_local(&root.join("metadata.redb"))
+                .map_err(|e| StartError(format!("metadata: {e}")))?;
+            Ok(Storage {
+                store,
+                meta,
+                bucket: None,
+                replica,
+            })
+        }
+        StorageBackend::S3(s3) => {
+            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError)?;
+            let store =
+                BlobStore::open_bucket(root, bucket.clone(), s3.redirect).map_err(|e| local(&e))?;
+            match bucket.check().await {
+                Ok(()) => tracing::info!(storage = %bucket.describe, "object storage reachable"),
+                Err(e) => tracing::error!(
+                    "{e}: starting anyway; requests that need the storage answer 503 until it \
+                     is back"
+                ),
+            }
+            let meta = Metadata::Bucket(BucketMetadata::new(bucket.clone(), replica.clone()));
+            Ok(Storage {
+                store,
+                meta,
+                bucket: Some(bucket),
+                replica,
+            })
+        }
+    }
+}
+
+/// This replica in the fleet on `bucket`: where others reach it (`http.host`, else the listen
+/// address when it is a concrete IP) and the secret of their internal route (`http.secret`).
+fn fleet_for(
+    config: &CacheConfig,
+    bucket: &Bucket,
+    replica: &str,
+    local: SocketAddr,
+    connect_timeout: Duration,
+    metrics: &Arc<Metrics>,
+) -> Result<Fleet, StartError> {
+    let address = config.host.clone().or_else(|| {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        (!local.ip().is_unspecified()).then(|| format!("{scheme}://{local}"))
+    });
+    if config.secret.is_none() {
+        tracing::warn!(
+            "no http.secret: replicas on this bucket cannot stream each other's downloads; they \
+             wait for them to be stored instead (set the same http.secret on every replica)"
+        );
+    } else if address.is_none() {
+        tracing::warn!(
+            "no http.host and no concrete listen address: other replicas cannot reach this one \
+             to follow its downloads (set http.host)"
+        );
+    }
+    let follower = Follower::new(config.secret.clone(), connect_timeout).map_err(StartError)?;
+    let leases = Leases::new(bucket.clone(), replica.to_owned(), address);
+    Ok(Fleet::new(
+        bucket.clone(),
+        leases,
+        follower,
+        metrics.clone(),
+    ))
+}
+
+/// A name for this process among the replicas of a bucket: 64 random bits.
+fn replica_name() -> String {
+    let mut bytes = [0u8; 8];
+    // Without the OS's randomness, the process id still tells this replica's batches apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = u64::from(std::process::id()).to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
 /// The server's TLS configuration from PEM files (`http.tls.certificate`, `http.tls.key`).
 fn tls_acceptor(
     certificate: &Path,
@@ -375,28 +498,55 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let app = app.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            app.flush_uses()?;
-            let policy = super::gc::Policy {
-                ttl: eviction.ttl,
-                max_size: eviction.max_size,
-                now: super::meta::now(),
-            };
-            super::gc::collect(&app.meta, &app.store, &policy, false)
-        })
+        if let Err(e) = app.flush_uses().await {
+            tracing::warn!(error = %e, "last-use times not saved");
+        }
+        let policy = super::gc::Policy {
+            ttl: eviction.ttl,
+            max_size: eviction.max_size,
+            now: super::meta::now(),
+        };
+        let result = collect(
+            &app.meta,
+            &app.store,
+            app.fleet.as_ref(),
+            &policy,
+            app.limits.upload_lifetime,
+            false,
+        )
         .await;
         match result {
-            Ok(Ok(plan)) if !plan.evict.is_empty() => tracing::info!(
+            Ok(Some(plan)) if !plan.evict.is_empty() => tracing::info!(
                 manifests = plan.manifests,
                 blobs = plan.blobs,
                 freed_bytes = plan.freed_bytes,
                 kept_bytes = plan.kept_bytes,
                 "evicted"
             ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
-            Err(e) => tracing::warn!(error = %e, "eviction task failed"),
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::debug!("another replica is collecting"),
+            Err(e) => tracing::warn!(error = %e, "eviction failed"),
         }
+    }
+}
+
+/// One collection; on a shared bucket only when no other replica collects (then `None`), and
+/// followed by the clean-up of abandoned multipart uploads.
+pub async fn collect(
+    meta: &Metadata,
+    store: &BlobStore,
+    fleet: Option<&Fleet>,
+    policy: &super::gc::Policy,
+    upload_lifetime: Duration,
+    dry_run: bool,
+) -> Result<Option<super::gc::Plan>, String> {
+    let run = async {
+        super::gc::collect(meta, store, policy, dry_run)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match fleet {
+        Some(fleet) if !dry_run => fleet.collect_alone(run, upload_lifetime).await,
+        _ => run.await.map(Some),
     }
 }

@@ -4,9 +4,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::cache::gc::{self, Policy};
-use crate::cache::meta::{Metadata, now};
-use crate::cache::store::BlobStore;
+use std::sync::Arc;
+
+use crate::cache::fleet::{Fleet, Follower};
+use crate::cache::gc::Policy;
+use crate::cache::lease::Leases;
+use crate::cache::meta::now;
+use crate::cache::metrics::Metrics;
+use crate::cache::server::{collect, open_storage};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,16 +25,41 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (_, config) = super::serve::load_cache_config(args.config.as_deref())?;
-    let meta = Metadata::open(&config.root.join("metadata.redb")).map_err(|e| {
-        anyhow::anyhow!("{e} (is `regmirror serve` running on this storage? It collects by itself every storage.gc_interval)")
-    })?;
-    let store = BlobStore::open(&config.root)?;
+    let timeout = std::time::Duration::from_secs(5);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The local root's lock first: on a live cache this fails at once and touches nothing.
+    let storage = runtime
+        .block_on(open_storage(&config, timeout))
+        .map_err(|e| {
+            anyhow::anyhow!("{e} (`regmirror serve` collects by itself every storage.gc_interval)")
+        })?;
     let policy = Policy {
         ttl: config.ttl,
         max_size: config.max_size,
         now: now(),
     };
-    let plan = gc::collect(&meta, &store, &policy, args.dry_run)?;
+    // On a shared bucket, as one replica of the fleet: the collection takes the gc lease.
+    let fleet = storage.bucket.clone().map(|bucket| {
+        let leases = Leases::new(bucket.clone(), storage.replica.clone(), None);
+        let follower = Follower::new(None, timeout).expect("a client without TLS settings builds");
+        Fleet::new(bucket, leases, follower, Arc::new(Metrics::default()))
+    });
+    let plan = runtime
+        .block_on(collect(
+            &storage.meta,
+            &storage.store,
+            fleet.as_ref(),
+            &policy,
+            config.limits.upload_lifetime,
+            args.dry_run,
+        ))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let Some(plan) = plan else {
+        println!("another replica is collecting now: nothing done");
+        return Ok(ExitCode::SUCCESS);
+    };
     let verb = if args.dry_run {
         "would remove"
     } else {

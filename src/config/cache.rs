@@ -88,6 +88,65 @@ impl Default for Limits {
     }
 }
 
+/// A secret from the config: compared, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the cache keeps content and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// `storage.filesystem`: everything under the local root.
+    Filesystem,
+    /// `storage.s3`: an S3-compatible bucket shared by any number of replicas.
+    S3(S3Config),
+}
+
+/// `storage.s3`, as distribution spells it, and `storage.redirect`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    pub region: String,
+    /// `regionendpoint`, with its scheme (`http://minio:9000`); `None` for AWS itself.
+    pub endpoint: Option<String>,
+    /// `accesskey` / `secretkey`; `None`: the usual AWS environment (and instance roles).
+    pub credentials: Option<Credentials>,
+    /// `rootdirectory`: the key prefix everything lives under (no leading or trailing `/`).
+    pub prefix: String,
+    /// `forcepathstyle` (default: true with a `regionendpoint`, false for AWS).
+    pub path_style: bool,
+    /// `chunksize`: the part size of multipart uploads (default 10 MiB, at least 5 MiB).
+    pub chunk_size: u64,
+    /// Not `storage.redirect.disable`: a GET of a committed blob may answer 307 to a presigned
+    /// URL (distribution's default).
+    pub redirect: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("credentials", &self.credentials)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("chunk_size", &self.chunk_size)
+            .field("redirect", &self.redirect)
+            .finish()
+    }
+}
+
+/// The default multipart part size (distribution's).
+pub const DEFAULT_S3_CHUNK_SIZE: u64 = 10 << 20;
+/// S3's smallest part size.
+pub const MIN_S3_CHUNK_SIZE: u64 = 5 << 20;
+
 /// One upstream registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
@@ -139,8 +198,12 @@ impl LocalRepositories {
 pub struct CacheConfig {
     /// `host:port` to listen on.
     pub listen: String,
-    /// `storage.filesystem.rootdirectory`.
+    /// The local directory: the whole store with the filesystem driver
+    /// (`storage.filesystem.rootdirectory`), the spool of work in progress with s3
+    /// (`storage.spool`).
     pub root: PathBuf,
+    /// Where verified content and metadata live.
+    pub storage: StorageBackend,
     /// `http.tls.certificate` / `http.tls.key`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `http.tls.clientcas`: when set, clients must present a certificate signed by one of them.
@@ -157,6 +220,10 @@ pub struct CacheConfig {
     pub gc_interval: Duration,
     /// `http.headers`: added to every response.
     pub headers: Vec<(String, String)>,
+    /// `http.host`: the URL other replicas reach this one at (advertised in fill leases).
+    pub host: Option<String>,
+    /// `http.secret`: shared by the replicas of one bucket; authenticates their internal route.
+    pub secret: Option<Secret>,
     /// Configured upstreams; the first is the default for requests that name none.
     pub upstreams: Vec<UpstreamConfig>,
     /// `proxy.on`: serve registries that are not configured, without stored credentials.
@@ -192,11 +259,14 @@ impl CacheConfig {
             tls: None,
             client_cas: Vec::new(),
             htpasswd: None,
+            storage: StorageBackend::Filesystem,
             local: LocalRepositories::None,
             delete_enabled: false,
             max_size: None,
             gc_interval: DEFAULT_GC_INTERVAL,
             headers: Vec::new(),
+            host: None,
+            secret: None,
             upstreams,
             dynamic_upstreams: false,
             allow_private_upstreams: false,
@@ -212,19 +282,25 @@ impl CacheConfig {
     /// `env`. With no text, the embedded default is the base the overrides apply to.
     pub fn parse(file: &str, text: Option<&str>, env: &[(String, String)]) -> Result<Self, String> {
         let Some(text) = text else {
-            return if env_overrides(env).next().is_none() {
-                Ok(Self::embedded_default())
+            if env_overrides(env).next().is_none() {
+                return Ok(Self::embedded_default());
+            }
+            // The environment alone: over the embedded default's upstreams unless it names its own.
+            let names_upstreams = env.iter().any(|(k, _)| k.starts_with("REGISTRY_PROXY_"));
+            let base = if names_upstreams {
+                "version: 0.1\n".to_owned()
             } else {
-                Self::parse(file, Some("version: 0.1\n"), env).map(|mut c| {
-                    if c.upstreams.is_empty() {
-                        c.upstreams = Self::embedded_default().upstreams;
-                    }
-                    if c.listen.is_empty() {
-                        c.listen = DEFAULT_LISTEN.to_owned();
-                    }
-                    c
-                })
+                let urls: Vec<String> = Self::embedded_default()
+                    .upstreams
+                    .iter()
+                    .map(|u| format!("{{url: \"{}\"}}", u.url))
+                    .collect();
+                format!(
+                    "version: 0.1\nproxy: {{remoteregistries: [{}]}}\n",
+                    urls.join(", ")
+                )
             };
+            return Self::parse(file, Some(&base), env);
         };
         let mut document: Value =
             serde_yaml_ng::from_str(text).map_err(|e| format!("{file}: {e}"))?;
@@ -232,9 +308,18 @@ impl CacheConfig {
             document = Value::Mapping(Mapping::new());
         }
         let mut overridden = false;
+        let mut driver = None;
         for (path, value) in env_overrides(env) {
-            set_path(&mut document, &path, value);
+            // `REGISTRY_STORAGE=s3` names the storage driver, as with distribution.
+            if path == ["storage"] {
+                driver = value.as_str().map(str::to_owned);
+            } else {
+                set_path(&mut document, &path, value);
+            }
             overridden = true;
+        }
+        if let Some(driver) = driver {
+            select_driver(&mut document, &driver);
         }
         let mut warnings = Vec::new();
         check_keys(&document, &SCHEMA, "", &mut warnings);
@@ -304,6 +389,42 @@ fn schema_path(words: &[String]) -> Vec<String> {
     path
 }
 
+/// Storage drivers distribution knows: one of them is the storage.
+const DRIVERS: [&str; 7] = [
+    "filesystem",
+    "s3",
+    "inmemory",
+    "azure",
+    "gcs",
+    "swift",
+    "oss",
+];
+
+/// Keeps `driver` as the storage (with its parameters, or none) and drops the other drivers'.
+fn select_driver(document: &mut Value, driver: &str) {
+    if !document.is_mapping() {
+        *document = Value::Mapping(Mapping::new());
+    }
+    let root = document.as_mapping_mut().expect("just made a mapping");
+    let storage = root
+        .entry(Value::String("storage".to_owned()))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !storage.is_mapping() {
+        *storage = Value::Mapping(Mapping::new());
+    }
+    let storage = storage.as_mapping_mut().expect("just made a mapping");
+    storage.retain(|key, _| {
+        key.as_str()
+            .is_none_or(|k| k == driver || !DRIVERS.contains(&k))
+    });
+    if !storage.contains_key(driver) {
+        storage.insert(
+            Value::String(driver.to_owned()),
+            Value::Mapping(Mapping::new()),
+        );
+    }
+}
+
 fn set_path(document: &mut Value, path: &[String], value: Value) {
     let Some((last, parents)) = path.split_last() else {
         return;
@@ -361,9 +482,32 @@ const SCHEMA: Key = Key::Map(&[
             ("maxsize", Key::Known),
             ("gc_interval", Key::Known),
             ("maintenance", Key::Ignored),
-            ("redirect", Key::Any),
+            ("redirect", Key::Map(&[("disable", Key::Known)])),
+            ("spool", Key::Known),
             ("inmemory", Key::Ignored),
-            ("s3", Key::Ignored),
+            (
+                "s3",
+                Key::Map(&[
+                    ("bucket", Key::Known),
+                    ("region", Key::Known),
+                    ("regionendpoint", Key::Known),
+                    ("accesskey", Key::Known),
+                    ("secretkey", Key::Known),
+                    ("rootdirectory", Key::Known),
+                    ("secure", Key::Known),
+                    ("forcepathstyle", Key::Known),
+                    ("chunksize", Key::Known),
+                    ("encrypt", Key::Ignored),
+                    ("keyid", Key::Ignored),
+                    ("v4auth", Key::Any),
+                    ("skipverify", Key::Ignored),
+                    ("storageclass", Key::Ignored),
+                    ("multipartcopychunksize", Key::Any),
+                    ("multipartcopymaxconcurrency", Key::Any),
+                    ("multipartcopythresholdsize", Key::Any),
+                    ("loglevel", Key::Any),
+                ]),
+            ),
             ("azure", Key::Ignored),
             ("gcs", Key::Ignored),
             ("swift", Key::Ignored),
@@ -376,8 +520,8 @@ const SCHEMA: Key = Key::Map(&[
             ("addr", Key::Known),
             ("net", Key::Known),
             ("prefix", Key::Ignored),
-            ("host", Key::Any),
-            ("secret", Key::Any),
+            ("host", Key::Known),
+            ("secret", Key::Known),
             ("relativeurls", Key::Any),
             ("draintimeout", Key::Any),
             (
@@ -620,10 +764,33 @@ struct RawLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawStorage {
-    filesystem: RawFilesystem,
+    filesystem: Option<RawFilesystem>,
+    s3: Option<RawS3>,
+    redirect: RawRedirect,
+    spool: Option<PathBuf>,
     delete: RawDelete,
     maxsize: Option<serde_yaml_ng::Value>,
     gc_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRedirect {
+    disable: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawS3 {
+    bucket: Option<String>,
+    region: Option<String>,
+    regionendpoint: Option<String>,
+    accesskey: Option<String>,
+    secretkey: Option<String>,
+    rootdirectory: Option<String>,
+    secure: Option<bool>,
+    forcepathstyle: Option<bool>,
+    chunksize: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -642,6 +809,8 @@ struct RawFilesystem {
 #[serde(default)]
 struct RawHttp {
     addr: Option<String>,
+    host: Option<String>,
+    secret: Option<String>,
     net: Option<String>,
     tls: RawTls,
     headers: std::collections::BTreeMap<String, Vec<String>>,
@@ -676,6 +845,74 @@ struct RawRemote {
     username: Option<String>,
     password: Option<String>,
     tag_revalidate: Option<String>,
+}
+
+impl RawS3 {
+    fn validate(
+        self,
+        err: impl Fn(&str, String) -> String,
+        redirect_disabled: bool,
+    ) -> Result<S3Config, String> {
+        let bucket = self
+            .bucket
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| err("storage.s3.bucket", "is required".into()))?;
+        let endpoint = match self.regionendpoint.filter(|e| !e.is_empty()) {
+            None => None,
+            Some(e) if e.contains("://") => Some(e.trim_end_matches('/').to_owned()),
+            Some(e) => {
+                let scheme = if self.secure.unwrap_or(true) {
+                    "https"
+                } else {
+                    "http"
+                };
+                Some(format!("{scheme}://{}", e.trim_end_matches('/')))
+            }
+        };
+        if let Some(endpoint) = &endpoint {
+            url::Url::parse(endpoint)
+                .map_err(|e| err("storage.s3.regionendpoint", format!("{endpoint:?}: {e}")))?;
+        }
+        let credentials = match (self.accesskey, self.secretkey) {
+            (Some(key), Some(secret)) if !key.is_empty() => Some(Credentials::new(key, secret)),
+            (None, None) => None,
+            (Some(key), None) if key.is_empty() => None,
+            _ => {
+                return Err(err(
+                    "storage.s3.accesskey",
+                    "accesskey and secretkey go together".into(),
+                ));
+            }
+        };
+        let chunk_size = match self.chunksize {
+            None => DEFAULT_S3_CHUNK_SIZE,
+            Some(value) => size_value(&value)
+                .filter(|n| *n >= MIN_S3_CHUNK_SIZE)
+                .ok_or_else(|| {
+                    err(
+                        "storage.s3.chunksize",
+                        format!("{value:?}: at least 5MiB (S3's smallest part)"),
+                    )
+                })?,
+        };
+        Ok(S3Config {
+            bucket,
+            region: self
+                .region
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "us-east-1".to_owned()),
+            path_style: self.forcepathstyle.unwrap_or(endpoint.is_some()),
+            endpoint,
+            credentials,
+            prefix: self
+                .rootdirectory
+                .unwrap_or_default()
+                .trim_matches('/')
+                .to_owned(),
+            chunk_size,
+            redirect: !redirect_disabled,
+        })
+    }
 }
 
 fn credentials(username: Option<String>, password: Option<String>) -> Option<Credentials> {
@@ -833,19 +1070,50 @@ impl RawConfig {
             None => DEFAULT_TTL,
             Some(text) => parse_duration(text).map_err(|e| err("proxy.ttl", e))?,
         };
+        let host = match self.http.host.filter(|h| !h.is_empty()) {
+            None => None,
+            Some(host) => {
+                let url = url::Url::parse(&host)
+                    .map_err(|e| err("http.host", format!("{host:?}: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(err("http.host", format!("{host:?}: an http(s) URL")));
+                }
+                Some(host.trim_end_matches('/').to_owned())
+            }
+        };
+        let secret = self.http.secret.filter(|s| !s.is_empty()).map(Secret);
         let headers = self
             .http
             .headers
             .into_iter()
             .flat_map(|(name, values)| values.into_iter().map(move |v| (name.clone(), v)))
             .collect();
+        let (storage, root) = match (self.storage.filesystem, self.storage.s3) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "storage",
+                    "both filesystem and s3 are configured: choose one (REGISTRY_STORAGE=s3 \
+                     selects s3)"
+                        .into(),
+                ));
+            }
+            (None, Some(s3)) => (
+                StorageBackend::S3(s3.validate(err, self.storage.redirect.disable)?),
+                self.storage
+                    .spool
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            ),
+            (filesystem, None) => (
+                StorageBackend::Filesystem,
+                filesystem
+                    .and_then(|f| f.rootdirectory)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            ),
+        };
         Ok(CacheConfig {
             listen,
-            root: self
-                .storage
-                .filesystem
-                .rootdirectory
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            root,
+            storage,
             tls,
             client_cas,
             htpasswd,
@@ -854,6 +1122,8 @@ impl RawConfig {
             max_size,
             gc_interval,
             headers,
+            host,
+            secret,
             upstreams,
             dynamic_upstreams: self.proxy.on,
             allow_private_upstreams: self.proxy.allow_private_upstreams,
@@ -1120,6 +1390,87 @@ health:
                 .unwrap_err()
                 .contains("configured twice")
         );
+    }
+
+    #[test]
+    fn seed_004_s3_environment_verbatim() {
+        let env: Vec<(String, String)> = [
+            ("REGISTRY_STORAGE", "s3"),
+            ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+            ("REGISTRY_STORAGE_S3_BUCKET", "registry"),
+            ("REGISTRY_STORAGE_S3_REGION", "minio"),
+            ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "http://s3:9000"),
+            ("REGISTRY_STORAGE_S3_ACCESSKEY", "minioadmin"),
+            ("REGISTRY_STORAGE_S3_SECRETKEY", "minioadmin"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        // With no file at all (seed 004 passes only the environment), and over a file that
+        // names the filesystem driver: the environment selects s3.
+        for text in [
+            None,
+            Some(
+                "storage: {filesystem: {rootdirectory: /x}, delete: {enabled: true}}\nproxy: {on: true}\n",
+            ),
+        ] {
+            let c = CacheConfig::parse("c.yml", text, &env).unwrap();
+            let StorageBackend::S3(s3) = &c.storage else {
+                panic!("s3 expected: {:?}", c.storage);
+            };
+            assert_eq!(s3.bucket, "registry");
+            assert_eq!(s3.region, "minio");
+            assert_eq!(s3.endpoint.as_deref(), Some("http://s3:9000"));
+            assert!(s3.path_style, "path style with an endpoint");
+            assert!(!s3.redirect, "REDIRECT_DISABLE");
+            assert_eq!(s3.chunk_size, DEFAULT_S3_CHUNK_SIZE);
+            let shown = format!("{s3:?}");
+            assert!(
+                shown.contains("<redacted>") && shown.matches("minioadmin").count() == 1,
+                "the secret key is never shown: {shown}"
+            );
+            if text.is_some() {
+                assert!(
+                    c.delete_enabled,
+                    "other storage keys survive the driver choice"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn s3_settings() {
+        let c = parse(
+            "proxy: {on: true}\nstorage: {s3: {bucket: b, regionendpoint: 127.0.0.1:9000, secure: false, rootdirectory: /cache/, chunksize: 16MiB}, spool: /var/spool/rm}",
+        )
+        .unwrap();
+        let StorageBackend::S3(s3) = &c.storage else {
+            panic!()
+        };
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.prefix, "cache");
+        assert_eq!(s3.chunk_size, 16 << 20);
+        assert!(s3.redirect, "distribution redirects by default");
+        assert!(s3.credentials.is_none(), "the AWS environment then");
+        assert_eq!(c.root, PathBuf::from("/var/spool/rm"));
+        for (text, field) in [
+            ("storage: {s3: {region: x}}", "storage.s3.bucket"),
+            (
+                "storage: {s3: {bucket: b, chunksize: 1MiB}}",
+                "storage.s3.chunksize",
+            ),
+            (
+                "storage: {s3: {bucket: b, accesskey: a}}",
+                "storage.s3.accesskey",
+            ),
+            (
+                "storage: {s3: {bucket: b}, filesystem: {rootdirectory: /x}}",
+                "storage",
+            ),
+        ] {
+            let e = parse(&format!("proxy: {{on: true}}\n{text}")).unwrap_err();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

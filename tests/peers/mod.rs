@@ -1,7 +1,8 @@
 //! Real peers for integration tests: the distribution registry, skopeo and umoci, containerd and
-//! ctr, dockerd, and regmirror's own binary, each started on 127.0.0.1 with an ephemeral port and
-//! stopped on drop (success or panic). A missing binary fails the test with the Debian package to
-//! install. Nothing here uses DNS or leaves loopback.
+//! ctr, dockerd, an S3 server (moto_server), and regmirror's own binary, each started on 127.0.0.1
+//! with an ephemeral port and stopped on drop (success or panic). A missing binary fails the test
+//! with the Debian package to install (for moto_server: `bash .ci/run`, which creates its venv).
+//! Nothing here uses DNS or leaves loopback.
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::io::{Read as _, Write as _};
@@ -57,6 +58,27 @@ pub fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, Vec<u8>) {
+    exchange(method, addr, path, headers, None)
+}
+
+/// [`http`] with a request body (and its `Content-Length`, even when empty).
+pub fn http_with_body(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    exchange(method, addr, path, headers, Some(body))
+}
+
+fn exchange(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -65,8 +87,13 @@ pub fn http(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&request).unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let split = response
@@ -89,6 +116,13 @@ pub fn http(
     (status, head, body)
 }
 
+/// The value of header `name` (lower case) in a response head from [`http`].
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(|v| v.trim().to_owned())
+}
+
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -108,6 +142,11 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 /// Polls until `addr` answers `GET /v2/` with any HTTP status.
 fn wait_for_http(addr: SocketAddr, child: &mut Child, log: &Path) {
+    wait_for_http_path(addr, "/v2/", child, log);
+}
+
+/// Polls until `addr` answers `GET path` with any HTTP status.
+fn wait_for_http_path(addr: SocketAddr, path: &str, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
@@ -117,7 +156,9 @@ fn wait_for_http(addr: SocketAddr, child: &mut Child, log: &Path) {
             );
         }
         if let Ok(mut stream) = TcpStream::connect(addr) {
-            let _ = stream.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = stream.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            );
             let mut buf = [0u8; 12];
             if stream
                 .read(&mut buf)
@@ -1006,4 +1047,403 @@ impl Netns {
             .arg(program);
         command
     }
+}
+
+/// The moto_server binary: `$REGMIRROR_MOTO_SERVER` (which `.ci/run` exports), else the venv
+/// `.ci/run` creates in the checkout, else a failure saying how to install it.
+pub fn moto_server_binary() -> PathBuf {
+    moto_server_at(
+        std::env::var_os("REGMIRROR_MOTO_SERVER")
+            .filter(|p| !p.is_empty())
+            .map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/moto-venv/bin/moto_server"),
+                PathBuf::from,
+            ),
+    )
+}
+
+/// `path`, or a failure saying how to install moto_server.
+pub fn moto_server_at(path: PathBuf) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "moto_server not found at {}: `bash .ci/run` creates the venv .ci/moto-venv with \
+         moto[server]==5.2.5 (or point REGMIRROR_MOTO_SERVER at a moto_server)",
+        path.display()
+    );
+    path
+}
+
+/// An `Authorization` header moto accepts: it parses the credential scope (to pick the service)
+/// but checks no signature. Without any `Authorization`, moto answers 403 to every request on an
+/// existing key (GET, HEAD, PUT over it) unless the bucket is public; bucket-level requests
+/// (create, list, list uploads) and PUTs of new keys pass unsigned.
+pub const MOTO_AUTHORIZATION: (&str, &str) = (
+    "Authorization",
+    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+);
+
+/// One line of moto_server's access log (werkzeug's: `127.0.0.1 - - [date] "PUT /bucket/key
+/// HTTP/1.1" 200 -`, on stderr, written before the response is sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Request {
+    pub method: String,
+    /// The request target as logged: `/bucket/key?query`, path-style, with werkzeug's IRI
+    /// decoding (`%20` stays encoded).
+    pub target: String,
+    pub status: u16,
+}
+
+/// A real S3-compatible server: moto_server (PyPI `moto[server]` 5.2.5, from the venv `.ci/run`
+/// creates), bound to 127.0.0.1 on an ephemeral port, path-style (`/bucket/key`), plain http,
+/// stopped on drop (success or panic).
+///
+/// moto keeps everything in memory: [`stop`](Self::stop) then [`start_again`](Self::start_again)
+/// gives an empty server on the same port (buckets and objects are gone), so a test of "S3 down,
+/// then back" must recreate its state, or use [`pause`](Self::pause)/[`resume`](Self::resume)
+/// (SIGSTOP/SIGCONT), which keeps the data. While paused the port still accepts connections (the
+/// kernel queues them) but nothing answers: clients see timeouts, not refusals, and a request
+/// sent during the pause is still carried out on resume even when its client gave up.
+///
+/// The access log of every start is kept: [`request_log`](Self::request_log) and
+/// [`count`](Self::count) see every S3 request so far (the harness's own readiness probes under
+/// `/moto-api/` are left out).
+pub struct MotoServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    binary: PathBuf,
+    /// `None` between [`stop`](Self::stop) and [`start_again`](Self::start_again).
+    process: Option<Process>,
+    /// Log files written so far, one per start.
+    logs: Vec<PathBuf>,
+    paused: bool,
+}
+
+impl MotoServer {
+    pub fn start() -> Self {
+        let binary = moto_server_binary();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut server = MotoServer {
+            addr,
+            dir: tempfile::tempdir().unwrap(),
+            binary,
+            process: None,
+            logs: Vec::new(),
+            paused: false,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = self
+            .dir
+            .path()
+            .join(format!("moto-{}.log", self.logs.len() + 1));
+        self.logs.push(log.clone());
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(self.addr.port().to_string())
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("MOTO_PORT");
+        let mut process = Process::spawn(&mut command, log);
+        wait_for_http_path(self.addr, "/moto-api/", &mut process.child, &process.log);
+        self.process = Some(process);
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A request with [`MOTO_AUTHORIZATION`] added: `target` is `/bucket/key?query`.
+    pub fn s3(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        let mut all = vec![MOTO_AUTHORIZATION];
+        all.extend_from_slice(headers);
+        http_with_body(method, self.addr, target, &all, body)
+    }
+
+    /// `PUT target` of `body` through [`s3`](Self::s3), as `application/octet-stream` (under a
+    /// form content type, which curl sends by default, moto stores an empty object).
+    pub fn put(
+        &self,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        let mut all = vec![("Content-Type", "application/octet-stream")];
+        all.extend_from_slice(headers);
+        self.s3("PUT", target, &all, body)
+    }
+
+    /// An unsigned `PUT /bucket` (moto accepts it; S3 bucket names: 3 to 63 characters).
+    pub fn create_bucket(&self, bucket: &str) {
+        let (status, _, body) = http_with_body("PUT", self.addr, &format!("/{bucket}"), &[], b"");
+        assert_eq!(
+            status,
+            200,
+            "create bucket {bucket}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    /// Every key under `prefix`, in S3's order, by unsigned ListObjectsV2 requests.
+    pub fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.list_keys_paged(bucket, prefix, 1000)
+    }
+
+    /// [`list_keys`](Self::list_keys) asking for `page` keys a request, following continuation
+    /// tokens.
+    pub fn list_keys_paged(&self, bucket: &str, prefix: &str, page: usize) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut target = format!(
+                "/{bucket}?list-type=2&max-keys={page}&prefix={}",
+                query_escape(prefix)
+            );
+            if let Some(token) = &token {
+                target.push_str(&format!("&continuation-token={}", query_escape(token)));
+            }
+            let xml = self.unsigned_get_xml(&target);
+            keys.extend(xml_texts(&xml, "Key"));
+            match xml_texts(&xml, "NextContinuationToken").pop() {
+                Some(next) => token = Some(next),
+                None => return keys,
+            }
+        }
+    }
+
+    /// The multipart uploads in progress in `bucket`, `(key, upload id)`, by an unsigned
+    /// ListMultipartUploads (moto answers every upload at once: it implements no `max-uploads`).
+    pub fn list_multipart_uploads(&self, bucket: &str) -> Vec<(String, String)> {
+        let xml = self.unsigned_get_xml(&format!("/{bucket}?uploads"));
+        assert!(
+            !xml.contains("<IsTruncated>true</IsTruncated>"),
+            "a truncated ListMultipartUploads: this helper does not follow markers\n{xml}"
+        );
+        xml.split("<Upload>")
+            .skip(1)
+            .map(|upload| {
+                let one = |tag| {
+                    xml_texts(upload, tag)
+                        .pop()
+                        .unwrap_or_else(|| panic!("no {tag} in an upload of {xml}"))
+                };
+                (one("Key"), one("UploadId"))
+            })
+            .collect()
+    }
+
+    fn unsigned_get_xml(&self, target: &str) -> String {
+        let (status, _, body) = http("GET", self.addr, target, &[]);
+        let xml = String::from_utf8(body).expect("an XML answer");
+        assert_eq!(status, 200, "GET {target}: {xml}");
+        xml
+    }
+
+    /// The server's access log, every start included, oldest first.
+    pub fn request_log(&self) -> Vec<S3Request> {
+        self.logs
+            .iter()
+            .flat_map(|log| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                text.lines()
+                    .filter_map(parse_access_line)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|request| !request.target.starts_with("/moto-api/"))
+            .collect()
+    }
+
+    /// Requests with `method` whose target contains `key_fragment` (a key prefix such as
+    /// `blobs/`, or a query such as `?uploads`).
+    pub fn count(&self, method: &str, key_fragment: &str) -> usize {
+        self.request_log()
+            .iter()
+            .filter(|r| r.method == method && r.target.contains(key_fragment))
+            .count()
+    }
+
+    /// Everything the server wrote (access log, tracebacks), every start included.
+    pub fn log(&self) -> String {
+        self.logs
+            .iter()
+            .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("moto_server is stopped").pid()
+    }
+
+    /// Whether the server answers a request within `timeout` (false while paused or stopped).
+    pub fn responds_within(&self, timeout: Duration) -> bool {
+        let Ok(mut stream) = TcpStream::connect_timeout(&self.addr, timeout) else {
+            return false;
+        };
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let request = b"GET /moto-api/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut buf = [0u8; 12];
+        stream.write_all(request).is_ok()
+            && stream
+                .read(&mut buf)
+                .is_ok_and(|n| n >= 12 && buf.starts_with(b"HTTP/1.1"))
+    }
+
+    /// SIGSTOP: the store keeps its data but answers nothing until [`resume`](Self::resume)
+    /// (connections are still accepted by the kernel). Returns once every thread is stopped.
+    pub fn pause(&mut self) {
+        assert!(!self.paused, "moto_server is already paused");
+        unsafe_kill(self.pid(), "STOP");
+        self.paused = true;
+        self.wait_stopped(true);
+    }
+
+    /// SIGCONT after [`pause`](Self::pause); requests queued meanwhile are served now.
+    pub fn resume(&mut self) {
+        assert!(self.paused, "moto_server is not paused");
+        unsafe_kill(self.pid(), "CONT");
+        self.paused = false;
+        self.wait_stopped(false);
+    }
+
+    /// Waits until every thread of the server is (or none is) in the stopped state.
+    fn wait_stopped(&self, stopped: bool) {
+        let pid = self.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let states: Vec<bool> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+                .map(|stat| stat[stat.rfind(')').unwrap() + 2..].starts_with('T'))
+                .collect();
+            if states.iter().all(|&s| s == stopped) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server threads not {} within 10 s",
+                if stopped { "stopped" } else { "running" }
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and wait: the port refuses connections and everything stored is lost.
+    pub fn stop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// A new, empty moto_server on the same port (no bucket survives a stop).
+    pub fn start_again(&mut self) {
+        assert!(self.process.is_none(), "moto_server is running");
+        self.spawn();
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        // A stopped process would hold SIGTERM until the 10 s SIGKILL fallback.
+        if self.paused {
+            if let Some(process) = &self.process {
+                unsafe_kill(process.pid(), "CONT");
+            }
+        }
+    }
+}
+
+/// `127.0.0.1 - - [01/Dec/2026 22:58:15] "PUT /bucket/key HTTP/1.1" 200 -`, with werkzeug's
+/// ANSI colours (added to non-200 answers even when writing to a file) removed.
+fn parse_access_line(line: &str) -> Option<S3Request> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let (_, rest) = plain.split_once("] \"")?;
+    let (request_line, after) = rest.rsplit_once("\" ")?;
+    let mut words = request_line.split(' ');
+    let (method, target) = (words.next()?, words.next()?);
+    let status = after.split(' ').next()?.parse().ok()?;
+    Some(S3Request {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        status,
+    })
+}
+
+/// The texts of every `<tag>…</tag>` in `xml`, entities decoded. Enough for S3's flat listing
+/// answers, where the tags asked for hold text only.
+pub fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut texts = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        rest = &rest[start + open.len()..];
+        let end = rest
+            .find(&close)
+            .unwrap_or_else(|| panic!("no {close} in {xml}"));
+        texts.push(xml_unescape(&rest[..end]));
+        rest = &rest[end + close.len()..];
+    }
+    texts
+}
+
+fn xml_unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let semicolon = rest[amp..]
+            .find(';')
+            .unwrap_or_else(|| panic!("unterminated entity in {text}"))
+            + amp;
+        let entity = &rest[amp + 1..semicolon];
+        let decoded = match entity {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => entity
+                .strip_prefix("#x")
+                .map(|hex| u32::from_str_radix(hex, 16))
+                .or_else(|| entity.strip_prefix('#').map(str::parse))
+                .and_then(|code| char::from_u32(code.ok()?))
+                .unwrap_or_else(|| panic!("unknown entity &{entity}; in {text}")),
+        };
+        out.push(decoded);
+        rest = &rest[semicolon + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (S3's query encoding).
+pub fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

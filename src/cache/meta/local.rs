@@ -1,31 +1,26 @@
-//! The cache's metadata in one transactional file (redb): what survives restarts and crashes
-//! without a directory walk.
+//! The metadata of a cache on the local file system: one transactional file (redb), what survives
+//! restarts and crashes without a directory walk. Tables:
 //!
-//! - `tags`: (upstream, repository, tag) -> digest, media type, fetch and validation times;
-//! - `manifests`: digest -> media type and size (the bytes are a blob in the store);
-//! - `links`: (upstream, repository, digest): which repository may read which blob or manifest,
-//!   so private content fetched for one repository is never served to another;
+//! - `tags`: (upstream, repository, tag) -> digest, media type, validation time;
+//! - `manifests`: digest -> media type, size and references (the bytes are a blob in the store);
+//! - `links`: (upstream, repository, digest) -> linked at;
 //! - `blobs`: digest -> size of committed blobs;
-//! - `sources`: (namespace, digest): the content's bytes were received from that upstream (or
-//!   pushed to the local namespace). The store is shared by every namespace, so a digest another
-//!   namespace holds is served on a route only once its own upstream has delivered the same
-//!   bytes: an upstream that merely *claims* a digest (a HEAD 200) never gets content cached from
-//!   elsewhere.
-//!
-//! Blob and manifest records are written before their file is renamed into the store, so every
-//! file in the store has a record (eviction sees it); a crash in between leaves a record without
-//! a file, which reads as a miss and is filled again.
+//! - `sources`: (namespace, digest) -> when the namespace received the bytes;
+//! - `last_used`: digest -> unix seconds;
+//! - `doomed`: digests an eviction removed whose files may still exist.
 //!
 //! Keys join their parts with U+001F, which no valid name, tag or digest contains.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 
+use super::{Inventory, ManifestRecord, MetaError, NewBlob, NewManifest, TagRecord, now};
 use crate::reference::Digest;
+
+fn err(e: impl std::fmt::Display) -> MetaError {
+    MetaError(e.to_string())
+}
 
 const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
 const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
@@ -34,79 +29,13 @@ const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
 const SOURCES: TableDefinition<&str, u64> = TableDefinition::new("sources");
 const VERSION: TableDefinition<&str, u64> = TableDefinition::new("version");
-/// 2: `sources` exists (before it, links alone granted access).
-const SCHEMA_VERSION: u64 = 2;
-/// Files whose metadata an eviction already removed, deleted after the commit: a crash in
-/// between leaves them here, and the next collection finishes the job.
+/// 2: `sources` exists (before it, links alone granted access). 3: `doomed` holds digests (it
+/// held file paths).
+const SCHEMA_VERSION: u64 = 3;
+/// Digests whose metadata an eviction already removed and whose files are deleted after the
+/// commit: a crash in between leaves them here, and the next collection finishes the job.
 const DOOMED: TableDefinition<&str, ()> = TableDefinition::new("doomed");
 const SEP: char = '\u{1f}';
-
-/// A cached tag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagRecord {
-    pub digest: String,
-    pub media_type: String,
-    /// Unix seconds when the upstream last confirmed the tag.
-    pub validated_at: u64,
-}
-
-/// A cached manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestRecord {
-    pub media_type: String,
-    pub size: u64,
-    /// What it references (config, layers, child manifests): kept alive while it lives.
-    #[serde(default)]
-    pub references: Vec<String>,
-}
-
-/// The metadata a collection decides from.
-#[derive(Debug, Default)]
-pub struct Inventory {
-    pub manifests: HashMap<String, ManifestRecord>,
-    /// Committed blobs and their sizes.
-    pub blobs: HashMap<String, u64>,
-    pub last_used: HashMap<String, u64>,
-    /// (upstream, repository, digest, linked at)
-    pub links: Vec<(String, String, String, u64)>,
-    pub doomed: Vec<PathBuf>,
-}
-
-/// A verified blob about to be renamed into the store, and who fetched or pushed it.
-#[derive(Debug)]
-pub struct NewBlob<'a> {
-    pub upstream: &'a str,
-    pub repository: &'a str,
-    pub digest: &'a Digest,
-    pub size: u64,
-}
-
-/// A manifest to record, with what it references.
-#[derive(Debug)]
-pub struct NewManifest<'a> {
-    pub upstream: &'a str,
-    pub repository: &'a str,
-    pub tag: Option<&'a str>,
-    pub digest: &'a Digest,
-    pub media_type: &'a str,
-    pub size: u64,
-    /// Blobs and child manifests it references: linked to the repository too.
-    pub references: &'a [Digest],
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cache metadata: {0}")]
-pub struct MetaError(String);
-
-fn err(e: impl std::fmt::Display) -> MetaError {
-    MetaError(e.to_string())
-}
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn key(parts: &[&str]) -> String {
     let mut key = String::new();
@@ -117,6 +46,18 @@ fn key(parts: &[&str]) -> String {
         key.push_str(part);
     }
     key
+}
+
+/// Every key of a table.
+fn keys_of<V: redb::Value + 'static>(
+    table: &impl ReadableTable<&'static str, V>,
+) -> Result<Vec<String>, MetaError> {
+    Ok(table
+        .iter()
+        .map_err(err)?
+        .filter_map(Result::ok)
+        .map(|(k, _)| k.value().to_owned())
+        .collect())
 }
 
 /// Removes every entry of a table keyed `…␟digest` whose digest is in `doomed`.
@@ -138,11 +79,11 @@ fn remove_by_digest(
 }
 
 #[derive(Debug)]
-pub struct Metadata {
+pub struct LocalMetadata {
     db: Database,
 }
 
-impl Metadata {
+impl LocalMetadata {
     pub fn open(path: &Path) -> Result<Self, MetaError> {
         let db = Database::create(path).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
@@ -159,16 +100,23 @@ impl Metadata {
             .get("schema")
             .map_err(err)?
             .map_or(1, |v| v.value());
-        if version < SCHEMA_VERSION {
+        if version < 3 {
+            // Doomed files were recorded by path, `<root>/blobs/<algorithm>/<2>/<hex>`.
+            let paths = keys_of(&txn.open_table(DOOMED).map_err(err)?)?;
+            let mut doomed = txn.open_table(DOOMED).map_err(err)?;
+            for path in paths {
+                doomed.remove(path.as_str()).map_err(err)?;
+                let parts: Vec<&str> = path.rsplit('/').take(3).collect();
+                if let [hex, _, algorithm] = parts[..] {
+                    doomed
+                        .insert(format!("{algorithm}:{hex}").as_str(), ())
+                        .map_err(err)?;
+                }
+            }
+        }
+        if version < 2 {
             // Caches written before sources existed: what a namespace links, it holds.
-            let links: Vec<String> = txn
-                .open_table(LINKS)
-                .map_err(err)?
-                .iter()
-                .map_err(err)?
-                .filter_map(Result::ok)
-                .map(|(k, _)| k.value().to_owned())
-                .collect();
+            let links = keys_of(&txn.open_table(LINKS).map_err(err)?)?;
             let mut sources = txn.open_table(SOURCES).map_err(err)?;
             for link in links {
                 if let [upstream, _, digest] = link.split(SEP).collect::<Vec<_>>()[..] {
@@ -177,13 +125,15 @@ impl Metadata {
                         .map_err(err)?;
                 }
             }
+        }
+        if version < SCHEMA_VERSION {
             txn.open_table(VERSION)
                 .map_err(err)?
                 .insert("schema", SCHEMA_VERSION)
                 .map_err(err)?;
         }
         txn.commit().map_err(err)?;
-        Ok(Metadata { db })
+        Ok(LocalMetadata { db })
     }
 
     /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
@@ -449,14 +399,15 @@ impl Metadata {
         }
         for entry in txn.open_table(DOOMED).map_err(err)?.iter().map_err(err)? {
             let (k, _) = entry.map_err(err)?;
-            inventory.doomed.push(PathBuf::from(k.value()));
+            inventory.doomed.push(k.value().to_owned());
         }
         Ok(inventory)
     }
 
     /// Forgets evicted manifests and blobs in one transaction: their links everywhere, tags
-    /// pointing at them, their records and use times; their files are recorded as doomed.
-    pub fn evict(&self, digests: &[String], files: &[PathBuf]) -> Result<(), MetaError> {
+    /// pointing at them, their records and use times; they are recorded as doomed until their
+    /// files are deleted.
+    pub fn evict(&self, digests: &[String]) -> Result<(), MetaError> {
         let doomed: std::collections::HashSet<&str> = digests.iter().map(String::as_str).collect();
         let txn = self.db.begin_write().map_err(err)?;
         {
@@ -484,25 +435,21 @@ impl Metadata {
                 blobs.remove(digest.as_str()).map_err(err)?;
                 used.remove(digest.as_str()).map_err(err)?;
             }
-            let mut doomed_files = txn.open_table(DOOMED).map_err(err)?;
-            for file in files {
-                doomed_files
-                    .insert(file.to_string_lossy().as_ref(), ())
-                    .map_err(err)?;
+            let mut doomed_table = txn.open_table(DOOMED).map_err(err)?;
+            for digest in digests {
+                doomed_table.insert(digest.as_str(), ()).map_err(err)?;
             }
         }
         txn.commit().map_err(err)
     }
 
-    /// Forgets doomed files once they are deleted.
-    pub fn clear_doomed(&self, files: &[PathBuf]) -> Result<(), MetaError> {
+    /// Forgets doomed digests once their files are deleted.
+    pub fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut doomed = txn.open_table(DOOMED).map_err(err)?;
-            for file in files {
-                doomed
-                    .remove(file.to_string_lossy().as_ref())
-                    .map_err(err)?;
+            for digest in digests {
+                doomed.remove(digest.as_str()).map_err(err)?;
             }
         }
         txn.commit().map_err(err)
@@ -537,7 +484,7 @@ mod tests {
     #[test]
     fn manifests_tags_and_links() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Metadata::open(&dir.path().join("meta.redb")).unwrap();
+        let meta = LocalMetadata::open(&dir.path().join("meta.redb")).unwrap();
         let manifest = sha256(b"manifest");
         let layer = sha256(b"layer");
         meta.put_manifest(&NewManifest {
@@ -601,7 +548,7 @@ mod tests {
         let path = dir.path().join("meta.redb");
         let digest = sha256(b"old");
         {
-            let meta = Metadata::open(&path).unwrap();
+            let meta = LocalMetadata::open(&path).unwrap();
             meta.link("ghcr.io", "org/x", &digest).unwrap();
             // As a cache written by an earlier version: no sources, no version.
             let txn = meta.db.begin_write().unwrap();
@@ -609,7 +556,7 @@ mod tests {
             txn.delete_table(VERSION).unwrap();
             txn.commit().unwrap();
         }
-        let meta = Metadata::open(&path).unwrap();
+        let meta = LocalMetadata::open(&path).unwrap();
         assert!(meta.has_source("ghcr.io", &digest).unwrap());
         assert!(!meta.has_source("docker.io", &digest).unwrap());
     }
@@ -619,7 +566,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");
         let digest = sha256(b"x");
-        Metadata::open(&path)
+        LocalMetadata::open(&path)
             .unwrap()
             .put_blob(&NewBlob {
                 upstream: "docker.io",
@@ -628,7 +575,7 @@ mod tests {
                 size: 1,
             })
             .unwrap();
-        let meta = Metadata::open(&path).unwrap();
+        let meta = LocalMetadata::open(&path).unwrap();
         assert_eq!(
             meta.inventory().unwrap().blobs.get(digest.as_str()),
             Some(&1)

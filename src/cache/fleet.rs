@@ -1,0 +1,415 @@
+//! Replicas of one bucket sharing their downloads: the internal route a fill's holder serves its
+//! download in progress on, and the request a follower makes to it.
+//!
+//! [`Fleet::fetch`] is where a replica's fill gets its bytes when the cache is on a bucket: it
+//! claims the blob's lease ([`crate::cache::lease`]); holding it, it downloads from the upstream
+//! and stores the blob; when another replica holds it, it streams that replica's download
+//! (verifying the digest itself and storing nothing: the holder does), or, when the holder
+//! cannot be reached, waits (at most [`FOLLOW_WAIT`]) for the blob to appear in the bucket or
+//! for the lease to expire and be taken over. So the fleet makes one upstream download per blob.
+//!
+//! `GET /_regmirror/fills/<upstream>/<digest>` answers the bytes of a fill in flight as they
+//! arrive (its last byte held back until the digest is verified, as for any reader), 404 when
+//! there is none. It is refused without `Regmirror-Fleet: <HMAC-SHA256 of the path, keyed by
+//! http.secret>`, and entirely when no `http.secret` is configured. A follower checks the
+//! digest itself as well: nothing it serves depends on trusting the holder.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+
+use super::bucket::{Bucket, BucketError, keys};
+use super::fill::{Fetched, Keep, UpstreamBody};
+use super::lease::{Claim, Decision, Lease, Leases, decide};
+use super::metrics::Metrics;
+use crate::config::cache::Secret;
+use crate::reference::Digest;
+use crate::registry::{ErrorCode, RegistryError};
+
+/// The longest a replica waits for another's download it cannot stream.
+pub const FOLLOW_WAIT: Duration = Duration::from_secs(300);
+/// How often a waiting replica looks again.
+const POLL: Duration = Duration::from_secs(1);
+
+/// This replica in a fleet sharing one bucket.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    bucket: Bucket,
+    leases: Leases,
+    follower: Follower,
+    metrics: Arc<Metrics>,
+}
+
+fn unavailable(bucket: &Bucket, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Unavailable,
+        format!("storage {}: {e}", bucket.describe),
+    )
+}
+
+impl Fleet {
+    /// Runs `collect` unless another replica is collecting (then `None`): the collection holds
+    /// the bucket's gc lease, and afterwards aborts the multipart uploads no live fill owns.
+    pub async fn collect_alone<T, F>(
+        &self,
+        collect: F,
+        upload_lifetime: Duration,
+    ) -> Result<Option<T>, String>
+    where
+        F: Future<Output = Result<T, String>>,
+    {
+        let claim = self
+            .leases
+            .claim(keys::GC_LEASE, "")
+            .await
+            .map_err(|e| e.to_string())?;
+        let Claim::Held { lease, .. } = claim else {
+            return Ok(None);
+        };
+        let result = collect.await;
+        if result.is_ok() {
+            let cleaned = async {
+                let uploads = super::shared_uploads::expire(&self.bucket, upload_lifetime).await?;
+                self.abort_abandoned_uploads(&uploads).await
+            };
+            if let Err(e) = cleaned.await {
+                tracing::warn!(error = %e, "cannot clean up abandoned uploads");
+            }
+        }
+        lease.release().await;
+        result.map(Some)
+    }
+
+    /// Aborts the multipart uploads of blobs that no replica is storing (no live lease for the
+    /// digest), and of parts of pushes no longer in progress: what a replica killed while
+    /// storing left behind. A replica takes a
+    /// blob's lease before it starts an upload and releases it after completing it, and the
+    /// uploads are listed before the leases, so a live upload always has a live lease here.
+    pub async fn abort_abandoned_uploads(
+        &self,
+        pushes: &std::collections::HashSet<String>,
+    ) -> Result<usize, BucketError> {
+        let pending = self.bucket.pending_uploads().await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let now = super::lease::now_ms();
+        let mut live = std::collections::HashSet::new();
+        for (key, _) in self.bucket.list(keys::FILL_LEASES).await? {
+            let Some(body) = self.bucket.get(&key).await? else {
+                continue;
+            };
+            let lease: Option<Lease> = serde_json::from_slice(&body).ok();
+            if lease.is_some_and(|l| decide(&l, now) == Decision::Respect) {
+                live.extend(keys::digest_at_end(&key));
+            }
+        }
+        let mut aborted = 0;
+        for (key, id) in pending {
+            let owned = if key.starts_with(keys::BLOBS) {
+                keys::digest_at_end(&key).is_some_and(|d| live.contains(&d))
+            } else if key.starts_with(super::shared_uploads::UPLOADS) {
+                // A part of a push in progress (`pushes`: the live uploads).
+                pushes.contains(super::shared_uploads::upload_id(&key))
+            } else {
+                true
+            };
+            if owned {
+                continue;
+            }
+            // Completed since the listing: nothing to abort any more.
+            match self.bucket.abort_upload(&key, &id).await {
+                Ok(()) => {
+                    tracing::info!(%key, "aborted an abandoned multipart upload");
+                    aborted += 1;
+                }
+                Err(e) => tracing::debug!(%key, error = %e, "upload gone before its abort"),
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// Runs `store` (which uploads the blob `digest`) holding the blob's lease, so a collection
+    /// meanwhile never takes the upload for one a dead replica left. When another replica
+    /// holds the lease (it stores the same blob), its lease covers the upload just as well.
+    pub async fn storing<T>(&self, digest: &Digest, store: impl Future<Output = T>) -> T {
+        let key = keys::fill_lease(super::routing::LOCAL, digest);
+        let claim = self.leases.claim(&key, "").await;
+        let result = store.await;
+        if let Ok(Claim::Held { lease, .. }) = claim {
+            lease.release().await;
+        }
+        result
+    }
+
+    pub fn new(bucket: Bucket, leases: Leases, follower: Follower, metrics: Arc<Metrics>) -> Self {
+        Fleet {
+            bucket,
+            leases,
+            follower,
+            metrics,
+        }
+    }
+
+    /// The bytes of `digest` from `upstream` for `repository`: downloaded with `download` when
+    /// this replica gets the lease, else from the replica that has it (after `confirm` checks
+    /// that `repository` may read the blob, when the holder fetches for another repository).
+    pub async fn fetch<D, C>(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+        download: D,
+        confirm: C,
+    ) -> Result<Fetched, RegistryError>
+    where
+        D: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
+        C: Future<Output = Result<(), RegistryError>>,
+    {
+        let key = keys::fill_lease(upstream, digest);
+        let deadline = Instant::now() + FOLLOW_WAIT;
+        let mut download = Some(download);
+        let mut confirm = Some(confirm);
+        let mut waited = false;
+        loop {
+            // Stored for this upstream by another replica meanwhile: read it from the bucket
+            // (verified again). Content stored for another upstream does not count (see
+            // `meta`: sources).
+            let blob = keys::blob(digest);
+            let held = self
+                .bucket
+                .head(&keys::source(upstream, digest))
+                .await
+                .map_err(|e| unavailable(&self.bucket, e))?
+                .is_some();
+            let stored = if held {
+                self.bucket
+                    .head(&blob)
+                    .await
+                    .map_err(|e| unavailable(&self.bucket, e))?
+            } else {
+                None
+            };
+            if let Some(size) = stored {
+                if let Some(confirm) = confirm.take() {
+                    confirm.await?;
+                }
+                let body = self
+                    .bucket
+                    .stream(&blob, 0, size)
+                    .await
+                    .map_err(|e| unavailable(&self.bucket, e))?
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .boxed();
+                return Ok(Fetched {
+                    size: Some(size),
+                    body,
+                    keep: Keep::Link,
+                });
+            }
+            let claim = self
+                .leases
+                .claim(&key, repository)
+                .await
+                .map_err(|e| unavailable(&self.bucket, e))?;
+            let theirs = match claim {
+                Claim::Held { lease, took_over } => {
+                    self.metrics
+                        .fleet(if took_over { "took_over" } else { "led" });
+                    let download = download.take().expect("a lease is held once");
+                    let (size, body) = download.await?;
+                    return Ok(Fetched::stored(size, body, Some(lease)));
+                }
+                Claim::Other(theirs) => theirs,
+            };
+            if theirs.repository != repository {
+                if let Some(confirm) = confirm.take() {
+                    confirm.await?;
+                }
+            }
+            if self.follower.enabled() && theirs.address.is_some() {
+                match self.follower.follow(&theirs, upstream, digest).await {
+                    Ok(FromHolder::Streaming(size, body)) => {
+                        self.metrics.fleet("followed");
+                        return Ok(Fetched {
+                            size,
+                            body,
+                            keep: Keep::Link,
+                        });
+                    }
+                    // Finished or failed just now: look at the bucket and the lease again.
+                    Ok(FromHolder::NoFill) => continue,
+                    Err(e) => tracing::debug!(holder = %theirs.holder, error = %e, "cannot follow"),
+                }
+            }
+            if !waited {
+                waited = true;
+                self.metrics.fleet("waited");
+            }
+            if Instant::now() >= deadline {
+                return Err(RegistryError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "replica {} is downloading {digest} and cannot be followed; waited {FOLLOW_WAIT:?}",
+                        theirs.holder
+                    ),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Where the internal route lives.
+pub const FILLS_PATH: &str = "/_regmirror/fills/";
+/// The header carrying the route's signature.
+pub const SIGNATURE_HEADER: &str = "regmirror-fleet";
+
+/// The internal path of a fill.
+pub fn fill_path(upstream: &str, digest: &Digest) -> String {
+    let upstream: String = url::form_urlencoded::byte_serialize(upstream.as_bytes()).collect();
+    format!("{FILLS_PATH}{upstream}/{digest}")
+}
+
+/// The (upstream, digest) of an internal path.
+pub fn parse_fill_path(path: &str) -> Option<(String, Digest)> {
+    let rest = path.strip_prefix(FILLS_PATH)?;
+    let (upstream, digest) = rest.split_once('/')?;
+    let upstream = url::form_urlencoded::parse(format!("u={upstream}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())?;
+    Some((upstream, Digest::parse(digest).ok()?))
+}
+
+fn key(secret: &Secret) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.0.as_bytes())
+}
+
+/// The signature of `path` under `secret`.
+pub fn sign(secret: &Secret, path: &str) -> String {
+    hex::encode(ring::hmac::sign(&key(secret), path.as_bytes()).as_ref())
+}
+
+/// Whether `signature` signs `path` under `secret` (constant time). Without a secret, nothing
+/// is accepted.
+pub fn verify(secret: Option<&Secret>, path: &str, signature: Option<&str>) -> bool {
+    let (Some(secret), Some(signature)) = (secret, signature) else {
+        return false;
+    };
+    let Ok(tag) = hex::decode(signature) else {
+        return false;
+    };
+    ring::hmac::verify(&key(secret), path.as_bytes(), &tag).is_ok()
+}
+
+/// How long a follower waits for the holder's answer headers.
+const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a follower asks holders with.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    client: reqwest::Client,
+    secret: Option<Secret>,
+}
+
+/// A holder's answer.
+pub enum FromHolder {
+    /// Its fill, as it streams (size when known).
+    Streaming(Option<u64>, UpstreamBody),
+    /// It has no fill in flight (done, failed, or never started).
+    NoFill,
+}
+
+impl Follower {
+    pub fn new(secret: Option<Secret>, connect_timeout: Duration) -> Result<Self, String> {
+        // Holders are other replicas on the operator's own network: no address guard, no proxy.
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Follower { client, secret })
+    }
+
+    /// Whether this replica can follow holders at all (it knows the fleet's secret).
+    pub fn enabled(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Streams the holder's fill of `digest` from `upstream`.
+    pub async fn follow(
+        &self,
+        lease: &Lease,
+        upstream: &str,
+        digest: &Digest,
+    ) -> Result<FromHolder, String> {
+        let (Some(secret), Some(address)) = (&self.secret, &lease.address) else {
+            return Err("the holder cannot be reached (no http.secret or http.host)".into());
+        };
+        let path = fill_path(upstream, digest);
+        let request = self
+            .client
+            .get(format!("{address}{path}"))
+            .header(SIGNATURE_HEADER, sign(secret, &path))
+            .send();
+        let response = tokio::time::timeout(HOLDER_TIMEOUT, request)
+            .await
+            .map_err(|_| format!("holder {address} did not answer"))?
+            .map_err(|e| format!("holder {address}: {e}"))?;
+        match response.status() {
+            reqwest::StatusCode::OK => {
+                let size = response.content_length();
+                let body: UpstreamBody = response
+                    .bytes_stream()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .boxed();
+                Ok(FromHolder::Streaming(size, body))
+            }
+            reqwest::StatusCode::NOT_FOUND => Ok(FromHolder::NoFill),
+            status => Err(format!("holder {address} answered {status}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_paths_round_trip() {
+        let d = crate::cache::store::sha256(b"x");
+        for upstream in ["docker.io", "127.0.0.1:5001", "[::1]:5000"] {
+            let path = fill_path(upstream, &d);
+            assert!(path.starts_with(FILLS_PATH), "{path}");
+            assert_eq!(
+                parse_fill_path(&path),
+                Some((upstream.to_owned(), d.clone()))
+            );
+        }
+        assert_eq!(parse_fill_path("/_regmirror/fills/x/notadigest"), None);
+    }
+
+    #[test]
+    fn only_the_fleet_secret_signs() {
+        let secret = Secret("s3cret".into());
+        let path = "/_regmirror/fills/docker.io/sha256:00";
+        let signature = sign(&secret, path);
+        assert!(verify(Some(&secret), path, Some(&signature)));
+        assert!(!verify(
+            Some(&secret),
+            "/_regmirror/fills/other",
+            Some(&signature)
+        ));
+        assert!(!verify(
+            Some(&Secret("other".into())),
+            path,
+            Some(&signature)
+        ));
+        assert!(!verify(Some(&secret), path, None));
+        assert!(!verify(Some(&secret), path, Some("zz")));
+        assert!(!verify(None, path, Some(&signature)), "no secret, no route");
+    }
+}

@@ -1,0 +1,293 @@
+//! Leases in the bucket: which replica of a fleet downloads a blob (or collects garbage) now.
+//!
+//! A lease is a small object (`leases/fills/<upstream>/<alg>/<hex>`, `leases/gc`) naming its
+//! holder, where other replicas reach it, the repository it fetches for, and until when it holds.
+//! It is created with `If-None-Match: *` (only one replica gets it), renewed every third of its
+//! lifetime with `If-Match` on its last version, and deleted when the work is done. A replica
+//! that finds a lease expired (its holder died: nobody renewed it) takes it over with `If-Match`
+//! on the version it read, so of several replicas noticing at once exactly one wins. A holder
+//! that cannot renew in time considers the lease lost and stops, so two replicas never download
+//! the same blob for long. Expiry times are wall-clock: replicas' clocks must agree to within
+//! [`CLOCK_SKEW`].
+//!
+//! [`decide`] is the pure rule; [`Leases`] does the bucket requests.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::bucket::{Bucket, BucketError, Versioned};
+
+/// How long a lease holds without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How far replicas' clocks may disagree: a lease is taken over only this long after it expired.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(2);
+
+/// A lease as stored (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The holding replica's name.
+    pub holder: String,
+    /// The URL other replicas reach the holder at (`http.host`), when it has one.
+    pub address: Option<String>,
+    /// The repository the holder fetches for.
+    pub repository: String,
+    /// Unix milliseconds.
+    pub expires: u64,
+}
+
+/// What to do about a lease someone holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// It is live: its holder does the work.
+    Respect,
+    /// It expired (beyond the clock skew): take it over.
+    TakeOver,
+}
+
+/// The rule for a lease found in the bucket at `now_ms`.
+pub fn decide(lease: &Lease, now_ms: u64) -> Decision {
+    let skew = CLOCK_SKEW.as_millis() as u64;
+    if lease.expires.saturating_add(skew) < now_ms {
+        Decision::TakeOver
+    } else {
+        Decision::Respect
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The outcome of a claim.
+#[derive(Debug)]
+pub enum Claim {
+    /// This replica holds the lease (created, or taken over: `took_over`).
+    Held { lease: HeldLease, took_over: bool },
+    /// Another replica holds it.
+    Other(Lease),
+}
+
+/// This replica's leases in one bucket.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    bucket: Bucket,
+    replica: String,
+    address: Option<String>,
+}
+
+impl Leases {
+    pub fn new(bucket: Bucket, replica: String, address: Option<String>) -> Self {
+        Leases {
+            bucket,
+            replica,
+            address,
+        }
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn lease_for(&self, repository: &str) -> Lease {
+        Lease {
+            holder: self.replica.clone(),
+            address: self.address.clone(),
+            repository: repository.to_owned(),
+            expires: now_ms() + LEASE_TTL.as_millis() as u64,
+        }
+    }
+
+    /// Claims the lease `key` for work on `repository`.
+    pub async fn claim(&self, key: &str, repository: &str) -> Result<Claim, BucketError> {
+        // A few rounds: between reading an expired lease and replacing it, another replica may
+        // take it over, delete it, or create a new one.
+        for _ in 0..4 {
+            let mine = self.lease_for(repository);
+            match self.bucket.create(key, encode(&mine)).await {
+                Ok(version) => {
+                    return Ok(Claim::Held {
+                        lease: HeldLease::start(self.bucket.clone(), key, mine, version),
+                        took_over: false,
+                    });
+                }
+                Err(BucketError::Precondition) => {}
+                Err(e) => return Err(e),
+            }
+            let Some(Versioned { body, version }) = self.bucket.get_versioned(key).await? else {
+                continue;
+            };
+            let theirs: Lease = match serde_json::from_slice(&body) {
+                Ok(lease) => lease,
+                // Unreadable: treat it as expired, the replace is conditional anyway.
+                Err(_) => Lease {
+                    holder: String::new(),
+                    address: None,
+                    repository: String::new(),
+                    expires: 0,
+                },
+            };
+            if decide(&theirs, now_ms()) == Decision::Respect {
+                return Ok(Claim::Other(theirs));
+            }
+            match self.bucket.replace(key, encode(&mine), version).await {
+                Ok(version) => {
+                    tracing::warn!(%key, dead = %theirs.holder, "took over an expired lease");
+                    return Ok(Claim::Held {
+                        lease: HeldLease::start(self.bucket.clone(), key, mine, version),
+                        took_over: true,
+                    });
+                }
+                Err(BucketError::Precondition) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BucketError::Unreachable(format!(
+            "lease {key}: too much contention"
+        )))
+    }
+}
+
+fn encode(lease: &Lease) -> Bytes {
+    Bytes::from(serde_json::to_vec(lease).expect("a lease serializes"))
+}
+
+/// A lease this replica holds: renewed in the background until released (or lost).
+#[derive(Debug)]
+pub struct HeldLease {
+    bucket: Bucket,
+    key: String,
+    renewal: tokio::task::JoinHandle<()>,
+    lost: watch::Receiver<bool>,
+}
+
+impl HeldLease {
+    fn start(
+        bucket: Bucket,
+        key: &str,
+        lease: Lease,
+        version: object_store::UpdateVersion,
+    ) -> Self {
+        let (tx, lost) = watch::channel(false);
+        let renewal = tokio::spawn(renew(bucket.clone(), key.to_owned(), lease, version, tx));
+        HeldLease {
+            bucket,
+            key: key.to_owned(),
+            renewal,
+            lost,
+        }
+    }
+
+    /// Whether the lease was lost (taken over, or not renewed in time).
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the lease is lost.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Stops renewing and deletes the lease (unless it was lost: then it is someone else's).
+    pub async fn release(self) {
+        self.renewal.abort();
+        if !self.is_lost() {
+            if let Err(e) = self.bucket.delete(&self.key).await {
+                tracing::warn!(key = %self.key, error = %e, "cannot release a lease; it expires by itself");
+            }
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
+}
+
+/// Renews every third of the lifetime; flags the lease lost when a renewal is refused (taken
+/// over) or none succeeded before it expired.
+async fn renew(
+    bucket: Bucket,
+    key: String,
+    mut lease: Lease,
+    mut version: object_store::UpdateVersion,
+    lost: watch::Sender<bool>,
+) {
+    loop {
+        tokio::time::sleep(LEASE_TTL / 3).await;
+        let renewed = Lease {
+            expires: now_ms() + LEASE_TTL.as_millis() as u64,
+            ..lease.clone()
+        };
+        match bucket
+            .replace(&key, encode(&renewed), version.clone())
+            .await
+        {
+            Ok(next) => {
+                version = next;
+                lease = renewed;
+            }
+            Err(BucketError::Precondition) => {
+                tracing::warn!(%key, "lease taken over by another replica");
+                let _ = lost.send(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot renew a lease");
+                if now_ms() >= lease.expires {
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(expires: u64) -> Lease {
+        Lease {
+            holder: "a".into(),
+            address: Some("http://10.0.0.1:5000".into()),
+            repository: "library/x".into(),
+            expires,
+        }
+    }
+
+    #[test]
+    fn expired_leases_are_taken_over_after_the_clock_skew() {
+        let now = 1_000_000;
+        let skew = CLOCK_SKEW.as_millis() as u64;
+        assert_eq!(decide(&lease(now + 5_000), now), Decision::Respect);
+        assert_eq!(
+            decide(&lease(now - 1), now),
+            Decision::Respect,
+            "within the skew"
+        );
+        assert_eq!(decide(&lease(now - skew), now), Decision::Respect);
+        assert_eq!(decide(&lease(now - skew - 1), now), Decision::TakeOver);
+        assert_eq!(
+            decide(&lease(u64::MAX), now),
+            Decision::Respect,
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn leases_round_trip_as_json() {
+        let l = lease(42);
+        let text = String::from_utf8(encode(&l).to_vec()).unwrap();
+        assert!(text.contains("\"holder\":\"a\""), "{text}");
+        assert_eq!(serde_json::from_str::<Lease>(&text).unwrap(), l);
+    }
+}

@@ -1,0 +1,254 @@
+//! The cache's metadata: what survives restarts and crashes without a directory walk or a bucket
+//! listing per request. One interface, [`Metadata`], over two backends the cache logic never
+//! tells apart: [`local`] (one redb file, for a cache on the local file system) and [`bucket`]
+//! (objects in an S3-compatible bucket, shared by every replica).
+//!
+//! - tags: (upstream, repository, tag) -> digest, media type, validation time;
+//! - manifests: digest -> media type, size and what they reference (the bytes are a blob);
+//! - links: (upstream, repository, digest): which repository may read which blob or manifest,
+//!   so private content fetched for one repository is never served to another;
+//! - blobs: digest -> size of committed blobs;
+//! - sources: (namespace, digest): the content's bytes were received from that upstream (or
+//!   pushed to the local namespace). The store is shared by every namespace, so a digest another
+//!   namespace holds is served on a route only once its own upstream has delivered the same
+//!   bytes: an upstream that merely *claims* a digest (a HEAD 200) never gets content cached from
+//!   elsewhere;
+//! - last uses (for eviction) and doomed digests (evicted, files not yet deleted).
+//!
+//! Blob and manifest records are written before their content is made visible in the store, so
+//! every stored blob has a record (eviction sees it); a crash in between leaves a record without
+//! content, which reads as a miss and is filled again.
+
+pub mod bucket;
+pub mod local;
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::reference::Digest;
+pub use bucket::BucketMetadata;
+pub use local::LocalMetadata;
+
+/// A cached tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: String,
+    pub media_type: String,
+    /// Unix seconds when the upstream last confirmed the tag.
+    pub validated_at: u64,
+}
+
+/// A cached manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+    /// What it references (config, layers, child manifests): kept alive while it lives.
+    #[serde(default)]
+    pub references: Vec<String>,
+}
+
+/// The metadata a collection decides from.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub manifests: HashMap<String, ManifestRecord>,
+    /// Committed blobs and their sizes.
+    pub blobs: HashMap<String, u64>,
+    pub last_used: HashMap<String, u64>,
+    /// (upstream, repository, digest, linked at)
+    pub links: Vec<(String, String, String, u64)>,
+    /// Digests evicted whose content may still be stored.
+    pub doomed: Vec<String>,
+}
+
+/// A verified blob about to be made visible in the store, and who fetched or pushed it.
+#[derive(Debug)]
+pub struct NewBlob<'a> {
+    pub upstream: &'a str,
+    pub repository: &'a str,
+    pub digest: &'a Digest,
+    pub size: u64,
+}
+
+/// A manifest to record, with what it references.
+#[derive(Debug)]
+pub struct NewManifest<'a> {
+    pub upstream: &'a str,
+    pub repository: &'a str,
+    pub tag: Option<&'a str>,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub size: u64,
+    /// Blobs and child manifests it references: linked to the repository too.
+    pub references: &'a [Digest],
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cache metadata: {0}")]
+pub struct MetaError(pub String);
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The metadata of a cache, on whichever backend it runs.
+#[derive(Debug)]
+pub enum Metadata {
+    Local(LocalMetadata),
+    Bucket(BucketMetadata),
+}
+
+impl Metadata {
+    /// The metadata of a cache on the local file system: one redb file at `path`.
+    pub fn open_local(path: &std::path::Path) -> Result<Self, MetaError> {
+        LocalMetadata::open(path).map(Metadata::Local)
+    }
+
+    pub async fn tag(
+        &self,
+        upstream: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, MetaError> {
+        match self {
+            Metadata::Local(m) => m.tag(upstream, repository, tag),
+            Metadata::Bucket(m) => m.tag(upstream, repository, tag).await,
+        }
+    }
+
+    /// Tags cached for a repository, sorted.
+    pub async fn tags(&self, upstream: &str, repository: &str) -> Result<Vec<String>, MetaError> {
+        match self {
+            Metadata::Local(m) => m.tags(upstream, repository),
+            Metadata::Bucket(m) => m.tags(upstream, repository).await,
+        }
+    }
+
+    pub async fn forget_tag(
+        &self,
+        upstream: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.forget_tag(upstream, repository, tag),
+            Metadata::Bucket(m) => m.forget_tag(upstream, repository, tag).await,
+        }
+    }
+
+    pub async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+        match self {
+            Metadata::Local(m) => m.manifest(digest),
+            Metadata::Bucket(m) => m.manifest(digest).await,
+        }
+    }
+
+    /// Records a manifest, its tag, that its namespace holds it, and links it and everything it
+    /// references to the repository.
+    pub async fn put_manifest(&self, manifest: &NewManifest<'_>) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.put_manifest(manifest),
+            Metadata::Bucket(m) => m.put_manifest(manifest).await,
+        }
+    }
+
+    pub async fn is_linked(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, MetaError> {
+        match self {
+            Metadata::Local(m) => m.is_linked(upstream, repository, digest),
+            Metadata::Bucket(m) => m.is_linked(upstream, repository, digest).await,
+        }
+    }
+
+    pub async fn link(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.link(upstream, repository, digest),
+            Metadata::Bucket(m) => m.link(upstream, repository, digest).await,
+        }
+    }
+
+    /// Removes a repository's link to `digest` and every tag of the repository pointing at it.
+    pub async fn unlink(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.unlink(upstream, repository, digest),
+            Metadata::Bucket(m) => m.unlink(upstream, repository, digest).await,
+        }
+    }
+
+    /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
+    pub async fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
+        match self {
+            Metadata::Local(m) => m.has_source(upstream, digest),
+            Metadata::Bucket(m) => m.has_source(upstream, digest).await,
+        }
+    }
+
+    /// Records a verified blob: its size, that its namespace holds it, and the repository it
+    /// was fetched for or pushed to.
+    pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.put_blob(blob),
+            Metadata::Bucket(m) => m.put_blob(blob).await,
+        }
+    }
+
+    /// Records last-use times (digest -> unix seconds).
+    pub async fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.record_use(uses),
+            Metadata::Bucket(m) => m.record_use(uses).await,
+        }
+    }
+
+    /// Everything a collection needs.
+    pub async fn inventory(&self) -> Result<Inventory, MetaError> {
+        match self {
+            Metadata::Local(m) => m.inventory(),
+            Metadata::Bucket(m) => m.inventory().await,
+        }
+    }
+
+    /// Forgets evicted manifests and blobs: their links everywhere, tags pointing at them, their
+    /// records and use times; they stay doomed until their content is deleted.
+    pub async fn evict(&self, digests: &[String]) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.evict(digests),
+            Metadata::Bucket(m) => m.evict(digests).await,
+        }
+    }
+
+    /// Forgets doomed digests once their content is deleted.
+    pub async fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.clear_doomed(digests),
+            Metadata::Bucket(m) => m.clear_doomed(digests).await,
+        }
+    }
+
+    /// Every (upstream, repository) with cached content, sorted and distinct.
+    pub async fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
+        match self {
+            Metadata::Local(m) => m.repositories(),
+            Metadata::Bucket(m) => m.repositories().await,
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Content-addressed blob files: `<root>/blobs/sha256/<2 hex>/<hex>`, shared by every upstream
+//! and repository (manifests are stored the same way).
+//!
+//! A file appears under `blobs/` only by an atomic rename of a spool file whose digest was
+//! verified and whose data was fsynced: a reader never sees a partial or unverified blob. The
+//! functions here block (file system calls); the store runs them on the blocking pool.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::reference::Digest;
+
+#[derive(Debug)]
+pub struct FileStore {
+    blobs: PathBuf,
+}
+
+impl FileStore {
+    /// The store under `root` (its `blobs/` directory is created).
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let blobs = root.join("blobs");
+        std::fs::create_dir_all(&blobs)?;
+        Ok(FileStore { blobs })
+    }
+
+    /// Where a committed blob lives. The digest is validated, so the path stays inside the store.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs
+            .join(digest.algorithm())
+            .join(&hex[..2])
+            .join(hex)
+    }
+}
+
+/// Moves a verified, fsynced temp file to `path` and makes the rename durable.
+pub fn commit(temp: &Path, path: &Path) -> io::Result<()> {
+    let dir = path.parent().expect("blob paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    std::fs::rename(temp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes small verified content (a manifest) through `temp` to `path`, unless it is there.
+pub fn put(temp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let result = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        commit(temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(temp);
+    }
+    result
+}

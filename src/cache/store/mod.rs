@@ -1,0 +1,266 @@
+//! The content store: blobs and manifests by digest, shared by every upstream and repository,
+//! behind one interface ([`BlobStore`]) whichever backend keeps them: [`files`] (the local file
+//! system) or an S3-compatible bucket ([`crate::cache::bucket`]: `blobs/<alg>/<2>/<hex>`,
+//! written by multipart uploads completed only after verification). Downloads and uploads in progress are written to the local [`spool`] first; content
+//! becomes visible in the store only once its digest is verified, so a reader never sees a
+//! partial or unverified blob.
+
+pub mod files;
+pub mod spool;
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::bucket::{Bucket, keys};
+use crate::reference::Digest;
+use files::FileStore;
+use spool::Spool;
+
+/// The sha256 digest of `bytes`.
+pub fn sha256(bytes: &[u8]) -> Digest {
+    Digest::sha256_from_bytes(&Sha256::digest(bytes))
+}
+
+/// Where verified content lives, and the local spool in front of it.
+#[derive(Debug)]
+pub struct BlobStore {
+    spool: Spool,
+    content: Content,
+}
+
+#[derive(Debug)]
+enum Content {
+    Files(FileStore),
+    Bucket {
+        bucket: Bucket,
+        /// Blob GETs may answer 307 to a presigned URL (not `storage.redirect.disable`).
+        redirect: bool,
+    },
+}
+
+/// A committed blob, ready to be read.
+#[derive(Debug)]
+pub enum Committed {
+    File {
+        file: File,
+        size: u64,
+    },
+    /// An object in the bucket: streamed from it, or redirected to with `redirect`.
+    Object {
+        key: String,
+        size: u64,
+        redirect: bool,
+    },
+}
+
+impl Committed {
+    pub fn size(&self) -> u64 {
+        match self {
+            Committed::File { size, .. } | Committed::Object { size, .. } => *size,
+        }
+    }
+}
+
+fn blocking_error(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl BlobStore {
+    /// A store on the local file system under `root`: `blobs/` and the spool (`tmp/`, locked).
+    pub fn open_files(root: &std::path::Path) -> io::Result<Self> {
+        let spool = Spool::open(root)?;
+        Ok(BlobStore {
+            spool,
+            content: Content::Files(FileStore::open(root)?),
+        })
+    }
+
+    /// A store in a bucket, with its spool (locked) under the local `root`.
+    pub fn open_bucket(root: &std::path::Path, bucket: Bucket, redirect: bool) -> io::Result<Self> {
+        Ok(BlobStore {
+            spool: Spool::open(root)?,
+            content: Content::Bucket { bucket, redirect },
+        })
+    }
+
+    /// The bucket, when the store is one.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        match &self.content {
+            Content::Files(_) => None,
+            Content::Bucket { bucket, .. } => Some(bucket),
+        }
+    }
+
+    /// A fresh spool path for content in progress.
+    pub fn temp_path(&self) -> PathBuf {
+        self.spool.temp_path()
+    }
+
+    /// A committed blob, or `None`.
+    pub async fn open(&self, digest: &Digest) -> io::Result<Option<Committed>> {
+        match &self.content {
+            Content::Files(files) => {
+                let path = files.path(digest);
+                match File::open(path) {
+                    Ok(file) => {
+                        let size = file.metadata()?.len();
+                        Ok(Some(Committed::File { file, size }))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Content::Bucket { bucket, redirect } => {
+                let key = keys::blob(digest);
+                Ok(bucket
+                    .head(&key)
+                    .await
+                    .map_err(io::Error::other)?
+                    .map(|size| Committed::Object {
+                        key,
+                        size,
+                        redirect: *redirect,
+                    }))
+            }
+        }
+    }
+
+    /// Bytes `start..end` of a committed object, as they arrive from the bucket.
+    pub async fn stream_object(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> io::Result<futures_util::stream::BoxStream<'static, io::Result<Bytes>>> {
+        match &self.content {
+            Content::Bucket { bucket, .. } => bucket
+                .stream(key, start, end)
+                .await
+                .map_err(io::Error::other),
+            Content::Files(_) => Err(io::Error::other("not a bucket")),
+        }
+    }
+
+    /// A presigned URL of a committed object.
+    pub async fn presigned(&self, key: &str) -> io::Result<url::Url> {
+        match &self.content {
+            Content::Bucket { bucket, .. } => bucket.presigned(key).await.map_err(io::Error::other),
+            Content::Files(_) => Err(io::Error::other("not a bucket")),
+        }
+    }
+
+    /// The size of a committed blob, or `None`.
+    pub async fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        Ok(self.open(digest).await?.map(|c| c.size()))
+    }
+
+    /// Makes a verified spool file visible under `digest` (the spool file goes).
+    pub async fn commit(&self, temp: PathBuf, digest: &Digest) -> io::Result<()> {
+        match &self.content {
+            Content::Files(files) => {
+                let path = files.path(digest);
+                tokio::task::spawn_blocking(move || files::commit(&temp, &path))
+                    .await
+                    .map_err(blocking_error)?
+            }
+            Content::Bucket { bucket, .. } => {
+                let uploaded = bucket.upload_file(&keys::blob(digest), &temp).await;
+                let _ = tokio::fs::remove_file(&temp).await;
+                uploaded.map_err(io::Error::other)
+            }
+        }
+    }
+
+    /// Stores small content (a manifest) after checking it hashes to `digest`.
+    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> io::Result<()> {
+        if digest.algorithm() != "sha256" || sha256(&bytes) != *digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("content does not match {digest}"),
+            ));
+        }
+        match &self.content {
+            Content::Files(files) => {
+                let (temp, path) = (self.temp_path(), files.path(digest));
+                tokio::task::spawn_blocking(move || files::put(&temp, &path, &bytes))
+                    .await
+                    .map_err(blocking_error)?
+            }
+            Content::Bucket { bucket, .. } => bucket
+                .put(&keys::blob(digest), bytes)
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    /// Small content (a manifest) whole, or `None`.
+    pub async fn read(&self, digest: &Digest) -> io::Result<Option<Bytes>> {
+        match &self.content {
+            Content::Files(files) => match tokio::fs::read(files.path(digest)).await {
+                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
+            Content::Bucket { bucket, .. } => bucket
+                .get(&keys::blob(digest))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    /// Deletes committed content (eviction); content already gone is not an error.
+    pub async fn delete(&self, digest: &Digest) -> io::Result<()> {
+        match &self.content {
+            Content::Files(files) => match tokio::fs::remove_file(files.path(digest)).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            Content::Bucket { bucket, .. } => bucket
+                .delete(&keys::blob(digest))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_verified_refuses_wrong_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open_files(dir.path()).unwrap();
+        let digest = sha256(b"hello");
+        assert!(
+            store
+                .put_verified(&digest, Bytes::from_static(b"hellO"))
+                .await
+                .is_err()
+        );
+        assert_eq!(store.size(&digest).await.unwrap(), None);
+        store
+            .put_verified(&digest, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        assert_eq!(store.read(&digest).await.unwrap().unwrap(), &b"hello"[..]);
+        assert!(
+            dir.path()
+                .join("blobs/sha256")
+                .join(&digest.hex()[..2])
+                .join(digest.hex())
+                .exists()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        store.delete(&digest).await.unwrap();
+        store.delete(&digest).await.unwrap();
+        assert_eq!(store.read(&digest).await.unwrap(), None);
+    }
+}

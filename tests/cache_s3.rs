@@ -1,0 +1,652 @@
+//! The cache on S3-compatible object storage, and several replicas on one bucket, against real
+//! peers: moto_server (a real S3 server process, from the venv `.ci/run` creates), the
+//! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
+//! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, and an origin
+//! slow enough to kill a replica in the middle of its download. Everything on 127.0.0.1.
+
+mod fake;
+mod peers;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use bytes::Bytes;
+use fake::{FakeUpstream, digest_of, random_bytes};
+use peers::{Images, MotoServer, Registry, RegistryOptions, Regmirror, http, skopeo_pull};
+
+const BUCKET: &str = "registry";
+const SECRET: &str = "fleet-secret";
+
+/// Seed 004's storage block verbatim (bucket, region, keys, redirects off), with the test's S3
+/// server as endpoint and a spool of the replica's own.
+fn seed_004(moto: &MotoServer, spool: &Path) -> Vec<(String, String)> {
+    [
+        ("REGISTRY_STORAGE", "s3"),
+        ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+        ("REGISTRY_STORAGE_S3_BUCKET", BUCKET),
+        ("REGISTRY_STORAGE_S3_REGION", "minio"),
+        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", &moto.endpoint()),
+        ("REGISTRY_STORAGE_S3_ACCESSKEY", "minioadmin"),
+        ("REGISTRY_STORAGE_S3_SECRETKEY", "minioadmin"),
+        ("REGISTRY_STORAGE_SPOOL", &spool.display().to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A replica on the bucket: `yaml` plus the fleet's secret on its own port.
+fn replica(moto: &MotoServer, yaml: &str) -> Regmirror {
+    replica_with(moto, yaml, &[])
+}
+
+/// [`replica`] with more environment (`REGISTRY_STORAGE_*` keys: the harness writes `storage`).
+fn replica_with(moto: &MotoServer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = seed_004(moto, &dir.path().join("spool"));
+    env.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let port = peers::free_port();
+    let yaml = format!("{yaml}\nhttp: {{addr: 127.0.0.1:{port}, secret: {SECRET}}}");
+    Regmirror::spawn(dir, &yaml, &[], &env, &[])
+}
+
+/// The server's counter line for `name{labels}`, or 0.
+fn metric(cache: &Regmirror, series: &str) -> u64 {
+    let (_, _, body) = http("GET", cache.addr, "/metrics", &[]);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An origin holding `library/demo:v1` (two layers) and the digests of everything in it.
+fn origin_with_image() -> (Registry, Vec<String>) {
+    let origin = Registry::start(RegistryOptions::default());
+    let images = Images::new();
+    images.build(
+        "v1",
+        &[
+            ("hello.txt", b"hello from s3"),
+            ("big.bin", &[7u8; 300_000]),
+        ],
+    );
+    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
+    let pulled = tempfile::tempdir().unwrap();
+    skopeo_pull(
+        &format!("{}/library/demo:v1", origin.host()),
+        pulled.path(),
+        &[],
+    )
+    .unwrap();
+    let digests = peers::dir_blobs(pulled.path())
+        .into_iter()
+        .map(|(_, bytes)| digest_of(&bytes))
+        .collect();
+    (origin, digests)
+}
+
+/// Waits until the replica has no download in flight (each one stored, or failed).
+fn settled(cache: &Regmirror) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(cache, "regmirror_fills_in_flight") > 0 {
+        assert!(Instant::now() < deadline, "downloads still in flight");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn object_keys(moto: &MotoServer, prefix: &str) -> Vec<String> {
+    moto.list_keys(BUCKET, prefix)
+}
+
+#[test]
+fn seed_004_environment_on_a_real_s3_server() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let (origin, digests) = origin_with_image();
+    let cache = replica(&moto, &format!("proxy: {{remoteurl: {}}}", origin.url()));
+    let pulled = tempfile::tempdir().unwrap();
+    let manifest = skopeo_pull(
+        &format!("{}/library/demo:v1", cache.host()),
+        pulled.path(),
+        &[],
+    )
+    .unwrap();
+    // A client has the last byte once the digest is verified; storing finishes after.
+    settled(&cache);
+    // Seen from the S3 server's own API, not the cache's.
+    let blobs = object_keys(&moto, "blobs/");
+    for digest in digests.iter().chain([&digest_of(&manifest)]) {
+        let hex = digest.trim_start_matches("sha256:");
+        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        assert!(blobs.contains(&key), "{key} in {blobs:?}");
+    }
+    let meta = object_keys(&moto, "meta/");
+    assert!(
+        meta.iter().any(|k| k.starts_with(&format!(
+            "meta/tags/{}/library/demo/_tags/v1",
+            origin.host()
+        ))),
+        "{meta:?}"
+    );
+    assert!(meta.iter().any(|k| k.starts_with("meta/manifests/sha256/")));
+    assert!(meta.iter().any(|k| k.starts_with("meta/links/")));
+    assert!(
+        moto.list_multipart_uploads(BUCKET).is_empty(),
+        "every upload completed"
+    );
+}
+
+#[test]
+fn a_replica_serves_what_another_fetched_with_the_origin_stopped() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let (mut origin, _) = origin_with_image();
+    let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
+    let a = replica(&moto, &yaml);
+    let b = replica(&moto, &yaml);
+    let through_a = tempfile::tempdir().unwrap();
+    let manifest = skopeo_pull(
+        &format!("{}/library/demo:v1", a.host()),
+        through_a.path(),
+        &[],
+    )
+    .unwrap();
+    origin.stop();
+    // By digest: B never asks the upstream.
+    let through_b = tempfile::tempdir().unwrap();
+    let by_digest = format!("{}/library/demo@{}", b.host(), digest_of(&manifest));
+    assert_eq!(
+        skopeo_pull(&by_digest, through_b.path(), &[]).unwrap(),
+        manifest
+    );
+    assert_eq!(
+        peers::dir_blobs(through_b.path()),
+        peers::dir_blobs(through_a.path())
+    );
+    let asked: u64 = String::from_utf8_lossy(&http("GET", b.addr, "/metrics", &[]).2)
+        .lines()
+        .filter(|l| l.starts_with("regmirror_upstream_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(asked, 0, "replica B sent no upstream request");
+    // By tag: the upstream is down, the bucket's tag is served with a warning.
+    let by_tag = tempfile::tempdir().unwrap();
+    assert_eq!(
+        skopeo_pull(&format!("{}/library/demo:v1", b.host()), by_tag.path(), &[]).unwrap(),
+        manifest
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_never_reach_the_bucket() {
+    let upstream = FakeUpstream::start().await;
+    let good = random_bytes(200_000, 51);
+    let claimed = digest_of(&good);
+    let mut evil = good.to_vec();
+    evil[1000] ^= 1;
+    upstream.blob(
+        "library/demo",
+        &claimed,
+        Bytes::from(evil),
+        4,
+        Duration::ZERO,
+    );
+    let url = upstream.url();
+    tokio::task::spawn_blocking(move || {
+        let moto = MotoServer::start();
+        moto.create_bucket(BUCKET);
+        let cache = replica(&moto, &format!("proxy: {{remoteurl: {url}}}"));
+        for _ in 0..2 {
+            let (status, _, body) = http(
+                "GET",
+                cache.addr,
+                &format!("/v2/library/demo/blobs/{claimed}"),
+                &[],
+            );
+            assert!(
+                status != 200 || body.len() < good.len(),
+                "never a whole body"
+            );
+        }
+        assert!(object_keys(&moto, "blobs/").is_empty());
+        assert!(object_keys(&moto, "meta/sources/").is_empty());
+        assert!(object_keys(&moto, "meta/links/").is_empty());
+        assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn restarted_replicas_and_a_store_that_comes_back() {
+    let mut moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let (mut origin, _) = origin_with_image();
+    let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
+    // A replica started while the store is down starts, and answers 503 for what needs it.
+    moto.stop();
+    let c = replica(&moto, &yaml);
+    assert!(
+        c.log().contains("starting anyway"),
+        "one clear line at start-up: {}",
+        c.log()
+    );
+    let (status, _, body) = http("GET", c.addr, "/v2/library/demo/manifests/v1", &[]);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("UNAVAILABLE"));
+    // Back (moto keeps nothing across a restart: the bucket is made again): C serves.
+    moto.start_again();
+    moto.create_bucket(BUCKET);
+    let through_c = tempfile::tempdir().unwrap();
+    let manifest = skopeo_pull(
+        &format!("{}/library/demo:v1", c.host()),
+        through_c.path(),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    // Stopped gracefully: what it was storing is stored first.
+    c.stop();
+    // Every replica restarted, and the origin gone: all served from the bucket.
+    origin.stop();
+    let fresh = replica(&moto, &yaml);
+    let again = tempfile::tempdir().unwrap();
+    let by_digest = format!("{}/library/demo@{}", fresh.host(), digest_of(&manifest));
+    assert_eq!(
+        skopeo_pull(&by_digest, again.path(), &[]).unwrap(),
+        manifest
+    );
+    assert_eq!(
+        peers::dir_blobs(again.path()),
+        peers::dir_blobs(through_c.path())
+    );
+}
+
+#[test]
+fn push_to_one_replica_pull_from_another() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let a = replica(&moto, "local: all");
+    let b = replica(&moto, "local: all");
+    let images = Images::new();
+    images.build("v1", &[("pushed.txt", b"pushed to replica A")]);
+    images.push("v1", &format!("{}/team/app:v1", a.host()), &[]);
+    let from_b = tempfile::tempdir().unwrap();
+    skopeo_pull(&format!("{}/team/app:v1", b.host()), from_b.path(), &[]).unwrap();
+    let from_a = tempfile::tempdir().unwrap();
+    skopeo_pull(&format!("{}/team/app:v1", a.host()), from_a.path(), &[]).unwrap();
+    assert_eq!(
+        peers::dir_blobs(from_b.path()),
+        peers::dir_blobs(from_a.path())
+    );
+}
+
+#[test]
+fn three_replicas_make_one_upstream_download() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let origin = Registry::start(RegistryOptions::default());
+    let work = tempfile::tempdir().unwrap();
+    let (file, digest) = peers::random_file(work.path(), "big", 64 << 20);
+    peers::push_blob(origin.addr, "library/big", &file, &digest);
+    let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
+    let replicas: Vec<Regmirror> = (0..3).map(|_| replica(&moto, &yaml)).collect();
+    let path = format!("/v2/library/big/blobs/{digest}");
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            let addr = replicas[i % 3].addr;
+            let path = path.clone();
+            std::thread::spawn(move || http("GET", addr, &path, &[]))
+        })
+        .collect();
+    for client in clients {
+        let (status, _, body) = client.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(digest_of(&body), digest, "every body is the blob");
+    }
+    assert_eq!(
+        origin.count_status("GET", &format!("/blobs/{digest}"), 200),
+        1,
+        "one upstream download for the fleet:\n{}",
+        origin.log()
+    );
+    let roles: Vec<(u64, u64, u64)> = replicas
+        .iter()
+        .map(|r| {
+            (
+                metric(r, "regmirror_fleet_fills_total{role=\"led\"}"),
+                metric(r, "regmirror_fleet_fills_total{role=\"followed\"}"),
+                metric(r, "regmirror_fleet_fills_total{role=\"waited\"}"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles.iter().map(|r| r.0).sum::<u64>(),
+        1,
+        "one leader: {roles:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_taken_over() {
+    let upstream = FakeUpstream::start().await;
+    // 8 MiB at about 1 MiB/s: the holder is killed in the middle.
+    let blob = random_bytes(8 << 20, 52);
+    let digest = digest_of(&blob);
+    upstream.blob(
+        "library/slow",
+        &digest,
+        blob.clone(),
+        80,
+        Duration::from_millis(100),
+    );
+    let url = upstream.url();
+    let d = digest.clone();
+    tokio::task::spawn_blocking(move || {
+        let moto = MotoServer::start();
+        moto.create_bucket(BUCKET);
+        let yaml = format!("proxy: {{remoteurl: {url}}}");
+        let a = replica(&moto, &yaml);
+        let b = replica(&moto, &yaml);
+        let path = format!("/v2/library/slow/blobs/{d}");
+        let on_a = std::thread::spawn({
+            let (addr, path) = (a.addr, path.clone());
+            move || http("GET", addr, &path, &[])
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let following = std::thread::spawn({
+            let (addr, path) = (b.addr, path.clone());
+            move || http("GET", addr, &path, &[])
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let hex = d.trim_start_matches("sha256:");
+        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        assert!(
+            !object_keys(&moto, &key).contains(&key),
+            "nothing visible yet"
+        );
+        a.kill();
+        let (_, _, cut) = on_a.join().unwrap();
+        assert!(cut.len() < blob.len(), "the holder's client got a cut body");
+        let (_, _, followed) = following.join().unwrap();
+        assert!(
+            followed.len() < blob.len() || digest_of(&followed) == d,
+            "a follower never gets a complete wrong body"
+        );
+        // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
+        let started = Instant::now();
+        let (status, _, body) = http("GET", b.addr, &path, &[]);
+        assert_eq!(status, 200);
+        assert_eq!(digest_of(&body), d);
+        println!("takeover after the kill: {:?}", started.elapsed());
+        assert!(metric(&b, "regmirror_fleet_fills_total{role=\"took_over\"}") >= 1);
+        assert!(object_keys(&moto, &key).contains(&key));
+        assert!(
+            object_keys(&moto, "leases/fills/").is_empty(),
+            "leases are released"
+        );
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        upstream.hits(Method::GET, &format!("/v2/library/slow/blobs/{digest}")),
+        2,
+        "the dead holder's download and the one that took over"
+    );
+}
+
+#[test]
+fn gc_aborts_uploads_a_killed_replica_left() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let cache = replica(&moto, "local: all");
+    // What a replica killed while storing a blob leaves: an unfinished multipart upload, and
+    // its lease, expired. Another blob is being stored by a live replica: its lease is live.
+    let dead = format!("ab{}", "0".repeat(62));
+    let live = format!("cd{}", "0".repeat(62));
+    for hex in [&dead, &live] {
+        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        let (status, _, body) = moto.s3("POST", &format!("/{BUCKET}/{key}?uploads"), &[], &[]);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (hex, expires) in [(&dead, now_ms - 60_000), (&live, now_ms + 60_000)] {
+        let lease =
+            format!(r#"{{"holder":"x","address":null,"repository":"r","expires":{expires}}}"#);
+        let (status, _, _) = moto.put(
+            &format!("/{BUCKET}/leases/fills/local/sha256/{hex}"),
+            &[],
+            lease.as_bytes(),
+        );
+        assert_eq!(status, 200);
+    }
+    assert_eq!(moto.list_multipart_uploads(BUCKET).len(), 2);
+    let env = seed_004(&moto, &cache.dir.path().join("gc-spool"));
+    let out = peers::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .arg("gc")
+            .arg("--config")
+            .arg(cache.dir.path().join("config.yml"))
+            .envs(env),
+    );
+    let left: Vec<String> = moto
+        .list_multipart_uploads(BUCKET)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(
+        left,
+        [format!("blobs/sha256/cd/{live}")],
+        "only the live fill's upload stays: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !object_keys(&moto, "leases/").contains(&"leases/gc".to_owned()),
+        "the gc lease is released"
+    );
+}
+
+#[test]
+fn blobs_redirect_to_presigned_urls_unless_disabled() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let work = tempfile::tempdir().unwrap();
+    let (file, digest) = peers::random_file(work.path(), "blob", 100_000);
+    // distribution's default on object storage: redirects on.
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = seed_004(&moto, &dir.path().join("spool"))
+        .into_iter()
+        .filter(|(k, _)| k != "REGISTRY_STORAGE_REDIRECT_DISABLE")
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cache = Regmirror::spawn(dir, "local: all", &[], &env, &[]);
+    peers::push_blob(cache.addr, "team/app", &file, &digest);
+    let (status, head, _) = http(
+        "GET",
+        cache.addr,
+        &format!("/v2/team/app/blobs/{digest}"),
+        &[],
+    );
+    assert_eq!(status, 307, "{head}");
+    let location = peers::header(&head, "location").unwrap();
+    assert!(location.starts_with(&moto.endpoint()), "{location}");
+    assert!(
+        location.contains("X-Amz-Signature="),
+        "presigned: {location}"
+    );
+    let target = location.trim_start_matches(&moto.endpoint()).to_owned();
+    let (status, _, body) = http("GET", moto.addr, &target, &[]);
+    assert_eq!(status, 200);
+    assert_eq!(digest_of(&body), digest);
+    // HEAD is answered by the cache itself.
+    let (status, head, _) = http(
+        "HEAD",
+        cache.addr,
+        &format!("/v2/team/app/blobs/{digest}"),
+        &[],
+    );
+    assert_eq!(status, 200, "{head}");
+}
+
+#[test]
+fn eviction_on_the_bucket() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let origin = Registry::start(RegistryOptions::default());
+    let work = tempfile::tempdir().unwrap();
+    let images = Images::new();
+    // Random content: the layers do not compress below the cap.
+    images.build("v1", &[("one.bin", &random_bytes(2_000_000, 61))]);
+    images.build("v2", &[("two.bin", &random_bytes(2_000_000, 62))]);
+    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
+    images.push("v2", &format!("{}/library/demo:v2", origin.host()), &[]);
+    // Room for one image; both replicas collect every second, one at a time.
+    let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
+    let gc = [
+        ("REGISTRY_STORAGE_MAXSIZE", "3MB"),
+        ("REGISTRY_STORAGE_GC_INTERVAL", "1s"),
+    ];
+    let a = replica_with(&moto, &yaml, &gc);
+    let b = replica_with(&moto, &yaml, &gc);
+    skopeo_pull(&format!("{}/library/demo:v1", a.host()), work.path(), &[]).unwrap();
+    settled(&a);
+    std::thread::sleep(Duration::from_millis(1500));
+    let old = tempfile::tempdir().unwrap();
+    let v1 = skopeo_pull(&format!("{}/library/demo:v1", b.host()), old.path(), &[]).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    skopeo_pull(&format!("{}/library/demo:v2", b.host()), fresh.path(), &[]).unwrap();
+    settled(&b);
+    let v1_blob = {
+        let hex = digest_of(&v1);
+        let hex = hex.trim_start_matches("sha256:").to_owned();
+        format!("blobs/sha256/{}/{hex}", &hex[..2])
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while object_keys(&moto, "blobs/").contains(&v1_blob) {
+        assert!(Instant::now() < deadline, "v1 is evicted for v2");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        object_keys(&moto, "meta/doomed/").is_empty() || {
+            std::thread::sleep(Duration::from_secs(2));
+            object_keys(&moto, "meta/doomed/").is_empty()
+        },
+        "doomed markers are cleared"
+    );
+    // v2 stays whole: pulled again without the origin.
+    drop(origin);
+    let again = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read(fresh.path().join("manifest.json")).unwrap();
+    skopeo_pull(
+        &format!("{}/library/demo@{}", a.host(), digest_of(&manifest)),
+        again.path(),
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_missing_bucket_is_one_clear_line_and_503s() {
+    let moto = MotoServer::start();
+    // No bucket created.
+    let cache = replica(&moto, "local: all");
+    let log = cache.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("starting anyway"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&format!("s3://{BUCKET}/")) && line.contains(&moto.endpoint()),
+        "names the bucket and the endpoint: {line}"
+    );
+    let (status, _, body) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    moto.create_bucket(BUCKET);
+    let (status, _, _) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(
+        status, 404,
+        "served (nothing pushed yet) once the bucket exists"
+    );
+}
+
+#[test]
+fn a_push_moves_between_replicas() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let replicas: Vec<Regmirror> = (0..3).map(|_| replica(&moto, "local: all")).collect();
+    let blob = random_bytes(3_000_000, 71);
+    let digest = digest_of(&blob);
+    // docker push's three requests, each to another replica (a load balancer without stickiness).
+    let (status, head, _) = http("POST", replicas[0].addr, "/v2/team/app/blobs/uploads/", &[]);
+    assert_eq!(status, 202);
+    let location = peers::header(&head, "location").unwrap();
+    let (first, second) = blob.split_at(1_000_000);
+    for (replica, part, size) in [
+        (&replicas[1], first, 1_000_000),
+        (&replicas[2], second, 3_000_000),
+    ] {
+        let (status, head, _) = peers::http_with_body("PATCH", replica.addr, &location, &[], part);
+        assert_eq!(status, 202, "{head}");
+        assert_eq!(
+            peers::header(&head, "range").as_deref(),
+            Some(format!("0-{}", size - 1).as_str())
+        );
+    }
+    let (status, head, _) = http("GET", replicas[0].addr, &location, &[]);
+    assert_eq!(status, 204, "{head}");
+    let (status, head, _) = peers::http_with_body(
+        "PUT",
+        replicas[0].addr,
+        &format!("{location}?digest={digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 201, "{head}");
+    let (status, _, body) = http(
+        "GET",
+        replicas[1].addr,
+        &format!("/v2/team/app/blobs/{digest}"),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(digest_of(&body), digest);
+    assert!(
+        object_keys(&moto, "uploads/").is_empty(),
+        "parts and record are gone"
+    );
+}
+
+#[test]
+fn abandoned_pushes_are_collected() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let cache = replica_with(
+        &moto,
+        "local: all",
+        &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")],
+    );
+    let (_, head, _) = http("POST", cache.addr, "/v2/team/app/blobs/uploads/", &[]);
+    let location = peers::header(&head, "location").unwrap();
+    let (status, _, _) = peers::http_with_body("PATCH", cache.addr, &location, &[], &[5u8; 1000]);
+    assert_eq!(status, 202);
+    assert!(!object_keys(&moto, "uploads/").is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, _, _) = http("GET", cache.addr, &location, &[]);
+    assert_eq!(status, 404, "abandoned");
+    let env = seed_004(&moto, &cache.dir.path().join("gc-spool"));
+    peers::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .arg("gc")
+            .arg("--config")
+            .arg(cache.dir.path().join("config.yml"))
+            .envs(env)
+            .env("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s"),
+    );
+    assert!(object_keys(&moto, "uploads/").is_empty(), "collected");
+    assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+}
