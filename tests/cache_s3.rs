@@ -513,11 +513,11 @@ fn eviction_on_the_bucket() {
     ];
     let a = replica_with(&moto, &yaml, &gc);
     let b = replica_with(&moto, &yaml, &gc);
-    skopeo_pull(&format!("{}/library/demo:v1", a.host()), work.path(), &[]).unwrap();
+    // v1 used on A, v2 on B, seconds apart (last uses are kept in seconds): the collecting
+    // replica, whichever it is, sees both and evicts v1.
+    let v1 = skopeo_pull(&format!("{}/library/demo:v1", a.host()), work.path(), &[]).unwrap();
     settled(&a);
-    std::thread::sleep(Duration::from_millis(1500));
-    let old = tempfile::tempdir().unwrap();
-    let v1 = skopeo_pull(&format!("{}/library/demo:v1", b.host()), old.path(), &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
     let fresh = tempfile::tempdir().unwrap();
     skopeo_pull(&format!("{}/library/demo:v2", b.host()), fresh.path(), &[]).unwrap();
     settled(&b);
