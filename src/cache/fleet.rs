@@ -71,7 +71,7 @@ impl Fleet {
         let result = collect.await;
         if result.is_ok() {
             let cleaned = async {
-                let uploads = super::shared_uploads::expire(&self.bucket, upload_lifetime).await?;
+                let uploads = super::uploads::shared::expire(&self.bucket, upload_lifetime).await?;
                 self.abort_abandoned_uploads(&uploads).await
             };
             if let Err(e) = cleaned.await {
@@ -110,9 +110,9 @@ impl Fleet {
         for (key, id) in pending {
             let owned = if key.starts_with(keys::BLOBS) {
                 keys::digest_at_end(&key).is_some_and(|d| live.contains(&d))
-            } else if key.starts_with(super::shared_uploads::UPLOADS) {
+            } else if key.starts_with(super::uploads::shared::UPLOADS) {
                 // A part of a push in progress (`pushes`: the live uploads).
-                pushes.contains(super::shared_uploads::upload_id(&key))
+                pushes.contains(super::uploads::shared::upload_id(&key))
             } else {
                 true
             };

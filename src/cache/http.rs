@@ -2,7 +2,7 @@
 //! serves it from the store, joining or starting upstream fills on a miss.
 //!
 //! Every `/v2/` response carries `Docker-Distribution-API-Version`; every error is OCI error JSON
-//! (built in [`error_response`] only); every request is logged once with its repository,
+//! (built by [`crate::registry::error_response`] only); every request is logged once with its repository,
 //! reference, cache result, upstream and duration.
 
 use std::sync::Arc;
@@ -19,14 +19,15 @@ use super::App;
 use super::auth::Refusal;
 use super::manifest::CachedManifest;
 use super::metrics::Source;
-use super::push;
 use super::range::{ByteRange, parse_range};
 use super::routing::Route;
 use super::store::Committed;
+use super::{push, uploads};
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
     API_VERSION, API_VERSION_HEADER, CONTENT_DIGEST_HEADER, ErrorCode, RegistryError,
+    error_response, internal,
 };
 
 /// What the request log records about how a request was served.
@@ -162,16 +163,12 @@ async fn registry(
         (V2Request::Manifest { name, reference }, Method::GET | Method::HEAD) => {
             let route = route_for(name)?;
             note(outcome, &route, Some(reference.as_str()));
-            let (manifest, warning) = match reference {
-                ManifestRef::Digest(digest) => {
-                    (app.manifest_by_digest(&route, digest, outcome).await?, None)
-                }
-                ManifestRef::Tag(tag) => {
-                    let answer = app.manifest_by_tag(&route, tag).await?;
-                    outcome.cache = answer.cache;
-                    (answer.manifest, answer.warning)
-                }
+            let answer = match reference {
+                ManifestRef::Digest(digest) => app.manifest_by_digest(&route, digest).await?,
+                ManifestRef::Tag(tag) => app.manifest_by_tag(&route, tag).await?,
             };
+            outcome.cache = answer.cache;
+            let (manifest, warning) = (answer.manifest, answer.warning);
             app.mark_used(&manifest.digest);
             Ok(manifest_response(&manifest, head, warning))
         }
@@ -192,7 +189,7 @@ async fn registry(
                 return Err(push::refuse(app, &route, name));
             }
             outcome.cache = "push";
-            push::upload(app, &route, name, id.as_deref(), request, body).await
+            uploads::upload(app, &route, name, id.as_deref(), request, body).await
         }
         (V2Request::Manifest { name, reference }, Method::PUT) => {
             let route = route_for(name)?;
@@ -600,16 +597,6 @@ fn text_response(status: StatusCode, content_type: &'static str, body: &str) -> 
     response
 }
 
-/// The one place a [`RegistryError`] becomes an HTTP response.
-pub fn error_response(error: &RegistryError, head: bool) -> Response {
-    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, error.body(), head)
-}
-
-pub fn internal(e: impl std::fmt::Display) -> RegistryError {
-    RegistryError::new(ErrorCode::Unavailable, format!("internal error: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,12 +634,5 @@ mod tests {
         assert_eq!(q.ns.as_deref(), Some("ghcr.io"));
         assert_eq!(q.n, Some(10));
         assert_eq!(q.last.as_deref(), Some("a/b"));
-    }
-
-    #[test]
-    fn errors_are_oci_json() {
-        let response = error_response(&RegistryError::new(ErrorCode::BlobUnknown, "nope"), false);
-        assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     }
 }

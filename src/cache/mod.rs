@@ -25,8 +25,8 @@ pub mod push;
 pub mod range;
 pub mod routing;
 pub mod server;
-pub mod shared_uploads;
 pub mod store;
+pub mod uploads;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,11 +40,10 @@ use reqwest::{Method, StatusCode};
 
 use crate::config::cache::Limits;
 use crate::reference::Digest;
-use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError};
+use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal};
 use crate::upstream::{BodyError, UpstreamClient, UpstreamError, UpstreamRequest, read_limited};
 use buffers::Buffers;
 use fill::{Fetched, Fill, Fills, UpstreamBody};
-use http::internal;
 use manifest::{CachedManifest, ManifestMemo};
 use meta::{Metadata, NewManifest};
 use metrics::Metrics;
@@ -73,7 +72,7 @@ pub struct App {
     /// `auth.htpasswd`: when set, every `/v2/` request must authenticate.
     pub htpasswd: Option<auth::Htpasswd>,
     /// Uploads to local repositories in progress.
-    pub uploads: push::Uploads,
+    pub uploads: uploads::local::Uploads,
     /// `storage.delete.enabled`.
     pub delete_enabled: bool,
     /// Last uses since the last flush (digest -> unix seconds), written in batches.
@@ -92,7 +91,7 @@ pub struct App {
     pub limits: Limits,
 }
 
-/// What a tag request is answered with.
+/// What a manifest request (by tag or digest) is answered with.
 #[derive(Debug, Clone)]
 pub struct TagAnswer {
     pub manifest: Arc<CachedManifest>,
@@ -339,12 +338,12 @@ impl App {
     }
 
     /// A manifest by digest: from cache when this repository may read it, else from upstream.
+    /// Answered like a tag: `cache` says which (hit or miss), `warning` is never set.
     async fn manifest_by_digest(
         &self,
         route: &Route,
         digest: &Digest,
-        outcome: &mut http::Outcome,
-    ) -> Result<Arc<CachedManifest>, RegistryError> {
+    ) -> Result<TagAnswer, RegistryError> {
         let cached = if self.holds(route, digest).await? {
             self.cached_manifest(digest).await?
         } else {
@@ -353,9 +352,12 @@ impl App {
         if let Some(manifest) = cached {
             self.require_access(route, digest, ErrorCode::ManifestUnknown)
                 .await?;
-            outcome.cache = "hit";
             self.metrics.request("manifest", "hit");
-            return Ok(manifest);
+            return Ok(TagAnswer {
+                manifest,
+                warning: None,
+                cache: "hit",
+            });
         }
         if route.upstream.local {
             return Err(RegistryError::new(
@@ -363,10 +365,15 @@ impl App {
                 format!("{digest} is not in {}", route.repository),
             ));
         }
-        outcome.cache = "miss";
         self.metrics.request("manifest", "miss");
-        self.fetch_manifest(route, digest.as_str(), Some(digest), None)
-            .await
+        let manifest = self
+            .fetch_manifest(route, digest.as_str(), Some(digest), None)
+            .await?;
+        Ok(TagAnswer {
+            manifest,
+            warning: None,
+            cache: "miss",
+        })
     }
 
     /// A manifest by tag. Within the upstream's `tag_revalidate` window the cached tag is served

@@ -97,6 +97,35 @@ impl RegistryError {
     }
 }
 
+/// An internal failure (storage, I/O) as the error a client gets: UNAVAILABLE.
+pub fn internal(e: impl fmt::Display) -> RegistryError {
+    RegistryError::new(ErrorCode::Unavailable, format!("internal error: {e}"))
+}
+
+/// The one place a [`RegistryError`] becomes an HTTP response: its status and the OCI error
+/// JSON (no body for a HEAD, but its length).
+pub fn error_response(error: &RegistryError, head: bool) -> axum::http::Response<axum::body::Body> {
+    let body = error.body();
+    let length = body.len();
+    let mut response = axum::http::Response::new(if head {
+        axum::body::Body::empty()
+    } else {
+        axum::body::Body::from(body)
+    });
+    *response.status_mut() = axum::http::StatusCode::from_u16(error.status())
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        axum::http::header::CONTENT_LENGTH,
+        axum::http::HeaderValue::from(length),
+    );
+    response
+}
+
 impl fmt::Display for RegistryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
@@ -116,6 +145,19 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(body["errors"][0]["code"], "MANIFEST_UNKNOWN");
         assert_eq!(body["errors"][0]["message"], "manifest unknown: v9");
+    }
+
+    #[test]
+    fn responses_are_oci_json() {
+        let e = RegistryError::new(ErrorCode::BlobUnknown, "nope");
+        let response = error_response(&e, false);
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            response.headers()["content-length"],
+            e.body().len().to_string().as_str()
+        );
+        assert_eq!(internal("disk full").code, ErrorCode::Unavailable);
     }
 
     #[test]

@@ -37,12 +37,11 @@ use tokio::net::TcpStream;
 
 use super::access::{Access, SHARED_PORTS};
 use super::ca::CertificateAuthority;
-use crate::cache::http::error_response;
 use crate::config::docker_auth::RegistryAuths;
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
 use crate::reference::split_host_port;
 use crate::registry::route::{self, V2Request};
-use crate::registry::{ErrorCode, RegistryError};
+use crate::registry::{ErrorCode, RegistryError, error_response};
 use crate::resolve::{Endpoints, Resolver, Role};
 use crate::upstream::{HostOverrides, Target, UpstreamClient, UpstreamRequest};
 

@@ -18,13 +18,12 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
-use super::App;
-use super::bucket::{Bucket, BucketError, Versioned};
-use super::http::internal;
-use super::meta::now;
-use super::push::{accepted, append, finish_file, query};
-use super::routing::Route;
-use crate::registry::{ErrorCode, RegistryError};
+use super::{accepted, append, finish_file, new_upload_id, query};
+use crate::cache::App;
+use crate::cache::bucket::{Bucket, BucketError, Versioned};
+use crate::cache::meta::now;
+use crate::cache::routing::Route;
+use crate::registry::{ErrorCode, RegistryError, internal};
 
 /// Where uploads live in the bucket.
 pub const UPLOADS: &str = "uploads/";
@@ -95,7 +94,7 @@ pub async fn upload(
     let repository = &route.repository;
     match (&parts.method, id) {
         (&Method::POST, None) => {
-            let id = super::push::new_upload_id()?;
+            let id = new_upload_id()?;
             let mut record = Record {
                 repository: repository.clone(),
                 size: 0,
