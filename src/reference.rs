@@ -115,6 +115,54 @@ impl fmt::Display for Digest {
     }
 }
 
+/// Content hashed incrementally with a digest's algorithm (sha256, sha384 or sha512), to check
+/// content against that digest.
+#[derive(Debug, Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    /// A hasher with `digest`'s algorithm.
+    pub fn like(digest: &Digest) -> Self {
+        use sha2::Digest as _;
+        match digest.algorithm() {
+            "sha384" => Hasher::Sha384(sha2::Sha384::new()),
+            "sha512" => Hasher::Sha512(sha2::Sha512::new()),
+            // `Digest::parse` admits the three; sha256 is the default of every other path.
+            _ => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha384(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        use sha2::Digest as _;
+        let (algorithm, raw) = match self {
+            Hasher::Sha256(h) => ("sha256", h.finalize().to_vec()),
+            Hasher::Sha384(h) => ("sha384", h.finalize().to_vec()),
+            Hasher::Sha512(h) => ("sha512", h.finalize().to_vec()),
+        };
+        Digest(format!("{algorithm}:{}", hex::encode(raw)))
+    }
+
+    /// The digest of `bytes` with `like`'s algorithm.
+    pub fn digest(like: &Digest, bytes: &[u8]) -> Digest {
+        let mut hasher = Hasher::like(like);
+        hasher.update(bytes);
+        hasher.finish()
+    }
+}
+
 /// `[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*`
 fn is_digest_algorithm(s: &str) -> bool {
     s.split(['-', '_', '+', '.']).all(|part| {
@@ -363,6 +411,24 @@ pub fn is_valid_tag(tag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_algorithm_hashes_as_its_digest_says() {
+        let abc = b"abc";
+        for (algorithm, hex_len) in [("sha256", 64), ("sha384", 96), ("sha512", 128)] {
+            let like = Digest::parse(&format!("{algorithm}:{}", "0".repeat(hex_len))).unwrap();
+            let digest = Hasher::digest(&like, abc);
+            assert_eq!(digest.algorithm(), algorithm);
+            assert_eq!(Digest::parse(digest.as_str()).unwrap(), digest);
+        }
+        let sha512 = Digest::parse(&format!("sha512:{}", "0".repeat(128))).unwrap();
+        assert!(
+            Hasher::digest(&sha512, abc)
+                .hex()
+                .starts_with("ddaf35a193617aba"),
+            "the known sha512 of abc"
+        );
+    }
 
     const D256: &str = "sha256:7173b809ca12ec5dee4506cd86be934c4596dd234ee82c0662eac04a8c2c71dc";
 

@@ -10,6 +10,7 @@
 //! | `meta/tags/<upstream>/<repository>/_tags/<tag>` | a cached tag: digest, media type, validated at (JSON) |
 //! | `meta/links/<upstream>/<repository>/_links/<alg>/<hex>` | the repository may read the digest (empty) |
 //! | `meta/sources/<upstream>/<alg>/<hex>` | the namespace received (or was pushed) the bytes (empty) |
+//! | `meta/referrers/<upstream>/<repository>/_referrers/<alg>/<hex>/<alg>/<hex>` | a manifest referring to a subject: its descriptor (JSON) |
 //! | `meta/used/<replica>/<unix seconds>-<n>` | a batch of last-use times from one replica (JSON) |
 //! | `meta/doomed/<alg>/<hex>` | evicted; the content is deleted next (empty) |
 //! | `leases/fills/<upstream>/<alg>/<hex>` | the replica downloading that blob, until when (JSON) |
@@ -477,6 +478,29 @@ pub mod keys {
             repository.to_owned(),
             format!("{algorithm}:{hex}"),
         ))
+    }
+
+    pub const REFERRERS: &str = "meta/referrers/";
+
+    pub fn referrers(upstream: &str, repository: &str, subject: &Digest) -> String {
+        format!(
+            "{REFERRERS}{upstream}/{repository}/_referrers/{}/",
+            digest_part(subject)
+        )
+    }
+
+    /// The last level is the referrer `<alg>/<hex>`, so it reads back with [`digest_at_end`].
+    pub fn referrer(
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> String {
+        format!(
+            "{}{}",
+            referrers(upstream, repository, subject),
+            digest_part(referrer)
+        )
     }
 
     pub const SOURCES: &str = "meta/sources/";

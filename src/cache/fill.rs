@@ -35,7 +35,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
 
@@ -43,7 +42,7 @@ use super::buffers::{Buffers, Reservation};
 use super::lease::HeldLease;
 use super::meta::{Metadata, NewBlob};
 use super::store::BlobStore;
-use crate::reference::Digest;
+use crate::reference::{Digest, Hasher};
 use crate::registry::{ErrorCode, RegistryError};
 
 /// Largest read a blob reader makes at once.
@@ -642,8 +641,9 @@ impl FillTask {
         // Hashing (~0.5 s per GiB with SHA-NI) runs on the blocking pool a batch at a time, off
         // the path from the upstream socket to the file the readers follow.
         let (to_hasher, mut hasher_input) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_QUEUE);
+        let like = self.digest().clone();
         let hasher = tokio::spawn(async move {
-            let mut hasher = Sha256::new();
+            let mut hasher = Hasher::like(&like);
             while let Some(batch) = hasher_input.recv().await {
                 hasher = tokio::task::spawn_blocking(move || {
                     for chunk in &batch {
@@ -654,7 +654,7 @@ impl FillTask {
                 .await
                 .map_err(|e| e.to_string())?;
             }
-            Ok::<_, String>(Digest::sha256_from_bytes(&hasher.finalize()))
+            Ok::<_, String>(hasher.finish())
         });
         let started = tokio::time::Instant::now();
         let mut written = 0u64;

@@ -39,7 +39,7 @@ use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 
 use crate::config::cache::Limits;
-use crate::reference::Digest;
+use crate::reference::{Digest, Hasher};
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal};
 use crate::upstream::{BodyError, UpstreamClient, UpstreamError, UpstreamRequest, read_limited};
 use buffers::Buffers;
@@ -677,7 +677,11 @@ impl App {
             ),
             BodyError::Broken(why) => unreachable_text(upstream, &why),
         })?;
-        let digest = store::sha256(&bytes);
+        // By digest, the manifest is named with that digest's algorithm; by tag, with sha256.
+        let digest = match expected {
+            Some(expected) => Hasher::digest(expected, &bytes),
+            None => store::sha256(&bytes),
+        };
         let mismatch = |claimed: &str| {
             RegistryError::new(
                 ErrorCode::DigestInvalid,
@@ -689,10 +693,10 @@ impl App {
         if let Some(expected) = expected.filter(|e| **e != digest) {
             return Err(mismatch(expected.as_str()));
         }
-        if let Some(claimed) =
-            declared.filter(|c| c.starts_with("sha256:") && *c != digest.as_str())
-        {
-            return Err(mismatch(&claimed));
+        if let Some(claimed) = declared.and_then(|c| Digest::parse(&c).ok()) {
+            if Hasher::digest(&claimed, &bytes) != claimed {
+                return Err(mismatch(claimed.as_str()));
+            }
         }
         let media_type = header_type
             .filter(|t| !t.is_empty() && t != "application/octet-stream" && t != "text/plain")

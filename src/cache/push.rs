@@ -13,6 +13,7 @@ use super::manifest;
 use super::meta::NewManifest;
 use super::routing::Route;
 use super::uploads::created;
+use crate::reference::Hasher;
 use crate::registry::route::ManifestRef;
 use crate::registry::{ErrorCode, RegistryError, internal};
 
@@ -44,7 +45,11 @@ pub async fn put_manifest(
             format!("manifest body (limits.max_manifest_size is {limit} bytes): {e}"),
         )
     })?;
-    let digest = super::store::sha256(&bytes);
+    // Named by digest: with that digest's algorithm (sha512 too); by tag: sha256.
+    let digest = match reference {
+        ManifestRef::Digest(expected) => Hasher::digest(expected, &bytes),
+        ManifestRef::Tag(_) => super::store::sha256(&bytes),
+    };
     if let ManifestRef::Digest(expected) = reference {
         if *expected != digest {
             return Err(RegistryError::new(

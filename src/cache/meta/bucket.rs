@@ -248,6 +248,57 @@ impl BucketMetadata {
         self.delete_all(doomed).await
     }
 
+    pub async fn put_referrer(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> Result<(), MetaError> {
+        self.bucket
+            .put(
+                &keys::referrer(upstream, repository, subject, referrer),
+                Bytes::copy_from_slice(descriptor),
+            )
+            .await
+            .map_err(err)
+    }
+
+    pub async fn referrers(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+    ) -> Result<Vec<Vec<u8>>, MetaError> {
+        let listed = self
+            .bucket
+            .list(&keys::referrers(upstream, repository, subject))
+            .await
+            .map_err(err)?;
+        futures_util::stream::iter(listed)
+            .map(|(key, _)| async move {
+                Ok::<_, MetaError>(self.bucket.get(&key).await.map_err(err)?.map(|b| b.to_vec()))
+            })
+            .buffer_unordered(PARALLEL)
+            .try_filter_map(|d| async move { Ok(d) })
+            .try_collect()
+            .await
+    }
+
+    pub async fn forget_referrer(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), MetaError> {
+        self.bucket
+            .delete(&keys::referrer(upstream, repository, subject, referrer))
+            .await
+            .map_err(err)
+    }
+
     pub async fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
         self.exists(keys::source(upstream, digest)).await
     }
@@ -353,7 +404,7 @@ impl BucketMetadata {
         // Marked first: a crash from here on leaves them to the next collection.
         self.mark(parsed.iter().map(keys::doomed).collect()).await?;
         let mut dead: Vec<String> = parsed.iter().map(keys::manifest).collect();
-        for prefix in [keys::LINKS, keys::SOURCES] {
+        for prefix in [keys::LINKS, keys::SOURCES, keys::REFERRERS] {
             dead.extend(
                 self.bucket
                     .list(prefix)

@@ -28,6 +28,8 @@ const LINKS: TableDefinition<&str, u64> = TableDefinition::new("links");
 const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
 const SOURCES: TableDefinition<&str, u64> = TableDefinition::new("sources");
+/// (upstream, repository, subject, referrer) -> the referrer's descriptor (JSON).
+const REFERRERS: TableDefinition<&str, &[u8]> = TableDefinition::new("referrers");
 const VERSION: TableDefinition<&str, u64> = TableDefinition::new("version");
 /// 2: `sources` exists (before it, links alone granted access). 3: `doomed` holds digests (it
 /// held file paths).
@@ -94,6 +96,7 @@ impl LocalMetadata {
         txn.open_table(LAST_USED).map_err(err)?;
         txn.open_table(DOOMED).map_err(err)?;
         txn.open_table(SOURCES).map_err(err)?;
+        txn.open_table(REFERRERS).map_err(err)?;
         let version = txn
             .open_table(VERSION)
             .map_err(err)?
@@ -134,6 +137,63 @@ impl LocalMetadata {
         }
         txn.commit().map_err(err)?;
         Ok(LocalMetadata { db })
+    }
+
+    /// Records `referrer` (its descriptor) as referring to `subject` in the repository.
+    pub fn put_referrer(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(REFERRERS)
+            .map_err(err)?
+            .insert(
+                key(&[upstream, repository, subject.as_str(), referrer.as_str()]).as_str(),
+                descriptor,
+            )
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// The descriptors of the manifests referring to `subject` in the repository.
+    pub fn referrers(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+    ) -> Result<Vec<Vec<u8>>, MetaError> {
+        let prefix = format!("{}{SEP}", key(&[upstream, repository, subject.as_str()]));
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(REFERRERS).map_err(err)?;
+        let mut descriptors = Vec::new();
+        for entry in table.range(prefix.as_str()..).map_err(err)? {
+            let (k, v) = entry.map_err(err)?;
+            if !k.value().starts_with(prefix.as_str()) {
+                break;
+            }
+            descriptors.push(v.value().to_vec());
+        }
+        Ok(descriptors)
+    }
+
+    /// Forgets that `referrer` refers to `subject` in the repository.
+    pub fn forget_referrer(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(REFERRERS)
+            .map_err(err)?
+            .remove(key(&[upstream, repository, subject.as_str(), referrer.as_str()]).as_str())
+            .map_err(err)?;
+        txn.commit().map_err(err)
     }
 
     /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
@@ -412,6 +472,15 @@ impl LocalMetadata {
         let txn = self.db.begin_write().map_err(err)?;
         {
             remove_by_digest(&mut txn.open_table(LINKS).map_err(err)?, &doomed)?;
+            let mut referrers = txn.open_table(REFERRERS).map_err(err)?;
+            let dead: Vec<String> = keys_of(&referrers)?
+                .into_iter()
+                .filter(|k| k.rsplit(SEP).next().is_some_and(|d| doomed.contains(d)))
+                .collect();
+            for k in dead {
+                referrers.remove(k.as_str()).map_err(err)?;
+            }
+            drop(referrers);
             remove_by_digest(&mut txn.open_table(SOURCES).map_err(err)?, &doomed)?;
             let mut tags = txn.open_table(TAGS).map_err(err)?;
             let dead_tags: Vec<String> = tags

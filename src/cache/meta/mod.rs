@@ -13,6 +13,8 @@
 //!   namespace holds is served on a route only once its own upstream has delivered the same
 //!   bytes: an upstream that merely *claims* a digest (a HEAD 200) never gets content cached from
 //!   elsewhere;
+//! - referrers: (upstream, repository, subject, referrer) -> the referrer's descriptor, for the
+//!   referrers API (signatures, SBOMs, attestations of a manifest);
 //! - last uses (for eviction) and doomed digests (evicted, files not yet deleted).
 //!
 //! Blob and manifest records are written before their content is made visible in the store, so
@@ -191,6 +193,51 @@ impl Metadata {
         match self {
             Metadata::Local(m) => m.unlink(upstream, repository, digest),
             Metadata::Bucket(m) => m.unlink(upstream, repository, digest).await,
+        }
+    }
+
+    /// Records `referrer` (its descriptor, JSON) as referring to `subject` in the repository.
+    pub async fn put_referrer(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.put_referrer(upstream, repository, subject, referrer, descriptor),
+            Metadata::Bucket(m) => {
+                m.put_referrer(upstream, repository, subject, referrer, descriptor)
+                    .await
+            }
+        }
+    }
+
+    /// The descriptors (JSON) of the manifests referring to `subject` in the repository.
+    pub async fn referrers(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+    ) -> Result<Vec<Vec<u8>>, MetaError> {
+        match self {
+            Metadata::Local(m) => m.referrers(upstream, repository, subject),
+            Metadata::Bucket(m) => m.referrers(upstream, repository, subject).await,
+        }
+    }
+
+    /// Forgets that `referrer` refers to `subject` in the repository.
+    pub async fn forget_referrer(
+        &self,
+        upstream: &str,
+        repository: &str,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), MetaError> {
+        match self {
+            Metadata::Local(m) => m.forget_referrer(upstream, repository, subject, referrer),
+            Metadata::Bucket(m) => m.forget_referrer(upstream, repository, subject, referrer).await,
         }
     }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use crate::cache::bucket::{Bucket, keys};
-use crate::reference::Digest;
+use crate::reference::{Digest, Hasher};
 use files::FileStore;
 use spool::Spool;
 
@@ -177,7 +177,7 @@ impl BlobStore {
 
     /// Stores small content (a manifest) after checking it hashes to `digest`.
     pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> io::Result<()> {
-        if digest.algorithm() != "sha256" || sha256(&bytes) != *digest {
+        if Hasher::digest(digest, &bytes) != *digest {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("content does not match {digest}"),

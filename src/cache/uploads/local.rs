@@ -14,7 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
-use super::{accepted, append, finish_file, new_upload_id, query};
+use super::{accepted, append, finish_file, new_upload_id, out_of_order, query};
 use crate::cache::App;
 use crate::cache::routing::Route;
 use crate::registry::{ErrorCode, RegistryError};
@@ -171,12 +171,20 @@ pub async fn upload(
             Ok(accepted(name, &id, size))
         }
         (&Method::PATCH, Some(id)) => {
+            let upload = app.uploads.get(id, &route.repository, lifetime, false)?;
+            if let Some(refused) = out_of_order(parts, name, id, upload.size) {
+                return Ok(refused);
+            }
             let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
             let size = append_claimed(app, id, &upload, body).await?;
             app.uploads.release(id, Some(size));
             Ok(accepted(name, id, size))
         }
         (&Method::PUT, Some(id)) => {
+            let upload = app.uploads.get(id, &route.repository, lifetime, false)?;
+            if let Some(refused) = out_of_order(parts, name, id, upload.size) {
+                return Ok(refused);
+            }
             let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
             let size = append_claimed(app, id, &upload, body).await?;
             app.uploads.release(id, None);

@@ -17,13 +17,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use futures_util::StreamExt as _;
-use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
 use super::App;
 use super::meta::NewBlob;
 use super::routing::Route;
-use crate::reference::Digest;
+use crate::reference::{Digest, Hasher};
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, RegistryError, internal};
 
 /// The upload API: POST (start, monolithic, or mount), PATCH, PUT, GET and DELETE.
@@ -127,6 +126,38 @@ pub fn created(location: String, digest: &Digest) -> Response {
     response
 }
 
+/// The 416 for a chunk whose `Content-Range` does not start where the upload ends (the spec's
+/// answer to chunks out of order), with the upload's `Location` and `Range` so the client can
+/// resume; `None` when the chunk fits (or carries no `Content-Range`).
+pub fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
+    let range = parts.headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let start = chunk_start(range);
+    if start == Some(size) {
+        return None;
+    }
+    let mut response = accepted(name, id, size);
+    *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    let error = RegistryError::new(
+        ErrorCode::RangeInvalid,
+        format!("the chunk {range:?} does not start at {size}, where the upload ends"),
+    );
+    let body = error.body();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *response.body_mut() = Body::from(body);
+    Some(response)
+}
+
+/// Where a chunk's `Content-Range` (`<start>-<end>`, as the distribution spec writes it, or
+/// `bytes <start>-<end>/<size>`) starts.
+fn chunk_start(range: &str) -> Option<u64> {
+    let range = range.trim();
+    let range = range.strip_prefix("bytes").map_or(range, str::trim_start);
+    let range = range.strip_prefix('=').unwrap_or(range).trim();
+    range.split_once('-')?.0.trim().parse().ok()
+}
+
 pub fn query(parts: &Parts, key: &str) -> Option<String> {
     url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == key)
@@ -191,12 +222,19 @@ pub async fn finish_file(
 ) -> Result<Response, RegistryError> {
     let digest = Digest::parse(digest)
         .map_err(|e| RegistryError::new(ErrorCode::DigestInvalid, format!("{digest:?}: {e}")))?;
-    let hashed = path.clone();
+    let (hashed, like) = (path.clone(), digest.clone());
     let actual = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+        use std::io::Read as _;
         let mut file = std::fs::File::open(&hashed)?;
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher)?;
-        Ok(Digest::sha256_from_bytes(&hasher.finalize()))
+        let mut hasher = Hasher::like(&like);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
     })
     .await
     .map_err(internal)?
@@ -225,4 +263,18 @@ pub async fn finish_file(
     }
     .map_err(internal)?;
     Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_starts() {
+        assert_eq!(chunk_start("0-1023"), Some(0));
+        assert_eq!(chunk_start("1024-2047"), Some(1024));
+        assert_eq!(chunk_start("bytes 1024-2047/4096"), Some(1024));
+        assert_eq!(chunk_start("bytes=5-9"), Some(5));
+        assert_eq!(chunk_start("nonsense"), None);
+    }
 }

@@ -18,7 +18,7 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
-use super::{accepted, append, finish_file, new_upload_id, query};
+use super::{accepted, append, finish_file, new_upload_id, out_of_order, query};
 use crate::cache::App;
 use crate::cache::bucket::{Bucket, BucketError, Versioned};
 use crate::cache::meta::now;
@@ -114,11 +114,17 @@ pub async fn upload(
         }
         (&Method::PATCH, Some(id)) => {
             let (record, mut versioned) = record(app, bucket, id, repository).await?;
+            if let Some(refused) = out_of_order(parts, name, id, record.size) {
+                return Ok(refused);
+            }
             let record = add_part(app, bucket, id, record, &mut versioned, body).await?;
             Ok(accepted(name, id, record.size))
         }
         (&Method::PUT, Some(id)) => {
             let (record, _) = record(app, bucket, id, repository).await?;
+            if let Some(refused) = out_of_order(parts, name, id, record.size) {
+                return Ok(refused);
+            }
             let digest = query(parts, "digest").ok_or_else(|| {
                 RegistryError::new(ErrorCode::DigestInvalid, "the final PUT needs ?digest=")
             })?;
