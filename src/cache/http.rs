@@ -22,7 +22,7 @@ use super::metrics::Source;
 use super::range::{ByteRange, parse_range};
 use super::routing::Route;
 use super::store::Committed;
-use super::{push, uploads};
+use super::{push, referrers, uploads};
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
@@ -142,6 +142,7 @@ async fn registry(
         V2Request::Manifest { .. } => "manifest",
         V2Request::Blob { .. } => "blob",
         V2Request::Upload { .. } => "upload",
+        V2Request::Referrers { .. } => "referrers",
     };
     let method = &request.method;
     let head = *method == Method::HEAD;
@@ -181,6 +182,13 @@ async fn registry(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             blob(app, &route, digest, head, range.as_deref(), outcome).await
+        }
+        (V2Request::Referrers { name, subject }, Method::GET) => {
+            let route = route_for(name)?;
+            note(outcome, &route, Some(subject.as_str()));
+            let listing = referrers::list(app, &route, subject).await?;
+            outcome.cache = listing.cache;
+            referrers_response(name, subject, listing, &query)
         }
         (V2Request::Upload { name, id }, _) => {
             let route = route_for(name)?;
@@ -233,6 +241,8 @@ struct Query {
     ns: Option<String>,
     n: Option<usize>,
     last: Option<String>,
+    /// The referrers API's filter.
+    artifact_type: Option<String>,
 }
 
 impl Query {
@@ -243,6 +253,7 @@ impl Query {
                 "ns" => parsed.ns = Some(value.into_owned()),
                 "n" => parsed.n = value.parse().ok(),
                 "last" => parsed.last = Some(value.into_owned()),
+                "artifactType" => parsed.artifact_type = Some(value.into_owned()),
                 _ => {}
             }
         }
@@ -269,6 +280,59 @@ fn paginate(mut names: Vec<String>, query: &Query, path: &str) -> (Vec<String>, 
         }
         _ => (names, None),
     }
+}
+
+/// A page of referrers as an image index, with `OCI-Filters-Applied` when filtered and `Link`
+/// when more pages follow.
+fn referrers_response(
+    name: &str,
+    subject: &Digest,
+    listing: referrers::Listing,
+    query: &Query,
+) -> Result<Response, RegistryError> {
+    let filter = query.artifact_type.as_deref();
+    let (page, more) = referrers::page(
+        listing.descriptors,
+        filter,
+        query.last.as_deref(),
+        query.n,
+        referrers::PAGE_BYTES,
+    );
+    let mut response = json_response(StatusCode::OK, referrers::index(page), false);
+    let headers = response.headers_mut();
+    insert(headers, header::CONTENT_TYPE.as_str(), crate::registry::OCI_INDEX);
+    if filter.is_some() {
+        insert(headers, "oci-filters-applied", "artifactType");
+    }
+    if let Some(last) = more {
+        let mut next = url::form_urlencoded::Serializer::new(String::new());
+        next.append_pair("last", &last);
+        if let Some(n) = query.n {
+            next.append_pair("n", &n.to_string());
+        }
+        if let Some(filter) = filter {
+            next.append_pair("artifactType", filter);
+        }
+        if let Some(ns) = &query.ns {
+            next.append_pair("ns", ns);
+        }
+        let link = format!(
+            "</v2/{name}/referrers/{subject}?{}>; rel=\"next\"",
+            next.finish()
+        );
+        headers.insert(
+            header::LINK,
+            HeaderValue::from_str(&link).map_err(internal)?,
+        );
+    }
+    if let Some(warning) = listing.warning {
+        insert(
+            headers,
+            header::WARNING.as_str(),
+            &format!("110 regmirror \"{}\"", warning.replace('"', "'")),
+        );
+    }
+    Ok(response)
 }
 
 async fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
@@ -603,9 +667,9 @@ mod tests {
 
     fn query(n: Option<usize>, last: Option<&str>) -> Query {
         Query {
-            ns: None,
             n,
             last: last.map(str::to_owned),
+            ..Query::default()
         }
     }
 
@@ -630,7 +694,10 @@ mod tests {
 
     #[test]
     fn query_parsing() {
-        let q = Query::parse(Some("ns=ghcr.io&n=10&last=a%2Fb&x=1"));
+        let q = Query::parse(Some(
+            "ns=ghcr.io&n=10&last=a%2Fb&x=1&artifactType=application%2Fvnd.dev.sig",
+        ));
+        assert_eq!(q.artifact_type.as_deref(), Some("application/vnd.dev.sig"));
         assert_eq!(q.ns.as_deref(), Some("ghcr.io"));
         assert_eq!(q.n, Some(10));
         assert_eq!(q.last.as_deref(), Some("a/b"));

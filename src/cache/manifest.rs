@@ -17,7 +17,8 @@ pub struct CachedManifest {
     pub bytes: Bytes,
 }
 
-/// Everything a manifest or index points at: config, layers, child manifests, subject.
+/// Everything a manifest or index points at: config, layers, child manifests. Not its subject:
+/// a signature does not hold the image it signs (the referrers records link the two).
 pub fn references(bytes: &[u8]) -> Vec<Digest> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return Vec::new();
@@ -28,10 +29,8 @@ pub fn references(bytes: &[u8]) -> Vec<Digest> {
             .and_then(|s| Digest::parse(s).ok())
     };
     let mut digests = Vec::new();
-    for key in ["config", "subject"] {
-        if let Some(d) = value.get(key).and_then(descriptor) {
-            digests.push(d);
-        }
+    if let Some(d) = value.get("config").and_then(descriptor) {
+        digests.push(d);
     }
     for key in ["layers", "manifests", "blobs"] {
         if let Some(items) = value.get(key).and_then(|v| v.as_array()) {

@@ -7,6 +7,7 @@
 //! - [`fill`]: single-flight fills streamed to every reader as bytes arrive;
 //! - [`buffers`]: the memory budget for blob data in flight;
 //! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
+//! - [`referrers`]: the referrers API, local and through upstreams;
 //! - [`http`]: the request handler; [`server`]: start-up and graceful shutdown;
 //! - [`metrics`]: Prometheus counters.
 
@@ -23,6 +24,7 @@ pub mod meta;
 pub mod metrics;
 pub mod push;
 pub mod range;
+pub mod referrers;
 pub mod routing;
 pub mod server;
 pub mod store;

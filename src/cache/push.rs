@@ -5,17 +5,25 @@
 
 use axum::body::Body;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::App;
-use super::manifest;
+use super::manifest::{self, CachedManifest};
 use super::meta::NewManifest;
+use super::referrers;
 use super::routing::Route;
 use super::uploads::created;
-use crate::reference::Hasher;
+use crate::reference::{Hasher, is_valid_tag};
 use crate::registry::route::ManifestRef;
 use crate::registry::{ErrorCode, RegistryError, internal};
+
+/// The most `?tag=` parameters one manifest push by digest may carry.
+const MAX_TAG_PARAMS: usize = 100;
+/// Names each tag a push by digest set from its `?tag=` parameters.
+const TAG_HEADER: &str = "oci-tag";
+/// Set on the answer to a pushed manifest that has a `subject`.
+const SUBJECT_HEADER: &str = "oci-subject";
 
 /// DENIED for a push to a repository that is proxied.
 pub fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
@@ -68,7 +76,8 @@ pub async fn put_manifest(
         .ok_or_else(|| RegistryError::new(ErrorCode::ManifestInvalid, "no media type"))?;
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, format!("not JSON: {e}")))?;
-    let references = manifest::references(&bytes);
+    // A subject may come later, and non-distributable layers never come.
+    let references = manifest::required_references(&bytes);
     for referenced in &references {
         if !app
             .meta
@@ -82,16 +91,13 @@ pub async fn put_manifest(
             ));
         }
     }
-    let tag = match reference {
-        ManifestRef::Tag(tag) => Some(tag.as_str()),
-        ManifestRef::Digest(_) => None,
-    };
+    let tags = tags_of(reference, parts)?;
     // The record first: every file in the store has one (see `meta`).
     app.meta
         .put_manifest(&NewManifest {
             upstream: &route.upstream.name,
             repository: &route.repository,
-            tag,
+            tag: tags.first().map(String::as_str),
             digest: &digest,
             media_type: &media_type,
             size: bytes.len() as u64,
@@ -99,14 +105,78 @@ pub async fn put_manifest(
         })
         .await
         .map_err(internal)?;
+    for tag in tags.iter().skip(1) {
+        app.meta
+            .put_manifest(&NewManifest {
+                upstream: &route.upstream.name,
+                repository: &route.repository,
+                tag: Some(tag),
+                digest: &digest,
+                media_type: &media_type,
+                size: bytes.len() as u64,
+                references: &references,
+            })
+            .await
+            .map_err(internal)?;
+    }
     app.store
         .put_verified(&digest, bytes.clone())
         .await
         .map_err(internal)?;
-    Ok(created(format!("/v2/{name}/manifests/{digest}"), &digest))
+    let pushed = CachedManifest {
+        digest,
+        media_type,
+        bytes,
+    };
+    let subject = referrers::record_push(app, route, &pushed).await?;
+    let mut response = created(
+        format!("/v2/{name}/manifests/{}", pushed.digest),
+        &pushed.digest,
+    );
+    if let Some(value) = subject.and_then(|s| HeaderValue::from_str(s.as_str()).ok()) {
+        // The spec's sign that this registry keeps referrers itself (no tag schema needed).
+        response.headers_mut().insert(SUBJECT_HEADER, value);
+    }
+    if matches!(reference, ManifestRef::Digest(_)) {
+        for tag in &tags {
+            if let Ok(value) = HeaderValue::from_str(tag) {
+                response.headers_mut().append(TAG_HEADER, value);
+            }
+        }
+    }
+    Ok(response)
 }
 
-/// DELETE of a manifest (by digest: its tags go too) or of a blob link.
+/// The tags a manifest PUT sets: the one it is pushed by, or, pushed by digest, its `?tag=`
+/// parameters (at most [`MAX_TAG_PARAMS`]).
+fn tags_of(reference: &ManifestRef, parts: &Parts) -> Result<Vec<String>, RegistryError> {
+    if let ManifestRef::Tag(tag) = reference {
+        return Ok(vec![tag.clone()]);
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let mut tags: Vec<String> = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key != "tag" || tags.iter().any(|t| *t == value) {
+            continue;
+        }
+        if !is_valid_tag(&value) {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("invalid tag {value:?}"),
+            ));
+        }
+        tags.push(value.into_owned());
+    }
+    if tags.len() > MAX_TAG_PARAMS {
+        return Err(RegistryError::new(
+            ErrorCode::ManifestInvalid,
+            format!("{} tags in one push; at most {MAX_TAG_PARAMS}", tags.len()),
+        ));
+    }
+    Ok(tags)
+}
+
+/// DELETE of a manifest (by digest: its tags go too), of a tag alone, or of a blob link.
 pub async fn delete(
     app: &App,
     route: &Route,
@@ -119,13 +189,35 @@ pub async fn delete(
             "deletes are disabled (storage.delete.enabled)",
         ));
     }
-    let ManifestRef::Digest(digest) = reference else {
-        return Err(RegistryError::new(
-            ErrorCode::Unsupported,
-            "delete by digest, not by tag",
-        ));
-    };
     let upstream = &route.upstream.name;
+    let digest = match reference {
+        ManifestRef::Digest(digest) => digest,
+        ManifestRef::Tag(tag) if !blob => {
+            // The tag alone goes; the manifest stays, by digest and under its other tags.
+            let known = app
+                .meta
+                .tag(upstream, &route.repository, tag)
+                .await
+                .map_err(internal)?;
+            if known.is_none() {
+                return Err(RegistryError::new(
+                    ErrorCode::ManifestUnknown,
+                    format!("{}:{tag} is not known", route.repository),
+                ));
+            }
+            app.meta
+                .forget_tag(upstream, &route.repository, tag)
+                .await
+                .map_err(internal)?;
+            return Ok(accepted());
+        }
+        ManifestRef::Tag(_) => {
+            return Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                "blobs are deleted by digest",
+            ));
+        }
+    };
     if !app
         .meta
         .is_linked(upstream, &route.repository, digest)
@@ -142,11 +234,18 @@ pub async fn delete(
             format!("{digest} is not in {}", route.repository),
         ));
     }
+    if !blob {
+        referrers::forget_delete(app, route, digest).await?;
+    }
     app.meta
         .unlink(upstream, &route.repository, digest)
         .await
         .map_err(internal)?;
+    Ok(accepted())
+}
+
+fn accepted() -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::ACCEPTED;
-    Ok(response)
+    response
 }

@@ -118,8 +118,11 @@ impl Router {
         ns: Option<&str>,
         domain_header: Option<&str>,
     ) -> Result<Route, RegistryError> {
-        let hint = ns.or_else(|| {
-            domain_header.map(|d| {
+        // A plain registry (no upstream at all) ignores hints, as distribution does: a client
+        // using it as a mirror (`?ns=docker.io`) reads the repository by its path.
+        let plain = self.configured.is_empty() && !self.dynamic;
+        let hint = ns.filter(|_| !plain).or_else(|| {
+            domain_header.filter(|_| !plain).map(|d| {
                 d.trim()
                     .trim_start_matches("https://")
                     .trim_start_matches("http://")

@@ -69,6 +69,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .load()?,
         )
     };
+    if is_plain_registry(&config) {
+        tracing::info!(
+            "no proxy section: a plain registry (every repository local; pushes accepted)"
+        );
+    }
     let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
     let options = ServeOptions {
         config,
@@ -94,6 +99,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// No upstream at all: the configuration of a plain registry.
+fn is_plain_registry(config: &CacheConfig) -> bool {
+    config.upstreams.is_empty() && !config.dynamic_upstreams
 }
 
 /// Resolves on SIGTERM or SIGINT.

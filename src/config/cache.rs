@@ -639,7 +639,8 @@ struct RawConfig {
     local: Option<serde_yaml_ng::Value>,
     storage: RawStorage,
     http: RawHttp,
-    proxy: RawProxy,
+    /// Absent: a plain registry (every repository local), as distribution without `proxy`.
+    proxy: Option<RawProxy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -923,7 +924,9 @@ fn credentials(username: Option<String>, password: Option<String>) -> Option<Cre
 }
 
 impl RawConfig {
-    fn validate(self, file: &str, warnings: Vec<String>) -> Result<CacheConfig, String> {
+    fn validate(mut self, file: &str, warnings: Vec<String>) -> Result<CacheConfig, String> {
+        let plain = self.proxy.is_none();
+        let proxy = self.proxy.take().unwrap_or_default();
         let err = |field: &str, message: String| format!("{file}: {field}: {message}");
         if let Some(net) = self.http.net.as_deref().filter(|n| *n != "tcp") {
             return Err(err("http.net", format!("{net:?}: only tcp is supported")));
@@ -950,7 +953,7 @@ impl RawConfig {
                 "needs http.tls.certificate and key".into(),
             ));
         }
-        let default_revalidate = match self.proxy.tag_revalidate.as_deref() {
+        let default_revalidate = match proxy.tag_revalidate.as_deref() {
             None => Duration::ZERO,
             Some(text) => parse_duration(text).map_err(|e| err("proxy.tag_revalidate", e))?,
         };
@@ -993,15 +996,15 @@ impl RawConfig {
                 });
                 Ok(())
             };
-        if let Some(url) = &self.proxy.remoteurl {
+        if let Some(url) = &proxy.remoteurl {
             add(
                 "proxy.remoteurl".into(),
                 url,
-                credentials(self.proxy.username, self.proxy.password),
+                credentials(proxy.username, proxy.password),
                 None,
             )?;
         }
-        for (i, remote) in self.proxy.remoteregistries.into_iter().enumerate() {
+        for (i, remote) in proxy.remoteregistries.into_iter().enumerate() {
             add(
                 format!("proxy.remoteregistries[{i}].url"),
                 &remote.url,
@@ -1010,6 +1013,7 @@ impl RawConfig {
             )?;
         }
         let local = match &self.local {
+            None if plain => LocalRepositories::All,
             None => LocalRepositories::None,
             Some(Value::String(all)) if all == "all" => LocalRepositories::All,
             Some(Value::Sequence(items)) => {
@@ -1038,10 +1042,11 @@ impl RawConfig {
                 ));
             }
         };
-        if upstreams.is_empty() && !self.proxy.on && local == LocalRepositories::None {
+        if upstreams.is_empty() && !proxy.on && local == LocalRepositories::None {
             return Err(err(
                 "proxy",
-                "no upstream: set proxy.remoteurl, proxy.remoteregistries, or proxy.on: true"
+                "no upstream: set proxy.remoteurl, proxy.remoteregistries or proxy.on: true \
+                 (or leave proxy out for a plain registry)"
                     .into(),
             ));
         }
@@ -1066,7 +1071,7 @@ impl RawConfig {
                     )
                 })?,
         };
-        let ttl = match self.proxy.ttl.as_deref() {
+        let ttl = match proxy.ttl.as_deref() {
             None => DEFAULT_TTL,
             Some(text) => parse_duration(text).map_err(|e| err("proxy.ttl", e))?,
         };
@@ -1125,10 +1130,10 @@ impl RawConfig {
             host,
             secret,
             upstreams,
-            dynamic_upstreams: self.proxy.on,
-            allow_private_upstreams: self.proxy.allow_private_upstreams,
+            dynamic_upstreams: proxy.on,
+            allow_private_upstreams: proxy.allow_private_upstreams,
             ttl,
-            serve_stale_on_404: self.proxy.serve_stale_on_404,
+            serve_stale_on_404: proxy.serve_stale_on_404,
             log_level: self.log.level,
             limits,
             warnings,
@@ -1363,6 +1368,39 @@ health:
         assert_eq!(config.upstreams.len(), 7);
     }
 
+    /// Seed 000's "cache off" file, verbatim: no proxy section, a plain registry.
+    const SEED_CACHE_OFF: &str = "version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+";
+
+    #[test]
+    fn without_a_proxy_section_every_repository_is_local() {
+        let config = parse(SEED_CACHE_OFF).unwrap();
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        assert!(config.upstreams.is_empty() && !config.dynamic_upstreams);
+        assert_eq!(config.local, LocalRepositories::All);
+        assert!(!config.delete_enabled, "deletes stay off unless enabled");
+        // An explicit `local` still decides.
+        let some = parse("local: [{prefix: team/}]\n").unwrap();
+        assert!(some.local.contains("team/x") && !some.local.contains("other/x"));
+    }
+
     #[test]
     fn invalid_values() {
         assert!(
@@ -1371,7 +1409,7 @@ health:
                 .contains("proxy.remoteurl")
         );
         assert!(
-            parse("http: {addr: ':1'}\n")
+            parse("http: {addr: ':1'}\nproxy: {ttl: 1h}\n")
                 .unwrap_err()
                 .contains("no upstream")
         );

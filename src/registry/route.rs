@@ -41,6 +41,8 @@ pub enum V2Request {
     Blob { name: String, digest: Digest },
     /// `/v2/<name>/blobs/uploads/` and `/v2/<name>/blobs/uploads/<id>`
     Upload { name: String, id: Option<String> },
+    /// `/v2/<name>/referrers/<digest>`: the manifests whose `subject` is `digest`.
+    Referrers { name: String, subject: Digest },
 }
 
 /// Parses the path of a request (without query string).
@@ -79,6 +81,15 @@ pub fn parse(path: &str) -> Result<V2Request, RegistryError> {
             name: valid_name(name)?,
             id: None,
         });
+    }
+    if let Some((name, subject)) = rest.rsplit_once("/referrers/") {
+        // A digest has no slash: `x/referrers/manifests/v1` is repository `x/referrers`.
+        if !subject.contains('/') {
+            return Ok(V2Request::Referrers {
+                name: valid_name(name)?,
+                subject: valid_digest(subject)?,
+            });
+        }
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         let name = valid_name(name)?;
@@ -213,6 +224,21 @@ mod tests {
                     id: Some("abc-123".into()),
                 },
             ),
+            (
+                format!("/v2/team/app/referrers/{D}"),
+                V2Request::Referrers {
+                    name: "team/app".into(),
+                    subject: digest.clone(),
+                },
+            ),
+            // a repository literally named "referrers" is still a name
+            (
+                "/v2/x/referrers/manifests/v1".into(),
+                V2Request::Manifest {
+                    name: "x/referrers".into(),
+                    reference: ManifestRef::Tag("v1".into()),
+                },
+            ),
             // a repository literally named "manifests" is still a name
             (
                 "/v2/x/manifests/manifests/v1".into(),
@@ -242,6 +268,7 @@ mod tests {
             ("/v2/a/blobs/uploads/../x", ErrorCode::BlobUploadUnknown),
             ("/v2/bad_host!.io/x/manifests/v1", ErrorCode::NameInvalid),
             ("/v2/a/unknown", ErrorCode::Unsupported),
+            ("/v2/a/referrers/latest", ErrorCode::DigestInvalid),
             ("/v3/", ErrorCode::Unsupported),
             ("/v2x", ErrorCode::Unsupported),
         ] {

@@ -349,7 +349,8 @@ impl Shim {
             V2Request::Manifest { name, .. }
             | V2Request::Blob { name, .. }
             | V2Request::Tags { name }
-            | V2Request::Upload { name, .. } => Some(name.clone()),
+            | V2Request::Upload { name, .. }
+            | V2Request::Referrers { name, .. } => Some(name.clone()),
             V2Request::Base | V2Request::Catalog => None,
         };
         let endpoints = self
@@ -376,7 +377,10 @@ impl Shim {
         let is_pull = matches!(parts.method, Method::GET | Method::HEAD)
             && matches!(
                 parsed,
-                V2Request::Manifest { .. } | V2Request::Blob { .. } | V2Request::Tags { .. }
+                V2Request::Manifest { .. }
+                    | V2Request::Blob { .. }
+                    | V2Request::Tags { .. }
+                    | V2Request::Referrers { .. }
             );
         if !is_pull {
             // Pushes and the ping go to the origin only, with the client's own credentials.

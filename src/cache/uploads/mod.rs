@@ -50,26 +50,30 @@ pub async fn upload(
 }
 
 /// `POST ?mount=<digest>&from=<repository>`: links a blob another repository of the namespace
-/// holds, when it does (`None`: not mountable, a new upload starts instead).
+/// holds, when it does (`None`: not mountable, a new upload starts instead). Without `from`
+/// (an anonymous mount), any repository of the namespace will do: pushed repositories share
+/// one set of credentials, so this reveals nothing a client could not pull.
 async fn mount(
     app: &App,
     route: &Route,
     name: &str,
     parts: &Parts,
 ) -> Result<Option<Response>, RegistryError> {
-    let (Some(mount), Some(from)) = (query(parts, "mount"), query(parts, "from")) else {
+    let Some(mount) = query(parts, "mount") else {
         return Ok(None);
     };
     let Ok(digest) = Digest::parse(&mount) else {
         return Ok(None);
     };
     let upstream = &route.upstream.name;
-    let linked = app
-        .meta
-        .is_linked(upstream, &from, &digest)
-        .await
-        .map_err(internal)?
-        && app
+    let linked = match query(parts, "from") {
+        Some(from) => app
+            .meta
+            .is_linked(upstream, &from, &digest)
+            .await
+            .map_err(internal)?,
+        None => true,
+    } && app
             .meta
             .has_source(upstream, &digest)
             .await
