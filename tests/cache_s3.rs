@@ -3,6 +3,7 @@
 //! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
 //! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, and an origin
 //! slow enough to kill a replica in the middle of its download. Everything on 127.0.0.1.
+//! Pushed referrers and sha512 content on the bucket are covered here too.
 
 mod fake;
 mod peers;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use bytes::Bytes;
 use fake::{FakeUpstream, digest_of, random_bytes};
+use peers::oci::{Client, sha256, sha512};
 use peers::{Images, MotoServer, Registry, RegistryOptions, Regmirror, http, skopeo_pull};
 
 const BUCKET: &str = "registry";
@@ -281,6 +283,71 @@ fn push_to_one_replica_pull_from_another() {
         peers::dir_blobs(from_b.path()),
         peers::dir_blobs(from_a.path())
     );
+}
+
+#[test]
+fn referrers_and_sha512_content_are_shared_by_the_replicas() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let deletes = [("REGISTRY_STORAGE_DELETE_ENABLED", "true")];
+    let replica_a = replica_with(&moto, "local: all", &deletes);
+    let b = replica_with(&moto, "local: all", &deletes);
+    let a = Client(replica_a.addr);
+    // A sha512 config and an image pushed by its sha512 digest, to A.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    a.blob("team/app", config, &sha512(config));
+    let image = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha512(config), "size": config.len()},
+        "layers": [],
+    })
+    .to_string();
+    let image_digest = sha512(image.as_bytes());
+    let media_type = "application/vnd.oci.image.manifest.v1+json";
+    assert_eq!(
+        a.manifest("team/app", &image_digest, image.as_bytes(), media_type)
+            .0,
+        201
+    );
+    // A signature about it, pushed to A before anyone asks.
+    a.blob("team/app", b"{}", &sha256(b"{}"));
+    let signature = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2},
+        "layers": [],
+        "subject": {"mediaType": media_type, "digest": image_digest, "size": image.len()},
+    })
+    .to_string();
+    let signature_digest = sha256(signature.as_bytes());
+    let (status, head) = a.manifest(
+        "team/app",
+        &signature_digest,
+        signature.as_bytes(),
+        media_type,
+    );
+    assert_eq!(status, 201, "{head}");
+    // B, sharing only the bucket, has both and lists the signature.
+    let b_client = Client(b.addr);
+    let (status, _, body) = b_client.get(&format!("/v2/team/app/manifests/{image_digest}"));
+    assert_eq!((status, body), (200, image.into_bytes()));
+    let path = format!("/v2/team/app/referrers/{image_digest}");
+    let (listed, _) = b_client.referrers(&path);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["digest"], signature_digest.as_str());
+    assert!(!object_keys(&moto, "meta/referrers/").is_empty());
+    // Deleted on B: gone for A too, records and all.
+    let (status, _, _) = b_client.request(
+        "DELETE",
+        &format!("/v2/team/app/manifests/{signature_digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202);
+    assert!(a.referrers(&path).0.is_empty());
+    assert_eq!(object_keys(&moto, "meta/referrers/"), Vec::<String>::new());
 }
 
 #[test]

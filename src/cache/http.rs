@@ -300,7 +300,11 @@ fn referrers_response(
     );
     let mut response = json_response(StatusCode::OK, referrers::index(page), false);
     let headers = response.headers_mut();
-    insert(headers, header::CONTENT_TYPE.as_str(), crate::registry::OCI_INDEX);
+    insert(
+        headers,
+        header::CONTENT_TYPE.as_str(),
+        crate::registry::OCI_INDEX,
+    );
     if filter.is_some() {
         insert(headers, "oci-filters-applied", "artifactType");
     }

@@ -212,7 +212,10 @@ mod tests {
         assert_eq!(d["size"], image.len());
         let image = format!(r#"{{"config":{{"mediaType":"application/x.cfg","digest":"{A}"}}}}"#);
         let d = referrer_descriptor(image.as_bytes(), &digest, "m");
-        assert_eq!(d["artifactType"], "application/x.cfg", "the config's media type");
+        assert_eq!(
+            d["artifactType"], "application/x.cfg",
+            "the config's media type"
+        );
         assert!(subject(b"{}").is_none());
     }
 

@@ -165,7 +165,8 @@ pub fn page(
     let mut bytes = 0;
     while let Some(descriptor) = selected.peek() {
         let size = descriptor.to_string().len() + 1;
-        let full = n.is_some_and(|n| page.len() >= n) || (!page.is_empty() && bytes + size > budget);
+        let full =
+            n.is_some_and(|n| page.len() >= n) || (!page.is_empty() && bytes + size > budget);
         if full {
             let cursor = page
                 .last()
@@ -190,11 +191,7 @@ pub fn index(descriptors: Vec<Value>) -> String {
 }
 
 /// The recorded referrers of `subject`, sorted by digest.
-async fn recorded(
-    app: &App,
-    route: &Route,
-    subject: &Digest,
-) -> Result<Vec<Value>, RegistryError> {
+async fn recorded(app: &App, route: &Route, subject: &Digest) -> Result<Vec<Value>, RegistryError> {
     let records = app
         .meta
         .referrers(&route.upstream.name, &route.repository, subject)
@@ -286,7 +283,13 @@ async fn from_api(
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND if descriptors.is_empty() => return Ok(None),
-            status => return Err(upstream_status(upstream, status, ErrorCode::ManifestUnknown)),
+            status => {
+                return Err(upstream_status(
+                    upstream,
+                    status,
+                    ErrorCode::ManifestUnknown,
+                ));
+            }
         }
         let next = response
             .headers()
@@ -399,9 +402,20 @@ mod tests {
     fn descriptors_are_deduplicated_sorted_and_checked() {
         let mut bad = descriptor(9, "x");
         bad["digest"] = "sha256:nope".into();
-        let sorted = by_digest(vec![descriptor(3, "a"), descriptor(1, "b"), bad, descriptor(3, "c")]);
-        let digests: Vec<&str> = sorted.iter().map(|d| d["digest"].as_str().unwrap()).collect();
-        assert_eq!(digests, [format!("sha256:{:064x}", 1), format!("sha256:{:064x}", 3)]);
+        let sorted = by_digest(vec![
+            descriptor(3, "a"),
+            descriptor(1, "b"),
+            bad,
+            descriptor(3, "c"),
+        ]);
+        let digests: Vec<&str> = sorted
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            digests,
+            [format!("sha256:{:064x}", 1), format!("sha256:{:064x}", 3)]
+        );
         let empty: Value = serde_json::from_str(&index(Vec::new())).unwrap();
         assert_eq!(empty["mediaType"], OCI_INDEX);
         assert_eq!(empty["schemaVersion"], 2);
@@ -416,11 +430,20 @@ mod tests {
             Some("n=2&last=x")
         );
         assert_eq!(
-            next_query(r#"<https://r.test/v2/a/referrers/sha256:1?last=y>; rel="next""#, path)
-                .as_deref(),
+            next_query(
+                r#"<https://r.test/v2/a/referrers/sha256:1?last=y>; rel="next""#,
+                path
+            )
+            .as_deref(),
             Some("last=y")
         );
-        assert_eq!(next_query(r#"</v2/b/referrers/sha256:1?last=y>; rel="next""#, path), None);
-        assert_eq!(next_query(r#"</v2/a/referrers/sha256:1?last=y>; rel="prev""#, path), None);
+        assert_eq!(
+            next_query(r#"</v2/b/referrers/sha256:1?last=y>; rel="next""#, path),
+            None
+        );
+        assert_eq!(
+            next_query(r#"</v2/a/referrers/sha256:1?last=y>; rel="prev""#, path),
+            None
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! Nothing here uses DNS or leaves loopback.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod oci;
+
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -529,6 +531,30 @@ impl Regmirror {
         } else {
             wait_for_http(addr, &mut process.child, &process.log);
         }
+        Regmirror { addr, dir, process }
+    }
+
+    /// With `config` written as is (nothing added) to `dir`/config.yml, listening on `addr`
+    /// (which the config or `env` must name), e.g. a seed's file with `REGISTRY_*` overrides for
+    /// its paths.
+    pub fn verbatim(
+        dir: tempfile::TempDir,
+        config: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut process = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_regmirror"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .env("REGMIRROR_LOG", "info")
+                .envs(env.iter().copied()),
+            dir.path().join("regmirror.log"),
+        );
+        wait_for_http(addr, &mut process.child, &process.log);
         Regmirror { addr, dir, process }
     }
 

@@ -278,7 +278,13 @@ impl BucketMetadata {
             .map_err(err)?;
         futures_util::stream::iter(listed)
             .map(|(key, _)| async move {
-                Ok::<_, MetaError>(self.bucket.get(&key).await.map_err(err)?.map(|b| b.to_vec()))
+                Ok::<_, MetaError>(
+                    self.bucket
+                        .get(&key)
+                        .await
+                        .map_err(err)?
+                        .map(|b| b.to_vec()),
+                )
             })
             .buffer_unordered(PARALLEL)
             .try_filter_map(|d| async move { Ok(d) })

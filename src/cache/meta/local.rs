@@ -612,6 +612,44 @@ mod tests {
     }
 
     #[test]
+    fn referrers_per_repository_forgotten_and_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = LocalMetadata::open(&dir.path().join("meta.redb")).unwrap();
+        let (subject, signature, sbom) = (sha256(b"image"), sha256(b"sig"), sha256(b"sbom"));
+        meta.put_referrer("local", "team/app", &subject, &signature, b"{\"s\":1}")
+            .unwrap();
+        meta.put_referrer("local", "team/app", &subject, &sbom, b"{\"b\":1}")
+            .unwrap();
+        assert_eq!(
+            meta.referrers("local", "team/app", &subject).unwrap().len(),
+            2
+        );
+        assert!(
+            meta.referrers("local", "team/ap", &subject)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            meta.referrers("local", "team/app", &sbom)
+                .unwrap()
+                .is_empty()
+        );
+        meta.forget_referrer("local", "team/app", &subject, &sbom)
+            .unwrap();
+        assert_eq!(
+            meta.referrers("local", "team/app", &subject).unwrap(),
+            [b"{\"s\":1}".to_vec()]
+        );
+        // An evicted referrer leaves the list.
+        meta.evict(&[signature.to_string()]).unwrap();
+        assert!(
+            meta.referrers("local", "team/app", &subject)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn caches_from_before_sources_hold_what_they_link() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");

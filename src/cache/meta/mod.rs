@@ -206,7 +206,9 @@ impl Metadata {
         descriptor: &[u8],
     ) -> Result<(), MetaError> {
         match self {
-            Metadata::Local(m) => m.put_referrer(upstream, repository, subject, referrer, descriptor),
+            Metadata::Local(m) => {
+                m.put_referrer(upstream, repository, subject, referrer, descriptor)
+            }
             Metadata::Bucket(m) => {
                 m.put_referrer(upstream, repository, subject, referrer, descriptor)
                     .await
@@ -237,7 +239,10 @@ impl Metadata {
     ) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.forget_referrer(upstream, repository, subject, referrer),
-            Metadata::Bucket(m) => m.forget_referrer(upstream, repository, subject, referrer).await,
+            Metadata::Bucket(m) => {
+                m.forget_referrer(upstream, repository, subject, referrer)
+                    .await
+            }
         }
     }
 

@@ -74,10 +74,10 @@ async fn mount(
             .map_err(internal)?,
         None => true,
     } && app
-            .meta
-            .has_source(upstream, &digest)
-            .await
-            .map_err(internal)?;
+        .meta
+        .has_source(upstream, &digest)
+        .await
+        .map_err(internal)?;
     if !linked || app.store.size(&digest).await.map_err(internal)?.is_none() {
         return Ok(None);
     }
