@@ -25,25 +25,7 @@ const SIGNATURE: &str = "application/vnd.example.signature";
 const SBOM: &str = "application/vnd.example.sbom";
 
 /// Seed 000's "cache off" file, verbatim.
-const SEED_CACHE_OFF: &str = "version: 0.1
-log:
-  fields:
-    service: registry
-storage:
-  cache:
-    blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: /var/lib/registry
-http:
-  addr: :5000
-  headers:
-    X-Content-Type-Options: [nosniff]
-health:
-  storagedriver:
-    enabled: true
-    interval: 10s
-    threshold: 3
-";
+const SEED_CACHE_OFF: &str = include_str!("fixtures/seed-000-cache-off.yml");
 
 /// An image: one layer, one config; returns (manifest bytes, its sha256 digest).
 fn push_image(client: &Client, repository: &str, tag: &str, content: &[u8]) -> (Vec<u8>, String) {

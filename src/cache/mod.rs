@@ -404,19 +404,14 @@ impl App {
             route.upstream.name, route.repository
         );
         let window = route.upstream.tag_revalidate;
-        if !window.is_zero() {
-            let fresh = lock(&self.tag_validated)
-                .get(&key)
-                .is_some_and(|at| at.elapsed() < window);
-            if fresh {
-                if let Some(manifest) = self.cached_tag(route, tag).await? {
-                    self.metrics.request("tag", "fresh");
-                    return Ok(TagAnswer {
-                        manifest,
-                        warning: None,
-                        cache: "fresh",
-                    });
-                }
+        if self.fresh(&key, window) {
+            if let Some(manifest) = self.cached_tag(route, tag).await? {
+                self.metrics.request("tag", "fresh");
+                return Ok(TagAnswer {
+                    manifest,
+                    warning: None,
+                    cache: "fresh",
+                });
             }
         }
         let flight = {
@@ -579,6 +574,14 @@ impl App {
             })
             .await
             .map_err(internal)
+    }
+
+    /// Whether the upstream confirmed `key` (a tag, a referrers list) less than `window` ago.
+    fn fresh(&self, key: &str, window: std::time::Duration) -> bool {
+        !window.is_zero()
+            && lock(&self.tag_validated)
+                .get(key)
+                .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Notes that the upstream just confirmed a tag. Only windows need it; the map is bounded

@@ -92,25 +92,18 @@ pub async fn put_manifest(
         }
     }
     let tags = tags_of(reference, parts)?;
-    // The record first: every file in the store has one (see `meta`).
-    app.meta
-        .put_manifest(&NewManifest {
-            upstream: &route.upstream.name,
-            repository: &route.repository,
-            tag: tags.first().map(String::as_str),
-            digest: &digest,
-            media_type: &media_type,
-            size: bytes.len() as u64,
-            references: &references,
-        })
-        .await
-        .map_err(internal)?;
-    for tag in tags.iter().skip(1) {
+    // The records first: every file in the store has one (see `meta`). One per tag it sets.
+    let tagged: Vec<Option<&str>> = if tags.is_empty() {
+        vec![None]
+    } else {
+        tags.iter().map(|t| Some(t.as_str())).collect()
+    };
+    for tag in tagged {
         app.meta
             .put_manifest(&NewManifest {
                 upstream: &route.upstream.name,
                 repository: &route.repository,
-                tag: Some(tag),
+                tag,
                 digest: &digest,
                 media_type: &media_type,
                 size: bytes.len() as u64,

@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use super::routing::Route;
-use super::{App, lock, manifest, unreachable, unreachable_text, upstream_status};
+use super::{App, manifest, unreachable, unreachable_text, upstream_status};
 use crate::reference::Digest;
 use crate::registry::{ErrorCode, OCI_INDEX, RegistryError, internal};
 use crate::upstream::{UpstreamRequest, read_limited};
@@ -60,11 +60,7 @@ pub async fn list(
         route.upstream.name, route.repository
     );
     let window = route.upstream.tag_revalidate;
-    let fresh = !window.is_zero()
-        && lock(&app.tag_validated)
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < window);
-    if fresh {
+    if app.fresh(&key, window) {
         return Ok(Listing {
             descriptors: recorded(app, route, subject).await?,
             warning: None,

@@ -1369,25 +1369,7 @@ health:
     }
 
     /// Seed 000's "cache off" file, verbatim: no proxy section, a plain registry.
-    const SEED_CACHE_OFF: &str = "version: 0.1
-log:
-  fields:
-    service: registry
-storage:
-  cache:
-    blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: /var/lib/registry
-http:
-  addr: :5000
-  headers:
-    X-Content-Type-Options: [nosniff]
-health:
-  storagedriver:
-    enabled: true
-    interval: 10s
-    threshold: 3
-";
+    const SEED_CACHE_OFF: &str = include_str!("../../tests/fixtures/seed-000-cache-off.yml");
 
     #[test]
     fn without_a_proxy_section_every_repository_is_local() {

@@ -10,11 +10,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::http::Method;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
-use super::{accepted, append, finish_file, new_upload_id, out_of_order, query};
+use super::{
+    accepted, append, cancelled, finish_file, new_upload_id, out_of_order, progress, query,
+    unsupported,
+};
 use crate::cache::App;
 use crate::cache::routing::Route;
 use crate::registry::{ErrorCode, RegistryError};
@@ -196,22 +199,15 @@ pub async fn upload(
         }
         (&Method::GET, Some(id)) => {
             let upload = app.uploads.get(id, &route.repository, lifetime, false)?;
-            let mut response = accepted(name, id, upload.size);
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            Ok(response)
+            Ok(progress(name, id, upload.size))
         }
         (&Method::DELETE, Some(id)) => {
             let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
             app.uploads.release(id, None);
             let _ = std::fs::remove_file(&upload.path);
-            let mut response = Response::new(Body::empty());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            Ok(response)
+            Ok(cancelled())
         }
-        (method, _) => Err(RegistryError::new(
-            ErrorCode::Unsupported,
-            format!("{method} on an upload"),
-        )),
+        (method, _) => Err(unsupported(method)),
     }
 }
 

@@ -116,6 +116,25 @@ pub fn accepted(name: &str, id: &str, size: u64) -> Response {
     response
 }
 
+/// GET of an upload: 204 with its `Location` and `Range`.
+pub fn progress(name: &str, id: &str, size: u64) -> Response {
+    let mut response = accepted(name, id, size);
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// DELETE of an upload: 204.
+pub fn cancelled() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// A method the upload API does not have.
+pub fn unsupported(method: &Method) -> RegistryError {
+    RegistryError::new(ErrorCode::Unsupported, format!("{method} on an upload"))
+}
+
 pub fn created(location: String, digest: &Digest) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::CREATED;

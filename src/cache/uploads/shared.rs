@@ -10,15 +10,18 @@
 //! `limits.upload_lifetime` is abandoned: [`expire`] (run by the collecting replica) deletes it.
 
 use axum::body::Body;
+use axum::http::Method;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
-use super::{accepted, append, finish_file, new_upload_id, out_of_order, query};
+use super::{
+    accepted, append, cancelled, finish_file, new_upload_id, out_of_order, progress, query,
+    unsupported,
+};
 use crate::cache::App;
 use crate::cache::bucket::{Bucket, BucketError, Versioned};
 use crate::cache::meta::now;
@@ -146,21 +149,14 @@ pub async fn upload(
         }
         (&Method::GET, Some(id)) => {
             let (record, _) = record(app, bucket, id, repository).await?;
-            let mut response = accepted(name, id, record.size);
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            Ok(response)
+            Ok(progress(name, id, record.size))
         }
         (&Method::DELETE, Some(id)) => {
             let (record, _) = record(app, bucket, id, repository).await?;
             remove(bucket, id, record.parts).await;
-            let mut response = Response::new(Body::empty());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            Ok(response)
+            Ok(cancelled())
         }
-        (method, _) => Err(RegistryError::new(
-            ErrorCode::Unsupported,
-            format!("{method} on an upload"),
-        )),
+        (method, _) => Err(unsupported(method)),
     }
 }
 
