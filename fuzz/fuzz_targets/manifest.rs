@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use regmirror::cache::manifest::{
-    declared_media_type, referrer_descriptor, references, required_references, subject,
+    declared_media_type, references, referrer_descriptor, required_references, subject,
 };
 use regmirror::reference::Digest;
 
@@ -16,7 +16,10 @@ fuzz_target!(|bytes: &[u8]| {
         assert_eq!(Digest::parse(digest.as_str()).as_ref(), Ok(digest));
     }
     for digest in required_references(bytes) {
-        assert!(all.contains(&digest), "{digest} required but not referenced");
+        assert!(
+            all.contains(&digest),
+            "{digest} required but not referenced"
+        );
     }
     if let Some(subject) = subject(bytes) {
         assert_eq!(Digest::parse(subject.as_str()).as_ref(), Ok(&subject));
