@@ -23,6 +23,7 @@ fuzz_target!(|path: &str| {
         },
         V2Request::Blob { name, digest } => (name, Some(checked(digest))),
         V2Request::Upload { name, id } => (name, id.as_deref()),
+        V2Request::Referrers { name, subject } => (name, Some(checked(subject))),
     };
     let (host, repository) = split_registry_prefix(name);
     assert!(host.is_none_or(is_valid_host), "{path:?}: host {host:?}");
