@@ -28,7 +28,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -258,18 +257,54 @@ fn read_at(
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
         let len = room.size();
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
-        Ok(room.into_bytes(buf))
+        Ok(room.into_bytes(read_up_to(&file, pos, len)?))
     })
+}
+
+/// Up to `len` bytes of `file` at `pos` (fewer only where the file ends), read into a buffer
+/// that is not zeroed first.
+fn read_up_to(file: &File, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = pos + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Bodies up to this long are read at once on the server's own thread, when the memory budget
+/// has room: a page-cache read of a few KiB costs far less than a trip through the blocking
+/// pool (two thread wake-ups), which dominated serving small blobs.
+pub const READ_NOW_UP_TO: u64 = 128 << 10;
+
+/// Bytes `start..end` of a committed blob file read now, or `None` when the span is over
+/// [`READ_NOW_UP_TO`] or the budget has no room (stream it with [`file_reader`] then).
+pub fn read_now(
+    file: &File,
+    start: u64,
+    end: u64,
+    buffers: &Arc<Buffers>,
+) -> Option<io::Result<Bytes>> {
+    let len = end
+        .checked_sub(start)
+        .filter(|&len| len <= READ_NOW_UP_TO)?;
+    let len = usize::try_from(len).ok()?;
+    let room = buffers.try_reserve(len)?;
+    Some(read_up_to(file, start, len).and_then(|data| {
+        if data.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than recorded",
+            ));
+        }
+        Ok(room.into_bytes(data))
+    }))
 }
 
 async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
@@ -644,7 +679,11 @@ impl FillTask {
         let like = self.digest().clone();
         let hasher = tokio::spawn(async move {
             let mut hasher = Hasher::like(&like);
-            while let Some(batch) = hasher_input.recv().await {
+            while let Some(mut batch) = hasher_input.recv().await {
+                // Whatever queued meanwhile goes in the same trip to the pool.
+                while let Ok(more) = hasher_input.try_recv() {
+                    batch.extend(more);
+                }
                 hasher = tokio::task::spawn_blocking(move || {
                     for chunk in &batch {
                         hasher.update(chunk);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
@@ -42,7 +42,7 @@ pub struct Outcome {
 }
 
 /// The one entry point for every request.
-pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
+pub async fn handle(app: Arc<App>, request: Request) -> Response {
     let started = Instant::now();
     let (request, body) = request.into_parts();
     let method = request.method.clone();
@@ -405,14 +405,17 @@ async fn blob(
 ) -> Result<Response, RegistryError> {
     // Content the store has for another namespace is a miss here: this upstream must deliver
     // the bytes itself before they are served on its routes.
-    let cached = if app.holds(route, digest).await? {
+    let access = app.access(route, digest).await?;
+    let cached = if access.held {
         app.committed_blob(digest).await?
     } else {
         None
     };
     if let Some(committed) = cached {
-        app.require_access(route, digest, ErrorCode::BlobUnknown)
-            .await?;
+        if !access.linked {
+            app.confirm_access(route, digest, ErrorCode::BlobUnknown)
+                .await?;
+        }
         let size = committed.size();
         app.mark_used(digest);
         outcome.cache = "hit";
@@ -438,6 +441,18 @@ async fn blob(
         }
         let reader = match committed {
             Committed::File { file, .. } => {
+                let now = super::fill::read_now(&file, span.start, span.end, &app.buffers);
+                if let Some(read) = now {
+                    let bytes = read.map_err(internal)?;
+                    app.metrics.bytes(Source::Cache, bytes.len() as u64);
+                    return Ok(blob_response(
+                        status,
+                        digest,
+                        span,
+                        Some(size),
+                        bytes.into(),
+                    ));
+                }
                 super::fill::file_reader(file, span.start, span.end, app.buffers.clone()).boxed()
             }
             Committed::Object { key, redirect, .. } if redirect => {
