@@ -47,7 +47,7 @@ use crate::upstream::{BodyError, UpstreamClient, UpstreamError, UpstreamRequest,
 use buffers::Buffers;
 use fill::{Fetched, Fill, Fills, UpstreamBody};
 use manifest::{CachedManifest, ManifestMemo};
-use meta::{Metadata, NewManifest};
+use meta::{Access, Metadata, NewManifest};
 use metrics::Metrics;
 use routing::{Route, Router};
 use store::{BlobStore, Committed};
@@ -169,15 +169,26 @@ impl App {
         digest: &Digest,
         unknown: ErrorCode,
     ) -> Result<(), RegistryError> {
-        let upstream = &route.upstream.name;
-        if self
+        let linked = self
             .meta
-            .is_linked(upstream, &route.repository, digest)
+            .is_linked(&route.upstream.name, &route.repository, digest)
             .await
-            .map_err(internal)?
-        {
+            .map_err(internal)?;
+        if linked {
             return Ok(());
         }
+        self.confirm_access(route, digest, unknown).await
+    }
+
+    /// For a repository not linked to `digest`: the upstream must confirm the repository can
+    /// read it (HEAD 200), which links them.
+    async fn confirm_access(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        unknown: ErrorCode,
+    ) -> Result<(), RegistryError> {
+        let upstream = &route.upstream.name;
         if route.upstream.local {
             return Err(RegistryError::new(
                 unknown,
@@ -329,12 +340,12 @@ impl App {
         }
     }
 
-    /// Whether the route's namespace holds the content of `digest`: its own upstream delivered
-    /// it (or it was pushed there). The store is shared; this keeps it from being served on the
-    /// word of another upstream.
-    async fn holds(&self, route: &Route, digest: &Digest) -> Result<bool, RegistryError> {
+    /// Whether the route's namespace holds the content of `digest` (its own upstream delivered
+    /// it, or it was pushed there: the store is shared, and this keeps content from being served
+    /// on the word of another upstream), and whether the route's repository is linked to it.
+    async fn access(&self, route: &Route, digest: &Digest) -> Result<Access, RegistryError> {
         self.meta
-            .has_source(&route.upstream.name, digest)
+            .access(&route.upstream.name, &route.repository, digest)
             .await
             .map_err(internal)
     }
@@ -346,14 +357,17 @@ impl App {
         route: &Route,
         digest: &Digest,
     ) -> Result<TagAnswer, RegistryError> {
-        let cached = if self.holds(route, digest).await? {
+        let access = self.access(route, digest).await?;
+        let cached = if access.held {
             self.cached_manifest(digest).await?
         } else {
             None
         };
         if let Some(manifest) = cached {
-            self.require_access(route, digest, ErrorCode::ManifestUnknown)
-                .await?;
+            if !access.linked {
+                self.confirm_access(route, digest, ErrorCode::ManifestUnknown)
+                    .await?;
+            }
             self.metrics.request("manifest", "hit");
             return Ok(TagAnswer {
                 manifest,
@@ -609,12 +623,8 @@ impl App {
         route: &Route,
         digest: &Digest,
     ) -> Result<Option<Arc<CachedManifest>>, RegistryError> {
-        let linked = self
-            .meta
-            .is_linked(&route.upstream.name, &route.repository, digest)
-            .await
-            .map_err(internal)?;
-        if !linked || !self.holds(route, digest).await? {
+        let access = self.access(route, digest).await?;
+        if !(access.held && access.linked) {
             return Ok(None);
         }
         self.cached_manifest(digest).await

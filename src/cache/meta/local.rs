@@ -10,12 +10,18 @@
 //! - `doomed`: digests an eviction removed whose files may still exist.
 //!
 //! Keys join their parts with U+001F, which no valid name, tag or digest contains.
+//!
+//! Every cache hit asks [`LocalMetadata::access`]; its positive answers are remembered in memory
+//! (the process holds the storage lock, so it is the only writer) until something removes a
+//! link or a source, which forgets them all.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Inventory, ManifestRecord, MetaError, NewBlob, NewManifest, TagRecord, now};
+use super::{Access, Inventory, ManifestRecord, MetaError, NewBlob, NewManifest, TagRecord, now};
 use crate::reference::Digest;
 
 fn err(e: impl std::fmt::Display) -> MetaError {
@@ -80,9 +86,23 @@ fn remove_by_digest(
     Ok(())
 }
 
+/// Most positive [`LocalMetadata::access`] answers remembered (~100 bytes each); past it the
+/// memory starts afresh.
+const GRANTED_ENTRIES: usize = 16_384;
+
 #[derive(Debug)]
 pub struct LocalMetadata {
     db: Database,
+    granted: Mutex<Granted>,
+}
+
+/// (upstream, repository, digest) keys known to be held and linked, as of `generation`: every
+/// removal of a link or a source moves the generation on and empties the set, and an answer read
+/// before a removal is not remembered after it.
+#[derive(Debug, Default)]
+struct Granted {
+    generation: u64,
+    keys: HashSet<String>,
 }
 
 impl LocalMetadata {
@@ -136,7 +156,22 @@ impl LocalMetadata {
                 .map_err(err)?;
         }
         txn.commit().map_err(err)?;
-        Ok(LocalMetadata { db })
+        Ok(LocalMetadata {
+            db,
+            granted: Mutex::default(),
+        })
+    }
+
+    fn granted(&self) -> MutexGuard<'_, Granted> {
+        self.granted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every remembered [`access`](Self::access) answer: call after a commit that
+    /// removed links or sources.
+    fn revoke_granted(&self) {
+        let mut granted = self.granted();
+        granted.generation += 1;
+        granted.keys.clear();
     }
 
     /// Records `referrer` (its descriptor) as referring to `subject` in the repository.
@@ -197,6 +232,54 @@ impl LocalMetadata {
     }
 
     /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
+    /// [`Access`]: from memory when it was granted before, else in one read transaction.
+    pub fn access(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Access, MetaError> {
+        let link = key(&[upstream, repository, digest.as_str()]);
+        let generation = {
+            let granted = self.granted();
+            if granted.keys.contains(&link) {
+                return Ok(Access {
+                    held: true,
+                    linked: true,
+                });
+            }
+            granted.generation
+        };
+        let access = self.read_access(upstream, &link, digest)?;
+        if access.held && access.linked {
+            let mut granted = self.granted();
+            if granted.generation == generation {
+                if granted.keys.len() >= GRANTED_ENTRIES {
+                    granted.keys.clear();
+                }
+                granted.keys.insert(link);
+            }
+        }
+        Ok(access)
+    }
+
+    fn read_access(
+        &self,
+        upstream: &str,
+        link: &str,
+        digest: &Digest,
+    ) -> Result<Access, MetaError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let sources = txn.open_table(SOURCES).map_err(err)?;
+        let held = sources
+            .get(key(&[upstream, digest.as_str()]).as_str())
+            .map_err(err)?
+            .is_some();
+        let links = txn.open_table(LINKS).map_err(err)?;
+        let linked = links.get(link).map_err(err)?.is_some();
+        Ok(Access { held, linked })
+    }
+
     pub fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(SOURCES).map_err(err)?;
@@ -399,7 +482,9 @@ impl LocalMetadata {
                 tags.remove(k.as_str()).map_err(err)?;
             }
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(err)?;
+        self.revoke_granted();
+        Ok(())
     }
 
     /// Records last-use times (digest -> unix seconds) in one transaction.
@@ -509,7 +594,9 @@ impl LocalMetadata {
                 doomed_table.insert(digest.as_str(), ()).map_err(err)?;
             }
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(err)?;
+        self.revoke_granted();
+        Ok(())
     }
 
     /// Forgets doomed digests once their files are deleted.
@@ -693,5 +780,47 @@ mod tests {
             "namespaces never share"
         );
         assert!(meta.is_linked("docker.io", "library/x", &digest).unwrap());
+    }
+
+    #[test]
+    fn access_reads_the_source_and_the_link_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = LocalMetadata::open(&dir.path().join("meta.redb")).unwrap();
+        let digest = sha256(b"x");
+        let access = |upstream, repository| meta.access(upstream, repository, &digest).unwrap();
+        let none = Access {
+            held: false,
+            linked: false,
+        };
+        assert_eq!(access("docker.io", "library/x"), none);
+        meta.put_blob(&NewBlob {
+            upstream: "docker.io",
+            repository: "library/x",
+            digest: &digest,
+            size: 1,
+        })
+        .unwrap();
+        let both = Access {
+            held: true,
+            linked: true,
+        };
+        assert_eq!(access("docker.io", "library/x"), both);
+        let held = Access {
+            held: true,
+            linked: false,
+        };
+        assert_eq!(access("docker.io", "library/y"), held, "another repository");
+        assert_eq!(access("ghcr.io", "library/x"), none, "another namespace");
+        assert_eq!(access("docker.io", "library/x"), both, "remembered");
+        meta.unlink("docker.io", "library/x", &digest).unwrap();
+        assert_eq!(access("docker.io", "library/x"), held, "an unlink is seen");
+        meta.link("docker.io", "library/x", &digest).unwrap();
+        assert_eq!(access("docker.io", "library/x"), both);
+        meta.evict(&[digest.to_string()]).unwrap();
+        assert_eq!(
+            access("docker.io", "library/x"),
+            none,
+            "an eviction is seen"
+        );
     }
 }

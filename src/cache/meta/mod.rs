@@ -98,6 +98,17 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What the metadata says about one digest for one repository of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The upstream's namespace holds the bytes (its own upstream delivered them, or they were
+    /// pushed there).
+    pub held: bool,
+    /// The repository is linked to the digest (a manifest of it referenced the digest, or the
+    /// upstream confirmed the repository may read it).
+    pub linked: bool,
+}
+
 /// The metadata of a cache, on whichever backend it runs.
 #[derive(Debug)]
 pub enum Metadata {
@@ -242,6 +253,26 @@ impl Metadata {
             Metadata::Bucket(m) => {
                 m.forget_referrer(upstream, repository, subject, referrer)
                     .await
+            }
+        }
+    }
+
+    /// Whether `upstream`'s namespace holds `digest` and `repository` is linked to it, in one
+    /// read: the question every cache hit asks.
+    pub async fn access(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Access, MetaError> {
+        match self {
+            Metadata::Local(m) => m.access(upstream, repository, digest),
+            Metadata::Bucket(m) => {
+                let (held, linked) = futures_util::try_join!(
+                    m.has_source(upstream, digest),
+                    m.is_linked(upstream, repository, digest)
+                )?;
+                Ok(Access { held, linked })
             }
         }
     }
