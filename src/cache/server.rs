@@ -248,6 +248,7 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use hyper::body::Incoming;
         use hyper_util::rt::{TokioIo, TokioTimer};
         let Server {
             mut listener,
@@ -257,7 +258,14 @@ impl Server {
             ..
         } = self;
         let limits = app.limits.clone();
-        let router = axum::Router::new().fallback(http::handle).with_state(app);
+        // Every request goes to `http::handle`, which parses the path itself: no router.
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let app = app.clone();
+            async move {
+                let request = request.map(axum::body::Body::new);
+                Ok::<_, std::convert::Infallible>(http::handle(app, request).await)
+            }
+        });
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -271,7 +279,7 @@ impl Server {
             let stream = StallTimeout::new(accepted.stream, limits.idle_timeout);
             let slot = accepted.slot;
             let tls = tls.clone();
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let service = service.clone();
             let watcher = graceful.watcher();
             let limits = limits.clone();
             tokio::spawn(async move {
