@@ -77,41 +77,58 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         .filter(|d| !children.contains(d))
         .collect();
     roots.sort_by_key(|d| (used(d), *d));
-    let mut live_roots: HashSet<&str> = roots
+    let live_roots: HashSet<&str> = roots
         .iter()
         .copied()
         .filter(|d| local.contains(d) || used(d) >= horizon)
         .collect();
     // Recently used blobs stay on their own, unless the size cap needs their room.
-    let mut keep_recent_blobs = true;
-    loop {
-        let live = live_set(
-            inventory,
-            &live_roots,
-            &local,
-            keep_recent_blobs.then_some((&last_use, horizon)),
-        );
-        let kept: u64 = live.iter().map(|d| size_of(d)).sum();
-        let over = policy.max_size.is_some_and(|max| kept > max);
-        if !over {
-            return finish(inventory, &live, kept, size_of);
+    let live = live_set(inventory, &live_roots, &local, Some((&last_use, horizon)));
+    let kept: u64 = live.iter().map(|d| size_of(d)).sum();
+    let Some(max) = policy.max_size.filter(|&max| kept > max) else {
+        return finish(inventory, &live, kept, size_of);
+    };
+    // Over the cap: the least recently used images go until the cache fits. Each digest counts
+    // the live images that reach it, so one pass over the images' references decides (a live
+    // set recomputed per evicted image made 10,000 images take minutes).
+    let pinned = live_set(inventory, &HashSet::new(), &local, None);
+    let images: Vec<Vec<&str>> = roots
+        .iter()
+        .filter(|d| live_roots.contains(*d) && !local.contains(*d))
+        .map(|root| {
+            live_set(inventory, &HashSet::from([*root]), &HashSet::new(), None)
+                .into_iter()
+                .collect()
+        })
+        .collect();
+    let mut reached: HashMap<&str, usize> = HashMap::new();
+    for digest in images.iter().flatten() {
+        *reached.entry(*digest).or_default() += 1;
+    }
+    let mut kept: u64 = pinned
+        .iter()
+        .chain(reached.keys().filter(|d| !pinned.contains(*d)))
+        .map(|d| size_of(d))
+        .sum();
+    for image in &images {
+        if kept <= max {
+            break;
         }
-        keep_recent_blobs = false;
-        // Evict the least recently used evictable image.
-        match roots
-            .iter()
-            .find(|d| live_roots.contains(*d) && !local.contains(*d))
-        {
-            Some(oldest) => {
-                live_roots.remove(oldest);
-            }
-            None => {
-                let live = live_set(inventory, &live_roots, &local, None);
-                let kept = live.iter().map(|d| size_of(d)).sum();
-                return finish(inventory, &live, kept, size_of);
+        for digest in image {
+            let count = reached.get_mut(digest).expect("counted above");
+            *count -= 1;
+            if *count == 0 && !pinned.contains(digest) {
+                kept -= size_of(digest);
             }
         }
     }
+    let live: HashSet<&str> = reached
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(digest, _)| digest)
+        .chain(pinned)
+        .collect();
+    finish(inventory, &live, kept, size_of)
 }
 
 /// Every digest kept alive by `roots` (transitively), by local links, and, when given, by its
@@ -282,6 +299,38 @@ mod tests {
         );
         assert!(!plan.evict.contains(&digest("b")));
         assert!(plan.kept_bytes <= 1300);
+    }
+
+    #[test]
+    fn a_shared_layer_goes_with_the_last_image_using_it() {
+        let inv = inventory();
+        let plan_for = |max| {
+            plan(
+                &inv,
+                &Policy {
+                    ttl: Duration::from_secs(1000),
+                    max_size: Some(max),
+                    now: 30,
+                },
+            )
+        };
+        // c alone (1 + 100 + the shared 1,000) fits 1,101 exactly: a and b go (and the loose
+        // orphan, which loses its place once the cap is exceeded), the shared layer stays.
+        let plan = plan_for(1101);
+        let mut expected = vec![
+            digest("a"),
+            digest("a-layer"),
+            digest("b"),
+            digest("b-layer"),
+            digest("orphan"),
+        ];
+        expected.sort();
+        assert_eq!(plan.evict, expected);
+        assert_eq!(plan.kept_bytes, 1101);
+        // One byte less: c goes too, and the shared layer with it.
+        let plan = plan_for(1100);
+        assert!(plan.evict.contains(&digest("shared")) && plan.evict.contains(&digest("c")));
+        assert_eq!(plan.kept_bytes, 0);
     }
 
     #[test]
