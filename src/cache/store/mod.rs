@@ -104,8 +104,7 @@ impl BlobStore {
     pub async fn open(&self, digest: &Digest) -> io::Result<Option<Committed>> {
         match &self.content {
             Content::Files(files) => {
-                let path = files.path(digest);
-                match File::open(path) {
+                match files.open_blob(digest) {
                     Ok(file) => {
                         let size = file.metadata()?.len();
                         Ok(Some(Committed::File { file, size }))
