@@ -103,16 +103,14 @@ impl BlobStore {
     /// A committed blob, or `None`.
     pub async fn open(&self, digest: &Digest) -> io::Result<Option<Committed>> {
         match &self.content {
-            Content::Files(files) => {
-                match files.open_blob(digest) {
-                    Ok(file) => {
-                        let size = file.metadata()?.len();
-                        Ok(Some(Committed::File { file, size }))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e),
+            Content::Files(files) => match files.open_blob(digest) {
+                Ok(file) => {
+                    let size = file.metadata()?.len();
+                    Ok(Some(Committed::File { file, size }))
                 }
-            }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            },
             Content::Bucket { bucket, redirect } => {
                 let key = keys::blob(digest);
                 Ok(bucket
