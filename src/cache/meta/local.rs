@@ -86,6 +86,10 @@ fn remove_by_digest(
     Ok(())
 }
 
+/// redb's page cache (its default is 1 GiB, which a big cache's metadata file grows into:
+/// 118 MiB of RSS after a collection over 100,000 blobs). Hits are answered from the granted
+/// set below; what misses it reads a few pages.
+const CACHE_BYTES: usize = 16 << 20;
 /// Most positive [`LocalMetadata::access`] answers remembered (~100 bytes each); past it the
 /// memory starts afresh.
 const GRANTED_ENTRIES: usize = 16_384;
@@ -107,7 +111,10 @@ struct Granted {
 
 impl LocalMetadata {
     pub fn open(path: &Path) -> Result<Self, MetaError> {
-        let db = Database::create(path).map_err(err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(TAGS).map_err(err)?;
         txn.open_table(MANIFESTS).map_err(err)?;
