@@ -37,11 +37,9 @@ impl FileStore {
 
     /// A committed blob's file, open for reading.
     pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
-        let hex = digest.hex();
-        let relative = format!("{}/{}/{hex}", digest.algorithm(), &hex[..2]);
         let fd = rustix::fs::openat(
             &self.blobs_dir,
-            relative.as_str(),
+            relative(digest).as_str(),
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
@@ -50,12 +48,14 @@ impl FileStore {
 
     /// Where a committed blob lives. The digest is validated, so the path stays inside the store.
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.blobs
-            .join(digest.algorithm())
-            .join(&hex[..2])
-            .join(hex)
+        self.blobs.join(relative(digest))
     }
+}
+
+/// A blob's path under `blobs/`: `<algorithm>/<2 hex>/<hex>`.
+fn relative(digest: &Digest) -> String {
+    let hex = digest.hex();
+    format!("{}/{}/{hex}", digest.algorithm(), &hex[..2])
 }
 
 /// Moves a verified, fsynced temp file to `path` and makes the rename durable.
