@@ -258,3 +258,43 @@ fn hosts_without_rules_get_the_clients_own_authorization() {
         "credentials never logged"
     );
 }
+
+#[test]
+fn a_pull_whose_endpoints_all_rest_fails_at_once() {
+    // An origin that accepts connections and never answers, and a mirror nobody listens on.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = silent.local_addr().unwrap().to_string();
+    let mirror = format!("http://127.0.0.1:{}", peers::free_port());
+    let json =
+        format!(r#"{{"mirror-registries": [{{"domain": "{origin}", "mirrors": ["{mirror}"]}}]}}"#);
+    let shim = Shim::start(
+        &json,
+        &["--first-byte-timeout", "1", "--connect-timeout", "1"],
+    );
+    let path = format!("/v2/library/demo/manifests/v1?ns={origin}");
+    let started = Instant::now();
+    let (status, _, _) = http("GET", shim.addr, &path, &[ACCEPT]);
+    assert_eq!(status, 503, "{}", shim.log());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the first pull waits for the origin's timeout"
+    );
+    let started = Instant::now();
+    let (status, head, body) = http("GET", shim.addr, &path, &[ACCEPT]);
+    let took = started.elapsed();
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_millis(500), "at once: {took:?}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&mirror)
+            && message.contains(&origin)
+            && message.contains("not asked again for"),
+        "names every endpoint and when it is retried: {message}"
+    );
+    drop(silent);
+}

@@ -74,6 +74,8 @@ impl ErrorCode {
 pub struct RegistryError {
     pub code: ErrorCode,
     pub message: String,
+    /// `Retry-After`, in seconds: when a 429 or 503 is worth trying again.
+    pub retry_after: Option<u64>,
 }
 
 impl RegistryError {
@@ -81,7 +83,15 @@ impl RegistryError {
         RegistryError {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After` (whole seconds, at least 1).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn status(&self) -> u16 {
@@ -123,6 +133,12 @@ pub fn error_response(error: &RegistryError, head: bool) -> axum::http::Response
         axum::http::header::CONTENT_LENGTH,
         axum::http::HeaderValue::from(length),
     );
+    if let Some(seconds) = error.retry_after {
+        headers.insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(seconds),
+        );
+    }
     response
 }
 
@@ -158,6 +174,12 @@ mod tests {
             e.body().len().to_string().as_str()
         );
         assert_eq!(internal("disk full").code, ErrorCode::Unavailable);
+        assert!(!response.headers().contains_key("retry-after"));
+        let throttled = RegistryError::new(ErrorCode::TooManyRequests, "later")
+            .with_retry_after(std::time::Duration::from_millis(2500));
+        let response = error_response(&throttled, true);
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["retry-after"], "3");
     }
 
     #[test]

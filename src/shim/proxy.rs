@@ -389,12 +389,11 @@ impl Shim {
         }
         let mut targets: Vec<Target> = self.mirror_targets(&endpoints);
         targets.extend(origins);
-        let (index, response) = self.client.walk(&targets, &upstream).await.map_err(|e| {
-            RegistryError::new(
-                ErrorCode::Unavailable,
-                format!("{registry}: every endpoint failed: {e}"),
-            )
-        })?;
+        let (index, response) = self
+            .client
+            .walk(&targets, &upstream)
+            .await
+            .map_err(|e| e.registry_error(registry))?;
         tracing::info!(
             registry,
             path = %upstream.path,

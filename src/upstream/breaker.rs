@@ -1,11 +1,13 @@
-//! A circuit breaker per endpoint, so a dead or silent mirror costs its timeout once, not once
-//! per request.
+//! A circuit breaker per endpoint, so a dead, silent or throttling endpoint costs its timeout
+//! once, not once per request.
 //!
-//! Closed: requests go through; a failure (transport error, timeout, 5xx) opens it. Open: the
-//! endpoint is skipped until the cool-down ends. Half-open: one request probes it; success closes
-//! the breaker, failure opens it again with the cool-down doubled (up to `MAX_COOL_DOWN`). A probe
-//! that ends with neither (its caller went away mid-request) must not leave the endpoint half-open
-//! forever: the walker holds a [`Probe`] guard whose drop hands the probe to the next request.
+//! Closed: requests go through; a failure opens it: a transport error or timeout (the endpoint
+//! is unreachable), a 5xx answer, or a 429 (throttled: open until the endpoint's `Retry-After`).
+//! Open: the endpoint is skipped until the cool-down ends. Half-open: one request probes it;
+//! success closes the breaker, failure opens it again with the cool-down doubled (up to
+//! `MAX_COOL_DOWN`). A probe that ends with neither (its caller went away mid-request) must not
+//! leave the endpoint half-open forever: the walker holds a [`Probe`] guard whose drop hands the
+//! probe to the next request.
 //!
 //! Endpoints include hosts clients name (dynamic upstreams), so the map is bounded: beyond
 //! [`MAX_ENDPOINTS`] entries, expired ones are dropped and a new failing endpoint is not tracked
@@ -17,19 +19,31 @@ use std::time::{Duration, Instant};
 
 pub const FIRST_COOL_DOWN: Duration = Duration::from_secs(5);
 pub const MAX_COOL_DOWN: Duration = Duration::from_secs(300);
+/// The longest `Retry-After` honoured: an upstream cannot shut itself off for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// Endpoints with a breaker state at most.
 pub const MAX_ENDPOINTS: usize = 4096;
+
+/// Why an endpoint's breaker opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trip {
+    /// A transport error or a timeout.
+    Unreachable,
+    /// A 5xx answer: the endpoint answers, so the last endpoint of a walk is still asked.
+    ServerError,
+    /// A 429 answer: nothing is sent until its `Retry-After`.
+    Throttled,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum State {
     Open {
         until: Instant,
         cool_down: Duration,
+        trip: Trip,
     },
     /// A probe is in flight; others skip the endpoint meanwhile.
-    HalfOpen {
-        cool_down: Duration,
-    },
+    HalfOpen { cool_down: Duration, trip: Trip },
 }
 
 /// Breakers by endpoint URL; an endpoint without an entry is closed.
@@ -38,13 +52,21 @@ pub struct Breakers {
     states: Mutex<HashMap<String, State>>,
 }
 
+/// An endpoint the walker skips, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resting {
+    pub trip: Trip,
+    /// When the next probe may go; `None` while a probe is in flight.
+    pub until: Option<Instant>,
+}
+
 /// What the walker may do with an endpoint now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Allowed,
     /// The single half-open probe.
     Probe,
-    Skipped,
+    Skipped(Resting),
 }
 
 impl Breakers {
@@ -52,23 +74,32 @@ impl Breakers {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         match states.get(endpoint).copied() {
             None => Admission::Allowed,
-            Some(State::Open { until, cool_down }) if now >= until => {
-                states.insert(endpoint.to_owned(), State::HalfOpen { cool_down });
+            Some(State::Open {
+                until,
+                cool_down,
+                trip,
+            }) if now >= until => {
+                states.insert(endpoint.to_owned(), State::HalfOpen { cool_down, trip });
                 Admission::Probe
             }
-            Some(State::Open { .. } | State::HalfOpen { .. }) => Admission::Skipped,
+            Some(State::Open { until, trip, .. }) => Admission::Skipped(Resting {
+                trip,
+                until: Some(until),
+            }),
+            Some(State::HalfOpen { trip, .. }) => Admission::Skipped(Resting { trip, until: None }),
         }
     }
 
     /// A probe that ended without an answer either way: the next request probes again.
     pub fn abandon(&self, endpoint: &str, now: Instant) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(State::HalfOpen { cool_down }) = states.get(endpoint).copied() {
+        if let Some(State::HalfOpen { cool_down, trip }) = states.get(endpoint).copied() {
             states.insert(
                 endpoint.to_owned(),
                 State::Open {
                     until: now,
                     cool_down,
+                    trip,
                 },
             );
         }
@@ -79,7 +110,22 @@ impl Breakers {
         states.remove(endpoint);
     }
 
-    pub fn failure(&self, endpoint: &str, now: Instant) {
+    /// An unreachable endpoint or a 5xx answer.
+    pub fn failure(&self, endpoint: &str, now: Instant, trip: Trip) {
+        self.open(endpoint, now, trip, None);
+    }
+
+    /// A 429 answer: closed to requests for `retry_after` (at most [`MAX_RETRY_AFTER`]).
+    pub fn throttled(&self, endpoint: &str, now: Instant, retry_after: Duration) {
+        self.open(
+            endpoint,
+            now,
+            Trip::Throttled,
+            Some(retry_after.min(MAX_RETRY_AFTER)),
+        );
+    }
+
+    fn open(&self, endpoint: &str, now: Instant, trip: Trip, rest: Option<Duration>) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         if states.len() >= MAX_ENDPOINTS && !states.contains_key(endpoint) {
             states.retain(|_, state| !matches!(state, State::Open { until, .. } if *until <= now));
@@ -87,21 +133,25 @@ impl Breakers {
                 return;
             }
         }
-        let next = match states.get(endpoint).copied() {
-            None => State::Open {
-                until: now + FIRST_COOL_DOWN,
-                cool_down: FIRST_COOL_DOWN,
-            },
-            Some(State::HalfOpen { cool_down }) => {
-                let cool_down = (cool_down * 2).min(MAX_COOL_DOWN);
-                State::Open {
-                    until: now + cool_down,
-                    cool_down,
-                }
+        let cool_down = match states.get(endpoint).copied() {
+            None => FIRST_COOL_DOWN,
+            Some(State::HalfOpen { cool_down, .. }) => (cool_down * 2).min(MAX_COOL_DOWN),
+            // Already open (requests that were in flight when it opened): a throttled answer
+            // still moves `until` to its Retry-After; a failure changes nothing.
+            Some(State::Open { cool_down, .. }) if rest.is_some() => cool_down,
+            Some(open @ State::Open { .. }) => {
+                states.insert(endpoint.to_owned(), open);
+                return;
             }
-            Some(open @ State::Open { .. }) => open,
         };
-        states.insert(endpoint.to_owned(), next);
+        states.insert(
+            endpoint.to_owned(),
+            State::Open {
+                until: now + rest.unwrap_or(cool_down),
+                cool_down,
+                trip,
+            },
+        );
     }
 }
 
@@ -145,18 +195,27 @@ mod tests {
         let b = Breakers::default();
         let t0 = Instant::now();
         assert_eq!(b.admit("m", t0), Admission::Allowed);
-        b.failure("m", t0);
+        b.failure("m", t0, Trip::Unreachable);
         assert_eq!(
             b.admit("m", t0 + Duration::from_secs(1)),
-            Admission::Skipped
+            Admission::Skipped(Resting {
+                trip: Trip::Unreachable,
+                until: Some(t0 + FIRST_COOL_DOWN)
+            })
         );
         let t1 = t0 + FIRST_COOL_DOWN;
         assert_eq!(b.admit("m", t1), Admission::Probe);
-        assert_eq!(b.admit("m", t1), Admission::Skipped, "one probe at a time");
-        b.failure("m", t1);
         assert_eq!(
-            b.admit("m", t1 + FIRST_COOL_DOWN),
-            Admission::Skipped,
+            b.admit("m", t1),
+            Admission::Skipped(Resting {
+                trip: Trip::Unreachable,
+                until: None
+            }),
+            "one probe at a time"
+        );
+        b.failure("m", t1, Trip::Unreachable);
+        assert!(
+            matches!(b.admit("m", t1 + FIRST_COOL_DOWN), Admission::Skipped(_)),
             "cool-down doubled"
         );
         let t2 = t1 + FIRST_COOL_DOWN * 2;
@@ -170,7 +229,7 @@ mod tests {
     fn a_probe_dropped_unresolved_is_handed_to_the_next_request() {
         let b = Breakers::default();
         let t0 = Instant::now();
-        b.failure("m", t0);
+        b.failure("m", t0, Trip::Unreachable);
         let t1 = t0 + FIRST_COOL_DOWN;
         assert_eq!(b.admit("m", t1), Admission::Probe);
         drop(Probe::new(&b, "m"));
@@ -186,13 +245,16 @@ mod tests {
         let b = Breakers::default();
         let t0 = Instant::now();
         for i in 0..MAX_ENDPOINTS + 100 {
-            b.failure(&format!("http://h{i}"), t0);
+            b.failure(&format!("http://h{i}"), t0, Trip::Unreachable);
         }
         assert_eq!(b.states.lock().unwrap().len(), MAX_ENDPOINTS);
         // Once their cool-down is over, new failures take their places.
         let later = t0 + FIRST_COOL_DOWN;
-        b.failure("http://new", later);
-        assert_eq!(b.admit("http://new", later), Admission::Skipped);
+        b.failure("http://new", later, Trip::Unreachable);
+        assert!(matches!(
+            b.admit("http://new", later),
+            Admission::Skipped(_)
+        ));
         assert!(b.states.lock().unwrap().len() <= MAX_ENDPOINTS);
     }
 
@@ -200,12 +262,42 @@ mod tests {
     fn cool_down_is_capped() {
         let b = Breakers::default();
         let mut now = Instant::now();
-        b.failure("m", now);
+        b.failure("m", now, Trip::Unreachable);
         for _ in 0..20 {
             now += MAX_COOL_DOWN;
             assert_eq!(b.admit("m", now), Admission::Probe);
-            b.failure("m", now);
+            b.failure("m", now, Trip::Unreachable);
         }
         assert_eq!(b.admit("m", now + MAX_COOL_DOWN), Admission::Probe);
+    }
+
+    #[test]
+    fn a_throttled_endpoint_rests_until_its_retry_after_then_takes_one_probe() {
+        let b = Breakers::default();
+        let t0 = Instant::now();
+        b.throttled("m", t0, Duration::from_secs(60));
+        let resting = Admission::Skipped(Resting {
+            trip: Trip::Throttled,
+            until: Some(t0 + Duration::from_secs(60)),
+        });
+        assert_eq!(b.admit("m", t0 + FIRST_COOL_DOWN * 2), resting);
+        // A request that was in flight fails meanwhile: the rest stays the upstream's word.
+        b.failure("m", t0 + Duration::from_secs(1), Trip::Unreachable);
+        assert_eq!(b.admit("m", t0 + Duration::from_secs(59)), resting);
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(b.admit("m", t1), Admission::Probe);
+        assert!(matches!(b.admit("m", t1), Admission::Skipped(_)));
+        // The probe is throttled again: the new Retry-After counts, capped.
+        b.throttled("m", t1, Duration::from_secs(u64::MAX / 4));
+        assert_eq!(
+            b.admit("m", t1 + MAX_RETRY_AFTER - Duration::from_secs(1)),
+            Admission::Skipped(Resting {
+                trip: Trip::Throttled,
+                until: Some(t1 + MAX_RETRY_AFTER)
+            })
+        );
+        assert_eq!(b.admit("m", t1 + MAX_RETRY_AFTER), Admission::Probe);
+        b.success("m");
+        assert_eq!(b.admit("m", t1 + MAX_RETRY_AFTER), Admission::Allowed);
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -21,11 +21,14 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Client, Method, Response, StatusCode};
 
 use super::auth::{Challenge, TokenCache};
-use super::breaker::{Admission, Breakers, Probe};
+use super::breaker::{Admission, Breakers, Probe, Resting, Trip};
 use super::certs::HostRoots;
 use super::guard::{AddressPolicy, GuardedResolver, HostOverrides};
+use super::limit::Refused;
+use super::ratelimit::{self, Budget, Budgets};
 use crate::config::{Credentials, MirrorUrl};
 use crate::reference::split_host_port;
+use crate::registry::{ErrorCode, RegistryError};
 use crate::resolve::{Endpoint, Role, TlsMode};
 
 /// One endpoint to send registry requests to.
@@ -179,6 +182,53 @@ pub struct UpstreamError {
     pub summary: String,
     /// True when every failure was a timeout or a refused connection (the upstream is down).
     pub unreachable: bool,
+    /// Nothing was sent: every endpoint rests after recent failures (breakers open). When the
+    /// first of them takes a request again.
+    pub retry_after: Option<Duration>,
+    /// The last endpoint rests because it answered 429: the client should hear 429 too.
+    pub throttled: bool,
+}
+
+impl UpstreamError {
+    fn new(summary: String, unreachable: bool) -> Self {
+        UpstreamError {
+            summary,
+            unreachable,
+            retry_after: None,
+            throttled: false,
+        }
+    }
+
+    /// A request the upstream's own limits kept queued too long (`limit::RequestLimiter`).
+    pub fn queued(refused: Refused) -> Self {
+        UpstreamError {
+            summary: refused.0,
+            unreachable: false,
+            retry_after: Some(Duration::from_secs(1)),
+            throttled: true,
+        }
+    }
+
+    /// The error a registry client gets, `who` naming the upstream: 503, or 429 when the last
+    /// endpoint rests after answering 429 (or the request waited too long for its turn); with
+    /// `Retry-After` when nothing was sent.
+    pub fn registry_error(&self, who: &str) -> RegistryError {
+        let answer = if self.throttled {
+            RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!("{who}: rate-limited: {}", self.summary),
+            )
+        } else {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("{who}: unreachable: {}", self.summary),
+            )
+        };
+        match self.retry_after {
+            Some(wait) => answer.with_retry_after(wait),
+            None => answer,
+        }
+    }
 }
 
 /// What a request carries in `Authorization`.
@@ -201,6 +251,7 @@ pub struct UpstreamClient {
     basic_hosts: Mutex<HashSet<String>>,
     policy: Arc<AddressPolicy>,
     breakers: Breakers,
+    budgets: Budgets,
     first_byte_timeout: Duration,
 }
 
@@ -329,6 +380,7 @@ impl UpstreamClient {
             basic_hosts: Mutex::new(HashSet::new()),
             policy,
             breakers: Breakers::default(),
+            budgets: Budgets::default(),
             first_byte_timeout: timeouts.first_byte,
         })
     }
@@ -398,20 +450,24 @@ impl UpstreamClient {
             };
             let response = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await
             {
-                Ok(result) => result.map_err(|e| UpstreamError {
-                    summary: format!("{}: {}", target.base, describe(&e)),
-                    unreachable: e.is_connect() || e.is_timeout(),
+                Ok(result) => result.map_err(|e| {
+                    UpstreamError::new(
+                        format!("{}: {}", target.base, describe(&e)),
+                        e.is_connect() || e.is_timeout(),
+                    )
                 })?,
                 Err(_) => {
-                    return Err(UpstreamError {
-                        summary: format!(
+                    return Err(UpstreamError::new(
+                        format!(
                             "{}: no response within {:?}",
                             target.base, self.first_byte_timeout
                         ),
-                        unreachable: true,
-                    });
+                        true,
+                    ));
                 }
             };
+            self.budgets
+                .observe(&target.base, response.headers(), Instant::now());
             let final_answer = response.status() != StatusCode::UNAUTHORIZED
                 || attempt == 1
                 || !target.answer_challenges
@@ -451,8 +507,11 @@ impl UpstreamClient {
 
     /// Tries `targets` in order. Returns the index of the endpoint that answered and its response.
     /// A mirror's error or HTTP status >= 400 moves on; the last endpoint's response is returned
-    /// whatever its status. Endpoints whose breaker is open are skipped (never the last one);
-    /// transport errors, timeouts and 5xx answers open an endpoint's breaker.
+    /// whatever its status. Endpoints whose breaker is open are skipped; the last one too unless
+    /// it rests after a 5xx answer (it answers, so it is asked): when every endpoint rests, the
+    /// error comes at once, saying when they take requests again. Transport errors, timeouts
+    /// and 5xx answers open an endpoint's breaker; a 429 closes the endpoint to requests until
+    /// its `Retry-After`.
     pub async fn walk(
         &self,
         targets: &[Target],
@@ -460,24 +519,39 @@ impl UpstreamClient {
     ) -> Result<(usize, Response), UpstreamError> {
         let mut failures = Vec::new();
         let mut unreachable = true;
+        let mut resting: Vec<Resting> = Vec::new();
         for (index, target) in targets.iter().enumerate() {
             let last = index + 1 == targets.len();
-            let admission = self.breakers.admit(&target.base, Instant::now());
-            if admission == Admission::Skipped && !last {
-                failures.push(format!("{}: skipped (recently failed)", target.base));
-                continue;
+            let now = Instant::now();
+            let admission = self.breakers.admit(&target.base, now);
+            if let Admission::Skipped(rest) = admission {
+                if !last || rest.trip != Trip::ServerError {
+                    failures.push(format!("{}: {}", target.base, describe_rest(rest, now)));
+                    resting.push(rest);
+                    continue;
+                }
             }
             // Held across the request: if this future is dropped mid-way, the probe is given
             // back instead of leaving the endpoint half-open forever.
             let probe =
                 (admission == Admission::Probe).then(|| Probe::new(&self.breakers, &target.base));
             let result = self.send(target, request).await;
+            let now = Instant::now();
             match &result {
+                Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    let wait = ratelimit::retry_after(response.headers(), SystemTime::now())
+                        .unwrap_or(ratelimit::DEFAULT_RETRY_AFTER);
+                    tracing::warn!(endpoint = %target.base, retry_after = ?wait, "upstream answered 429; resting it");
+                    self.breakers.throttled(&target.base, now, wait);
+                }
                 Ok(response) if response.status().is_server_error() => {
-                    self.breakers.failure(&target.base, Instant::now());
+                    self.breakers.failure(&target.base, now, Trip::ServerError);
                 }
                 Ok(_) => self.breakers.success(&target.base),
-                Err(_) => self.breakers.failure(&target.base, Instant::now()),
+                Err(e) if e.unreachable => {
+                    self.breakers.failure(&target.base, now, Trip::Unreachable)
+                }
+                Err(_) => self.breakers.failure(&target.base, now, Trip::ServerError),
             }
             if let Some(probe) = probe {
                 probe.resolved();
@@ -498,6 +572,8 @@ impl UpstreamClient {
                 }
             }
         }
+        let all_resting = !targets.is_empty() && resting.len() == targets.len();
+        let now = Instant::now();
         Err(UpstreamError {
             summary: if failures.is_empty() {
                 "no endpoint to try".to_owned()
@@ -505,7 +581,24 @@ impl UpstreamClient {
                 failures.join("; ")
             },
             unreachable,
+            retry_after: all_resting.then(|| {
+                resting
+                    .iter()
+                    .map(|r| {
+                        r.until
+                            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
+                    })
+                    .min()
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(1))
+            }),
+            throttled: resting.last().is_some_and(|r| r.trip == Trip::Throttled) && all_resting,
         })
+    }
+
+    /// The pull budget `endpoint` stated in its last answer, while it is current.
+    pub fn budget(&self, endpoint: &str) -> Option<Budget> {
+        self.budgets.get(endpoint, Instant::now())
     }
 
     fn cached_authorization(&self, target: &Target, scope: &str) -> Option<Authorization> {
@@ -531,9 +624,11 @@ impl UpstreamClient {
         service: Option<&str>,
         scope: &str,
     ) -> Result<String, UpstreamError> {
-        let fail = |message: String| UpstreamError {
-            summary: format!("{}: token service {realm}: {message}", target.base),
-            unreachable: false,
+        let fail = |message: String| {
+            UpstreamError::new(
+                format!("{}: token service {realm}: {message}", target.base),
+                false,
+            )
         };
         let mut url = url::Url::parse(realm).map_err(|e| fail(e.to_string()))?;
         if !target.trusted {
@@ -593,12 +688,25 @@ impl UpstreamClient {
         if let Ok(ip) = bare.parse() {
             self.policy
                 .check(host, ip)
-                .map_err(|summary| UpstreamError {
-                    summary,
-                    unreachable: false,
-                })?;
+                .map_err(|summary| UpstreamError::new(summary, false))?;
         }
         Ok(())
+    }
+}
+
+/// Why an endpoint was skipped, for the error a client reads.
+fn describe_rest(rest: Resting, now: Instant) -> String {
+    let why = match rest.trip {
+        Trip::Unreachable => "unreachable",
+        Trip::ServerError => "failing",
+        Trip::Throttled => "answered 429",
+    };
+    match rest.until {
+        Some(until) => format!(
+            "{why} recently, not asked again for {} s",
+            until.saturating_duration_since(now).as_secs().max(1)
+        ),
+        None => format!("{why} recently, being probed now"),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Talking to registries: one shared HTTP client, token and basic auth, the guard that keeps
 //! dynamic upstreams out of the internal network, and the walker that tries an ordered list of
-//! endpoints (mirrors, then origin) until one answers.
+//! endpoints (mirrors, then origin) until one answers, resting endpoints that failed or answered
+//! 429 (`breaker`) and noting the pull budget each one states (`ratelimit`); per-upstream request
+//! limits with a fair queue (`limit`).
 //!
 //! Credentials go only to the endpoint they were configured for and are never logged.
 
@@ -9,6 +11,8 @@ mod breaker;
 mod certs;
 mod client;
 mod guard;
+mod limit;
+mod ratelimit;
 
 pub use auth::Challenge;
 pub use certs::HostRoots;
@@ -17,3 +21,5 @@ pub use client::{
     install_crypto_provider, read_limited,
 };
 pub use guard::{AddressPolicy, HostOverrides};
+pub use limit::{Admitted, Refused, RequestLimiter};
+pub use ratelimit::{Budget, retry_after};
