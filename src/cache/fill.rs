@@ -149,15 +149,44 @@ pub struct Fill {
 impl Fill {
     /// Waits until the upstream answered: returns the expected size, or the error.
     pub async fn started(&self) -> Result<Option<u64>, RegistryError> {
+        self.wait_for(|state| match state {
+            FillState::Connecting => None,
+            FillState::Streaming { size, .. } => Some(*size),
+            FillState::Verified { size } | FillState::Done { size } => Some(Some(*size)),
+            FillState::Failed(_) => unreachable!("wait_for answers failures"),
+        })
+        .await
+    }
+
+    /// Waits until the blob's size is known: the upstream's Content-Length, or without one the
+    /// verified end of the download.
+    pub async fn size(&self) -> Result<u64, RegistryError> {
+        self.wait_for(|state| match state {
+            FillState::Connecting | FillState::Streaming { size: None, .. } => None,
+            FillState::Streaming {
+                size: Some(size), ..
+            }
+            | FillState::Verified { size }
+            | FillState::Done { size } => Some(*size),
+            FillState::Failed(_) => unreachable!("wait_for answers failures"),
+        })
+        .await
+    }
+
+    /// Waits until `pick` finds what it needs in the fill's state, or the fill fails.
+    async fn wait_for<T>(
+        &self,
+        pick: impl Fn(&FillState) -> Option<T>,
+    ) -> Result<T, RegistryError> {
         let mut rx = self.state.clone();
         loop {
             match &*rx.borrow_and_update() {
-                FillState::Connecting => {}
-                FillState::Streaming { size, .. } => return Ok(*size),
-                FillState::Verified { size } | FillState::Done { size } => {
-                    return Ok(Some(*size));
-                }
                 FillState::Failed(error) => return Err(error.clone()),
+                state => {
+                    if let Some(found) = pick(state) {
+                        return Ok(found);
+                    }
+                }
             }
             if rx.changed().await.is_err() {
                 return Err(RegistryError::new(ErrorCode::Unavailable, "fill abandoned"));

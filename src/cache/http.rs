@@ -481,10 +481,20 @@ async fn blob(
             format!("{digest} is not in {}", route.repository),
         ));
     }
+    let (fill, started) = app.start_fill(route, digest)?;
+    if !started && fill.repository != route.repository {
+        // Joining another repository's download: the upstream must confirm this one may read
+        // the blob. (The same repository's clients need no check: they asked for the same.)
+        app.require_access(route, digest, ErrorCode::BlobUnknown)
+            .await?;
+    }
+    outcome.cache = if started { "miss" } else { "joined" };
+    app.metrics.request("blob", outcome.cache);
     if head {
-        outcome.cache = "miss";
-        app.metrics.request("blob", "miss");
-        let size = app.upstream_blob_size(route, digest).await?;
+        // A HEAD on a miss fills the blob rather than asking the upstream with a HEAD: a cache
+        // upstream may not know a blob it lacks until a GET (distribution#4747), or fetch it
+        // whole to answer a HEAD; the client's GET follows anyway.
+        let size = fill.size().await?;
         let span = ByteRange {
             start: 0,
             end: size,
@@ -497,15 +507,6 @@ async fn blob(
             Body::empty(),
         ));
     }
-    let (fill, started) = app.start_fill(route, digest)?;
-    if !started && fill.repository != route.repository {
-        // Joining another repository's download: the upstream must confirm this one may read
-        // the blob. (The same repository's clients need no check: they asked for the same.)
-        app.require_access(route, digest, ErrorCode::BlobUnknown)
-            .await?;
-    }
-    outcome.cache = if started { "miss" } else { "joined" };
-    app.metrics.request("blob", outcome.cache);
     let size = fill.started().await?;
     let (status, span) = match resolve_range(range, size)? {
         Some(span) => (StatusCode::PARTIAL_CONTENT, span),

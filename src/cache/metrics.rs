@@ -1,11 +1,15 @@
 //! Prometheus metrics, kept and written by the `prometheus-client` crate (the OpenMetrics
 //! project's Rust client: correct label escaping and histograms).
 //!
-//! - `regmirror_cache_requests_total{kind,result}` (hit, miss, joined, fresh, stale, error);
+//! - `regmirror_cache_requests_total{kind,result}` (hit, miss, joined, fresh, stale, reserve, error);
 //! - `regmirror_http_request_seconds{kind}`: a histogram of every request's duration;
 //! - `regmirror_bytes_served_total{source}` (cache, fill);
 //! - `regmirror_upstream_requests_total{upstream,status}` and
 //!   `regmirror_upstream_request_seconds{upstream}` (a histogram);
+//! - `regmirror_upstream_queue_seconds{upstream}`: time requests waited for their turn under the
+//!   upstream's `max_concurrent`/`max_rate` (a histogram);
+//! - `regmirror_upstream_ratelimit_limit{upstream}` and `..._remaining{upstream}`: the pull budget
+//!   a configured upstream stated in its last answer (`ratelimit-limit`, `ratelimit-remaining`);
 //! - `regmirror_fills_in_flight`, `regmirror_buffer_bytes` (blob data in flight),
 //!   `regmirror_errors_total{code}`, and on a shared bucket `regmirror_fleet_fills_total{role}`
 //!   (led, took_over, followed, waited).
@@ -78,6 +82,9 @@ pub struct Metrics {
     bytes: Family<SourceLabels, Counter>,
     upstream: Family<UpstreamStatusLabels, Counter>,
     upstream_latency: HistogramFamily<UpstreamLabels>,
+    upstream_queue: HistogramFamily<UpstreamLabels>,
+    ratelimit_limit: Family<UpstreamLabels, Gauge>,
+    ratelimit_remaining: Family<UpstreamLabels, Gauge>,
     fills: Gauge,
     buffers: Gauge,
     errors: Family<CodeLabels, Counter>,
@@ -126,6 +133,25 @@ impl Default for Metrics {
             "How long upstreams took to answer",
             upstream_latency.clone(),
         );
+        let upstream_queue: HistogramFamily<UpstreamLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "regmirror_upstream_queue_seconds",
+            "How long requests waited for their turn under an upstream's max_concurrent/max_rate",
+            upstream_queue.clone(),
+        );
+        let ratelimit_limit = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "regmirror_upstream_ratelimit_limit",
+            "Pulls per window the upstream allows, as its last answer stated (ratelimit-limit)",
+            ratelimit_limit.clone(),
+        );
+        let ratelimit_remaining = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "regmirror_upstream_ratelimit_remaining",
+            "Pulls left in the window, as the upstream's last answer stated (ratelimit-remaining)",
+            ratelimit_remaining.clone(),
+        );
         let fills = Gauge::default();
         registry.register(
             "regmirror_fills_in_flight",
@@ -159,6 +185,9 @@ impl Default for Metrics {
             bytes,
             upstream,
             upstream_latency,
+            upstream_queue,
+            ratelimit_limit,
+            ratelimit_remaining,
             fills,
             buffers,
             errors,
@@ -167,7 +196,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// `kind`: manifest, blob, tag. `result`: hit, miss, joined, fresh, stale, local.
+    /// `kind`: manifest, blob, tag. `result`: hit, miss, joined, fresh, stale, reserve, local.
     pub fn request(&self, kind: &'static str, result: &'static str) {
         self.requests
             .get_or_create(&RequestLabels { kind, result })
@@ -205,6 +234,29 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// A request waited `queued` for its turn under the upstream's request limits.
+    pub fn queued(&self, upstream: &str, queued: Duration) {
+        self.upstream_queue
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .observe(queued.as_secs_f64());
+    }
+
+    /// The pull budget a configured upstream stated.
+    pub fn budget(&self, upstream: &str, limit: u64, remaining: u64) {
+        let labels = UpstreamLabels {
+            upstream: upstream.to_owned(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.ratelimit_limit
+            .get_or_create(&labels)
+            .set(gauge(limit));
+        self.ratelimit_remaining
+            .get_or_create(&labels)
+            .set(gauge(remaining));
+    }
+
     /// A fill on a shared bucket: `led`, `took_over`, `followed` or `waited`.
     pub fn fleet(&self, role: &'static str) {
         self.fleet.get_or_create(&RoleLabels { role }).inc();
@@ -240,6 +292,8 @@ mod tests {
         m.upstream("we\"ird\nname", 0, Duration::from_millis(1));
         m.answered("manifest", Duration::from_millis(3));
         m.error("BLOB_UNKNOWN");
+        m.queued("docker.io", Duration::from_millis(300));
+        m.budget("docker.io", 100, 76);
         let text = m.render(3, 1024);
         for expected in [
             "regmirror_cache_requests_total{kind=\"blob\",result=\"hit\"} 2",
@@ -251,6 +305,9 @@ mod tests {
             "regmirror_fills_in_flight 3",
             "regmirror_buffer_bytes 1024",
             "regmirror_errors_total{code=\"BLOB_UNKNOWN\"} 1",
+            "regmirror_upstream_queue_seconds_bucket{le=\"0.512\",upstream=\"docker.io\"} 1",
+            "regmirror_upstream_ratelimit_limit{upstream=\"docker.io\"} 100",
+            "regmirror_upstream_ratelimit_remaining{upstream=\"docker.io\"} 76",
             "# EOF",
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");

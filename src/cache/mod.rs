@@ -43,13 +43,15 @@ use reqwest::{Method, StatusCode};
 use crate::config::cache::Limits;
 use crate::reference::{Digest, Hasher};
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal};
-use crate::upstream::{BodyError, UpstreamClient, UpstreamError, UpstreamRequest, read_limited};
+use crate::upstream::{
+    BodyError, Budget, Target, UpstreamClient, UpstreamError, UpstreamRequest, read_limited,
+};
 use buffers::Buffers;
 use fill::{Fetched, Fill, Fills, UpstreamBody};
 use manifest::{CachedManifest, ManifestMemo};
 use meta::{Access, Metadata, NewManifest};
 use metrics::Metrics;
-use routing::{Route, Router};
+use routing::{Route, Router, Upstream};
 use store::{BlobStore, Committed};
 
 /// The largest tag list read from an upstream (a repository with 100,000 tags fits).
@@ -99,7 +101,8 @@ pub struct TagAnswer {
     pub manifest: Arc<CachedManifest>,
     /// For the `Warning` header when the cached tag is served because the upstream failed.
     pub warning: Option<String>,
-    /// hit, miss, fresh (within the revalidation window) or stale.
+    /// hit, miss, fresh (within the revalidation window), stale (the upstream failed) or
+    /// reserve (the upstream's pull budget is under its reserve).
     pub cache: &'static str,
 }
 
@@ -122,19 +125,21 @@ impl App {
         self.meta.record_use(&uses).await
     }
 
-    /// Sends a request through the route's endpoints, recording the upstream's latency.
+    /// Sends a request through the route's endpoints (see [`send_upstream`]).
     async fn upstream(
         &self,
         route: &Route,
         request: UpstreamRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
         let targets = self.router.targets(route);
-        let started = Instant::now();
-        let result = self.client.walk(&targets, &request).await;
-        let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
-        self.metrics
-            .upstream(route.upstream.label(), status, started.elapsed());
-        result.map(|(_, response)| response)
+        send_upstream(
+            &self.client,
+            &self.metrics,
+            &route.upstream,
+            &targets,
+            &request,
+        )
+        .await
     }
 
     /// [`upstream`](Self::upstream) for a request that must be answered 200: anything else
@@ -151,7 +156,7 @@ impl App {
             .await
             .map_err(|e| unreachable(upstream, e))?;
         if response.status() != StatusCode::OK {
-            return Err(upstream_status(upstream, response.status(), not_found));
+            return Err(upstream_status(upstream, &response, not_found));
         }
         Ok(response)
     }
@@ -214,7 +219,7 @@ impl App {
                 .link(upstream, &route.repository, digest)
                 .await
                 .map_err(internal),
-            Ok(response) => Err(upstream_status(upstream, response.status(), unknown)),
+            Ok(response) => Err(upstream_status(upstream, &response, unknown)),
             Err(e) => Err(RegistryError::new(
                 unknown,
                 format!(
@@ -223,28 +228,6 @@ impl App {
                 ),
             )),
         }
-    }
-
-    /// The size the upstream reports for a blob (HEAD), without filling it.
-    async fn upstream_blob_size(
-        &self,
-        route: &Route,
-        digest: &Digest,
-    ) -> Result<u64, RegistryError> {
-        let request = UpstreamRequest::pull(
-            Method::HEAD,
-            &route.repository,
-            format!("/v2/{}/blobs/{digest}", route.repository),
-        );
-        let response = self
-            .upstream_ok(route, request, ErrorCode::BlobUnknown)
-            .await?;
-        content_length(&response).ok_or_else(|| {
-            RegistryError::new(
-                ErrorCode::Unavailable,
-                format!("upstream {} sent no size for {digest}", route.upstream.name),
-            )
-        })
     }
 
     /// Joins or starts the single fill of `digest` from `route`'s upstream.
@@ -261,18 +244,16 @@ impl App {
         let targets = self.router.targets(route);
         let client = self.client.clone();
         let metrics = self.metrics.clone();
+        let route_upstream = route.upstream.clone();
         let upstream = route.upstream.name.clone();
-        let label = route.upstream.label().to_owned();
         let download = async move {
-            let started = Instant::now();
-            let result = client.walk(&targets, &request).await;
-            let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
-            metrics.upstream(&label, status, started.elapsed());
-            let (_, response) = result.map_err(|e| unreachable(&upstream, e))?;
+            let response = send_upstream(&client, &metrics, &route_upstream, &targets, &request)
+                .await
+                .map_err(|e| unreachable(&upstream, e))?;
             if response.status() != StatusCode::OK {
                 return Err(upstream_status(
                     &upstream,
-                    response.status(),
+                    &response,
                     ErrorCode::BlobUnknown,
                 ));
             }
@@ -322,20 +303,17 @@ impl App {
         );
         let targets = self.router.targets(route);
         let client = self.client.clone();
-        let upstream = route.upstream.name.clone();
+        let metrics = self.metrics.clone();
+        let route_upstream = route.upstream.clone();
         async move {
-            let (_, response) = client
-                .walk(&targets, &request)
+            let upstream = &route_upstream.name;
+            let response = send_upstream(&client, &metrics, &route_upstream, &targets, &request)
                 .await
-                .map_err(|e| unreachable(&upstream, e))?;
+                .map_err(|e| unreachable(upstream, e))?;
             if response.status() == StatusCode::OK {
                 Ok(())
             } else {
-                Err(upstream_status(
-                    &upstream,
-                    response.status(),
-                    ErrorCode::BlobUnknown,
-                ))
+                Err(upstream_status(upstream, &response, ErrorCode::BlobUnknown))
             }
         }
     }
@@ -428,6 +406,20 @@ impl App {
                 });
             }
         }
+        if let Some(budget) = self.budget_in_reserve(route) {
+            if let Some(manifest) = self.cached_tag(route, tag).await? {
+                self.metrics.request("tag", "reserve");
+                return Ok(TagAnswer {
+                    manifest,
+                    warning: Some(format!(
+                        "upstream {} has {} of {} pulls left (proxy.ratelimit_reserve); serving \
+                         the cached tag without asking",
+                        route.upstream.name, budget.remaining, budget.limit
+                    )),
+                    cache: "reserve",
+                });
+            }
+        }
         let flight = {
             let mut flights = lock(&self.tag_flights);
             match flights.get(&key) {
@@ -457,6 +449,19 @@ impl App {
             }
         };
         flight.await
+    }
+
+    /// The pull budget the route's upstream stated, when it has fallen under the upstream's
+    /// `ratelimit_reserve`: cached tags are then served without asking, and the rest of the
+    /// budget goes to content not cached.
+    fn budget_in_reserve(&self, route: &Route) -> Option<Budget> {
+        let origin = route.upstream.origins.last()?;
+        self.client.budget(&origin.base).filter(|b| {
+            route
+                .upstream
+                .ratelimit_reserve
+                .reached(b.limit, b.remaining)
+        })
     }
 
     /// The manifest a cached tag points at, if this repository may read it.
@@ -528,7 +533,7 @@ impl App {
             Ok(response)
                 if response.status() == StatusCode::NOT_FOUND && self.serve_stale_on_404 =>
             {
-                upstream_status(upstream, response.status(), ErrorCode::ManifestUnknown)
+                upstream_status(upstream, &response, ErrorCode::ManifestUnknown)
             }
             Ok(response) if response.status() == StatusCode::NOT_FOUND => {
                 self.meta
@@ -537,20 +542,18 @@ impl App {
                     .map_err(internal)?;
                 return Err(upstream_status(
                     upstream,
-                    response.status(),
+                    &response,
                     ErrorCode::ManifestUnknown,
                 ));
             }
             Ok(response) if matches!(response.status().as_u16(), 401 | 403) => {
                 return Err(upstream_status(
                     upstream,
-                    response.status(),
+                    &response,
                     ErrorCode::ManifestUnknown,
                 ));
             }
-            Ok(response) => {
-                upstream_status(upstream, response.status(), ErrorCode::ManifestUnknown)
-            }
+            Ok(response) => upstream_status(upstream, &response, ErrorCode::ManifestUnknown),
             Err(e) => unreachable(upstream, e),
         };
         match self.cached_tag(route, tag).await? {
@@ -775,6 +778,42 @@ impl App {
     }
 }
 
+/// One request to `upstream` through `targets`: in its turn under the upstream's request limits
+/// (the turn held until the answer's body ends), timed in /metrics, with the pull budget the
+/// upstream states noted there.
+async fn send_upstream(
+    client: &UpstreamClient,
+    metrics: &Metrics,
+    upstream: &Upstream,
+    targets: &[Target],
+    request: &UpstreamRequest,
+) -> Result<reqwest::Response, UpstreamError> {
+    let label = upstream.label();
+    let admitted = match &upstream.limiter {
+        None => None,
+        Some(limiter) => {
+            let queued = Instant::now();
+            let admitted = limiter.admit().await;
+            metrics.queued(label, queued.elapsed());
+            Some(admitted.map_err(UpstreamError::queued)?)
+        }
+    };
+    let started = Instant::now();
+    let result = client.walk(targets, request).await;
+    let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
+    metrics.upstream(label, status, started.elapsed());
+    if !upstream.dynamic {
+        if let Some(budget) = upstream.origins.last().and_then(|o| client.budget(&o.base)) {
+            metrics.budget(label, budget.limit, budget.remaining);
+        }
+    }
+    let (_, response) = result?;
+    Ok(match admitted {
+        Some(admitted) => admitted.hold(response),
+        None => response,
+    })
+}
+
 /// Takes a finished (or failed) tag revalidation out of the map, whatever ended it.
 struct LeaveFlight {
     app: Arc<App>,
@@ -795,8 +834,14 @@ fn content_length(response: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// An upstream's HTTP error as the registry error to give the client.
-fn upstream_status(upstream: &str, status: StatusCode, not_found: ErrorCode) -> RegistryError {
+/// An upstream's HTTP error as the registry error to give the client (with the upstream's
+/// `Retry-After` on a 429).
+fn upstream_status(
+    upstream: &str,
+    response: &reqwest::Response,
+    not_found: ErrorCode,
+) -> RegistryError {
+    let status = response.status();
     let code = match status.as_u16() {
         404 => not_found,
         401 => ErrorCode::Unauthorized,
@@ -804,11 +849,15 @@ fn upstream_status(upstream: &str, status: StatusCode, not_found: ErrorCode) -> 
         429 => ErrorCode::TooManyRequests,
         _ => ErrorCode::Unavailable,
     };
-    RegistryError::new(code, format!("upstream {upstream} answered HTTP {status}"))
+    let error = RegistryError::new(code, format!("upstream {upstream} answered HTTP {status}"));
+    match crate::upstream::retry_after(response.headers(), std::time::SystemTime::now()) {
+        Some(wait) if code == ErrorCode::TooManyRequests => error.with_retry_after(wait),
+        _ => error,
+    }
 }
 
 fn unreachable(upstream: &str, error: UpstreamError) -> RegistryError {
-    unreachable_text(upstream, &error.summary)
+    error.registry_error(&format!("upstream {upstream}"))
 }
 
 fn unreachable_text(upstream: &str, why: &str) -> RegistryError {

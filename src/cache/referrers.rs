@@ -279,10 +279,10 @@ async fn from_api(
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND if descriptors.is_empty() => return Ok(None),
-            status => {
+            _ => {
                 return Err(upstream_status(
                     upstream,
-                    status,
+                    &response,
                     ErrorCode::ManifestUnknown,
                 ));
             }

@@ -12,14 +12,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::cache::{CacheConfig, LocalRepositories, UpstreamConfig};
+use crate::config::cache::{
+    CacheConfig, LocalRepositories, RateLimitReserve, RequestLimits, UpstreamConfig,
+};
 use crate::config::mirrors::canonical_registry;
 use crate::config::{MirrorUrl, Scheme};
 use crate::reference::{self, DOCKER_HUB};
 use crate::registry::route::split_registry_prefix;
 use crate::registry::{ErrorCode, RegistryError};
 use crate::resolve::{InsecureMatcher, Resolver, Role, TlsMode};
-use crate::upstream::Target;
+use crate::upstream::{RequestLimiter, Target};
 
 /// A configured or dynamic upstream.
 #[derive(Debug)]
@@ -35,6 +37,10 @@ pub struct Upstream {
     pub local: bool,
     /// Named by a client (`proxy.on`), not configured.
     pub dynamic: bool,
+    /// The part of its stated pull budget kept for content not cached.
+    pub ratelimit_reserve: RateLimitReserve,
+    /// `max_concurrent`/`max_rate`, when set (dynamic upstreams share one).
+    pub limiter: Option<Arc<RequestLimiter>>,
 }
 
 impl Upstream {
@@ -62,6 +68,8 @@ pub struct Router {
     default: Option<Arc<Upstream>>,
     dynamic: bool,
     dynamic_tag_revalidate: std::time::Duration,
+    dynamic_reserve: RateLimitReserve,
+    dynamic_limiter: Option<Arc<RequestLimiter>>,
     pub local: LocalRepositories,
     local_upstream: Arc<Upstream>,
     /// `--mirrors` (empty without it): the cache's own fetches walk its mirrors before the
@@ -72,6 +80,11 @@ pub struct Router {
 impl Router {
     pub fn new(config: &CacheConfig, mirrors: Option<Arc<Resolver>>) -> Self {
         let insecure = InsecureMatcher::default();
+        let queue_timeout = config.limits.upstream_queue_timeout;
+        let limiter = |requests: RequestLimits| {
+            RequestLimiter::new(requests.max_concurrent, requests.max_rate, queue_timeout)
+                .map(Arc::new)
+        };
         let make = |u: &UpstreamConfig| {
             let tls = origin_tls(&u.url, &insecure);
             Arc::new(Upstream {
@@ -80,6 +93,8 @@ impl Router {
                 tag_revalidate: u.tag_revalidate,
                 local: false,
                 dynamic: false,
+                ratelimit_reserve: u.ratelimit_reserve,
+                limiter: limiter(u.requests),
             })
         };
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(make).collect();
@@ -97,7 +112,11 @@ impl Router {
                 tag_revalidate: std::time::Duration::ZERO,
                 local: true,
                 dynamic: false,
+                ratelimit_reserve: RateLimitReserve::default(),
+                limiter: None,
             }),
+            dynamic_reserve: config.proxy_reserve,
+            dynamic_limiter: limiter(config.proxy_requests),
             dynamic_tag_revalidate: config
                 .upstreams
                 .first()
@@ -207,6 +226,8 @@ impl Router {
             tag_revalidate: self.dynamic_tag_revalidate,
             local: false,
             dynamic: true,
+            ratelimit_reserve: self.dynamic_reserve,
+            limiter: self.dynamic_limiter.clone(),
         }))
     }
 

@@ -62,6 +62,9 @@ pub struct Limits {
     pub upload_lifetime: Duration,
     /// `max_uploads`: uploads in progress at once.
     pub max_uploads: usize,
+    /// `upstream_queue_timeout`: the longest a request waits for its turn under an upstream's
+    /// `max_concurrent`/`max_rate`; past it the client gets 429.
+    pub upstream_queue_timeout: Duration,
     /// `manifest_memo`: bytes of hot manifests kept in memory.
     pub manifest_memo: u64,
     /// `buffer_memory`: blob data held in memory for clients and fills; past it, reads shrink
@@ -82,6 +85,7 @@ impl Default for Limits {
             max_fills: 256,
             upload_lifetime: Duration::from_secs(3600),
             max_uploads: 1000,
+            upstream_queue_timeout: Duration::from_secs(30),
             manifest_memo: 64 << 20,
             buffer_memory: 256 << 20,
         }
@@ -158,6 +162,94 @@ pub struct UpstreamConfig {
     pub credentials: Option<Credentials>,
     /// How long a tag is served from cache without asking this upstream (`tag_revalidate`).
     pub tag_revalidate: Duration,
+    /// `ratelimit_reserve`: the part of the pull budget the upstream states that is kept for
+    /// content not cached yet.
+    pub ratelimit_reserve: RateLimitReserve,
+    /// `max_concurrent` and `max_rate`.
+    pub requests: RequestLimits,
+}
+
+/// `ratelimit_reserve`: `10%` of the stated limit, or a number of pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitReserve {
+    Percent(u8),
+    Pulls(u64),
+}
+
+impl Default for RateLimitReserve {
+    fn default() -> Self {
+        RateLimitReserve::Percent(10)
+    }
+}
+
+impl RateLimitReserve {
+    /// Whether `remaining` pulls of `limit` have fallen under the reserve.
+    pub fn reached(self, limit: u64, remaining: u64) -> bool {
+        let reserve = match self {
+            RateLimitReserve::Percent(percent) => limit.saturating_mul(u64::from(percent)) / 100,
+            RateLimitReserve::Pulls(pulls) => pulls,
+        };
+        remaining < reserve
+    }
+
+    fn parse(value: &Value) -> Result<Self, String> {
+        let invalid = || format!("{value:?} is not a reserve like 10% or 20 (pulls)");
+        match value {
+            Value::Number(n) => n.as_u64().map(RateLimitReserve::Pulls).ok_or_else(invalid),
+            Value::String(text) => match text.trim().strip_suffix('%') {
+                Some(percent) => percent
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .map(RateLimitReserve::Percent)
+                    .ok_or_else(invalid),
+                None => text
+                    .trim()
+                    .parse()
+                    .map(RateLimitReserve::Pulls)
+                    .map_err(|_| invalid()),
+            },
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// `max_concurrent` (requests in flight, a download until its body ends) and `max_rate`
+/// (requests per second) for one upstream; none by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RequestLimits {
+    pub max_concurrent: Option<usize>,
+    pub max_rate: Option<f64>,
+}
+
+impl Eq for RequestLimits {}
+
+impl RequestLimits {
+    fn parse(
+        max_concurrent: Option<usize>,
+        max_rate: Option<f64>,
+        defaults: RequestLimits,
+        err: impl Fn(&str, String) -> String,
+        at: &str,
+    ) -> Result<Self, String> {
+        if max_concurrent == Some(0) {
+            return Err(err(
+                &format!("{at}.max_concurrent"),
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(rate) = max_rate.filter(|r| !(r.is_finite() && *r >= 0.001)) {
+            return Err(err(
+                &format!("{at}.max_rate"),
+                format!("{rate} is not a rate of at least 0.001 requests per second"),
+            ));
+        }
+        Ok(RequestLimits {
+            max_concurrent: max_concurrent.or(defaults.max_concurrent),
+            max_rate: max_rate.or(defaults.max_rate),
+        })
+    }
 }
 
 /// Repositories that accept pushes and are never proxied.
@@ -228,6 +320,10 @@ pub struct CacheConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// `proxy.on`: serve registries that are not configured, without stored credentials.
     pub dynamic_upstreams: bool,
+    /// `proxy.ratelimit_reserve` and `proxy.max_concurrent`/`max_rate`: the defaults of every
+    /// upstream, and what dynamic upstreams get (their limits shared by all of them).
+    pub proxy_reserve: RateLimitReserve,
+    pub proxy_requests: RequestLimits,
     /// `proxy.allow_private_upstreams`: let dynamic upstreams be loopback, link-local or private.
     pub allow_private_upstreams: bool,
     /// `proxy.ttl`.
@@ -269,6 +365,8 @@ impl CacheConfig {
             secret: None,
             upstreams,
             dynamic_upstreams: false,
+            proxy_reserve: RateLimitReserve::default(),
+            proxy_requests: RequestLimits::default(),
             allow_private_upstreams: false,
             ttl: DEFAULT_TTL,
             serve_stale_on_404: false,
@@ -339,6 +437,8 @@ fn upstream(name: &str, url: &str) -> UpstreamConfig {
         url: MirrorUrl::parse(url).expect("built-in upstream URLs are valid"),
         credentials: None,
         tag_revalidate: Duration::ZERO,
+        ratelimit_reserve: RateLimitReserve::default(),
+        requests: RequestLimits::default(),
     }
 }
 
@@ -553,10 +653,16 @@ const SCHEMA: Key = Key::Map(&[
                     ("username", Key::Known),
                     ("password", Key::Known),
                     ("tag_revalidate", Key::Known),
+                    ("ratelimit_reserve", Key::Known),
+                    ("max_concurrent", Key::Known),
+                    ("max_rate", Key::Known),
                 ])),
             ),
             ("on", Key::Known),
             ("tag_revalidate", Key::Known),
+            ("ratelimit_reserve", Key::Known),
+            ("max_concurrent", Key::Known),
+            ("max_rate", Key::Known),
             ("serve_stale_on_404", Key::Known),
             ("allow_private_upstreams", Key::Known),
         ]),
@@ -586,6 +692,7 @@ const SCHEMA: Key = Key::Map(&[
             ("fill_min_rate", Key::Known),
             ("max_fills", Key::Known),
             ("upload_lifetime", Key::Known),
+            ("upstream_queue_timeout", Key::Known),
             ("max_uploads", Key::Known),
             ("manifest_memo", Key::Known),
             ("buffer_memory", Key::Known),
@@ -656,6 +763,7 @@ struct RawLimits {
     max_fills: Option<usize>,
     upload_lifetime: Option<String>,
     max_uploads: Option<usize>,
+    upstream_queue_timeout: Option<String>,
     manifest_memo: Option<Value>,
     buffer_memory: Option<Value>,
 }
@@ -728,6 +836,11 @@ impl RawLimits {
                 defaults.upload_lifetime,
             )?,
             max_uploads: count("max_uploads", self.max_uploads, defaults.max_uploads)?,
+            upstream_queue_timeout: duration(
+                "upstream_queue_timeout",
+                self.upstream_queue_timeout,
+                defaults.upstream_queue_timeout,
+            )?,
             manifest_memo: size("manifest_memo", self.manifest_memo, defaults.manifest_memo)?,
             buffer_memory: size("buffer_memory", self.buffer_memory, defaults.buffer_memory)?,
         })
@@ -837,6 +950,9 @@ struct RawProxy {
     allow_private_upstreams: bool,
     tag_revalidate: Option<String>,
     serve_stale_on_404: bool,
+    ratelimit_reserve: Option<Value>,
+    max_concurrent: Option<usize>,
+    max_rate: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -846,6 +962,18 @@ struct RawRemote {
     username: Option<String>,
     password: Option<String>,
     tag_revalidate: Option<String>,
+    ratelimit_reserve: Option<Value>,
+    max_concurrent: Option<usize>,
+    max_rate: Option<f64>,
+}
+
+/// One upstream's own policy keys, each defaulting to the `proxy` level's.
+#[derive(Debug, Default)]
+struct RawPolicy<'a> {
+    tag_revalidate: Option<&'a str>,
+    ratelimit_reserve: Option<&'a Value>,
+    max_concurrent: Option<usize>,
+    max_rate: Option<f64>,
 }
 
 impl RawS3 {
@@ -967,41 +1095,69 @@ impl RawConfig {
                 path: Some(path),
             }) => Some((realm.unwrap_or_else(|| "regmirror".to_owned()), path)),
         };
+        let proxy_reserve = match &proxy.ratelimit_reserve {
+            None => RateLimitReserve::default(),
+            Some(value) => {
+                RateLimitReserve::parse(value).map_err(|e| err("proxy.ratelimit_reserve", e))?
+            }
+        };
+        let proxy_requests = RequestLimits::parse(
+            proxy.max_concurrent,
+            proxy.max_rate,
+            RequestLimits::default(),
+            err,
+            "proxy",
+        )?;
         let mut upstreams = Vec::new();
-        let mut add =
-            |field: String, url: &str, creds: Option<Credentials>, revalidate: Option<&str>| {
-                let tag_revalidate = match revalidate {
-                    None => default_revalidate,
-                    Some(text) => parse_duration(text)
-                        .map_err(|e| err(&field.replace(".url", ".tag_revalidate"), e))?,
-                };
-                let url = MirrorUrl::parse(url).map_err(|e| err(&field, e))?;
-                let name = canonical_registry(url.authority());
-                if name == LOCAL_NAMESPACE {
-                    return Err(err(
-                        &field,
-                        format!(
-                            "{name:?} names the namespace of pushed repositories; give the port too"
-                        ),
-                    ));
+        let mut add = |field: String, url: &str, creds: Option<Credentials>, policy: RawPolicy| {
+            let at = field.trim_end_matches(".url");
+            let tag_revalidate = match policy.tag_revalidate {
+                None => default_revalidate,
+                Some(text) => {
+                    parse_duration(text).map_err(|e| err(&format!("{at}.tag_revalidate"), e))?
                 }
-                if upstreams.iter().any(|u: &UpstreamConfig| u.name == name) {
-                    return Err(err(&field, format!("upstream {name} is configured twice")));
-                }
-                upstreams.push(UpstreamConfig {
-                    name,
-                    url,
-                    credentials: creds,
-                    tag_revalidate,
-                });
-                Ok(())
             };
+            let ratelimit_reserve = match policy.ratelimit_reserve {
+                None => proxy_reserve,
+                Some(value) => RateLimitReserve::parse(value)
+                    .map_err(|e| err(&format!("{at}.ratelimit_reserve"), e))?,
+            };
+            let requests = RequestLimits::parse(
+                policy.max_concurrent,
+                policy.max_rate,
+                proxy_requests,
+                err,
+                at,
+            )?;
+            let url = MirrorUrl::parse(url).map_err(|e| err(&field, e))?;
+            let name = canonical_registry(url.authority());
+            if name == LOCAL_NAMESPACE {
+                return Err(err(
+                    &field,
+                    format!(
+                        "{name:?} names the namespace of pushed repositories; give the port too"
+                    ),
+                ));
+            }
+            if upstreams.iter().any(|u: &UpstreamConfig| u.name == name) {
+                return Err(err(&field, format!("upstream {name} is configured twice")));
+            }
+            upstreams.push(UpstreamConfig {
+                name,
+                url,
+                credentials: creds,
+                tag_revalidate,
+                ratelimit_reserve,
+                requests,
+            });
+            Ok(())
+        };
         if let Some(url) = &proxy.remoteurl {
             add(
                 "proxy.remoteurl".into(),
                 url,
                 credentials(proxy.username, proxy.password),
-                None,
+                RawPolicy::default(),
             )?;
         }
         for (i, remote) in proxy.remoteregistries.into_iter().enumerate() {
@@ -1009,7 +1165,12 @@ impl RawConfig {
                 format!("proxy.remoteregistries[{i}].url"),
                 &remote.url,
                 credentials(remote.username, remote.password),
-                remote.tag_revalidate.as_deref(),
+                RawPolicy {
+                    tag_revalidate: remote.tag_revalidate.as_deref(),
+                    ratelimit_reserve: remote.ratelimit_reserve.as_ref(),
+                    max_concurrent: remote.max_concurrent,
+                    max_rate: remote.max_rate,
+                },
             )?;
         }
         let local = match &self.local {
@@ -1131,6 +1292,8 @@ impl RawConfig {
             secret,
             upstreams,
             dynamic_upstreams: proxy.on,
+            proxy_reserve,
+            proxy_requests,
             allow_private_upstreams: proxy.allow_private_upstreams,
             ttl,
             serve_stale_on_404: proxy.serve_stale_on_404,
@@ -1246,6 +1409,80 @@ health:
         let config = parse("version: 0.1\nproxy:\n  on: true\n").unwrap();
         assert!(config.dynamic_upstreams);
         assert!(config.upstreams.is_empty());
+    }
+
+    #[test]
+    fn upstream_etiquette_keys_default_from_the_proxy_level() {
+        let config = parse(
+            "proxy:\n  ratelimit_reserve: 5\n  max_rate: 2.5\n  remoteregistries:\n  - url: https://a.io\n  - url: https://b.io\n    ratelimit_reserve: 25%\n    max_concurrent: 4\n    max_rate: 0.5\nlimits: {upstream_queue_timeout: 5s}\n",
+        )
+        .unwrap();
+        let (a, b) = (&config.upstreams[0], &config.upstreams[1]);
+        assert_eq!(a.ratelimit_reserve, RateLimitReserve::Pulls(5));
+        assert_eq!(
+            a.requests,
+            RequestLimits {
+                max_concurrent: None,
+                max_rate: Some(2.5)
+            }
+        );
+        assert_eq!(b.ratelimit_reserve, RateLimitReserve::Percent(25));
+        assert_eq!(
+            b.requests,
+            RequestLimits {
+                max_concurrent: Some(4),
+                max_rate: Some(0.5)
+            }
+        );
+        assert_eq!(config.proxy_reserve, RateLimitReserve::Pulls(5));
+        assert_eq!(config.limits.upstream_queue_timeout, Duration::from_secs(5));
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let defaults = parse("proxy: {remoteurl: https://a.io}\n").unwrap();
+        assert_eq!(
+            defaults.upstreams[0].ratelimit_reserve,
+            RateLimitReserve::Percent(10)
+        );
+        assert_eq!(defaults.upstreams[0].requests, RequestLimits::default());
+        assert_eq!(
+            defaults.limits.upstream_queue_timeout,
+            Duration::from_secs(30)
+        );
+        for (yaml, field) in [
+            (
+                "proxy: {remoteurl: https://a.io, ratelimit_reserve: 120%}\n",
+                "proxy.ratelimit_reserve",
+            ),
+            (
+                "proxy: {remoteregistries: [{url: https://a.io, ratelimit_reserve: lots}]}\n",
+                "proxy.remoteregistries[0].ratelimit_reserve",
+            ),
+            (
+                "proxy: {remoteregistries: [{url: https://a.io, max_concurrent: 0}]}\n",
+                "proxy.remoteregistries[0].max_concurrent",
+            ),
+            (
+                "proxy: {remoteurl: https://a.io, max_rate: 0}\n",
+                "proxy.max_rate",
+            ),
+            (
+                "proxy: {remoteurl: https://a.io}\nlimits: {upstream_queue_timeout: 0s}\n",
+                "limits.upstream_queue_timeout",
+            ),
+        ] {
+            let error = parse(yaml).unwrap_err();
+            assert!(error.contains(field), "{field} in {error}");
+        }
+    }
+
+    #[test]
+    fn the_reserve_is_reached_under_its_share_of_the_limit() {
+        let ten = RateLimitReserve::Percent(10);
+        assert!(!ten.reached(100, 10));
+        assert!(ten.reached(100, 9));
+        assert!(!ten.reached(5, 0), "10% of 5 pulls is none");
+        assert!(RateLimitReserve::Pulls(3).reached(100, 2));
+        assert!(!RateLimitReserve::Pulls(3).reached(100, 3));
+        assert!(!RateLimitReserve::Percent(100).reached(u64::MAX, u64::MAX));
     }
 
     #[test]

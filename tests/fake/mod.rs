@@ -60,6 +60,20 @@ pub struct FakeState {
     /// Paths answered 200 with this many zero bytes, generated as they are sent, without
     /// Content-Length (an upstream that sends far more than anyone should read).
     pub endless: Mutex<HashMap<String, u64>>,
+    /// A FAKE Docker Hub pull budget: every answer states it (`ratelimit-*` headers, HEADs
+    /// included); a manifest GET spends one pull, and with none left it is answered 429.
+    pub pull_budget: Mutex<Option<PullBudget>>,
+    /// When set, every request is answered 429 with this `Retry-After` (seconds).
+    pub throttle: Mutex<Option<u64>>,
+}
+
+/// Docker Hub's limit headers as the fake states them.
+#[derive(Clone, Copy)]
+pub struct PullBudget {
+    pub limit: u64,
+    pub remaining: u64,
+    /// `Retry-After` of the 429 once nothing is left.
+    pub retry_after: u64,
 }
 
 /// A FAKE token service on the fake itself.
@@ -203,6 +217,63 @@ async fn fake_handler(State(state): State<Arc<FakeState>>, request: Request) -> 
         );
         return response;
     }
+    let throttle = *state.throttle.lock().unwrap();
+    if let Some(retry_after) = throttle {
+        return too_many_requests(retry_after);
+    }
+    let budget = {
+        let mut budget = state.pull_budget.lock().unwrap();
+        let pull = key.0 == Method::GET && key.1.contains("/manifests/");
+        match budget.as_mut() {
+            Some(b) if pull && b.remaining == 0 => {
+                let mut response = too_many_requests(b.retry_after);
+                budget_headers(&mut response, b);
+                return response;
+            }
+            Some(b) if pull => {
+                b.remaining -= 1;
+                Some(*b)
+            }
+            other => other.copied(),
+        }
+    };
+    let mut response = answer(&state, &key).await;
+    if let Some(budget) = budget {
+        budget_headers(&mut response, &budget);
+    }
+    response
+}
+
+fn too_many_requests(retry_after: u64) -> Response {
+    let mut response = Response::new(Body::from(
+        r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull limit"}]}"#,
+    ));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(retry_after));
+    response
+}
+
+fn budget_headers(response: &mut Response, budget: &PullBudget) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", budget.limit),
+        ("ratelimit-remaining", budget.remaining),
+    ] {
+        headers.insert(
+            name,
+            HeaderValue::from_str(&format!("{value};w=21600")).unwrap(),
+        );
+    }
+    headers.insert(
+        "docker-ratelimit-source",
+        HeaderValue::from_static("127.0.0.1"),
+    );
+}
+
+/// The canned (or redirected, delayed, endless) answer for `key`.
+async fn answer(state: &FakeState, key: &(Method, String)) -> Response {
     let redirect = state.redirects.lock().unwrap().get(&key.1).cloned();
     if let Some(location) = redirect {
         let mut response = Response::new(Body::empty());
@@ -235,7 +306,7 @@ async fn fake_handler(State(state): State<Arc<FakeState>>, request: Request) -> 
         );
         return response;
     }
-    let canned = state.canned.lock().unwrap().get(&key).cloned();
+    let canned = state.canned.lock().unwrap().get(key).cloned();
     let confirmed = key.0 == Method::HEAD && state.confirm_all_heads.load(Ordering::Relaxed);
     if canned.is_none() && confirmed {
         let mut response = Response::new(Body::empty());

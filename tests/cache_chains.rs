@@ -1,0 +1,106 @@
+//! Caches in a chain, every one a real process on 127.0.0.1: the distribution registry as
+//! origin, regmirror or distribution's proxy in the middle, regmirror at the front, and 8
+//! concurrent cold clients (curl) of one 32 MiB blob, half of them asking with HEAD first as
+//! a cache in front would. The origin's access log counts the downloads.
+
+mod peers;
+
+use std::path::Path;
+use std::process::Command;
+
+use peers::{Registry, RegistryOptions, Regmirror};
+
+/// 8 concurrent clients of `url`; clients 0, 2, 4 and 6 send a HEAD first. Every body must be
+/// `digest`.
+fn eight_cold_clients(url: &str, digest: &str, dir: &Path) {
+    let clients: Vec<std::thread::JoinHandle<String>> = (0..8)
+        .map(|i| {
+            let url = url.to_owned();
+            let out = dir.join(format!("out{i}"));
+            std::thread::spawn(move || {
+                if i % 2 == 0 {
+                    let head = Command::new("curl")
+                        .args(["-sS", "-f", "-I", "-o", "/dev/null"])
+                        .arg(&url)
+                        .status()
+                        .unwrap();
+                    assert!(head.success(), "client {i}: HEAD");
+                }
+                let status = Command::new("curl")
+                    .args(["-sS", "-f", "-o"])
+                    .arg(&out)
+                    .arg(&url)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "client {i}: GET");
+                let output = Command::new("sha256sum").arg(&out).output().unwrap();
+                String::from_utf8_lossy(&output.stdout)
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(
+            format!("sha256:{}", client.join().unwrap()),
+            digest,
+            "every body is digest-correct"
+        );
+    }
+}
+
+fn origin_with_blob(dir: &Path) -> (Registry, String) {
+    let origin = Registry::start(RegistryOptions::default());
+    let (file, digest) = peers::random_file(dir, "big", 32 << 20);
+    peers::push_blob(origin.addr, "library/big", &file, &digest);
+    (origin, digest)
+}
+
+#[test]
+fn regmirror_behind_regmirror_downloads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, digest) = origin_with_blob(dir.path());
+    let back = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let front = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", back.url()), &[]);
+    let path = format!("/v2/library/big/blobs/{digest}");
+    eight_cold_clients(&format!("{}{path}", front.url()), &digest, dir.path());
+    assert_eq!(
+        origin.count("GET", &path),
+        1,
+        "one origin download:\n{}",
+        origin.log()
+    );
+    assert_eq!(origin.count("HEAD", &path), 0, "no HEAD before the GET");
+}
+
+#[test]
+fn regmirror_behind_a_distribution_proxy_sends_it_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, digest) = origin_with_blob(dir.path());
+    let proxy = Registry::start(RegistryOptions {
+        proxy: Some(origin.url()),
+        ..RegistryOptions::default()
+    });
+    let front = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", proxy.url()), &[]);
+    let path = format!("/v2/library/big/blobs/{digest}");
+    eight_cold_clients(&format!("{}{path}", front.url()), &digest, dir.path());
+    // The proxy hears one GET, no HEAD: distribution's proxy downloads a blob it lacks whole
+    // for a HEAD too, and again for every request that arrives while it is fetching.
+    assert_eq!(
+        (proxy.count("GET", &path), proxy.count("HEAD", &path)),
+        (1, 0),
+        "one request to the proxy:\n{}",
+        proxy.log()
+    );
+    // For that one request, distribution's proxy fetches from the origin twice: once to store
+    // (`storeLocal`) and once to answer (`copyContent`), each after a HEAD (read from
+    // registry/proxy/proxyblobstore.go). regmirror in front adds nothing to that.
+    assert_eq!(
+        origin.count("GET", &path),
+        2,
+        "the proxy's own two downloads:\n{}",
+        origin.log()
+    );
+}
