@@ -189,3 +189,48 @@ fn usage_errors_exit_2() {
     assert_eq!(regmirror(&["no-such-command"]).status.code(), Some(2));
     assert!(regmirror(&["--help"]).status.success());
 }
+
+#[test]
+fn serve_takes_its_config_as_registry_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, "proxy: {remoteurl: https://a.io, max_rate: 0}\n").unwrap();
+    let config = config.to_str().unwrap();
+    // The positional path is read (its error names it), like `registry serve CONFIG`.
+    let out = regmirror(&["serve", config]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{config}: proxy.max_rate")),
+        "{}",
+        stderr(&out)
+    );
+    let out = regmirror(&["serve", "--config", config, config]);
+    assert_eq!(out.status.code(), Some(2), "both at once is a usage error");
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = regmirror(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for word in ["serve", "containerd-hosts", "first-byte-timeout"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+    assert_eq!(regmirror(&["completions", "nosh"]).status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let out = regmirror(&["man", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in ["regmirror.1", "regmirror-serve.1", "regmirror-shim.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
+    let serve = std::fs::read_to_string(dir.path().join("regmirror-serve.1")).unwrap();
+    assert!(serve.contains("first\\-byte\\-timeout"), "{serve}");
+}

@@ -317,4 +317,44 @@ mod tests {
             "label values are escaped:\n{text}"
         );
     }
+
+    #[test]
+    fn the_grafana_dashboard_asks_for_metrics_that_exist() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../contrib/grafana/regmirror.json")).unwrap();
+        // Families appear once they have a sample: give each one.
+        let metrics = Metrics::default();
+        metrics.request("blob", "hit");
+        metrics.answered("blob", Duration::from_millis(1));
+        metrics.bytes(Source::Cache, 1);
+        metrics.upstream("docker.io", 200, Duration::from_millis(1));
+        metrics.queued("docker.io", Duration::from_millis(1));
+        metrics.budget("docker.io", 100, 50);
+        metrics.fleet("led");
+        metrics.error("BLOB_UNKNOWN");
+        let exposed = metrics.render(0, 0);
+        let mut asked = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for (start, _) in expr.match_indices("regmirror_") {
+                    let name: String = expr[start..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let family = ["_bucket", "_total", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .unwrap_or(&name);
+                    assert!(
+                        exposed.contains(&format!("# TYPE {family} ")),
+                        "{name} in {:?} is not exposed:\n{exposed}",
+                        panel["title"]
+                    );
+                    asked += 1;
+                }
+            }
+        }
+        assert!(asked >= 10, "{asked}");
+    }
 }

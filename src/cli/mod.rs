@@ -6,6 +6,7 @@
 mod check;
 mod gc;
 mod generate;
+mod install;
 mod mirror_config;
 mod resolve;
 mod serve;
@@ -47,6 +48,10 @@ enum Command {
     ContainerdHosts(generate::ContainerdArgs),
     /// Write a containers-registries.conf drop-in (podman, CRI-O, skopeo, buildah).
     RegistriesConf(generate::RegistriesConfArgs),
+    /// Print the shell completion script for SHELL.
+    Completions(install::CompletionsArgs),
+    /// Write the man pages (regmirror.1 and one per subcommand) into DIR.
+    Man(install::ManArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -85,6 +90,8 @@ pub fn main() -> ExitCode {
             init_tracing("warn");
             generate::registries_conf(args)
         }
+        Command::Completions(args) => install::completions(args),
+        Command::Man(args) => install::man(args),
     };
     match result {
         Ok(code) => code,

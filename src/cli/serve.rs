@@ -17,6 +17,10 @@ pub struct Args {
     /// variables override either, as with distribution.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The config.yml as a positional argument, as `registry serve CONFIG` takes it (a
+    /// registry:2 command line works unchanged); the same as --config.
+    #[arg(value_name = "CONFIG", conflicts_with = "config")]
+    config_path: Option<PathBuf>,
     /// daemon.json-format mirror config: the cache's own upstream fetches try these mirrors
     /// before the upstream. Repeatable.
     #[arg(long = "mirrors", value_name = "FILE")]
@@ -54,7 +58,7 @@ pub fn load_cache_config(path: Option<&std::path::Path>) -> anyhow::Result<(Stri
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (name, config) = load_cache_config(args.config.as_deref())?;
+    let (name, config) = load_cache_config(args.config.or(args.config_path).as_deref())?;
     super::init_tracing(config.log_level.as_deref().unwrap_or("info"));
     for warning in &config.warnings {
         tracing::warn!("{name}: {warning}");
