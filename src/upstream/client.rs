@@ -5,6 +5,8 @@
 //! fetched on a 401 challenge; Basic where the registry asks for it) and the `?ns=` / `domain`
 //! hints for mirrors. [`UpstreamClient::walk`] tries endpoints in order: a mirror's transport
 //! error or HTTP error moves on to the next endpoint; the origin's answer is final.
+//! [`UpstreamClient::walk_mirrors`] walks mirrors without their origin (a `mirrors-only` rule),
+//! where no answer is final: when every mirror fails, the walk fails.
 //! Redirects (to blob storage) are followed by reqwest, which drops `Authorization` when the
 //! redirect leaves the host; for targets a client named, every hop must pass the address guard.
 //! Bodies the client reads whole (token answers, and manifests and tag lists for the cache) are
@@ -179,6 +181,8 @@ pub struct UpstreamError {
     pub summary: String,
     /// True when every failure was a timeout or a refused connection (the upstream is down).
     pub unreachable: bool,
+    /// True when every endpoint answered HTTP 404: none of them has it.
+    pub not_found: bool,
 }
 
 /// What a request carries in `Authorization`.
@@ -401,6 +405,7 @@ impl UpstreamClient {
                 Ok(result) => result.map_err(|e| UpstreamError {
                     summary: format!("{}: {}", target.base, describe(&e)),
                     unreachable: e.is_connect() || e.is_timeout(),
+                    not_found: false,
                 })?,
                 Err(_) => {
                     return Err(UpstreamError {
@@ -409,6 +414,7 @@ impl UpstreamClient {
                             target.base, self.first_byte_timeout
                         ),
                         unreachable: true,
+                        not_found: false,
                     });
                 }
             };
@@ -458,13 +464,36 @@ impl UpstreamClient {
         targets: &[Target],
         request: &UpstreamRequest,
     ) -> Result<(usize, Response), UpstreamError> {
+        self.walk_until(targets, request, true).await
+    }
+
+    /// [`walk`](Self::walk) for mirrors without their origin (a `mirrors-only` rule): no answer is
+    /// final, so when the last mirror answers HTTP >= 400 too, the walk fails naming every
+    /// mirror's failure (`not_found` when each answered 404), and no mirror's error answer (a
+    /// 401 challenge naming its own token service) ever reaches the caller as it is.
+    pub async fn walk_mirrors(
+        &self,
+        targets: &[Target],
+        request: &UpstreamRequest,
+    ) -> Result<(usize, Response), UpstreamError> {
+        self.walk_until(targets, request, false).await
+    }
+
+    async fn walk_until(
+        &self,
+        targets: &[Target],
+        request: &UpstreamRequest,
+        last_is_final: bool,
+    ) -> Result<(usize, Response), UpstreamError> {
         let mut failures = Vec::new();
         let mut unreachable = true;
+        let mut not_found = true;
         for (index, target) in targets.iter().enumerate() {
             let last = index + 1 == targets.len();
             let admission = self.breakers.admit(&target.base, Instant::now());
             if admission == Admission::Skipped && !last {
                 failures.push(format!("{}: skipped (recently failed)", target.base));
+                not_found = false;
                 continue;
             }
             // Held across the request: if this future is dropped mid-way, the probe is given
@@ -483,16 +512,22 @@ impl UpstreamClient {
                 probe.resolved();
             }
             match result {
-                Ok(response) if last || !target.is_mirror() || response.status().as_u16() < 400 => {
+                Ok(response)
+                    if (last && last_is_final)
+                        || !target.is_mirror()
+                        || response.status().as_u16() < 400 =>
+                {
                     return Ok((index, response));
                 }
                 Ok(response) => {
                     unreachable = false;
+                    not_found &= response.status() == StatusCode::NOT_FOUND;
                     tracing::debug!(mirror = %target.base, status = %response.status(), path = %request.path, "mirror failed, trying the next endpoint");
                     failures.push(format!("{}: HTTP {}", target.base, response.status()));
                 }
                 Err(e) => {
                     unreachable &= e.unreachable;
+                    not_found = false;
                     tracing::debug!(endpoint = %target.base, error = %e, path = %request.path, "endpoint failed");
                     failures.push(e.summary);
                 }
@@ -505,6 +540,7 @@ impl UpstreamClient {
                 failures.join("; ")
             },
             unreachable,
+            not_found: not_found && !failures.is_empty(),
         })
     }
 
@@ -534,6 +570,7 @@ impl UpstreamClient {
         let fail = |message: String| UpstreamError {
             summary: format!("{}: token service {realm}: {message}", target.base),
             unreachable: false,
+            not_found: false,
         };
         let mut url = url::Url::parse(realm).map_err(|e| fail(e.to_string()))?;
         if !target.trusted {
@@ -596,6 +633,7 @@ impl UpstreamClient {
                 .map_err(|summary| UpstreamError {
                     summary,
                     unreachable: false,
+                    not_found: false,
                 })?;
         }
         Ok(())
