@@ -3,8 +3,8 @@
 //! Keys read: `mirror-registries` (`[{"domain": …, "mirrors": […], "mirrors-only": false}]`, from
 //! the seed's patched engine, plus regmirror's optional `mirrors-only`), `registry-mirrors` and
 //! `insecure-registries` (stock dockerd). Every other key is dockerd's own business and is
-//! ignored. Validation collects every problem of every file, each
-//! naming file, line, column and field. Pure: no file system access.
+//! ignored. Validation collects every problem of every file, each naming file, line, column and
+//! field. Pure: no file system access.
 
 use std::collections::HashMap;
 use std::fmt;

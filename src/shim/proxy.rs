@@ -808,6 +808,58 @@ mod tests {
     }
 
     #[test]
+    fn mirrors_only_errors() {
+        let omitted = OmittedOrigin {
+            url: Arc::from("https://reg.io"),
+            source: Arc::from("m.json:1:80 mirror-registries[0].mirrors-only"),
+        };
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let failed = |path: &str, not_found: bool| {
+            let error = UpstreamError {
+                summary: "http://m1: HTTP 404 Not Found".to_owned(),
+                unreachable: false,
+                not_found,
+            };
+            every_mirror_failed("reg.io", &route::parse(path).unwrap(), &omitted, &error)
+        };
+        for (path, code) in [
+            ("/v2/team/app/manifests/v1", ErrorCode::ManifestUnknown),
+            (
+                &format!("/v2/team/app/blobs/{digest}"),
+                ErrorCode::BlobUnknown,
+            ),
+            ("/v2/team/app/tags/list", ErrorCode::NameUnknown),
+            (
+                &format!("/v2/team/app/referrers/{digest}"),
+                ErrorCode::ManifestUnknown,
+            ),
+        ] {
+            assert_eq!(failed(path, true).code, code, "{path}");
+            assert_eq!(failed(path, false).code, ErrorCode::Unavailable, "{path}");
+        }
+        assert_eq!(
+            failed("/v2/team/app/manifests/v1", true).message,
+            "reg.io: every mirror failed (http://m1: HTTP 404 Not Found), and the origin \
+             https://reg.io is never tried (mirrors-only, m.json:1:80 mirror-registries[0].mirrors-only)"
+        );
+
+        let ping = mirrors_only_non_pull("reg.io", &Method::GET, &V2Request::Base, &omitted)
+            .expect("the ping is answered");
+        assert_eq!(ping.status(), StatusCode::OK);
+        assert_eq!(
+            ping.headers()["docker-distribution-api-version"],
+            "registry/2.0"
+        );
+        let push = route::parse("/v2/team/app/blobs/uploads/").unwrap();
+        let refused = mirrors_only_non_pull("reg.io", &Method::POST, &push, &omitted).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Denied);
+        assert!(
+            refused.message.contains("POST is not a pull"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn header_filters() {
         let mut headers = HeaderMap::new();
         headers.insert(
