@@ -170,6 +170,54 @@ fn cache_serves_with_every_upstream_down() {
 }
 
 #[test]
+fn a_mirrors_only_rule_keeps_the_cache_off_its_upstream() {
+    let (origin, images) = seeded_origin();
+    let mirror = Registry::start(RegistryOptions::default());
+    images.push("v1", &format!("{}/library/demo:v1", mirror.host()), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mirrors = dir.path().join("mirrors.json");
+    std::fs::write(
+        &mirrors,
+        format!(
+            r#"{{"mirror-registries": [{{"domain": "{}", "mirrors": ["{}"], "mirrors-only": true}}]}}"#,
+            origin.host(),
+            mirror.url()
+        ),
+    )
+    .unwrap();
+    let cache = Regmirror::serve(
+        &format!("proxy: {{remoteurl: {}}}", origin.url()),
+        &["--mirrors", mirrors.to_str().unwrap()],
+    );
+    let requests = || {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|method| origin.count(method, ""))
+            .sum::<usize>()
+    };
+    let before = requests();
+    skopeo_pull(
+        &format!("{}/library/demo:v1", cache.host()),
+        &dir.path().join("a"),
+        &[],
+    )
+    .expect("the mirror holds v1");
+    assert!(mirror.count("GET", "/v2/library/demo/blobs/") >= 1);
+    skopeo_pull(
+        &format!("{}/library/demo:v2s2", cache.host()),
+        &dir.path().join("b"),
+        &[],
+    )
+    .expect_err("v2s2 is on the upstream only");
+    assert_eq!(
+        requests(),
+        before,
+        "the upstream was never asked:\n{}",
+        origin.log()
+    );
+}
+
+#[test]
 fn concurrent_cold_pulls_download_the_blob_once() {
     let origin = Registry::start(RegistryOptions::default());
     let dir = tempfile::tempdir().unwrap();

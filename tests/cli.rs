@@ -53,13 +53,69 @@ fn resolve_json_has_the_documented_shape() {
                 {"url": "https://mirror.test2.com", "role": "mirror", "tls": "verify", "ns": "reg.test1.com",
                  "source": "contrib/examples/seed-exact.json:5:46 mirror-registries[0].mirrors[1]"},
                 {"url": "https://reg.test1.com", "role": "origin", "tls": "verify", "ns": null, "source": "origin"}
-            ]
+            ],
+            "omitted_origin": null
         })
     );
     assert!(
         stderr(&out).contains("plain http"),
         "the http mirror is warned about"
     );
+}
+
+#[test]
+fn resolve_shows_the_origin_a_mirrors_only_rule_omits() {
+    let config = "contrib/examples/mirrors-only.json";
+    let out = regmirror(&["resolve", "--config", config, "--json", "nginx"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let urls: Vec<&str> = value["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        ["https://cache-a.internal:5000", "https://mirror.gcr.io"],
+        "the `*` rule's mirror, then registry-mirrors, and no origin"
+    );
+    assert_eq!(
+        value["omitted_origin"],
+        serde_json::json!({
+            "url": "https://registry-1.docker.io",
+            "source": "contrib/examples/mirrors-only.json:11:23 mirror-registries[1].mirrors-only"
+        })
+    );
+
+    let out = regmirror(&[
+        "resolve",
+        "--config",
+        config,
+        "reg.compliance.example/team/app:1.0",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "\norigin      https://reg.compliance.example omitted: mirrors-only \
+             (contrib/examples/mirrors-only.json:6:23 mirror-registries[0].mirrors-only)\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("  origin  "), "no origin row: {text}");
+
+    // The mirror pulled by its own name keeps its origin: it is that mirror.
+    let out = regmirror(&[
+        "resolve",
+        "--config",
+        config,
+        "--json",
+        "cache-a.internal:5000/team/app",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value["omitted_origin"], serde_json::Value::Null);
+    assert_eq!(value["endpoints"][0]["role"], "origin");
 }
 
 #[test]

@@ -65,6 +65,7 @@ fn containerd_golden_files() {
         ("seed-catch-all", "1.7"),
         ("fleet", "1.7"),
         ("fleet", "2.1"),
+        ("mirrors-only", "1.7"),
     ] {
         let out = tempfile::tempdir().unwrap();
         let result = regmirror(&[
@@ -95,6 +96,7 @@ fn registries_conf_golden_files() {
             vec!["--registry", "quay.io", "--registry", "sea.hub:5000"],
         ),
         ("fleet", vec![]),
+        ("mirrors-only", vec!["--registry", "quay.io"]),
     ] {
         let out = tempfile::tempdir().unwrap();
         let file = out.path().join("50-regmirror.conf");
@@ -165,6 +167,48 @@ fn warnings_name_the_rule() {
         err.contains("--registry lone.example: no rule covers it"),
         "{err}"
     );
+}
+
+#[test]
+fn mirrors_only_warnings_name_the_key() {
+    let out = tempfile::tempdir().unwrap();
+    let config = "contrib/examples/mirrors-only.json";
+    let result = regmirror(&[
+        "containerd-hosts",
+        "--config",
+        config,
+        "--out",
+        out.path().join("certs.d").to_str().unwrap(),
+        "--containerd-version",
+        "1.6.4",
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let err = stderr(&result);
+    assert!(
+        err.contains(
+            "contrib/examples/mirrors-only.json:9:17: containerd 1.6.4 does not read _default (needs \
+             1.6.17 or 1.7): the `*` rule is written only for the registries the configuration names; \
+             it is mirrors-only, so containerd reaches every other registry's origin directly"
+        ),
+        "{err}"
+    );
+    let result = regmirror(&[
+        "registries-conf",
+        "--config",
+        config,
+        "--out",
+        out.path().join("r.conf").to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let err = stderr(&result);
+    for expected in [
+        "contrib/examples/mirrors-only.json:6:23: registries.conf redirects pulls only",
+        "pushes to the registries of the mirrors-only rule \"reg.compliance.example\" still go to their origin",
+        "contrib/examples/mirrors-only.json:9:17: registries.conf has no catch-all",
+        "it is mirrors-only, so podman reaches every other registry's origin directly",
+    ] {
+        assert!(err.contains(expected), "{expected}\n{err}");
+    }
 }
 
 #[test]

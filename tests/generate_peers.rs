@@ -1,6 +1,7 @@
 //! Generated engine configuration used by the real engines: containerd 1.6 (`ctr images pull
 //! --hosts-dir`) over `regmirror containerd-hosts` output, and skopeo over
-//! `regmirror registries-conf` output. Registries are real distribution registries on 127.0.0.1.
+//! `regmirror registries-conf` output, mirrors-only rules included (the origin's access log
+//! must stay silent). Registries are real distribution registries on 127.0.0.1.
 
 mod peers;
 
@@ -47,6 +48,34 @@ fn rules(domain: &str, mirrors: &[String]) -> String {
         r#"{{"mirror-registries": [{{"domain": "{domain}", "mirrors": [{}]}}]}}"#,
         list.join(",")
     )
+}
+
+/// A `mirrors-only` rule for `domain`.
+fn mirrors_only(domain: &str, mirrors: &[String]) -> String {
+    let list: Vec<String> = mirrors.iter().map(|m| format!("\"{m}\"")).collect();
+    format!(
+        r#"{{"mirror-registries": [{{"domain": "{domain}", "mirrors": [{}], "mirrors-only": true}}]}}"#,
+        list.join(",")
+    )
+}
+
+/// Every request in the registry's access log, whatever its method and path.
+fn requests(registry: &Registry) -> usize {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .iter()
+        .map(|method| registry.count(method, ""))
+        .sum()
+}
+
+/// An origin holding library/demo:v1, v2 and v3, a mirror holding v1 only, and a mirror URL
+/// nothing listens on.
+fn origin_and_partial_mirror(images: &Images) -> (Registry, Registry, String) {
+    images.build("v1", &[("hello", b"hello\n")]);
+    let origin = seeded(images);
+    let mirror = Registry::start(RegistryOptions::default());
+    images.push("v1", &format!("{}/library/demo:v1", mirror.host()), &[]);
+    let dead = format!("http://127.0.0.1:{}", peers::free_port());
+    (origin, mirror, dead)
 }
 
 fn manifests(registry: &Registry) -> usize {
@@ -205,5 +234,100 @@ fn skopeo_pulls_through_a_generated_registries_conf() {
         manifests(&origin),
         origin_before,
         "the origin was not asked"
+    );
+}
+
+#[test]
+fn containerd_never_reaches_the_origin_of_a_mirrors_only_rule() {
+    let _engine = engine_lock();
+    let images = Images::new();
+    let (origin, mirror, dead) = origin_and_partial_mirror(&images);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("certs.d");
+    generate(
+        &["containerd-hosts", "--containerd-version", "1.6.20"],
+        &mirrors_only(&origin.host(), &[dead.clone(), mirror.url()]),
+        &hosts,
+    );
+    let text = std::fs::read_to_string(hosts.join(origin.host()).join("hosts.toml")).unwrap();
+    assert!(
+        text.contains(&format!(
+            "server = \"{}\"\ncapabilities = [\"pull\", \"resolve\"]\n",
+            mirror.url()
+        )) && text.contains(&format!("[host.\"{dead}\"]")),
+        "the last mirror is the server, the first a host table:\n{text}"
+    );
+    let containerd = Containerd::start();
+    let before = requests(&origin);
+
+    // On the mirror (the first one is down): served by the last mirror, as `server`, with ?ns=.
+    containerd
+        .pull(
+            &hosts,
+            &format!("{}/library/demo:v1", origin.host()),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("ctr pull v1: {e}\n{}", containerd.log()));
+    assert!(
+        mirror
+            .log()
+            .contains(&format!("ns={}", origin.host().replace(':', "%3A"))),
+        "{}",
+        mirror.log()
+    );
+
+    // Only on the origin: the pull fails, and the origin never hears of it.
+    let failed = containerd.pull(
+        &hosts,
+        &format!("{}/library/demo:v2", origin.host()),
+        Duration::from_secs(60),
+    );
+    assert!(failed.is_err(), "v2 is on the origin only: {failed:?}");
+    assert_eq!(
+        requests(&origin),
+        before,
+        "the origin was never asked:\n{}",
+        origin.log()
+    );
+}
+
+#[test]
+fn skopeo_never_reaches_the_origin_of_a_mirrors_only_rule() {
+    let images = Images::new();
+    let (origin, mirror, dead) = origin_and_partial_mirror(&images);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("50-regmirror.conf");
+    generate(
+        &["registries-conf"],
+        &mirrors_only(&origin.host(), &[dead, mirror.url()]),
+        &conf,
+    );
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.contains(&format!(
+            "prefix = \"{}\"\nlocation = \"{}\"\ninsecure = true\n",
+            origin.host(),
+            mirror.host()
+        )),
+        "the last mirror is the location:\n{text}"
+    );
+    let before = requests(&origin);
+    let mirror_before = manifests(&mirror);
+    let pull = |tag: &str| {
+        skopeo_pull(
+            &format!("{}/library/demo:{tag}", origin.host()),
+            &dir.path().join(tag),
+            &["--registries-conf", conf.to_str().unwrap()],
+        )
+    };
+    pull("v1").unwrap();
+    assert!(manifests(&mirror) > mirror_before, "the mirror served v1");
+    let failed = pull("v2");
+    assert!(failed.is_err(), "v2 is on the origin only: {failed:?}");
+    assert_eq!(
+        requests(&origin),
+        before,
+        "the origin was never asked:\n{}",
+        origin.log()
     );
 }

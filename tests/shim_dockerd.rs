@@ -108,6 +108,12 @@ impl Lab {
             r#"{{"mirror-registries": [{{"domain": "{domain}", "mirrors": [{}]}}]}}"#,
             list.join(", ")
         );
+        self.shim_with(&json, ports, extra)
+    }
+
+    /// The shim with the mirror config `json`, trusting the test CA for its own upstream calls to
+    /// the test host names on `ports`.
+    fn shim_with(&self, json: &str, ports: &[u16], extra: &[&str]) -> Shim {
         let certs = self.ca_dir.path().join("certs.d");
         for port in ports {
             for name in [ORIGIN, OTHER, AUTH] {
@@ -132,7 +138,7 @@ impl Lab {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Shim::start(&json, &args)
+        Shim::start(json, &args)
     }
 
     /// dockerd using the shim as its proxy and trusting the shim's CA for the rule's host.
@@ -243,6 +249,48 @@ fn pulls_go_through_the_first_mirror_and_keep_the_origin_name() {
     assert!(
         mirror.count("GET", "/blobs/sha256:") >= 2,
         "the mirror served the blobs"
+    );
+}
+
+#[test]
+fn a_mirrors_only_registry_is_never_reached() {
+    let _engine = engine_lock();
+    let lab = Lab::new();
+    let origin = lab.origin(None);
+    lab.images
+        .push("v1", &format!("{}/library/demo:v2", origin.host()), &[]);
+    let mirror = lab.mirror();
+    let port = origin.addr.port();
+    let json = format!(
+        r#"{{"mirror-registries": [{{"domain": "{ORIGIN}:{port}", "mirrors": ["{}"], "mirrors-only": true}}]}}"#,
+        mirror.url()
+    );
+    let shim = lab.shim_with(&json, &[port], &[]);
+    let dockerd = lab.dockerd(&shim);
+    let requests = || {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|method| origin.count(method, ""))
+            .sum::<usize>()
+    };
+    let before = requests();
+
+    // On the mirror: pulled (the shim answers dockerd's ping itself).
+    pull(&dockerd, &format!("{ORIGIN}:{port}/library/demo:v1"), &shim);
+    // Only on the origin: a clear error, and the origin never hears of it.
+    let out = dockerd.docker(&["pull", &format!("{ORIGIN}:{port}/library/demo:v2")]);
+    assert!(!out.status.success(), "v2 is on the origin only");
+    assert!(
+        text(&out).contains("every mirror failed") && text(&out).contains("mirrors-only"),
+        "{}\n--- shim\n{}",
+        text(&out),
+        shim.log()
+    );
+    assert_eq!(
+        requests(),
+        before,
+        "the origin was never asked:\n{}",
+        origin.log()
     );
 }
 

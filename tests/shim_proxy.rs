@@ -1,14 +1,14 @@
 //! The shim as a registry endpoint (origin-form `/v2/…?ns=`) and as a plain-http proxy
 //! (absolute-form), without an engine: mirror credentials, configuration reload, paths outside
-//! the registry API, and `regmirror resolve --probe`, against real distribution registries on
-//! 127.0.0.1.
+//! the registry API, mirrors-only rules, and `regmirror resolve --probe`, against real
+//! distribution registries on 127.0.0.1.
 
 mod peers;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use peers::{Images, Registry, RegistryOptions, Shim, http};
+use peers::{Images, Registry, RegistryOptions, Shim, header, http};
 
 const ACCEPT: (&str, &str) = ("Accept", "application/vnd.oci.image.manifest.v1+json");
 
@@ -297,4 +297,139 @@ fn a_pull_whose_endpoints_all_rest_fails_at_once() {
         "names every endpoint and when it is retried: {message}"
     );
     drop(silent);
+}
+
+/// Every request in the registry's access log, whatever its method and path.
+fn requests(registry: &Registry) -> usize {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .iter()
+        .map(|method| registry.count(method, ""))
+        .sum()
+}
+
+fn mirrors_only(origin: &Registry, mirrors: &[String]) -> String {
+    let list: Vec<String> = mirrors.iter().map(|m| format!("\"{m}\"")).collect();
+    format!(
+        r#"{{"mirror-registries": [{{"domain": "{}", "mirrors": [{}], "mirrors-only": true}}]}}"#,
+        origin.host(),
+        list.join(",")
+    )
+}
+
+#[test]
+fn a_mirrors_only_registry_is_never_reached() {
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hi\n")]);
+    let origin = seeded(&images, RegistryOptions::default(), None);
+    images.push("v1", &format!("{}/library/demo:v2", origin.host()), &[]);
+    let mirror = seeded(&images, RegistryOptions::default(), None);
+    let dead = format!("http://127.0.0.1:{}", peers::free_port());
+    let shim = Shim::start(&mirrors_only(&origin, &[dead.clone(), mirror.url()]), &[]);
+    let before = requests(&origin);
+    let text = |body: &[u8]| String::from_utf8_lossy(body).into_owned();
+
+    // On the mirror: served by it, origin-form and absolute-form, manifest and blob.
+    let (status, _, manifest) = http(
+        "GET",
+        shim.addr,
+        &format!("/v2/library/demo/manifests/v1?ns={}", origin.host()),
+        &[ACCEPT],
+    );
+    assert_eq!(status, 200, "{}", shim.log());
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let (status, _, blob) = http(
+        "GET",
+        shim.addr,
+        &format!("http://{}/v2/library/demo/blobs/{layer}", origin.host()),
+        &[],
+    );
+    assert_eq!(status, 200, "{}", shim.log());
+    assert!(!blob.is_empty());
+
+    // Only on the origin: every mirror failed, and the shim says so itself.
+    let (status, _, body) = http(
+        "GET",
+        shim.addr,
+        &format!("http://{}/v2/library/demo/manifests/v2", origin.host()),
+        &[
+            ACCEPT,
+            ("Authorization", "Bearer client-token-for-the-origin"),
+        ],
+    );
+    let body = text(&body);
+    assert_eq!(status, 503, "{body}");
+    for expected in [
+        "\"UNAVAILABLE\"",
+        &format!("{}: every mirror failed (", origin.host()),
+        &dead,
+        &format!("{}: HTTP 404 Not Found", mirror.url()),
+        &format!(
+            "the origin https://{} is never tried (mirrors-only, {}:1:",
+            origin.host(),
+            shim.config_path().display()
+        ),
+    ] {
+        assert!(body.contains(expected), "{expected}\n{body}");
+    }
+
+    // The ping is answered by the shim, without a challenge.
+    let (status, head, _) = http(
+        "GET",
+        shim.addr,
+        &format!("http://{}/v2/", origin.host()),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(
+            &head.to_ascii_lowercase(),
+            "docker-distribution-api-version"
+        )
+        .as_deref(),
+        Some("registry/2.0"),
+        "{head}"
+    );
+    // A push has nowhere to go.
+    let (status, _, body) = http(
+        "POST",
+        shim.addr,
+        &format!("/v2/library/demo/blobs/uploads/?ns={}", origin.host()),
+        &[],
+    );
+    assert_eq!(status, 403);
+    assert!(text(&body).contains("\"DENIED\""), "{}", text(&body));
+    // Nor is a path outside the registry API forwarded to the registry's host.
+    let (status, _, body) = http(
+        "GET",
+        shim.addr,
+        &format!("http://{}/?probe=1", origin.host()),
+        &[],
+    );
+    assert_eq!(status, 403);
+    assert!(text(&body).contains("not forwarded"), "{}", text(&body));
+
+    // Every mirror answered 404: the request's not-found code, naming the mirror.
+    let only = Shim::start(&mirrors_only(&origin, &[mirror.url()]), &[]);
+    let (status, _, body) = http(
+        "GET",
+        only.addr,
+        &format!("/v2/library/demo/manifests/v2?ns={}", origin.host()),
+        &[ACCEPT],
+    );
+    let body = text(&body);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("\"MANIFEST_UNKNOWN\"")
+            && body.contains(&format!("{}: HTTP 404", mirror.url())),
+        "{body}"
+    );
+
+    assert_eq!(
+        requests(&origin),
+        before,
+        "the origin was never asked:\n{}",
+        origin.log()
+    );
+    assert!(!mirror.log().contains("client-token-for-the-origin"));
 }

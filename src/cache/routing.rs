@@ -6,7 +6,8 @@
 //! `proxy.on` (dynamic upstreams, no stored credentials), and the HTTP client's address guard
 //! keeps those off loopback, link-local and private addresses, redirects included. A dynamic
 //! upstream listed in the `--mirrors` config's `insecure-registries` (or on loopback) is tried as
-//! dockerd would: https without certificate checks, then plain http. The local (pushed)
+//! dockerd would: https without certificate checks, then plain http. A `--mirrors` rule with
+//! `mirrors-only` keeps the upstream itself out: its fetches try the mirrors alone. The local (pushed)
 //! namespace is never an upstream: `?ns=local` names nothing.
 
 use std::collections::HashMap;
@@ -232,7 +233,7 @@ impl Router {
     }
 
     /// The endpoints to fetch `route` from: `--mirrors` endpoints (without credentials), then the
-    /// upstream itself with its credentials.
+    /// upstream itself with its credentials, unless a `mirrors-only` rule keeps it out.
     pub fn targets(&self, route: &Route) -> Vec<Target> {
         let endpoints = self
             .mirrors
@@ -243,7 +244,9 @@ impl Router {
             .filter(|e| e.role == Role::Mirror)
             .map(|e| Target::from_endpoint(e, None))
             .collect();
-        targets.extend(route.upstream.origins.iter().cloned());
+        if endpoints.omitted_origin.is_none() {
+            targets.extend(route.upstream.origins.iter().cloned());
+        }
         targets
     }
 
@@ -371,6 +374,33 @@ mod tests {
             &*hub.upstream.origins[0].base,
             "https://registry-1.docker.io"
         );
+    }
+
+    #[test]
+    fn mirrors_only_keeps_the_upstream_out_of_the_targets() {
+        let mirrors = crate::config::MirrorConfig::from_sources(&[crate::config::ConfigSource {
+            path: "m.json",
+            text: r#"{"mirror-registries": [
+                {"domain": "ghcr.io", "mirrors": ["https://m1"], "mirrors-only": true},
+                {"domain": "quay.io", "mirrors": ["https://m2"]},
+                {"domain": "*", "mirrors": ["https://m3"], "mirrors-only": true}]}"#,
+        }])
+        .unwrap();
+        let mirrors = Some(Arc::new(Resolver::new(mirrors).unwrap()));
+        let yaml = "proxy:\n  on: true\n  remoteregistries:\n  - url: https://ghcr.io\n  - url: https://quay.io\n";
+        let r = Router::new(
+            &CacheConfig::parse("c.yml", Some(yaml), &[]).unwrap(),
+            mirrors,
+        );
+        let bases = |ns: &str| -> Vec<String> {
+            r.targets(&r.route("org/img", Some(ns), None).unwrap())
+                .iter()
+                .map(|t| t.base.to_string())
+                .collect()
+        };
+        assert_eq!(bases("ghcr.io"), ["https://m1"]);
+        assert_eq!(bases("quay.io"), ["https://m2", "https://quay.io"]);
+        assert_eq!(bases("other.example"), ["https://m3"], "a dynamic upstream");
     }
 
     #[test]

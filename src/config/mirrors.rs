@@ -1,9 +1,10 @@
 //! The mirror configuration in daemon.json format, read from one or more files and combined.
 //!
-//! Keys read: `mirror-registries` (`[{"domain": …, "mirrors": […]}]`, from the seed's patched
-//! engine), `registry-mirrors` and `insecure-registries` (stock dockerd). Every other key is
-//! dockerd's own business and is ignored. Validation collects every problem of every file, each
-//! naming file, line, column and field. Pure: no file system access.
+//! Keys read: `mirror-registries` (`[{"domain": …, "mirrors": […], "mirrors-only": false}]`, from
+//! the seed's patched engine, plus regmirror's optional `mirrors-only`), `registry-mirrors` and
+//! `insecure-registries` (stock dockerd). Every other key is dockerd's own business and is
+//! ignored. Validation collects every problem of every file, each naming file, line, column and
+//! field. Pure: no file system access.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,6 +17,9 @@ use serde_json::Value;
 use super::json_span::{self, Step};
 use super::{ConfigErrors, Diagnostic, Location};
 use crate::reference::{self, DOCKER_HUB, DOCKER_HUB_API_HOST, LEGACY_DOCKER_HUB};
+
+/// The `mirror-registries` entry key that keeps a rule's registries from being reached directly.
+const MIRRORS_ONLY: &str = "mirrors-only";
 
 /// One configuration file's path and text.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +45,9 @@ pub struct MirrorConfig {
 pub struct MirrorRule {
     pub domain: DomainPattern,
     pub mirrors: Vec<Mirror>,
+    /// `"mirrors-only": true`: the registries the rule covers are never reached directly, only
+    /// through its mirrors. Where the key is written; `None` when it is absent or `false`.
+    pub mirrors_only: Option<Location>,
     /// Where the entry's `domain` is written.
     pub location: Location,
 }
@@ -393,11 +400,14 @@ impl<'a> FileReader<'a> {
             };
             for key in fields
                 .keys()
-                .filter(|k| !matches!(k.as_str(), "domain" | "mirrors"))
+                .filter(|k| !matches!(k.as_str(), "domain" | "mirrors" | MIRRORS_ONLY))
             {
                 self.error(
                     &[Step::Key(KEY), Step::Index(index), Step::Key(key)],
-                    format!("unknown field {key:?}; an entry has only \"domain\" and \"mirrors\""),
+                    format!(
+                        "unknown field {key:?}; an entry has only \"domain\", \"mirrors\" and \
+                         \"{MIRRORS_ONLY}\""
+                    ),
                 );
             }
             let domain_path = [Step::Key(KEY), Step::Index(index), Step::Key("domain")];
@@ -418,6 +428,15 @@ impl<'a> FileReader<'a> {
                     None
                 }
             };
+            let only_path = [Step::Key(KEY), Step::Index(index), Step::Key(MIRRORS_ONLY)];
+            let mirrors_only = match fields.get(MIRRORS_ONLY) {
+                None | Some(Value::Bool(false)) => Some(None),
+                Some(Value::Bool(true)) => Some(Some(self.location(&only_path))),
+                Some(_) => {
+                    self.error(&only_path, "must be true or false");
+                    None
+                }
+            };
             let mirrors_path = [Step::Key(KEY), Step::Index(index), Step::Key("mirrors")];
             let mirrors = match fields.get("mirrors") {
                 None => {
@@ -428,8 +447,17 @@ impl<'a> FileReader<'a> {
             };
             let Some(domain) = domain else { continue };
             let Some(mirrors) = mirrors else { continue };
+            let Some(mirrors_only) = mirrors_only else {
+                continue;
+            };
             if mirrors.is_empty() {
-                self.error(&mirrors_path, "must list at least one mirror URL");
+                let message = if mirrors_only.is_some() {
+                    "must list at least one mirror URL: with \"mirrors-only\" the rule would leave \
+                     no endpoint at all"
+                } else {
+                    "must list at least one mirror URL"
+                };
+                self.error(&mirrors_path, message);
                 continue;
             }
             if let DomainPattern::Exact(registry) = &domain {
@@ -452,6 +480,7 @@ impl<'a> FileReader<'a> {
             self.config.rules.push(MirrorRule {
                 domain,
                 mirrors,
+                mirrors_only,
                 location,
             });
         }
@@ -807,6 +836,45 @@ mod tests {
             r#"{"insecure-registries": ["r_io"]}"#,
             "neither host[:port] nor a CIDR",
         );
+    }
+
+    #[test]
+    fn mirrors_only_is_a_located_boolean() {
+        let text = "{\"mirror-registries\": [\n  {\"domain\": \"reg.io\", \"mirrors\": [\"https://m\"],\n   \"mirrors-only\": true},\n  {\"domain\": \"a.io\", \"mirrors\": [\"https://m\"], \"mirrors-only\": false},\n  {\"domain\": \"b.io\", \"mirrors\": [\"https://m\"]}]}";
+        let config = parse(text).unwrap();
+        let only = config.rules[0].mirrors_only.as_ref().expect("set");
+        assert_eq!(
+            (only.to_string(), only.field.as_str()),
+            (
+                "/etc/regmirror/mirrors.json:3:20".to_owned(),
+                "mirror-registries[0].mirrors-only"
+            )
+        );
+        assert_eq!(config.rules[1].mirrors_only, None, "false");
+        assert_eq!(config.rules[2].mirrors_only, None, "absent");
+
+        for value in ["\"true\"", "1", "null", "[]"] {
+            let errors = errors(&format!(
+                "{{\"mirror-registries\": [\n {{\"domain\": \"reg.io\", \"mirrors\": [\"https://m\"], \"mirrors-only\": {value}}}]}}"
+            ));
+            assert_eq!(
+                errors,
+                [
+                    "/etc/regmirror/mirrors.json:2:65: mirror-registries[0].mirrors-only: must be true or false"
+                ],
+                "{value}"
+            );
+        }
+        assert_error(
+            r#"{"mirror-registries": [{"domain": "r.io", "mirrors": [], "mirrors-only": true}]}"#,
+            "mirror-registries[0].mirrors: must list at least one mirror URL: with \"mirrors-only\" \
+             the rule would leave no endpoint at all",
+        );
+        // Every problem of the entry is reported, the key's among them.
+        let errors = errors(
+            r#"{"mirror-registries": [{"domain": "a b", "mirrors": ["x"], "mirrors-only": "yes"}]}"#,
+        );
+        assert_eq!(errors.len(), 3, "{errors:#?}");
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! host table (it is then tried twice when it fails). `*` becomes `_default/hosts.toml`
 //! (containerd >= 1.6.17) with the rule's mirrors and no `server`. A mirror URL's path is the
 //! API root, exactly as containerd reads it (`/v2` is appended).
+//!
+//! A `mirrors-only` rule's answer has no origin: its last mirror is `server` (containerd has no
+//! endpoint after `server`, so it never falls back to the origin), pull and resolve only (a push
+//! then finds no host and fails, reaching neither a mirror nor the origin), `skip_verify` when it
+//! is an insecure https mirror; a mirrors-only `*` writes `_default` the same way. containerd
+//! sends `?ns=` to a `server` that is not the registry itself, as to any mirror.
 
 use std::collections::BTreeMap;
 
@@ -81,19 +87,8 @@ pub fn generate(
     let mut out = HostsFiles::default();
     let named = named::registries(config, &resolver, &[]);
     for registry in &named {
-        let (origin, before) = registry
-            .endpoints
-            .split_last()
-            .expect("the resolver always ends with the origin");
-        let hosts = if before.is_empty() {
-            std::slice::from_ref(origin)
-        } else {
-            before
-        };
         let mut text = marker.clone();
-        // The last origin attempt is verified https or plain http: never `skip_verify`.
-        text.push_str(&format!("server = {}\n", toml_string(&origin.url)));
-        push_hosts(&mut text, hosts, version);
+        push_server_and_hosts(&mut text, &registry.endpoints, version);
         out.files.insert(registry.registry.to_string(), text);
     }
     for rule in &config.rules {
@@ -101,6 +96,12 @@ pub fn generate(
         match &rule.domain {
             DomainPattern::Exact(_) => {}
             DomainPattern::Suffix(pattern) => {
+                let origins = if rule.mirrors_only.is_some() {
+                    "; it is mirrors-only, so containerd reaches the origin of every other \
+                     registry it covers directly"
+                } else {
+                    ""
+                };
                 let covered: Vec<&str> = named
                     .iter()
                     .filter(|e| e.rule.as_ref().is_some_and(|r| *r.domain == **pattern))
@@ -117,7 +118,7 @@ pub fn generate(
                 out.warnings.push(Warning {
                     location,
                     message: format!(
-                        "containerd hosts.toml cannot express the pattern rule {pattern:?}: {written}; \
+                        "containerd hosts.toml cannot express the pattern rule {pattern:?}: {written}{origins}; \
                          add an exact rule per registry"
                     ),
                 });
@@ -126,8 +127,16 @@ pub fn generate(
                 location,
                 message: format!(
                     "containerd {}.{}.{} does not read _default (needs 1.6.17 or 1.7): the `*` rule is written only \
-                     for the registries the configuration names",
-                    version.major, version.minor, version.patch
+                     for the registries the configuration names{}",
+                    version.major,
+                    version.minor,
+                    version.patch,
+                    if rule.mirrors_only.is_some() {
+                        "; it is mirrors-only, so containerd reaches every other registry's origin \
+                         directly"
+                    } else {
+                        ""
+                    }
                 ),
             }),
             DomainPattern::Any => {
@@ -135,7 +144,11 @@ pub fn generate(
                     .wildcard_mirrors(&rule.domain)
                     .expect("the resolver compiled the `*` rule");
                 let mut text = marker.clone();
-                push_hosts(&mut text, &mirrors, version);
+                if rule.mirrors_only.is_some() {
+                    push_server_and_hosts(&mut text, &mirrors, version);
+                } else {
+                    push_hosts(&mut text, &mirrors, version);
+                }
                 out.files.insert("_default".to_owned(), text);
             }
         }
@@ -159,6 +172,29 @@ pub fn generate(
         });
     }
     Ok(out)
+}
+
+/// The last endpoint as `server` and those before it as host tables (the last one too when it is
+/// alone: containerd 1.6 ignores a file without a host table).
+fn push_server_and_hosts(text: &mut String, endpoints: &[Endpoint], version: Version) {
+    let (server, before) = endpoints
+        .split_last()
+        .expect("the resolver never answers without an endpoint");
+    text.push_str(&format!("server = {}\n", toml_string(&server.url)));
+    // The origin's last attempt is verified https or plain http: never `skip_verify`. A mirror
+    // as `server` (mirrors-only) must never get a push.
+    if server.role == Role::Mirror {
+        text.push_str("capabilities = [\"pull\", \"resolve\"]\n");
+        if server.tls == TlsMode::SkipVerify {
+            text.push_str("skip_verify = true\n");
+        }
+    }
+    let hosts = if before.is_empty() {
+        std::slice::from_ref(server)
+    } else {
+        before
+    };
+    push_hosts(text, hosts, version);
 }
 
 /// One `[host."<url>"]` table per endpoint, in order.
@@ -293,6 +329,9 @@ mod tests {
             r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://cache.internal:5000"]}]}"#,
             // An insecure registry no rule covers.
             r#"{"insecure-registries": ["legacy:5000"]}"#,
+            // mirrors-only, with one mirror: it is both `server` and the host table.
+            r#"{"mirror-registries": [{"domain": "reg.io", "mirrors": ["https://m"], "mirrors-only": true},
+                {"domain": "*", "mirrors": ["https://any"], "mirrors-only": true}]}"#,
         ] {
             for version in ["1.6.4", "1.7", "2.1"] {
                 for (dir, text) in &files(json, version).files {
@@ -394,6 +433,76 @@ mod tests {
         assert_agree(
             json,
             &["reg.io", "127.0.0.1:5001", "reg.io:5000", "other.io"],
+        );
+    }
+
+    #[test]
+    fn mirrors_only_makes_the_last_mirror_the_server() {
+        let json = r#"{"mirror-registries": [
+                {"domain": "reg.io", "mirrors": ["http://m1", "https://m2:5000"], "mirrors-only": true},
+                {"domain": "*", "mirrors": ["https://any", "https://m2:5000"], "mirrors-only": true},
+                {"domain": "*.corp", "mirrors": ["https://m.corp"], "mirrors-only": true}],
+            "registry-mirrors": ["https://hub-mirror"],
+            "insecure-registries": ["m2:5000", "reg.io"]}"#;
+        assert_eq!(
+            resolver_says(json, "reg.io"),
+            ["none http://m1", "skip-verify https://m2:5000"],
+            "no origin"
+        );
+        assert_agree(json, &["reg.io", "docker.io", "quay.io", "m2:5000", "any"]);
+        let out = files(json, "2.1");
+        assert_eq!(
+            out.files["reg.io"],
+            "# Generated by regmirror from m.json; edit those, not this file.\n\
+             server = \"https://m2:5000\"\n\
+             capabilities = [\"pull\", \"resolve\"]\n\
+             skip_verify = true\n\n\
+             [host.\"http://m1\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"2s\"\n"
+        );
+        assert_eq!(
+            out.files["_default"],
+            "# Generated by regmirror from m.json; edit those, not this file.\n\
+             server = \"https://m2:5000\"\n\
+             capabilities = [\"pull\", \"resolve\"]\n\
+             skip_verify = true\n\n\
+             [host.\"https://any\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"2s\"\n"
+        );
+        // The Hub's server is its last registry mirror, not registry-1.docker.io.
+        assert!(
+            out.files["docker.io"].contains("server = \"https://hub-mirror\"\ncapabilities"),
+            "{}",
+            out.files["docker.io"]
+        );
+        // A mirror pulled by its own name keeps its origin (it is that mirror): no capabilities
+        // line, the plain origin as server.
+        assert!(
+            out.files["m2:5000"].starts_with(
+                "# Generated by regmirror from m.json; edit those, not this file.\n\
+                 server = \"http://m2:5000\"\n\n"
+            ),
+            "{}",
+            out.files["m2:5000"]
+        );
+        let messages: Vec<String> = files(json, "1.6.4")
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            messages.iter().any(|m| m.contains(
+                "pattern rule \"*.corp\": written only for the registries the configuration names \
+                 (m.corp); it is mirrors-only, so containerd reaches the origin of every other registry it \
+                 covers directly; add an exact rule per registry"
+            )),
+            "{messages:#?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains(
+                "does not read _default (needs 1.6.17 or 1.7): the `*` rule is written only for the \
+                 registries the configuration names; it is mirrors-only, so containerd reaches every other \
+                 registry's origin directly"
+            )),
+            "{messages:#?}"
         );
     }
 

@@ -1,8 +1,9 @@
 //! A containers-registries.conf v2 drop-in (podman, CRI-O, skopeo, buildah).
 //!
 //! Every registry the configuration names ([`super::named`]) and every `--registry HOST` gets a
-//! `[[registry]]` written from the resolver's answer: `prefix` and `location` = the registry,
-//! `insecure` when the resolver does not verify the origin's certificate, and one
+//! `[[registry]]` written from the resolver's answer: `prefix` and `location` = the registry
+//! (mirrors-only: see below), `insecure` when the resolver does not verify the origin's
+//! certificate, and one
 //! `[[registry.mirror]]` per mirror in the resolver's order (`location` without scheme;
 //! `insecure = true` for plain http or an insecure https mirror). Each pattern rule then becomes
 //! a `*.suffix` prefix (which takes no `location`) with its mirrors. The format has no
@@ -15,6 +16,15 @@
 //! block, and each pattern rule is warned about. A mirror path rewrites the repository namespace
 //! there (unlike docker and containerd), and podman and CRI-O send no `?ns=`, so a mirror that
 //! serves several registries cannot tell them apart: both are warned about.
+//!
+//! A `mirrors-only` rule's answer has no origin. containers-registries.conf(5) documents
+//! `location` as "the physical location of the `prefix`-rooted namespace", tried after the
+//! mirrors, so the registry's block gets its last mirror as `location` (with that mirror's
+//! `insecure`) and the mirrors before it: a pull never reaches the origin. The same page says
+//! "redirection and mirrors are currently processed only when reading images, not when
+//! pushing", so pushes still go to the origin, and documents a `*.suffix` prefix only without a
+//! `location`, so a mirrors-only pattern cannot keep the origin out for the registries it covers
+//! that are not written out: both are warned about.
 
 use super::{Warning, marker_line, named, toml_string};
 use crate::config::{DomainPattern, MirrorConfig};
@@ -48,14 +58,27 @@ pub fn generate(
     };
     let mut served: Vec<Served> = Vec::new();
     for registry in named::registries(config, &resolver, registries) {
-        let (mirrors, origin): (Vec<Endpoint>, Vec<Endpoint>) = registry
+        let (mut mirrors, origin): (Vec<Endpoint>, Vec<Endpoint>) = registry
             .endpoints
             .into_iter()
             .partition(|e| e.role == Role::Mirror);
-        let insecure = origin.iter().any(|e| e.tls != TlsMode::Verify);
+        let (location, insecure) = if registry.omitted_origin.is_some() {
+            // mirrors-only: the last mirror is where the namespace lives.
+            let last = mirrors
+                .pop()
+                .expect("an answer without its origin has a mirror");
+            let location = mirror_location(&last).to_owned();
+            mirrors.retain(|m| mirror_location(m) != location);
+            record(&mut served, &location, &last.url, &registry.registry);
+            (location, last.tls != TlsMode::Verify)
+        } else {
+            let insecure = origin.iter().any(|e| e.tls != TlsMode::Verify);
+            (registry.registry.to_string(), insecure)
+        };
         out.text.push_str(&format!(
-            "\n[[registry]]\nprefix = {0}\nlocation = {0}\ninsecure = {insecure}\n",
-            toml_string(&registry.registry)
+            "\n[[registry]]\nprefix = {}\nlocation = {}\ninsecure = {insecure}\n",
+            toml_string(&registry.registry),
+            toml_string(&location)
         ));
         push_mirrors(&mut out.text, &mut served, &registry.registry, &mirrors);
     }
@@ -70,6 +93,18 @@ pub fn generate(
                 out.text
                     .push_str(&format!("\n[[registry]]\nprefix = {}\n", toml_string(pattern)));
                 push_mirrors(&mut out.text, &mut served, pattern, &mirrors);
+                if rule.mirrors_only.is_some() {
+                    out.warnings.push(Warning {
+                        location: location.clone(),
+                        message: format!(
+                            "registries.conf cannot keep the origin out under the prefix {pattern:?}: \
+                             containers-registries.conf(5) documents a `*.suffix` prefix without `location`, so \
+                             podman tries the origin of a registry it covers after the mirrors; name such a \
+                             registry (an exact rule, insecure-registries or --registry HOST) to have it written \
+                             mirrors-only"
+                        ),
+                    });
+                }
                 out.warnings.push(Warning {
                     location,
                     message: format!(
@@ -80,13 +115,37 @@ pub fn generate(
                     ),
                 });
             }
-            DomainPattern::Any if registries.is_empty() => out.warnings.push(Warning {
-                location,
-                message: "registries.conf has no catch-all: the `*` rule is written only for the registries the \
-                          configuration names; name the others it should cover with --registry HOST"
-                    .to_owned(),
-            }),
+            DomainPattern::Any if registries.is_empty() || rule.mirrors_only.is_some() => {
+                out.warnings.push(Warning {
+                    location,
+                    message: format!(
+                        "registries.conf has no catch-all: the `*` rule is written only for the registries the \
+                         configuration names{}{}; name the others it should cover with --registry HOST",
+                        if registries.is_empty() {
+                            ""
+                        } else {
+                            " and --registry"
+                        },
+                        if rule.mirrors_only.is_some() {
+                            "; it is mirrors-only, so podman reaches every other registry's origin directly"
+                        } else {
+                            ""
+                        }
+                    ),
+                })
+            }
             DomainPattern::Any => {}
+        }
+        if let Some(only) = &rule.mirrors_only {
+            out.warnings.push(Warning {
+                location: only.to_string(),
+                message: format!(
+                    "registries.conf redirects pulls only (containers-registries.conf(5): \"redirection and \
+                     mirrors are currently processed only when reading images, not when pushing\"): pushes \
+                     to the registries of the mirrors-only rule {:?} still go to their origin",
+                    rule.domain.as_str()
+                ),
+            });
         }
     }
     let mut reported: Vec<&str> = Vec::new();
@@ -102,7 +161,7 @@ pub fn generate(
         }
     }
     for mirror in &served {
-        let location = mirror_location(config, &mirror.url);
+        let location = configured_at(config, &mirror.url);
         if mirror.location.contains('/') {
             out.warnings.push(Warning {
                 location: location.clone(),
@@ -133,10 +192,7 @@ pub fn generate(
 fn push_mirrors(text: &mut String, served: &mut Vec<Served>, prefix: &str, mirrors: &[Endpoint]) {
     let mut written: Vec<&str> = Vec::new();
     for mirror in mirrors {
-        let location = mirror
-            .url
-            .split_once("://")
-            .map_or(&*mirror.url, |(_, rest)| rest);
+        let location = mirror_location(mirror);
         if written.contains(&location) {
             continue;
         }
@@ -146,19 +202,32 @@ fn push_mirrors(text: &mut String, served: &mut Vec<Served>, prefix: &str, mirro
             toml_string(location),
             mirror.tls != TlsMode::Verify
         ));
-        match served.iter_mut().find(|s| s.location == location) {
-            Some(entry) => entry.prefixes.push(prefix.to_owned()),
-            None => served.push(Served {
-                location: location.to_owned(),
-                url: mirror.url.to_string(),
-                prefixes: vec![prefix.to_owned()],
-            }),
-        }
+        record(served, location, &mirror.url, prefix);
+    }
+}
+
+/// A mirror's URL as registries.conf writes a location: without the scheme.
+fn mirror_location(mirror: &Endpoint) -> &str {
+    mirror
+        .url
+        .split_once("://")
+        .map_or(&*mirror.url, |(_, rest)| rest)
+}
+
+/// Records that the mirror at `location` (`url`) serves `prefix`.
+fn record(served: &mut Vec<Served>, location: &str, url: &str, prefix: &str) {
+    match served.iter_mut().find(|s| s.location == location) {
+        Some(entry) => entry.prefixes.push(prefix.to_owned()),
+        None => served.push(Served {
+            location: location.to_owned(),
+            url: url.to_owned(),
+            prefixes: vec![prefix.to_owned()],
+        }),
     }
 }
 
 /// `file:line:column` of the first configured mirror with `url`.
-fn mirror_location(config: &MirrorConfig, url: &str) -> String {
+fn configured_at(config: &MirrorConfig, url: &str) -> String {
     config
         .rules
         .iter()
@@ -283,7 +352,9 @@ mod tests {
                 Role::Origin => {}
             }
         }
-        tries.push(format!("{origin} {}", endpoints.registry));
+        if endpoints.omitted_origin.is_none() {
+            tries.push(format!("{origin} {}", endpoints.registry));
+        }
         tries
     }
 
@@ -410,6 +481,57 @@ mod tests {
                     .contains("prefix \"*.corp\" also matches hosts with a port (x.corp:5000)")),
             "{messages:#?}"
         );
+    }
+
+    #[test]
+    fn mirrors_only_makes_the_last_mirror_the_location() {
+        let json = r#"{"mirror-registries": [
+                {"domain": "reg.io", "mirrors": ["https://m1", "http://m2:5000"], "mirrors-only": true},
+                {"domain": "docker.io", "mirrors": ["https://m1"], "mirrors-only": true},
+                {"domain": "*.corp", "mirrors": ["https://m3"], "mirrors-only": true},
+                {"domain": "*", "mirrors": ["https://m4"], "mirrors-only": true}],
+            "registry-mirrors": ["https://hub-mirror"],
+            "insecure-registries": ["old.corp"]}"#;
+        let out = conf(json, &["quay.io"]);
+        assert!(
+            out.text.contains(
+                "\n[[registry]]\nprefix = \"reg.io\"\nlocation = \"m2:5000\"\ninsecure = true\n\n\
+                 [[registry.mirror]]\nlocation = \"m1\"\ninsecure = false\n\n[[registry]]"
+            ),
+            "{}",
+            out.text
+        );
+        assert_agree(
+            json,
+            &["quay.io"],
+            &["reg.io", "docker.io", "old.corp", "quay.io", "m4"],
+        );
+        let messages: Vec<String> = out.warnings.iter().map(ToString::to_string).collect();
+        for (at, expected) in [
+            (
+                "m.json:2:99: ",
+                "registries.conf redirects pulls only (containers-registries.conf(5): \"redirection and \
+                 mirrors are currently processed only when reading images, not when pushing\"): pushes to \
+                 the registries of the mirrors-only rule \"reg.io\" still go to their origin",
+            ),
+            (
+                "m.json:4:28: ",
+                "registries.conf cannot keep the origin out under the prefix \"*.corp\"",
+            ),
+            (
+                "m.json:5:28: ",
+                "the `*` rule is written only for the registries the configuration names and --registry; \
+                 it is mirrors-only, so podman reaches every other registry's origin directly; name the \
+                 others",
+            ),
+        ] {
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m.starts_with(at) && m.contains(expected)),
+                "{at}{expected}\n{messages:#?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,11 @@
 //! After the rule's mirrors come, for Docker Hub only, `registry-mirrors`, then the origin
 //! (`https://registry-1.docker.io` for the Hub). An insecure origin is tried as https without
 //! certificate checks, then as plain http, as dockerd does.
+//!
+//! A `mirrors-only` rule leaves the origin out: the endpoints are its mirrors (and, for the Hub,
+//! `registry-mirrors`, which are mirrors too), and [`Endpoints::omitted_origin`] says which origin
+//! was left out and why. A registry that is itself one of the rule's mirrors (a `*` or pattern
+//! rule pulled by its mirror's own name) keeps its origin: there the origin is that mirror.
 
 mod insecure;
 
@@ -110,7 +115,21 @@ pub struct Endpoints {
     /// The registry as matched: lowercase, `docker.io` for the Hub.
     pub registry: Arc<str>,
     pub rule: Option<RuleMatch>,
+    /// Never empty: the origin last, or only mirrors when [`omitted_origin`](Self::omitted_origin)
+    /// is set.
     pub endpoints: Vec<Endpoint>,
+    /// The origin a `mirrors-only` rule keeps out of `endpoints`; `None` when the origin is there.
+    pub omitted_origin: Option<OmittedOrigin>,
+}
+
+/// An origin that is never tried, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OmittedOrigin {
+    /// The origin as it would have been tried: `https://reg.test1.com`, and for Docker Hub
+    /// `https://registry-1.docker.io`.
+    pub url: Arc<str>,
+    /// Where `"mirrors-only": true` is written: `file:line:column mirror-registries[0].mirrors-only`.
+    pub source: Arc<str>,
 }
 
 /// Why the resolver could not be built.
@@ -139,6 +158,8 @@ struct CompiledMirror {
 struct CompiledRule {
     matched: RuleMatch,
     mirrors: Vec<CompiledMirror>,
+    /// `file:line:column field` of `"mirrors-only": true`, when the rule has it.
+    mirrors_only: Option<Arc<str>>,
 }
 
 /// Collects configuration, then compiles it into a [`Resolver`].
@@ -189,6 +210,10 @@ impl ResolverBuilder {
                     location: Arc::from(rule.location.to_string()),
                 },
                 mirrors,
+                mirrors_only: rule
+                    .mirrors_only
+                    .as_ref()
+                    .map(|at| Arc::from(format!("{at} {}", at.field))),
             };
             match &rule.domain {
                 DomainPattern::Exact(host) => {
@@ -287,16 +312,32 @@ impl Resolver {
             &[]
         };
         let mut endpoints = Vec::with_capacity(rule_mirrors.len() + hub_mirrors.len() + 2);
+        let is_origin = |mirror: &CompiledMirror| {
+            mirror.bare
+                && (*mirror.authority == *origin_authority || *mirror.authority == *registry)
+        };
         push_mirrors(
             &mut endpoints,
             rule_mirrors.iter().chain(hub_mirrors),
-            |mirror| {
-                mirror.bare
-                    && (*mirror.authority == *origin_authority || *mirror.authority == *registry)
-            },
+            is_origin,
             Some(&ns),
             &repository,
         );
+        let omitted_origin = rule
+            .and_then(|r| r.mirrors_only.as_ref())
+            .filter(|_| !rule_mirrors.iter().any(is_origin))
+            .map(|source| OmittedOrigin {
+                url: origin_url.clone(),
+                source: source.clone(),
+            });
+        if omitted_origin.is_some() {
+            return Endpoints {
+                registry: ns,
+                rule: rule.map(|r| r.matched.clone()),
+                endpoints,
+                omitted_origin,
+            };
+        }
         let origin = |url: Arc<str>, tls: TlsMode, source: &str| Endpoint {
             url,
             authority: origin_authority.clone(),
@@ -318,6 +359,7 @@ impl Resolver {
             registry: ns,
             rule: rule.map(|r| r.matched.clone()),
             endpoints,
+            omitted_origin: None,
         }
     }
 

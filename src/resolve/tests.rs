@@ -364,3 +364,79 @@ fn wildcard_mirrors_for_engines_with_their_own_wildcard() {
     assert_eq!(table("reg.corp"), None, "exact rules resolve per registry");
     assert_eq!(table("*.other"), None);
 }
+
+#[test]
+fn mirrors_only_leaves_the_origin_out() {
+    let r = resolver(
+        r#"{"mirror-registries": [
+            {"domain": "reg.io", "mirrors": ["http://m1", "https://m2"], "mirrors-only": true},
+            {"domain": "*", "mirrors": ["http://sea.hub:5000", "https://m2"], "mirrors-only": true},
+            {"domain": "*.open.example", "mirrors": ["https://m3"], "mirrors-only": false}],
+            "registry-mirrors": ["https://hub-mirror"],
+            "insecure-registries": ["reg.io", "sea.hub:5000"]}"#,
+    );
+    // An insecure origin is left out too: neither its https nor its http attempt.
+    assert_eq!(
+        lines(&r, "reg.io/team/app"),
+        [
+            "mirror none http://m1 reg.io",
+            "mirror verify https://m2 reg.io"
+        ]
+    );
+    let endpoints = r.resolve(&ImageRef::parse("reg.io/team/app").unwrap());
+    assert_eq!(
+        endpoints.omitted_origin,
+        Some(OmittedOrigin {
+            url: Arc::from("https://reg.io"),
+            source: Arc::from("m.json:2:90 mirror-registries[0].mirrors-only"),
+        })
+    );
+    // `*` covers every registry, Docker Hub included; registry-mirrors are mirrors and stay.
+    assert_eq!(
+        lines(&r, "nginx"),
+        [
+            "mirror none http://sea.hub:5000 docker.io",
+            "mirror verify https://m2 docker.io",
+            "mirror verify https://hub-mirror docker.io",
+        ]
+    );
+    let hub = r.resolve(&ImageRef::parse("nginx").unwrap());
+    assert_eq!(
+        hub.omitted_origin.map(|o| o.url),
+        Some(Arc::from("https://registry-1.docker.io"))
+    );
+    assert_eq!(
+        lines(&r, "quay.io/a/b"),
+        [
+            "mirror none http://sea.hub:5000 quay.io",
+            "mirror verify https://m2 quay.io"
+        ]
+    );
+    // A registry that is itself one of the rule's mirrors keeps its origin: it is that mirror.
+    assert_eq!(
+        lines(&r, "sea.hub:5000/x"),
+        [
+            "mirror verify https://m2 sea.hub:5000",
+            "origin skip-verify https://sea.hub:5000 -",
+            "origin none http://sea.hub:5000 -",
+        ]
+    );
+    assert_eq!(
+        r.resolve(&ImageRef::parse("sea.hub:5000/x").unwrap())
+            .omitted_origin,
+        None
+    );
+    // A more specific rule without the key keeps the origin.
+    assert_eq!(
+        lines(&r, "a.open.example/x"),
+        [
+            "mirror verify https://m3 a.open.example",
+            "origin verify https://a.open.example -"
+        ]
+    );
+    // Without mirrors-only nothing changes.
+    let seed = resolver(SEED_1);
+    let endpoints = seed.resolve(&ImageRef::parse("reg.test1.com/a").unwrap());
+    assert_eq!(endpoints.omitted_origin, None);
+    assert_eq!(endpoints.endpoints.last().unwrap().role, Role::Origin);
+}

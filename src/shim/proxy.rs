@@ -20,6 +20,14 @@
 //! challenges included) reach the client as they are, so dockerd's own login keeps working.
 //! Everything else (pushes, the `/v2/` ping) goes to the origin only. A blob body that breaks
 //! mid-way continues from the next endpoint with a `Range` request, so the client sees one body.
+//!
+//! A registry under a `mirrors-only` rule is never reached at all: pulls walk its mirrors alone
+//! and, once every mirror failed, get the shim's own OCI error naming each mirror's failure (404
+//! with the not-found code when every mirror answered 404, else 503 UNAVAILABLE), never a
+//! mirror's error answer as it is (a mirror's 401 would send the client's origin credentials to
+//! the mirror's token service). The shim answers the `/v2/` ping itself (200, no challenge: the
+//! client's credentials are for the origin); pushes and every other request get DENIED, and
+//! paths outside `/v2/` are not forwarded to that host.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,8 +50,8 @@ use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_lim
 use crate::reference::split_host_port;
 use crate::registry::route::{self, V2Request};
 use crate::registry::{ErrorCode, RegistryError, error_response};
-use crate::resolve::{Endpoints, Resolver, Role};
-use crate::upstream::{HostOverrides, Target, UpstreamClient, UpstreamRequest};
+use crate::resolve::{Endpoints, OmittedOrigin, Resolver, Role};
+use crate::upstream::{HostOverrides, Target, UpstreamClient, UpstreamError, UpstreamRequest};
 
 /// Request headers passed on to upstream endpoints.
 const FORWARDED_HEADERS: [HeaderName; 4] = [
@@ -301,6 +309,23 @@ impl Shim {
         authority: &str,
         request: Request<Incoming>,
     ) -> Response<Body> {
+        let registry = registry_name(authority, scheme);
+        if let Some(omitted) = self
+            .resolver()
+            .resolve_repository(&registry, "")
+            .omitted_origin
+        {
+            let path = request.uri().path();
+            tracing::warn!(%authority, method = %request.method(), %path, "not forwarded: mirrors-only");
+            return plain(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "regmirror shim: {scheme}://{authority}{path} not forwarded: {registry} is never \
+                     reached directly (mirrors-only, {})",
+                    omitted.source
+                ),
+            );
+        }
         let (parts, body) = request.into_parts();
         let target = Target::pass_through(&format!("{scheme}://{authority}"), authority)
             .with_client_authorization(parts.headers.get(header::AUTHORIZATION).cloned());
@@ -383,17 +408,27 @@ impl Shim {
                     | V2Request::Referrers { .. }
             );
         if !is_pull {
+            if let Some(omitted) = &endpoints.omitted_origin {
+                return mirrors_only_non_pull(registry, &parts.method, &parsed, omitted);
+            }
             // Pushes and the ping go to the origin only, with the client's own credentials.
             upstream.headers = end_to_end(&parts.headers);
             return self.origin_only(&origins, &upstream, body, &parsed).await;
         }
         let mut targets: Vec<Target> = self.mirror_targets(&endpoints);
         targets.extend(origins);
-        let (index, response) = self
-            .client
-            .walk(&targets, &upstream)
-            .await
-            .map_err(|e| e.registry_error(registry))?;
+        let (index, response) = match &endpoints.omitted_origin {
+            None => self
+                .client
+                .walk(&targets, &upstream)
+                .await
+                .map_err(|e| e.registry_error(registry))?,
+            Some(omitted) => self
+                .client
+                .walk_mirrors(&targets, &upstream)
+                .await
+                .map_err(|e| every_mirror_failed(registry, &parsed, omitted, &e))?,
+        };
         tracing::info!(
             registry,
             path = %upstream.path,
@@ -454,6 +489,67 @@ impl Shim {
             ErrorCode::Unavailable,
             format!("origin unreachable: {last_error}"),
         ))
+    }
+}
+
+/// A request that is not a pull, for a registry whose origin is never reached: the `/v2/` ping is
+/// answered here (200, no challenge), anything else is DENIED.
+fn mirrors_only_non_pull(
+    registry: &str,
+    method: &Method,
+    parsed: &V2Request,
+    omitted: &OmittedOrigin,
+) -> Result<Response<Body>, RegistryError> {
+    if *parsed == V2Request::Base {
+        let mut response = Response::new(Body::from("{}"));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            HeaderName::from_static("docker-distribution-api-version"),
+            HeaderValue::from_static("registry/2.0"),
+        );
+        return Ok(response);
+    }
+    Err(RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "{registry}: {method} is not a pull, and the origin {} is never reached (mirrors-only, \
+             {}): pushes and other requests have nowhere to go",
+            omitted.url, omitted.source
+        ),
+    ))
+}
+
+/// The error of a pull none of the mirrors of a `mirrors-only` rule served: the not-found code of
+/// the request when every mirror answered 404, else UNAVAILABLE; the message names each mirror's
+/// failure and the rule.
+fn every_mirror_failed(
+    registry: &str,
+    parsed: &V2Request,
+    omitted: &OmittedOrigin,
+    error: &UpstreamError,
+) -> RegistryError {
+    let code = match parsed {
+        _ if error.throttled => ErrorCode::TooManyRequests,
+        _ if !error.not_found => ErrorCode::Unavailable,
+        V2Request::Blob { .. } => ErrorCode::BlobUnknown,
+        V2Request::Manifest { .. } | V2Request::Referrers { .. } => ErrorCode::ManifestUnknown,
+        _ => ErrorCode::NameUnknown,
+    };
+    let answer = RegistryError::new(
+        code,
+        format!(
+            "{registry}: every mirror failed ({error}), and the origin {} is never tried \
+             (mirrors-only, {})",
+            omitted.url, omitted.source
+        ),
+    );
+    match error.retry_after {
+        Some(wait) => answer.with_retry_after(wait),
+        None => answer,
     }
 }
 
@@ -713,6 +809,60 @@ mod tests {
             Some("n=10&last=a")
         );
         assert_eq!(origin_query(None), None);
+    }
+
+    #[test]
+    fn mirrors_only_errors() {
+        let omitted = OmittedOrigin {
+            url: Arc::from("https://reg.io"),
+            source: Arc::from("m.json:1:80 mirror-registries[0].mirrors-only"),
+        };
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let failed = |path: &str, not_found: bool| {
+            let error = UpstreamError {
+                summary: "http://m1: HTTP 404 Not Found".to_owned(),
+                unreachable: false,
+                retry_after: None,
+                throttled: false,
+                not_found,
+            };
+            every_mirror_failed("reg.io", &route::parse(path).unwrap(), &omitted, &error)
+        };
+        for (path, code) in [
+            ("/v2/team/app/manifests/v1", ErrorCode::ManifestUnknown),
+            (
+                &format!("/v2/team/app/blobs/{digest}"),
+                ErrorCode::BlobUnknown,
+            ),
+            ("/v2/team/app/tags/list", ErrorCode::NameUnknown),
+            (
+                &format!("/v2/team/app/referrers/{digest}"),
+                ErrorCode::ManifestUnknown,
+            ),
+        ] {
+            assert_eq!(failed(path, true).code, code, "{path}");
+            assert_eq!(failed(path, false).code, ErrorCode::Unavailable, "{path}");
+        }
+        assert_eq!(
+            failed("/v2/team/app/manifests/v1", true).message,
+            "reg.io: every mirror failed (http://m1: HTTP 404 Not Found), and the origin \
+             https://reg.io is never tried (mirrors-only, m.json:1:80 mirror-registries[0].mirrors-only)"
+        );
+
+        let ping = mirrors_only_non_pull("reg.io", &Method::GET, &V2Request::Base, &omitted)
+            .expect("the ping is answered");
+        assert_eq!(ping.status(), StatusCode::OK);
+        assert_eq!(
+            ping.headers()["docker-distribution-api-version"],
+            "registry/2.0"
+        );
+        let push = route::parse("/v2/team/app/blobs/uploads/").unwrap();
+        let refused = mirrors_only_non_pull("reg.io", &Method::POST, &push, &omitted).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Denied);
+        assert!(
+            refused.message.contains("POST is not a pull"),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! fetched on a 401 challenge; Basic where the registry asks for it) and the `?ns=` / `domain`
 //! hints for mirrors. [`UpstreamClient::walk`] tries endpoints in order: a mirror's transport
 //! error or HTTP error moves on to the next endpoint; the origin's answer is final.
+//! [`UpstreamClient::walk_mirrors`] walks mirrors without their origin (a `mirrors-only` rule),
+//! where no answer is final: when every mirror fails, the walk fails.
 //! Redirects (to blob storage) are followed by reqwest, which drops `Authorization` when the
 //! redirect leaves the host; for targets a client named, every hop must pass the address guard.
 //! Bodies the client reads whole (token answers, and manifests and tag lists for the cache) are
@@ -187,6 +189,8 @@ pub struct UpstreamError {
     pub retry_after: Option<Duration>,
     /// The last endpoint rests because it answered 429: the client should hear 429 too.
     pub throttled: bool,
+    /// True when every endpoint answered HTTP 404: none of them has it.
+    pub not_found: bool,
 }
 
 impl UpstreamError {
@@ -196,6 +200,7 @@ impl UpstreamError {
             unreachable,
             retry_after: None,
             throttled: false,
+            not_found: false,
         }
     }
 
@@ -206,6 +211,7 @@ impl UpstreamError {
             unreachable: false,
             retry_after: Some(Duration::from_secs(1)),
             throttled: true,
+            not_found: false,
         }
     }
 
@@ -517,8 +523,30 @@ impl UpstreamClient {
         targets: &[Target],
         request: &UpstreamRequest,
     ) -> Result<(usize, Response), UpstreamError> {
+        self.walk_until(targets, request, true).await
+    }
+
+    /// [`walk`](Self::walk) for mirrors without their origin (a `mirrors-only` rule): no answer is
+    /// final, so when the last mirror answers HTTP >= 400 too, the walk fails naming every
+    /// mirror's failure (`not_found` when each answered 404), and no mirror's error answer (a
+    /// 401 challenge naming its own token service) ever reaches the caller as it is.
+    pub async fn walk_mirrors(
+        &self,
+        targets: &[Target],
+        request: &UpstreamRequest,
+    ) -> Result<(usize, Response), UpstreamError> {
+        self.walk_until(targets, request, false).await
+    }
+
+    async fn walk_until(
+        &self,
+        targets: &[Target],
+        request: &UpstreamRequest,
+        last_is_final: bool,
+    ) -> Result<(usize, Response), UpstreamError> {
         let mut failures = Vec::new();
         let mut unreachable = true;
+        let mut not_found = true;
         let mut resting: Vec<Resting> = Vec::new();
         for (index, target) in targets.iter().enumerate() {
             let last = index + 1 == targets.len();
@@ -528,6 +556,7 @@ impl UpstreamClient {
                 if !last || rest.trip != Trip::ServerError {
                     failures.push(format!("{}: {}", target.base, describe_rest(rest, now)));
                     resting.push(rest);
+                    not_found = false;
                     continue;
                 }
             }
@@ -557,16 +586,22 @@ impl UpstreamClient {
                 probe.resolved();
             }
             match result {
-                Ok(response) if last || !target.is_mirror() || response.status().as_u16() < 400 => {
+                Ok(response)
+                    if (last && last_is_final)
+                        || !target.is_mirror()
+                        || response.status().as_u16() < 400 =>
+                {
                     return Ok((index, response));
                 }
                 Ok(response) => {
                     unreachable = false;
+                    not_found &= response.status() == StatusCode::NOT_FOUND;
                     tracing::debug!(mirror = %target.base, status = %response.status(), path = %request.path, "mirror failed, trying the next endpoint");
                     failures.push(format!("{}: HTTP {}", target.base, response.status()));
                 }
                 Err(e) => {
                     unreachable &= e.unreachable;
+                    not_found = false;
                     tracing::debug!(endpoint = %target.base, error = %e, path = %request.path, "endpoint failed");
                     failures.push(e.summary);
                 }
@@ -593,6 +628,7 @@ impl UpstreamClient {
                     .max(Duration::from_secs(1))
             }),
             throttled: resting.last().is_some_and(|r| r.trip == Trip::Throttled) && all_resting,
+            not_found: not_found && !failures.is_empty(),
         })
     }
 

@@ -72,6 +72,14 @@ pub struct Report<'a> {
     digest: Option<&'a str>,
     rule: Option<&'a str>,
     endpoints: Vec<EndpointReport<'a>>,
+    /// The origin a `mirrors-only` rule keeps out of `endpoints`.
+    omitted_origin: Option<OmittedReport<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct OmittedReport<'a> {
+    url: &'a str,
+    source: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,6 +111,10 @@ impl<'a> Report<'a> {
                     source: &e.source,
                 })
                 .collect(),
+            omitted_origin: endpoints.omitted_origin.as_ref().map(|o| OmittedReport {
+                url: &o.url,
+                source: &o.source,
+            }),
         }
     }
 }
@@ -125,6 +137,13 @@ fn table(image: &ImageRef, endpoints: &Endpoints) -> String {
     let _ = writeln!(out, "registry    {}", endpoints.registry);
     let _ = writeln!(out, "repository  {}", image.repository());
     let _ = writeln!(out, "rule        {rule}");
+    if let Some(omitted) = &endpoints.omitted_origin {
+        let _ = writeln!(
+            out,
+            "origin      {} omitted: mirrors-only ({})",
+            omitted.url, omitted.source
+        );
+    }
     let _ = writeln!(out);
     let header = ["#", "ROLE", "TLS", "URL", "NS", "WHY"];
     let rows: Vec<[String; 6]> = endpoints
