@@ -1486,6 +1486,14 @@ health:
     }
 
     #[test]
+    fn the_packaged_example_config_loads_without_warnings() {
+        let config = parse(include_str!("../../contrib/examples/config.yml")).unwrap();
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        assert_eq!(config.upstreams[0].name, "docker.io");
+        assert_eq!(config.root, PathBuf::from("/var/lib/regmirror"));
+    }
+
+    #[test]
     fn distribution_remoteurl() {
         let config = parse(
             "proxy:\n  remoteurl: http://127.0.0.1:5001\n  username: u\n  password: p\n  ttl: 1h30m\n",
