@@ -29,8 +29,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
@@ -40,6 +41,7 @@ use tokio::task::JoinHandle;
 use super::buffers::{Buffers, Reservation};
 use super::lease::HeldLease;
 use super::meta::{Metadata, NewBlob};
+use super::status::FillView;
 use super::store::BlobStore;
 use crate::reference::{Digest, Hasher};
 use crate::registry::{ErrorCode, RegistryError};
@@ -144,6 +146,9 @@ pub struct Fill {
     buffers: Arc<Buffers>,
     /// The repository whose request started it: its other requests join without an access check.
     pub repository: String,
+    started: Instant,
+    /// Requests that joined after the first.
+    followers: AtomicU64,
 }
 
 impl Fill {
@@ -552,6 +557,32 @@ impl Fills {
         lock(&self.inflight).len()
     }
 
+    /// The fills in flight, for the status page (at most `limit`, the oldest first).
+    pub fn snapshot(&self, limit: usize) -> Vec<FillView> {
+        let mut views: Vec<FillView> = lock(&self.inflight)
+            .iter()
+            .map(|((upstream, digest), fill)| {
+                let (written, size) = match &*fill.state.borrow() {
+                    FillState::Streaming { size, written } => (*written, *size),
+                    FillState::Verified { size } | FillState::Done { size } => (*size, Some(*size)),
+                    FillState::Connecting | FillState::Failed(_) => (0, None),
+                };
+                FillView {
+                    upstream: upstream.clone(),
+                    repository: fill.repository.clone(),
+                    digest: digest.to_string(),
+                    written,
+                    size,
+                    elapsed: fill.started.elapsed(),
+                    followers: fill.followers.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        views.sort_by_key(|v| std::cmp::Reverse(v.elapsed));
+        views.truncate(limit);
+        views
+    }
+
     /// Joins the fill of `digest` from `upstream`, or starts one for `repository` with `fetch`,
     /// which must resolve to the upstream's size and body (or the registry error to report).
     /// Returns the fill and whether this call started it.
@@ -568,6 +599,7 @@ impl Fills {
         let key = (upstream.to_owned(), digest.clone());
         let mut inflight = lock(&self.inflight);
         if let Some(fill) = inflight.get(&key) {
+            fill.followers.fetch_add(1, Ordering::Relaxed);
             return Ok((fill.clone(), false));
         }
         if inflight.len() >= self.limits.max_fills {
@@ -599,6 +631,8 @@ impl Fills {
             recent: recent.clone(),
             buffers: self.buffers.clone(),
             repository: repository.to_owned(),
+            started: Instant::now(),
+            followers: AtomicU64::new(0),
         });
         inflight.insert(key.clone(), fill.clone());
         drop(inflight);

@@ -22,7 +22,7 @@ use super::metrics::Source;
 use super::range::{ByteRange, parse_range};
 use super::routing::Route;
 use super::store::Committed;
-use super::{push, referrers, uploads};
+use super::{push, referrers, status, uploads};
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
@@ -39,6 +39,10 @@ pub struct Outcome {
     pub upstream: Option<String>,
     pub repository: Option<String>,
     pub reference: Option<String>,
+    /// The upstream's metrics label (bounded), for the status page.
+    pub label: Option<String>,
+    /// The OCI error code and message of an error answer.
+    pub error: Option<(&'static str, String)>,
 }
 
 /// The one entry point for every request.
@@ -74,6 +78,8 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
                 ErrorCode::TooManyRequests,
                 "too many password checks in progress; try again shortly",
             )),
+            None if path == "/" => Ok(status_page(&app, false)),
+            None if path == status::JSON_PATH => Ok(status_page(&app, true)),
             None if path == "/metrics" => Ok(text_response(
                 StatusCode::OK,
                 super::metrics::CONTENT_TYPE,
@@ -87,6 +93,7 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
             Err(error) => {
                 outcome.cache = "error";
                 app.metrics.error(error.code.as_str());
+                outcome.error = Some((error.code.as_str(), error.message.clone()));
                 error_response(&error, method == Method::HEAD)
             }
         };
@@ -114,6 +121,22 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         },
         started.elapsed(),
     );
+    if let (Some(label), Some(repository)) = (&outcome.label, &outcome.repository) {
+        let is_tag = outcome.kind == "manifest" && method != Method::PUT;
+        app.status.answered(&status::Answered {
+            label,
+            repository,
+            tag: outcome
+                .reference
+                .as_deref()
+                .filter(|r| is_tag && !r.contains(':')),
+            cache: outcome.cache,
+            status: response.status().as_u16(),
+            error: outcome.error.as_ref().map(|(c, m)| (*c, m.as_str())),
+            method: method.as_str(),
+            path: &path,
+        });
+    }
     tracing::info!(
         method = %method,
         path = %path,
@@ -231,6 +254,7 @@ async fn registry(
 
 fn note(outcome: &mut Outcome, route: &Route, reference: Option<&str>) {
     outcome.upstream = Some(route.upstream.name.clone());
+    outcome.label = Some(route.upstream.label().to_owned());
     outcome.repository = Some(route.repository.clone());
     outcome.reference = reference.map(str::to_owned);
 }
@@ -445,6 +469,9 @@ async fn blob(
                 if let Some(read) = now {
                     let bytes = read.map_err(internal)?;
                     app.metrics.bytes(Source::Cache, bytes.len() as u64);
+                    app.status
+                        .counters(route.upstream.label())
+                        .bytes(true, bytes.len() as u64);
                     return Ok(blob_response(
                         status,
                         digest,
@@ -468,9 +495,11 @@ async fn blob(
                 .map_err(internal)?,
         };
         let metrics = app.metrics.clone();
+        let counters = app.status.counters(route.upstream.label());
         let body = Body::from_stream(reader.inspect(move |chunk| {
             if let Ok(bytes) = chunk {
                 metrics.bytes(Source::Cache, bytes.len() as u64);
+                counters.bytes(true, bytes.len() as u64);
             }
         }));
         return Ok(blob_response(status, digest, span, Some(size), body));
@@ -520,12 +549,43 @@ async fn blob(
     };
     let end = size.map(|_| span.end);
     let metrics = app.metrics.clone();
+    let counters = app.status.counters(route.upstream.label());
     let body = Body::from_stream(fill.reader(span.start, end).inspect(move |chunk| {
         if let Ok(bytes) = chunk {
             metrics.bytes(Source::Fill, bytes.len() as u64);
+            counters.bytes(false, bytes.len() as u64);
         }
     }));
     Ok(blob_response(status, digest, span, size, body))
+}
+
+/// The status page (HTML) or its data (JSON): see [`super::status`].
+fn status_page(app: &App, json: bool) -> Response {
+    let upstreams: Vec<(String, String, String)> = app
+        .router
+        .configured()
+        .iter()
+        .map(|u| match u.origins.last() {
+            Some(origin) => (
+                u.label().to_owned(),
+                origin.base.to_string(),
+                app.client.breaker(&origin.base),
+            ),
+            None => (u.label().to_owned(), String::new(), "closed".to_owned()),
+        })
+        .collect();
+    let data = app
+        .status
+        .snapshot(&upstreams, &app.fills.snapshot(20), app.max_size);
+    if json {
+        json_response(StatusCode::OK, data.to_string(), false)
+    } else {
+        text_response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            &status::html(&data),
+        )
+    }
 }
 
 /// The internal route of a fleet on one bucket: another replica streams this one's download in

@@ -9,7 +9,7 @@
 //! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
 //! - [`referrers`]: the referrers API, local and through upstreams;
 //! - [`http`]: the request handler; [`server`]: start-up and graceful shutdown;
-//! - [`metrics`]: Prometheus counters.
+//! - [`metrics`]: Prometheus counters; [`status`]: the status page.
 
 pub mod auth;
 pub mod bucket;
@@ -27,6 +27,7 @@ pub mod range;
 pub mod referrers;
 pub mod routing;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod uploads;
 
@@ -93,6 +94,10 @@ pub struct App {
     pub secret: Option<crate::config::cache::Secret>,
     /// `limits`.
     pub limits: Limits,
+    /// What the status page shows beyond the other parts' own state.
+    pub status: status::Status,
+    /// `storage.maxsize`, for the status page.
+    pub max_size: Option<u64>,
 }
 
 /// What a manifest request (by tag or digest) is answered with.

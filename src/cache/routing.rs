@@ -250,6 +250,14 @@ impl Router {
         targets
     }
 
+    /// The configured upstreams, the default one first.
+    pub fn configured(&self) -> Vec<Arc<Upstream>> {
+        let mut upstreams: Vec<Arc<Upstream>> = self.configured.values().cloned().collect();
+        let default = self.default.as_ref().map(|d| d.name.as_str());
+        upstreams.sort_by_key(|u| (Some(u.name.as_str()) != default, u.name.clone()));
+        upstreams
+    }
+
     /// The longest `tag_revalidate` window of any upstream.
     pub fn longest_tag_revalidate(&self) -> std::time::Duration {
         self.configured

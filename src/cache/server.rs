@@ -176,7 +176,10 @@ impl Server {
             limits,
             fleet,
             secret: config.secret.clone(),
+            status: Default::default(),
+            max_size: config.max_size,
         });
+        app.status.set_listen(local.to_string());
         let open_files = raise_open_file_limit();
         let supported = connections_for(open_files);
         let max_connections = config.limits.max_connections.unwrap_or(supported);
@@ -504,6 +507,15 @@ async fn expire_uploads(app: Arc<App>) {
 async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
     let mut ticks = tokio::time::interval(eviction.interval);
     ticks.tick().await;
+    // A dry run at start-up measures what the store keeps, for the status page.
+    let policy = super::gc::Policy {
+        ttl: eviction.ttl,
+        max_size: eviction.max_size,
+        now: super::meta::now(),
+    };
+    if let Ok(plan) = super::gc::collect(&app.meta, &app.store, &policy, true).await {
+        app.status.stored(plan.kept_bytes + plan.freed_bytes);
+    }
     loop {
         ticks.tick().await;
         if let Err(e) = app.flush_uses().await {
@@ -523,6 +535,9 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             false,
         )
         .await;
+        if let Ok(Some(plan)) = &result {
+            app.status.stored(plan.kept_bytes);
+        }
         match result {
             Ok(Some(plan)) if !plan.evict.is_empty() => tracing::info!(
                 manifests = plan.manifests,

@@ -90,6 +90,20 @@ impl Breakers {
         }
     }
 
+    /// How `endpoint` rests now, without changing its state (`None`: closed, or its rest is
+    /// over and the next request probes it).
+    pub fn peek(&self, endpoint: &str, now: Instant) -> Option<Resting> {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        match states.get(endpoint).copied()? {
+            State::Open { until, trip, .. } if now < until => Some(Resting {
+                trip,
+                until: Some(until),
+            }),
+            State::Open { .. } => None,
+            State::HalfOpen { trip, .. } => Some(Resting { trip, until: None }),
+        }
+    }
+
     /// A probe that ended without an answer either way: the next request probes again.
     pub fn abandon(&self, endpoint: &str, now: Instant) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,6 +295,12 @@ mod tests {
             until: Some(t0 + Duration::from_secs(60)),
         });
         assert_eq!(b.admit("m", t0 + FIRST_COOL_DOWN * 2), resting);
+        assert_eq!(
+            Admission::Skipped(b.peek("m", t0).unwrap()),
+            resting,
+            "peeking changes nothing"
+        );
+        assert_eq!(b.peek("other", t0), None);
         // A request that was in flight fails meanwhile: the rest stays the upstream's word.
         b.failure("m", t0 + Duration::from_secs(1), Trip::Unreachable);
         assert_eq!(b.admit("m", t0 + Duration::from_secs(59)), resting);

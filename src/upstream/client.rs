@@ -632,6 +632,15 @@ impl UpstreamClient {
         })
     }
 
+    /// `endpoint`'s breaker as an operator reads it: `closed`, or why and how long it rests.
+    pub fn breaker(&self, endpoint: &str) -> String {
+        let now = Instant::now();
+        match self.breakers.peek(endpoint, now) {
+            None => "closed".to_owned(),
+            Some(rest) => describe_rest(rest, now),
+        }
+    }
+
     /// The pull budget `endpoint` stated in its last answer, while it is current.
     pub fn budget(&self, endpoint: &str) -> Option<Budget> {
         self.budgets.get(endpoint, Instant::now())

@@ -1,0 +1,537 @@
+//! The status page: what an operator looks at first. `GET /` answers HTML (rendered on the server,
+//! readable without script; a few lines of script refresh it every 2 s), `GET /_regmirror/status`
+//! the same data as JSON. Both are behind `auth.htpasswd` when it is set, and neither shows a
+//! credential: upstreams appear by name and URL, errors by their OCI message.
+//!
+//! What it keeps is bounded: counters per metrics label (configured upstreams, `local`,
+//! `dynamic`), the 20 last errors and stale tags, the 1,000 most pulled images.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+/// Errors and stale tags remembered.
+const RECENT: usize = 20;
+/// Images whose pulls are counted at most.
+const MAX_IMAGES: usize = 1000;
+/// The JSON's path.
+pub const JSON_PATH: &str = "/_regmirror/status";
+
+/// Counters of one upstream (by metrics label), updated without a lock on the hot path.
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    requests: AtomicU64,
+    hits: AtomicU64,
+    bytes_cache: AtomicU64,
+    bytes_upstream: AtomicU64,
+    last_error: Mutex<Option<(SystemTime, String)>>,
+}
+
+impl UpstreamCounters {
+    /// Blob bytes sent to a client, from the store (`cached`) or from a fill.
+    pub fn bytes(&self, cached: bool, n: u64) {
+        let counter = if cached {
+            &self.bytes_cache
+        } else {
+            &self.bytes_upstream
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One answered registry request, as the status page counts it.
+#[derive(Debug)]
+pub struct Answered<'a> {
+    pub label: &'a str,
+    pub repository: &'a str,
+    /// The tag, for manifest requests by tag.
+    pub tag: Option<&'a str>,
+    /// hit, fresh, reserve, local, miss, joined, stale, error, ...
+    pub cache: &'a str,
+    pub status: u16,
+    /// The OCI error code and message, for an error answer.
+    pub error: Option<(&'a str, &'a str)>,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+#[derive(Debug, Clone)]
+struct Recent {
+    at: SystemTime,
+    text: String,
+}
+
+/// Everything the page shows that the rest of the cache does not keep.
+#[derive(Debug)]
+pub struct Status {
+    started: Instant,
+    listen: Mutex<String>,
+    upstreams: Mutex<HashMap<String, Arc<UpstreamCounters>>>,
+    images: Mutex<HashMap<(String, String), u64>>,
+    stale_total: AtomicU64,
+    stale: Mutex<VecDeque<Recent>>,
+    errors: Mutex<VecDeque<Recent>>,
+    /// Bytes kept by the last collection, and when it ran.
+    stored: Mutex<Option<(u64, SystemTime)>>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            started: Instant::now(),
+            listen: Mutex::new(String::new()),
+            upstreams: Mutex::default(),
+            images: Mutex::default(),
+            stale_total: AtomicU64::new(0),
+            stale: Mutex::default(),
+            errors: Mutex::default(),
+            stored: Mutex::new(None),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn push_recent(list: &Mutex<VecDeque<Recent>>, text: String) {
+    let mut list = lock(list);
+    if list.len() == RECENT {
+        list.pop_front();
+    }
+    list.push_back(Recent {
+        at: SystemTime::now(),
+        text,
+    });
+}
+
+impl Status {
+    pub fn set_listen(&self, addr: String) {
+        *lock(&self.listen) = addr;
+    }
+
+    /// The counters of `label` (a bounded metrics label).
+    pub fn counters(&self, label: &str) -> Arc<UpstreamCounters> {
+        let mut upstreams = lock(&self.upstreams);
+        if let Some(counters) = upstreams.get(label) {
+            return counters.clone();
+        }
+        let counters = Arc::new(UpstreamCounters::default());
+        upstreams.insert(label.to_owned(), counters.clone());
+        counters
+    }
+
+    /// Notes a collection's result: the bytes the store keeps.
+    pub fn stored(&self, kept_bytes: u64) {
+        *lock(&self.stored) = Some((kept_bytes, SystemTime::now()));
+    }
+
+    pub fn answered(&self, a: &Answered<'_>) {
+        let counters = self.counters(a.label);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        if matches!(a.cache, "hit" | "fresh" | "reserve" | "local") {
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((code, message)) = a.error {
+            let text = format!("{} {} -> {} {code}: {message}", a.method, a.path, a.status);
+            *lock(&counters.last_error) = Some((SystemTime::now(), format!("{code}: {message}")));
+            push_recent(&self.errors, text);
+        }
+        if a.cache == "stale" {
+            self.stale_total.fetch_add(1, Ordering::Relaxed);
+            let tag = a.tag.unwrap_or("?");
+            push_recent(&self.stale, format!("{}: {}:{tag}", a.label, a.repository));
+        }
+        if let (Some(_), None) = (a.tag, a.error) {
+            let mut images = lock(&self.images);
+            let key = (a.label.to_owned(), a.repository.to_owned());
+            if images.len() >= MAX_IMAGES && !images.contains_key(&key) {
+                // Full: the least pulled image makes room (ties: any of them).
+                if let Some(least) = images
+                    .iter()
+                    .min_by_key(|(_, n)| **n)
+                    .map(|(k, _)| k.clone())
+                {
+                    images.remove(&least);
+                }
+            }
+            *images.entry(key).or_default() += 1;
+        }
+    }
+
+    /// The data of the page. `upstreams` are (label, URL, breaker text) of every upstream to
+    /// list; `fills` the downloads in flight; `max_size` is `storage.maxsize`.
+    pub fn snapshot(
+        &self,
+        upstreams: &[(String, String, String)],
+        fills: &[FillView],
+        max_size: Option<u64>,
+    ) -> Value {
+        let now = SystemTime::now();
+        let ago = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs();
+        let counted = lock(&self.upstreams).clone();
+        let mut listed: Vec<Value> = Vec::new();
+        let mut names: Vec<&str> = upstreams.iter().map(|u| u.0.as_str()).collect();
+        for label in counted.keys() {
+            if !names.contains(&label.as_str()) {
+                names.push(label);
+            }
+        }
+        for name in names {
+            let (url, breaker) = upstreams
+                .iter()
+                .find(|u| u.0 == name)
+                .map_or(("", "closed"), |u| (u.1.as_str(), u.2.as_str()));
+            let counters = counted.get(name).cloned().unwrap_or_default();
+            let requests = counters.requests.load(Ordering::Relaxed);
+            let hits = counters.hits.load(Ordering::Relaxed);
+            let last_error = lock(&counters.last_error)
+                .clone()
+                .map(|(at, text)| json!({"seconds_ago": ago(at), "error": text}));
+            listed.push(json!({
+                "name": name,
+                "url": url,
+                "requests": requests,
+                "hits": hits,
+                "hit_ratio": if requests == 0 { 0.0 } else { hits as f64 / requests as f64 },
+                "bytes_from_cache": counters.bytes_cache.load(Ordering::Relaxed),
+                "bytes_from_upstream": counters.bytes_upstream.load(Ordering::Relaxed),
+                "last_error": last_error,
+                "breaker": breaker,
+            }));
+        }
+        let mut images: Vec<((String, String), u64)> = lock(&self.images)
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        images.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let recent = |list: &Mutex<VecDeque<Recent>>| -> Vec<Value> {
+            lock(list)
+                .iter()
+                .rev()
+                .map(|r| json!({"seconds_ago": ago(r.at), "text": r.text}))
+                .collect()
+        };
+        let stored = *lock(&self.stored);
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "listen": *lock(&self.listen),
+            "upstreams": listed,
+            "fills": fills.iter().map(FillView::json).collect::<Vec<_>>(),
+            "storage": {
+                "stored_bytes": stored.map(|s| s.0),
+                "measured_seconds_ago": stored.map(|s| ago(s.1)),
+                "max_size": max_size,
+            },
+            "top_images": images.iter().take(10).map(|((label, repository), pulls)| {
+                json!({"upstream": label, "repository": repository, "pulls": pulls})
+            }).collect::<Vec<_>>(),
+            "stale_tags_served": self.stale_total.load(Ordering::Relaxed),
+            "recent_stale_tags": recent(&self.stale),
+            "recent_errors": recent(&self.errors),
+        })
+    }
+}
+
+/// A download in flight, as the page shows it.
+#[derive(Debug, Clone)]
+pub struct FillView {
+    pub upstream: String,
+    pub repository: String,
+    pub digest: String,
+    pub written: u64,
+    pub size: Option<u64>,
+    pub elapsed: Duration,
+    /// Requests that joined it after the one that started it.
+    pub followers: u64,
+}
+
+impl FillView {
+    fn json(&self) -> Value {
+        let rate = self.written as f64 / self.elapsed.as_secs_f64().max(0.001);
+        json!({
+            "upstream": self.upstream,
+            "repository": self.repository,
+            "digest": self.digest,
+            "written": self.written,
+            "size": self.size,
+            "bytes_per_second": rate.round() as u64,
+            "followers": self.followers,
+        })
+    }
+}
+
+/// The page: `data` (a [`Status::snapshot`]) as HTML, every value escaped.
+pub fn html(data: &Value) -> String {
+    let text = |v: &Value| {
+        escape(&match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        })
+    };
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let mut page = String::from(concat!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width\"><title>regmirror status</title>",
+        "<style>body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}",
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .8em;text-align:left;",
+        "border-bottom:1px solid #ddd}th{background:#f4f4f4}.bar{width:14em;height:.9em;background:#eee;",
+        "display:inline-block;vertical-align:middle}.bar span{display:block;height:100%;background:#3a7}",
+        ".warn{color:#b50}.muted{color:#777}code{font-size:12px}</style></head><body><main>",
+    ));
+    let _ = write!(
+        page,
+        "<h1>regmirror {}</h1><p class=\"muted\">listening on {} · up {} · refreshed every 2 s</p>",
+        text(&data["version"]),
+        text(&data["listen"]),
+        duration(n(&data["uptime_seconds"]))
+    );
+    page.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>requests</th><th>hits</th><th>hit ratio</th><th>from cache</th><th>from upstream</th><th>breaker</th><th>last error</th></tr>");
+    for u in data["upstreams"].as_array().into_iter().flatten() {
+        let last_error = match &u["last_error"] {
+            Value::Null => "-".to_owned(),
+            e => format!(
+                "<span class=\"warn\">{}</span> ({} ago)",
+                text(&e["error"]),
+                duration(n(&e["seconds_ago"]))
+            ),
+        };
+        let _ = write!(
+            page,
+            "<tr class=\"upstream\"><td><b>{}</b><br><code class=\"muted\">{}</code></td><td class=\"requests\">{}</td><td class=\"hits\">{}</td><td>{:.0}%</td><td>{}</td><td>{}</td><td>{}</td><td>{last_error}</td></tr>",
+            text(&u["name"]),
+            text(&u["url"]),
+            n(&u["requests"]),
+            n(&u["hits"]),
+            u["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            bytes(n(&u["bytes_from_cache"])),
+            bytes(n(&u["bytes_from_upstream"])),
+            text(&u["breaker"]),
+        );
+    }
+    page.push_str("</table><h2>Downloads in progress</h2>");
+    let fills = data["fills"].as_array().cloned().unwrap_or_default();
+    if fills.is_empty() {
+        page.push_str("<p class=\"muted\" id=\"fills\">none</p>");
+    } else {
+        page.push_str("<table id=\"fills\"><tr><th>blob</th><th>progress</th><th>rate</th><th>followers</th></tr>");
+        for f in &fills {
+            let written = n(&f["written"]);
+            let (bar, of) = match f["size"].as_u64() {
+                Some(size) if size > 0 => (
+                    format!("{:.1}", written as f64 * 100.0 / size as f64),
+                    format!("{} of {}", bytes(written), bytes(size)),
+                ),
+                _ => ("0".to_owned(), format!("{} of ?", bytes(written))),
+            };
+            let _ = write!(
+                page,
+                "<tr class=\"fill\"><td>{}/{}<br><code class=\"muted\">{}</code></td><td><span class=\"bar\" role=\"progressbar\" aria-valuenow=\"{bar}\"><span style=\"width:{bar}%\"></span></span> {of}</td><td>{}/s</td><td>{}</td></tr>",
+                text(&f["upstream"]),
+                text(&f["repository"]),
+                text(&f["digest"]),
+                bytes(n(&f["bytes_per_second"])),
+                n(&f["followers"]),
+            );
+        }
+        page.push_str("</table>");
+    }
+    page.push_str("<h2>Storage</h2><p id=\"storage\">");
+    let storage = &data["storage"];
+    match (
+        storage["stored_bytes"].as_u64(),
+        storage["max_size"].as_u64(),
+    ) {
+        (Some(stored), Some(max)) => {
+            let share = (stored as f64 * 100.0 / max.max(1) as f64).min(100.0);
+            let _ = write!(
+                page,
+                "<span class=\"bar\" role=\"progressbar\" aria-valuenow=\"{share:.1}\"><span style=\"width:{share:.1}%\"></span></span> {} of storage.maxsize {}",
+                bytes(stored),
+                bytes(max)
+            );
+        }
+        (Some(stored), None) => {
+            let _ = write!(page, "{} stored (no storage.maxsize)", bytes(stored));
+        }
+        (None, max) => {
+            let _ = write!(
+                page,
+                "not measured yet (at the first collection); storage.maxsize {}",
+                max.map_or("none".to_owned(), bytes)
+            );
+        }
+    }
+    if let Some(ago) = storage["measured_seconds_ago"].as_u64() {
+        let _ = write!(
+            page,
+            " <span class=\"muted\">(measured {} ago)</span>",
+            duration(ago)
+        );
+    }
+    page.push_str(
+        "</p><h2>Most pulled images</h2><table id=\"images\"><tr><th>image</th><th>pulls</th></tr>",
+    );
+    for i in data["top_images"].as_array().into_iter().flatten() {
+        let _ = write!(
+            page,
+            "<tr><td>{}/{}</td><td>{}</td></tr>",
+            text(&i["upstream"]),
+            text(&i["repository"]),
+            n(&i["pulls"])
+        );
+    }
+    let _ = write!(
+        page,
+        "</table><h2>Stale tags served: {}</h2><ul id=\"stale\">",
+        n(&data["stale_tags_served"])
+    );
+    for s in data["recent_stale_tags"].as_array().into_iter().flatten() {
+        let _ = write!(
+            page,
+            "<li>{} <span class=\"muted\">({} ago)</span></li>",
+            text(&s["text"]),
+            duration(n(&s["seconds_ago"]))
+        );
+    }
+    page.push_str("</ul><h2>Last errors</h2><ul id=\"errors\">");
+    for e in data["recent_errors"].as_array().into_iter().flatten() {
+        let _ = write!(
+            page,
+            "<li><code>{}</code> <span class=\"muted\">({} ago)</span></li>",
+            text(&e["text"]),
+            duration(n(&e["seconds_ago"]))
+        );
+    }
+    let _ = write!(
+        page,
+        "</ul><p class=\"muted\">The same as JSON: <a href=\"{JSON_PATH}\">{JSON_PATH}</a></p></main>"
+    );
+    // A few lines of script: fetch the page again and swap its content in.
+    page.push_str(concat!(
+        "<script>setInterval(async()=>{try{const r=await fetch(location.pathname,{cache:'no-store'});",
+        "if(!r.ok)return;const d=new DOMParser().parseFromString(await r.text(),'text/html');",
+        "document.querySelector('main').replaceWith(d.querySelector('main'))}catch(e){}},2000)</script>",
+        "</body></html>"
+    ));
+    page
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn bytes(n: u64) -> String {
+    bytesize::ByteSize(n).display().iec().to_string()
+}
+
+fn duration(seconds: u64) -> String {
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered<'a>(
+        cache: &'a str,
+        tag: Option<&'a str>,
+        error: Option<(&'a str, &'a str)>,
+    ) -> Answered<'a> {
+        Answered {
+            label: "docker.io",
+            repository: "library/<script>",
+            tag,
+            cache,
+            status: if error.is_some() { 503 } else { 200 },
+            error,
+            method: "GET",
+            path: "/v2/library/x/manifests/v1",
+        }
+    }
+
+    #[test]
+    fn counts_hits_errors_stale_tags_and_pulls() {
+        let status = Status::default();
+        status.set_listen("127.0.0.1:5000".into());
+        status.answered(&answered("hit", Some("v1"), None));
+        status.answered(&answered("miss", Some("v1"), None));
+        status.answered(&answered("stale", Some("v1"), None));
+        status.answered(&answered(
+            "error",
+            None,
+            Some(("UNAVAILABLE", "upstream down")),
+        ));
+        status.counters("docker.io").bytes(true, 2048);
+        let fills = [FillView {
+            upstream: "docker.io".into(),
+            repository: "library/big".into(),
+            digest: "sha256:ab".into(),
+            written: 50,
+            size: Some(200),
+            elapsed: Duration::from_secs(1),
+            followers: 3,
+        }];
+        let upstreams = [(
+            "docker.io".to_owned(),
+            "https://registry-1.docker.io".to_owned(),
+            "closed".to_owned(),
+        )];
+        let data = status.snapshot(&upstreams, &fills, Some(1 << 30));
+        let hub = &data["upstreams"][0];
+        assert_eq!(
+            (hub["requests"].as_u64(), hub["hits"].as_u64()),
+            (Some(4), Some(1))
+        );
+        assert_eq!(hub["bytes_from_cache"], 2048);
+        assert!(
+            hub["last_error"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("upstream down")
+        );
+        assert_eq!(data["stale_tags_served"], 1);
+        assert_eq!(
+            data["top_images"][0]["pulls"], 3,
+            "error answers are not pulls"
+        );
+        assert_eq!(data["fills"][0]["followers"], 3);
+        let page = html(&data);
+        assert!(page.contains("aria-valuenow=\"25.0\""), "a fill bar at 25%");
+        assert!(page.contains("library/&lt;script&gt;"), "escaped");
+        assert!(!page.contains("library/<script>"));
+        assert!(page.contains("not measured yet"));
+    }
+
+    #[test]
+    fn what_it_keeps_is_bounded() {
+        let status = Status::default();
+        for i in 0..MAX_IMAGES + 50 {
+            let repository = format!("r{i}");
+            status.answered(&Answered {
+                repository: &repository,
+                ..answered("miss", Some("v1"), None)
+            });
+            status.answered(&answered("error", None, Some(("X", "y"))));
+        }
+        assert_eq!(lock(&status.images).len(), MAX_IMAGES);
+        assert_eq!(lock(&status.errors).len(), RECENT);
+    }
+}
