@@ -89,6 +89,17 @@ async fn a_low_pull_budget_keeps_the_rest_for_content_not_cached() {
         "{text}"
     );
 
+    let status: serde_json::Value = get(cache.url("/_regmirror/status"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["upstreams"][0]["pull_budget"],
+        serde_json::json!({"limit": 20, "remaining": 0}),
+        "the status page shows the budget too"
+    );
+
     // Nothing left: the upstream answers 429; the client hears 429 with its Retry-After.
     let refused = get(tag("library/d")).await;
     assert_eq!(refused.status(), 429);

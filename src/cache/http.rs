@@ -561,17 +561,20 @@ async fn blob(
 
 /// The status page (HTML) or its data (JSON): see [`super::status`].
 fn status_page(app: &App, json: bool) -> Response {
-    let upstreams: Vec<(String, String, String)> = app
+    let upstreams: Vec<status::UpstreamView> = app
         .router
         .configured()
         .iter()
-        .map(|u| match u.origins.last() {
-            Some(origin) => (
-                u.label().to_owned(),
-                origin.base.to_string(),
-                app.client.breaker(&origin.base),
-            ),
-            None => (u.label().to_owned(), String::new(), "closed".to_owned()),
+        .map(|u| {
+            let origin = u.origins.last();
+            status::UpstreamView {
+                label: u.label().to_owned(),
+                url: origin.map_or(String::new(), |o| o.base.to_string()),
+                breaker: origin.map_or("closed".to_owned(), |o| app.client.breaker(&o.base)),
+                budget: origin
+                    .and_then(|o| app.client.budget(&o.base))
+                    .map(|b| (b.limit, b.remaining)),
+            }
         })
         .collect();
     let data = app

@@ -163,11 +163,11 @@ impl Status {
         }
     }
 
-    /// The data of the page. `upstreams` are (label, URL, breaker text) of every upstream to
-    /// list; `fills` the downloads in flight; `max_size` is `storage.maxsize`.
+    /// The data of the page. `upstreams` are the upstreams to list; `fills` the downloads in
+    /// flight; `max_size` is `storage.maxsize`.
     pub fn snapshot(
         &self,
-        upstreams: &[(String, String, String)],
+        upstreams: &[UpstreamView],
         fills: &[FillView],
         max_size: Option<u64>,
     ) -> Value {
@@ -175,17 +175,19 @@ impl Status {
         let ago = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs();
         let counted = lock(&self.upstreams).clone();
         let mut listed: Vec<Value> = Vec::new();
-        let mut names: Vec<&str> = upstreams.iter().map(|u| u.0.as_str()).collect();
+        let mut names: Vec<&str> = upstreams.iter().map(|u| u.label.as_str()).collect();
         for label in counted.keys() {
             if !names.contains(&label.as_str()) {
                 names.push(label);
             }
         }
         for name in names {
-            let (url, breaker) = upstreams
-                .iter()
-                .find(|u| u.0 == name)
-                .map_or(("", "closed"), |u| (u.1.as_str(), u.2.as_str()));
+            let view = upstreams.iter().find(|u| u.label == name);
+            let url = view.map_or("", |u| u.url.as_str());
+            let breaker = view.map_or("closed", |u| u.breaker.as_str());
+            let budget = view
+                .and_then(|u| u.budget)
+                .map(|(limit, remaining)| json!({"limit": limit, "remaining": remaining}));
             let counters = counted.get(name).cloned().unwrap_or_default();
             let requests = counters.requests.load(Ordering::Relaxed);
             let hits = counters.hits.load(Ordering::Relaxed);
@@ -202,6 +204,7 @@ impl Status {
                 "bytes_from_upstream": counters.bytes_upstream.load(Ordering::Relaxed),
                 "last_error": last_error,
                 "breaker": breaker,
+                "pull_budget": budget,
             }));
         }
         let mut images: Vec<((String, String), u64)> = lock(&self.images)
@@ -236,6 +239,18 @@ impl Status {
             "recent_errors": recent(&self.errors),
         })
     }
+}
+
+/// An upstream as the page lists it.
+#[derive(Debug, Clone)]
+pub struct UpstreamView {
+    /// Its metrics label.
+    pub label: String,
+    pub url: String,
+    /// Its breaker, as [`crate::upstream::UpstreamClient::breaker`] words it.
+    pub breaker: String,
+    /// (limit, remaining) of the pull budget it stated last.
+    pub budget: Option<(u64, u64)>,
 }
 
 /// A download in flight, as the page shows it.
@@ -292,8 +307,12 @@ pub fn html(data: &Value) -> String {
         text(&data["listen"]),
         duration(n(&data["uptime_seconds"]))
     );
-    page.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>requests</th><th>hits</th><th>hit ratio</th><th>from cache</th><th>from upstream</th><th>breaker</th><th>last error</th></tr>");
+    page.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>requests</th><th>hits</th><th>hit ratio</th><th>from cache</th><th>from upstream</th><th>breaker</th><th>pull budget</th><th>last error</th></tr>");
     for u in data["upstreams"].as_array().into_iter().flatten() {
+        let budget = match &u["pull_budget"] {
+            Value::Null => "-".to_owned(),
+            b => format!("{} of {} left", n(&b["remaining"]), n(&b["limit"])),
+        };
         let last_error = match &u["last_error"] {
             Value::Null => "-".to_owned(),
             e => format!(
@@ -304,7 +323,7 @@ pub fn html(data: &Value) -> String {
         };
         let _ = write!(
             page,
-            "<tr class=\"upstream\"><td><b>{}</b><br><code class=\"muted\">{}</code></td><td class=\"requests\">{}</td><td class=\"hits\">{}</td><td>{:.0}%</td><td>{}</td><td>{}</td><td>{}</td><td>{last_error}</td></tr>",
+            "<tr class=\"upstream\"><td><b>{}</b><br><code class=\"muted\">{}</code></td><td class=\"requests\">{}</td><td class=\"hits\">{}</td><td>{:.0}%</td><td>{}</td><td>{}</td><td>{}</td><td>{budget}</td><td>{last_error}</td></tr>",
             text(&u["name"]),
             text(&u["url"]),
             n(&u["requests"]),
@@ -489,11 +508,12 @@ mod tests {
             elapsed: Duration::from_secs(1),
             followers: 3,
         }];
-        let upstreams = [(
-            "docker.io".to_owned(),
-            "https://registry-1.docker.io".to_owned(),
-            "closed".to_owned(),
-        )];
+        let upstreams = [UpstreamView {
+            label: "docker.io".to_owned(),
+            url: "https://registry-1.docker.io".to_owned(),
+            breaker: "closed".to_owned(),
+            budget: Some((100, 76)),
+        }];
         let data = status.snapshot(&upstreams, &fills, Some(1 << 30));
         let hub = &data["upstreams"][0];
         assert_eq!(
@@ -518,6 +538,7 @@ mod tests {
         assert!(page.contains("library/&lt;script&gt;"), "escaped");
         assert!(!page.contains("library/<script>"));
         assert!(page.contains("not measured yet"));
+        assert!(page.contains("76 of 100 left"), "the pull budget");
     }
 
     #[test]
