@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod listen;
+pub mod page;
 pub mod reference;
 pub mod registry;
 pub mod resolve;

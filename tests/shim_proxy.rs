@@ -433,3 +433,38 @@ fn a_mirrors_only_registry_is_never_reached() {
     );
     assert!(!mirror.log().contains("client-token-for-the-origin"));
 }
+
+#[test]
+fn the_status_page_shows_rules_breakers_and_failovers() {
+    let images = Images::new();
+    images.build("v1", &[("hello", b"hi\n")]);
+    let origin = seeded(&images, RegistryOptions::default(), None);
+    let mirror = seeded(&images, RegistryOptions::default(), None);
+    let dead = format!("http://127.0.0.1:{}", peers::free_port());
+    let shim = Shim::start(&rules(&origin, &[dead.clone(), mirror.url()]), &[]);
+    assert_eq!(manifest_via(&shim, &origin), 200);
+    let (status, head, body) = http("GET", shim.addr, "/_regmirror/status", &[]);
+    assert_eq!(status, 200, "{head}");
+    let data: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let rule = &data["rules"][0];
+    assert_eq!(rule["domain"], origin.host().as_str());
+    assert_eq!(rule["mirrors"][0]["url"], dead.as_str());
+    assert!(
+        rule["mirrors"][0]["breaker"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{rule}"
+    );
+    assert_eq!(rule["mirrors"][1]["pulls"], 1);
+    let failover = data["recent_failovers"][0]["text"].as_str().unwrap();
+    assert!(
+        failover.contains(&format!("served by {} after {dead}", mirror.url())),
+        "{failover}"
+    );
+    let (status, head, page) = http("GET", shim.addr, "/", &[]);
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("text/html"), "{head}");
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains(&mirror.url()) && page.contains("<h2>Last failovers</h2>"));
+}

@@ -1,6 +1,6 @@
-//! The status page: what an operator looks at first. `GET /` answers HTML (rendered on the server,
-//! readable without script; a few lines of script refresh it every 2 s), `GET /_regmirror/status`
-//! the same data as JSON. Both are behind `auth.htpasswd` when it is set, and neither shows a
+//! The status page: what an operator looks at first. `GET /` answers HTML (rendered on the server
+//! in [`crate::page`]'s frame: readable without script, refreshed every 2 s with it),
+//! `GET /_regmirror/status` the same data as JSON. Both are behind `auth.htpasswd` when it is set, and neither shows a
 //! credential: upstreams appear by name and URL, errors by their OCI message.
 //!
 //! What it keeps is bounded: counters per metrics label (configured upstreams, `local`,
@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
+
+use crate::page::{self, bytes, duration, escape};
 
 /// Errors and stale tags remembered.
 const RECENT: usize = 20;
@@ -291,15 +293,7 @@ pub fn html(data: &Value) -> String {
         })
     };
     let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let mut page = String::from(concat!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width\"><title>regmirror status</title>",
-        "<style>body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}",
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .8em;text-align:left;",
-        "border-bottom:1px solid #ddd}th{background:#f4f4f4}.bar{width:14em;height:.9em;background:#eee;",
-        "display:inline-block;vertical-align:middle}.bar span{display:block;height:100%;background:#3a7}",
-        ".warn{color:#b50}.muted{color:#777}code{font-size:12px}</style></head><body><main>",
-    ));
+    let mut page = String::new();
     let _ = write!(
         page,
         "<h1>regmirror {}</h1><p class=\"muted\">listening on {} · up {} · refreshed every 2 s</p>",
@@ -430,39 +424,9 @@ pub fn html(data: &Value) -> String {
     }
     let _ = write!(
         page,
-        "</ul><p class=\"muted\">The same as JSON: <a href=\"{JSON_PATH}\">{JSON_PATH}</a></p></main>"
+        "</ul><p class=\"muted\">The same as JSON: <a href=\"{JSON_PATH}\">{JSON_PATH}</a></p>"
     );
-    // A few lines of script: fetch the page again and swap its content in.
-    page.push_str(concat!(
-        "<script>setInterval(async()=>{try{const r=await fetch(location.pathname,{cache:'no-store'});",
-        "if(!r.ok)return;const d=new DOMParser().parseFromString(await r.text(),'text/html');",
-        "document.querySelector('main').replaceWith(d.querySelector('main'))}catch(e){}},2000)</script>",
-        "</body></html>"
-    ));
-    page
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn bytes(n: u64) -> String {
-    bytesize::ByteSize(n).display().iec().to_string()
-}
-
-fn duration(seconds: u64) -> String {
-    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+    page::frame("regmirror status", &page)
 }
 
 #[cfg(test)]

@@ -92,6 +92,14 @@ pub struct RuleMatch {
     pub location: Arc<str>,
 }
 
+/// A configured rule, as [`Resolver::rules`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSummary {
+    pub rule: RuleMatch,
+    pub mirrors: Vec<Arc<str>>,
+    pub mirrors_only: bool,
+}
+
 /// One place to try, with everything a client needs to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -387,6 +395,23 @@ impl Resolver {
             &Arc::from(""),
         );
         Some(endpoints)
+    }
+
+    /// Every rule as configured, for a status page: exact rules (by domain), then patterns, then
+    /// `*`; each with its mirrors' URLs in order and whether it is mirrors-only.
+    pub fn rules(&self) -> Vec<RuleSummary> {
+        let mut exact: Vec<&CompiledRule> = self.exact.values().collect();
+        exact.sort_by(|a, b| a.matched.domain.cmp(&b.matched.domain));
+        exact
+            .into_iter()
+            .chain(self.patterns.iter())
+            .chain(self.catch_all.as_ref())
+            .map(|rule| RuleSummary {
+                rule: rule.matched.clone(),
+                mirrors: rule.mirrors.iter().map(|m| m.url.clone()).collect(),
+                mirrors_only: rule.mirrors_only.is_some(),
+            })
+            .collect()
     }
 
     /// True when some rule (exact, pattern or `*`) covers `registry` (`host[:port]`).

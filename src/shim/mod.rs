@@ -3,8 +3,10 @@
 //!
 //! - [`access`]: who may use the shim, and which ports its tunnels reach;
 //! - [`ca`]: the shim's name-constrained CA and per-host leaf certificates;
-//! - [`proxy`]: the proxy listener, TLS interception, tunnels, and the registry walk.
+//! - [`proxy`]: the proxy listener, TLS interception, tunnels, and the registry walk;
+//! - [`status`]: its status page (rules, breakers, pulls per endpoint, failovers).
 
 pub mod access;
 pub mod ca;
 pub mod proxy;
+pub mod status;

@@ -45,6 +45,7 @@ use tokio::net::TcpStream;
 
 use super::access::{Access, SHARED_PORTS};
 use super::ca::CertificateAuthority;
+use super::status::{self, ShimStatus};
 use crate::config::docker_auth::RegistryAuths;
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
 use crate::reference::split_host_port;
@@ -97,6 +98,9 @@ pub struct Shim {
     overrides: HostOverrides,
     mirror_credentials: RegistryAuths,
     access: Access,
+    status: ShimStatus,
+    /// The address it listens on, for its status page.
+    listen: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Shim {
@@ -116,6 +120,8 @@ impl Shim {
     ) -> Self {
         Shim {
             resolver: RwLock::new(Arc::new(resolver)),
+            status: ShimStatus::default(),
+            listen: std::sync::OnceLock::new(),
             client: Arc::new(client),
             ca: Arc::new(ca),
             overrides,
@@ -144,6 +150,9 @@ impl Shim {
     ) {
         // The same accept discipline as the cache: a connection cap from the open-file limit,
         // back-off when descriptors run out, head and stall timeouts.
+        if let Ok(addr) = listener.local_addr() {
+            let _ = self.listen.set(addr.to_string());
+        }
         let mut listener = Listener::new(listener, connections_for(raise_open_file_limit()));
         tokio::pin!(shutdown);
         loop {
@@ -201,7 +210,12 @@ impl Shim {
                     self.pass_through("http", &authority, request).await
                 }
             }
-            // Origin form: the shim itself is the registry endpoint.
+            // Origin form: the shim itself is the registry endpoint, and shows its status page.
+            None if request.method() == Method::GET
+                && matches!(request.uri().path(), "/" | status::JSON_PATH) =>
+            {
+                self.status_page(request.uri().path() == status::JSON_PATH)
+            }
             None => {
                 let ns = request.uri().query().and_then(|q| {
                     url::form_urlencoded::parse(q.as_bytes())
@@ -212,6 +226,25 @@ impl Shim {
                 self.registry(&registry, request).await
             }
         }
+    }
+
+    /// The status page (HTML) or its data (JSON): see [`super::status`].
+    fn status_page(&self, json: bool) -> Response<Body> {
+        let rules = self.resolver().rules();
+        let listen = self.listen.get().map_or("", String::as_str);
+        let data = self
+            .status
+            .snapshot(listen, &rules, |url| self.client.breaker(url));
+        let (content_type, body) = if json {
+            ("application/json", data.to_string())
+        } else {
+            ("text/html; charset=utf-8", status::html(&data))
+        };
+        let mut response = Response::new(Body::from(body));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
     }
 
     fn connect(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -417,18 +450,28 @@ impl Shim {
         }
         let mut targets: Vec<Target> = self.mirror_targets(&endpoints);
         targets.extend(origins);
-        let (index, response) = match &endpoints.omitted_origin {
+        let walked = match &endpoints.omitted_origin {
             None => self
                 .client
                 .walk(&targets, &upstream)
                 .await
-                .map_err(|e| e.registry_error(registry))?,
+                .map_err(|e| e.registry_error(registry)),
             Some(omitted) => self
                 .client
                 .walk_mirrors(&targets, &upstream)
                 .await
-                .map_err(|e| every_mirror_failed(registry, &parsed, omitted, &e))?,
+                .map_err(|e| every_mirror_failed(registry, &parsed, omitted, &e)),
         };
+        let (index, response) = match walked {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.status.failed(registry, &upstream.path, &error.message);
+                return Err(error);
+            }
+        };
+        let passed: Vec<&str> = targets[..index].iter().map(|t| &*t.base).collect();
+        self.status
+            .served(registry, &upstream.path, &targets[index].base, &passed);
         tracing::info!(
             registry,
             path = %upstream.path,
