@@ -1,8 +1,46 @@
 //! The pieces the cache's and the shim's status pages share: the page frame (style, and the few
 //! lines of script that refresh it every 2 s by fetching it again and swapping its `<main>`),
-//! HTML escaping, and how sizes and durations read. Pure: strings in, strings out.
+//! HTML escaping, how sizes and durations read, and [`RecentLines`] (the last few errors or
+//! failovers). No I/O.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+/// Lines a [`RecentLines`] keeps.
+pub const RECENT: usize = 20;
+
+/// The last [`RECENT`] lines of something (errors, failovers, stale tags), each with its time.
+#[derive(Debug, Default)]
+pub struct RecentLines {
+    lines: Mutex<VecDeque<(SystemTime, String)>>,
+}
+
+impl RecentLines {
+    pub fn push(&self, text: String) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == RECENT {
+            lines.pop_front();
+        }
+        lines.push_back((SystemTime::now(), text));
+    }
+
+    /// Newest first: `[{"seconds_ago": 3, "text": "…"}, …]`.
+    pub fn json(&self) -> Vec<Value> {
+        let now = SystemTime::now();
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .rev()
+            .map(|(at, text)| {
+                let ago = now.duration_since(*at).unwrap_or_default().as_secs();
+                json!({"seconds_ago": ago, "text": text})
+            })
+            .collect()
+    }
+}
 
 /// A whole page: `title` and `main` (already HTML) in the shared frame. The page loads nothing
 /// from elsewhere and reads the same without script.
@@ -67,5 +105,17 @@ mod tests {
         assert_eq!(escape("\"'&"), "&quot;&#39;&amp;");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(duration(3723), "1h 2m 3s");
+    }
+
+    #[test]
+    fn recent_lines_keep_the_newest_first() {
+        let recent = RecentLines::default();
+        for i in 0..RECENT + 5 {
+            recent.push(format!("line {i}"));
+        }
+        let lines = recent.json();
+        assert_eq!(lines.len(), RECENT);
+        assert_eq!(lines[0]["text"], format!("line {}", RECENT + 4));
+        assert_eq!(lines[RECENT - 1]["text"], "line 5");
     }
 }

@@ -6,49 +6,12 @@
 mod peers;
 
 use std::path::Path;
-use std::process::Command;
 
 use peers::{Registry, RegistryOptions, Regmirror};
 
-/// 8 concurrent clients of `url`; clients 0, 2, 4 and 6 send a HEAD first. Every body must be
-/// `digest`.
+/// 8 concurrent clients of `url`; clients 0, 2, 4 and 6 send a HEAD first.
 fn eight_cold_clients(url: &str, digest: &str, dir: &Path) {
-    let clients: Vec<std::thread::JoinHandle<String>> = (0..8)
-        .map(|i| {
-            let url = url.to_owned();
-            let out = dir.join(format!("out{i}"));
-            std::thread::spawn(move || {
-                if i % 2 == 0 {
-                    let head = Command::new("curl")
-                        .args(["-sS", "-f", "-I", "-o", "/dev/null"])
-                        .arg(&url)
-                        .status()
-                        .unwrap();
-                    assert!(head.success(), "client {i}: HEAD");
-                }
-                let status = Command::new("curl")
-                    .args(["-sS", "-f", "-o"])
-                    .arg(&out)
-                    .arg(&url)
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "client {i}: GET");
-                let output = Command::new("sha256sum").arg(&out).output().unwrap();
-                String::from_utf8_lossy(&output.stdout)
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .to_owned()
-            })
-        })
-        .collect();
-    for client in clients {
-        assert_eq!(
-            format!("sha256:{}", client.join().unwrap()),
-            digest,
-            "every body is digest-correct"
-        );
-    }
+    peers::concurrent_cold_clients(url, digest, dir, 8, |i| i % 2 == 0);
 }
 
 fn origin_with_blob(dir: &Path) -> (Registry, String) {

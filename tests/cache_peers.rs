@@ -225,34 +225,7 @@ fn concurrent_cold_pulls_download_the_blob_once() {
     peers::push_blob(origin.addr, "library/big", &file, &digest);
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
     let url = format!("{}/v2/library/big/blobs/{digest}", cache.url());
-    let clients: Vec<std::thread::JoinHandle<String>> = (0..8)
-        .map(|i| {
-            let url = url.clone();
-            let out = dir.path().join(format!("out{i}"));
-            std::thread::spawn(move || {
-                let status = Command::new("curl")
-                    .args(["-sS", "-f", "-o"])
-                    .arg(&out)
-                    .arg(&url)
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "client {i}");
-                let output = Command::new("sha256sum").arg(&out).output().unwrap();
-                String::from_utf8_lossy(&output.stdout)
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .to_owned()
-            })
-        })
-        .collect();
-    for client in clients {
-        assert_eq!(
-            format!("sha256:{}", client.join().unwrap()),
-            digest,
-            "every body is digest-correct"
-        );
-    }
+    peers::concurrent_cold_clients(&url, &digest, dir.path(), 8, |_| false);
     assert_eq!(
         origin.count("GET", &format!("/v2/library/big/blobs/{digest}")),
         1,

@@ -4,9 +4,9 @@
 //! credential: upstreams appear by name and URL, errors by their OCI message.
 //!
 //! What it keeps is bounded: counters per metrics label (configured upstreams, `local`,
-//! `dynamic`), the 20 last errors and stale tags, the 1,000 most pulled images.
+//! `dynamic`), the last errors and stale tags ([`RecentLines`]), the 1,000 most pulled images.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,10 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::page::{self, bytes, duration, escape};
+use crate::page::{self, RecentLines, bytes, duration, escape};
 
-/// Errors and stale tags remembered.
-const RECENT: usize = 20;
 /// Images whose pulls are counted at most.
 const MAX_IMAGES: usize = 1000;
 /// The JSON's path.
@@ -61,12 +59,6 @@ pub struct Answered<'a> {
     pub path: &'a str,
 }
 
-#[derive(Debug, Clone)]
-struct Recent {
-    at: SystemTime,
-    text: String,
-}
-
 /// Everything the page shows that the rest of the cache does not keep.
 #[derive(Debug)]
 pub struct Status {
@@ -75,8 +67,8 @@ pub struct Status {
     upstreams: Mutex<HashMap<String, Arc<UpstreamCounters>>>,
     images: Mutex<HashMap<(String, String), u64>>,
     stale_total: AtomicU64,
-    stale: Mutex<VecDeque<Recent>>,
-    errors: Mutex<VecDeque<Recent>>,
+    stale: RecentLines,
+    errors: RecentLines,
     /// Bytes kept by the last collection, and when it ran.
     stored: Mutex<Option<(u64, SystemTime)>>,
 }
@@ -89,8 +81,8 @@ impl Default for Status {
             upstreams: Mutex::default(),
             images: Mutex::default(),
             stale_total: AtomicU64::new(0),
-            stale: Mutex::default(),
-            errors: Mutex::default(),
+            stale: RecentLines::default(),
+            errors: RecentLines::default(),
             stored: Mutex::new(None),
         }
     }
@@ -98,17 +90,6 @@ impl Default for Status {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn push_recent(list: &Mutex<VecDeque<Recent>>, text: String) {
-    let mut list = lock(list);
-    if list.len() == RECENT {
-        list.pop_front();
-    }
-    list.push_back(Recent {
-        at: SystemTime::now(),
-        text,
-    });
 }
 
 impl Status {
@@ -141,12 +122,13 @@ impl Status {
         if let Some((code, message)) = a.error {
             let text = format!("{} {} -> {} {code}: {message}", a.method, a.path, a.status);
             *lock(&counters.last_error) = Some((SystemTime::now(), format!("{code}: {message}")));
-            push_recent(&self.errors, text);
+            self.errors.push(text);
         }
         if a.cache == "stale" {
             self.stale_total.fetch_add(1, Ordering::Relaxed);
             let tag = a.tag.unwrap_or("?");
-            push_recent(&self.stale, format!("{}: {}:{tag}", a.label, a.repository));
+            self.stale
+                .push(format!("{}: {}:{tag}", a.label, a.repository));
         }
         if let (Some(_), None) = (a.tag, a.error) {
             let mut images = lock(&self.images);
@@ -214,13 +196,6 @@ impl Status {
             .map(|(k, n)| (k.clone(), *n))
             .collect();
         images.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let recent = |list: &Mutex<VecDeque<Recent>>| -> Vec<Value> {
-            lock(list)
-                .iter()
-                .rev()
-                .map(|r| json!({"seconds_ago": ago(r.at), "text": r.text}))
-                .collect()
-        };
         let stored = *lock(&self.stored);
         json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -237,8 +212,8 @@ impl Status {
                 json!({"upstream": label, "repository": repository, "pulls": pulls})
             }).collect::<Vec<_>>(),
             "stale_tags_served": self.stale_total.load(Ordering::Relaxed),
-            "recent_stale_tags": recent(&self.stale),
-            "recent_errors": recent(&self.errors),
+            "recent_stale_tags": self.stale.json(),
+            "recent_errors": self.errors.json(),
         })
     }
 }
@@ -517,6 +492,6 @@ mod tests {
             status.answered(&answered("error", None, Some(("X", "y"))));
         }
         assert_eq!(lock(&status.images).len(), MAX_IMAGES);
-        assert_eq!(lock(&status.errors).len(), RECENT);
+        assert_eq!(status.errors.json().len(), crate::page::RECENT);
     }
 }

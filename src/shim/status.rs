@@ -4,36 +4,30 @@
 //! later endpoint than the first) and the last failed pulls. Nothing it shows is a credential:
 //! endpoints appear by URL (mirror URLs carry none), requests by registry and path.
 //!
-//! Bounded: pulls are counted for at most 1,000 endpoints, 20 failovers and failures are kept.
+//! Bounded: pulls are counted for at most 1,000 endpoints; failovers and failures are
+//! [`RecentLines`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::page::{self, duration, escape};
+use crate::page::{self, RecentLines, duration, escape};
 use crate::resolve::RuleSummary;
 
 /// The JSON's path.
 pub const JSON_PATH: &str = "/_regmirror/status";
-const RECENT: usize = 20;
 const MAX_ENDPOINTS: usize = 1000;
-
-#[derive(Debug)]
-struct Recent {
-    at: SystemTime,
-    text: String,
-}
 
 /// What the shim's page shows beyond its rules and breakers.
 #[derive(Debug)]
 pub struct ShimStatus {
     started: Instant,
     pulls: Mutex<HashMap<String, u64>>,
-    failovers: Mutex<VecDeque<Recent>>,
-    failures: Mutex<VecDeque<Recent>>,
+    failovers: RecentLines,
+    failures: RecentLines,
 }
 
 impl Default for ShimStatus {
@@ -41,25 +35,14 @@ impl Default for ShimStatus {
         ShimStatus {
             started: Instant::now(),
             pulls: Mutex::default(),
-            failovers: Mutex::default(),
-            failures: Mutex::default(),
+            failovers: RecentLines::default(),
+            failures: RecentLines::default(),
         }
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn push_recent(list: &Mutex<VecDeque<Recent>>, text: String) {
-    let mut list = lock(list);
-    if list.len() == RECENT {
-        list.pop_front();
-    }
-    list.push_back(Recent {
-        at: SystemTime::now(),
-        text,
-    });
 }
 
 impl ShimStatus {
@@ -73,19 +56,16 @@ impl ShimStatus {
             }
         }
         if !passed.is_empty() {
-            push_recent(
-                &self.failovers,
-                format!(
-                    "{registry} {path}: served by {served_by} after {}",
-                    passed.join(", ")
-                ),
-            );
+            self.failovers.push(format!(
+                "{registry} {path}: served by {served_by} after {}",
+                passed.join(", ")
+            ));
         }
     }
 
     /// A pull no endpoint answered.
     pub fn failed(&self, registry: &str, path: &str, why: &str) {
-        push_recent(&self.failures, format!("{registry} {path}: {why}"));
+        self.failures.push(format!("{registry} {path}: {why}"));
     }
 
     /// The page's data: `rules` as configured, `breaker` words an endpoint's breaker.
@@ -95,8 +75,6 @@ impl ShimStatus {
         rules: &[RuleSummary],
         breaker: impl Fn(&str) -> String,
     ) -> Value {
-        let now = SystemTime::now();
-        let ago = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs();
         let pulls = lock(&self.pulls).clone();
         let endpoint = |url: &str| {
             json!({
@@ -104,13 +82,6 @@ impl ShimStatus {
                 "breaker": breaker(url),
                 "pulls": pulls.get(url).copied().unwrap_or(0),
             })
-        };
-        let recent = |list: &Mutex<VecDeque<Recent>>| -> Vec<Value> {
-            lock(list)
-                .iter()
-                .rev()
-                .map(|r| json!({"seconds_ago": ago(r.at), "text": r.text}))
-                .collect()
         };
         json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -122,8 +93,8 @@ impl ShimStatus {
                 "mirrors_only": r.mirrors_only,
                 "mirrors": r.mirrors.iter().map(|m| endpoint(m)).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
-            "recent_failovers": recent(&self.failovers),
-            "recent_failures": recent(&self.failures),
+            "recent_failovers": self.failovers.json(),
+            "recent_failures": self.failures.json(),
         })
     }
 }

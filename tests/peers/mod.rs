@@ -1473,3 +1473,51 @@ pub fn query_escape(value: &str) -> String {
         })
         .collect()
 }
+
+/// `clients` concurrent curl clients of `url`, each writing into `dir`; those for which
+/// `head_first(i)` holds send a HEAD first, as a cache in front would. Every body must be
+/// `digest`.
+pub fn concurrent_cold_clients(
+    url: &str,
+    digest: &str,
+    dir: &Path,
+    clients: usize,
+    head_first: fn(usize) -> bool,
+) {
+    let handles: Vec<std::thread::JoinHandle<String>> = (0..clients)
+        .map(|i| {
+            let url = url.to_owned();
+            let out = dir.join(format!("out{i}"));
+            std::thread::spawn(move || {
+                if head_first(i) {
+                    let head = Command::new("curl")
+                        .args(["-sS", "-f", "-I", "-o", "/dev/null"])
+                        .arg(&url)
+                        .status()
+                        .unwrap();
+                    assert!(head.success(), "client {i}: HEAD");
+                }
+                let status = Command::new("curl")
+                    .args(["-sS", "-f", "-o"])
+                    .arg(&out)
+                    .arg(&url)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "client {i}: GET");
+                let output = Command::new("sha256sum").arg(&out).output().unwrap();
+                String::from_utf8_lossy(&output.stdout)
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(
+            format!("sha256:{}", handle.join().unwrap()),
+            digest,
+            "every body is digest-correct"
+        );
+    }
+}
