@@ -32,3 +32,4 @@ pub mod registry;
 pub mod resolve;
 pub mod shim;
 pub mod upstream;
+pub mod warm;
