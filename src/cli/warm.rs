@@ -3,7 +3,7 @@
 //! line per manifest and blob. A summary at the end; each failed image on stderr, exit code 1.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal as _, Read as _};
+use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -99,7 +99,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     drop(warmer);
     let failed: Vec<&(String, Result<(), String>)> =
         outcome.images.iter().filter(|(_, r)| r.is_err()).collect();
-    println!(
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "{}",
         summary(
             outcome.images.len() - failed.len(),
@@ -219,7 +220,12 @@ struct Lines;
 
 impl Report for Lines {
     fn fetched(&self, item: &Item, source: Source) {
-        println!("{}", line(item, source, item.digest.as_str()));
+        // A closed pipe (`| head`) ends the output, not the warm.
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            line(item, source, item.digest.as_str())
+        );
     }
 }
 
