@@ -33,3 +33,4 @@ pub mod registry;
 pub mod resolve;
 pub mod shim;
 pub mod upstream;
+pub mod warm;

@@ -36,41 +36,7 @@ fn seeded_origin() -> (Registry, Images) {
 
 /// Builds an OCI index of `v1` (amd64) and `arm` (arm64) and pushes it with `skopeo copy --all`.
 fn push_index(images: &Images, origin: &Registry) {
-    use sha2::Digest as _;
-    let layout = images.dir.path().join("layout");
-    let index_path = layout.join("index.json");
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
-    let descriptor = |tag: &str, arch: &str| {
-        let mut d = index["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-            .unwrap()
-            .clone();
-        d.as_object_mut().unwrap().remove("annotations");
-        d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
-        d
-    };
-    let multi = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [descriptor("v1", "amd64"), descriptor("arm", "arm64")],
-    });
-    let bytes = serde_json::to_vec(&multi).unwrap();
-    let hex = hex::encode(sha2::Sha256::digest(&bytes));
-    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
-    index["manifests"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": format!("sha256:{hex}"),
-            "size": bytes.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "multi"},
-        }));
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    images.build_index("multi", &[("v1", "linux/amd64"), ("arm", "linux/arm64")]);
     images.push(
         "multi",
         &format!("{}/library/multi:v1", origin.host()),

@@ -26,7 +26,7 @@ use super::{push, referrers, status, uploads};
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
-    API_VERSION, API_VERSION_HEADER, CONTENT_DIGEST_HEADER, ErrorCode, RegistryError,
+    API_VERSION, API_VERSION_HEADER, CACHE_HEADER, CONTENT_DIGEST_HEADER, ErrorCode, RegistryError,
     error_response, internal,
 };
 
@@ -110,6 +110,14 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         }
         response
     };
+    // How a manifest or blob was served, for `regmirror warm` and anyone debugging a pull.
+    if matches!(outcome.kind, "manifest" | "blob")
+        && !matches!(outcome.cache, "" | "error" | "push")
+    {
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(outcome.cache));
+    }
     for (name, value) in &app.extra_headers {
         response.headers_mut().append(name, value.clone());
     }

@@ -11,6 +11,7 @@ mod mirror_config;
 mod resolve;
 mod serve;
 mod shim;
+mod warm;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,8 @@ enum Command {
     Gc(gc::Args),
     /// Run the proxy that gives a stock dockerd ordered mirrors with failover.
     Shim(shim::Args),
+    /// Pull images through a running cache so that it holds them (before a rollout or an outage).
+    Warm(warm::Args),
     /// Write containerd hosts.toml directories (also Docker 28+'s /etc/docker/certs.d).
     ContainerdHosts(generate::ContainerdArgs),
     /// Write a containers-registries.conf drop-in (podman, CRI-O, skopeo, buildah).
@@ -89,6 +92,10 @@ pub fn main() -> ExitCode {
         Command::RegistriesConf(args) => {
             init_tracing("warn");
             generate::registries_conf(args)
+        }
+        Command::Warm(args) => {
+            init_tracing("warn");
+            warm::run(args)
         }
         Command::Completions(args) => install::completions(args),
         Command::Man(args) => install::man(args),

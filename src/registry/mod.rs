@@ -12,6 +12,12 @@ pub use route::{ManifestRef, V2Request};
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const API_VERSION: &str = "registry/2.0";
 pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
+/// How `regmirror serve` served a manifest or blob (the request log's `cache=` word): for blobs
+/// `hit`, `miss` (this request started the download), `joined` (it joined one in progress) or
+/// `redirect` (to the bucket); for manifests `hit`, `miss`, `fresh` (a tag within its
+/// `tag_revalidate` window), `stale` (the upstream failed), `reserve` (its pull budget is in the
+/// reserve) or `local` (pushed).
+pub const CACHE_HEADER: &str = "x-regmirror-cache";
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -681,6 +681,84 @@ impl Images {
             .arg(&bundle));
     }
 
+    /// Tags an OCI index in the layout as `tag`: one child per `(built tag, "os/arch")`, each
+    /// with that platform. Push it with [`push`](Self::push) and `--all`.
+    pub fn build_index(&self, tag: &str, children: &[(&str, &str)]) {
+        use sha2::Digest as _;
+        let layout = self.layout();
+        let index_path = layout.join("index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        let manifests: Vec<serde_json::Value> = children
+            .iter()
+            .map(|(child, platform)| {
+                let mut d = self.descriptor(&index, child);
+                let (os, arch) = platform.split_once('/').expect("os/arch");
+                d["platform"] = serde_json::json!({"architecture": arch, "os": os});
+                d
+            })
+            .collect();
+        let multi = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let bytes = serde_json::to_vec(&multi).unwrap();
+        let hex = hex::encode(sha2::Sha256::digest(&bytes));
+        std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+        index["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": format!("sha256:{hex}"),
+                "size": bytes.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }));
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+
+    /// The layout's descriptor of `tag`, without its annotations.
+    fn descriptor(&self, index: &serde_json::Value, tag: &str) -> serde_json::Value {
+        let mut d = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("no {tag} in the layout"))
+            .clone();
+        d.as_object_mut().unwrap().remove("annotations");
+        d
+    }
+
+    /// What layout tag `tag` is: its manifest's `(digest, size)` and, for an image, its
+    /// config's and layers' (for an index, its children's), read from the layout's files.
+    pub fn contents(&self, tag: &str) -> ((String, u64), Vec<(String, u64)>) {
+        let layout = self.layout();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let d = self.descriptor(&index, tag);
+        let digest = d["digest"].as_str().unwrap().to_owned();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(layout.join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap(),
+        )
+        .unwrap();
+        let pair = |d: &serde_json::Value| {
+            (
+                d["digest"].as_str().unwrap().to_owned(),
+                d["size"].as_u64().unwrap(),
+            )
+        };
+        let parts = match manifest.get("manifests") {
+            Some(children) => children.as_array().unwrap().iter().map(pair).collect(),
+            None => std::iter::once(&manifest["config"])
+                .chain(manifest["layers"].as_array().unwrap())
+                .map(pair)
+                .collect(),
+        };
+        ((digest, d["size"].as_u64().unwrap()), parts)
+    }
+
     /// Pushes `tag` to `docker://host/repository` (plain http, no TLS checks).
     pub fn push(&self, tag: &str, destination: &str, extra: &[&str]) {
         run(Command::new("skopeo")

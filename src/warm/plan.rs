@@ -1,0 +1,682 @@
+//! What `regmirror warm` asks a cache for, decided without I/O: how an image maps to cache
+//! requests, what a manifest references, which children of an index a platform selection keeps,
+//! what the cache's `X-Regmirror-Cache` header says about an answer, and the lines of a `--file`
+//! list.
+//!
+//! Pure: no I/O, no printing.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::reference::{Digest, ImageRef};
+use crate::registry::{DOCKER_LIST, OCI_INDEX};
+
+/// Where an image's requests go on the cache: the repository path and the `?ns=` that routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRoute {
+    /// The `/v2/<repository>/…` part, as the image names it (`library/nginx` for `nginx`).
+    pub repository: String,
+    /// The image's registry, sent as `?ns=` (containerd's way of asking a mirror), or `None`
+    /// when the image names the cache itself.
+    pub ns: Option<String>,
+}
+
+impl CacheRoute {
+    /// `ghcr.io/org/img:tag` through the cache is `/v2/org/img/manifests/tag?ns=ghcr.io`, as
+    /// containerd asks a mirror; Docker Hub names are normalised first (`nginx` is
+    /// `/v2/library/nginx/manifests/latest?ns=docker.io`). An image whose registry is the cache
+    /// itself (`cache_authority`, `host[:port]`) is asked as a client of that registry asks it,
+    /// without `?ns=`: the cache routes it by path prefix (`cache:5000/ghcr.io/org/img`), as a
+    /// local repository, or to its default upstream.
+    pub fn for_image(image: &ImageRef, cache_authority: &str) -> Self {
+        let ns = (!image.registry().eq_ignore_ascii_case(cache_authority))
+            .then(|| image.registry().to_owned());
+        CacheRoute {
+            repository: image.repository().to_owned(),
+            ns,
+        }
+    }
+
+    /// `/v2/<repository>/manifests/<reference>` (the `?ns=` is added by the client's target).
+    pub fn manifest_path(&self, reference: &str) -> String {
+        format!("/v2/{}/manifests/{reference}", self.repository)
+    }
+
+    /// `/v2/<repository>/blobs/<digest>`
+    pub fn blob_path(&self, digest: &Digest) -> String {
+        format!("/v2/{}/blobs/{digest}", self.repository)
+    }
+
+    /// One key per (namespace, repository) and content: the cache links content to a repository,
+    /// so the same layer warmed in two repositories is asked for in each.
+    pub fn key(&self, digest: &Digest) -> String {
+        format!(
+            "{}\u{1f}{}\u{1f}{digest}",
+            self.ns.as_deref().unwrap_or(""),
+            self.repository
+        )
+    }
+}
+
+/// How the cache says it served an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Fetched from the upstream now (a miss, or joining another client's download).
+    Upstream,
+    /// Already in the cache.
+    Cached,
+    /// The cache did not say (not a regmirror cache, or an older one).
+    Unknown,
+}
+
+impl Source {
+    /// From the `X-Regmirror-Cache` header ([`crate::registry::CACHE_HEADER`]): `miss` and `joined` come from the upstream; `hit`,
+    /// `fresh`, `stale`, `reserve`, `local` and `redirect` from the cache. An answer without the
+    /// header that was redirected away from the cache is a committed blob in its bucket.
+    pub fn from_header(value: Option<&str>, redirected: bool) -> Self {
+        match value.map(str::trim) {
+            Some("miss" | "joined") => Source::Upstream,
+            Some("hit" | "fresh" | "stale" | "reserve" | "local" | "redirect") => Source::Cached,
+            _ if redirected => Source::Cached,
+            _ => Source::Unknown,
+        }
+    }
+}
+
+/// A platform to keep from multi-platform indexes: `os/arch[/variant]`, as `--platform` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// `linux/amd64`, `linux/arm64/v8`, `linux/arm/v7`, `windows/amd64`. Architectures are
+    /// normalised as containerd does (`x86_64` is `amd64`, `aarch64` is `arm64`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let valid = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        };
+        if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| valid(p)) {
+            return Err(format!(
+                "{s:?} is not a platform: write OS/ARCH or OS/ARCH/VARIANT (linux/amd64, linux/arm64/v8)"
+            ));
+        }
+        let architecture = normalise_architecture(&parts[1].to_ascii_lowercase());
+        Ok(Platform {
+            os: parts[0].to_ascii_lowercase(),
+            variant: parts
+                .get(2)
+                .map(|v| normalise_variant(&architecture, &v.to_ascii_lowercase())),
+            architecture,
+        })
+    }
+
+    /// Whether an index child for `platform` is kept. Without a variant every variant of the
+    /// architecture is; with one, the child's variant must be it (arm64 without a variant is
+    /// v8, arm without one is v7, as containerd reads them).
+    pub fn matches(&self, platform: &IndexPlatform) -> bool {
+        let architecture = normalise_architecture(&platform.architecture.to_ascii_lowercase());
+        if !platform.os.eq_ignore_ascii_case(&self.os) || architecture != self.architecture {
+            return false;
+        }
+        let Some(wanted) = &self.variant else {
+            return true;
+        };
+        let variant = platform
+            .variant
+            .as_deref()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let variant = match (architecture.as_str(), variant.as_str()) {
+            ("arm64", "") => "v8".to_owned(),
+            ("arm", "") => "v7".to_owned(),
+            _ => normalise_variant(&architecture, &variant),
+        };
+        &variant == wanted
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+fn normalise_architecture(architecture: &str) -> String {
+    match architecture {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        "i386" | "i686" => "386",
+        other => other,
+    }
+    .to_owned()
+}
+
+fn normalise_variant(architecture: &str, variant: &str) -> String {
+    match (architecture, variant) {
+        ("arm64", "8") => "v8".to_owned(),
+        ("arm", "5" | "6" | "7" | "8") => format!("v{variant}"),
+        _ => variant.to_owned(),
+    }
+}
+
+/// A descriptor's `platform`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct IndexPlatform {
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl fmt::Display for IndexPlatform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A content descriptor of a manifest or index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub platform: Option<IndexPlatform>,
+}
+
+/// What a manifest references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Manifest {
+    /// An OCI image index or a Docker manifest list: child manifests.
+    Index { children: Vec<Descriptor> },
+    /// An image (or artifact) manifest: its config and its layers, less the non-distributable
+    /// ones (clients fetch those from their `urls`, never through a registry).
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<u64>,
+    media_type: Option<String>,
+    config: Option<RawDescriptor>,
+    layers: Option<Vec<RawDescriptor>>,
+    manifests: Option<Vec<RawDescriptor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    size: u64,
+    platform: Option<IndexPlatform>,
+}
+
+impl RawDescriptor {
+    fn parse(self) -> Result<Descriptor, String> {
+        let digest = Digest::parse(&self.digest)
+            .map_err(|e| format!("descriptor digest {:?}: {e}", self.digest))?;
+        Ok(Descriptor {
+            media_type: self.media_type,
+            digest,
+            size: self.size,
+            platform: self.platform,
+        })
+    }
+}
+
+impl Manifest {
+    /// Parses manifest bytes; `content_type` is the answer's `Content-Type` (the body's own
+    /// `mediaType` decides when it is missing or generic).
+    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self, String> {
+        let raw: RawManifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        if raw.schema_version == Some(1) {
+            return Err("a Docker schema 1 manifest (not served by regmirror)".to_owned());
+        }
+        let content_type = content_type
+            .map(|c| c.split(';').next().unwrap_or("").trim())
+            .filter(|c| c.starts_with("application/vnd."));
+        let media_type = content_type.or(raw.media_type.as_deref()).unwrap_or("");
+        let index = media_type == OCI_INDEX
+            || media_type == DOCKER_LIST
+            || (raw.config.is_none() && raw.manifests.is_some());
+        if index {
+            let children = raw
+                .manifests
+                .unwrap_or_default()
+                .into_iter()
+                .map(RawDescriptor::parse)
+                .collect::<Result<_, _>>()?;
+            return Ok(Manifest::Index { children });
+        }
+        let config = raw
+            .config
+            .ok_or_else(|| format!("a manifest ({media_type}) without a config"))?
+            .parse()?;
+        let layers = raw
+            .layers
+            .unwrap_or_default()
+            .into_iter()
+            .map(RawDescriptor::parse)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|l| {
+                !(l.media_type.contains(".nondistributable.") || l.media_type.contains(".foreign."))
+            })
+            .collect();
+        Ok(Manifest::Image { config, layers })
+    }
+}
+
+/// The children of an index that `platforms` keep (every child when none is given), or why none
+/// is: the platforms the index has.
+pub fn select<'a>(
+    children: &'a [Descriptor],
+    platforms: &[Platform],
+) -> Result<Vec<&'a Descriptor>, String> {
+    if platforms.is_empty() {
+        return Ok(children.iter().collect());
+    }
+    let kept: Vec<&Descriptor> = children
+        .iter()
+        .filter(|c| {
+            c.platform
+                .as_ref()
+                .is_some_and(|p| platforms.iter().any(|wanted| wanted.matches(p)))
+        })
+        .collect();
+    if kept.is_empty() {
+        let wanted: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+        let mut has: Vec<String> = children
+            .iter()
+            .filter_map(|c| c.platform.as_ref().map(ToString::to_string))
+            .collect();
+        has.dedup();
+        return Err(format!(
+            "the index has no manifest for {} (it has {})",
+            wanted.join(", "),
+            if has.is_empty() {
+                "no platforms".to_owned()
+            } else {
+                has.join(", ")
+            }
+        ));
+    }
+    Ok(kept)
+}
+
+/// An error answer in a few words: `HTTP 404 MANIFEST_UNKNOWN: manifest unknown to registry`
+/// from the OCI error JSON's first error, else the status and the start of the body.
+pub fn describe_error(status: u16, body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Errors {
+        errors: Vec<OciError>,
+    }
+    #[derive(Deserialize)]
+    struct OciError {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(Errors { errors }) = serde_json::from_slice::<Errors>(body) {
+        if let Some(first) = errors.first() {
+            let more = match errors.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return format!("HTTP {status} {}: {}{more}", first.code, first.message);
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(200) {
+        _ if text.is_empty() => format!("HTTP {status}"),
+        Some((cut, _)) => format!("HTTP {status}: {}…", &text[..cut]),
+        None => format!("HTTP {status}: {text}"),
+    }
+}
+
+/// The entries of a `--file` list with their line numbers: one image a line, `#` starting a
+/// comment, blank lines ignored.
+pub fn list_entries(text: &str) -> Vec<(usize, &str)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            (!entry.is_empty()).then_some((i + 1, entry))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    #[test]
+    fn images_map_to_cache_requests() {
+        let cases = [
+            // (image, cache authority, repository, ns, manifest path)
+            (
+                "ghcr.io/org/img:tag",
+                "127.0.0.1:5000",
+                "org/img",
+                Some("ghcr.io"),
+                "/v2/org/img/manifests/tag",
+            ),
+            (
+                "nginx",
+                "127.0.0.1:5000",
+                "library/nginx",
+                Some("docker.io"),
+                "/v2/library/nginx/manifests/latest",
+            ),
+            (
+                "index.docker.io/bitnami/redis:7",
+                "cache:5000",
+                "bitnami/redis",
+                Some("docker.io"),
+                "/v2/bitnami/redis/manifests/7",
+            ),
+            (
+                &format!("quay.io/a/b:1@{A}"),
+                "cache:5000",
+                "a/b",
+                Some("quay.io"),
+                &format!("/v2/a/b/manifests/{A}"),
+            ),
+            (
+                "127.0.0.1:5001/library/demo:v1",
+                "127.0.0.1:5000",
+                "library/demo",
+                Some("127.0.0.1:5001"),
+                "/v2/library/demo/manifests/v1",
+            ),
+            // The cache itself: no ns, so path prefixes and local repositories work as for
+            // any client of it.
+            (
+                "cache:5000/ghcr.io/org/img:1",
+                "cache:5000",
+                "ghcr.io/org/img",
+                None,
+                "/v2/ghcr.io/org/img/manifests/1",
+            ),
+            (
+                "cache:5000/team/app:1",
+                "cache:5000",
+                "team/app",
+                None,
+                "/v2/team/app/manifests/1",
+            ),
+        ];
+        for (image, cache, repository, ns, path) in cases {
+            let parsed = ImageRef::parse(image).unwrap();
+            let route = CacheRoute::for_image(&parsed, cache);
+            assert_eq!(route.repository, repository, "{image}");
+            assert_eq!(route.ns.as_deref(), ns, "{image}");
+            assert_eq!(
+                route.manifest_path(parsed.manifest_reference()),
+                path,
+                "{image}"
+            );
+        }
+        let route = CacheRoute::for_image(&ImageRef::parse("ghcr.io/org/img").unwrap(), "c");
+        let digest = Digest::parse(A).unwrap();
+        assert_eq!(route.blob_path(&digest), format!("/v2/org/img/blobs/{A}"));
+        assert_ne!(
+            route.key(&digest),
+            CacheRoute::for_image(&ImageRef::parse("ghcr.io/org/other").unwrap(), "c").key(&digest)
+        );
+    }
+
+    #[test]
+    fn cache_header_values() {
+        let cases = [
+            (Some("miss"), false, Source::Upstream),
+            (Some("joined"), false, Source::Upstream),
+            (Some("hit"), false, Source::Cached),
+            (Some("fresh"), false, Source::Cached),
+            (Some("stale"), false, Source::Cached),
+            (Some("reserve"), false, Source::Cached),
+            (Some("local"), false, Source::Cached),
+            (Some("redirect"), false, Source::Cached),
+            (Some(" hit "), false, Source::Cached),
+            (Some("something-new"), false, Source::Unknown),
+            (None, false, Source::Unknown),
+            (None, true, Source::Cached),
+        ];
+        for (header, redirected, source) in cases {
+            assert_eq!(
+                Source::from_header(header, redirected),
+                source,
+                "{header:?}"
+            );
+        }
+    }
+
+    fn platform(os: &str, architecture: &str, variant: Option<&str>) -> IndexPlatform {
+        IndexPlatform {
+            os: os.into(),
+            architecture: architecture.into(),
+            variant: variant.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn platform_parsing_and_matching() {
+        assert_eq!(
+            Platform::parse("linux/amd64").unwrap(),
+            Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None
+            }
+        );
+        assert_eq!(
+            Platform::parse("Linux/x86_64").unwrap().to_string(),
+            "linux/amd64"
+        );
+        assert_eq!(
+            Platform::parse("linux/aarch64/8").unwrap().to_string(),
+            "linux/arm64/v8"
+        );
+        for bad in [
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/amd64/v8/x",
+            "linux amd64",
+            "",
+        ] {
+            assert!(Platform::parse(bad).is_err(), "{bad:?}");
+        }
+        // (wanted, candidate, kept)
+        let cases = [
+            ("linux/amd64", platform("linux", "amd64", None), true),
+            ("linux/amd64", platform("linux", "arm64", None), false),
+            ("linux/amd64", platform("windows", "amd64", None), false),
+            ("linux/amd64", platform("linux", "x86_64", None), true),
+            ("linux/arm64", platform("linux", "arm64", Some("v8")), true),
+            ("linux/arm64/v8", platform("linux", "arm64", None), true),
+            (
+                "linux/arm64/v8",
+                platform("linux", "arm64", Some("v8")),
+                true,
+            ),
+            ("linux/arm/v7", platform("linux", "arm", None), true),
+            ("linux/arm/v7", platform("linux", "arm", Some("v6")), false),
+            ("linux/arm", platform("linux", "arm", Some("v6")), true),
+            ("linux/amd64/v3", platform("linux", "amd64", None), false),
+            ("linux/amd64", platform("unknown", "unknown", None), false),
+        ];
+        for (wanted, candidate, kept) in cases {
+            assert_eq!(
+                Platform::parse(wanted).unwrap().matches(&candidate),
+                kept,
+                "{wanted} against {candidate}"
+            );
+        }
+    }
+
+    fn index() -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": A, "size": 500,
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": B, "size": 501,
+                 "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": C, "size": 502,
+                 "platform": {"os": "unknown", "architecture": "unknown"},
+                 "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+            ],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn index_children_by_platform() {
+        let Manifest::Index { children } = Manifest::parse(&index(), Some(OCI_INDEX)).unwrap()
+        else {
+            panic!("an index");
+        };
+        assert_eq!(children.len(), 3);
+        let digests = |platforms: &[&str]| -> Result<Vec<String>, String> {
+            let platforms: Vec<Platform> = platforms
+                .iter()
+                .map(|p| Platform::parse(p).unwrap())
+                .collect();
+            select(&children, &platforms)
+                .map(|kept| kept.iter().map(|d| d.digest.to_string()).collect())
+        };
+        // Every child without --platform (what `skopeo copy --all` copies).
+        assert_eq!(digests(&[]).unwrap(), [A, B, C]);
+        assert_eq!(digests(&["linux/amd64"]).unwrap(), [A]);
+        assert_eq!(digests(&["linux/arm64"]).unwrap(), [B]);
+        assert_eq!(digests(&["linux/arm64", "linux/amd64"]).unwrap(), [A, B]);
+        let error = digests(&["linux/s390x"]).unwrap_err();
+        assert!(
+            error.contains("no manifest for linux/s390x")
+                && error.contains("linux/amd64, linux/arm64/v8, unknown/unknown"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn manifests_by_media_type_or_shape() {
+        // A Docker manifest list without a Content-Type is recognised by its own mediaType.
+        let list = serde_json::json!({
+            "schemaVersion": 2, "mediaType": DOCKER_LIST,
+            "manifests": [{"mediaType": "x", "digest": A, "size": 1,
+                           "platform": {"os": "linux", "architecture": "amd64"}}],
+        });
+        let parsed = Manifest::parse(list.to_string().as_bytes(), None).unwrap();
+        assert!(matches!(parsed, Manifest::Index { children } if children.len() == 1));
+        // An image: config and layers, the non-distributable layer left out.
+        let image = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": A, "size": 10},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": B, "size": 20},
+                {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "digest": C, "size": 30,
+                 "urls": ["https://example.invalid/layer"]},
+            ],
+        });
+        let parsed = Manifest::parse(
+            image.to_string().as_bytes(),
+            Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+        )
+        .unwrap();
+        let Manifest::Image { config, layers } = parsed else {
+            panic!("an image");
+        };
+        assert_eq!((config.digest.as_str(), config.size), (A, 10));
+        assert_eq!(layers.len(), 1);
+        assert_eq!((layers[0].digest.as_str(), layers[0].size), (B, 20));
+        // Refusals say what they saw.
+        let schema1 = br#"{"schemaVersion": 1, "name": "x", "fsLayers": []}"#;
+        assert!(
+            Manifest::parse(schema1, None)
+                .unwrap_err()
+                .contains("schema 1")
+        );
+        assert!(
+            Manifest::parse(b"<html>", None)
+                .unwrap_err()
+                .contains("not a manifest")
+        );
+        let bad_digest = serde_json::json!({"schemaVersion": 2,
+            "config": {"mediaType": "x", "digest": "sha256:zz", "size": 1}, "layers": []});
+        assert!(
+            Manifest::parse(bad_digest.to_string().as_bytes(), None)
+                .unwrap_err()
+                .contains("sha256:zz")
+        );
+        let negative = serde_json::json!({"schemaVersion": 2,
+            "config": {"mediaType": "x", "digest": A, "size": -1}, "layers": []});
+        assert!(Manifest::parse(negative.to_string().as_bytes(), None).is_err());
+    }
+
+    #[test]
+    fn error_answers() {
+        let oci =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        assert_eq!(
+            describe_error(404, oci),
+            "HTTP 404 MANIFEST_UNKNOWN: manifest unknown"
+        );
+        let two = br#"{"errors":[{"code":"UNAVAILABLE","message":"upstream down"},{"code":"X"}]}"#;
+        assert_eq!(
+            describe_error(503, two),
+            "HTTP 503 UNAVAILABLE: upstream down (and 1 more)"
+        );
+        assert_eq!(describe_error(502, b""), "HTTP 502");
+        assert_eq!(
+            describe_error(502, b"<html>\n  Bad gateway\n</html>"),
+            "HTTP 502: <html> Bad gateway </html>"
+        );
+        let long = "x".repeat(500);
+        assert_eq!(
+            describe_error(500, long.as_bytes()),
+            format!("HTTP 500: {}…", "x".repeat(200))
+        );
+    }
+
+    #[test]
+    fn list_files() {
+        let text = "# images for the rollout\nnginx:1.27\n\n  ghcr.io/org/img:tag   # the app\n\t\n#quay.io/old\nredis\n";
+        assert_eq!(
+            list_entries(text),
+            [(2, "nginx:1.27"), (4, "ghcr.io/org/img:tag"), (7, "redis")]
+        );
+        assert!(list_entries("").is_empty());
+        assert!(list_entries("# only a comment\n\n").is_empty());
+    }
+}
