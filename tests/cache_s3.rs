@@ -9,6 +9,7 @@ mod fake;
 mod peers;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
@@ -397,6 +398,15 @@ fn three_replicas_make_one_upstream_download() {
     );
 }
 
+/// Sets its flag when dropped, so a scoped watcher thread ends even when the test panics.
+struct Raise<'a>(&'a AtomicBool);
+
+impl Drop for Raise<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lease_holder_is_taken_over() {
     let upstream = FakeUpstream::start().await;
@@ -411,6 +421,7 @@ async fn a_killed_lease_holder_is_taken_over() {
         Duration::from_millis(100),
     );
     let url = upstream.url();
+    let state = upstream.state.clone();
     let d = digest.clone();
     tokio::task::spawn_blocking(move || {
         let moto = MotoServer::start();
@@ -419,42 +430,81 @@ async fn a_killed_lease_holder_is_taken_over() {
         let a = replica(&moto, &yaml);
         let b = replica(&moto, &yaml);
         let path = format!("/v2/library/slow/blobs/{d}");
-        let on_a = std::thread::spawn({
-            let (addr, path) = (a.addr, path.clone());
-            move || http("GET", addr, &path, &[])
-        });
-        std::thread::sleep(Duration::from_millis(800));
-        let following = std::thread::spawn({
-            let (addr, path) = (b.addr, path.clone());
-            move || http("GET", addr, &path, &[])
-        });
-        std::thread::sleep(Duration::from_millis(800));
         let hex = d.trim_start_matches("sha256:");
         let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
-        assert!(
-            !object_keys(&moto, &key).contains(&key),
-            "nothing visible yet"
-        );
-        a.kill();
-        let (_, _, cut) = on_a.join().unwrap();
-        assert!(cut.len() < blob.len(), "the holder's client got a cut body");
-        let (_, _, followed) = following.join().unwrap();
-        assert!(
-            followed.len() < blob.len() || digest_of(&followed) == d,
-            "a follower never gets a complete wrong body"
-        );
-        // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
-        let started = Instant::now();
-        let (status, _, body) = http("GET", b.addr, &path, &[]);
-        assert_eq!(status, 200);
-        assert_eq!(digest_of(&body), d);
-        println!("takeover after the kill: {:?}", started.elapsed());
+        let visible = || object_keys(&moto, &key).contains(&key);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // Nothing is under the digest key before it is verified: when the key first shows,
+            // the upstream has sent some download its last byte (no replica can verify before
+            // that). Looked at every 100 ms from the start until it shows.
+            let watcher = scope.spawn(|| {
+                let mut looks = 0;
+                while !done.load(Ordering::Relaxed) {
+                    looks += 1;
+                    if visible() {
+                        assert!(
+                            state.finished(&path) >= 1,
+                            "{key} is visible before any download of it was complete"
+                        );
+                        return looks;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                looks
+            });
+            let stop = Raise(&done);
+            let on_a = std::thread::spawn({
+                let (addr, path) = (a.addr, path.clone());
+                move || http("GET", addr, &path, &[])
+            });
+            std::thread::sleep(Duration::from_millis(800));
+            let following = std::thread::spawn({
+                let (addr, path) = (b.addr, path.clone());
+                move || http("GET", addr, &path, &[])
+            });
+            std::thread::sleep(Duration::from_millis(800));
+            assert!(!visible(), "nothing visible while the holder downloads");
+            a.kill();
+            assert!(!visible(), "nothing visible after the holder was killed");
+            let (_, _, cut) = on_a.join().unwrap();
+            assert!(cut.len() < blob.len(), "the holder's client got a cut body");
+            let (_, _, followed) = following.join().unwrap();
+            assert!(
+                followed.len() < blob.len() || digest_of(&followed) == d,
+                "a follower never gets a complete wrong body"
+            );
+            assert_eq!(
+                state.finished(&path),
+                0,
+                "the killed download never completed"
+            );
+            assert!(!visible(), "nothing visible before the takeover");
+            // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
+            let started = Instant::now();
+            let (status, _, body) = http("GET", b.addr, &path, &[]);
+            assert_eq!(status, 200);
+            assert_eq!(digest_of(&body), d);
+            println!("takeover after the kill: {:?}", started.elapsed());
+            settled(&b);
+            assert!(visible(), "the blob is stored once verified");
+            // The watcher ends at its next look, having seen the key appear.
+            let looks = watcher.join().unwrap();
+            assert!(looks >= 10, "the watcher looked {looks} times");
+            drop(stop);
+        });
         assert!(metric(&b, "regmirror_fleet_fills_total{role=\"took_over\"}") >= 1);
-        assert!(object_keys(&moto, &key).contains(&key));
         assert!(
             object_keys(&moto, "leases/fills/").is_empty(),
             "leases are released"
         );
+        // A collection afterwards: no multipart upload and no temporary key is left, and the
+        // verified blob stays.
+        gc(&moto, &b, &[]);
+        assert_eq!(moto.list_multipart_uploads(BUCKET), Vec::new());
+        assert_eq!(object_keys(&moto, "uploads/"), Vec::<String>::new());
+        assert_eq!(object_keys(&moto, "leases/"), Vec::<String>::new());
+        assert!(visible());
     })
     .await
     .unwrap();
@@ -463,6 +513,20 @@ async fn a_killed_lease_holder_is_taken_over() {
         2,
         "the dead holder's download and the one that took over"
     );
+}
+
+/// Runs `regmirror gc` with `replica`'s configuration (on a spool of its own), plus `more`
+/// environment.
+fn gc(moto: &MotoServer, replica: &Regmirror, more: &[(&str, &str)]) -> std::process::Output {
+    let env = seed_004(moto, &replica.dir.path().join("gc-spool"));
+    peers::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .arg("gc")
+            .arg("--config")
+            .arg(replica.dir.path().join("config.yml"))
+            .envs(env)
+            .envs(more.iter().copied()),
+    )
 }
 
 #[test]
@@ -494,14 +558,7 @@ fn gc_aborts_uploads_a_killed_replica_left() {
         assert_eq!(status, 200);
     }
     assert_eq!(moto.list_multipart_uploads(BUCKET).len(), 2);
-    let env = seed_004(&moto, &cache.dir.path().join("gc-spool"));
-    let out = peers::run(
-        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .arg("gc")
-            .arg("--config")
-            .arg(cache.dir.path().join("config.yml"))
-            .envs(env),
-    );
+    let out = gc(&moto, &cache, &[]);
     let left: Vec<String> = moto
         .list_multipart_uploads(BUCKET)
         .into_iter()
@@ -706,15 +763,7 @@ fn abandoned_pushes_are_collected() {
     std::thread::sleep(Duration::from_secs(3));
     let (status, _, _) = http("GET", cache.addr, &location, &[]);
     assert_eq!(status, 404, "abandoned");
-    let env = seed_004(&moto, &cache.dir.path().join("gc-spool"));
-    peers::run(
-        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .arg("gc")
-            .arg("--config")
-            .arg(cache.dir.path().join("config.yml"))
-            .envs(env)
-            .env("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s"),
-    );
+    gc(&moto, &cache, &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")]);
     assert!(object_keys(&moto, "uploads/").is_empty(), "collected");
     assert!(moto.list_multipart_uploads(BUCKET).is_empty());
 }
