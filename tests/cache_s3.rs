@@ -232,10 +232,14 @@ fn restarted_replicas_and_a_store_that_comes_back() {
     // A replica started while the store is down starts, and answers 503 for what needs it.
     moto.stop();
     let c = replica(&moto, &yaml);
+    let log = c.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("starting anyway"))
+        .unwrap_or_else(|| panic!("one clear line at start-up: {log}"));
     assert!(
-        c.log().contains("starting anyway"),
-        "one clear line at start-up: {}",
-        c.log()
+        line.contains(&format!("s3://{BUCKET}/")) && line.contains(&moto.endpoint()),
+        "names the bucket and the endpoint: {line}"
     );
     let (status, _, body) = http("GET", c.addr, "/v2/library/demo/manifests/v1", &[]);
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
