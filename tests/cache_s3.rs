@@ -3,7 +3,8 @@
 //! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
 //! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, and an origin
 //! slow enough to kill a replica in the middle of its download. Everything on 127.0.0.1.
-//! Pushed referrers and sha512 content on the bucket are covered here too.
+//! Pushed referrers and sha512 content on the bucket are covered here too, and the fleet's
+//! internal route, refused without the signature `http.secret` keys.
 
 mod fake;
 mod peers;
@@ -46,12 +47,23 @@ fn replica(moto: &MotoServer, yaml: &str) -> Regmirror {
 
 /// [`replica`] with more environment (`REGISTRY_STORAGE_*` keys: the harness writes `storage`).
 fn replica_with(moto: &MotoServer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
+    replica_with_secret(moto, yaml, more, Some(SECRET))
+}
+
+/// A replica on the bucket with `secret` as its `http.secret` (or none).
+fn replica_with_secret(
+    moto: &MotoServer,
+    yaml: &str,
+    more: &[(&str, &str)],
+    secret: Option<&str>,
+) -> Regmirror {
     let dir = tempfile::tempdir().unwrap();
     let mut env = seed_004(moto, &dir.path().join("spool"));
     env.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let port = peers::free_port();
-    let yaml = format!("{yaml}\nhttp: {{addr: 127.0.0.1:{port}, secret: {SECRET}}}");
+    let secret = secret.map_or(String::new(), |s| format!(", secret: {s}"));
+    let yaml = format!("{yaml}\nhttp: {{addr: 127.0.0.1:{port}{secret}}}");
     Regmirror::spawn(dir, &yaml, &[], &env, &[])
 }
 
@@ -578,6 +590,53 @@ fn gc_aborts_uploads_a_killed_replica_left() {
         !object_keys(&moto, "leases/").contains(&"leases/gc".to_owned()),
         "the gc lease is released"
     );
+}
+
+/// The fleet's signature of an internal path: HMAC-SHA256 keyed by `http.secret`, in hex.
+fn fleet_signature(secret: &str, path: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    hex::encode(ring::hmac::sign(&key, path.as_bytes()).as_ref())
+}
+
+/// The status and OCI error code of a GET of `path` with `headers`.
+fn refusal(cache: &Regmirror, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, head, body) = http("GET", cache.addr, path, headers);
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {head}\n{}", String::from_utf8_lossy(&body)));
+    (
+        status,
+        json["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn the_internal_route_needs_the_fleet_signature() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let fleet = replica(&moto, "local: all");
+    let no_secret = replica_with_secret(&moto, "local: all", &[], None);
+    let path = format!("/_regmirror/fills/docker.io/sha256:{}", "ab".repeat(32));
+    let denied = (403, "DENIED".to_owned());
+    let header = "Regmirror-Fleet";
+    let right = fleet_signature(SECRET, &path);
+    let other_secret = fleet_signature("another-secret", &path);
+    let other_path = fleet_signature(SECRET, "/_regmirror/fills/docker.io/sha256:00");
+    assert_eq!(refusal(&fleet, &path, &[]), denied, "no signature");
+    for wrong in [other_secret.as_str(), other_path.as_str(), "zz"] {
+        assert_eq!(
+            refusal(&fleet, &path, &[(header, wrong)]),
+            denied,
+            "a wrong signature: {wrong}"
+        );
+    }
+    // Signed right: let in, and there is no download of that blob in flight.
+    assert_eq!(
+        refusal(&fleet, &path, &[(header, &right)]),
+        (404, "BLOB_UNKNOWN".to_owned())
+    );
+    // A replica without http.secret refuses every request, the fleet's signature included.
+    assert_eq!(refusal(&no_secret, &path, &[]), denied);
+    assert_eq!(refusal(&no_secret, &path, &[(header, &right)]), denied);
 }
 
 #[test]
