@@ -1,9 +1,10 @@
 //! Hardening of the cache against hostile or careless peers, each case a defect a review
 //! reproduced: redirects and token realms into the internal network, token lifetimes that
-//! overflow, slow upstreams holding a digest for everyone, forged access confirmations, the local
-//! namespace reachable as an upstream, overflowing ranges, leaks after failures, and server-level
-//! limits (header and handshake timeouts, connection limit). The upstream is the in-process FAKE
-//! of `fake/` (none of these faults comes from a real registry); everything stays on 127.0.0.1.
+//! overflow, token answers too large to read, slow upstreams holding a digest for everyone,
+//! forged access confirmations, the local namespace reachable as an upstream, overflowing
+//! ranges, leaks after failures, and server-level limits (header and handshake timeouts,
+//! connection limit). The upstream is the in-process FAKE of `fake/` (none of these faults comes
+//! from a real registry); everything stays on 127.0.0.1.
 
 mod fake;
 mod peers;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use bytes::Bytes;
-use fake::{Bearer, Cache, FakeUpstream, client, digest_of, random_bytes};
+use fake::{Bearer, Cache, Canned, FakeUpstream, client, digest_of, random_bytes};
 use regmirror::config::MirrorUrl;
 use regmirror::resolve::TlsMode;
 use regmirror::upstream::{
@@ -156,6 +157,58 @@ async fn a_token_that_never_expires_wedges_nothing() {
         1,
         "the token is reused"
     );
+}
+
+#[tokio::test]
+async fn a_token_answer_over_1_mib_is_refused() {
+    // A FAKE token service: 64 MiB generated as it is sent, without Content-Length, and 2 MiB
+    // declared in Content-Length.
+    let tokens = FakeUpstream::start().await;
+    tokens
+        .state
+        .endless
+        .lock()
+        .unwrap()
+        .insert("/streamed".into(), 64 << 20);
+    let declared = Canned {
+        status: 200,
+        content_type: "application/json",
+        body: Bytes::from(vec![b' '; 2 << 20]),
+        pieces: 1,
+        pause: Duration::ZERO,
+    };
+    tokens.answer(Method::GET, "/declared", declared);
+    for realm in ["streamed", "declared"] {
+        let upstream = FakeUpstream::start().await;
+        *upstream.state.bearer.lock().unwrap() = Some(Bearer {
+            realm: format!("{}/{realm}", tokens.url()),
+            token: "t0k3n".into(),
+            expires_in: 300,
+        });
+        let path = "/v2/library/demo/manifests/v1";
+        upstream.manifest("library/demo", "v1", r#"{"schemaVersion":2,"layers":[]}"#);
+        let cache = Cache::start(&format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+        let response = client().get(cache.url(path)).send().await.unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        let message = body["errors"][0]["message"].as_str().unwrap_or("");
+        assert_eq!(
+            (status.as_u16(), json_code(&body)),
+            (503, "UNAVAILABLE"),
+            "{body}"
+        );
+        assert!(
+            message.contains(&format!("token service {}/{realm}", tokens.url()))
+                && message.contains("larger than 1048576 bytes"),
+            "{realm}: {message}"
+        );
+        assert!(tokens.hits(Method::GET, &format!("/{realm}")) >= 1);
+        let sent = upstream.state.authorizations.lock().unwrap()[path].clone();
+        assert!(
+            sent.iter().all(|a| a.is_none()),
+            "no token was ever sent: {sent:?}"
+        );
+    }
 }
 
 #[tokio::test]

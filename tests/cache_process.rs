@@ -1,6 +1,7 @@
 //! `regmirror serve` as a real process, for what only a process shows: threads, memory and
 //! file descriptors under hostile clients, CPU when accepting fails, and what a `kill -9` in the
-//! middle of a fill or a push leaves behind. The upstream is the in-process FAKE of `fake/`
+//! middle of a fill or at each point of a push (PATCH, before and during the final PUT, during
+//! and after a manifest PUT) leaves behind. The upstream is the in-process FAKE of `fake/`
 //! (throttled bodies, endless manifests); everything stays on 127.0.0.1.
 
 mod fake;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use bytes::Bytes;
 use fake::{FakeUpstream, digest_of, random_bytes, walk_files};
+use peers::oci::Client;
 use peers::{Regmirror, http};
 
 /// Opens `n` connections that each ask for `path` and never read the answer.
@@ -403,39 +405,210 @@ async fn kill_9_in_the_middle_of_a_fill_leaves_nothing_partial() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_in_the_middle_of_a_push_leaves_nothing_behind() {
-    blocking(|| {
-        let cache = Regmirror::serve("local: all", &[]);
-        let data = cache.dir.path().join("data");
+/// Where a push is when the server is killed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PushKill {
+    /// In the middle of a PATCH body.
+    MidPatch,
+    /// Every PATCH answered, the final PUT never sent: the upload is left unfinished.
+    BeforeFinalPut,
+    /// In the middle of the final PUT's body (the upload's last bytes).
+    MidFinalPut,
+    /// The image's blobs pushed, in the middle of the manifest PUT's body.
+    MidManifestPut,
+    /// Right after the manifest PUT was answered 201.
+    AfterManifestPut,
+}
+
+/// Sends `method path` announcing `length` body bytes but only `part` of them, and keeps the
+/// connection open.
+fn send_part(addr: SocketAddr, method: &str, path: &str, length: usize, part: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(part).unwrap();
+    stream
+}
+
+/// Waits until the spool holds one temp file of `bytes`: the server wrote what it received.
+fn wait_for_temp_file(tmp: &std::path::Path, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sizes: Vec<u64> = std::fs::read_dir(tmp)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .collect();
+        if sizes == [bytes] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "temp files of {sizes:?} bytes, waiting for one of {bytes}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The digests of the blobs in a file store, each checked complete and verified: its content
+/// hashes to its name.
+fn verified_blobs(data: &std::path::Path) -> Vec<String> {
+    let Ok(prefixes) = std::fs::read_dir(data.join("blobs/sha256")) else {
+        return Vec::new();
+    };
+    let mut digests = Vec::new();
+    for prefix in prefixes {
+        for file in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let named = format!("sha256:{}", path.file_name().unwrap().to_string_lossy());
+            let stored = digest_of(&std::fs::read(&path).unwrap());
+            assert_eq!(stored, named, "only complete, verified content is stored");
+            digests.push(named);
+        }
+    }
+    digests
+}
+
+/// Pushes an image to a server, kills it with SIGKILL at `point`, restarts it on the same
+/// storage and checks what it serves.
+fn kill_during_push(point: PushKill, seed: u64) {
+    use PushKill::*;
+    let cache = Regmirror::serve("local: all", &[]);
+    let data = cache.dir.path().join("data");
+    let client = Client(cache.addr);
+    let layer = random_bytes(2 << 20, seed);
+    let layer_digest = digest_of(&layer);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    let manifest_path = "/v2/team/app/manifests/v1";
+    let half = layer.len() / 2;
+    let mut location = String::new();
+    let mut open = None;
+    if matches!(point, MidPatch | BeforeFinalPut | MidFinalPut) {
         let (status, head, _) = http("POST", cache.addr, "/v2/team/app/blobs/uploads/", &[]);
         assert_eq!(status, 202);
-        let location = peers::header(&head, "location").unwrap();
-        // A PATCH whose body stops half-way: the server has written what it got.
-        let mut stream = TcpStream::connect(cache.addr).unwrap();
-        let part = vec![9u8; 1 << 20];
-        let head = format!(
-            "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-            2 << 20
-        );
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(&part).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(walk_files(&data.join("tmp")), 1);
-        let dir = cache.kill();
-        drop(stream);
-        let cache = Regmirror::serve_in(dir, "local: all", &[]);
-        let data = cache.dir.path().join("data");
+        location = peers::header(&head, "location").unwrap();
+    }
+    match point {
+        MidPatch => {
+            open = Some(send_part(
+                cache.addr,
+                "PATCH",
+                &location,
+                layer.len(),
+                &layer[..half],
+            ));
+            wait_for_temp_file(&data.join("tmp"), half as u64);
+        }
+        BeforeFinalPut => {
+            let (status, head, _) = client.request("PATCH", &location, &[], &layer);
+            assert_eq!(status, 202, "{head}");
+        }
+        MidFinalPut => {
+            let (status, head, _) = client.request("PATCH", &location, &[], &layer[..half]);
+            assert_eq!(status, 202, "{head}");
+            let put = peers::oci::with_query(&location, &format!("digest={layer_digest}"));
+            let quarter = half / 2;
+            let sent = &layer[half..half + quarter];
+            open = Some(send_part(cache.addr, "PUT", &put, layer.len() - half, sent));
+            wait_for_temp_file(&data.join("tmp"), (half + quarter) as u64);
+        }
+        MidManifestPut | AfterManifestPut => {
+            client.blob("team/app", config, &digest_of(config));
+            client.blob("team/app", &layer, &layer_digest);
+            if point == MidManifestPut {
+                let part = &manifest[..manifest.len() / 2];
+                open = Some(send_part(
+                    cache.addr,
+                    "PUT",
+                    manifest_path,
+                    manifest.len(),
+                    part,
+                ));
+                // Answered on a connection made after it: the server has accepted this one
+                // (however much of it it has read, half a manifest must come to nothing).
+                assert_eq!(client.get("/healthz").0, 200);
+            } else {
+                let media_type = "application/vnd.oci.image.manifest.v1+json";
+                let (status, head) = client.manifest("team/app", "v1", &manifest, media_type);
+                assert_eq!(status, 201, "{head}");
+            }
+        }
+    }
+    let dir = cache.kill();
+    drop(open);
+    let cache = Regmirror::serve_in(dir, "local: all", &[]);
+    let data = cache.dir.path().join("data");
+    let client = Client(cache.addr);
+    assert_eq!(
+        walk_files(&data.join("tmp")),
+        0,
+        "{point:?}: temp files are gone after the restart"
+    );
+    let stored = verified_blobs(&data);
+    let (_, _, catalog) = client.get("/v2/_catalog");
+    let (status, _, served) = client.get(manifest_path);
+    if matches!(point, MidPatch | BeforeFinalPut | MidFinalPut) {
         assert_eq!(
-            walk_files(&data.join("tmp")),
-            0,
-            "the partial upload is gone"
+            stored,
+            Vec::<String>::new(),
+            "{point:?}: nothing was committed"
         );
-        assert_eq!(walk_files(&data.join("blobs")), 0, "nothing was committed");
-        let (status, _, _) = http("GET", cache.addr, &location, &[]);
-        assert_eq!(status, 404, "the upload is unknown after the restart");
-        let (_, _, catalog) = http("GET", cache.addr, "/v2/_catalog", &[]);
-        assert_eq!(catalog, br#"{"repositories":[]}"#);
+        let (status, _, _) = client.get(&location);
+        assert_eq!(
+            status, 404,
+            "{point:?}: the upload is unknown after the restart"
+        );
+        let blob = format!("/v2/team/app/blobs/{layer_digest}");
+        assert_eq!(http("HEAD", cache.addr, &blob, &[]).0, 404, "{point:?}");
+        assert_eq!(catalog, br#"{"repositories":[]}"#, "{point:?}");
+        return;
+    }
+    // The blobs were complete before the manifest PUT: they stay, and only they are linked.
+    assert!(stored.contains(&layer_digest) && stored.contains(&digest_of(config)));
+    assert_eq!(catalog, br#"{"repositories":["team/app"]}"#, "{point:?}");
+    if point == MidManifestPut {
+        assert_eq!(status, 404, "{point:?}: no manifest from half a body");
+        assert!(!stored.contains(&digest_of(&manifest)));
+        let (_, _, tags) = client.get("/v2/team/app/tags/list");
+        assert!(
+            !String::from_utf8_lossy(&tags).contains("\"v1\""),
+            "{}",
+            String::from_utf8_lossy(&tags)
+        );
+    } else {
+        assert_eq!(
+            (status, served),
+            (200, manifest),
+            "{point:?}: answered 201, kept"
+        );
+        let (status, _, body) = client.get(&format!("/v2/team/app/blobs/{layer_digest}"));
+        assert_eq!((status, digest_of(&body)), (200, layer_digest));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_each_point_of_a_push_leaves_nothing_partial() {
+    use PushKill::*;
+    blocking(|| {
+        let points = [
+            MidPatch,
+            BeforeFinalPut,
+            MidFinalPut,
+            MidManifestPut,
+            AfterManifestPut,
+        ];
+        for (seed, point) in (90..).zip(points) {
+            kill_during_push(point, seed);
+        }
     })
     .await;
 }

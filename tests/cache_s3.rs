@@ -3,12 +3,14 @@
 //! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
 //! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, and an origin
 //! slow enough to kill a replica in the middle of its download. Everything on 127.0.0.1.
-//! Pushed referrers and sha512 content on the bucket are covered here too.
+//! Pushed referrers and sha512 content on the bucket are covered here too, and the fleet's
+//! internal route, refused without the signature `http.secret` keys.
 
 mod fake;
 mod peers;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
@@ -45,12 +47,23 @@ fn replica(moto: &MotoServer, yaml: &str) -> Regmirror {
 
 /// [`replica`] with more environment (`REGISTRY_STORAGE_*` keys: the harness writes `storage`).
 fn replica_with(moto: &MotoServer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
+    replica_with_secret(moto, yaml, more, Some(SECRET))
+}
+
+/// A replica on the bucket with `secret` as its `http.secret` (or none).
+fn replica_with_secret(
+    moto: &MotoServer,
+    yaml: &str,
+    more: &[(&str, &str)],
+    secret: Option<&str>,
+) -> Regmirror {
     let dir = tempfile::tempdir().unwrap();
     let mut env = seed_004(moto, &dir.path().join("spool"));
     env.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let port = peers::free_port();
-    let yaml = format!("{yaml}\nhttp: {{addr: 127.0.0.1:{port}, secret: {SECRET}}}");
+    let secret = secret.map_or(String::new(), |s| format!(", secret: {s}"));
+    let yaml = format!("{yaml}\nhttp: {{addr: 127.0.0.1:{port}{secret}}}");
     Regmirror::spawn(dir, &yaml, &[], &env, &[])
 }
 
@@ -231,10 +244,14 @@ fn restarted_replicas_and_a_store_that_comes_back() {
     // A replica started while the store is down starts, and answers 503 for what needs it.
     moto.stop();
     let c = replica(&moto, &yaml);
+    let log = c.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("starting anyway"))
+        .unwrap_or_else(|| panic!("one clear line at start-up: {log}"));
     assert!(
-        c.log().contains("starting anyway"),
-        "one clear line at start-up: {}",
-        c.log()
+        line.contains(&format!("s3://{BUCKET}/")) && line.contains(&moto.endpoint()),
+        "names the bucket and the endpoint: {line}"
     );
     let (status, _, body) = http("GET", c.addr, "/v2/library/demo/manifests/v1", &[]);
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
@@ -373,10 +390,11 @@ fn three_replicas_make_one_upstream_download() {
         assert_eq!(status, 200);
         assert_eq!(digest_of(&body), digest, "every body is the blob");
     }
+    // Every GET of the blob, whatever its answer (a 206 resume or an error counts too).
     assert_eq!(
-        origin.count_status("GET", &format!("/blobs/{digest}"), 200),
+        origin.count("GET", &format!("/blobs/{digest}")),
         1,
-        "one upstream download for the fleet:\n{}",
+        "one upstream request for the blob from the whole fleet:\n{}",
         origin.log()
     );
     let roles: Vec<(u64, u64, u64)> = replicas
@@ -396,6 +414,15 @@ fn three_replicas_make_one_upstream_download() {
     );
 }
 
+/// Sets its flag when dropped, so a scoped watcher thread ends even when the test panics.
+struct Raise<'a>(&'a AtomicBool);
+
+impl Drop for Raise<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lease_holder_is_taken_over() {
     let upstream = FakeUpstream::start().await;
@@ -410,6 +437,7 @@ async fn a_killed_lease_holder_is_taken_over() {
         Duration::from_millis(100),
     );
     let url = upstream.url();
+    let state = upstream.state.clone();
     let d = digest.clone();
     tokio::task::spawn_blocking(move || {
         let moto = MotoServer::start();
@@ -418,42 +446,81 @@ async fn a_killed_lease_holder_is_taken_over() {
         let a = replica(&moto, &yaml);
         let b = replica(&moto, &yaml);
         let path = format!("/v2/library/slow/blobs/{d}");
-        let on_a = std::thread::spawn({
-            let (addr, path) = (a.addr, path.clone());
-            move || http("GET", addr, &path, &[])
-        });
-        std::thread::sleep(Duration::from_millis(800));
-        let following = std::thread::spawn({
-            let (addr, path) = (b.addr, path.clone());
-            move || http("GET", addr, &path, &[])
-        });
-        std::thread::sleep(Duration::from_millis(800));
         let hex = d.trim_start_matches("sha256:");
         let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
-        assert!(
-            !object_keys(&moto, &key).contains(&key),
-            "nothing visible yet"
-        );
-        a.kill();
-        let (_, _, cut) = on_a.join().unwrap();
-        assert!(cut.len() < blob.len(), "the holder's client got a cut body");
-        let (_, _, followed) = following.join().unwrap();
-        assert!(
-            followed.len() < blob.len() || digest_of(&followed) == d,
-            "a follower never gets a complete wrong body"
-        );
-        // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
-        let started = Instant::now();
-        let (status, _, body) = http("GET", b.addr, &path, &[]);
-        assert_eq!(status, 200);
-        assert_eq!(digest_of(&body), d);
-        println!("takeover after the kill: {:?}", started.elapsed());
+        let visible = || object_keys(&moto, &key).contains(&key);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // Nothing is under the digest key before it is verified: when the key first shows,
+            // the upstream has sent some download its last byte (no replica can verify before
+            // that). Looked at every 100 ms from the start until it shows.
+            let watcher = scope.spawn(|| {
+                let mut looks = 0;
+                while !done.load(Ordering::Relaxed) {
+                    looks += 1;
+                    if visible() {
+                        assert!(
+                            state.finished(&path) >= 1,
+                            "{key} is visible before any download of it was complete"
+                        );
+                        return looks;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                looks
+            });
+            let stop = Raise(&done);
+            let on_a = std::thread::spawn({
+                let (addr, path) = (a.addr, path.clone());
+                move || http("GET", addr, &path, &[])
+            });
+            std::thread::sleep(Duration::from_millis(800));
+            let following = std::thread::spawn({
+                let (addr, path) = (b.addr, path.clone());
+                move || http("GET", addr, &path, &[])
+            });
+            std::thread::sleep(Duration::from_millis(800));
+            assert!(!visible(), "nothing visible while the holder downloads");
+            a.kill();
+            assert!(!visible(), "nothing visible after the holder was killed");
+            let (_, _, cut) = on_a.join().unwrap();
+            assert!(cut.len() < blob.len(), "the holder's client got a cut body");
+            let (_, _, followed) = following.join().unwrap();
+            assert!(
+                followed.len() < blob.len() || digest_of(&followed) == d,
+                "a follower never gets a complete wrong body"
+            );
+            assert_eq!(
+                state.finished(&path),
+                0,
+                "the killed download never completed"
+            );
+            assert!(!visible(), "nothing visible before the takeover");
+            // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
+            let started = Instant::now();
+            let (status, _, body) = http("GET", b.addr, &path, &[]);
+            assert_eq!(status, 200);
+            assert_eq!(digest_of(&body), d);
+            println!("takeover after the kill: {:?}", started.elapsed());
+            settled(&b);
+            assert!(visible(), "the blob is stored once verified");
+            // The watcher ends at its next look, having seen the key appear.
+            let looks = watcher.join().unwrap();
+            assert!(looks >= 10, "the watcher looked {looks} times");
+            drop(stop);
+        });
         assert!(metric(&b, "regmirror_fleet_fills_total{role=\"took_over\"}") >= 1);
-        assert!(object_keys(&moto, &key).contains(&key));
         assert!(
             object_keys(&moto, "leases/fills/").is_empty(),
             "leases are released"
         );
+        // A collection afterwards: no multipart upload and no temporary key is left, and the
+        // verified blob stays.
+        gc(&moto, &b, &[]);
+        assert_eq!(moto.list_multipart_uploads(BUCKET), Vec::new());
+        assert_eq!(object_keys(&moto, "uploads/"), Vec::<String>::new());
+        assert_eq!(object_keys(&moto, "leases/"), Vec::<String>::new());
+        assert!(visible());
     })
     .await
     .unwrap();
@@ -462,6 +529,20 @@ async fn a_killed_lease_holder_is_taken_over() {
         2,
         "the dead holder's download and the one that took over"
     );
+}
+
+/// Runs `regmirror gc` with `replica`'s configuration (on a spool of its own), plus `more`
+/// environment.
+fn gc(moto: &MotoServer, replica: &Regmirror, more: &[(&str, &str)]) -> std::process::Output {
+    let env = seed_004(moto, &replica.dir.path().join("gc-spool"));
+    peers::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .arg("gc")
+            .arg("--config")
+            .arg(replica.dir.path().join("config.yml"))
+            .envs(env)
+            .envs(more.iter().copied()),
+    )
 }
 
 #[test]
@@ -493,14 +574,7 @@ fn gc_aborts_uploads_a_killed_replica_left() {
         assert_eq!(status, 200);
     }
     assert_eq!(moto.list_multipart_uploads(BUCKET).len(), 2);
-    let env = seed_004(&moto, &cache.dir.path().join("gc-spool"));
-    let out = peers::run(
-        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .arg("gc")
-            .arg("--config")
-            .arg(cache.dir.path().join("config.yml"))
-            .envs(env),
-    );
+    let out = gc(&moto, &cache, &[]);
     let left: Vec<String> = moto
         .list_multipart_uploads(BUCKET)
         .into_iter()
@@ -516,6 +590,53 @@ fn gc_aborts_uploads_a_killed_replica_left() {
         !object_keys(&moto, "leases/").contains(&"leases/gc".to_owned()),
         "the gc lease is released"
     );
+}
+
+/// The fleet's signature of an internal path: HMAC-SHA256 keyed by `http.secret`, in hex.
+fn fleet_signature(secret: &str, path: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    hex::encode(ring::hmac::sign(&key, path.as_bytes()).as_ref())
+}
+
+/// The status and OCI error code of a GET of `path` with `headers`.
+fn refusal(cache: &Regmirror, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, head, body) = http("GET", cache.addr, path, headers);
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {head}\n{}", String::from_utf8_lossy(&body)));
+    (
+        status,
+        json["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn the_internal_route_needs_the_fleet_signature() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let fleet = replica(&moto, "local: all");
+    let no_secret = replica_with_secret(&moto, "local: all", &[], None);
+    let path = format!("/_regmirror/fills/docker.io/sha256:{}", "ab".repeat(32));
+    let denied = (403, "DENIED".to_owned());
+    let header = "Regmirror-Fleet";
+    let right = fleet_signature(SECRET, &path);
+    let other_secret = fleet_signature("another-secret", &path);
+    let other_path = fleet_signature(SECRET, "/_regmirror/fills/docker.io/sha256:00");
+    assert_eq!(refusal(&fleet, &path, &[]), denied, "no signature");
+    for wrong in [other_secret.as_str(), other_path.as_str(), "zz"] {
+        assert_eq!(
+            refusal(&fleet, &path, &[(header, wrong)]),
+            denied,
+            "a wrong signature: {wrong}"
+        );
+    }
+    // Signed right: let in, and there is no download of that blob in flight.
+    assert_eq!(
+        refusal(&fleet, &path, &[(header, &right)]),
+        (404, "BLOB_UNKNOWN".to_owned())
+    );
+    // A replica without http.secret refuses every request, the fleet's signature included.
+    assert_eq!(refusal(&no_secret, &path, &[]), denied);
+    assert_eq!(refusal(&no_secret, &path, &[(header, &right)]), denied);
 }
 
 #[test]
@@ -705,15 +826,7 @@ fn abandoned_pushes_are_collected() {
     std::thread::sleep(Duration::from_secs(3));
     let (status, _, _) = http("GET", cache.addr, &location, &[]);
     assert_eq!(status, 404, "abandoned");
-    let env = seed_004(&moto, &cache.dir.path().join("gc-spool"));
-    peers::run(
-        std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .arg("gc")
-            .arg("--config")
-            .arg(cache.dir.path().join("config.yml"))
-            .envs(env)
-            .env("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s"),
-    );
+    gc(&moto, &cache, &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")]);
     assert!(object_keys(&moto, "uploads/").is_empty(), "collected");
     assert!(moto.list_multipart_uploads(BUCKET).is_empty());
 }

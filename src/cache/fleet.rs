@@ -9,10 +9,11 @@
 //! for the lease to expire and be taken over. So the fleet makes one upstream download per blob.
 //!
 //! `GET /_regmirror/fills/<upstream>/<digest>` answers the bytes of a fill in flight as they
-//! arrive (its last byte held back until the digest is verified, as for any reader), 404 when
-//! there is none. It is refused without `Regmirror-Fleet: <HMAC-SHA256 of the path, keyed by
-//! http.secret>`, and entirely when no `http.secret` is configured. A follower checks the
-//! digest itself as well: nothing it serves depends on trusting the holder.
+//! arrive (its last byte held back until the digest is verified, as for any reader), 404
+//! (`BLOB_UNKNOWN`) when there is none. It is refused (403, `DENIED`) without
+//! `Regmirror-Fleet: <HMAC-SHA256 of the path, keyed by http.secret>`, and entirely when no
+//! `http.secret` is configured. A follower checks the digest itself as well: nothing it serves
+//! depends on trusting the holder.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -600,24 +600,31 @@ fn status_page(app: &App, json: bool) -> Response {
 }
 
 /// The internal route of a fleet on one bucket: another replica streams this one's download in
-/// flight (see [`super::fleet`]). Refused without the fleet's signature.
+/// flight (see [`super::fleet`]). Refused (403 `DENIED`) without the fleet's signature.
 async fn fleet_fill(app: &App, request: &Parts) -> Response {
     let path = request.uri.path();
+    let head = request.method == Method::HEAD;
     let signature = request
         .headers
         .get(super::fleet::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
     let secret = app.fleet.as_ref().and(app.secret.as_ref());
     if !super::fleet::verify(secret, path, signature) {
-        return text_response(StatusCode::FORBIDDEN, "text/plain", "forbidden\n");
+        let refusal = RegistryError::new(
+            ErrorCode::Denied,
+            "the fleet's internal route needs the signature of a replica with the same http.secret",
+        );
+        return error_response(&refusal, head);
     }
+    let no_fill =
+        |why: &str| error_response(&RegistryError::new(ErrorCode::BlobUnknown, why), head);
     let fill = super::fleet::parse_fill_path(path)
         .and_then(|(upstream, digest)| app.fills.get(&upstream, &digest));
     let Some(fill) = fill else {
-        return text_response(StatusCode::NOT_FOUND, "text/plain", "no such fill\n");
+        return no_fill("no download of it in flight here");
     };
     let Ok(size) = fill.started().await else {
-        return text_response(StatusCode::NOT_FOUND, "text/plain", "the fill failed\n");
+        return no_fill("its download failed");
     };
     let mut response = Response::new(Body::from_stream(fill.reader(0, None)));
     if let Some(size) = size {

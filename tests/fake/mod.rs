@@ -44,6 +44,8 @@ pub struct FakeState {
     /// Answers for these paths wait this long first.
     pub delays: Mutex<HashMap<String, Duration>>,
     pub hits: Mutex<HashMap<(Method, String), usize>>,
+    /// Canned bodies whose last piece was handed to the connection, per path.
+    pub finished_bodies: Mutex<HashMap<String, usize>>,
     /// When set, every request needs exactly this Authorization header (else 401 Basic).
     pub basic: Mutex<Option<String>>,
     /// Paths answered with a 307 to another URL (blob storage).
@@ -65,6 +67,22 @@ pub struct FakeState {
     pub pull_budget: Mutex<Option<PullBudget>>,
     /// When set, every request is answered 429 with this `Retry-After` (seconds).
     pub throttle: Mutex<Option<u64>>,
+}
+
+impl FakeState {
+    /// How many canned bodies of `path` were sent up to their last piece.
+    pub fn finished(&self, path: &str) -> usize {
+        *self.finished_bodies.lock().unwrap().get(path).unwrap_or(&0)
+    }
+
+    fn body_finished(&self, path: String) {
+        *self
+            .finished_bodies
+            .lock()
+            .unwrap()
+            .entry(path)
+            .or_default() += 1;
+    }
 }
 
 /// Docker Hub's limit headers as the fake states them.
@@ -273,7 +291,7 @@ fn budget_headers(response: &mut Response, budget: &PullBudget) {
 }
 
 /// The canned (or redirected, delayed, endless) answer for `key`.
-async fn answer(state: &FakeState, key: &(Method, String)) -> Response {
+async fn answer(state: &Arc<FakeState>, key: &(Method, String)) -> Response {
     let redirect = state.redirects.lock().unwrap().get(&key.1).cloned();
     if let Some(location) = redirect {
         let mut response = Response::new(Body::empty());
@@ -332,14 +350,22 @@ async fn answer(state: &FakeState, key: &(Method, String)) -> Response {
             .map(Bytes::copy_from_slice)
             .collect();
         let pause = canned.pause;
+        let last = chunks.len().saturating_sub(1);
+        let (state, path) = (state.clone(), key.1.clone());
         Body::from_stream(futures_util::stream::unfold(
             chunks.into_iter().enumerate(),
-            move |mut it| async move {
-                let (i, chunk) = it.next()?;
-                if i > 0 {
-                    tokio::time::sleep(pause).await;
+            move |mut it| {
+                let (state, path) = (state.clone(), path.clone());
+                async move {
+                    let (i, chunk) = it.next()?;
+                    if i > 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    if i == last {
+                        state.body_finished(path);
+                    }
+                    Some((Ok::<_, std::io::Error>(chunk), it))
                 }
-                Some((Ok::<_, std::io::Error>(chunk), it))
             },
         ))
     };
