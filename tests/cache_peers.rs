@@ -155,13 +155,7 @@ fn a_mirrors_only_rule_keeps_the_cache_off_its_upstream() {
         &format!("proxy: {{remoteurl: {}}}", origin.url()),
         &["--mirrors", mirrors.to_str().unwrap()],
     );
-    let requests = || {
-        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-            .iter()
-            .map(|method| origin.count(method, ""))
-            .sum::<usize>()
-    };
-    let before = requests();
+    let before = origin.requests();
     skopeo_pull(
         &format!("{}/library/demo:v1", cache.host()),
         &dir.path().join("a"),
@@ -176,7 +170,7 @@ fn a_mirrors_only_rule_keeps_the_cache_off_its_upstream() {
     )
     .expect_err("v2s2 is on the upstream only");
     assert_eq!(
-        requests(),
+        origin.requests(),
         before,
         "the upstream was never asked:\n{}",
         origin.log()
@@ -411,12 +405,7 @@ fn htpasswd_with_docker_login() {
     let _engine = engine_lock();
     let (origin, _images) = seeded_origin();
     let dir = tempfile::tempdir().unwrap();
-    let out = peers::run(
-        Command::new(peers::require("htpasswd", "apache2-utils"))
-            .args(["-Bbn", "carol", "pa55word"]),
-    );
-    let file = dir.path().join("htpasswd");
-    std::fs::write(&file, out.stdout).unwrap();
+    let file = peers::htpasswd_file(dir.path(), "carol", "pa55word");
     let cache = Regmirror::serve(
         &format!(
             "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",

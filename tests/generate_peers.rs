@@ -59,14 +59,6 @@ fn mirrors_only(domain: &str, mirrors: &[String]) -> String {
     )
 }
 
-/// Every request in the registry's access log, whatever its method and path.
-fn requests(registry: &Registry) -> usize {
-    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-        .iter()
-        .map(|method| registry.count(method, ""))
-        .sum()
-}
-
 /// An origin holding library/demo:v1, v2 and v3, a mirror holding v1 only, and a mirror URL
 /// nothing listens on.
 fn origin_and_partial_mirror(images: &Images) -> (Registry, Registry, String) {
@@ -258,7 +250,7 @@ fn containerd_never_reaches_the_origin_of_a_mirrors_only_rule() {
         "the last mirror is the server, the first a host table:\n{text}"
     );
     let containerd = Containerd::start();
-    let before = requests(&origin);
+    let before = origin.requests();
 
     // On the mirror (the first one is down): served by the last mirror, as `server`, with ?ns=.
     containerd
@@ -284,7 +276,7 @@ fn containerd_never_reaches_the_origin_of_a_mirrors_only_rule() {
     );
     assert!(failed.is_err(), "v2 is on the origin only: {failed:?}");
     assert_eq!(
-        requests(&origin),
+        origin.requests(),
         before,
         "the origin was never asked:\n{}",
         origin.log()
@@ -311,7 +303,7 @@ fn skopeo_never_reaches_the_origin_of_a_mirrors_only_rule() {
         )),
         "the last mirror is the location:\n{text}"
     );
-    let before = requests(&origin);
+    let before = origin.requests();
     let mirror_before = manifests(&mirror);
     let pull = |tag: &str| {
         skopeo_pull(
@@ -325,7 +317,7 @@ fn skopeo_never_reaches_the_origin_of_a_mirrors_only_rule() {
     let failed = pull("v2");
     assert!(failed.is_err(), "v2 is on the origin only: {failed:?}");
     assert_eq!(
-        requests(&origin),
+        origin.requests(),
         before,
         "the origin was never asked:\n{}",
         origin.log()

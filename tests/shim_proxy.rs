@@ -299,14 +299,6 @@ fn a_pull_whose_endpoints_all_rest_fails_at_once() {
     drop(silent);
 }
 
-/// Every request in the registry's access log, whatever its method and path.
-fn requests(registry: &Registry) -> usize {
-    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-        .iter()
-        .map(|method| registry.count(method, ""))
-        .sum()
-}
-
 fn mirrors_only(origin: &Registry, mirrors: &[String]) -> String {
     let list: Vec<String> = mirrors.iter().map(|m| format!("\"{m}\"")).collect();
     format!(
@@ -325,7 +317,7 @@ fn a_mirrors_only_registry_is_never_reached() {
     let mirror = seeded(&images, RegistryOptions::default(), None);
     let dead = format!("http://127.0.0.1:{}", peers::free_port());
     let shim = Shim::start(&mirrors_only(&origin, &[dead.clone(), mirror.url()]), &[]);
-    let before = requests(&origin);
+    let before = origin.requests();
     let text = |body: &[u8]| String::from_utf8_lossy(body).into_owned();
 
     // On the mirror: served by it, origin-form and absolute-form, manifest and blob.
@@ -426,7 +418,7 @@ fn a_mirrors_only_registry_is_never_reached() {
     );
 
     assert_eq!(
-        requests(&origin),
+        origin.requests(),
         before,
         "the origin was never asked:\n{}",
         origin.log()

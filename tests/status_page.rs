@@ -6,24 +6,13 @@
 //! target/status-page.png for people to look at.
 
 mod fake;
+mod peers;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use fake::{Cache, FakeUpstream, client, digest_of, random_bytes};
-
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|name| {
-        let out = Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    })
-}
 
 /// Runs headless Chromium on `url` with `extra` arguments; returns its stdout.
 fn headless(binary: &PathBuf, url: &str, extra: &[&str]) -> String {
@@ -56,7 +45,7 @@ fn headless(binary: &PathBuf, url: &str, extra: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_status_page_shows_upstreams_hits_and_fills_in_a_browser() {
-    let binary = chromium().expect("chromium is installed (.ci/run installs it)");
+    let binary = peers::require("chromium", "chromium");
     let upstream = FakeUpstream::start().await;
     let small = random_bytes(20_000, 1);
     let small_digest = digest_of(&small);
@@ -164,12 +153,7 @@ async fn the_status_page_shows_upstreams_hits_and_fills_in_a_browser() {
 async fn with_auth_the_status_page_needs_it_too() {
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("htpasswd");
-    let out = Command::new("htpasswd")
-        .args(["-Bbn", "ops", "s3cret-pass"])
-        .output()
-        .expect("htpasswd (apache2-utils)");
-    std::fs::write(&file, out.stdout).unwrap();
+    let file = peers::htpasswd_file(dir.path(), "ops", "s3cret-pass");
     let cache = Cache::start(&format!(
         "proxy: {{remoteurl: {}, username: hubuser, password: hub-token-secret}}\nauth: {{htpasswd: {{path: {}}}}}\n",
         upstream.url(),

@@ -119,14 +119,6 @@ fn until_hit(cache: &Regmirror, path: &str) -> Vec<u8> {
     }
 }
 
-/// Every request the origin logged.
-fn origin_requests(origin: &Registry) -> usize {
-    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-        .iter()
-        .map(|method| origin.count(method, ""))
-        .sum()
-}
-
 fn pull(via: &str, path: &str, dest: &Path, extra: &[&str]) -> Vec<u8> {
     skopeo_pull(&format!("{via}/{path}"), dest, extra)
         .unwrap_or_else(|e| panic!("skopeo pull of {path} through {via}: {e}"))
@@ -174,11 +166,11 @@ fn after_warm_skopeo_pulls_without_asking_the_origin() {
     }
 
     // The pull after it: not one request reaches the origin.
-    let before = origin_requests(&origin);
+    let before = origin.requests();
     let dir = tempfile::tempdir().unwrap();
     let pulled = pull(&cache.host(), "library/demo:v1", &dir.path().join("a"), &[]);
     assert_eq!(
-        origin_requests(&origin),
+        origin.requests(),
         before,
         "skopeo's pull was served from the cache alone:\n{}",
         origin.log()
@@ -212,7 +204,7 @@ fn after_warm_skopeo_pulls_without_asking_the_origin() {
             size(upstream)
         ),
     );
-    assert_eq!(origin_requests(&origin), before, "nothing asked upstream");
+    assert_eq!(origin.requests(), before, "nothing asked upstream");
 }
 
 #[test]
@@ -266,7 +258,7 @@ fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
     }
 
     // skopeo pulling the arm64 image: nothing reaches the origin.
-    let before = origin_requests(&origin);
+    let before = origin.requests();
     let dir = tempfile::tempdir().unwrap();
     let pulled = pull(
         &cache.host(),
@@ -276,7 +268,7 @@ fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
     );
     assert_eq!(peers::oci::sha256(&pulled), arm.0, "the arm64 manifest");
     assert_eq!(
-        origin_requests(&origin),
+        origin.requests(),
         before,
         "the warmed platform pulls from the cache alone:\n{}",
         origin.log()
@@ -460,12 +452,7 @@ fn a_cache_with_htpasswd_is_warmed_with_docker_credentials() {
     images.build("v1", &[("hello", b"hello from v1\n")]);
     images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let out = peers::run(
-        Command::new(peers::require("htpasswd", "apache2-utils"))
-            .args(["-Bbn", "carol", "pa55word"]),
-    );
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, out.stdout).unwrap();
+    let htpasswd = peers::htpasswd_file(dir.path(), "carol", "pa55word");
     let cache = Regmirror::serve(
         &format!(
             "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",

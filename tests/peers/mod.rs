@@ -361,10 +361,7 @@ impl Registry {
             ));
         }
         if let Some((user, password)) = options.htpasswd {
-            require("htpasswd", "apache2-utils");
-            let out = run(Command::new("htpasswd").args(["-Bbn", user, password]));
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, out.stdout).unwrap();
+            let file = htpasswd_file(dir.path(), user, password);
             config.push_str(&format!(
                 "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
                 file.display()
@@ -412,6 +409,14 @@ impl Registry {
             .lines()
             .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(fragment))
             .count()
+    }
+
+    /// Every request in the access log, whatever its method and path.
+    pub fn requests(&self) -> usize {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|method| self.count(method, ""))
+            .sum()
     }
 
     /// Like [`count`](Self::count), for answers with `status` only.
@@ -1598,4 +1603,13 @@ pub fn concurrent_cold_clients(
             "every body is digest-correct"
         );
     }
+}
+
+/// `dir`/htpasswd with one bcrypt entry, as `htpasswd -B` writes it (apache2-utils).
+pub fn htpasswd_file(dir: &Path, user: &str, password: &str) -> PathBuf {
+    let out =
+        run(Command::new(require("htpasswd", "apache2-utils")).args(["-Bbn", user, password]));
+    let file = dir.join("htpasswd");
+    std::fs::write(&file, out.stdout).unwrap();
+    file
 }
