@@ -155,10 +155,9 @@ impl Fill {
     /// Waits until the upstream answered: returns the expected size, or the error.
     pub async fn started(&self) -> Result<Option<u64>, RegistryError> {
         self.wait_for(|state| match state {
-            FillState::Connecting => None,
+            FillState::Connecting | FillState::Failed(_) => None,
             FillState::Streaming { size, .. } => Some(*size),
             FillState::Verified { size } | FillState::Done { size } => Some(Some(*size)),
-            FillState::Failed(_) => unreachable!("wait_for answers failures"),
         })
         .await
     }
@@ -167,18 +166,20 @@ impl Fill {
     /// verified end of the download.
     pub async fn size(&self) -> Result<u64, RegistryError> {
         self.wait_for(|state| match state {
-            FillState::Connecting | FillState::Streaming { size: None, .. } => None,
+            FillState::Connecting
+            | FillState::Streaming { size: None, .. }
+            | FillState::Failed(_) => None,
             FillState::Streaming {
                 size: Some(size), ..
             }
             | FillState::Verified { size }
             | FillState::Done { size } => Some(*size),
-            FillState::Failed(_) => unreachable!("wait_for answers failures"),
         })
         .await
     }
 
-    /// Waits until `pick` finds what it needs in the fill's state, or the fill fails.
+    /// Waits until `pick` finds what it needs in the fill's state, or the fill fails (a failed
+    /// state is answered before `pick` sees it).
     async fn wait_for<T>(
         &self,
         pick: impl Fn(&FillState) -> Option<T>,

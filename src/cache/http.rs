@@ -39,8 +39,9 @@ pub struct Outcome {
     pub upstream: Option<String>,
     pub repository: Option<String>,
     pub reference: Option<String>,
-    /// The upstream's metrics label (bounded), for the status page.
+    /// The upstream's metrics label (bounded) and its counters, for the status page.
     pub label: Option<String>,
+    pub counters: Option<Arc<status::UpstreamCounters>>,
     /// The OCI error code and message of an error answer.
     pub error: Option<(&'static str, String)>,
 }
@@ -129,10 +130,13 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         },
         started.elapsed(),
     );
-    if let (Some(label), Some(repository)) = (&outcome.label, &outcome.repository) {
+    if let (Some(label), Some(counters), Some(repository)) =
+        (&outcome.label, &outcome.counters, &outcome.repository)
+    {
         let is_tag = outcome.kind == "manifest" && method != Method::PUT;
         app.status.answered(&status::Answered {
             label,
+            counters,
             repository,
             tag: outcome
                 .reference
@@ -189,12 +193,12 @@ async fn registry(
         (V2Request::Catalog, Method::GET) => catalog(app, &query).await,
         (V2Request::Tags { name }, Method::GET) => {
             let route = route_for(name)?;
-            note(outcome, &route, None);
+            note(app, outcome, &route, None);
             tags(app, &route, name, &query).await
         }
         (V2Request::Manifest { name, reference }, Method::GET | Method::HEAD) => {
             let route = route_for(name)?;
-            note(outcome, &route, Some(reference.as_str()));
+            note(app, outcome, &route, Some(reference.as_str()));
             let answer = match reference {
                 ManifestRef::Digest(digest) => app.manifest_by_digest(&route, digest).await?,
                 ManifestRef::Tag(tag) => app.manifest_by_tag(&route, tag).await?,
@@ -206,24 +210,33 @@ async fn registry(
         }
         (V2Request::Blob { name, digest }, Method::GET | Method::HEAD) => {
             let route = route_for(name)?;
-            note(outcome, &route, Some(digest.as_str()));
+            let counters = note(app, outcome, &route, Some(digest.as_str()));
             let range = request
                 .headers
                 .get(header::RANGE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            blob(app, &route, digest, head, range.as_deref(), outcome).await
+            blob(
+                app,
+                &route,
+                &counters,
+                digest,
+                head,
+                range.as_deref(),
+                outcome,
+            )
+            .await
         }
         (V2Request::Referrers { name, subject }, Method::GET) => {
             let route = route_for(name)?;
-            note(outcome, &route, Some(subject.as_str()));
+            note(app, outcome, &route, Some(subject.as_str()));
             let listing = referrers::list(app, &route, subject).await?;
             outcome.cache = listing.cache;
             referrers_response(name, subject, listing, &query)
         }
         (V2Request::Upload { name, id }, _) => {
             let route = route_for(name)?;
-            note(outcome, &route, None);
+            note(app, outcome, &route, None);
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
@@ -232,7 +245,7 @@ async fn registry(
         }
         (V2Request::Manifest { name, reference }, Method::PUT) => {
             let route = route_for(name)?;
-            note(outcome, &route, Some(reference.as_str()));
+            note(app, outcome, &route, Some(reference.as_str()));
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
@@ -260,11 +273,20 @@ async fn registry(
     }
 }
 
-fn note(outcome: &mut Outcome, route: &Route, reference: Option<&str>) {
+/// Records the route in the outcome; returns the upstream's status counters.
+fn note(
+    app: &App,
+    outcome: &mut Outcome,
+    route: &Route,
+    reference: Option<&str>,
+) -> Arc<status::UpstreamCounters> {
+    let counters = app.status.counters(route.upstream.label());
     outcome.upstream = Some(route.upstream.name.clone());
     outcome.label = Some(route.upstream.label().to_owned());
+    outcome.counters = Some(counters.clone());
     outcome.repository = Some(route.repository.clone());
     outcome.reference = reference.map(str::to_owned);
+    counters
 }
 
 /// The query parameters the registry API uses.
@@ -430,6 +452,7 @@ async fn tags(
 async fn blob(
     app: &App,
     route: &Route,
+    counters: &Arc<status::UpstreamCounters>,
     digest: &Digest,
     head: bool,
     range: Option<&str>,
@@ -477,9 +500,7 @@ async fn blob(
                 if let Some(read) = now {
                     let bytes = read.map_err(internal)?;
                     app.metrics.bytes(Source::Cache, bytes.len() as u64);
-                    app.status
-                        .counters(route.upstream.label())
-                        .bytes(true, bytes.len() as u64);
+                    counters.bytes(true, bytes.len() as u64);
                     return Ok(blob_response(
                         status,
                         digest,
@@ -503,7 +524,7 @@ async fn blob(
                 .map_err(internal)?,
         };
         let metrics = app.metrics.clone();
-        let counters = app.status.counters(route.upstream.label());
+        let counters = counters.clone();
         let body = Body::from_stream(reader.inspect(move |chunk| {
             if let Ok(bytes) = chunk {
                 metrics.bytes(Source::Cache, bytes.len() as u64);
@@ -557,7 +578,7 @@ async fn blob(
     };
     let end = size.map(|_| span.end);
     let metrics = app.metrics.clone();
-    let counters = app.status.counters(route.upstream.label());
+    let counters = counters.clone();
     let body = Body::from_stream(fill.reader(span.start, end).inspect(move |chunk| {
         if let Ok(bytes) = chunk {
             metrics.bytes(Source::Fill, bytes.len() as u64);
@@ -574,7 +595,7 @@ fn status_page(app: &App, json: bool) -> Response {
         .configured()
         .iter()
         .map(|u| {
-            let origin = u.origins.last();
+            let origin = u.origin();
             status::UpstreamView {
                 label: u.label().to_owned(),
                 url: origin.map_or(String::new(), |o| o.base.to_string()),

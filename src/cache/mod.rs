@@ -460,7 +460,7 @@ impl App {
     /// `ratelimit_reserve`: cached tags are then served without asking, and the rest of the
     /// budget goes to content not cached.
     fn budget_in_reserve(&self, route: &Route) -> Option<Budget> {
-        let origin = route.upstream.origins.last()?;
+        let origin = route.upstream.origin()?;
         self.client.budget(&origin.base).filter(|b| {
             route
                 .upstream
@@ -808,7 +808,7 @@ async fn send_upstream(
     let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
     metrics.upstream(label, status, started.elapsed());
     if !upstream.dynamic {
-        if let Some(budget) = upstream.origins.last().and_then(|o| client.budget(&o.base)) {
+        if let Some(budget) = upstream.origin().and_then(|o| client.budget(&o.base)) {
             metrics.budget(label, budget.limit, budget.remaining);
         }
     }
@@ -854,11 +854,9 @@ fn upstream_status(
         429 => ErrorCode::TooManyRequests,
         _ => ErrorCode::Unavailable,
     };
-    let error = RegistryError::new(code, format!("upstream {upstream} answered HTTP {status}"));
-    match crate::upstream::retry_after(response.headers(), std::time::SystemTime::now()) {
-        Some(wait) if code == ErrorCode::TooManyRequests => error.with_retry_after(wait),
-        _ => error,
-    }
+    let wait = crate::upstream::retry_after(response.headers(), std::time::SystemTime::now());
+    RegistryError::new(code, format!("upstream {upstream} answered HTTP {status}"))
+        .with_retry_after(wait.filter(|_| code == ErrorCode::TooManyRequests))
 }
 
 fn unreachable(upstream: &str, error: UpstreamError) -> RegistryError {

@@ -45,6 +45,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The upstream's own endpoint (for an insecure dynamic upstream, the last way tried): the
+    /// one whose breaker and pull budget are the upstream's.
+    pub fn origin(&self) -> Option<&Target> {
+        self.origins.last()
+    }
+
     /// Its name as a metrics label: every dynamic upstream shares one, so clients cannot grow
     /// the number of series.
     pub fn label(&self) -> &str {

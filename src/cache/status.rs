@@ -47,6 +47,8 @@ impl UpstreamCounters {
 #[derive(Debug)]
 pub struct Answered<'a> {
     pub label: &'a str,
+    /// The counters of `label` ([`Status::counters`]).
+    pub counters: &'a UpstreamCounters,
     pub repository: &'a str,
     /// The tag, for manifest requests by tag.
     pub tag: Option<&'a str>,
@@ -114,7 +116,7 @@ impl Status {
     }
 
     pub fn answered(&self, a: &Answered<'_>) {
-        let counters = self.counters(a.label);
+        let counters = a.counters;
         counters.requests.fetch_add(1, Ordering::Relaxed);
         if matches!(a.cache, "hit" | "fresh" | "reserve" | "local") {
             counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -409,12 +411,14 @@ mod tests {
     use super::*;
 
     fn answered<'a>(
+        counters: &'a UpstreamCounters,
         cache: &'a str,
         tag: Option<&'a str>,
         error: Option<(&'a str, &'a str)>,
     ) -> Answered<'a> {
         Answered {
             label: "docker.io",
+            counters,
             repository: "library/<script>",
             tag,
             cache,
@@ -428,16 +432,18 @@ mod tests {
     #[test]
     fn counts_hits_errors_stale_tags_and_pulls() {
         let status = Status::default();
+        let hub = status.counters("docker.io");
         status.set_listen("127.0.0.1:5000".into());
-        status.answered(&answered("hit", Some("v1"), None));
-        status.answered(&answered("miss", Some("v1"), None));
-        status.answered(&answered("stale", Some("v1"), None));
+        status.answered(&answered(&hub, "hit", Some("v1"), None));
+        status.answered(&answered(&hub, "miss", Some("v1"), None));
+        status.answered(&answered(&hub, "stale", Some("v1"), None));
         status.answered(&answered(
+            &hub,
             "error",
             None,
             Some(("UNAVAILABLE", "upstream down")),
         ));
-        status.counters("docker.io").bytes(true, 2048);
+        hub.bytes(true, 2048);
         let fills = [FillView {
             upstream: "docker.io".into(),
             repository: "library/big".into(),
@@ -454,14 +460,14 @@ mod tests {
             budget: Some((100, 76)),
         }];
         let data = status.snapshot(&upstreams, &fills, Some(1 << 30));
-        let hub = &data["upstreams"][0];
+        let listed = &data["upstreams"][0];
         assert_eq!(
-            (hub["requests"].as_u64(), hub["hits"].as_u64()),
+            (listed["requests"].as_u64(), listed["hits"].as_u64()),
             (Some(4), Some(1))
         );
-        assert_eq!(hub["bytes_from_cache"], 2048);
+        assert_eq!(listed["bytes_from_cache"], 2048);
         assert!(
-            hub["last_error"]["error"]
+            listed["last_error"]["error"]
                 .as_str()
                 .unwrap()
                 .contains("upstream down")
@@ -483,13 +489,14 @@ mod tests {
     #[test]
     fn what_it_keeps_is_bounded() {
         let status = Status::default();
+        let hub = status.counters("docker.io");
         for i in 0..MAX_IMAGES + 50 {
             let repository = format!("r{i}");
             status.answered(&Answered {
                 repository: &repository,
-                ..answered("miss", Some("v1"), None)
+                ..answered(&hub, "miss", Some("v1"), None)
             });
-            status.answered(&answered("error", None, Some(("X", "y"))));
+            status.answered(&answered(&hub, "error", None, Some(("X", "y"))));
         }
         assert_eq!(lock(&status.images).len(), MAX_IMAGES);
         assert_eq!(status.errors.json().len(), crate::page::RECENT);

@@ -87,10 +87,12 @@ impl RegistryError {
         }
     }
 
-    /// Adds `Retry-After` (whole seconds, at least 1).
-    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        self.retry_after = Some(seconds.max(1));
+    /// Adds `Retry-After` (whole seconds, at least 1) when there is a wait to tell.
+    pub fn with_retry_after(mut self, wait: Option<std::time::Duration>) -> Self {
+        if let Some(wait) = wait {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            self.retry_after = Some(seconds.max(1));
+        }
         self
     }
 
@@ -176,7 +178,7 @@ mod tests {
         assert_eq!(internal("disk full").code, ErrorCode::Unavailable);
         assert!(!response.headers().contains_key("retry-after"));
         let throttled = RegistryError::new(ErrorCode::TooManyRequests, "later")
-            .with_retry_after(std::time::Duration::from_millis(2500));
+            .with_retry_after(Some(std::time::Duration::from_millis(2500)));
         let response = error_response(&throttled, true);
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["retry-after"], "3");

@@ -590,10 +590,7 @@ fn every_mirror_failed(
             omitted.url, omitted.source
         ),
     );
-    match error.retry_after {
-        Some(wait) => answer.with_retry_after(wait),
-        None => answer,
-    }
+    answer.with_retry_after(error.retry_after)
 }
 
 /// The registry name a CONNECT or absolute URI names: the default port dropped.

@@ -153,10 +153,7 @@ impl Breakers {
             // Already open (requests that were in flight when it opened): a throttled answer
             // still moves `until` to its Retry-After; a failure changes nothing.
             Some(State::Open { cool_down, .. }) if rest.is_some() => cool_down,
-            Some(open @ State::Open { .. }) => {
-                states.insert(endpoint.to_owned(), open);
-                return;
-            }
+            Some(State::Open { .. }) => return,
         };
         states.insert(
             endpoint.to_owned(),

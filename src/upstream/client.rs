@@ -230,10 +230,7 @@ impl UpstreamError {
                 format!("{who}: unreachable: {}", self.summary),
             )
         };
-        match self.retry_after {
-            Some(wait) => answer.with_retry_after(wait),
-            None => answer,
-        }
+        answer.with_retry_after(self.retry_after)
     }
 }
 

@@ -30,7 +30,7 @@ pub struct Refused(pub String);
 /// A request's place among those in flight, held until its response body ends.
 #[derive(Debug)]
 pub struct Admitted {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl RequestLimiter {
@@ -92,14 +92,14 @@ impl RequestLimiter {
             };
             tokio::time::sleep_until(slot).await;
         }
-        Ok(Admitted { _permit: permit })
+        Ok(Admitted { permit })
     }
 }
 
 impl Admitted {
     /// `response`, holding this request's place until its body is read or dropped.
     pub fn hold(self, response: Response) -> Response {
-        if self._permit.is_none() {
+        if self.permit.is_none() {
             return response;
         }
         let response = http::Response::<reqwest::Body>::from(response);
