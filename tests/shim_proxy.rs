@@ -261,10 +261,12 @@ fn hosts_without_rules_get_the_clients_own_authorization() {
 
 #[test]
 fn a_pull_whose_endpoints_all_rest_fails_at_once() {
-    // An origin that accepts connections and never answers, and a mirror nobody listens on.
+    // An origin that accepts connections and never answers (each of its two endpoints rests 5 s
+    // after its timeout), and a FAKE mirror that answers 429 with an hour's `Retry-After`, so its
+    // rest cannot end during the test however slow the first pull is.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = silent.local_addr().unwrap().to_string();
-    let mirror = format!("http://127.0.0.1:{}", peers::free_port());
+    let mirror = format!("http://{}", throttling_fake(3600));
     let json =
         format!(r#"{{"mirror-registries": [{{"domain": "{origin}", "mirrors": ["{mirror}"]}}]}}"#);
     let shim = Shim::start(
@@ -297,6 +299,25 @@ fn a_pull_whose_endpoints_all_rest_fails_at_once() {
         "names every endpoint and when it is retried: {message}"
     );
     drop(silent);
+}
+
+/// FAKE registry: answers every request with 429 and `Retry-After: SECONDS` (a real registry
+/// does so only when its rate limit is spent). Serves until the test process ends.
+fn throttling_fake(seconds: u64) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {seconds}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    addr
 }
 
 fn mirrors_only(origin: &Registry, mirrors: &[String]) -> String {
