@@ -270,14 +270,18 @@ async fn private_blobs_stay_with_the_repository_that_fetched_them() {
             .status(),
         200
     );
-    assert_eq!(
-        get(cache.url(&format!("/v2/team/private/blobs/{layer_digest}")))
-            .await
-            .status(),
-        200
-    );
+    for _ in 0..2 {
+        // The second GET is a hit from disk, which puts the small blob in the blob memo.
+        assert_eq!(
+            get(cache.url(&format!("/v2/team/private/blobs/{layer_digest}")))
+                .await
+                .status(),
+            200
+        );
+    }
 
-    // Another repository asks for the same blob: the upstream does not confirm it (404).
+    // Another repository asks for the same blob: the upstream does not confirm it (404), and
+    // the copy in memory is no more its to read than the one on disk.
     let response = get(cache.url(&format!("/v2/other/repo/blobs/{layer_digest}"))).await;
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -648,4 +652,62 @@ async fn credentials_never_follow_a_redirect_to_another_host() {
         at_storage.iter().all(Option::is_none),
         "blob storage never sees them: {at_storage:?}"
     );
+}
+
+/// The blob files under a cache's storage root, by their hex name.
+fn blob_file(cache: &Cache, digest: &str) -> std::path::PathBuf {
+    let hex = digest.split_once(':').unwrap().1;
+    walkdir(cache.dir.path())
+        .into_iter()
+        .find(|path| path.file_name().is_some_and(|name| name == hex))
+        .unwrap_or_else(|| panic!("no file for {digest}"))
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walkdir(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn hot_small_blobs_are_served_from_memory_within_limits_blob_memo() {
+    let upstream = FakeUpstream::start().await;
+    let small = random_bytes(20_000, 9);
+    let digest = digest_of(&small);
+    upstream.blob("library/demo", &digest, small.clone(), 1, Duration::ZERO);
+    let path = format!("/v2/library/demo/blobs/{digest}");
+    for (limits, memo) in [("", true), ("\nlimits: {blob_memo: 0}", false)] {
+        let cache =
+            Cache::start(&format!("proxy: {{remoteurl: {}}}{limits}", upstream.url())).await;
+        let before = upstream.hits(Method::GET, &path);
+        for _ in 0..2 {
+            // A fill, then a hit read from disk (remembered, unless the memo is off).
+            let response = client().get(cache.url(&path)).send().await.unwrap();
+            assert_eq!(response.bytes().await.unwrap(), small);
+        }
+        // Without the file, only the memory can answer without asking the upstream again.
+        std::fs::remove_file(blob_file(&cache, &digest)).unwrap();
+        let response = client().get(cache.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.unwrap(), small);
+        let downloads = upstream.hits(Method::GET, &path) - before;
+        assert_eq!(downloads, if memo { 1 } else { 2 }, "blob memo on: {memo}");
+        if memo {
+            let response = client()
+                .get(cache.url(&path))
+                .header("Range", "bytes=100-199")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 206);
+            assert_eq!(response.bytes().await.unwrap(), small.slice(100..200));
+        }
+    }
 }

@@ -15,13 +15,13 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use futures_util::StreamExt as _;
 
-use super::App;
 use super::auth::Refusal;
 use super::manifest::CachedManifest;
 use super::metrics::Source;
 use super::range::{ByteRange, parse_range};
 use super::routing::Route;
 use super::store::Committed;
+use super::{App, Hit};
 use super::{push, referrers, status, uploads};
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
@@ -495,10 +495,26 @@ async fn blob(
             ));
         }
         let reader = match committed {
-            Committed::File { file, .. } => {
+            Hit::Remembered(bytes) => {
+                // Lossless: the span lies within the bytes' own length.
+                let bytes = bytes.slice(span.start as usize..span.end as usize);
+                app.metrics.bytes(Source::Cache, bytes.len() as u64);
+                counters.bytes(true, bytes.len() as u64);
+                return Ok(blob_response(
+                    status,
+                    digest,
+                    span,
+                    Some(size),
+                    bytes.into(),
+                ));
+            }
+            Hit::Stored(Committed::File { file, .. }) => {
                 let now = super::fill::read_now(&file, span.start, span.end, &app.buffers);
                 if let Some(read) = now {
                     let bytes = read.map_err(internal)?;
+                    if span.start == 0 && span.end == size {
+                        app.remember_blob(digest, &bytes);
+                    }
                     app.metrics.bytes(Source::Cache, bytes.len() as u64);
                     counters.bytes(true, bytes.len() as u64);
                     return Ok(blob_response(
@@ -511,13 +527,13 @@ async fn blob(
                 }
                 super::fill::file_reader(file, span.start, span.end, app.buffers.clone()).boxed()
             }
-            Committed::Object { key, redirect, .. } if redirect => {
+            Hit::Stored(Committed::Object { key, redirect, .. }) if redirect => {
                 // distribution's default on object storage: the client fetches from the bucket.
                 let url = app.store.presigned(&key).await.map_err(internal)?;
                 outcome.cache = "redirect";
                 return Ok(redirect_response(&url));
             }
-            Committed::Object { key, .. } => app
+            Hit::Stored(Committed::Object { key, .. }) => app
                 .store
                 .stream_object(&key, span.start, span.end)
                 .await

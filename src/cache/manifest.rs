@@ -1,9 +1,5 @@
-//! Cached manifests: the exact upstream bytes with their media type and digest, what a manifest
-//! references (for repository links), and an in-memory memo of hot manifests, bounded in bytes
-//! (`limits.manifest_memo`), so that manifest-by-digest requests cost no file I/O.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! Cached manifests: the exact upstream bytes with their media type and digest, and what a
+//! manifest references (for repository links). Hot ones are kept in a [`crate::cache::memo`].
 
 use bytes::Bytes;
 
@@ -101,73 +97,6 @@ pub fn declared_media_type(bytes: &[u8]) -> Option<String> {
     value.get("mediaType")?.as_str().map(str::to_owned)
 }
 
-/// Hot manifests by digest, at most `budget` bytes of them; the least recently used go first.
-#[derive(Debug)]
-pub struct ManifestMemo {
-    entries: Mutex<Memo>,
-    budget: usize,
-}
-
-#[derive(Debug, Default)]
-struct Memo {
-    manifests: HashMap<Digest, (Arc<CachedManifest>, u64)>,
-    bytes: usize,
-    /// A use counter: each get or insert stamps its entry with the next value.
-    clock: u64,
-}
-
-impl ManifestMemo {
-    pub fn new(budget: usize) -> Self {
-        ManifestMemo {
-            entries: Mutex::new(Memo::default()),
-            budget,
-        }
-    }
-
-    pub fn get(&self, digest: &Digest) -> Option<Arc<CachedManifest>> {
-        let mut memo = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        memo.clock += 1;
-        let clock = memo.clock;
-        let (manifest, used) = memo.manifests.get_mut(digest)?;
-        *used = clock;
-        Some(manifest.clone())
-    }
-
-    pub fn insert(&self, manifest: Arc<CachedManifest>) {
-        let size = manifest.bytes.len();
-        if size > self.budget / 4 {
-            return;
-        }
-        let mut memo = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        memo.clock += 1;
-        let clock = memo.clock;
-        if let Some((old, _)) = memo
-            .manifests
-            .insert(manifest.digest.clone(), (manifest, clock))
-        {
-            memo.bytes -= old.bytes.len();
-        }
-        memo.bytes += size;
-        if memo.bytes > self.budget {
-            // Down to three quarters at once, so the sort is paid rarely.
-            let mut by_use: Vec<(u64, Digest)> = memo
-                .manifests
-                .iter()
-                .map(|(digest, (_, used))| (*used, digest.clone()))
-                .collect();
-            by_use.sort_unstable();
-            for (_, digest) in by_use {
-                if memo.bytes <= self.budget / 4 * 3 {
-                    break;
-                }
-                if let Some((gone, _)) = memo.manifests.remove(&digest) {
-                    memo.bytes -= gone.bytes.len();
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,40 +146,5 @@ mod tests {
             "the config's media type"
         );
         assert!(subject(b"{}").is_none());
-    }
-
-    #[test]
-    fn memo_is_bounded_by_bytes_and_keeps_what_is_used() {
-        let memo = ManifestMemo::new(4000);
-        let make = |i: u8| {
-            Arc::new(CachedManifest {
-                digest: crate::cache::store::sha256(&[i]),
-                media_type: String::new(),
-                bytes: Bytes::from(vec![i; 500]),
-            })
-        };
-        memo.insert(make(0));
-        for i in 1..40u8 {
-            memo.insert(make(i));
-            assert!(memo.get(&make(0).digest).is_some(), "the hot one stays");
-            let entries = memo.entries.lock().unwrap();
-            assert!(entries.bytes <= 4000, "{} bytes", entries.bytes);
-            assert_eq!(
-                entries.bytes,
-                entries
-                    .manifests
-                    .values()
-                    .map(|(m, _)| m.bytes.len())
-                    .sum::<usize>()
-            );
-        }
-        assert!(memo.get(&make(1).digest).is_none(), "cold ones went");
-        // A manifest over a quarter of the budget is served from the store instead.
-        memo.insert(Arc::new(CachedManifest {
-            digest: crate::cache::store::sha256(b"big"),
-            media_type: String::new(),
-            bytes: Bytes::from(vec![0; 1001]),
-        }));
-        assert!(memo.get(&crate::cache::store::sha256(b"big")).is_none());
     }
 }

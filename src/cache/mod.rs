@@ -6,6 +6,7 @@
 //! - [`meta`]: tags, manifests, repository links, blob sizes (redb);
 //! - [`fill`]: single-flight fills streamed to every reader as bytes arrive;
 //! - [`buffers`]: the memory budget for blob data in flight;
+//! - [`memo`]: hot manifests and small blobs in memory, bounded in bytes;
 //! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
 //! - [`referrers`]: the referrers API, local and through upstreams;
 //! - [`http`]: the request handler; [`server`]: start-up and graceful shutdown;
@@ -20,6 +21,7 @@ pub mod gc;
 pub mod http;
 pub mod lease;
 pub mod manifest;
+pub mod memo;
 pub mod meta;
 pub mod metrics;
 pub mod push;
@@ -36,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::{HeaderName, HeaderValue};
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt as _, StreamExt as _};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
@@ -49,7 +52,8 @@ use crate::upstream::{
 };
 use buffers::Buffers;
 use fill::{Fetched, Fill, Fills, UpstreamBody};
-use manifest::{CachedManifest, ManifestMemo};
+use manifest::CachedManifest;
+use memo::Memo;
 use meta::{Access, Metadata, NewManifest};
 use metrics::Metrics;
 use routing::{Route, Router, Upstream};
@@ -69,7 +73,10 @@ pub struct App {
     pub meta: Arc<Metadata>,
     pub fills: Arc<Fills>,
     pub metrics: Arc<Metrics>,
-    pub memo: ManifestMemo,
+    /// Hot manifests (`limits.manifest_memo`).
+    pub memo: Memo<Arc<CachedManifest>>,
+    /// Hot small blobs, whole (`limits.blob_memo`).
+    pub blob_memo: Memo<Bytes>,
     /// `http.headers` of the config, added to every response.
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// `proxy.serve_stale_on_404`.
@@ -109,6 +116,23 @@ pub struct TagAnswer {
     /// hit, miss, fresh (within the revalidation window), stale (the upstream failed) or
     /// reserve (the upstream's pull budget is under its reserve).
     pub cache: &'static str,
+}
+
+/// A blob the cache holds, ready to be read.
+#[derive(Debug)]
+pub enum Hit {
+    /// Whole, from the blob memo.
+    Remembered(Bytes),
+    Stored(Committed),
+}
+
+impl Hit {
+    pub fn size(&self) -> u64 {
+        match self {
+            Hit::Remembered(bytes) => bytes.len() as u64,
+            Hit::Stored(committed) => committed.size(),
+        }
+    }
 }
 
 /// A revalidation shared by every concurrent request for one tag.
@@ -166,9 +190,26 @@ impl App {
         Ok(response)
     }
 
-    /// A committed blob, ready to be read.
-    async fn committed_blob(&self, digest: &Digest) -> Result<Option<Committed>, RegistryError> {
-        self.store.open(digest).await.map_err(internal)
+    /// A committed blob, ready to be read: from the blob memo, else from the store.
+    async fn committed_blob(&self, digest: &Digest) -> Result<Option<Hit>, RegistryError> {
+        if let Some(bytes) = self.blob_memo.get(digest) {
+            return Ok(Some(Hit::Remembered(bytes)));
+        }
+        Ok(self
+            .store
+            .open(digest)
+            .await
+            .map_err(internal)?
+            .map(Hit::Stored))
+    }
+
+    /// Keeps a small blob just read whole from the store in the blob memo (a copy: `bytes` holds
+    /// the in-flight budget until the client has it).
+    fn remember_blob(&self, digest: &Digest, bytes: &Bytes) {
+        if self.blob_memo.keeps(bytes.len()) {
+            self.blob_memo
+                .insert(digest.clone(), Bytes::copy_from_slice(bytes));
+        }
     }
 
     /// Content already cached may be served for `route`'s repository only if a manifest of that
@@ -657,7 +698,7 @@ impl App {
             media_type: record.media_type,
             bytes,
         });
-        self.memo.insert(manifest.clone());
+        self.memo.insert(manifest.digest.clone(), manifest.clone());
         Ok(Some(manifest))
     }
 
@@ -748,7 +789,7 @@ impl App {
             .put_verified(&manifest.digest, manifest.bytes.clone())
             .await
             .map_err(internal)?;
-        self.memo.insert(manifest.clone());
+        self.memo.insert(manifest.digest.clone(), manifest.clone());
         Ok(manifest)
     }
 

@@ -24,7 +24,7 @@ use super::buffers::Buffers;
 use super::fill::{FillLimits, Fills};
 use super::fleet::{Fleet, Follower};
 use super::lease::Leases;
-use super::manifest::ManifestMemo;
+use super::memo::Memo;
 use super::meta::BucketMetadata;
 use super::meta::Metadata;
 use super::metrics::Metrics;
@@ -163,7 +163,8 @@ impl Server {
             meta,
             fills: Arc::new(fills),
             metrics,
-            memo: ManifestMemo::new(usize::try_from(limits.manifest_memo).unwrap_or(usize::MAX)),
+            memo: Memo::new(usize::try_from(limits.manifest_memo).unwrap_or(usize::MAX)),
+            blob_memo: Memo::new(usize::try_from(limits.blob_memo).unwrap_or(usize::MAX)),
             extra_headers,
             serve_stale_on_404: config.serve_stale_on_404,
             htpasswd,

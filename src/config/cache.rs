@@ -67,6 +67,8 @@ pub struct Limits {
     pub upstream_queue_timeout: Duration,
     /// `manifest_memo`: bytes of hot manifests kept in memory.
     pub manifest_memo: u64,
+    /// `blob_memo`: bytes of hot small blobs (up to 128 KiB each) kept in memory.
+    pub blob_memo: u64,
     /// `buffer_memory`: blob data held in memory for clients and fills; past it, reads shrink
     /// and nothing is read ahead.
     pub buffer_memory: u64,
@@ -87,6 +89,7 @@ impl Default for Limits {
             max_uploads: 1000,
             upstream_queue_timeout: Duration::from_secs(30),
             manifest_memo: 64 << 20,
+            blob_memo: 64 << 20,
             buffer_memory: 256 << 20,
         }
     }
@@ -695,6 +698,7 @@ const SCHEMA: Key = Key::Map(&[
             ("upstream_queue_timeout", Key::Known),
             ("max_uploads", Key::Known),
             ("manifest_memo", Key::Known),
+            ("blob_memo", Key::Known),
             ("buffer_memory", Key::Known),
         ]),
     ),
@@ -765,6 +769,7 @@ struct RawLimits {
     max_uploads: Option<usize>,
     upstream_queue_timeout: Option<String>,
     manifest_memo: Option<Value>,
+    blob_memo: Option<Value>,
     buffer_memory: Option<Value>,
 }
 
@@ -789,6 +794,16 @@ impl RawLimits {
                 err(
                     &format!("limits.{key}"),
                     format!("{value:?} is not a positive size like 4MiB"),
+                )
+            }),
+        };
+        // A memo may be turned off with 0.
+        let memo_size = |key: &str, value: Option<Value>, default: u64| match value {
+            None => Ok(default),
+            Some(value) => size_value(&value).ok_or_else(|| {
+                err(
+                    &format!("limits.{key}"),
+                    format!("{value:?} is not a size like 64MiB (0 turns it off)"),
                 )
             }),
         };
@@ -841,7 +856,8 @@ impl RawLimits {
                 self.upstream_queue_timeout,
                 defaults.upstream_queue_timeout,
             )?,
-            manifest_memo: size("manifest_memo", self.manifest_memo, defaults.manifest_memo)?,
+            manifest_memo: memo_size("manifest_memo", self.manifest_memo, defaults.manifest_memo)?,
+            blob_memo: memo_size("blob_memo", self.blob_memo, defaults.blob_memo)?,
             buffer_memory: size("buffer_memory", self.buffer_memory, defaults.buffer_memory)?,
         })
     }
@@ -1472,6 +1488,23 @@ health:
             let error = parse(yaml).unwrap_err();
             assert!(error.contains(field), "{field} in {error}");
         }
+    }
+
+    #[test]
+    fn memos_take_a_size_or_0_to_turn_them_off() {
+        let defaults = parse("proxy: {remoteurl: https://a.io}\n").unwrap();
+        assert_eq!(defaults.limits.blob_memo, 64 << 20);
+        assert_eq!(defaults.limits.manifest_memo, 64 << 20);
+        let config = parse(
+            "proxy: {remoteurl: https://a.io}\nlimits: {blob_memo: 0, manifest_memo: 8MiB}\n",
+        )
+        .unwrap();
+        assert_eq!(config.limits.blob_memo, 0);
+        assert_eq!(config.limits.manifest_memo, 8 << 20);
+        let error =
+            parse("proxy: {remoteurl: https://a.io}\nlimits: {blob_memo: lots}\n").unwrap_err();
+        assert!(error.contains("limits.blob_memo"), "{error}");
+        assert!(error.contains("0 turns it off"), "{error}");
     }
 
     #[test]
