@@ -700,6 +700,18 @@ async fn hot_small_blobs_are_served_from_memory_within_limits_blob_memo() {
         let downloads = upstream.hits(Method::GET, &path) - before;
         assert_eq!(downloads, if memo { 1 } else { 2 }, "blob memo on: {memo}");
         if memo {
+            let metrics = client()
+                .get(cache.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                metrics.contains("regmirror_memo_bytes{memo=\"blob\"} 20000"),
+                "{metrics}"
+            );
             let response = client()
                 .get(cache.url(&path))
                 .header("Range", "bytes=100-199")

@@ -84,8 +84,12 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
             None if path == "/metrics" => Ok(text_response(
                 StatusCode::OK,
                 super::metrics::CONTENT_TYPE,
-                &app.metrics
-                    .render(app.fills.in_flight(), app.buffers.in_use()),
+                &app.metrics.render(super::metrics::Levels {
+                    fills: app.fills.in_flight(),
+                    buffer_bytes: app.buffers.in_use(),
+                    manifest_memo_bytes: app.memo.bytes(),
+                    blob_memo_bytes: app.blob_memo.bytes(),
+                }),
             )),
             None => registry(&app, &request, body, &mut outcome).await,
         };

@@ -66,6 +66,11 @@ impl<V: Clone + Weighed> Memo<V> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     pub fn get(&self, digest: &Digest) -> Option<V> {
         let mut entries = self.lock();
         entries.clock += 1;

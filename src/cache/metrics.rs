@@ -11,6 +11,7 @@
 //! - `regmirror_upstream_ratelimit_limit{upstream}` and `..._remaining{upstream}`: the pull budget
 //!   a configured upstream stated in its last answer (`ratelimit-limit`, `ratelimit-remaining`);
 //! - `regmirror_fills_in_flight`, `regmirror_buffer_bytes` (blob data in flight),
+//!   `regmirror_memo_bytes{memo}` (manifest, blob: what the memos hold),
 //!   `regmirror_errors_total{code}`, and on a shared bucket `regmirror_fleet_fills_total{role}`
 //!   (led, took_over, followed, waited).
 //!
@@ -63,6 +64,20 @@ struct RoleLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemoLabels {
+    memo: &'static str,
+}
+
+/// Levels read at each scrape.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Levels {
+    pub fills: usize,
+    pub buffer_bytes: usize,
+    pub manifest_memo_bytes: usize,
+    pub blob_memo_bytes: usize,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
 }
@@ -87,6 +102,7 @@ pub struct Metrics {
     ratelimit_remaining: Family<UpstreamLabels, Gauge>,
     fills: Gauge,
     buffers: Gauge,
+    memos: Family<MemoLabels, Gauge>,
     errors: Family<CodeLabels, Counter>,
     fleet: Family<RoleLabels, Counter>,
 }
@@ -164,6 +180,12 @@ impl Default for Metrics {
             "Blob data held in memory for clients and fills (limits.buffer_memory)",
             buffers.clone(),
         );
+        let memos = Family::<MemoLabels, Gauge>::default();
+        registry.register(
+            "regmirror_memo_bytes",
+            "Bytes held by the in-memory memos (limits.manifest_memo, limits.blob_memo)",
+            memos.clone(),
+        );
         let errors = Family::<CodeLabels, Counter>::default();
         registry.register(
             "regmirror_errors",
@@ -190,6 +212,7 @@ impl Default for Metrics {
             ratelimit_remaining,
             fills,
             buffers,
+            memos,
             errors,
         }
     }
@@ -266,11 +289,19 @@ impl Metrics {
         self.errors.get_or_create(&CodeLabels { code }).inc();
     }
 
-    /// The exposition text; `fills` and `buffer_bytes` are read now.
-    pub fn render(&self, fills: usize, buffer_bytes: usize) -> String {
-        self.fills.set(i64::try_from(fills).unwrap_or(i64::MAX));
-        self.buffers
-            .set(i64::try_from(buffer_bytes).unwrap_or(i64::MAX));
+    /// The exposition text, with `levels` read now.
+    pub fn render(&self, levels: Levels) -> String {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.fills.set(gauge(levels.fills));
+        self.buffers.set(gauge(levels.buffer_bytes));
+        for (memo, bytes) in [
+            ("manifest", levels.manifest_memo_bytes),
+            ("blob", levels.blob_memo_bytes),
+        ] {
+            self.memos
+                .get_or_create(&MemoLabels { memo })
+                .set(gauge(bytes));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -294,7 +325,12 @@ mod tests {
         m.error("BLOB_UNKNOWN");
         m.queued("docker.io", Duration::from_millis(300));
         m.budget("docker.io", 100, 76);
-        let text = m.render(3, 1024);
+        let text = m.render(Levels {
+            fills: 3,
+            buffer_bytes: 1024,
+            manifest_memo_bytes: 10,
+            blob_memo_bytes: 20,
+        });
         for expected in [
             "regmirror_cache_requests_total{kind=\"blob\",result=\"hit\"} 2",
             "regmirror_bytes_served_total{source=\"fill\"} 10",
@@ -304,6 +340,8 @@ mod tests {
             "regmirror_http_request_seconds_count{kind=\"manifest\"} 1",
             "regmirror_fills_in_flight 3",
             "regmirror_buffer_bytes 1024",
+            "regmirror_memo_bytes{memo=\"manifest\"} 10",
+            "regmirror_memo_bytes{memo=\"blob\"} 20",
             "regmirror_errors_total{code=\"BLOB_UNKNOWN\"} 1",
             "regmirror_upstream_queue_seconds_bucket{le=\"0.512\",upstream=\"docker.io\"} 1",
             "regmirror_upstream_ratelimit_limit{upstream=\"docker.io\"} 100",
@@ -332,7 +370,7 @@ mod tests {
         metrics.budget("docker.io", 100, 50);
         metrics.fleet("led");
         metrics.error("BLOB_UNKNOWN");
-        let exposed = metrics.render(0, 0);
+        let exposed = metrics.render(Levels::default());
         let mut asked = 0;
         for panel in dashboard["panels"].as_array().unwrap() {
             for target in panel["targets"].as_array().unwrap() {
