@@ -89,7 +89,7 @@ impl Default for Limits {
             max_uploads: 1000,
             upstream_queue_timeout: Duration::from_secs(30),
             manifest_memo: 64 << 20,
-            blob_memo: 64 << 20,
+            blob_memo: 128 << 20,
             buffer_memory: 256 << 20,
         }
     }
@@ -1493,7 +1493,7 @@ health:
     #[test]
     fn memos_take_a_size_or_0_to_turn_them_off() {
         let defaults = parse("proxy: {remoteurl: https://a.io}\n").unwrap();
-        assert_eq!(defaults.limits.blob_memo, 64 << 20);
+        assert_eq!(defaults.limits.blob_memo, 128 << 20);
         assert_eq!(defaults.limits.manifest_memo, 64 << 20);
         let config = parse(
             "proxy: {remoteurl: https://a.io}\nlimits: {blob_memo: 0, manifest_memo: 8MiB}\n",
