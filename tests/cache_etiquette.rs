@@ -24,10 +24,6 @@ fn warning(response: &reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
-async fn metrics(cache: &Cache) -> String {
-    get(cache.url("/metrics")).await.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_low_pull_budget_keeps_the_rest_for_content_not_cached() {
     let upstream = FakeUpstream::start().await;
@@ -75,7 +71,7 @@ async fn a_low_pull_budget_keeps_the_rest_for_content_not_cached() {
         200,
         "spends the last one"
     );
-    let text = metrics(&cache).await;
+    let text = cache.metrics().await;
     for expected in [
         "regmirror_upstream_ratelimit_limit{upstream=\"127.0.0.1:",
         "regmirror_upstream_ratelimit_remaining{upstream=\"127.0.0.1:",
@@ -282,7 +278,7 @@ async fn max_concurrent_queues_requests_fairly_and_refuses_past_the_queue_timeou
     let refusal = String::from_utf8_lossy(&answers[2].2).into_owned();
     assert!(refusal.contains("max_concurrent"), "{refusal}");
     assert!(answers[2].1.contains_key("retry-after"));
-    let text = metrics(&cache).await;
+    let text = cache.metrics().await;
     let queued_count = text
         .lines()
         .find(|l| l.starts_with("regmirror_upstream_queue_seconds_count{"))
@@ -314,7 +310,7 @@ async fn max_rate_paces_requests_to_the_upstream() {
     // 6 tags = 12 upstream requests (HEAD, then GET) at 10 per second.
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1100), "paced: {took:?}");
-    let text = metrics(&cache).await;
+    let text = cache.metrics().await;
     let queued_sum: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("regmirror_upstream_queue_seconds_sum{"))

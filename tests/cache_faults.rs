@@ -387,7 +387,7 @@ async fn errors_and_routing_surface() {
         .unwrap();
     assert_eq!(response.status(), 403);
     assert_eq!(get(cache.url("/healthz")).await.status(), 200);
-    let metrics = get(cache.url("/metrics")).await.text().await.unwrap();
+    let metrics = cache.metrics().await;
     assert!(
         metrics.contains("regmirror_errors_total{code=\"MANIFEST_UNKNOWN\"} 1"),
         "{metrics}"
@@ -700,14 +700,7 @@ async fn hot_small_blobs_are_served_from_memory_within_limits_blob_memo() {
         let downloads = upstream.hits(Method::GET, &path) - before;
         assert_eq!(downloads, if memo { 1 } else { 2 }, "blob memo on: {memo}");
         if memo {
-            let metrics = client()
-                .get(cache.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = cache.metrics().await;
             assert!(
                 metrics.contains("regmirror_memo_bytes{memo=\"blob\"} 20000"),
                 "{metrics}"

@@ -704,14 +704,7 @@ async fn client_chosen_names_do_not_grow_the_metrics() {
             .unwrap();
         assert_eq!(response.status(), 503);
     }
-    let metrics = client()
-        .get(cache.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cache.metrics().await;
     assert!(
         metrics.contains(r#"regmirror_upstream_requests_total{upstream="dynamic",status="0"} 300"#),
         "{metrics}"

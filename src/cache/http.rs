@@ -498,19 +498,22 @@ async fn blob(
                 Body::empty(),
             ));
         }
+        // A body already in memory, answered at once.
+        let whole = |bytes: bytes::Bytes| {
+            app.metrics.bytes(Source::Cache, bytes.len() as u64);
+            counters.bytes(true, bytes.len() as u64);
+            Ok(blob_response(
+                status,
+                digest,
+                span,
+                Some(size),
+                bytes.into(),
+            ))
+        };
         let reader = match committed {
+            // Lossless casts: the span lies within the bytes' own length.
             Hit::Remembered(bytes) => {
-                // Lossless: the span lies within the bytes' own length.
-                let bytes = bytes.slice(span.start as usize..span.end as usize);
-                app.metrics.bytes(Source::Cache, bytes.len() as u64);
-                counters.bytes(true, bytes.len() as u64);
-                return Ok(blob_response(
-                    status,
-                    digest,
-                    span,
-                    Some(size),
-                    bytes.into(),
-                ));
+                return whole(bytes.slice(span.start as usize..span.end as usize));
             }
             Hit::Stored(Committed::File { file, .. }) => {
                 let now = super::fill::read_now(&file, span.start, span.end, &app.buffers);
@@ -519,15 +522,7 @@ async fn blob(
                     if span.start == 0 && span.end == size {
                         app.remember_blob(digest, &bytes);
                     }
-                    app.metrics.bytes(Source::Cache, bytes.len() as u64);
-                    counters.bytes(true, bytes.len() as u64);
-                    return Ok(blob_response(
-                        status,
-                        digest,
-                        span,
-                        Some(size),
-                        bytes.into(),
-                    ));
+                    return whole(bytes);
                 }
                 super::fill::file_reader(file, span.start, span.end, app.buffers.clone()).boxed()
             }

@@ -472,6 +472,18 @@ impl Cache {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The `/metrics` exposition text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Shuts the server down and hands back its data directory.
     pub async fn stop(self) -> tempfile::TempDir {
         let _ = self.stop.send(());
