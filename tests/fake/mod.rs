@@ -472,6 +472,22 @@ impl Cache {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GETs `path` until the cache answers `X-Regmirror-Cache: hit` (a GET right after a fill's
+    /// last byte may still join the fill); the body.
+    pub async fn get_until_hit(&self, path: &str) -> Bytes {
+        for _ in 0..100 {
+            let response = client().get(self.url(path)).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            let hit = response.headers()["x-regmirror-cache"] == "hit";
+            let body = response.bytes().await.unwrap();
+            if hit {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{path} was never a hit");
+    }
+
     /// The `/metrics` exposition text.
     pub async fn metrics(&self) -> String {
         client()
