@@ -54,6 +54,9 @@ const READY_CHUNKS: usize = 64;
 const RECENT_BYTES: usize = 8 << 20;
 /// Batches of chunks waiting for the hasher before the download waits for it.
 const HASH_QUEUE: usize = 16;
+/// Bytes received but not yet hashed, at most, in KiB: past it the download waits for the
+/// hasher, so a hasher that falls behind holds a bounded share of a fill's chunks.
+const HASH_QUEUE_KIB: u32 = 16 << 10;
 /// Bodies at least this long are read ahead (one chunk) once their content is verified.
 const READ_AHEAD_FROM: u64 = 2 << 20;
 
@@ -282,24 +285,32 @@ fn read_stream(
 }
 
 /// Reads up to the reserved length at `pos` on the blocking pool, holding a read turn (the
-/// thread is held for the read only).
+/// thread is held for the read only). The buffer is allocated here, on the server's thread: a
+/// buffer allocated on a pool thread lives in that thread's malloc arena, and with a dozen pool
+/// threads each arena kept megabytes of freed buffers resident.
 fn read_at(
     file: Arc<File>,
     pos: u64,
     room: Reservation,
     turn: OwnedSemaphorePermit,
 ) -> JoinHandle<io::Result<Bytes>> {
+    let len = room.size();
+    let buf = Vec::with_capacity(len);
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let len = room.size();
-        Ok(room.into_bytes(read_up_to(&file, pos, len)?))
+        Ok(room.into_bytes(read_into(&file, pos, len, buf)?))
     })
 }
 
 /// Up to `len` bytes of `file` at `pos` (fewer only where the file ends), read into a buffer
 /// that is not zeroed first.
 fn read_up_to(file: &File, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
+    read_into(file, pos, len, Vec::with_capacity(len))
+}
+
+/// Reads `len` bytes of `file` at `pos` (fewer only where the file ends) into the empty `buf`,
+/// which has room for them.
+fn read_into(file: &File, pos: u64, len: usize, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
     while buf.len() < len {
         let at = pos + buf.len() as u64;
         match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
@@ -739,19 +750,24 @@ impl FillTask {
             .send_replace(FillState::Streaming { size, written: 0 });
         // Hashing (~0.5 s per GiB with SHA-NI) runs on the blocking pool a batch at a time, off
         // the path from the upstream socket to the file the readers follow.
-        let (to_hasher, mut hasher_input) = tokio::sync::mpsc::channel::<Vec<Bytes>>(HASH_QUEUE);
+        let hash_room = Arc::new(tokio::sync::Semaphore::new(HASH_QUEUE_KIB as usize));
+        let (to_hasher, mut hasher_input) =
+            tokio::sync::mpsc::channel::<(Vec<Bytes>, OwnedSemaphorePermit)>(HASH_QUEUE);
         let like = self.digest().clone();
         let hasher = tokio::spawn(async move {
             let mut hasher = Hasher::like(&like);
-            while let Some(mut batch) = hasher_input.recv().await {
+            while let Some((mut batch, mut room)) = hasher_input.recv().await {
                 // Whatever queued meanwhile goes in the same trip to the pool.
-                while let Ok(more) = hasher_input.try_recv() {
+                while let Ok((more, more_room)) = hasher_input.try_recv() {
                     batch.extend(more);
+                    room.merge(more_room);
                 }
                 hasher = tokio::task::spawn_blocking(move || {
                     for chunk in &batch {
                         hasher.update(chunk);
                     }
+                    // The room goes back once the chunks are hashed.
+                    drop(room);
                     hasher
                 })
                 .await
@@ -815,7 +831,16 @@ impl FillTask {
                 written = after;
                 hashed.push(chunk);
             }
-            if to_hasher.send(hashed).await.is_err() {
+            let kib = hashed.iter().map(Bytes::len).sum::<usize>().div_ceil(1024);
+            let kib = u32::try_from(kib)
+                .unwrap_or(u32::MAX)
+                .clamp(1, HASH_QUEUE_KIB);
+            let room = hash_room
+                .clone()
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            if to_hasher.send((hashed, room)).await.is_err() {
                 break;
             }
             self.tx.send_replace(FillState::Streaming { size, written });
