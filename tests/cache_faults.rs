@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use bytes::Bytes;
-use fake::{Cache, FakeUpstream, client, digest_of, random_bytes, raw_get, silent_listener};
+use fake::{
+    Cache, FakeUpstream, client, digest_of, files_under, random_bytes, raw_get, silent_listener,
+};
 
 #[tokio::test]
 async fn wrong_blob_bytes_are_never_served_or_stored() {
@@ -654,26 +656,13 @@ async fn credentials_never_follow_a_redirect_to_another_host() {
     );
 }
 
-/// The blob files under a cache's storage root, by their hex name.
+/// The blob file under a cache's storage root, by its hex name.
 fn blob_file(cache: &Cache, digest: &str) -> std::path::PathBuf {
     let hex = digest.split_once(':').unwrap().1;
-    walkdir(cache.dir.path())
+    files_under(cache.dir.path())
         .into_iter()
         .find(|path| path.file_name().is_some_and(|name| name == hex))
         .unwrap_or_else(|| panic!("no file for {digest}"))
-}
-
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(walkdir(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
 }
 
 #[tokio::test]

@@ -517,13 +517,18 @@ impl Cache {
 }
 
 pub fn walk_files(dir: &std::path::Path) -> usize {
+    files_under(dir).len()
+}
+
+/// Every file below `dir`, at any depth (none when `dir` does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return Vec::new();
     };
     entries
         .map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { walk_files(&p) } else { 1 })
-        .sum()
+        .flat_map(|p| if p.is_dir() { files_under(&p) } else { vec![p] })
+        .collect()
 }
 
 pub fn client() -> reqwest::Client {
