@@ -788,24 +788,27 @@ impl RawLimits {
                     )
                 }),
         };
-        let size = |key: &str, value: Option<Value>, default: u64| match value {
+        // A size must be positive, except a memo's, which 0 turns off.
+        let sized = |key: &str, value: Option<Value>, default: u64, zero: Zero| match value {
             None => Ok(default),
-            Some(value) => size_value(&value).filter(|n| *n > 0).ok_or_else(|| {
-                err(
-                    &format!("limits.{key}"),
-                    format!("{value:?} is not a positive size like 4MiB"),
-                )
-            }),
+            Some(value) => size_value(&value)
+                .filter(|n| *n > 0 || zero == Zero::TurnsOff)
+                .ok_or_else(|| {
+                    let expected = match zero {
+                        Zero::Refused => "a positive size like 4MiB",
+                        Zero::TurnsOff => "a size like 64MiB (0 turns it off)",
+                    };
+                    err(
+                        &format!("limits.{key}"),
+                        format!("{value:?} is not {expected}"),
+                    )
+                }),
         };
-        // A memo may be turned off with 0.
-        let memo_size = |key: &str, value: Option<Value>, default: u64| match value {
-            None => Ok(default),
-            Some(value) => size_value(&value).ok_or_else(|| {
-                err(
-                    &format!("limits.{key}"),
-                    format!("{value:?} is not a size like 64MiB (0 turns it off)"),
-                )
-            }),
+        let size = |key: &str, value: Option<Value>, default: u64| {
+            sized(key, value, default, Zero::Refused)
+        };
+        let memo_size = |key: &str, value: Option<Value>, default: u64| {
+            sized(key, value, default, Zero::TurnsOff)
         };
         let count = |key: &str, value: Option<usize>, default: usize| match value {
             Some(0) => Err(err(&format!("limits.{key}"), "must be at least 1".into())),
@@ -861,6 +864,13 @@ impl RawLimits {
             buffer_memory: size("buffer_memory", self.buffer_memory, defaults.buffer_memory)?,
         })
     }
+}
+
+/// What a size of 0 means for a limit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Refused,
+    TurnsOff,
 }
 
 /// A size written as a number of bytes or as text (`4MiB`).
