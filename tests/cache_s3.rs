@@ -681,6 +681,42 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
     assert_eq!(status, 200, "{head}");
 }
 
+/// A small blob read from the bucket is remembered (`limits.blob_memo`): with its object deleted
+/// behind the replica's back, the next hit is still served, from memory; with the memo off, the
+/// same request finds no object and is a miss.
+#[test]
+fn small_blobs_on_the_bucket_are_served_from_memory_after_a_hit() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let work = tempfile::tempdir().unwrap();
+    for (limits, memo, size) in [
+        ("", true, 20_000),
+        ("\nlimits: {blob_memo: 0}", false, 20_001),
+    ] {
+        let (file, digest) = peers::random_file(work.path(), "blob", size);
+        let path = format!("/v2/team/app/blobs/{digest}");
+        let cache = replica(&moto, &format!("local: all{limits}"));
+        peers::push_blob(cache.addr, "team/app", &file, &digest);
+        let (status, _, body) = http("GET", cache.addr, &path, &[]);
+        assert_eq!((status, digest_of(&body)), (200, digest.clone()));
+        let hex = digest.trim_start_matches("sha256:");
+        let key = object_keys(&moto, "blobs/")
+            .into_iter()
+            .find(|k| k.ends_with(hex))
+            .expect("the pushed blob's object");
+        let (status, _, _) = moto.s3("DELETE", &format!("/{BUCKET}/{key}"), &[], b"");
+        assert_eq!(status, 204, "delete {key}");
+        let (status, head, body) = http("GET", cache.addr, &path, &[]);
+        if memo {
+            assert_eq!(status, 200, "{head}");
+            assert_eq!(digest_of(&body), digest);
+            assert!(metric(&cache, "regmirror_memo_bytes{memo=\"blob\"}") >= 20_000);
+        } else {
+            assert_eq!(status, 404, "no object, no memo: {head}");
+        }
+    }
+}
+
 #[test]
 fn eviction_on_the_bucket() {
     let moto = MotoServer::start();

@@ -532,6 +532,15 @@ async fn blob(
                 outcome.cache = "redirect";
                 return Ok(redirect_response(&url));
             }
+            Hit::Stored(Committed::Object { key, .. })
+                if size <= super::fill::READ_NOW_UP_TO && app.blob_memo.keeps(size as usize) =>
+            {
+                // A small object is read whole and remembered: its next hits ask the bucket
+                // nothing (not even the HEAD that `open` costs).
+                let bytes = app.store.read_object(&key, size).await.map_err(internal)?;
+                app.remember_blob(digest, &bytes);
+                return whole(bytes.slice(span.start as usize..span.end as usize));
+            }
             Hit::Stored(Committed::Object { key, .. }) => app
                 .store
                 .stream_object(&key, span.start, span.end)

@@ -203,8 +203,9 @@ impl App {
             .map(Hit::Stored))
     }
 
-    /// Keeps a small blob just read whole from the store in the blob memo (a copy: `bytes` holds
-    /// the in-flight budget until the client has it).
+    /// Keeps a small blob just read whole from the store in the blob memo. A copy, so that the
+    /// memo weighs what it holds: a file's `bytes` hold the in-flight budget until the client has
+    /// them, and an object's may be a slice of a larger buffer.
     fn remember_blob(&self, digest: &Digest, bytes: &Bytes) {
         if self.blob_memo.keeps(bytes.len()) {
             self.blob_memo
