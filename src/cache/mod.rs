@@ -203,9 +203,8 @@ impl App {
             .map(Hit::Stored))
     }
 
-    /// Keeps a small blob just read whole from the store in the blob memo. A copy, so that the
-    /// memo weighs what it holds: a file's `bytes` hold the in-flight budget until the client has
-    /// them, and an object's may be a slice of a larger buffer.
+    /// Keeps a small blob just read whole from the store in the blob memo (a copy: a file's
+    /// `bytes` hold the in-flight budget until the client has them).
     fn remember_blob(&self, digest: &Digest, bytes: &Bytes) {
         if self.blob_memo.keeps(bytes.len()) {
             self.blob_memo

@@ -13,6 +13,7 @@ use std::io;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use futures_util::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::cache::bucket::{Bucket, keys};
@@ -147,18 +148,25 @@ impl BlobStore {
     pub async fn read_object(&self, key: &str, size: u64) -> io::Result<Bytes> {
         match &self.content {
             Content::Bucket { bucket, .. } => {
-                let body = bucket.get(key).await.map_err(io::Error::other)?;
-                match body {
-                    Some(body) if body.len() as u64 == size => Ok(body),
-                    Some(body) => Err(io::Error::other(format!(
-                        "object {key} is {} bytes, {size} recorded",
-                        body.len()
-                    ))),
-                    None => Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("object {key} is gone"),
-                    )),
+                // A ranged GET: never more than `size` bytes in memory, whatever the object.
+                let mut body = bucket
+                    .stream(key, 0, size)
+                    .await
+                    .map_err(io::Error::other)?;
+                let mut whole = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+                while let Some(chunk) = body.try_next().await? {
+                    if (whole.len() + chunk.len()) as u64 > size {
+                        break;
+                    }
+                    whole.extend_from_slice(&chunk);
                 }
+                if whole.len() as u64 != size {
+                    return Err(io::Error::other(format!(
+                        "object {key} gave {} bytes, {size} recorded",
+                        whole.len()
+                    )));
+                }
+                Ok(whole.freeze())
             }
             Content::Files(_) => Err(io::Error::other("not a bucket")),
         }
