@@ -213,6 +213,19 @@ pub async fn collect(
     Ok(plan)
 }
 
+/// Gives the memory a collection freed back to the kernel. Planning over a large inventory takes
+/// tens of MiB for a moment (about 90 MiB for 100,000 blobs), on whichever thread ran it; glibc
+/// keeps freed memory in that thread's arena, so without this a server's RSS kept the peak of
+/// every arena a collection had run in (bench 15: 150 MiB after collections every 2 s).
+pub fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only hands free pages of the heap back to the kernel; glibc allows it
+    // from any thread at any time (it takes each arena's lock in turn).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Deletes the content of doomed digests, then forgets them.
 async fn finish_doomed(
     meta: &Metadata,

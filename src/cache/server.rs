@@ -517,6 +517,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
     if let Ok(plan) = super::gc::collect(&app.meta, &app.store, &policy, true).await {
         app.status.stored(plan.kept_bytes + plan.freed_bytes);
     }
+    super::gc::give_back_freed_memory();
     loop {
         ticks.tick().await;
         if let Err(e) = app.flush_uses().await {
@@ -551,6 +552,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             Ok(None) => tracing::debug!("another replica is collecting"),
             Err(e) => tracing::warn!(error = %e, "eviction failed"),
         }
+        super::gc::give_back_freed_memory();
     }
 }
 
