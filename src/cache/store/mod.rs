@@ -156,7 +156,9 @@ impl BlobStore {
                 let mut whole = bytes::BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
                 while let Some(chunk) = body.try_next().await? {
                     if (whole.len() + chunk.len()) as u64 > size {
-                        break;
+                        return Err(io::Error::other(format!(
+                            "object {key} gave more than the {size} bytes recorded"
+                        )));
                     }
                     whole.extend_from_slice(&chunk);
                 }
