@@ -354,8 +354,12 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
     let (listed, _) = b_client.referrers(&path);
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["digest"], signature_digest.as_str());
-    assert!(!object_keys(&moto, "meta/referrers/").is_empty());
-    // Deleted on B: gone for A too, records and all.
+    assert_eq!(
+        object_keys(&moto, "meta/referrer-lists/").len(),
+        1,
+        "one list per subject"
+    );
+    // Deleted on B: gone for A too.
     let (status, _, _) = b_client.request(
         "DELETE",
         &format!("/v2/team/app/manifests/{signature_digest}"),
@@ -365,6 +369,7 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
     assert_eq!(status, 202);
     assert!(a.referrers(&path).0.is_empty());
     assert_eq!(object_keys(&moto, "meta/referrers/"), Vec::<String>::new());
+    assert_eq!(object_keys(&moto, "meta/referrer-lists/").len(), 1);
 }
 
 #[test]

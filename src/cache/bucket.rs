@@ -435,6 +435,7 @@ fn unescape(text: &str) -> String {
 
 /// Keys of the layout (see the module docs).
 pub mod keys {
+    use crate::cache::meta::ListKey;
     use crate::reference::Digest;
 
     fn digest_part(digest: &Digest) -> String {
@@ -480,27 +481,45 @@ pub mod keys {
         ))
     }
 
-    pub const REFERRERS: &str = "meta/referrers/";
+    /// Before lists: one object per referrer,
+    /// `meta/referrers/<upstream>/<repository>/_referrers/<subject alg>/<hex>/<referrer alg>/<hex>`.
+    pub const REFERRERS_BEFORE_LISTS: &str = "meta/referrers/";
 
-    pub fn referrers(upstream: &str, repository: &str, subject: &Digest) -> String {
+    /// The list of an old referrer object.
+    pub fn parse_referrer_before_lists(key: &str) -> Option<ListKey> {
+        let rest = key.strip_prefix(REFERRERS_BEFORE_LISTS)?;
+        let (upstream, rest) = rest.split_once('/')?;
+        let (repository, rest) = rest.split_once("/_referrers/")?;
+        let mut parts = rest.split('/');
+        let (algorithm, hex) = (parts.next()?, parts.next()?);
+        Some(ListKey {
+            upstream: upstream.to_owned(),
+            repository: repository.to_owned(),
+            subject: format!("{algorithm}:{hex}"),
+        })
+    }
+
+    pub const REFERRER_LISTS: &str = "meta/referrer-lists/";
+
+    /// `meta/referrer-lists/<upstream>/<repository>/_of/<alg>/<hex>`.
+    pub fn referrer_list(list: &ListKey) -> String {
+        let (algorithm, hex) = list.subject.split_once(':').unwrap_or(("", &list.subject));
         format!(
-            "{REFERRERS}{upstream}/{repository}/_referrers/{}/",
-            digest_part(subject)
+            "{REFERRER_LISTS}{}/{}/_of/{algorithm}/{hex}",
+            list.upstream, list.repository
         )
     }
 
-    /// The last level is the referrer `<alg>/<hex>`, so it reads back with [`digest_at_end`].
-    pub fn referrer(
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-        referrer: &Digest,
-    ) -> String {
-        format!(
-            "{}{}",
-            referrers(upstream, repository, subject),
-            digest_part(referrer)
-        )
+    pub fn parse_referrer_list(key: &str) -> Option<ListKey> {
+        let rest = key.strip_prefix(REFERRER_LISTS)?;
+        let (upstream, rest) = rest.split_once('/')?;
+        let (repository, subject) = rest.split_once("/_of/")?;
+        let (algorithm, hex) = subject.split_once('/')?;
+        Some(ListKey {
+            upstream: upstream.to_owned(),
+            repository: repository.to_owned(),
+            subject: format!("{algorithm}:{hex}"),
+        })
     }
 
     pub const SOURCES: &str = "meta/sources/";
@@ -570,6 +589,18 @@ mod tests {
         ] {
             assert_eq!(keys::digest_at_end(&key), Some(d.to_string()), "{key}");
         }
+        let list = crate::cache::meta::ListKey::new("ghcr.io", "a/b/c", &d);
+        assert_eq!(
+            keys::referrer_list(&list),
+            format!("meta/referrer-lists/ghcr.io/a/b/c/_of/sha256/{hex}")
+        );
+        assert_eq!(
+            keys::parse_referrer_list(&keys::referrer_list(&list)),
+            Some(list.clone())
+        );
+        let before_lists =
+            format!("meta/referrers/ghcr.io/a/b/c/_referrers/sha256/{hex}/sha256/{hex}");
+        assert_eq!(keys::parse_referrer_before_lists(&before_lists), Some(list));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! Hits refresh an image's last use (unlike distribution's TTL, fixed at fetch time). A blob stays
 //! while any remaining manifest references it, or while it was itself used within the TTL, so
 //! evicting one image never breaks another that shares its layers. Pushed (local) content is
-//! never evicted. [`plan`] is pure; [`collect`] applies a plan crash-safely: metadata first, in
+//! never evicted. A proxied subject's referrer list is a unit of its own, counted in the size and
+//! last used when it was stored or served, or when its subject was (so it lives as long as the
+//! image it describes is pulled, and not longer than its own use when the subject is not cached);
+//! pushed lists are local content. [`plan`] is pure; [`collect`] applies a plan crash-safely: metadata first, in
 //! one transaction that also records the files to delete, then the files; a crash in between is
 //! finished by the next collection. Readers hold open file handles, so an eviction never cuts a
 //! download in progress.
@@ -13,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::meta::{Inventory, MetaError, Metadata};
+use super::meta::{Inventory, ListKey, MetaError, Metadata, StoredList};
 use super::routing::LOCAL;
 use super::store::BlobStore;
 use crate::reference::Digest;
@@ -32,6 +35,8 @@ pub struct Policy {
 pub struct Plan {
     /// Digests of evicted manifests and blobs, sorted.
     pub evict: Vec<String>,
+    /// Evicted referrer lists, sorted.
+    pub referrer_lists: Vec<ListKey>,
     pub manifests: usize,
     pub blobs: usize,
     pub freed_bytes: u64,
@@ -82,11 +87,28 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         .copied()
         .filter(|d| local.contains(d) || used(d) >= horizon)
         .collect();
+    // A proxied referrer list: last used when stored, served, or its subject was.
+    let list_use = |list: &StoredList| {
+        let own = inventory.last_used.get(&list.key.use_key()).copied();
+        list.stored_at
+            .max(own.unwrap_or(0))
+            .max(used(&list.key.subject))
+    };
+    let mut lists: Vec<(u64, &StoredList)> = inventory
+        .referrer_lists
+        .iter()
+        .filter(|l| l.key.upstream != LOCAL)
+        .map(|l| (list_use(l), l))
+        .collect();
+    lists.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+    let (mut live_lists, mut dead_lists): (Vec<_>, Vec<_>) =
+        lists.into_iter().partition(|(at, _)| *at >= horizon);
     // Recently used blobs stay on their own, unless the size cap needs their room.
     let live = live_set(inventory, &live_roots, &local, Some((&last_use, horizon)));
-    let kept: u64 = live.iter().map(|d| size_of(d)).sum();
+    let kept: u64 = live.iter().map(|d| size_of(d)).sum::<u64>()
+        + live_lists.iter().map(|(_, l)| l.bytes).sum::<u64>();
     let Some(max) = policy.max_size.filter(|&max| kept > max) else {
-        return finish(inventory, &live, kept, size_of);
+        return finish(inventory, &live, dead_lists, kept, size_of);
     };
     // Over the cap: the least recently used images go until the cache fits. Each digest counts
     // the live images that reach it, so one pass over the images' references decides (a live
@@ -109,18 +131,46 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         .iter()
         .chain(reached.keys().filter(|d| !pinned.contains(*d)))
         .map(|d| size_of(d))
-        .sum();
-    for image in &images {
+        .sum::<u64>()
+        + live_lists.iter().map(|(_, l)| l.bytes).sum::<u64>();
+    // Images and referrer lists go in one order, the least recently used first.
+    let image_uses = roots
+        .iter()
+        .filter(|d| live_roots.contains(*d) && !local.contains(*d))
+        .map(|d| used(d));
+    let mut units: Vec<(u64, Unit)> = image_uses
+        .zip(images.iter().map(Unit::Image))
+        .chain(
+            live_lists
+                .iter()
+                .map(|(at, _)| *at)
+                .zip((0..).map(Unit::List)),
+        )
+        .collect();
+    units.sort_by_key(|(at, _)| *at);
+    let mut evicted_lists = Vec::new();
+    for (_, unit) in units {
         if kept <= max {
             break;
         }
-        for digest in image {
-            let count = reached.get_mut(digest).expect("counted above");
-            *count -= 1;
-            if *count == 0 && !pinned.contains(digest) {
-                kept -= size_of(digest);
+        match unit {
+            Unit::Image(image) => {
+                for digest in image {
+                    let count = reached.get_mut(digest).expect("counted above");
+                    *count -= 1;
+                    if *count == 0 && !pinned.contains(digest) {
+                        kept -= size_of(digest);
+                    }
+                }
+            }
+            Unit::List(index) => {
+                kept -= live_lists[index].1.bytes;
+                evicted_lists.push(index);
             }
         }
+    }
+    for index in evicted_lists.into_iter().rev() {
+        dead_lists.push(live_lists.swap_remove(index));
     }
     let live: HashSet<&str> = reached
         .into_iter()
@@ -128,7 +178,15 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         .map(|(digest, _)| digest)
         .chain(pinned)
         .collect();
-    finish(inventory, &live, kept, size_of)
+    finish(inventory, &live, dead_lists, kept, size_of)
+}
+
+/// What the size cap evicts, in the order of last use.
+enum Unit<'a> {
+    /// The digests an image reaches.
+    Image(&'a Vec<&'a str>),
+    /// A referrer list, by its index among the live ones.
+    List(usize),
 }
 
 /// Every digest kept alive by `roots` (transitively), by local links, and, when given, by its
@@ -164,13 +222,17 @@ fn live_set<'a>(
 fn finish(
     inventory: &Inventory,
     live: &HashSet<&str>,
+    dead_lists: Vec<(u64, &StoredList)>,
     kept: u64,
     size_of: impl Fn(&str) -> u64,
 ) -> Plan {
     let mut plan = Plan {
         kept_bytes: kept,
+        freed_bytes: dead_lists.iter().map(|(_, l)| l.bytes).sum(),
         ..Plan::default()
     };
+    plan.referrer_lists = dead_lists.into_iter().map(|(_, l)| l.key.clone()).collect();
+    plan.referrer_lists.sort();
     for digest in inventory
         .manifests
         .keys()
@@ -205,10 +267,10 @@ pub async fn collect(
         finish_doomed(meta, store, &inventory.doomed).await?;
     }
     let plan = plan(&inventory, policy);
-    if dry_run || plan.evict.is_empty() {
+    if dry_run || (plan.evict.is_empty() && plan.referrer_lists.is_empty()) {
         return Ok(plan);
     }
-    meta.evict(&plan.evict).await?;
+    meta.evict(&plan.evict, &plan.referrer_lists).await?;
     finish_doomed(meta, store, &plan.evict).await?;
     Ok(plan)
 }
@@ -363,6 +425,67 @@ mod tests {
         assert!(plan.evict.contains(&digest("b")));
     }
 
+    fn list(upstream: &str, subject: &str, bytes: u64, stored_at: u64) -> StoredList {
+        StoredList {
+            key: ListKey {
+                upstream: upstream.into(),
+                repository: "x".into(),
+                subject: digest(subject),
+            },
+            bytes,
+            stored_at,
+        }
+    }
+
+    #[test]
+    fn referrer_lists_live_by_their_own_use_or_their_subjects() {
+        let mut inv = inventory();
+        // Of image c (used at 30), stored at 0; of nothing cached, served at 25; of nothing
+        // cached, stored at 5 and never served since; pushed, stored at 0.
+        inv.referrer_lists = vec![
+            list("docker.io", "c", 10, 0),
+            list("docker.io", "unknown", 10, 0),
+            list("docker.io", "old", 10, 5),
+            list(LOCAL, "pushed", 10, 0),
+        ];
+        inv.last_used
+            .insert(inv.referrer_lists[1].key.use_key(), 25);
+        let plan = plan(
+            &inv,
+            &Policy {
+                ttl: Duration::from_secs(10),
+                max_size: None,
+                now: 30,
+            },
+        );
+        assert_eq!(plan.referrer_lists, [inv.referrer_lists[2].key.clone()]);
+        assert_eq!(
+            plan.freed_bytes,
+            1 + 100 + 50 + 10,
+            "a, its layer, the orphan, the list"
+        );
+    }
+
+    #[test]
+    fn referrer_lists_count_in_the_size_cap_in_the_order_of_use() {
+        let mut inv = inventory();
+        // A big list last used at 15: between images a (10) and b (20).
+        inv.referrer_lists = vec![list("docker.io", "unknown", 5000, 15)];
+        let plan = plan(
+            &inv,
+            &Policy {
+                ttl: Duration::from_secs(1000),
+                max_size: Some(1300),
+                now: 30,
+            },
+        );
+        // a goes first, then the list; b and c fit after that.
+        assert_eq!(plan.referrer_lists, [inv.referrer_lists[0].key.clone()]);
+        assert!(plan.evict.contains(&digest("a")));
+        assert!(!plan.evict.contains(&digest("b")) && !plan.evict.contains(&digest("c")));
+        assert!(plan.kept_bytes <= 1300);
+    }
+
     #[tokio::test]
     async fn a_crash_between_metadata_and_files_is_finished_by_the_next_collection() {
         use crate::cache::meta::{NewBlob, NewManifest};
@@ -408,7 +531,7 @@ mod tests {
         let plan = super::plan(&meta.inventory().await.unwrap(), &policy);
         assert_eq!(plan.evict.len(), 2);
         // "Crash" right after the metadata transaction: content still there, recorded as doomed.
-        meta.evict(&plan.evict).await.unwrap();
+        meta.evict(&plan.evict, &[]).await.unwrap();
         assert!(store.size(&layer).await.unwrap().is_some());
         drop(meta);
         let meta = Metadata::open_local(&dir.path().join("metadata.redb")).unwrap();

@@ -387,12 +387,15 @@ fn referrers_response(
             HeaderValue::from_str(&link).map_err(internal)?,
         );
     }
-    if let Some(warning) = listing.warning {
-        insert(
-            headers,
-            header::WARNING.as_str(),
-            &format!("110 regmirror \"{}\"", warning.replace('"', "'")),
-        );
+    // 110: served stale because the upstream failed; 299: the list is cut at the limits.
+    for (code, warning) in [(110, listing.warning), (299, listing.cut)] {
+        if let Some(warning) = warning {
+            let value = format!("{code} regmirror \"{}\"", warning.replace('"', "'"));
+            headers.append(
+                header::WARNING,
+                HeaderValue::from_str(&value).map_err(internal)?,
+            );
+        }
     }
     Ok(response)
 }

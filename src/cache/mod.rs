@@ -148,6 +148,11 @@ impl App {
         lock(&self.used).insert(digest.to_string(), meta::now());
     }
 
+    /// Notes that a referrer list was served (see [`gc`]).
+    pub(crate) fn mark_list_used(&self, list: &meta::ListKey) {
+        lock(&self.used).insert(list.use_key(), meta::now());
+    }
+
     /// Writes the recorded last uses to the metadata.
     pub async fn flush_uses(&self) -> Result<(), meta::MetaError> {
         let uses: Vec<(String, u64)> = lock(&self.used).drain().collect();

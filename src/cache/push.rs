@@ -14,7 +14,7 @@ use super::meta::NewManifest;
 use super::referrers;
 use super::routing::Route;
 use super::uploads::created;
-use crate::reference::{Hasher, is_valid_tag};
+use crate::reference::{Digest, Hasher, is_valid_tag};
 use crate::registry::route::ManifestRef;
 use crate::registry::{ErrorCode, RegistryError, internal};
 
@@ -92,36 +92,19 @@ pub async fn put_manifest(
         }
     }
     let tags = tags_of(reference, parts)?;
-    // The records first: every file in the store has one (see `meta`). One per tag it sets.
-    let tagged: Vec<Option<&str>> = if tags.is_empty() {
-        vec![None]
-    } else {
-        tags.iter().map(|t| Some(t.as_str())).collect()
-    };
-    for tag in tagged {
-        app.meta
-            .put_manifest(&NewManifest {
-                upstream: &route.upstream.name,
-                repository: &route.repository,
-                tag,
-                digest: &digest,
-                media_type: &media_type,
-                size: bytes.len() as u64,
-                references: &references,
-            })
-            .await
-            .map_err(internal)?;
-    }
-    app.store
-        .put_verified(&digest, bytes.clone())
-        .await
-        .map_err(internal)?;
     let pushed = CachedManifest {
         digest,
         media_type,
         bytes,
     };
+    // Its subject's list first: a full one refuses the push before anything is stored.
     let subject = referrers::record_push(app, route, &pushed).await?;
+    if let Err(error) = store_pushed(app, route, &pushed, &tags, &references).await {
+        if let Some(subject) = &subject {
+            referrers::forget(app, route, subject, &pushed.digest).await?;
+        }
+        return Err(error);
+    }
     let mut response = created(
         format!("/v2/{name}/manifests/{}", pushed.digest),
         &pushed.digest,
@@ -138,6 +121,40 @@ pub async fn put_manifest(
         }
     }
     Ok(response)
+}
+
+/// The records of a pushed manifest (one per tag it sets), then its bytes: every file in the
+/// store has a record (see `meta`).
+async fn store_pushed(
+    app: &App,
+    route: &Route,
+    pushed: &CachedManifest,
+    tags: &[String],
+    references: &[Digest],
+) -> Result<(), RegistryError> {
+    let tagged: Vec<Option<&str>> = if tags.is_empty() {
+        vec![None]
+    } else {
+        tags.iter().map(|t| Some(t.as_str())).collect()
+    };
+    for tag in tagged {
+        app.meta
+            .put_manifest(&NewManifest {
+                upstream: &route.upstream.name,
+                repository: &route.repository,
+                tag,
+                digest: &pushed.digest,
+                media_type: &pushed.media_type,
+                size: pushed.bytes.len() as u64,
+                references,
+            })
+            .await
+            .map_err(internal)?;
+    }
+    app.store
+        .put_verified(&pushed.digest, pushed.bytes.clone())
+        .await
+        .map_err(internal)
 }
 
 /// The tags a manifest PUT sets: the one it is pushed by, or, pushed by digest, its `?tag=`

@@ -2,15 +2,19 @@
 //! manifests whose `subject` is a digest (signatures, SBOMs, attestations), listed as an image
 //! index of their descriptors.
 //!
-//! - Local repositories answer from the records written when a manifest with a `subject` is
-//!   pushed, and removed when it is deleted or evicted ([`record_push`], [`forget_delete`]).
+//! - Local repositories answer from the list kept per subject, changed when a manifest with a
+//!   `subject` is pushed or deleted ([`record_push`], [`forget_delete`]).
 //! - Proxied repositories ask the upstream's referrers API. An upstream without one (404 on the
 //!   endpoint) is read through the referrers tag schema, the index tagged `<alg>-<hex>`, as the
-//!   spec tells clients to; that tag is cached like any tag. The answer is recorded per
-//!   (upstream, repository, subject) and follows the tag rules: served without asking within
-//!   the upstream's `tag_revalidate`, and from the records with a `Warning` while the upstream
+//!   spec tells clients to; that tag is cached like any tag. The answer is kept as one record
+//!   per (upstream, repository, subject) and follows the tag rules: served without asking within
+//!   the upstream's `tag_revalidate`, and from the record with a `Warning` while the upstream
 //!   fails. The referring manifests and their blobs are then pulled through the cache like any
 //!   content.
+//! - Every list is bounded (`limits.max_referrers` descriptors, `limits.max_referrers_size`
+//!   bytes): an upstream's longer answer is cut, no more of it is read, and the cut list is
+//!   served with a `Warning` saying so; a push past the bounds is refused. Whatever an upstream
+//!   answers, it costs one record and a bounded read.
 //! - [`page`] applies `artifactType=` and cuts answers over `n=` descriptors or [`PAGE_BYTES`]
 //!   into pages linked with `Link`.
 
@@ -21,6 +25,7 @@ use reqwest::header::{ACCEPT, LINK};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use super::meta::{Changed, ListBounds, ListChange, ListKey, ReferrerList};
 use super::routing::Route;
 use super::{App, manifest, unreachable, unreachable_text, upstream_status};
 use crate::reference::Digest;
@@ -38,8 +43,18 @@ pub struct Listing {
     pub descriptors: Vec<Value>,
     /// Set when the records are served because the upstream failed.
     pub warning: Option<String>,
+    /// Set when the upstream listed more than the limits keep.
+    pub cut: Option<String>,
     /// local, fresh (within the revalidation window), hit, or stale.
     pub cache: &'static str,
+}
+
+/// What an upstream answered, within the bounds.
+struct Answer {
+    descriptors: Vec<Value>,
+    cut: Option<String>,
+    /// Set when the tag schema's cached index was served because the upstream failed.
+    stale: Option<String>,
 }
 
 /// The referrers of `subject` in the route's repository.
@@ -48,63 +63,90 @@ pub async fn list(
     route: &Route,
     subject: &Digest,
 ) -> Result<Listing, RegistryError> {
+    let key = ListKey::new(&route.upstream.name, &route.repository, subject);
     if route.upstream.local {
+        let recorded = recorded(app, &key).await?;
         return Ok(Listing {
-            descriptors: recorded(app, route, subject).await?,
+            descriptors: recorded.descriptors,
             warning: None,
+            cut: recorded.cut,
             cache: "local",
         });
     }
-    let key = format!(
+    let window_key = format!(
         "{}\u{1f}{}\u{1f}referrers\u{1f}{subject}",
         route.upstream.name, route.repository
     );
     let window = route.upstream.tag_revalidate;
-    if app.fresh(&key, window) {
+    if app.fresh(&window_key, window) {
+        let recorded = recorded(app, &key).await?;
+        app.mark_list_used(&key);
         return Ok(Listing {
-            descriptors: recorded(app, route, subject).await?,
+            descriptors: recorded.descriptors,
             warning: None,
+            cut: recorded.cut,
             cache: "fresh",
         });
     }
-    let asked = match from_api(app, route, subject).await {
-        Ok(Some(descriptors)) => Ok((descriptors, None)),
-        Ok(None) => from_tag_schema(app, route, subject).await,
+    let bounds = bounds(app);
+    let asked = match from_api(app, route, subject, bounds).await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => from_tag_schema(app, route, subject, bounds).await,
         Err(e) => Err(e),
     };
     match asked {
-        Ok((descriptors, warning)) => {
-            if warning.is_none() {
-                app.validated(&key, window);
+        Ok(answer) => {
+            if answer.stale.is_none() {
+                app.validated(&window_key, window);
             }
-            let descriptors = replace(app, route, subject, descriptors).await?;
+            let recorded = recorded(app, &key).await?;
+            if recorded.descriptors != answer.descriptors || recorded.cut != answer.cut {
+                let list = ReferrerList {
+                    stored_at: super::meta::now(),
+                    cut: answer.cut.clone(),
+                    descriptors: answer.descriptors.clone(),
+                };
+                app.meta
+                    .put_referrer_list(&key, &list)
+                    .await
+                    .map_err(internal)?;
+            }
+            app.mark_list_used(&key);
             Ok(Listing {
-                descriptors,
-                cache: if warning.is_some() { "stale" } else { "hit" },
-                warning,
+                descriptors: answer.descriptors,
+                cache: if answer.stale.is_some() {
+                    "stale"
+                } else {
+                    "hit"
+                },
+                warning: answer.stale,
+                cut: answer.cut,
             })
         }
         Err(failure) if matches!(failure.code, ErrorCode::Unauthorized | ErrorCode::Denied) => {
             Err(failure)
         }
         Err(failure) => {
-            let descriptors = recorded(app, route, subject).await?;
-            if descriptors.is_empty() {
+            let recorded = recorded(app, &key).await?;
+            if recorded.descriptors.is_empty() {
                 return Err(failure);
             }
+            app.mark_list_used(&key);
             Ok(Listing {
-                descriptors,
+                descriptors: recorded.descriptors,
                 warning: Some(format!(
                     "upstream failed ({}); serving the cached referrers",
                     failure.message
                 )),
+                cut: recorded.cut,
                 cache: "stale",
             })
         }
     }
 }
 
-/// Records a pushed manifest that has a `subject` as one of its referrers.
+/// Records a manifest with a `subject` as one of its referrers, before the manifest itself is
+/// stored: a subject whose list is full refuses the push, and nothing is stored.
 pub async fn record_push(
     app: &App,
     route: &Route,
@@ -115,17 +157,40 @@ pub async fn record_push(
     };
     let descriptor =
         manifest::referrer_descriptor(&manifest.bytes, &manifest.digest, &manifest.media_type);
-    app.meta
-        .put_referrer(
-            &route.upstream.name,
-            &route.repository,
-            &subject,
-            &manifest.digest,
-            descriptor.to_string().as_bytes(),
-        )
+    let key = ListKey::new(&route.upstream.name, &route.repository, &subject);
+    let bounds = bounds(app);
+    match app
+        .meta
+        .change_referrers(&key, ListChange::Add(descriptor, bounds))
         .await
-        .map_err(internal)?;
-    Ok(Some(subject))
+        .map_err(internal)?
+    {
+        Changed::Applied => Ok(Some(subject)),
+        Changed::Full => Err(RegistryError::new(
+            ErrorCode::ManifestInvalid,
+            format!(
+                "{subject} already has as many referrers in {} as this registry keeps \
+                 (limits.max_referrers: {}, limits.max_referrers_size: {} bytes)",
+                route.repository, bounds.count, bounds.bytes
+            ),
+        )),
+    }
+}
+
+/// Forgets `digest` as a referrer of `subject` (a deleted manifest, or a push that failed after
+/// [`record_push`]).
+pub async fn forget(
+    app: &App,
+    route: &Route,
+    subject: &Digest,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
+    let key = ListKey::new(&route.upstream.name, &route.repository, subject);
+    app.meta
+        .change_referrers(&key, ListChange::Remove(digest.to_string()))
+        .await
+        .map_err(internal)
+        .map(drop)
 }
 
 /// Forgets a deleted manifest as a referrer of its subject.
@@ -133,13 +198,10 @@ pub async fn forget_delete(app: &App, route: &Route, digest: &Digest) -> Result<
     let Some(manifest) = app.cached_manifest(digest).await? else {
         return Ok(());
     };
-    if let Some(subject) = manifest::subject(&manifest.bytes) {
-        app.meta
-            .forget_referrer(&route.upstream.name, &route.repository, &subject, digest)
-            .await
-            .map_err(internal)?;
+    match manifest::subject(&manifest.bytes) {
+        Some(subject) => forget(app, route, &subject, digest).await,
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// One page of `descriptors` (sorted by digest): those of `artifact_type` when given, after
@@ -186,89 +248,97 @@ pub fn index(descriptors: Vec<Value>) -> String {
     .to_string()
 }
 
-/// The recorded referrers of `subject`, sorted by digest.
-async fn recorded(app: &App, route: &Route, subject: &Digest) -> Result<Vec<Value>, RegistryError> {
-    let records = app
+/// The bounds of every list (`limits`).
+fn bounds(app: &App) -> ListBounds {
+    ListBounds {
+        count: app.limits.max_referrers,
+        bytes: usize::try_from(app.limits.max_referrers_size).unwrap_or(usize::MAX),
+    }
+}
+
+/// The recorded list of a subject (empty when there is none).
+async fn recorded(app: &App, key: &ListKey) -> Result<ReferrerList, RegistryError> {
+    Ok(app
         .meta
-        .referrers(&route.upstream.name, &route.repository, subject)
+        .referrer_list(key)
         .await
-        .map_err(internal)?;
-    Ok(by_digest(
-        records
-            .iter()
-            .filter_map(|r| serde_json::from_slice(r).ok())
-            .collect(),
-    ))
+        .map_err(internal)?
+        .unwrap_or_default())
 }
 
-/// Valid descriptors (a digest and a media type), one per digest, sorted by digest.
-fn by_digest(descriptors: Vec<Value>) -> Vec<Value> {
-    let mut sorted = BTreeMap::new();
-    for descriptor in descriptors {
-        let digest = descriptor["digest"]
-            .as_str()
-            .and_then(|d| Digest::parse(d).ok());
-        if let Some(digest) = digest.filter(|_| descriptor["mediaType"].is_string()) {
-            sorted.insert(digest, descriptor);
+/// An upstream's referrers as they are read, kept within the bounds: valid descriptors (a
+/// digest and a media type), one per digest, sorted by digest; past the bounds nothing more is
+/// kept and the answer is marked cut.
+struct Collector {
+    bounds: ListBounds,
+    kept: BTreeMap<Digest, Value>,
+    bytes: usize,
+    cut: bool,
+}
+
+impl Collector {
+    fn new(bounds: ListBounds) -> Self {
+        Collector {
+            bounds,
+            kept: BTreeMap::new(),
+            bytes: 0,
+            cut: false,
         }
     }
-    sorted.into_values().collect()
-}
 
-/// Makes the records of `subject` what the upstream answered; returns them sorted.
-async fn replace(
-    app: &App,
-    route: &Route,
-    subject: &Digest,
-    answered: Vec<Value>,
-) -> Result<Vec<Value>, RegistryError> {
-    let answered = by_digest(answered);
-    let old = recorded(app, route, subject).await?;
-    let (upstream, repository) = (&route.upstream.name, &route.repository);
-    for descriptor in &answered {
-        if old.contains(descriptor) {
-            continue;
+    fn add(&mut self, descriptors: Vec<Value>) {
+        for descriptor in descriptors {
+            if self.cut {
+                return;
+            }
+            let digest = descriptor["digest"]
+                .as_str()
+                .and_then(|d| Digest::parse(d).ok());
+            let Some(digest) = digest.filter(|_| descriptor["mediaType"].is_string()) else {
+                continue;
+            };
+            if self.kept.contains_key(&digest) {
+                continue;
+            }
+            let size = descriptor.to_string().len();
+            if self.kept.len() >= self.bounds.count || self.bytes + size > self.bounds.bytes {
+                self.cut = true;
+                return;
+            }
+            self.bytes += size;
+            self.kept.insert(digest, descriptor);
         }
-        let digest = Digest::parse(descriptor["digest"].as_str().unwrap_or(""))
-            .map_err(|e| internal(format!("a sorted descriptor lost its digest: {e}")))?;
-        app.meta
-            .put_referrer(
-                upstream,
-                repository,
-                subject,
-                &digest,
-                descriptor.to_string().as_bytes(),
+    }
+
+    fn finish(self, subject: &Digest) -> (Vec<Value>, Option<String>) {
+        let cut = self.cut.then(|| {
+            format!(
+                "the upstream lists more referrers of {subject} than this cache keeps \
+                 (limits.max_referrers: {}, limits.max_referrers_size: {} bytes); {} are listed",
+                self.bounds.count,
+                self.bounds.bytes,
+                self.kept.len()
             )
-            .await
-            .map_err(internal)?;
+        });
+        (self.kept.into_values().collect(), cut)
     }
-    for gone in old.iter().filter(|d| {
-        !answered
-            .iter()
-            .any(|a| a["digest"].as_str() == d["digest"].as_str())
-    }) {
-        if let Ok(digest) = Digest::parse(gone["digest"].as_str().unwrap_or("")) {
-            app.meta
-                .forget_referrer(upstream, repository, subject, &digest)
-                .await
-                .map_err(internal)?;
-        }
-    }
-    Ok(answered)
 }
 
-/// The upstream's referrers API, every page of it; `Ok(None)` when it has none (404).
+/// The upstream's referrers API, its pages followed while the bounds have room (and the
+/// bytes read stay under `limits.max_referrers_size`); `Ok(None)` when it has none (404).
 async fn from_api(
     app: &App,
     route: &Route,
     subject: &Digest,
-) -> Result<Option<Vec<Value>>, RegistryError> {
+    bounds: ListBounds,
+) -> Result<Option<Answer>, RegistryError> {
     let upstream = &route.upstream.name;
     let path = format!("/v2/{}/referrers/{subject}", route.repository);
     let limit = usize::try_from(app.limits.max_manifest_size).unwrap_or(usize::MAX);
-    let mut descriptors = Vec::new();
+    let mut collector = Collector::new(bounds);
+    let mut read = 0;
     let mut query = None;
-    for _ in 0..MAX_UPSTREAM_PAGES {
+    for page in 0..MAX_UPSTREAM_PAGES {
         let mut request = UpstreamRequest::pull(Method::GET, &route.repository, path.clone())
             .header(ACCEPT, OCI_INDEX);
         request.query = query.take();
@@ -278,7 +348,7 @@ async fn from_api(
             .map_err(|e| unreachable(upstream, e))?;
         match response.status() {
             StatusCode::OK => {}
-            StatusCode::NOT_FOUND if descriptors.is_empty() => return Ok(None),
+            StatusCode::NOT_FOUND if page == 0 => return Ok(None),
             _ => {
                 return Err(upstream_status(
                     upstream,
@@ -295,24 +365,37 @@ async fn from_api(
         let bytes = read_limited(response, limit)
             .await
             .map_err(|e| unreachable_text(upstream, &format!("referrers: {e}")))?;
-        descriptors.extend(manifests_of(&bytes).ok_or_else(|| {
+        read += bytes.len();
+        collector.add(manifests_of(&bytes).ok_or_else(|| {
             RegistryError::new(
                 ErrorCode::Unavailable,
                 format!("upstream {upstream} answered referrers of {subject} with no index"),
             )
         })?);
         match next {
-            Some(next) => query = Some(next),
-            None => return Ok(Some(descriptors)),
+            Some(_) if collector.cut || read >= bounds.bytes => {
+                collector.cut = true;
+                break;
+            }
+            Some(next) if page + 1 < MAX_UPSTREAM_PAGES => query = Some(next),
+            Some(_) => {
+                tracing::warn!(
+                    upstream = %upstream,
+                    %subject,
+                    pages = MAX_UPSTREAM_PAGES,
+                    "referrers: more pages than followed; the answer is cut"
+                );
+                collector.cut = true;
+            }
+            None => break,
         }
     }
-    tracing::warn!(
-        upstream = %upstream,
-        %subject,
-        pages = MAX_UPSTREAM_PAGES,
-        "referrers: more pages than followed; the answer is cut"
-    );
-    Ok(Some(descriptors))
+    let (descriptors, cut) = collector.finish(subject);
+    Ok(Some(Answer {
+        descriptors,
+        cut,
+        stale: None,
+    }))
 }
 
 /// The referrers tag schema: the index tagged `<alg>-<hex>` (hex cut at 64), cached like any
@@ -321,20 +404,26 @@ async fn from_tag_schema(
     app: &Arc<App>,
     route: &Route,
     subject: &Digest,
-) -> Result<(Vec<Value>, Option<String>), RegistryError> {
+    bounds: ListBounds,
+) -> Result<Answer, RegistryError> {
     let hex = subject.hex();
     let tag = format!("{}-{}", subject.algorithm(), &hex[..hex.len().min(64)]);
-    match app.manifest_by_tag(route, &tag).await {
+    let mut collector = Collector::new(bounds);
+    let stale = match app.manifest_by_tag(route, &tag).await {
         Ok(answer) => {
             app.mark_used(&answer.manifest.digest);
-            Ok((
-                manifests_of(&answer.manifest.bytes).unwrap_or_default(),
-                answer.warning,
-            ))
+            collector.add(manifests_of(&answer.manifest.bytes).unwrap_or_default());
+            answer.warning
         }
-        Err(e) if e.code == ErrorCode::ManifestUnknown => Ok((Vec::new(), None)),
-        Err(e) => Err(e),
-    }
+        Err(e) if e.code == ErrorCode::ManifestUnknown => None,
+        Err(e) => return Err(e),
+    };
+    let (descriptors, cut) = collector.finish(subject);
+    Ok(Answer {
+        descriptors,
+        cut,
+        stale,
+    })
 }
 
 /// The `manifests` of an image index.
@@ -398,12 +487,20 @@ mod tests {
     fn descriptors_are_deduplicated_sorted_and_checked() {
         let mut bad = descriptor(9, "x");
         bad["digest"] = "sha256:nope".into();
-        let sorted = by_digest(vec![
+        let unbounded = ListBounds {
+            count: usize::MAX,
+            bytes: usize::MAX,
+        };
+        let mut collector = Collector::new(unbounded);
+        collector.add(vec![
             descriptor(3, "a"),
             descriptor(1, "b"),
             bad,
             descriptor(3, "c"),
         ]);
+        let (sorted, cut) =
+            collector.finish(&Digest::parse(&format!("sha256:{:064x}", 9)).unwrap());
+        assert_eq!(cut, None);
         let digests: Vec<&str> = sorted
             .iter()
             .map(|d| d["digest"].as_str().unwrap())
@@ -416,6 +513,42 @@ mod tests {
         assert_eq!(empty["mediaType"], OCI_INDEX);
         assert_eq!(empty["schemaVersion"], 2);
         assert_eq!(empty["manifests"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn answers_past_the_bounds_are_cut_and_say_so() {
+        let subject = Digest::parse(&format!("sha256:{:064x}", 0)).unwrap();
+        let many: Vec<Value> = (1..=10).map(|i| descriptor(i, "sig")).collect();
+        let one = many[0].to_string().len();
+        // By count: the first three, and a cut naming the limit.
+        let mut collector = Collector::new(ListBounds {
+            count: 3,
+            bytes: usize::MAX,
+        });
+        collector.add(many.clone());
+        collector.add(many.clone());
+        let (kept, cut) = collector.finish(&subject);
+        assert_eq!(kept, many[..3]);
+        let cut = cut.unwrap();
+        assert!(
+            cut.contains("limits.max_referrers: 3") && cut.contains("3 are listed"),
+            "{cut}"
+        );
+        // By bytes: what fits.
+        let mut collector = Collector::new(ListBounds {
+            count: usize::MAX,
+            bytes: one * 2 + 1,
+        });
+        collector.add(many.clone());
+        let (kept, cut) = collector.finish(&subject);
+        assert_eq!((kept.len(), cut.is_some()), (2, true));
+        // Duplicates cost nothing and cut nothing.
+        let mut collector = Collector::new(ListBounds {
+            count: 1,
+            bytes: usize::MAX,
+        });
+        collector.add(vec![many[0].clone(); 1000]);
+        assert_eq!(collector.finish(&subject), (many[..1].to_vec(), None));
     }
 
     #[test]

@@ -541,13 +541,16 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             app.status.stored(plan.kept_bytes);
         }
         match result {
-            Ok(Some(plan)) if !plan.evict.is_empty() => tracing::info!(
-                manifests = plan.manifests,
-                blobs = plan.blobs,
-                freed_bytes = plan.freed_bytes,
-                kept_bytes = plan.kept_bytes,
-                "evicted"
-            ),
+            Ok(Some(plan)) if !(plan.evict.is_empty() && plan.referrer_lists.is_empty()) => {
+                tracing::info!(
+                    manifests = plan.manifests,
+                    blobs = plan.blobs,
+                    referrer_lists = plan.referrer_lists.len(),
+                    freed_bytes = plan.freed_bytes,
+                    kept_bytes = plan.kept_bytes,
+                    "evicted"
+                )
+            }
             Ok(Some(_)) => {}
             Ok(None) => tracing::debug!("another replica is collecting"),
             Err(e) => tracing::warn!(error = %e, "eviction failed"),

@@ -68,9 +68,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for digest in &plan.evict {
         println!("{verb} {digest}");
     }
+    for list in &plan.referrer_lists {
+        println!(
+            "{verb} the referrers of {} in {}/{}",
+            list.subject, list.upstream, list.repository
+        );
+    }
     println!(
-        "{verb} {} manifest(s) and {} blob(s), {} bytes; {} bytes kept",
-        plan.manifests, plan.blobs, plan.freed_bytes, plan.kept_bytes
+        "{verb} {} manifest(s), {} blob(s) and {} referrer list(s), {} bytes; {} bytes kept",
+        plan.manifests,
+        plan.blobs,
+        plan.referrer_lists.len(),
+        plan.freed_bytes,
+        plan.kept_bytes
     );
     Ok(ExitCode::SUCCESS)
 }

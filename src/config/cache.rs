@@ -58,6 +58,9 @@ pub struct Limits {
     pub fill_min_rate: u64,
     /// `max_fills`: upstream downloads in flight at once.
     pub max_fills: usize,
+    /// `max_fills_per_upstream`: of those, the most one upstream may hold (every dynamic
+    /// upstream together counts as one); by default three quarters of `max_fills`, at least 1.
+    pub max_fills_per_upstream: usize,
     /// `upload_lifetime`: an upload no request touched for this long is abandoned.
     pub upload_lifetime: Duration,
     /// `max_uploads`: uploads in progress at once.
@@ -72,6 +75,13 @@ pub struct Limits {
     /// `buffer_memory`: blob data held in memory for clients and fills; past it, reads shrink
     /// and nothing is read ahead.
     pub buffer_memory: u64,
+    /// `max_referrers`: referrers kept per subject and repository; an upstream's longer answer
+    /// is cut (served with a `Warning`), a push past it refused.
+    pub max_referrers: usize,
+    /// `max_referrers_size`: bytes of referrer descriptors kept per subject and repository, and
+    /// of an upstream's referrers answer read (all pages together, plus the page that crossed
+    /// it).
+    pub max_referrers_size: u64,
 }
 
 impl Default for Limits {
@@ -85,12 +95,15 @@ impl Default for Limits {
             max_blob_size: 64 << 30,
             fill_min_rate: 32 << 10,
             max_fills: 256,
+            max_fills_per_upstream: 192,
             upload_lifetime: Duration::from_secs(3600),
             max_uploads: 1000,
             upstream_queue_timeout: Duration::from_secs(30),
             manifest_memo: 64 << 20,
             blob_memo: 128 << 20,
             buffer_memory: 256 << 20,
+            max_referrers: 1000,
+            max_referrers_size: 1 << 20,
         }
     }
 }
@@ -694,12 +707,15 @@ const SCHEMA: Key = Key::Map(&[
             ("max_blob_size", Key::Known),
             ("fill_min_rate", Key::Known),
             ("max_fills", Key::Known),
+            ("max_fills_per_upstream", Key::Known),
             ("upload_lifetime", Key::Known),
             ("upstream_queue_timeout", Key::Known),
             ("max_uploads", Key::Known),
             ("manifest_memo", Key::Known),
             ("blob_memo", Key::Known),
             ("buffer_memory", Key::Known),
+            ("max_referrers", Key::Known),
+            ("max_referrers_size", Key::Known),
         ]),
     ),
     ("notifications", Key::Ignored),
@@ -765,12 +781,15 @@ struct RawLimits {
     max_blob_size: Option<Value>,
     fill_min_rate: Option<Value>,
     max_fills: Option<usize>,
+    max_fills_per_upstream: Option<usize>,
     upload_lifetime: Option<String>,
     max_uploads: Option<usize>,
     upstream_queue_timeout: Option<String>,
     manifest_memo: Option<Value>,
     blob_memo: Option<Value>,
     buffer_memory: Option<Value>,
+    max_referrers: Option<usize>,
+    max_referrers_size: Option<Value>,
 }
 
 impl RawLimits {
@@ -815,6 +834,16 @@ impl RawLimits {
             Some(n) => Ok(n),
             None => Ok(default),
         };
+        let max_fills = count("max_fills", self.max_fills, defaults.max_fills)?;
+        let max_fills_per_upstream = match self.max_fills_per_upstream {
+            Some(n) if n > max_fills => {
+                return Err(err(
+                    "limits.max_fills_per_upstream",
+                    format!("{n} is more than limits.max_fills ({max_fills})"),
+                ));
+            }
+            given => count("max_fills_per_upstream", given, (max_fills * 3 / 4).max(1))?,
+        };
         Ok(Limits {
             header_timeout: duration(
                 "header_timeout",
@@ -847,7 +876,8 @@ impl RawLimits {
                 }),
                 defaults.fill_min_rate,
             )?,
-            max_fills: count("max_fills", self.max_fills, defaults.max_fills)?,
+            max_fills,
+            max_fills_per_upstream,
             upload_lifetime: duration(
                 "upload_lifetime",
                 self.upload_lifetime,
@@ -862,6 +892,12 @@ impl RawLimits {
             manifest_memo: memo_size("manifest_memo", self.manifest_memo, defaults.manifest_memo)?,
             blob_memo: memo_size("blob_memo", self.blob_memo, defaults.blob_memo)?,
             buffer_memory: size("buffer_memory", self.buffer_memory, defaults.buffer_memory)?,
+            max_referrers: count("max_referrers", self.max_referrers, defaults.max_referrers)?,
+            max_referrers_size: size(
+                "max_referrers_size",
+                self.max_referrers_size,
+                defaults.max_referrers_size,
+            )?,
         })
     }
 }

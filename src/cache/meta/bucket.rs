@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
-use super::{Inventory, ManifestRecord, MetaError, NewBlob, NewManifest, TagRecord, now};
+use super::{
+    Changed, Inventory, ListBounds, ListChange, ListKey, ManifestRecord, MetaError, NewBlob,
+    NewManifest, ReferrerList, StoredList, TagRecord, now,
+};
 use crate::cache::bucket::{Bucket, BucketError, keys};
 use crate::reference::Digest;
 
@@ -27,6 +30,13 @@ use crate::reference::Digest;
 const MAX_KNOWN: usize = 100_000;
 /// Bucket requests a metadata operation makes at once.
 const PARALLEL: usize = 16;
+/// Tries of a read-change-write that another replica keeps winning.
+const CONDITIONAL_TRIES: usize = 8;
+/// Referrers recorded before lists are all kept when they are migrated.
+const MIGRATED: ListBounds = ListBounds {
+    count: usize::MAX,
+    bytes: usize::MAX,
+};
 
 fn err(e: BucketError) -> MetaError {
     MetaError(e.to_string())
@@ -248,61 +258,100 @@ impl BucketMetadata {
         self.delete_all(doomed).await
     }
 
-    pub async fn put_referrer(
-        &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-        referrer: &Digest,
-        descriptor: &[u8],
-    ) -> Result<(), MetaError> {
-        self.bucket
-            .put(
-                &keys::referrer(upstream, repository, subject, referrer),
-                Bytes::copy_from_slice(descriptor),
-            )
-            .await
-            .map_err(err)
-    }
-
-    pub async fn referrers(
-        &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-    ) -> Result<Vec<Vec<u8>>, MetaError> {
-        let listed = self
+    pub async fn referrer_list(&self, key: &ListKey) -> Result<Option<ReferrerList>, MetaError> {
+        let body = self
             .bucket
-            .list(&keys::referrers(upstream, repository, subject))
+            .get(&keys::referrer_list(key))
             .await
             .map_err(err)?;
-        futures_util::stream::iter(listed)
-            .map(|(key, _)| async move {
-                Ok::<_, MetaError>(
-                    self.bucket
-                        .get(&key)
-                        .await
-                        .map_err(err)?
-                        .map(|b| b.to_vec()),
-                )
-            })
-            .buffer_unordered(PARALLEL)
-            .try_filter_map(|d| async move { Ok(d) })
-            .try_collect()
-            .await
+        body.map(|b| serde_json::from_slice(&b))
+            .transpose()
+            .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))
     }
 
-    pub async fn forget_referrer(
+    pub async fn put_referrer_list(
         &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-        referrer: &Digest,
+        key: &ListKey,
+        list: &ReferrerList,
     ) -> Result<(), MetaError> {
+        let object = keys::referrer_list(key);
+        if list.descriptors.is_empty() {
+            return self.bucket.delete(&object).await.map_err(err);
+        }
+        let body = serde_json::to_vec(list).map_err(|e| MetaError(e.to_string()))?;
         self.bucket
-            .delete(&keys::referrer(upstream, repository, subject, referrer))
+            .put(&object, Bytes::from(body))
             .await
             .map_err(err)
+    }
+
+    /// Read, change, and write back only if nobody wrote it meanwhile (conditional puts), so
+    /// two replicas adding referrers of one subject at once both land.
+    pub async fn change_referrers(
+        &self,
+        key: &ListKey,
+        change: ListChange,
+    ) -> Result<Changed, MetaError> {
+        let object = keys::referrer_list(key);
+        for _ in 0..CONDITIONAL_TRIES {
+            let current = self.bucket.get_versioned(&object).await.map_err(err)?;
+            let mut list: ReferrerList = match &current {
+                Some(current) => serde_json::from_slice(&current.body)
+                    .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))?,
+                None => ReferrerList::default(),
+            };
+            if list.apply(&change) == Changed::Full {
+                return Ok(Changed::Full);
+            }
+            let body =
+                Bytes::from(serde_json::to_vec(&list).map_err(|e| MetaError(e.to_string()))?);
+            let written = match current {
+                None if list.descriptors.is_empty() => return Ok(Changed::Applied),
+                None => self.bucket.create(&object, body).await.map(drop),
+                // A conditional delete is not in every S3: an empty list stays as a record.
+                Some(current) => self
+                    .bucket
+                    .replace(&object, body, current.version)
+                    .await
+                    .map(drop),
+            };
+            match written {
+                Ok(()) => return Ok(Changed::Applied),
+                Err(BucketError::Precondition) => continue,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Err(MetaError(format!(
+            "referrers of {} kept changing under {CONDITIONAL_TRIES} tries",
+            key.subject
+        )))
+    }
+
+    /// Referrers recorded before lists (one object per referrer) become lists.
+    async fn migrate_referrers(&self) -> Result<(), MetaError> {
+        let old = self
+            .bucket
+            .list(keys::REFERRERS_BEFORE_LISTS)
+            .await
+            .map_err(err)?;
+        let mut lists: HashMap<ListKey, Vec<String>> = HashMap::new();
+        for (object, _) in old {
+            if let Some(key) = keys::parse_referrer_before_lists(&object) {
+                lists.entry(key).or_default().push(object);
+            }
+        }
+        for (key, objects) in lists {
+            let mut list = self.referrer_list(&key).await?.unwrap_or_default();
+            for object in &objects {
+                let body = self.bucket.get(object).await.map_err(err)?;
+                if let Some(descriptor) = body.and_then(|b| serde_json::from_slice(&b).ok()) {
+                    list.apply(&ListChange::Add(descriptor, MIGRATED));
+                }
+            }
+            self.put_referrer_list(&key, &list).await?;
+            self.delete_all(objects).await?;
+        }
+        Ok(())
     }
 
     pub async fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
@@ -331,6 +380,7 @@ impl BucketMetadata {
     /// Everything a collection needs. The last-use batches read are merged into one (and
     /// removed), so they do not pile up.
     pub async fn inventory(&self) -> Result<Inventory, MetaError> {
+        self.migrate_referrers().await?;
         let mut inventory = Inventory::default();
         let manifests: Vec<String> = self
             .bucket
@@ -356,6 +406,15 @@ impl BucketMetadata {
         for (key, meta) in self.bucket.list(keys::BLOBS).await.map_err(err)? {
             if let Some(digest) = keys::digest_at_end(&key) {
                 inventory.blobs.insert(digest, meta.size);
+            }
+        }
+        for (object, meta) in self.bucket.list(keys::REFERRER_LISTS).await.map_err(err)? {
+            if let Some(key) = keys::parse_referrer_list(&object) {
+                inventory.referrer_lists.push(StoredList {
+                    key,
+                    bytes: meta.size,
+                    stored_at: u64::try_from(meta.last_modified.timestamp()).unwrap_or(0),
+                });
             }
         }
         for (key, meta) in self.bucket.list(keys::LINKS).await.map_err(err)? {
@@ -401,7 +460,7 @@ impl BucketMetadata {
         Ok(inventory)
     }
 
-    pub async fn evict(&self, digests: &[String]) -> Result<(), MetaError> {
+    pub async fn evict(&self, digests: &[String], lists: &[ListKey]) -> Result<(), MetaError> {
         let doomed: HashSet<&str> = digests.iter().map(String::as_str).collect();
         let parsed: Vec<Digest> = digests
             .iter()
@@ -410,7 +469,8 @@ impl BucketMetadata {
         // Marked first: a crash from here on leaves them to the next collection.
         self.mark(parsed.iter().map(keys::doomed).collect()).await?;
         let mut dead: Vec<String> = parsed.iter().map(keys::manifest).collect();
-        for prefix in [keys::LINKS, keys::SOURCES, keys::REFERRERS] {
+        dead.extend(lists.iter().map(keys::referrer_list));
+        for prefix in [keys::LINKS, keys::SOURCES] {
             dead.extend(
                 self.bucket
                     .list(prefix)

@@ -6,7 +6,10 @@
 //! - `links`: (upstream, repository, digest) -> linked at;
 //! - `blobs`: digest -> size of committed blobs;
 //! - `sources`: (namespace, digest) -> when the namespace received the bytes;
-//! - `last_used`: digest -> unix seconds;
+//! - `last_used`: digest (or a referrer list's [`ListKey::use_key`]) -> unix seconds;
+//! - `referrer_lists`: (upstream, repository, subject) -> its [`ReferrerList`] (JSON), written
+//!   on the blocking pool: a list may be a MiB, and an fsynced commit is no work for an async
+//!   worker;
 //! - `doomed`: digests an eviction removed whose files may still exist.
 //!
 //! Keys join their parts with U+001F, which no valid name, tag or digest contains.
@@ -15,13 +18,16 @@
 //! (the process holds the storage lock, so it is the only writer) until something removes a
 //! link or a source, which forgets them all.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Access, Inventory, ManifestRecord, MetaError, NewBlob, NewManifest, TagRecord, now};
+use super::{
+    Access, Changed, Inventory, ListChange, ListKey, ManifestRecord, MetaError, NewBlob,
+    NewManifest, ReferrerList, StoredList, TagRecord, now,
+};
 use crate::reference::Digest;
 
 fn err(e: impl std::fmt::Display) -> MetaError {
@@ -34,12 +40,15 @@ const LINKS: TableDefinition<&str, u64> = TableDefinition::new("links");
 const BLOBS: TableDefinition<&str, u64> = TableDefinition::new("blobs");
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
 const SOURCES: TableDefinition<&str, u64> = TableDefinition::new("sources");
-/// (upstream, repository, subject, referrer) -> the referrer's descriptor (JSON).
-const REFERRERS: TableDefinition<&str, &[u8]> = TableDefinition::new("referrers");
+/// Before schema 4: (upstream, repository, subject, referrer) -> the referrer's descriptor, one
+/// record (and one transaction) per referrer. Read once to migrate, then dropped.
+const REFERRERS_BEFORE_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("referrers");
+/// (upstream, repository, subject) -> its [`ReferrerList`] (JSON).
+const REFERRER_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("referrer_lists");
 const VERSION: TableDefinition<&str, u64> = TableDefinition::new("version");
 /// 2: `sources` exists (before it, links alone granted access). 3: `doomed` holds digests (it
-/// held file paths).
-const SCHEMA_VERSION: u64 = 3;
+/// held file paths). 4: referrers are one list per subject (`referrer_lists`).
+const SCHEMA_VERSION: u64 = 4;
 /// Digests whose metadata an eviction already removed and whose files are deleted after the
 /// commit: a crash in between leaves them here, and the next collection finishes the job.
 const DOOMED: TableDefinition<&str, ()> = TableDefinition::new("doomed");
@@ -54,6 +63,43 @@ fn key(parts: &[&str]) -> String {
         key.push_str(part);
     }
     key
+}
+
+/// The key of a referrer list.
+fn list_key(list: &ListKey) -> String {
+    key(&[&list.upstream, &list.repository, &list.subject])
+}
+
+/// Schema 4: the referrer records of each subject become one list (sorted by digest, as
+/// [`ReferrerList`] keeps them), and the old table goes.
+fn migrate_referrers(txn: &redb::WriteTransaction) -> Result<(), MetaError> {
+    let mut lists: BTreeMap<String, ReferrerList> = BTreeMap::new();
+    {
+        let old = txn.open_table(REFERRERS_BEFORE_LISTS).map_err(err)?;
+        for entry in old.iter().map_err(err)? {
+            let (k, v) = entry.map_err(err)?;
+            let Some((subject, _referrer)) = k.value().rsplit_once(SEP) else {
+                continue;
+            };
+            if let Ok(descriptor) = serde_json::from_slice(v.value()) {
+                let list = lists.entry(subject.to_owned()).or_default();
+                list.descriptors.push(descriptor);
+                list.stored_at = now();
+            }
+        }
+    }
+    txn.delete_table(REFERRERS_BEFORE_LISTS).map_err(err)?;
+    let mut table = txn.open_table(REFERRER_LISTS).map_err(err)?;
+    for (subject, mut list) in lists {
+        // Old keys end with the referrer's digest, so each list is already sorted by it.
+        list.descriptors
+            .sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+        let value = serde_json::to_vec(&list).map_err(err)?;
+        table
+            .insert(subject.as_str(), value.as_slice())
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Every key of a table.
@@ -96,7 +142,7 @@ const GRANTED_ENTRIES: usize = 16_384;
 
 #[derive(Debug)]
 pub struct LocalMetadata {
-    db: Database,
+    db: Arc<Database>,
     granted: Mutex<Granted>,
 }
 
@@ -123,7 +169,7 @@ impl LocalMetadata {
         txn.open_table(LAST_USED).map_err(err)?;
         txn.open_table(DOOMED).map_err(err)?;
         txn.open_table(SOURCES).map_err(err)?;
-        txn.open_table(REFERRERS).map_err(err)?;
+        txn.open_table(REFERRER_LISTS).map_err(err)?;
         let version = txn
             .open_table(VERSION)
             .map_err(err)?
@@ -156,6 +202,9 @@ impl LocalMetadata {
                 }
             }
         }
+        if version < 4 {
+            migrate_referrers(&txn)?;
+        }
         if version < SCHEMA_VERSION {
             txn.open_table(VERSION)
                 .map_err(err)?
@@ -164,7 +213,7 @@ impl LocalMetadata {
         }
         txn.commit().map_err(err)?;
         Ok(LocalMetadata {
-            db,
+            db: Arc::new(db),
             granted: Mutex::default(),
         })
     }
@@ -181,61 +230,83 @@ impl LocalMetadata {
         granted.keys.clear();
     }
 
-    /// Records `referrer` (its descriptor) as referring to `subject` in the repository.
-    pub fn put_referrer(
-        &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-        referrer: &Digest,
-        descriptor: &[u8],
-    ) -> Result<(), MetaError> {
-        let txn = self.db.begin_write().map_err(err)?;
-        txn.open_table(REFERRERS)
-            .map_err(err)?
-            .insert(
-                key(&[upstream, repository, subject.as_str(), referrer.as_str()]).as_str(),
-                descriptor,
-            )
-            .map_err(err)?;
-        txn.commit().map_err(err)
-    }
-
-    /// The descriptors of the manifests referring to `subject` in the repository.
-    pub fn referrers(
-        &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-    ) -> Result<Vec<Vec<u8>>, MetaError> {
-        let prefix = format!("{}{SEP}", key(&[upstream, repository, subject.as_str()]));
+    /// The referrers recorded for a subject.
+    pub fn referrer_list(&self, key: &ListKey) -> Result<Option<ReferrerList>, MetaError> {
         let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(REFERRERS).map_err(err)?;
-        let mut descriptors = Vec::new();
-        for entry in table.range(prefix.as_str()..).map_err(err)? {
-            let (k, v) = entry.map_err(err)?;
-            if !k.value().starts_with(prefix.as_str()) {
-                break;
-            }
-            descriptors.push(v.value().to_vec());
-        }
-        Ok(descriptors)
+        let table = txn.open_table(REFERRER_LISTS).map_err(err)?;
+        let Some(value) = table.get(list_key(key).as_str()).map_err(err)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))
     }
 
-    /// Forgets that `referrer` refers to `subject` in the repository.
-    pub fn forget_referrer(
+    /// Makes `list` the referrers of its subject, on the blocking pool.
+    pub async fn put_referrer_list(
         &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-        referrer: &Digest,
+        key: &ListKey,
+        list: &ReferrerList,
     ) -> Result<(), MetaError> {
-        let txn = self.db.begin_write().map_err(err)?;
-        txn.open_table(REFERRERS)
-            .map_err(err)?
-            .remove(key(&[upstream, repository, subject.as_str(), referrer.as_str()]).as_str())
-            .map_err(err)?;
-        txn.commit().map_err(err)
+        let value = serde_json::to_vec(list).map_err(err)?;
+        let empty = list.descriptors.is_empty();
+        self.write(list_key(key), move |table, key| {
+            if empty {
+                table.remove(key).map_err(err)?;
+            } else {
+                table.insert(key, value.as_slice()).map_err(err)?;
+            }
+            Ok(Changed::Applied)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Adds or removes one referrer in one transaction, on the blocking pool.
+    pub async fn change_referrers(
+        &self,
+        key: &ListKey,
+        change: ListChange,
+    ) -> Result<Changed, MetaError> {
+        self.write(list_key(key), move |table, key| {
+            let mut list: ReferrerList = match table.get(key).map_err(err)? {
+                Some(value) => serde_json::from_slice(value.value()).map_err(err)?,
+                None => ReferrerList::default(),
+            };
+            if list.apply(&change) == Changed::Full {
+                return Ok(Changed::Full);
+            }
+            if list.descriptors.is_empty() {
+                table.remove(key).map_err(err)?;
+            } else {
+                let value = serde_json::to_vec(&list).map_err(err)?;
+                table.insert(key, value.as_slice()).map_err(err)?;
+            }
+            Ok(Changed::Applied)
+        })
+        .await
+    }
+
+    /// One write transaction on the referrer lists, run on the blocking pool.
+    async fn write(
+        &self,
+        key: String,
+        change: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>, &str) -> Result<Changed, MetaError>
+        + Send
+        + 'static,
+    ) -> Result<Changed, MetaError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(err)?;
+            let changed = change(
+                &mut txn.open_table(REFERRER_LISTS).map_err(err)?,
+                key.as_str(),
+            )?;
+            txn.commit().map_err(err)?;
+            Ok(changed)
+        })
+        .await
+        .map_err(err)?
     }
 
     /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
@@ -553,26 +624,52 @@ impl LocalMetadata {
             let (k, _) = entry.map_err(err)?;
             inventory.doomed.push(k.value().to_owned());
         }
+        for entry in txn
+            .open_table(REFERRER_LISTS)
+            .map_err(err)?
+            .iter()
+            .map_err(err)?
+        {
+            let (k, v) = entry.map_err(err)?;
+            #[derive(serde::Deserialize)]
+            struct Stored {
+                #[serde(default)]
+                stored_at: u64,
+            }
+            let parts: Vec<&str> = k.value().split(SEP).collect();
+            if let [upstream, repository, subject] = parts[..] {
+                let bytes = v.value();
+                inventory.referrer_lists.push(StoredList {
+                    key: ListKey {
+                        upstream: upstream.to_owned(),
+                        repository: repository.to_owned(),
+                        subject: subject.to_owned(),
+                    },
+                    bytes: bytes.len() as u64,
+                    stored_at: serde_json::from_slice::<Stored>(bytes).map_or(0, |s| s.stored_at),
+                });
+            }
+        }
         Ok(inventory)
     }
 
     /// Forgets evicted manifests and blobs in one transaction: their links everywhere, tags
     /// pointing at them, their records and use times; they are recorded as doomed until their
-    /// files are deleted.
-    pub fn evict(&self, digests: &[String]) -> Result<(), MetaError> {
+    /// files are deleted. Evicted referrer lists go with their use times.
+    pub fn evict(&self, digests: &[String], lists: &[ListKey]) -> Result<(), MetaError> {
         let doomed: std::collections::HashSet<&str> = digests.iter().map(String::as_str).collect();
         let txn = self.db.begin_write().map_err(err)?;
         {
             remove_by_digest(&mut txn.open_table(LINKS).map_err(err)?, &doomed)?;
-            let mut referrers = txn.open_table(REFERRERS).map_err(err)?;
-            let dead: Vec<String> = keys_of(&referrers)?
-                .into_iter()
-                .filter(|k| k.rsplit(SEP).next().is_some_and(|d| doomed.contains(d)))
-                .collect();
-            for k in dead {
-                referrers.remove(k.as_str()).map_err(err)?;
+            let mut referrer_lists = txn.open_table(REFERRER_LISTS).map_err(err)?;
+            let mut used = txn.open_table(LAST_USED).map_err(err)?;
+            for list in lists {
+                referrer_lists
+                    .remove(list_key(list).as_str())
+                    .map_err(err)?;
+                used.remove(list.use_key().as_str()).map_err(err)?;
             }
-            drop(referrers);
+            drop((referrer_lists, used));
             remove_by_digest(&mut txn.open_table(SOURCES).map_err(err)?, &doomed)?;
             let mut tags = txn.open_table(TAGS).map_err(err)?;
             let dead_tags: Vec<String> = tags
@@ -705,42 +802,107 @@ mod tests {
         );
     }
 
-    #[test]
-    fn referrers_per_repository_forgotten_and_evicted() {
+    fn descriptor(digest: &Digest) -> serde_json::Value {
+        serde_json::json!({"mediaType": "m", "digest": digest.as_str(), "size": 1})
+    }
+
+    #[tokio::test]
+    async fn referrer_lists_change_one_referrer_at_a_time_within_bounds_and_are_evicted() {
         let dir = tempfile::tempdir().unwrap();
         let meta = LocalMetadata::open(&dir.path().join("meta.redb")).unwrap();
         let (subject, signature, sbom) = (sha256(b"image"), sha256(b"sig"), sha256(b"sbom"));
-        meta.put_referrer("local", "team/app", &subject, &signature, b"{\"s\":1}")
-            .unwrap();
-        meta.put_referrer("local", "team/app", &subject, &sbom, b"{\"b\":1}")
-            .unwrap();
+        let key = ListKey::new("local", "team/app", &subject);
+        let bounds = crate::cache::meta::ListBounds {
+            count: 2,
+            bytes: usize::MAX,
+        };
+        for referrer in [&signature, &sbom] {
+            let change = ListChange::Add(descriptor(referrer), bounds);
+            assert_eq!(
+                meta.change_referrers(&key, change).await.unwrap(),
+                Changed::Applied
+            );
+        }
+        let third = ListChange::Add(descriptor(&sha256(b"third")), bounds);
         assert_eq!(
-            meta.referrers("local", "team/app", &subject).unwrap().len(),
-            2
+            meta.change_referrers(&key, third).await.unwrap(),
+            Changed::Full
         );
-        assert!(
-            meta.referrers("local", "team/ap", &subject)
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            meta.referrers("local", "team/app", &sbom)
-                .unwrap()
-                .is_empty()
-        );
-        meta.forget_referrer("local", "team/app", &subject, &sbom)
-            .unwrap();
+        // Adding one again replaces it: no room needed.
+        let again = ListChange::Add(descriptor(&sbom), bounds);
         assert_eq!(
-            meta.referrers("local", "team/app", &subject).unwrap(),
-            [b"{\"s\":1}".to_vec()]
+            meta.change_referrers(&key, again).await.unwrap(),
+            Changed::Applied
         );
-        // An evicted referrer leaves the list.
-        meta.evict(&[signature.to_string()]).unwrap();
+        let list = meta.referrer_list(&key).unwrap().unwrap();
+        let mut expected = vec![signature.to_string(), sbom.to_string()];
+        expected.sort();
+        let digests: Vec<&str> = list
+            .descriptors
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(digests, expected, "one per digest, sorted");
         assert!(
-            meta.referrers("local", "team/app", &subject)
+            meta.referrer_list(&ListKey::new("local", "team/ap", &subject))
                 .unwrap()
-                .is_empty()
+                .is_none()
         );
+        let remove = ListChange::Remove(sbom.to_string());
+        meta.change_referrers(&key, remove).await.unwrap();
+        let list = meta.referrer_list(&key).unwrap().unwrap();
+        assert_eq!(list.descriptors, [descriptor(&signature)]);
+        // A proxied list, written whole, and evicted with its use time.
+        let proxied = ListKey::new("docker.io", "library/x", &subject);
+        meta.put_referrer_list(&proxied, &list).await.unwrap();
+        meta.record_use(&[(proxied.use_key(), 5)]).unwrap();
+        let inventory = meta.inventory().unwrap();
+        assert_eq!(inventory.referrer_lists.len(), 2);
+        assert_eq!(inventory.last_used.get(&proxied.use_key()), Some(&5));
+        meta.evict(&[], std::slice::from_ref(&proxied)).unwrap();
+        assert!(meta.referrer_list(&proxied).unwrap().is_none());
+        assert!(meta.inventory().unwrap().last_used.is_empty());
+        // An empty list is no record.
+        meta.put_referrer_list(&key, &ReferrerList::default())
+            .await
+            .unwrap();
+        assert!(meta.referrer_list(&key).unwrap().is_none());
+    }
+
+    #[test]
+    fn referrer_records_from_before_lists_become_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let (subject, signature, sbom) = (sha256(b"image"), sha256(b"sig"), sha256(b"sbom"));
+        {
+            let meta = LocalMetadata::open(&path).unwrap();
+            // As a cache written by an earlier version: one record per referrer, schema 3.
+            let txn = meta.db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(REFERRERS_BEFORE_LISTS).unwrap();
+                for referrer in [&signature, &sbom] {
+                    let k = key(&["local", "team/app", subject.as_str(), referrer.as_str()]);
+                    let value = descriptor(referrer).to_string();
+                    old.insert(k.as_str(), value.as_bytes()).unwrap();
+                }
+                txn.open_table(VERSION)
+                    .unwrap()
+                    .insert("schema", 3)
+                    .unwrap();
+            }
+            txn.delete_table(REFERRER_LISTS).unwrap();
+            txn.commit().unwrap();
+        }
+        let meta = LocalMetadata::open(&path).unwrap();
+        let list = meta
+            .referrer_list(&ListKey::new("local", "team/app", &subject))
+            .unwrap()
+            .unwrap();
+        let mut expected = vec![descriptor(&signature), descriptor(&sbom)];
+        expected.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+        assert_eq!(list.descriptors, expected);
+        let txn = meta.db.begin_read().unwrap();
+        assert!(txn.open_table(REFERRERS_BEFORE_LISTS).is_err(), "dropped");
     }
 
     #[test]
@@ -823,7 +985,7 @@ mod tests {
         assert_eq!(access("docker.io", "library/x"), held, "an unlink is seen");
         meta.link("docker.io", "library/x", &digest).unwrap();
         assert_eq!(access("docker.io", "library/x"), both);
-        meta.evict(&[digest.to_string()]).unwrap();
+        meta.evict(&[digest.to_string()], &[]).unwrap();
         assert_eq!(
             access("docker.io", "library/x"),
             none,

@@ -13,8 +13,9 @@
 //!   namespace holds is served on a route only once its own upstream has delivered the same
 //!   bytes: an upstream that merely *claims* a digest (a HEAD 200) never gets content cached from
 //!   elsewhere;
-//! - referrers: (upstream, repository, subject, referrer) -> the referrer's descriptor, for the
-//!   referrers API (signatures, SBOMs, attestations of a manifest);
+//! - referrer lists: (upstream, repository, subject) -> the descriptors of the manifests that
+//!   refer to the subject (signatures, SBOMs, attestations), one bounded record per subject,
+//!   replaced whole; evicted by their own last use and their subject's;
 //! - last uses (for eviction) and doomed digests (evicted, files not yet deleted).
 //!
 //! Blob and manifest records are written before their content is made visible in the store, so
@@ -63,6 +64,117 @@ pub struct Inventory {
     pub links: Vec<(String, String, String, u64)>,
     /// Digests evicted whose content may still be stored.
     pub doomed: Vec<String>,
+    /// Referrer lists, with their sizes and when they were stored.
+    pub referrer_lists: Vec<StoredList>,
+}
+
+/// Which referrer list: the referrers of `subject` in one repository of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListKey {
+    pub upstream: String,
+    pub repository: String,
+    pub subject: String,
+}
+
+impl ListKey {
+    pub fn new(upstream: &str, repository: &str, subject: &Digest) -> Self {
+        ListKey {
+            upstream: upstream.to_owned(),
+            repository: repository.to_owned(),
+            subject: subject.to_string(),
+        }
+    }
+
+    /// Its name among the last uses (beside digests, which never contain U+001F).
+    pub fn use_key(&self) -> String {
+        format!(
+            "referrers\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.upstream, self.repository, self.subject
+        )
+    }
+}
+
+/// A referrer list as a collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredList {
+    pub key: ListKey,
+    /// The record's size.
+    pub bytes: u64,
+    /// Unix seconds when it was written.
+    pub stored_at: u64,
+}
+
+/// The referrers of one subject in one repository: one record, replaced whole, never more than
+/// the `limits` allow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReferrerList {
+    /// Unix seconds when it was written.
+    #[serde(default)]
+    pub stored_at: u64,
+    /// Why the upstream's answer was cut (served as a `Warning` with the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
+    /// The descriptors, one per digest, sorted by digest.
+    #[serde(default)]
+    pub descriptors: Vec<serde_json::Value>,
+}
+
+/// How many referrers, and how many bytes of their descriptors, one list may hold
+/// (`limits.max_referrers`, `limits.max_referrers_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListBounds {
+    pub count: usize,
+    pub bytes: usize,
+}
+
+/// One referrer added to or removed from a list.
+#[derive(Debug, Clone)]
+pub enum ListChange {
+    /// A descriptor (it replaces one of the same digest), within the bounds.
+    Add(serde_json::Value, ListBounds),
+    /// The referrer of this digest goes.
+    Remove(String),
+}
+
+/// What [`Metadata::change_referrers`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    Applied,
+    /// The list is at its bounds: nothing was added.
+    Full,
+}
+
+impl ReferrerList {
+    /// Applies a change, keeping the descriptors sorted by digest.
+    pub fn apply(&mut self, change: &ListChange) -> Changed {
+        let digest_of = |d: &serde_json::Value| d["digest"].as_str().unwrap_or("").to_owned();
+        match change {
+            ListChange::Remove(digest) => {
+                self.descriptors.retain(|d| digest_of(d) != *digest);
+            }
+            ListChange::Add(descriptor, bounds) => {
+                let digest = digest_of(descriptor);
+                let others: Vec<&serde_json::Value> = self
+                    .descriptors
+                    .iter()
+                    .filter(|d| digest_of(d) != digest)
+                    .collect();
+                let bytes: usize = others
+                    .iter()
+                    .chain([&descriptor])
+                    .map(|d| d.to_string().len())
+                    .sum();
+                if others.len() >= bounds.count || bytes > bounds.bytes {
+                    return Changed::Full;
+                }
+                self.descriptors.retain(|d| digest_of(d) != digest);
+                let at = self.descriptors.partition_point(|d| digest_of(d) < digest);
+                self.descriptors.insert(at, descriptor.clone());
+            }
+        }
+        self.stored_at = now();
+        Changed::Applied
+    }
 }
 
 /// A verified blob about to be made visible in the store, and who fetched or pushed it.
@@ -207,53 +319,37 @@ impl Metadata {
         }
     }
 
-    /// Records `referrer` (its descriptor, JSON) as referring to `subject` in the repository.
-    pub async fn put_referrer(
-        &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-        referrer: &Digest,
-        descriptor: &[u8],
-    ) -> Result<(), MetaError> {
+    /// The referrers recorded for `subject` in the repository.
+    pub async fn referrer_list(&self, key: &ListKey) -> Result<Option<ReferrerList>, MetaError> {
         match self {
-            Metadata::Local(m) => {
-                m.put_referrer(upstream, repository, subject, referrer, descriptor)
-            }
-            Metadata::Bucket(m) => {
-                m.put_referrer(upstream, repository, subject, referrer, descriptor)
-                    .await
-            }
+            Metadata::Local(m) => m.referrer_list(key),
+            Metadata::Bucket(m) => m.referrer_list(key).await,
         }
     }
 
-    /// The descriptors (JSON) of the manifests referring to `subject` in the repository.
-    pub async fn referrers(
+    /// Makes `list` the referrers of its subject (an empty list removes the record). On the
+    /// local backend the write runs on the blocking pool.
+    pub async fn put_referrer_list(
         &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-    ) -> Result<Vec<Vec<u8>>, MetaError> {
+        key: &ListKey,
+        list: &ReferrerList,
+    ) -> Result<(), MetaError> {
         match self {
-            Metadata::Local(m) => m.referrers(upstream, repository, subject),
-            Metadata::Bucket(m) => m.referrers(upstream, repository, subject).await,
+            Metadata::Local(m) => m.put_referrer_list(key, list).await,
+            Metadata::Bucket(m) => m.put_referrer_list(key, list).await,
         }
     }
 
-    /// Forgets that `referrer` refers to `subject` in the repository.
-    pub async fn forget_referrer(
+    /// Adds or removes one referrer of a subject in one atomic step (a pushed or deleted
+    /// manifest with a `subject`).
+    pub async fn change_referrers(
         &self,
-        upstream: &str,
-        repository: &str,
-        subject: &Digest,
-        referrer: &Digest,
-    ) -> Result<(), MetaError> {
+        key: &ListKey,
+        change: ListChange,
+    ) -> Result<Changed, MetaError> {
         match self {
-            Metadata::Local(m) => m.forget_referrer(upstream, repository, subject, referrer),
-            Metadata::Bucket(m) => {
-                m.forget_referrer(upstream, repository, subject, referrer)
-                    .await
-            }
+            Metadata::Local(m) => m.change_referrers(key, change).await,
+            Metadata::Bucket(m) => m.change_referrers(key, change).await,
         }
     }
 
@@ -311,11 +407,12 @@ impl Metadata {
     }
 
     /// Forgets evicted manifests and blobs: their links everywhere, tags pointing at them, their
-    /// records and use times; they stay doomed until their content is deleted.
-    pub async fn evict(&self, digests: &[String]) -> Result<(), MetaError> {
+    /// records and use times; they stay doomed until their content is deleted. Evicted referrer
+    /// lists go with their use times.
+    pub async fn evict(&self, digests: &[String], lists: &[ListKey]) -> Result<(), MetaError> {
         match self {
-            Metadata::Local(m) => m.evict(digests),
-            Metadata::Bucket(m) => m.evict(digests).await,
+            Metadata::Local(m) => m.evict(digests, lists),
+            Metadata::Bucket(m) => m.evict(digests, lists).await,
         }
     }
 
