@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use fake::{Cache, client, digest_of};
+use bytes::Bytes;
+use fake::{Cache, Canned, FakeUpstream, client, digest_of};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DESCRIPTORS_PER_PAGE: usize = 20_000;
@@ -24,74 +25,76 @@ const DESCRIPTORS_PER_PAGE: usize = 20_000;
 /// A FAKE upstream whose referrers API answers every subject with 20,000 descriptors a page and
 /// a `Link` to one more page, forever (or, once `small` is set, with one descriptor); with
 /// `tag_schema` set, the API is missing (404) and the index tagged `sha256-<hex>` is as long.
-#[derive(Default)]
 struct Flood {
     pages: AtomicUsize,
     small: AtomicBool,
     tag_schema: AtomicBool,
+    /// The tag schema's index and its digest, made once.
+    tag_index: (String, String),
 }
 
-fn descriptor(page: usize, i: usize) -> serde_json::Value {
-    serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": format!("sha256:{page:032x}{i:032x}"),
-        "size": 1000,
-    })
-}
-
-fn index(descriptors: Vec<serde_json::Value>) -> String {
-    serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors})
-        .to_string()
+/// An index of 20,000 descriptors, written directly (a test build's serde would take seconds).
+fn flood_page(page: usize, count: usize) -> String {
+    use std::fmt::Write as _;
+    let mut body = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":["#);
+    for i in 0..count {
+        if i > 0 {
+            body.push(',');
+        }
+        write!(
+            body,
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{page:032x}{i:032x}","size":1000}}"#
+        )
+        .unwrap();
+    }
+    body.push_str("]}");
+    body
 }
 
 async fn flood(State(flood): State<Arc<Flood>>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let not_found = || {
-        let mut response = Response::new(Body::from(r#"{"errors":[{"code":"NOT_FOUND"}]}"#));
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        response
-    };
     let tag_schema = flood.tag_schema.load(Ordering::SeqCst);
-    let body = if path.contains("/referrers/") && !tag_schema {
+    let mut response = if path.contains("/referrers/") && !tag_schema {
         let page = flood.pages.fetch_add(1, Ordering::SeqCst);
         if flood.small.load(Ordering::SeqCst) {
-            index(vec![descriptor(page, 0)])
+            Response::new(Body::from(flood_page(page, 1)))
         } else {
-            let descriptors = (0..DESCRIPTORS_PER_PAGE)
-                .map(|i| descriptor(page, i))
-                .collect();
-            let mut response = Response::new(Body::from(index(descriptors)));
+            let mut response = Response::new(Body::from(flood_page(page, DESCRIPTORS_PER_PAGE)));
             let link = format!("<{path}?last=page{page}>; rel=\"next\"");
             response
                 .headers_mut()
                 .insert("link", HeaderValue::from_str(&link).unwrap());
             response
-                .headers_mut()
-                .insert("content-type", HeaderValue::from_static(OCI_INDEX));
-            return response;
         }
     } else if path.contains("/manifests/sha256-") && tag_schema {
         flood.pages.fetch_add(1, Ordering::SeqCst);
-        index(
-            (0..DESCRIPTORS_PER_PAGE)
-                .map(|i| descriptor(0, i))
-                .collect(),
-        )
+        let (body, digest) = flood.tag_index.clone();
+        let mut response = Response::new(Body::from(body));
+        response.headers_mut().insert(
+            "docker-content-digest",
+            HeaderValue::from_str(&digest).unwrap(),
+        );
+        response
     } else {
-        return not_found();
+        let mut response = Response::new(Body::from(r#"{"errors":[{"code":"NOT_FOUND"}]}"#));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return response;
     };
-    let mut response = Response::new(Body::from(body.clone()));
-    let headers = response.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static(OCI_INDEX));
-    headers.insert(
-        "docker-content-digest",
-        HeaderValue::from_str(&digest_of(body.as_bytes())).unwrap(),
-    );
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static(OCI_INDEX));
     response
 }
 
 async fn start_flood() -> (SocketAddr, Arc<Flood>) {
-    let state = Arc::new(Flood::default());
+    let tag_index = flood_page(0, DESCRIPTORS_PER_PAGE);
+    let digest = digest_of(tag_index.as_bytes());
+    let state = Arc::new(Flood {
+        pages: AtomicUsize::new(0),
+        small: AtomicBool::new(false),
+        tag_schema: AtomicBool::new(false),
+        tag_index: (tag_index, digest),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = axum::Router::new()
@@ -226,4 +229,88 @@ async fn a_tag_schema_index_as_long_is_cut_the_same_way() {
     let (headers, again) = referrers(&cache, &digest_of(b"image")).await;
     assert_eq!((again, self::warnings(&headers)), (listed, warnings));
     assert_eq!(flood.pages.load(Ordering::SeqCst), asked, "not asked again");
+}
+
+#[tokio::test]
+async fn manifests_are_never_served_as_html_and_every_answer_says_nosniff() {
+    let script = r#"{"schemaVersion":2,"config":{},"layers":[],"x":"<script>alert(1)</script>"}"#;
+    let upstream = FakeUpstream::start().await;
+    upstream.answer(
+        Method::GET,
+        "/v2/team/app/manifests/v1",
+        Canned {
+            status: 200,
+            content_type: "text/html",
+            body: Bytes::from(script),
+            pieces: 1,
+            pause: Duration::ZERO,
+        },
+    );
+    upstream.answer(
+        Method::HEAD,
+        "/v2/team/app/manifests/v1",
+        Canned {
+            status: 200,
+            content_type: "text/html",
+            body: Bytes::from(script),
+            pieces: 1,
+            pause: Duration::ZERO,
+        },
+    );
+    let cache = Cache::start(&format!(
+        "proxy: {{remoteurl: {}}}\nlocal: [{{prefix: mine/}}]",
+        upstream.url()
+    ))
+    .await;
+    // Fetched from an upstream that says text/html: stored and served as an image manifest.
+    for _ in 0..2 {
+        let response = client()
+            .get(cache.url("/v2/team/app/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(response.bytes().await.unwrap(), script.as_bytes());
+    }
+    // Pushed as text/html: refused, as distribution does (it answered 201 before).
+    let push = client()
+        .put(cache.url("/v2/mine/app/manifests/v1"))
+        .header("content-type", "text/html")
+        .body(script)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), 400);
+    let body: serde_json::Value = push.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_INVALID");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("text/html is not a manifest media type"),
+        "{body}"
+    );
+    // Every answer says nosniff: errors, the status page, health, unknown paths.
+    for path in [
+        "/v2/",
+        "/v2/mine/app/manifests/nope",
+        "/",
+        "/healthz",
+        "/nothing",
+    ] {
+        let response = client().get(cache.url(path)).send().await.unwrap();
+        assert_eq!(
+            response
+                .headers()
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
 }

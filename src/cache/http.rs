@@ -123,6 +123,12 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
             .headers_mut()
             .insert(CACHE_HEADER, HeaderValue::from_static(outcome.cache));
     }
+    // No answer is ever run as another type than it says (a manifest as a page), as
+    // distribution's answers say too.
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     for (name, value) in &app.extra_headers {
         response.headers_mut().append(name, value.clone());
     }

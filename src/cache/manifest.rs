@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::reference::Digest;
+use crate::registry::{DOCKER_V1_SIGNED, OCI_INDEX, OCI_MANIFEST, manifest_media_type};
 
 /// A manifest as served.
 #[derive(Debug, Clone)]
@@ -91,10 +92,56 @@ pub fn referrer_descriptor(bytes: &[u8], digest: &Digest, media_type: &str) -> s
     descriptor
 }
 
-/// The media type from the manifest itself, when the upstream's Content-Type is missing.
-pub fn declared_media_type(bytes: &[u8]) -> Option<String> {
+/// The media type from the manifest itself.
+fn declared_media_type(bytes: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     value.get("mediaType")?.as_str().map(str::to_owned)
+}
+
+/// The type a manifest is stored and served with: its own `mediaType` when that is a manifest
+/// media type, else `content_type` (the upstream's, or the one recorded) when that is one, else
+/// the type its shape says (an index lists `manifests`; schema 1 says so; else an image).
+/// Never anything but [`MANIFEST_MEDIA_TYPES`](crate::registry::MANIFEST_MEDIA_TYPES).
+pub fn media_type(bytes: &[u8], content_type: Option<&str>) -> &'static str {
+    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let declared = value.get("mediaType").and_then(|t| t.as_str());
+    if let Some(known) = declared
+        .into_iter()
+        .chain(content_type)
+        .find_map(manifest_media_type)
+    {
+        return known;
+    }
+    if value.get("manifests").is_some() {
+        OCI_INDEX
+    } else if value.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
+        DOCKER_V1_SIGNED
+    } else {
+        OCI_MANIFEST
+    }
+}
+
+/// The type a pushed manifest is stored with, or why it is refused: a `Content-Type` or a
+/// `mediaType` that is not a manifest media type (distribution answers a push of `text/html`
+/// with 400 too), or neither of them.
+pub fn pushed_media_type(bytes: &[u8], content_type: Option<&str>) -> Result<&'static str, String> {
+    let content_type = content_type.map(str::trim).filter(|t| !t.is_empty());
+    if let Some(given) = content_type.filter(|t| manifest_media_type(t).is_none()) {
+        return Err(format!("Content-Type {given} is not a manifest media type"));
+    }
+    let declared = declared_media_type(bytes);
+    if let Some(declared) = declared
+        .as_deref()
+        .filter(|t| manifest_media_type(t).is_none())
+    {
+        return Err(format!(
+            "its mediaType {declared} is not a manifest media type"
+        ));
+    }
+    if content_type.is_none() && declared.is_none() {
+        return Err("no media type: send a Content-Type or a mediaType".into());
+    }
+    Ok(media_type(bytes, content_type))
 }
 
 #[cfg(test)]
@@ -121,6 +168,56 @@ mod tests {
         let index = format!(r#"{{"manifests":[{{"digest":"{A}"}},{{"digest":"{B}"}}]}}"#);
         assert_eq!(references(index.as_bytes()).len(), 2);
         assert!(references(b"not json").is_empty());
+    }
+
+    #[test]
+    fn only_manifest_media_types_are_stored_and_served() {
+        let oci = format!(r#"{{"mediaType":"{OCI_MANIFEST}","config":{{}},"layers":[]}}"#);
+        let bare_index = r#"{"schemaVersion":2,"manifests":[]}"#;
+        let bare_image = r#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        let schema1 = r#"{"schemaVersion":1,"fsLayers":[]}"#;
+        let html = r#"{"mediaType":"text/html","layers":[]}"#;
+        let docker = crate::registry::DOCKER_MANIFEST;
+        for (bytes, content_type, expected) in [
+            (oci.as_str(), Some("text/html"), OCI_MANIFEST),
+            (oci.as_str(), Some(docker), OCI_MANIFEST),
+            (bare_image, Some(docker), docker),
+            (
+                bare_image,
+                Some("Application/VND.Docker.Distribution.Manifest.V2+JSON; x=1"),
+                docker,
+            ),
+            (bare_image, Some("text/html"), OCI_MANIFEST),
+            (bare_image, None, OCI_MANIFEST),
+            (bare_index, Some("text/html"), OCI_INDEX),
+            (schema1, None, DOCKER_V1_SIGNED),
+            (html, Some("text/html"), OCI_MANIFEST),
+            ("not json", Some("text/html"), OCI_MANIFEST),
+        ] {
+            assert_eq!(
+                media_type(bytes.as_bytes(), content_type),
+                expected,
+                "{bytes} {content_type:?}"
+            );
+        }
+        assert_eq!(pushed_media_type(oci.as_bytes(), None), Ok(OCI_MANIFEST));
+        assert_eq!(
+            pushed_media_type(bare_image.as_bytes(), Some(docker)),
+            Ok(docker)
+        );
+        for (bytes, content_type, refusal) in [
+            (
+                oci.as_str(),
+                Some("text/html"),
+                "Content-Type text/html is not",
+            ),
+            (html, Some(OCI_MANIFEST), "its mediaType text/html is not"),
+            (bare_image, None, "no media type"),
+            (bare_image, Some(" "), "no media type"),
+        ] {
+            let error = pushed_media_type(bytes.as_bytes(), content_type).unwrap_err();
+            assert!(error.starts_with(refusal), "{error}");
+        }
     }
 
     #[test]

@@ -698,9 +698,14 @@ impl App {
         let Some(bytes) = self.store.read(digest).await.map_err(internal)? else {
             return Ok(None);
         };
+        // Recorded by an earlier version, a type may be anything an upstream or a push said.
+        let media_type = match crate::registry::manifest_media_type(&record.media_type) {
+            Some(known) => known,
+            None => manifest::media_type(&bytes, None),
+        };
         let manifest = Arc::new(CachedManifest {
             digest: digest.clone(),
-            media_type: record.media_type,
+            media_type: media_type.to_owned(),
             bytes,
         });
         self.memo.insert(manifest.digest.clone(), manifest.clone());
@@ -729,7 +734,7 @@ impl App {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+            .map(str::to_owned);
         let declared = response
             .headers()
             .get(CONTENT_DIGEST_HEADER)
@@ -767,10 +772,7 @@ impl App {
                 return Err(mismatch(claimed.as_str()));
             }
         }
-        let media_type = header_type
-            .filter(|t| !t.is_empty() && t != "application/octet-stream" && t != "text/plain")
-            .or_else(|| manifest::declared_media_type(&bytes))
-            .unwrap_or_else(|| crate::registry::DOCKER_MANIFEST.to_owned());
+        let media_type = manifest::media_type(&bytes, header_type.as_deref()).to_owned();
         let references = manifest::references(&bytes);
         let manifest = Arc::new(CachedManifest {
             digest,

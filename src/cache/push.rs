@@ -66,16 +66,15 @@ pub async fn put_manifest(
             ));
         }
     }
-    let media_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .or_else(|| manifest::declared_media_type(&bytes))
-        .ok_or_else(|| RegistryError::new(ErrorCode::ManifestInvalid, "no media type"))?;
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, format!("not JSON: {e}")))?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let media_type = manifest::pushed_media_type(&bytes, content_type)
+        .map_err(|why| RegistryError::new(ErrorCode::ManifestInvalid, why))?
+        .to_owned();
     // A subject may come later, and non-distributable layers never come.
     let references = manifest::required_references(&bytes);
     for referenced in &references {

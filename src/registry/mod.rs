@@ -24,7 +24,33 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// The Accept header sent upstream for manifests: every type regmirror stores and serves.
+/// Docker's image manifest schema 1, unsigned and signed: still served by some old registries.
+pub const DOCKER_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const DOCKER_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// Every media type a manifest is stored and served with. Nothing else is: a type such as
+/// `text/html` on the cache's own origin would let a browser run a pushed or fetched script
+/// beside the status page and the push API.
+pub const MANIFEST_MEDIA_TYPES: [&str; 6] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_LIST,
+    DOCKER_V1,
+    DOCKER_V1_SIGNED,
+];
+
+/// Whether `media_type` (without parameters; case does not matter) is a manifest media type,
+/// and its canonical spelling.
+pub fn manifest_media_type(media_type: &str) -> Option<&'static str> {
+    let bare = media_type.split(';').next().unwrap_or("").trim();
+    MANIFEST_MEDIA_TYPES
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(bare))
+}
+
+/// The Accept header sent upstream for manifests: the types regmirror asks for (schema 1 is
+/// only taken when an upstream has nothing else).
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
