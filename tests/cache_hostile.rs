@@ -314,3 +314,95 @@ async fn manifests_are_never_served_as_html_and_every_answer_says_nosniff() {
         );
     }
 }
+
+/// A FAKE upstream that announces every blob as 1 GiB and sends 40 KB every 100 ms.
+async fn start_trickler() -> SocketAddr {
+    async fn trickle(_request: Request) -> Response {
+        let chunks = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 40_000])), ()))
+        });
+        let mut response = Response::new(Body::from_stream(chunks));
+        response
+            .headers_mut()
+            .insert("content-length", HeaderValue::from_static("1073741824"));
+        response
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(trickle))
+            .await
+            .unwrap()
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_upstream_holds_neither_every_fill_slot_nor_the_disk_it_claims() {
+    use std::os::unix::fs::MetadataExt as _;
+    let healthy = FakeUpstream::start().await;
+    let layer = fake::random_bytes(100_000, 7);
+    let layer_digest = digest_of(&layer);
+    healthy.blob(
+        "library/app",
+        &layer_digest,
+        layer.clone(),
+        1,
+        Duration::ZERO,
+    );
+    let hostile = start_trickler().await;
+    let cache = Cache::start(&format!(
+        "proxy: {{remoteregistries: [{{url: {}}}, {{url: http://{hostile}}}]}}\n\
+         limits: {{max_fills: 4}}",
+        healthy.url()
+    ))
+    .await;
+    let mut held = Vec::new();
+    let mut statuses = Vec::new();
+    for i in 0..4u8 {
+        let path = format!("/v2/evil/app/blobs/{}?ns={hostile}", digest_of(&[i]));
+        let response = client().get(cache.url(&path)).send().await.unwrap();
+        statuses.push(response.status().as_u16());
+        held.push(response);
+    }
+    // Three of four slots at most (limits.max_fills_per_upstream's default); before, all four.
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let refused: serde_json::Value = held.pop().unwrap().json().await.unwrap();
+    assert!(
+        refused
+            .to_string()
+            .contains("limits.max_fills_per_upstream"),
+        "{refused}"
+    );
+    // The default upstream still gets a download (429 before).
+    let response = client()
+        .get(cache.url(&format!("/v2/library/app/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), layer);
+    // Disk: reserved as bytes arrive, not by the 1 GiB each claims (4 GiB for 4 before).
+    let trickles = || {
+        let mut files = fake::files_under(&cache.dir.path().join("tmp"));
+        files.retain(|f| std::fs::metadata(f).unwrap().len() != layer.len() as u64);
+        files
+    };
+    while !trickles()
+        .iter()
+        .all(|f| std::fs::metadata(f).unwrap().blocks() > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reserved: u64 = trickles()
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().blocks() * 512)
+        .sum();
+    assert!(
+        reserved <= 3 * (8 << 20) + (4 << 20),
+        "{reserved} bytes allocated for 3 trickles"
+    );
+    eprintln!("3 trickles claiming 1 GiB each: {reserved} bytes allocated (4 GiB for 4 before)");
+    drop(held);
+}

@@ -12,9 +12,11 @@
 //! holds a complete body of unverified content.
 //!
 //! Bounds: a blob larger than `limits.max_blob_size` is refused before the download (by its
-//! Content-Length) or cut when it passes the limit (without one); space is reserved up front only
-//! when the file system has it; a fill that falls behind `limits.fill_min_rate` by more than the
-//! read timeout is abandoned; at most `limits.max_fills` run at once. Hashing runs on the
+//! Content-Length) or cut when it passes the limit (without one); a blob larger than the free
+//! space is refused, and blocks are reserved as bytes arrive (8 MiB ahead), never by the length
+//! an upstream claims; a fill that falls behind `limits.fill_min_rate` by more than the
+//! read timeout is abandoned; at most `limits.max_fills` run at once, and
+//! at most `limits.max_fills_per_upstream` of them for one upstream. Hashing runs on the
 //! blocking pool one batch of chunks at a time, and readers read files there one chunk at a time:
 //! neither holds a thread while waiting for the network or for a slow client.
 //!
@@ -149,6 +151,9 @@ pub struct Fill {
     buffers: Arc<Buffers>,
     /// The repository whose request started it: its other requests join without an access check.
     pub repository: String,
+    /// Whose share of `limits.max_fills` it takes: its upstream's metrics label (every dynamic
+    /// upstream shares one).
+    share: String,
     started: Instant,
     /// Requests that joined after the first.
     followers: AtomicU64,
@@ -455,12 +460,15 @@ fn free_space(file: &File) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Allocates a blob's blocks before it is written, so a disk too full for it fails the fill at
-/// once (a clear error instead of gigabytes downloaded for nothing). A file system without
-/// `fallocate` is written as before.
-fn reserve(file: &File, size: u64) -> io::Result<()> {
+/// How far ahead of the bytes received a fill's blocks are allocated (within its Content-Length).
+const RESERVE_AHEAD: u64 = 8 << 20;
+
+/// Allocates `len` bytes of a blob's blocks from `offset` before they are written, so a disk
+/// that fills up fails the fill with a clear error at once. A file system without `fallocate`
+/// is written as before.
+fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use rustix::io::Errno;
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
         Ok(()) => Ok(()),
         Err(e) if e == Errno::NOSPC || e == Errno::DQUOT || e == Errno::FBIG => Err(e.into()),
         Err(e) => {
@@ -522,6 +530,8 @@ pub struct FillLimits {
     pub grace: Duration,
     /// `limits.max_fills`.
     pub max_fills: usize,
+    /// `limits.max_fills_per_upstream`: the most one share holds.
+    pub max_fills_per_upstream: usize,
 }
 
 /// A fill is for one digest from one upstream.
@@ -592,11 +602,11 @@ impl Fills {
     }
 
     /// Joins the fill of `digest` from `upstream`, or starts one for `repository` with `fetch`,
-    /// which must resolve to the upstream's size and body (or the registry error to report).
-    /// Returns the fill and whether this call started it.
+    /// which must resolve to the upstream's size and body (or the registry error to report), in
+    /// `share` (see [`Fill`]). Returns the fill and whether this call started it.
     pub fn join_or_start<F>(
         self: &Arc<Self>,
-        upstream: &str,
+        (upstream, share): (&str, &str),
         repository: &str,
         digest: &Digest,
         fetch: F,
@@ -616,6 +626,16 @@ impl Fills {
                 format!(
                     "{} upstream downloads are in progress (limits.max_fills); try again shortly",
                     inflight.len()
+                ),
+            ));
+        }
+        let held = inflight.values().filter(|f| f.share == share).count();
+        if held >= self.limits.max_fills_per_upstream {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "upstream {share} has {held} downloads in progress, its share of \
+                     limits.max_fills (limits.max_fills_per_upstream); try again shortly"
                 ),
             ));
         }
@@ -639,6 +659,7 @@ impl Fills {
             recent: recent.clone(),
             buffers: self.buffers.clone(),
             repository: repository.to_owned(),
+            share: share.to_owned(),
             started: Instant::now(),
             followers: AtomicU64::new(0),
         });
@@ -735,13 +756,10 @@ impl FillTask {
                     self.digest()
                 )));
             }
-            reserve(&self.file, size).map_err(|e| {
-                fail(format!(
-                    "cannot reserve {size} bytes for {}: {e}",
-                    self.digest()
-                ))
-            })?;
         }
+        // Blocks are reserved as bytes arrive, a step ahead, never by the length an upstream
+        // claims: four hostile 1 GiB claims trickling 40 KB/s reserved 4 GiB before.
+        let mut reserved = 0u64;
         self.tx
             .send_replace(FillState::Streaming { size, written: 0 });
         // Hashing (~0.7 s per GiB with SHA-NI on these machines) runs on the blocking pool a batch at a time, off
@@ -819,6 +837,16 @@ impl FillTask {
                 }
                 if after > limits.max_blob_size {
                     return Err(too_large(after));
+                }
+                if let Some(size) = size.filter(|_| after > reserved) {
+                    let upto = after.saturating_add(RESERVE_AHEAD).min(size);
+                    reserve(&self.file, reserved, upto - reserved).map_err(|e| {
+                        fail(format!(
+                            "cannot reserve space for {} ({upto} of {size} bytes): {e}",
+                            self.digest()
+                        ))
+                    })?;
+                    reserved = upto;
                 }
                 (&*self.file)
                     .write_all(&chunk)
@@ -984,10 +1012,10 @@ mod tests {
     #[test]
     fn space_is_reserved_before_the_download_and_a_blob_too_large_is_refused() {
         let file = tempfile::tempfile().unwrap();
-        reserve(&file, 1 << 20).unwrap();
+        reserve(&file, 0, 1 << 20).unwrap();
         assert_eq!(file.metadata().unwrap().len(), 1 << 20);
         assert!(free_space(&file).unwrap() > 0);
-        let error = reserve(&file, 1 << 62).unwrap_err();
+        let error = reserve(&file, 0, 1 << 62).unwrap_err();
         let errno = rustix::io::Errno::from_io_error(&error);
         assert!(
             errno == Some(rustix::io::Errno::FBIG) || errno == Some(rustix::io::Errno::NOSPC),
@@ -1006,6 +1034,10 @@ mod tests {
     }
 
     fn fills(dir: &std::path::Path) -> Arc<Fills> {
+        fills_with(dir, 2, 2)
+    }
+
+    fn fills_with(dir: &std::path::Path, max_fills: usize, per_upstream: usize) -> Arc<Fills> {
         let store = Arc::new(BlobStore::open_files(dir).unwrap());
         let meta = Arc::new(Metadata::open_local(&dir.join("meta.redb")).unwrap());
         Arc::new(Fills::new(
@@ -1016,7 +1048,8 @@ mod tests {
                 max_blob_size: 1 << 30,
                 min_rate: 1,
                 grace: Duration::from_secs(5),
-                max_fills: 2,
+                max_fills,
+                max_fills_per_upstream: per_upstream,
             },
         ))
     }
@@ -1027,7 +1060,7 @@ mod tests {
         let fills = fills(dir.path());
         let digest = crate::cache::store::sha256(b"x");
         let (fill, started) = fills
-            .join_or_start("up", "repo", &digest, async {
+            .join_or_start(("up", "up"), "repo", &digest, async {
                 panic!("a bug in the fetch");
             })
             .unwrap();
@@ -1042,7 +1075,7 @@ mod tests {
         // The next request starts afresh.
         let body: UpstreamBody = futures_util::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed();
         let (fill, started) = fills
-            .join_or_start("up", "repo", &digest, async move {
+            .join_or_start(("up", "up"), "repo", &digest, async move {
                 Ok(Fetched::stored(Some(1), body, None))
             })
             .unwrap();
@@ -1057,14 +1090,53 @@ mod tests {
         let fills = fills(dir.path());
         let digest = crate::cache::store::sha256(b"x");
         let never = || async { std::future::pending().await };
-        let (a, _) = fills.join_or_start("a", "r", &digest, never()).unwrap();
-        let (b, started) = fills.join_or_start("b", "r", &digest, never()).unwrap();
+        let (a, _) = fills
+            .join_or_start(("a", "a"), "r", &digest, never())
+            .unwrap();
+        let (b, started) = fills
+            .join_or_start(("b", "b"), "r", &digest, never())
+            .unwrap();
         assert!(started, "another upstream never joins");
         assert!(!Arc::ptr_eq(&a, &b));
-        let (_, started) = fills.join_or_start("a", "r2", &digest, never()).unwrap();
+        let (_, started) = fills
+            .join_or_start(("a", "a"), "r2", &digest, never())
+            .unwrap();
         assert!(!started, "the same upstream joins");
-        let error = fills.join_or_start("c", "r", &digest, never()).unwrap_err();
+        let error = fills
+            .join_or_start(("c", "c"), "r", &digest, never())
+            .unwrap_err();
         assert_eq!(error.code, ErrorCode::TooManyRequests);
         assert!(error.message.contains("limits.max_fills"));
+    }
+
+    #[tokio::test]
+    async fn one_upstream_holds_no_more_than_its_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = fills_with(dir.path(), 4, 3);
+        let never = || async { std::future::pending().await };
+        let digest = |i: u8| crate::cache::store::sha256(&[i]);
+        // Two dynamic upstreams share one label, and with it one share.
+        for (i, upstream) in [(1, "a.test"), (2, "b.test"), (3, "a.test")] {
+            fills
+                .join_or_start((upstream, "dynamic"), "r", &digest(i), never())
+                .unwrap();
+        }
+        let error = fills
+            .join_or_start(("c.test", "dynamic"), "r", &digest(4), never())
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::TooManyRequests);
+        assert!(
+            error.message.contains("limits.max_fills_per_upstream")
+                && error.message.contains("dynamic"),
+            "{}",
+            error.message
+        );
+        // Joining a fill in flight takes no slot; another upstream gets the last one.
+        fills
+            .join_or_start(("a.test", "dynamic"), "r", &digest(1), never())
+            .unwrap();
+        fills
+            .join_or_start(("docker.io", "docker.io"), "r", &digest(4), never())
+            .unwrap();
     }
 }

@@ -336,8 +336,12 @@ impl App {
                 .boxed()
             }
         };
-        self.fills
-            .join_or_start(&route.upstream.name, &route.repository, digest, fetch)
+        self.fills.join_or_start(
+            (&route.upstream.name, route.upstream.label()),
+            &route.repository,
+            digest,
+            fetch,
+        )
     }
 
     /// A check, to run later, that the upstream lets `route`'s repository read the blob

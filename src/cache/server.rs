@@ -154,6 +154,7 @@ impl Server {
                 min_rate: limits.fill_min_rate,
                 grace: options.timeouts.read,
                 max_fills: limits.max_fills,
+                max_fills_per_upstream: limits.max_fills_per_upstream,
             },
         );
         let app = Arc::new(App {
