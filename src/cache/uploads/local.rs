@@ -16,7 +16,7 @@ use axum::response::Response;
 
 use super::{
     accepted, append, cancelled, finish_file, new_upload_id, out_of_order, progress, query,
-    unsupported,
+    too_many, unsupported,
 };
 use crate::cache::App;
 use crate::cache::routing::Route;
@@ -80,10 +80,7 @@ impl Uploads {
     fn start(&self, id: &str, upload: Upload, max: usize) -> Result<(), RegistryError> {
         let mut active = self.lock();
         if active.len() >= max {
-            return Err(RegistryError::new(
-                ErrorCode::TooManyRequests,
-                format!("{max} uploads are in progress (limits.max_uploads)"),
-            ));
+            return Err(too_many(max));
         }
         active.insert(id.to_owned(), upload);
         Ok(())

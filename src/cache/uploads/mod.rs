@@ -130,6 +130,14 @@ pub fn cancelled() -> Response {
     response
 }
 
+/// The refusal of a new upload when `max` are in progress (`limits.max_uploads`).
+pub fn too_many(max: usize) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::TooManyRequests,
+        format!("{max} uploads are in progress (limits.max_uploads)"),
+    )
+}
+
 /// A method the upload API does not have.
 pub fn unsupported(method: &Method) -> RegistryError {
     RegistryError::new(ErrorCode::Unsupported, format!("{method} on an upload"))
