@@ -529,11 +529,15 @@ async fn an_index_of_many_children_is_read_jobs_at_a_time() {
     let upstream = FakeUpstream::start().await;
     let config = Bytes::from_static(br#"{"architecture":"amd64","os":"linux"}"#);
     let layer = random_bytes(10_000, 3);
-    let descriptor = |media_type: &str, bytes: &[u8]| {
-        json!({"mediaType": media_type, "digest": digest_of(bytes), "size": bytes.len()})
-    };
+    let descriptor = |media_type: &str, bytes: &[u8]| json!({"mediaType": media_type, "digest": digest_of(bytes), "size": bytes.len()});
     for blob in [&config, &layer] {
-        upstream.blob(repository, &digest_of(blob), blob.clone(), 1, Duration::ZERO);
+        upstream.blob(
+            repository,
+            &digest_of(blob),
+            blob.clone(),
+            1,
+            Duration::ZERO,
+        );
     }
     // Children that differ by an annotation and share their blobs, each answer held a while so
     // that requests sent together overlap at the upstream.
