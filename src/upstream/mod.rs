@@ -13,6 +13,7 @@ mod client;
 mod guard;
 mod limit;
 mod ratelimit;
+mod special;
 
 pub use auth::Challenge;
 pub use certs::HostRoots;
