@@ -112,9 +112,17 @@ async fn a_dynamic_upstream_cannot_redirect_the_cache_into_the_internal_network(
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.status(),
+        403,
+        "a refusal by the address policy is DENIED"
+    );
     let body = response.text().await.unwrap();
-    assert!(body.contains("refusing"), "{body}");
+    assert!(
+        body.contains("DENIED") && body.contains("refusing"),
+        "{body}"
+    );
+    assert!(body.contains("127.0.0.0/8 (loopback, RFC 1122)"), "{body}");
     assert!(!body.contains("instance metadata"), "{body}");
     assert!(
         public.hits(Method::HEAD, "/v2/x/y/manifests/v1") >= 1,
@@ -702,7 +710,7 @@ async fn client_chosen_names_do_not_grow_the_metrics() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 503);
+        assert_eq!(response.status(), 403);
     }
     let metrics = cache.metrics().await;
     assert!(

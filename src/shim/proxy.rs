@@ -867,6 +867,7 @@ mod tests {
                 retry_after: None,
                 throttled: false,
                 not_found,
+                denied: false,
             };
             every_mirror_failed("reg.io", &route::parse(path).unwrap(), &omitted, &error)
         };

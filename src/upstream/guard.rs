@@ -11,8 +11,9 @@
 //!   first request, in the redirect policy for every redirect, and for a token service's realm.
 //!
 //! Public means outside every block of [`special`](super::special) (the IANA special-purpose
-//! registries, with the IPv4 address an IPv6 one carries judged as IPv4); a refusal names the
-//! block and its RFC.
+//! registries, with the IPv4 address an IPv6 one carries judged as IPv4). A refusal is an
+//! [`AddressRefused`] naming the block and its RFC, so that callers tell it from a failure (it
+//! is a policy: the client gets 403 DENIED, and the endpoint does not rest as if it were down).
 //!
 //! `--add-host` overrides are the operator's own word and are not checked.
 
@@ -50,6 +51,12 @@ impl HostOverrides {
     }
 }
 
+/// The address policy refused a target: the message names the host, the block its address is
+/// in (with the RFC) and the setting that would allow it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AddressRefused(String);
+
 /// What addresses untrusted targets (dynamic upstreams and their redirects) may reach.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AddressPolicy {
@@ -64,27 +71,27 @@ impl AddressPolicy {
 
     /// Whether `url` may be requested as far as its host is an IP literal (names are checked when
     /// they are resolved).
-    pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
+    pub fn check_url(&self, url: &url::Url) -> Result<(), AddressRefused> {
         let ip: IpAddr = match url.host() {
             Some(url::Host::Ipv4(ip)) => ip.into(),
             Some(url::Host::Ipv6(ip)) => ip.into(),
             Some(url::Host::Domain(_)) => return Ok(()),
-            None => return Err(format!("refusing {url}: no host")),
+            None => return Err(AddressRefused(format!("refusing {url}: no host"))),
         };
         self.check(&ip.to_string(), ip)
     }
 
     /// Whether `host` (no port) may be reached at `ip`.
-    pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), String> {
+    pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), AddressRefused> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if self.allow_private {
             return Ok(());
         }
         special::check(ip).map_err(|not_public| {
-            format!(
+            AddressRefused(format!(
                 "refusing upstream {host}: {not_public}, not a public address, and {host} is not \
                  a configured upstream (set proxy.allow_private_upstreams to allow)"
-            )
+            ))
         })
     }
 }
@@ -124,7 +131,7 @@ mod tests {
     fn policy() {
         let guarded = AddressPolicy::new(false);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let err = guarded.check("evil.example", lo).unwrap_err();
+        let err = guarded.check("evil.example", lo).unwrap_err().to_string();
         assert_eq!(
             err,
             "refusing upstream evil.example: 127.0.0.1 is in 127.0.0.0/8 (loopback, RFC 1122), \
@@ -157,7 +164,7 @@ mod tests {
             "http://[fec0::1]/",
             "http://0x7f000001/",
         ] {
-            let error = guarded.check_url(&url(refused)).unwrap_err();
+            let error = guarded.check_url(&url(refused)).unwrap_err().to_string();
             assert!(error.contains("refusing"), "{refused}: {error}");
         }
         for allowed in [
