@@ -182,6 +182,24 @@ async fn a_429_serves_the_cache_stale_and_rests_the_upstream_until_retry_after()
 }
 
 #[tokio::test]
+async fn an_endless_retry_after_reaches_the_client_capped_at_6_hours() {
+    let upstream = FakeUpstream::start().await;
+    *upstream.state.throttle.lock().unwrap() = Some(u64::MAX);
+    let cache = Cache::start(&format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+    // The first answer carries the upstream's own 429; the next ones the rest it imposed.
+    for (n, path) in ["library/a", "library/b"].iter().enumerate() {
+        let refused = get(cache.url(&format!("/v2/{path}/manifests/v1"))).await;
+        assert_eq!(refused.status(), 429);
+        let wait: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=6 * 3600).contains(&wait), "answer {n}: {wait}");
+    }
+}
+
+#[tokio::test]
 async fn with_every_endpoint_resting_a_miss_fails_at_once() {
     let (silent, silent_task) = silent_listener().await;
     let cache = Cache::start(&format!("proxy: {{remoteurl: http://{silent}}}")).await;

@@ -312,25 +312,38 @@ async fn dynamic_upstreams_cannot_reach_private_addresses() {
     let upstream = FakeUpstream::start().await;
     upstream.manifest("library/demo", "v1", r#"{"schemaVersion":2,"layers":[]}"#);
     let cache = Cache::start("proxy: {on: true}").await;
-    let response = client()
-        .get(cache.url(&format!(
-            "/v2/library/demo/manifests/v1?ns={}",
-            upstream.addr
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("refusing upstream 127.0.0.1"),
-        "{body}"
-    );
+    // An IP literal (checked before any request) and a name (checked in the resolver, on the
+    // addresses it connects to; `localhost` comes from /etc/hosts), each asked twice: a refusal
+    // is 403 DENIED naming the rule, every time (a policy does not rest like a failure, which
+    // would answer 503 the second time).
+    let port = upstream.addr.port();
+    for (ns, rule) in [
+        (
+            format!("127.0.0.1:{port}"),
+            "refusing upstream 127.0.0.1: 127.0.0.1 is in 127.0.0.0/8 (loopback, RFC 1122)",
+        ),
+        (format!("localhost:{port}"), "refusing upstream localhost: "),
+    ] {
+        for _ in 0..2 {
+            let response = client()
+                .get(cache.url(&format!("/v2/library/demo/manifests/v1?ns={ns}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 403, "{ns}");
+            assert!(!response.headers().contains_key("retry-after"), "{ns}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["errors"][0]["code"], "DENIED", "{body}");
+            let message = body["errors"][0]["message"].as_str().unwrap();
+            assert!(
+                message.contains(rule) && message.contains("proxy.allow_private_upstreams"),
+                "{message}"
+            );
+        }
+    }
     assert_eq!(
-        upstream.hits(Method::HEAD, "/v2/library/demo/manifests/v1"),
+        upstream.hits(Method::HEAD, "/v2/library/demo/manifests/v1")
+            + upstream.hits(Method::GET, "/v2/library/demo/manifests/v1"),
         0,
         "never contacted"
     );

@@ -112,9 +112,17 @@ async fn a_dynamic_upstream_cannot_redirect_the_cache_into_the_internal_network(
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.status(),
+        403,
+        "a refusal by the address policy is DENIED"
+    );
     let body = response.text().await.unwrap();
-    assert!(body.contains("refusing"), "{body}");
+    assert!(
+        body.contains("DENIED") && body.contains("refusing"),
+        "{body}"
+    );
+    assert!(body.contains("127.0.0.0/8 (loopback, RFC 1122)"), "{body}");
     assert!(!body.contains("instance metadata"), "{body}");
     assert!(
         public.hits(Method::HEAD, "/v2/x/y/manifests/v1") >= 1,
@@ -702,7 +710,7 @@ async fn client_chosen_names_do_not_grow_the_metrics() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 503);
+        assert_eq!(response.status(), 403);
     }
     let metrics = cache.metrics().await;
     assert!(
@@ -711,4 +719,72 @@ async fn client_chosen_names_do_not_grow_the_metrics() {
     );
     assert!(!metrics.contains("10.0."), "{metrics}");
     assert!(metrics.len() < 16 << 10, "{} bytes", metrics.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_patches_for_one_range_append_it_once() {
+    let cache = Cache::start("local: all").await;
+    let blob = random_bytes(256 * 1024, 12);
+    let digest = digest_of(&blob);
+    let half = blob.len() / 2;
+    let started = client()
+        .post(cache.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = cache.url(started.headers()["location"].to_str().unwrap());
+    let range = format!("0-{}", blob.len() - 1);
+    let patch = |body: reqwest::Body| {
+        client()
+            .patch(&location)
+            .header("content-range", &range)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    // The first PATCH sends half of its chunk and holds the rest back...
+    let (more, rest) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let body = futures_util::stream::unfold(rest, |mut rest| async move {
+        let chunk = rest.recv().await?;
+        Some((Ok::<_, std::io::Error>(chunk), rest))
+    });
+    let first = tokio::spawn(patch(reqwest::Body::wrap_stream(body)));
+    more.send(blob.slice(..half)).await.unwrap();
+    // ... until the cache wrote that half to the upload's file: the first PATCH holds the upload.
+    let spool = cache.dir.path().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake::files_under(&spool)
+        .iter()
+        .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() == half as u64))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first half never reached the spool"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A second PATCH for the same range meanwhile: refused as distribution refuses it.
+    let second = patch(reqwest::Body::from(blob.clone())).await.unwrap();
+    assert_eq!(second.status(), 416);
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(json_code(&body), "RANGE_INVALID", "{body}");
+    // The first one ends; the push completes with the bytes once.
+    more.send(blob.slice(half..)).await.unwrap();
+    drop(more);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(first.headers()["range"], range.as_str());
+    let put = client()
+        .put(format!("{location}?digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
+    let pulled = client()
+        .get(cache.url(&format!("/v2/team/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pulled.bytes().await.unwrap(), blob);
 }

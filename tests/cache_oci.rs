@@ -1,7 +1,8 @@
 //! OCI distribution-spec 1.1 behaviour of `regmirror serve`, as our own tests: sha512 content,
 //! out-of-order chunks, `subject` and the referrers API (locally and through the cache, from an
 //! origin with the API and from one with only the referrers tag schema), tag parameters and tag
-//! deletes, anonymous mounts, and the plain-registry mode (no `proxy` section). The official
+//! deletes, anonymous mounts, the plain-registry mode (no `proxy` section), and the pages of the
+//! catalog and tag lists compared with the real distribution registry's. The official
 //! conformance suite (prebuilt in ../shared/tools/oci-conformance) runs against the plain
 //! registry (full mode) and through the cache (read-only mode), and must report no failure.
 //!
@@ -625,6 +626,74 @@ fn without_a_proxy_section_it_is_a_plain_registry_across_restarts() {
         &[],
     );
     assert_eq!(status, 405);
+}
+
+/// A page of a listing as a client sees it: status, body, and the `Link`'s query as sorted
+/// pairs (distribution writes `last` before `n`, regmirror `n` first; both mean the same).
+fn listing_page(addr: SocketAddr, path: &str) -> (u16, Value, Option<Vec<(String, String)>>) {
+    let (status, head, body) = http("GET", addr, path, &[]);
+    let link = header(&head, "link").map(|link| {
+        let target = link.trim_start_matches('<').split('>').next().unwrap();
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        pairs.sort();
+        pairs
+    });
+    (status, serde_json::from_slice(&body).unwrap(), link)
+}
+
+#[test]
+fn listing_pages_and_n_0_answer_as_distribution_does() {
+    let reference = Registry::start(RegistryOptions::default());
+    let ours = plain_registry();
+    for addr in [reference.addr, ours.addr] {
+        let client = Client(addr);
+        for repository in ["alpha", "beta", "gamma"] {
+            for tag in ["v1", "v2", "v3"] {
+                push_image(&client, repository, tag, repository.as_bytes());
+            }
+        }
+    }
+    // The catalog: distribution 2.8 answers n=0 with an empty page and no Link.
+    for query in [
+        "",
+        "?n=0",
+        "?n=1",
+        "?n=2",
+        "?n=3",
+        "?n=4",
+        "?n=-1",
+        "?n=x",
+        "?last=beta",
+        "?n=0&last=alpha",
+        "?n=1&last=beta",
+        "?n=1&last=gamma",
+    ] {
+        let path = format!("/v2/_catalog{query}");
+        let theirs = listing_page(reference.addr, &path);
+        assert_eq!(listing_page(ours.addr, &path), theirs, "{path}");
+    }
+    let (_, body, link) = listing_page(ours.addr, "/v2/_catalog?n=0");
+    assert_eq!((body, link), (json!({"repositories": []}), None));
+    // Tags: distribution 2.8 has no pages of tags (it ignores n, so n=0 lists every tag) and
+    // distribution 3 answers n=0 with an empty page; neither sends a Link, and a Link is what
+    // made a client ask for the same page forever. regmirror pages tags, so: the empty page.
+    let (status, _, link) = listing_page(reference.addr, "/v2/alpha/tags/list?n=0");
+    assert_eq!((status, link), (200, None));
+    let (status, body, link) = listing_page(ours.addr, "/v2/alpha/tags/list?n=0");
+    assert_eq!(
+        (status, body, link),
+        (200, json!({"name": "alpha", "tags": []}), None)
+    );
+    for path in ["/v2/alpha/tags/list", "/v2/alpha/tags/list?n=3"] {
+        assert_eq!(
+            listing_page(ours.addr, path),
+            listing_page(reference.addr, path),
+            "{path}"
+        );
+    }
 }
 
 /// The prebuilt conformance suite: `REGMIRROR_OCI_CONFORMANCE`, else ../shared/tools beside

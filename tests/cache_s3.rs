@@ -871,3 +871,36 @@ fn abandoned_pushes_are_collected() {
     assert!(object_keys(&moto, "uploads/").is_empty(), "collected");
     assert!(moto.list_multipart_uploads(BUCKET).is_empty());
 }
+
+#[test]
+fn the_fleet_holds_to_max_uploads() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let limit = [("REGISTRY_LIMITS_MAX_UPLOADS", "5")];
+    let replicas: Vec<Regmirror> = (0..2)
+        .map(|_| replica_with(&moto, "local: all", &limit))
+        .collect();
+    // Eight uploads started on two replicas in turn: the limit is the bucket's.
+    let mut locations = Vec::new();
+    let mut refusals = Vec::new();
+    for n in 0..8 {
+        let replica = &replicas[n % 2];
+        let (status, head, body) = http("POST", replica.addr, "/v2/team/app/blobs/uploads/", &[]);
+        match status {
+            202 => locations.push(peers::header(&head, "location").unwrap()),
+            _ => refusals.push((status, String::from_utf8_lossy(&body).into_owned())),
+        }
+    }
+    assert_eq!(locations.len(), 5, "refused: {refusals:?}");
+    assert_eq!(refusals.len(), 3);
+    for (status, body) in &refusals {
+        assert_eq!(*status, 429, "{body}");
+        assert!(body.contains("TOOMANYREQUESTS"), "{body}");
+        assert!(body.contains("limits.max_uploads"), "{body}");
+    }
+    // An upload that ends makes room for one more.
+    let (status, _, _) = http("DELETE", replicas[1].addr, &locations[0], &[]);
+    assert_eq!(status, 204);
+    let (status, _, body) = http("POST", replicas[0].addr, "/v2/team/app/blobs/uploads/", &[]);
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+}

@@ -301,6 +301,29 @@ fn a_pull_whose_endpoints_all_rest_fails_at_once() {
     drop(silent);
 }
 
+#[test]
+fn an_endless_retry_after_is_relayed_capped_at_6_hours() {
+    // The mirror and the origin are FAKEs that answer 429 with the largest `Retry-After` there
+    // is; the shim relays the origin's answer as it is, all but that.
+    let origin = throttling_fake(u64::MAX).to_string();
+    let mirror = format!("http://{}", throttling_fake(u64::MAX));
+    let json =
+        format!(r#"{{"mirror-registries": [{{"domain": "{origin}", "mirrors": ["{mirror}"]}}]}}"#);
+    let shim = Shim::start(&json, &[]);
+    let (status, head, _) = http(
+        "GET",
+        shim.addr,
+        &format!("/v2/library/demo/manifests/v1?ns={origin}"),
+        &[ACCEPT],
+    );
+    assert_eq!(status, 429, "{head}\n{}", shim.log());
+    assert_eq!(
+        header(&head, "retry-after").as_deref(),
+        Some("21600"),
+        "{head}"
+    );
+}
+
 /// FAKE registry: answers every request with 429 and `Retry-After: SECONDS` (a real registry
 /// does so only when its rate limit is spent). Serves until the test process ends.
 fn throttling_fake(seconds: u64) -> std::net::SocketAddr {

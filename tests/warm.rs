@@ -1,8 +1,10 @@
 //! `regmirror warm` against a real `regmirror serve` and a real distribution origin: what it
 //! warms is what skopeo then pulls without the origin, `--platform` keeps the other platforms'
 //! manifests and blobs out, a missing image fails alone, and the plain output (stdout is a pipe
-//! here) is checked line by line. Everything is on 127.0.0.1.
+//! here) is checked line by line. An in-process FAKE upstream (`fake/`) only to count how many
+//! requests warm sends at once, which no real registry reports. Everything is on 127.0.0.1.
 
+mod fake;
 mod peers;
 
 use std::path::Path;
@@ -510,4 +512,92 @@ fn a_cache_with_htpasswd_is_warmed_with_docker_credentials() {
         "{stdout}"
     );
     assert!(!cache.log().contains("pa55word"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_of_many_children_is_read_jobs_at_a_time() {
+    use axum::http::Method;
+    use bytes::Bytes;
+    use fake::{Cache, Canned, FakeUpstream, digest_of, random_bytes};
+    use serde_json::json;
+
+    const CHILDREN: usize = 40;
+    const JOBS: usize = 4;
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let repository = "library/many";
+    let upstream = FakeUpstream::start().await;
+    let config = Bytes::from_static(br#"{"architecture":"amd64","os":"linux"}"#);
+    let layer = random_bytes(10_000, 3);
+    let descriptor = |media_type: &str, bytes: &[u8]| json!({"mediaType": media_type, "digest": digest_of(bytes), "size": bytes.len()});
+    for blob in [&config, &layer] {
+        upstream.blob(
+            repository,
+            &digest_of(blob),
+            blob.clone(),
+            1,
+            Duration::ZERO,
+        );
+    }
+    // Children that differ by an annotation and share their blobs, each answer held a while so
+    // that requests sent together overlap at the upstream.
+    let mut children = Vec::new();
+    for n in 0..CHILDREN {
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+            "annotations": {"n": n.to_string()},
+        })
+        .to_string();
+        let digest = digest_of(manifest.as_bytes());
+        upstream.manifest(repository, &digest, &manifest);
+        let path = format!("/v2/{repository}/manifests/{digest}");
+        upstream.delay(&path, Duration::from_millis(50));
+        let mut child = descriptor(OCI_MANIFEST, manifest.as_bytes());
+        child["platform"] = json!({"architecture": "amd64", "os": "linux"});
+        children.push((path, child));
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": children.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let canned = Canned {
+        status: 200,
+        content_type: OCI_INDEX,
+        body: Bytes::from(index),
+        pieces: 1,
+        pause: Duration::ZERO,
+    };
+    let tag = format!("/v2/{repository}/manifests/v1");
+    upstream.answer(Method::GET, &tag, canned.clone());
+    upstream.answer(Method::HEAD, &tag, canned);
+    let cache = Cache::start(&format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+
+    let cache_url = format!("http://{}", cache.addr);
+    let image = format!("{}/{repository}:v1", upstream.addr);
+    let run = tokio::task::spawn_blocking(move || {
+        warm(&cache_url, &["--jobs", &JOBS.to_string(), &image])
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    for (path, _) in &children {
+        assert_eq!(upstream.hits(Method::GET, path), 1, "{path}");
+    }
+    // The cache asks its upstream only while warm waits for an answer, so the upstream sees at
+    // most what warm sends at once.
+    let most = upstream.state.gets.most();
+    assert!(
+        most <= JOBS,
+        "{most} manifest and blob requests at once with --jobs {JOBS}"
+    );
 }

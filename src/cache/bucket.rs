@@ -334,17 +334,21 @@ impl Bucket {
     /// Every object under `prefix` (a key of the layout, ending in `/` or not), with keys
     /// relative to the root.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, ObjectMeta)>, BucketError> {
+        self.list_by_page(prefix).try_collect().await
+    }
+
+    /// The objects of [`Bucket::list`] as the listing's pages arrive: a reader that stops
+    /// reading asks for no further page.
+    pub fn list_by_page(
+        &self,
+        prefix: &str,
+    ) -> impl futures_util::Stream<Item = Result<(String, ObjectMeta), BucketError>> + '_ {
         let path = self.path(prefix.trim_end_matches('/'));
-        let metas: Vec<ObjectMeta> = self
-            .store
-            .list(Some(&path))
-            .try_collect()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Ok(metas
-            .into_iter()
-            .map(|meta| (self.relative(&meta.location), meta))
-            .collect())
+        self.store.list(Some(&path)).map(move |listed| {
+            listed
+                .map(|meta| (self.relative(&meta.location), meta))
+                .map_err(|e| self.unreachable(e))
+        })
     }
 
     /// Multipart uploads in progress under the root (S3's ListMultipartUploads, sent as a

@@ -325,7 +325,9 @@ impl Query {
     }
 }
 
-/// Sorted names after `last`, at most `n`, and the `Link` to the next page.
+/// Sorted names after `last`, at most `n`, and the `Link` to the next page. `n=0` is an empty
+/// page without a `Link`, as distribution answers it: a `Link` would name the same page again,
+/// and a client following it would never stop.
 fn paginate(mut names: Vec<String>, query: &Query, path: &str) -> (Vec<String>, Option<String>) {
     names.sort();
     names.dedup();
@@ -333,6 +335,7 @@ fn paginate(mut names: Vec<String>, query: &Query, path: &str) -> (Vec<String>, 
         names.retain(|name| name > last);
     }
     match query.n {
+        Some(0) => (Vec::new(), None),
         Some(n) if names.len() > n => {
             names.truncate(n);
             let last = names.last().cloned().unwrap_or_default();
@@ -840,8 +843,11 @@ mod tests {
         let (page, link) = paginate(names.clone(), &query(Some(2), Some("b")), "/v2/_catalog");
         assert_eq!(page, ["c", "d"]);
         assert_eq!(link, None);
-        let (page, _) = paginate(names, &query(None, None), "/v2/_catalog");
+        let (page, _) = paginate(names.clone(), &query(None, None), "/v2/_catalog");
         assert_eq!(page, ["a", "b", "c", "d"]);
+        let (page, link) = paginate(names, &query(Some(0), None), "/v2/_catalog");
+        assert!(page.is_empty());
+        assert_eq!(link, None, "a Link would name the same page");
     }
 
     #[test]

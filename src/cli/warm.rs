@@ -41,7 +41,7 @@ pub struct Args {
     /// host[:port] answers a cache with auth.htpasswd. Sent to the cache only.
     #[arg(long, value_name = "FILE")]
     credentials: Option<PathBuf>,
-    /// Blobs read at once (and images walked at once).
+    /// Manifests and blobs read at once (and images walked at once).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
 }

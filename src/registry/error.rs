@@ -90,7 +90,9 @@ impl RegistryError {
     /// Adds `Retry-After` (whole seconds, at least 1) when there is a wait to tell.
     pub fn with_retry_after(mut self, wait: Option<std::time::Duration>) -> Self {
         if let Some(wait) = wait {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let seconds = wait
+                .as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0));
             self.retry_after = Some(seconds.max(1));
         }
         self

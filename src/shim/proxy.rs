@@ -664,12 +664,14 @@ fn streaming_body(body: Incoming) -> reqwest::Body {
     reqwest::Body::wrap_stream(stream)
 }
 
+/// The answer's end-to-end headers, with its `Retry-After` capped (`upstream::ratelimit`).
 fn copy_headers(response: &reqwest::Response, into: &mut HeaderMap<HeaderValue>) {
     for (name, value) in response.headers() {
         if !HOP_BY_HOP.contains(&name.as_str()) {
             into.append(name.clone(), value.clone());
         }
     }
+    crate::upstream::cap_retry_after(into, std::time::SystemTime::now());
 }
 
 /// An upstream response, streamed to the client as it is.
@@ -865,6 +867,7 @@ mod tests {
                 retry_after: None,
                 throttled: false,
                 not_found,
+                denied: false,
             };
             every_mirror_failed("reg.io", &route::parse(path).unwrap(), &omitted, &error)
         };

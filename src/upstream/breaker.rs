@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 pub const FIRST_COOL_DOWN: Duration = Duration::from_secs(5);
 pub const MAX_COOL_DOWN: Duration = Duration::from_secs(300);
-/// The longest `Retry-After` honoured: an upstream cannot shut itself off for longer.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// Endpoints with a breaker state at most.
 pub const MAX_ENDPOINTS: usize = 4096;
 
@@ -129,14 +127,10 @@ impl Breakers {
         self.open(endpoint, now, trip, None);
     }
 
-    /// A 429 answer: closed to requests for `retry_after` (at most [`MAX_RETRY_AFTER`]).
+    /// A 429 answer: closed to requests for `retry_after` (as `ratelimit::retry_after` read it,
+    /// capped there).
     pub fn throttled(&self, endpoint: &str, now: Instant, retry_after: Duration) {
-        self.open(
-            endpoint,
-            now,
-            Trip::Throttled,
-            Some(retry_after.min(MAX_RETRY_AFTER)),
-        );
+        self.open(endpoint, now, Trip::Throttled, Some(retry_after));
     }
 
     fn open(&self, endpoint: &str, now: Instant, trip: Trip, rest: Option<Duration>) {
@@ -304,17 +298,18 @@ mod tests {
         let t1 = t0 + Duration::from_secs(60);
         assert_eq!(b.admit("m", t1), Admission::Probe);
         assert!(matches!(b.admit("m", t1), Admission::Skipped(_)));
-        // The probe is throttled again: the new Retry-After counts, capped.
-        b.throttled("m", t1, Duration::from_secs(u64::MAX / 4));
+        // The probe is throttled again: the new Retry-After counts.
+        let hour = Duration::from_secs(3600);
+        b.throttled("m", t1, hour);
         assert_eq!(
-            b.admit("m", t1 + MAX_RETRY_AFTER - Duration::from_secs(1)),
+            b.admit("m", t1 + hour - Duration::from_secs(1)),
             Admission::Skipped(Resting {
                 trip: Trip::Throttled,
-                until: Some(t1 + MAX_RETRY_AFTER)
+                until: Some(t1 + hour)
             })
         );
-        assert_eq!(b.admit("m", t1 + MAX_RETRY_AFTER), Admission::Probe);
+        assert_eq!(b.admit("m", t1 + hour), Admission::Probe);
         b.success("m");
-        assert_eq!(b.admit("m", t1 + MAX_RETRY_AFTER), Admission::Allowed);
+        assert_eq!(b.admit("m", t1 + hour), Admission::Allowed);
     }
 }

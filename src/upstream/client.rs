@@ -25,7 +25,7 @@ use reqwest::{Client, Method, Response, StatusCode};
 use super::auth::{Challenge, TokenCache};
 use super::breaker::{Admission, Breakers, Probe, Resting, Trip};
 use super::certs::HostRoots;
-use super::guard::{AddressPolicy, GuardedResolver, HostOverrides};
+use super::guard::{AddressPolicy, AddressRefused, GuardedResolver, HostOverrides};
 use super::limit::Refused;
 use super::ratelimit::{self, Budget, Budgets};
 use crate::config::{Credentials, MirrorUrl};
@@ -191,6 +191,9 @@ pub struct UpstreamError {
     pub throttled: bool,
     /// True when every endpoint answered HTTP 404: none of them has it.
     pub not_found: bool,
+    /// The last endpoint was refused by the address policy (`guard::AddressRefused`): a rule,
+    /// not a failure, so the client hears 403 DENIED and the endpoint does not rest.
+    pub denied: bool,
 }
 
 impl UpstreamError {
@@ -201,6 +204,15 @@ impl UpstreamError {
             retry_after: None,
             throttled: false,
             not_found: false,
+            denied: false,
+        }
+    }
+
+    /// A target the address policy refused.
+    fn denied(summary: String) -> Self {
+        UpstreamError {
+            denied: true,
+            ..UpstreamError::new(summary, false)
         }
     }
 
@@ -212,13 +224,18 @@ impl UpstreamError {
             retry_after: Some(Duration::from_secs(1)),
             throttled: true,
             not_found: false,
+            denied: false,
         }
     }
 
-    /// The error a registry client gets, `who` naming the upstream: 503, or 429 when the last
-    /// endpoint rests after answering 429 (or the request waited too long for its turn); with
-    /// `Retry-After` when nothing was sent.
+    /// The error a registry client gets, `who` naming the upstream: 403 DENIED when the address
+    /// policy refused it (the message names the rule; no retry helps), else 503, or 429 when the
+    /// last endpoint rests after answering 429 (or the request waited too long for its turn);
+    /// with `Retry-After` when nothing was sent.
     pub fn registry_error(&self, who: &str) -> RegistryError {
+        if self.denied {
+            return RegistryError::new(ErrorCode::Denied, format!("{who}: {}", self.summary));
+        }
         let answer = if self.throttled {
             RegistryError::new(
                 ErrorCode::TooManyRequests,
@@ -454,10 +471,12 @@ impl UpstreamClient {
             let response = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await
             {
                 Ok(result) => result.map_err(|e| {
-                    UpstreamError::new(
-                        format!("{}: {}", target.base, describe(&e)),
-                        e.is_connect() || e.is_timeout(),
-                    )
+                    let summary = format!("{}: {}", target.base, describe(&e));
+                    if refused_by_policy(&e) {
+                        UpstreamError::denied(summary)
+                    } else {
+                        UpstreamError::new(summary, e.is_connect() || e.is_timeout())
+                    }
                 })?,
                 Err(_) => {
                     return Err(UpstreamError::new(
@@ -544,6 +563,7 @@ impl UpstreamClient {
         let mut failures = Vec::new();
         let mut unreachable = true;
         let mut not_found = true;
+        let mut denied = false;
         let mut resting: Vec<Resting> = Vec::new();
         for (index, target) in targets.iter().enumerate() {
             let last = index + 1 == targets.len();
@@ -554,6 +574,7 @@ impl UpstreamClient {
                     failures.push(format!("{}: {}", target.base, describe_rest(rest, now)));
                     resting.push(rest);
                     not_found = false;
+                    denied = false;
                     continue;
                 }
             }
@@ -574,12 +595,16 @@ impl UpstreamClient {
                     self.breakers.failure(&target.base, now, Trip::ServerError);
                 }
                 Ok(_) => self.breakers.success(&target.base),
+                // A refusal by the address policy says nothing of the endpoint's health: its
+                // breaker is left as it was (a probe is handed back).
+                Err(e) if e.denied => {}
                 Err(e) if e.unreachable => {
                     self.breakers.failure(&target.base, now, Trip::Unreachable)
                 }
                 Err(_) => self.breakers.failure(&target.base, now, Trip::ServerError),
             }
-            if let Some(probe) = probe {
+            denied = matches!(&result, Err(e) if e.denied);
+            if let Some(probe) = probe.filter(|_| !denied) {
                 probe.resolved();
             }
             match result {
@@ -626,6 +651,7 @@ impl UpstreamClient {
             }),
             throttled: resting.last().is_some_and(|r| r.trip == Trip::Throttled) && all_resting,
             not_found: not_found && !failures.is_empty(),
+            denied,
         })
     }
 
@@ -675,7 +701,9 @@ impl UpstreamClient {
         let mut url = url::Url::parse(realm).map_err(|e| fail(e.to_string()))?;
         if !target.trusted {
             // The realm is the target's word, not the operator's: held to the same rule.
-            self.policy.check_url(&url).map_err(fail)?;
+            self.policy.check_url(&url).map_err(|refused| {
+                UpstreamError::denied(format!("{}: token service: {refused}", target.base))
+            })?;
         }
         {
             let mut query = url.query_pairs_mut();
@@ -730,7 +758,7 @@ impl UpstreamClient {
         if let Ok(ip) = bare.parse() {
             self.policy
                 .check(host, ip)
-                .map_err(|summary| UpstreamError::new(summary, false))?;
+                .map_err(|refused| UpstreamError::denied(refused.to_string()))?;
         }
         Ok(())
     }
@@ -750,6 +778,19 @@ fn describe_rest(rest: Resting, now: Instant) -> String {
         ),
         None => format!("{why} recently, being probed now"),
     }
+}
+
+/// Whether the address policy refused the request (in the resolver, or at a redirect): an
+/// [`AddressRefused`] somewhere in the chain of causes.
+fn refused_by_policy(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<AddressRefused>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The chain of causes of a reqwest error, without any URL credentials (there are none: mirror

@@ -10,6 +10,11 @@
 //! - an IP literal never reaches a resolver, so [`AddressPolicy::check_url`] checks it: for the
 //!   first request, in the redirect policy for every redirect, and for a token service's realm.
 //!
+//! Public means outside every block of [`special`](super::special) (the IANA special-purpose
+//! registries, with the IPv4 address an IPv6 one carries judged as IPv4). A refusal is an
+//! [`AddressRefused`] naming the block and its RFC, so that callers tell it from a failure (it
+//! is a policy: the client gets 403 DENIED, and the endpoint does not rest as if it were down).
+//!
 //! `--add-host` overrides are the operator's own word and are not checked.
 
 use std::collections::HashMap;
@@ -17,6 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use super::special;
 
 /// `--add-host NAME:IP` entries: names answered without DNS (like curl's `--resolve`).
 #[derive(Debug, Clone, Default)]
@@ -44,6 +51,12 @@ impl HostOverrides {
     }
 }
 
+/// The address policy refused a target: the message names the host, the block its address is
+/// in (with the RFC) and the setting that would allow it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AddressRefused(String);
+
 /// What addresses untrusted targets (dynamic upstreams and their redirects) may reach.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AddressPolicy {
@@ -58,55 +71,28 @@ impl AddressPolicy {
 
     /// Whether `url` may be requested as far as its host is an IP literal (names are checked when
     /// they are resolved).
-    pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
+    pub fn check_url(&self, url: &url::Url) -> Result<(), AddressRefused> {
         let ip: IpAddr = match url.host() {
             Some(url::Host::Ipv4(ip)) => ip.into(),
             Some(url::Host::Ipv6(ip)) => ip.into(),
             Some(url::Host::Domain(_)) => return Ok(()),
-            None => return Err(format!("refusing {url}: no host")),
+            None => return Err(AddressRefused(format!("refusing {url}: no host"))),
         };
         self.check(&ip.to_string(), ip)
     }
 
     /// Whether `host` (no port) may be reached at `ip`.
-    pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), String> {
+    pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), AddressRefused> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        if self.allow_private || is_public(ip) {
-            Ok(())
-        } else {
-            Err(format!(
-                "refusing upstream {host}: {ip} is a loopback, link-local or private address and \
-                 {host} is not a configured upstream (set proxy.allow_private_upstreams to allow)"
+        if self.allow_private {
+            return Ok(());
+        }
+        special::check(ip).map_err(|not_public| {
+            AddressRefused(format!(
+                "refusing upstream {host}: {not_public}, not a public address, and {host} is not \
+                 a configured upstream (set proxy.allow_private_upstreams to allow)"
             ))
-        }
-    }
-}
-
-/// Not loopback, private, link-local, unique-local, shared (CGNAT), unspecified or multicast.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
-        }
+        })
     }
 }
 
@@ -142,33 +128,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn public_and_private_addresses() {
-        for (ip, public) in [
-            ("8.8.8.8", true),
-            ("140.82.112.3", true),
-            ("127.0.0.1", false),
-            ("10.1.2.3", false),
-            ("172.16.0.1", false),
-            ("192.168.1.1", false),
-            ("169.254.169.254", false),
-            ("100.64.0.1", false),
-            ("0.0.0.0", false),
-            ("::1", false),
-            ("fd00::1", false),
-            ("fe80::1", false),
-            ("::ffff:127.0.0.1", false),
-            ("2606:4700::1111", true),
-        ] {
-            assert_eq!(is_public(ip.parse().unwrap()), public, "{ip}");
-        }
-    }
-
-    #[test]
     fn policy() {
         let guarded = AddressPolicy::new(false);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let err = guarded.check("evil.example", lo).unwrap_err();
-        assert!(err.contains("refusing upstream evil.example"), "{err}");
+        let err = guarded.check("evil.example", lo).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "refusing upstream evil.example: 127.0.0.1 is in 127.0.0.0/8 (loopback, RFC 1122), \
+             not a public address, and evil.example is not a configured upstream (set \
+             proxy.allow_private_upstreams to allow)"
+        );
         assert!(guarded.check("[::1]", "::1".parse().unwrap()).is_err());
         assert!(
             guarded
@@ -187,12 +156,22 @@ mod tests {
             "http://127.0.0.1:5000/v2/",
             "https://[::1]/token",
             "http://[::ffff:10.0.0.1]/",
+            "http://[::10.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+            "http://[2002:a00:1::1]/",
+            "http://198.18.0.1/",
+            "http://240.0.0.1/",
+            "http://[fec0::1]/",
             "http://0x7f000001/",
         ] {
-            let error = guarded.check_url(&url(refused)).unwrap_err();
+            let error = guarded.check_url(&url(refused)).unwrap_err().to_string();
             assert!(error.contains("refusing"), "{refused}: {error}");
         }
-        for allowed in ["https://8.8.8.8/v2/", "https://auth.docker.io/token"] {
+        for allowed in [
+            "https://8.8.8.8/v2/",
+            "https://[64:ff9b::808:808]/v2/",
+            "https://auth.docker.io/token",
+        ] {
             assert!(guarded.check_url(&url(allowed)).is_ok(), "{allowed}");
         }
         assert!(

@@ -13,6 +13,7 @@ mod client;
 mod guard;
 mod limit;
 mod ratelimit;
+mod special;
 
 pub use auth::Challenge;
 pub use certs::HostRoots;
@@ -22,4 +23,4 @@ pub use client::{
 };
 pub use guard::{AddressPolicy, HostOverrides};
 pub use limit::{Admitted, Refused, RequestLimiter};
-pub use ratelimit::{Budget, retry_after};
+pub use ratelimit::{Budget, cap_retry_after, retry_after};

@@ -3,6 +3,10 @@
 //! HEADs included, which do not count as pulls), the IETF draft's `RateLimit-Limit`,
 //! `RateLimit-Remaining` and `RateLimit-Reset`, and `Retry-After` on a 429 (seconds or an HTTP
 //! date). Kept per endpoint, bounded like the breakers: endpoints include hosts clients name.
+//!
+//! [`MAX_RETRY_AFTER`] is the one cap on an upstream's `Retry-After`: [`retry_after`] never
+//! reads a longer wait (so neither the breakers nor an error a client gets hold one), and
+//! [`cap_retry_after`] shortens one in an answer relayed as it is.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,6 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
+/// The longest `Retry-After` honoured or passed on: an upstream cannot shut itself off, or
+/// tell a client to stay away, for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// How long a 429 without `Retry-After` keeps requests away from its endpoint.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How long an observation without a window (`w=` or `RateLimit-Reset`) is believed.
@@ -65,14 +72,28 @@ fn quota(value: &str) -> Option<(u64, Option<u64>)> {
     Some((count, window))
 }
 
-/// How long a 429 (or 503) asks the client to wait: `Retry-After` in seconds or as an HTTP date.
+/// How long a 429 (or 503) asks the client to wait: `Retry-After` in seconds or as an HTTP date,
+/// at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// Shortens the `Retry-After` of an answer relayed to a client as it is, when it asks for more
+/// than [`MAX_RETRY_AFTER`] (in seconds or as a date): it becomes the cap, in seconds. A value
+/// that is not a wait is left alone.
+pub fn cap_retry_after(headers: &mut HeaderMap, now: SystemTime) {
+    if retry_after(headers, now) != Some(MAX_RETRY_AFTER) {
+        return;
     }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    headers.insert(RETRY_AFTER, MAX_RETRY_AFTER.as_secs().into());
 }
 
 /// The last budget each endpoint stated.
@@ -176,6 +197,29 @@ mod tests {
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn retry_after_is_capped_when_read_and_when_relayed() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let cap = MAX_RETRY_AFTER.as_secs().to_string();
+        let next_year = httpdate::fmt_http_date(now + Duration::from_secs(365 * 86400));
+        for (sent, read, relayed) in [
+            ("18446744073709551615", MAX_RETRY_AFTER, cap.as_str()),
+            ("21601", MAX_RETRY_AFTER, cap.as_str()),
+            (next_year.as_str(), MAX_RETRY_AFTER, cap.as_str()),
+            (cap.as_str(), MAX_RETRY_AFTER, cap.as_str()),
+            ("21599", Duration::from_secs(21599), "21599"),
+            ("120", Duration::from_secs(120), "120"),
+        ] {
+            let mut answer = headers(&[("retry-after", sent)]);
+            assert_eq!(retry_after(&answer, now), Some(read), "{sent}");
+            cap_retry_after(&mut answer, now);
+            assert_eq!(answer["retry-after"], relayed, "{sent}");
+        }
+        let mut unreadable = headers(&[("retry-after", "soon")]);
+        cap_retry_after(&mut unreadable, now);
+        assert_eq!(unreadable["retry-after"], "soon");
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //! the same code that sends the shim's requests to a mirror, with its auth and TLS handling.
 //! Manifests are read whole (bounded) and checked against their digest; for an index, the
 //! children the platform selection keeps are walked the same way; then every config and layer is
-//! read to its end through the cache (the cache fills as it streams), at most `jobs` at a time,
-//! and checked against its descriptor's size and digest. Content that several images share in
-//! one repository is asked for once.
+//! read to its end through the cache (the cache fills as it streams), and checked against its
+//! descriptor's size and digest. Manifests and blobs share one semaphore of `jobs` turns, held
+//! for a request and its body only (never while its children are walked, which would let
+//! parents hold every turn while waiting for their children): at most `jobs` requests at a
+//! time, however many children an index has. Content that several images share in one
+//! repository is asked for once.
 //!
 //! Nothing here prints: progress goes to a [`Report`], which the command line draws.
 
@@ -51,7 +54,7 @@ pub struct Options {
     pub credentials: Option<Credentials>,
     /// The platforms kept from multi-platform indexes; empty keeps every child.
     pub platforms: Vec<Platform>,
-    /// Blobs read at once (and images walked at once).
+    /// Manifests and blobs read at once (and images walked at once).
     pub jobs: usize,
 }
 
@@ -350,6 +353,13 @@ impl Warmer {
         expected: Option<&Digest>,
     ) -> Result<Manifest, String> {
         let failed = |e: String| format!("manifest {reference}: {e}");
+        // One of the `jobs` turns, held until the body is read: an index's children are all
+        // asked for at once, and wait here.
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let path = ctx.route.manifest_path(reference);
         let (response, source) = self
             .get(ctx, path, Some(MANIFEST_ACCEPT))
@@ -368,6 +378,7 @@ impl Warmer {
         let bytes = read_limited(response, MAX_MANIFEST)
             .await
             .map_err(|e| failed(e.to_string()))?;
+        drop(permit);
         let digest = match expected.or(stated.as_ref()) {
             Some(wanted) => {
                 let got = Hasher::digest(wanted, &bytes);

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +67,38 @@ pub struct FakeState {
     pub pull_budget: Mutex<Option<PullBudget>>,
     /// When set, every request is answered 429 with this `Retry-After` (seconds).
     pub throttle: Mutex<Option<u64>>,
+    /// GETs of manifests and blobs being answered, from their arrival to their answer's head
+    /// (delays included).
+    pub gets: Concurrency,
+}
+
+/// A count of requests in progress and the most there were at once.
+#[derive(Default)]
+pub struct Concurrency {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Concurrency {
+    /// The most requests that were in progress at once.
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+
+    fn enter(&self) -> Entered<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        Entered(self)
+    }
+}
+
+/// One request counted in a [`Concurrency`] until dropped.
+struct Entered<'a>(&'a Concurrency);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FakeState {
@@ -255,7 +287,10 @@ async fn fake_handler(State(state): State<Arc<FakeState>>, request: Request) -> 
             other => other.copied(),
         }
     };
+    let content = key.1.contains("/manifests/") || key.1.contains("/blobs/");
+    let entered = (key.0 == Method::GET && content).then(|| state.gets.enter());
     let mut response = answer(&state, &key).await;
+    drop(entered);
     if let Some(budget) = budget {
         budget_headers(&mut response, &budget);
     }

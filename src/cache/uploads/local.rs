@@ -1,6 +1,8 @@
 //! Uploads in progress in the local spool (a cache on the file system): the upload's bytes in a
-//! spool file, its state in memory. A request that writes to an upload claims it (another at the
-//! same time is refused); an upload no request touched for `limits.upload_lifetime` is abandoned
+//! spool file, its state in memory. A request that writes to an upload claims it, checking its
+//! chunk's `Content-Range` against the upload's end in the same step (under one lock), so two
+//! chunks for the same range are never both appended: another request at the same time is
+//! refused (416 RANGE_INVALID for a chunk with a range, as distribution answers); an upload no request touched for `limits.upload_lifetime` is abandoned
 //! and its file deleted ([`Uploads::expire`], run periodically by the server); at most
 //! `limits.max_uploads` are in progress.
 
@@ -15,8 +17,8 @@ use axum::http::request::Parts;
 use axum::response::Response;
 
 use super::{
-    accepted, append, cancelled, finish_file, new_upload_id, out_of_order, progress, query,
-    unsupported,
+    accepted, append, cancelled, finish_file, new_upload_id, out_of_order, overtaken, progress,
+    query, too_many, unsupported,
 };
 use crate::cache::App;
 use crate::cache::routing::Route;
@@ -44,46 +46,47 @@ impl Uploads {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A known, live upload of `repository`, marked busy when `claim` (for a request that writes
-    /// to it: another one at the same time is refused).
-    fn get(
+    /// A known, live upload of `repository`.
+    fn get(&self, id: &str, repository: &str, lifetime: Duration) -> Result<Upload, RegistryError> {
+        let mut active = self.lock();
+        live(&mut active, id, repository, lifetime).cloned()
+    }
+
+    /// Claims a known, live upload of `repository` for a request that writes to it, if the
+    /// request's chunk starts where the upload ends (`Content-Range`, when given) and no other
+    /// request writes to it: both checked and the claim taken under one lock. A chunk that does
+    /// not fit is answered 416 (`Refused`) with where the upload ends.
+    fn claim(
         &self,
         id: &str,
         repository: &str,
         lifetime: Duration,
-        claim: bool,
-    ) -> Result<Upload, RegistryError> {
+        parts: &Parts,
+        name: &str,
+    ) -> Result<Claim, RegistryError> {
         let mut active = self.lock();
-        let upload = active
-            .get_mut(id)
-            .filter(|u| u.repository == repository)
-            .filter(|u| u.busy || u.touched.elapsed() < lifetime)
-            .ok_or_else(|| {
-                RegistryError::new(
-                    ErrorCode::BlobUploadUnknown,
-                    format!("upload {id} is not known (or was abandoned)"),
-                )
-            })?;
-        if claim {
-            if upload.busy {
-                return Err(RegistryError::new(
-                    ErrorCode::BlobUploadInvalid,
-                    format!("upload {id} is being written by another request"),
-                ));
+        let upload = live(&mut active, id, repository, lifetime)?;
+        if upload.busy {
+            if let Some(refused) = overtaken(parts, name, id, upload.size) {
+                return Ok(Claim::Refused(refused));
             }
-            upload.busy = true;
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("upload {id} is being written by another request"),
+            ));
         }
-        Ok(upload.clone())
+        if let Some(refused) = out_of_order(parts, name, id, upload.size) {
+            return Ok(Claim::Refused(refused));
+        }
+        upload.busy = true;
+        Ok(Claim::Claimed(upload.clone()))
     }
 
     /// Starts tracking a new upload, unless `max` are in progress.
     fn start(&self, id: &str, upload: Upload, max: usize) -> Result<(), RegistryError> {
         let mut active = self.lock();
         if active.len() >= max {
-            return Err(RegistryError::new(
-                ErrorCode::TooManyRequests,
-                format!("{max} uploads are in progress (limits.max_uploads)"),
-            ));
+            return Err(too_many(max));
         }
         active.insert(id.to_owned(), upload);
         Ok(())
@@ -123,6 +126,34 @@ impl Uploads {
         }
         expired.len()
     }
+}
+
+/// A request's claim on an upload.
+enum Claim {
+    /// The request writes to the upload, and releases it when done.
+    Claimed(Upload),
+    /// Its chunk does not fit: the answer.
+    Refused(Response),
+}
+
+/// The upload `id` of `repository`, unless unknown or abandoned (no request touched it for
+/// `lifetime`).
+fn live<'a>(
+    active: &'a mut HashMap<String, Upload>,
+    id: &str,
+    repository: &str,
+    lifetime: Duration,
+) -> Result<&'a mut Upload, RegistryError> {
+    active
+        .get_mut(id)
+        .filter(|u| u.repository == repository)
+        .filter(|u| u.busy || u.touched.elapsed() < lifetime)
+        .ok_or_else(|| {
+            RegistryError::new(
+                ErrorCode::BlobUploadUnknown,
+                format!("upload {id} is not known (or was abandoned)"),
+            )
+        })
 }
 
 /// Appends `body` to an upload a request claimed, then releases it; an upload whose body
@@ -174,21 +205,25 @@ pub async fn upload(
             Ok(accepted(name, &id, size))
         }
         (&Method::PATCH, Some(id)) => {
-            let upload = app.uploads.get(id, &route.repository, lifetime, false)?;
-            if let Some(refused) = out_of_order(parts, name, id, upload.size) {
-                return Ok(refused);
-            }
-            let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
+            let upload = match app
+                .uploads
+                .claim(id, &route.repository, lifetime, parts, name)?
+            {
+                Claim::Claimed(upload) => upload,
+                Claim::Refused(answer) => return Ok(answer),
+            };
             let size = append_claimed(app, id, &upload, body).await?;
             app.uploads.release(id, Some(size));
             Ok(accepted(name, id, size))
         }
         (&Method::PUT, Some(id)) => {
-            let upload = app.uploads.get(id, &route.repository, lifetime, false)?;
-            if let Some(refused) = out_of_order(parts, name, id, upload.size) {
-                return Ok(refused);
-            }
-            let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
+            let upload = match app
+                .uploads
+                .claim(id, &route.repository, lifetime, parts, name)?
+            {
+                Claim::Claimed(upload) => upload,
+                Claim::Refused(answer) => return Ok(answer),
+            };
             let size = append_claimed(app, id, &upload, body).await?;
             app.uploads.release(id, None);
             let digest = query(parts, "digest").ok_or_else(|| {
@@ -198,11 +233,17 @@ pub async fn upload(
             finish(app, route, name, Upload { size, ..upload }, &digest).await
         }
         (&Method::GET, Some(id)) => {
-            let upload = app.uploads.get(id, &route.repository, lifetime, false)?;
+            let upload = app.uploads.get(id, &route.repository, lifetime)?;
             Ok(progress(name, id, upload.size))
         }
         (&Method::DELETE, Some(id)) => {
-            let upload = app.uploads.get(id, &route.repository, lifetime, true)?;
+            let upload = match app
+                .uploads
+                .claim(id, &route.repository, lifetime, parts, name)?
+            {
+                Claim::Claimed(upload) => upload,
+                Claim::Refused(answer) => return Ok(answer),
+            };
             app.uploads.release(id, None);
             let _ = std::fs::remove_file(&upload.path);
             Ok(cancelled())

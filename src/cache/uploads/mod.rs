@@ -130,6 +130,14 @@ pub fn cancelled() -> Response {
     response
 }
 
+/// The refusal of a new upload when `max` are in progress (`limits.max_uploads`).
+pub fn too_many(max: usize) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::TooManyRequests,
+        format!("{max} uploads are in progress (limits.max_uploads)"),
+    )
+}
+
 /// A method the upload API does not have.
 pub fn unsupported(method: &Method) -> RegistryError {
     RegistryError::new(ErrorCode::Unsupported, format!("{method} on an upload"))
@@ -153,23 +161,41 @@ pub fn created(location: String, digest: &Digest) -> Response {
 /// answer to chunks out of order), with the upload's `Location` and `Range` so the client can
 /// resume; `None` when the chunk fits (or carries no `Content-Range`).
 pub fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
-    let range = parts.headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let start = chunk_start(range);
-    if start == Some(size) {
+    let range = content_range(parts)?;
+    if chunk_start(range) == Some(size) {
         return None;
     }
+    let why = format!("the chunk {range:?} does not start at {size}, where the upload ends");
+    Some(range_invalid(name, id, size, why))
+}
+
+/// The 416 for a chunk with a `Content-Range` sent while another request writes the upload
+/// (that request moves the end the chunk must start at); `None` without `Content-Range`.
+pub fn overtaken(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
+    let range = content_range(parts)?;
+    let why = format!(
+        "upload {id} is being written by another request; the chunk {range:?} may start only \
+         where that one ends"
+    );
+    Some(range_invalid(name, id, size, why))
+}
+
+fn content_range(parts: &Parts) -> Option<&str> {
+    parts.headers.get(header::CONTENT_RANGE)?.to_str().ok()
+}
+
+/// 416 RANGE_INVALID saying `why`, with the upload's `Location` and `Range` (it holds `size`
+/// bytes).
+fn range_invalid(name: &str, id: &str, size: u64, why: String) -> Response {
     let mut response = accepted(name, id, size);
     *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-    let error = RegistryError::new(
-        ErrorCode::RangeInvalid,
-        format!("the chunk {range:?} does not start at {size}, where the upload ends"),
-    );
+    let error = RegistryError::new(ErrorCode::RangeInvalid, why);
     let body = error.body();
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     *response.body_mut() = Body::from(body);
-    Some(response)
+    response
 }
 
 /// Where a chunk's `Content-Range` (`<start>-<end>`, as the distribution spec writes it, or

@@ -8,6 +8,7 @@
 //! spool, appends its own body, verifies the digest and stores the blob as any push; the parts
 //! and the record are deleted. An upload whose record no request touched for
 //! `limits.upload_lifetime` is abandoned: [`expire`] (run by the collecting replica) deletes it.
+//! At most `limits.max_uploads` are in progress in the bucket, whichever replicas started them.
 
 use axum::body::Body;
 use axum::http::Method;
@@ -20,7 +21,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::{
     accepted, append, cancelled, finish_file, new_upload_id, out_of_order, progress, query,
-    unsupported,
+    too_many, unsupported,
 };
 use crate::cache::App;
 use crate::cache::bucket::{Bucket, BucketError, Versioned};
@@ -97,6 +98,7 @@ pub async fn upload(
     let repository = &route.repository;
     match (&parts.method, id) {
         (&Method::POST, None) => {
+            room_for_one_more(app, bucket).await?;
             let id = new_upload_id()?;
             let mut record = Record {
                 repository: repository.clone(),
@@ -158,6 +160,35 @@ pub async fn upload(
         }
         (method, _) => Err(unsupported(method)),
     }
+}
+
+/// Refuses a new upload when `limits.max_uploads` are in progress in the bucket: the limit is
+/// the fleet's, since any replica continues any upload, so it counts the records no request
+/// left for `limits.upload_lifetime` (as [`expire`] judges them), reading the listing only
+/// until the count reaches the limit. Replicas starting uploads at the same moment may each
+/// see room for the last one.
+async fn room_for_one_more(app: &App, bucket: &Bucket) -> Result<(), RegistryError> {
+    let max = app.limits.max_uploads;
+    let now = now();
+    let mut listing = std::pin::pin!(bucket.list_by_page(UPLOADS));
+    let mut in_progress = 0;
+    while let Some(listed) = listing.next().await {
+        let (key, meta) = listed.map_err(unavailable)?;
+        if key.ends_with("/record") && is_live(&meta, now, app.limits.upload_lifetime) {
+            in_progress += 1;
+            if in_progress >= max {
+                return Err(too_many(max));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An upload whose record was written within `lifetime` of `now` (Unix seconds): every request
+/// that touches an upload rewrites its record.
+fn is_live(record: &object_store::ObjectMeta, now: u64, lifetime: std::time::Duration) -> bool {
+    let written = u64::try_from(record.last_modified.timestamp()).unwrap_or(0);
+    now.saturating_sub(written) <= lifetime.as_secs()
 }
 
 /// Spools `body` and stores it as the upload's next part, then advances the record (refused
@@ -263,9 +294,7 @@ pub async fn expire(
         else {
             continue;
         };
-        // The record is rewritten by every request that touches the upload.
-        let written = u64::try_from(meta.last_modified.timestamp()).unwrap_or(0);
-        if now.saturating_sub(written) <= lifetime.as_secs() {
+        if is_live(meta, now, lifetime) {
             live.insert(id.to_owned());
         }
     }
