@@ -20,7 +20,7 @@ use peers::oci::{Client, sha256, sha512};
 use peers::{Images, MotoServer, Registry, RegistryOptions, Regmirror, http, skopeo_pull};
 
 const BUCKET: &str = "registry";
-const SECRET: &str = "fleet-secret";
+const SECRET: &str = "the-fleet-secret-for-tests";
 
 /// Seed 004's storage block verbatim (bucket, region, keys, redirects off), with the test's S3
 /// server as endpoint and a spool of the replica's own.
@@ -597,10 +597,19 @@ fn gc_aborts_uploads_a_killed_replica_left() {
     );
 }
 
-/// The fleet's signature of an internal path: HMAC-SHA256 keyed by `http.secret`, in hex.
-fn fleet_signature(secret: &str, path: &str) -> String {
+/// The fleet's signature of an internal path, valid until `expires` (unix seconds):
+/// `<expires>.<hex HMAC-SHA256 of "<expires> <path>" keyed by http.secret>`.
+fn fleet_signature(secret: &str, path: &str, expires: u64) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    hex::encode(ring::hmac::sign(&key, path.as_bytes()).as_ref())
+    let tag = ring::hmac::sign(&key, format!("{expires} {path}").as_bytes());
+    format!("{expires}.{}", hex::encode(tag.as_ref()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The status and OCI error code of a GET of `path` with `headers`.
@@ -623,11 +632,23 @@ fn the_internal_route_needs_the_fleet_signature() {
     let path = format!("/_regmirror/fills/docker.io/sha256:{}", "ab".repeat(32));
     let denied = (403, "DENIED".to_owned());
     let header = "Regmirror-Fleet";
-    let right = fleet_signature(SECRET, &path);
-    let other_secret = fleet_signature("another-secret", &path);
-    let other_path = fleet_signature(SECRET, "/_regmirror/fills/docker.io/sha256:00");
+    let now = unix_now();
+    let right = fleet_signature(SECRET, &path, now + 20);
+    let other_secret = fleet_signature("another-fleet-secret", &path, now + 20);
+    let other_path = fleet_signature(SECRET, "/_regmirror/fills/docker.io/sha256:00", now + 20);
+    // Seen once (a log, a proxy), a signature is no good a minute later, nor one made to last.
+    let expired = fleet_signature(SECRET, &path, now - 60);
+    let forever = fleet_signature(SECRET, &path, now + 365 * 86_400);
+    let unsigned_expiry = right.replacen(&format!("{}.", now + 20), &format!("{}.", now + 25), 1);
     assert_eq!(refusal(&fleet, &path, &[]), denied, "no signature");
-    for wrong in [other_secret.as_str(), other_path.as_str(), "zz"] {
+    for wrong in [
+        other_secret.as_str(),
+        other_path.as_str(),
+        expired.as_str(),
+        forever.as_str(),
+        unsigned_expiry.as_str(),
+        "zz",
+    ] {
         assert_eq!(
             refusal(&fleet, &path, &[(header, wrong)]),
             denied,

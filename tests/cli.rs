@@ -270,6 +270,40 @@ fn serve_takes_its_config_as_registry_serve_does() {
 }
 
 #[test]
+fn serve_refuses_a_fleet_secret_too_short_to_sign_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        "proxy: {remoteurl: https://a.io}\nhttp: {addr: 127.0.0.1:0, secret: x}\n",
+    )
+    .unwrap();
+    // Before, it started and served: stopped after 10 s, that is a failure too.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(["serve", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while serve.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            serve.kill().unwrap();
+            panic!("serve started with a one-byte http.secret");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = serve.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("http.secret: 1 bytes is too short"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn completions_and_man_pages_come_from_the_command_line() {
     for shell in ["bash", "zsh", "fish"] {
         let out = regmirror(&["completions", shell]);

@@ -11,7 +11,8 @@
 //! `GET /_regmirror/fills/<upstream>/<digest>` answers the bytes of a fill in flight as they
 //! arrive (its last byte held back until the digest is verified, as for any reader), 404
 //! (`BLOB_UNKNOWN`) when there is none. It is refused (403, `DENIED`) without
-//! `Regmirror-Fleet: <HMAC-SHA256 of the path, keyed by http.secret>`, and entirely when no
+//! `Regmirror-Fleet: <expiry>.<HMAC-SHA256 of "<expiry> <path>", keyed by http.secret>` whose
+//! expiry (unix seconds, at most 30 s after signing) has not passed, and entirely when no
 //! `http.secret` is configured. A follower checks the digest itself as well: nothing it serves
 //! depends on trusting the holder.
 
@@ -284,25 +285,45 @@ pub fn parse_fill_path(path: &str) -> Option<(String, Digest)> {
     Some((upstream, Digest::parse(digest).ok()?))
 }
 
+/// How long a signature is valid after it was made: a signed request seen in a log or by a
+/// proxy cannot be replayed later.
+pub const SIGNATURE_LIFETIME: Duration = Duration::from_secs(30);
+/// How far a signature's expiry may lie beyond [`SIGNATURE_LIFETIME`]: the replicas' clock skew.
+const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
 fn key(secret: &Secret) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.0.as_bytes())
 }
 
-/// The signature of `path` under `secret`.
-pub fn sign(secret: &Secret, path: &str) -> String {
-    hex::encode(ring::hmac::sign(&key(secret), path.as_bytes()).as_ref())
+/// What is signed: the expiry and the path.
+fn signed(expires: u64, path: &str) -> String {
+    format!("{expires} {path}")
 }
 
-/// Whether `signature` signs `path` under `secret` (constant time). Without a secret, nothing
-/// is accepted.
-pub fn verify(secret: Option<&Secret>, path: &str, signature: Option<&str>) -> bool {
+/// The signature of `path` under `secret`, valid until `now` (unix seconds) plus
+/// [`SIGNATURE_LIFETIME`]: `<expiry>.<hex HMAC-SHA256 of "<expiry> <path>">`.
+pub fn sign(secret: &Secret, path: &str, now: u64) -> String {
+    let expires = now.saturating_add(SIGNATURE_LIFETIME.as_secs());
+    let tag = ring::hmac::sign(&key(secret), signed(expires, path).as_bytes());
+    format!("{expires}.{}", hex::encode(tag.as_ref()))
+}
+
+/// Whether `signature` signs `path` under `secret` (constant time) and has not expired at
+/// `now`; an expiry further ahead than a signature's lifetime and the clock skew is refused
+/// too. Without a secret, nothing is accepted.
+pub fn verify(secret: Option<&Secret>, path: &str, signature: Option<&str>, now: u64) -> bool {
     let (Some(secret), Some(signature)) = (secret, signature) else {
         return false;
     };
-    let Ok(tag) = hex::decode(signature) else {
+    let Some((expires, tag)) = signature.split_once('.') else {
         return false;
     };
-    ring::hmac::verify(&key(secret), path.as_bytes(), &tag).is_ok()
+    let (Ok(expires), Ok(tag)) = (expires.parse::<u64>(), hex::decode(tag)) else {
+        return false;
+    };
+    let latest = now.saturating_add((SIGNATURE_LIFETIME + CLOCK_SKEW).as_secs());
+    (now..=latest).contains(&expires)
+        && ring::hmac::verify(&key(secret), signed(expires, path).as_bytes(), &tag).is_ok()
 }
 
 /// How long a follower waits for the holder's answer headers.
@@ -354,7 +375,7 @@ impl Follower {
         let request = self
             .client
             .get(format!("{address}{path}"))
-            .header(SIGNATURE_HEADER, sign(secret, &path))
+            .header(SIGNATURE_HEADER, sign(secret, &path, super::meta::now()))
             .send();
         let response = tokio::time::timeout(HOLDER_TIMEOUT, request)
             .await
@@ -394,23 +415,52 @@ mod tests {
     }
 
     #[test]
-    fn only_the_fleet_secret_signs() {
-        let secret = Secret("s3cret".into());
+    fn only_the_fleet_secret_signs_and_signatures_expire() {
+        let secret = Secret("the-fleet-secret".into());
         let path = "/_regmirror/fills/docker.io/sha256:00";
-        let signature = sign(&secret, path);
-        assert!(verify(Some(&secret), path, Some(&signature)));
+        let now = 1_000_000;
+        let signature = sign(&secret, path, now);
+        assert!(signature.starts_with("1000030."), "{signature}");
+        assert!(verify(Some(&secret), path, Some(&signature), now));
+        assert!(verify(Some(&secret), path, Some(&signature), now + 30));
+        assert!(
+            !verify(Some(&secret), path, Some(&signature), now + 31),
+            "expired"
+        );
+        // A signature made by a clock ahead by up to the skew passes; further ahead, not.
+        assert!(verify(
+            Some(&secret),
+            path,
+            Some(&sign(&secret, path, now + 30)),
+            now
+        ));
+        assert!(!verify(
+            Some(&secret),
+            path,
+            Some(&sign(&secret, path, now + 31)),
+            now
+        ));
+        // The expiry is signed: moving it breaks the signature.
+        let moved = signature.replacen("1000030.", "1000040.", 1);
+        assert!(!verify(Some(&secret), path, Some(&moved), now));
         assert!(!verify(
             Some(&secret),
             "/_regmirror/fills/other",
-            Some(&signature)
+            Some(&signature),
+            now
         ));
         assert!(!verify(
-            Some(&Secret("other".into())),
+            Some(&Secret("another-fleet-secret".into())),
             path,
-            Some(&signature)
+            Some(&signature),
+            now
         ));
-        assert!(!verify(Some(&secret), path, None));
-        assert!(!verify(Some(&secret), path, Some("zz")));
-        assert!(!verify(None, path, Some(&signature)), "no secret, no route");
+        for wrong in [None, Some("zz"), Some("1000030"), Some(".00"), Some("x.00")] {
+            assert!(!verify(Some(&secret), path, wrong, now), "{wrong:?}");
+        }
+        assert!(
+            !verify(None, path, Some(&signature), now),
+            "no secret, no route"
+        );
     }
 }

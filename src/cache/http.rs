@@ -130,7 +130,11 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     for (name, value) in &app.extra_headers {
-        response.headers_mut().append(name, value.clone());
+        let headers = response.headers_mut();
+        // distribution's example config adds `X-Content-Type-Options: nosniff` itself.
+        if !headers.get_all(name).iter().any(|v| v == value) {
+            headers.append(name, value.clone());
+        }
     }
     app.metrics.answered(
         if outcome.kind.is_empty() {
@@ -666,10 +670,11 @@ async fn fleet_fill(app: &App, request: &Parts) -> Response {
         .get(super::fleet::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
     let secret = app.fleet.as_ref().and(app.secret.as_ref());
-    if !super::fleet::verify(secret, path, signature) {
+    if !super::fleet::verify(secret, path, signature, super::meta::now()) {
         let refusal = RegistryError::new(
             ErrorCode::Denied,
-            "the fleet's internal route needs the signature of a replica with the same http.secret",
+            "the fleet's internal route needs an unexpired signature of a replica with the same \
+             http.secret",
         );
         return error_response(&refusal, head);
     }

@@ -108,6 +108,9 @@ impl Default for Limits {
     }
 }
 
+/// The shortest `http.secret` accepted.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// A secret from the config: compared, never shown.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -1309,7 +1312,19 @@ impl RawConfig {
                 Some(host.trim_end_matches('/').to_owned())
             }
         };
-        let secret = self.http.secret.filter(|s| !s.is_empty()).map(Secret);
+        let secret = match self.http.secret.filter(|s| !s.is_empty()) {
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(err(
+                    "http.secret",
+                    format!(
+                        "{} bytes is too short to sign the fleet's internal route: at least \
+                         {MIN_SECRET_BYTES} (a random string such as `openssl rand -hex 32` prints)",
+                        secret.len()
+                    ),
+                ));
+            }
+            secret => secret.map(Secret),
+        };
         let headers = self
             .http
             .headers
@@ -1551,6 +1566,83 @@ health:
             parse("proxy: {remoteurl: https://a.io}\nlimits: {blob_memo: lots}\n").unwrap_err();
         assert!(error.contains("limits.blob_memo"), "{error}");
         assert!(error.contains("0 turns it off"), "{error}");
+    }
+
+    #[test]
+    fn referrer_and_fill_share_limits() {
+        let defaults = parse("proxy: {remoteurl: https://a.io}\n").unwrap().limits;
+        assert_eq!(
+            (defaults.max_referrers, defaults.max_referrers_size),
+            (1000, 1 << 20)
+        );
+        assert_eq!(
+            (defaults.max_fills, defaults.max_fills_per_upstream),
+            (256, 192)
+        );
+        let limits = |yaml: &str| {
+            parse(&format!(
+                "proxy: {{remoteurl: https://a.io}}\nlimits: {yaml}\n"
+            ))
+        };
+        let derived = limits("{max_fills: 4, max_referrers: 5, max_referrers_size: 64KiB}")
+            .unwrap()
+            .limits;
+        assert_eq!(
+            derived.max_fills_per_upstream, 3,
+            "three quarters of max_fills"
+        );
+        assert_eq!(
+            (derived.max_referrers, derived.max_referrers_size),
+            (5, 64 << 10)
+        );
+        assert_eq!(
+            limits("{max_fills: 1}")
+                .unwrap()
+                .limits
+                .max_fills_per_upstream,
+            1
+        );
+        assert_eq!(
+            limits("{max_fills: 8, max_fills_per_upstream: 8}")
+                .unwrap()
+                .limits
+                .max_fills_per_upstream,
+            8
+        );
+        for (yaml, expected) in [
+            (
+                "{max_fills: 4, max_fills_per_upstream: 5}",
+                "limits.max_fills_per_upstream",
+            ),
+            (
+                "{max_fills_per_upstream: 0}",
+                "limits.max_fills_per_upstream",
+            ),
+            ("{max_referrers: 0}", "limits.max_referrers"),
+            ("{max_referrers_size: 0}", "limits.max_referrers_size"),
+        ] {
+            let error = limits(yaml).unwrap_err();
+            assert!(error.contains(expected), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_fleet_secret_is_at_least_16_bytes() {
+        let with = |secret: &str| {
+            parse(&format!(
+                "proxy: {{remoteurl: https://a.io}}\nhttp: {{secret: {secret}}}\n"
+            ))
+        };
+        let error = with("x").unwrap_err();
+        assert!(
+            error.contains("http.secret")
+                && error.contains("1 bytes is too short")
+                && error.contains("at least 16"),
+            "{error}"
+        );
+        assert!(!error.contains(": x"), "the secret is not shown: {error}");
+        assert!(with("0123456789abcdef").unwrap().secret.is_some());
+        assert!(with("''").unwrap().secret.is_none(), "empty: none");
     }
 
     #[test]
