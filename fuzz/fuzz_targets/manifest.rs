@@ -1,14 +1,16 @@
-//! `references`, `required_references`, `subject`, `referrer_descriptor` and
-//! `declared_media_type` on arbitrary bytes: never panic, every digest they return is a valid
-//! one, what a push requires is among what the manifest references, and a referrer's descriptor
-//! names the digest and size it was given.
+//! `references`, `required_references`, `subject`, `referrer_descriptor`, `media_type` and
+//! `pushed_media_type` on arbitrary bytes: never panic, every digest they return is a valid
+//! one, what a push requires is among what the manifest references, a referrer's descriptor
+//! names the digest and size it was given, and a manifest's type is always a manifest media
+//! type.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use regmirror::cache::manifest::{
-    declared_media_type, references, referrer_descriptor, required_references, subject,
+    media_type, pushed_media_type, references, referrer_descriptor, required_references, subject,
 };
 use regmirror::reference::Digest;
+use regmirror::registry::MANIFEST_MEDIA_TYPES;
 
 fuzz_target!(|bytes: &[u8]| {
     let all = references(bytes);
@@ -28,5 +30,10 @@ fuzz_target!(|bytes: &[u8]| {
     let descriptor = referrer_descriptor(bytes, &digest, "m");
     assert_eq!(descriptor["digest"], digest.as_str());
     assert_eq!(descriptor["size"], bytes.len());
-    declared_media_type(bytes);
+    for content_type in [None, Some("text/html"), Some(MANIFEST_MEDIA_TYPES[0])] {
+        assert!(MANIFEST_MEDIA_TYPES.contains(&media_type(bytes, content_type)));
+        if let Ok(pushed) = pushed_media_type(bytes, content_type) {
+            assert!(MANIFEST_MEDIA_TYPES.contains(&pushed));
+        }
+    }
 });

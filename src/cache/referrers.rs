@@ -269,7 +269,8 @@ async fn recorded(app: &App, key: &ListKey) -> Result<ReferrerList, RegistryErro
 /// An upstream's referrers as they are read, kept within the bounds: valid descriptors (a
 /// digest and a media type), one per digest, sorted by digest; past the bounds nothing more is
 /// kept and the answer is marked cut.
-struct Collector {
+#[derive(Debug)]
+pub struct Collector {
     bounds: ListBounds,
     kept: BTreeMap<Digest, Value>,
     bytes: usize,
@@ -277,13 +278,25 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(bounds: ListBounds) -> Self {
+    pub fn new(bounds: ListBounds) -> Self {
         Collector {
             bounds,
             kept: BTreeMap::new(),
             bytes: 0,
             cut: false,
         }
+    }
+
+    /// Adds the `manifests` of an image index (an answer's page, or the tag schema's index);
+    /// `None` when `bytes` is not one.
+    pub fn add_index(&mut self, bytes: &[u8]) -> Option<()> {
+        self.add(manifests_of(bytes)?);
+        Some(())
+    }
+
+    /// Whether the bounds were reached: what came after was not kept.
+    pub fn is_cut(&self) -> bool {
+        self.cut
     }
 
     fn add(&mut self, descriptors: Vec<Value>) {
@@ -310,7 +323,8 @@ impl Collector {
         }
     }
 
-    fn finish(self, subject: &Digest) -> (Vec<Value>, Option<String>) {
+    /// The descriptors kept, sorted by digest, and the warning when the answer was cut.
+    pub fn finish(self, subject: &Digest) -> (Vec<Value>, Option<String>) {
         let cut = self.cut.then(|| {
             format!(
                 "the upstream lists more referrers of {subject} than this cache keeps \
@@ -366,14 +380,14 @@ async fn from_api(
             .await
             .map_err(|e| unreachable_text(upstream, &format!("referrers: {e}")))?;
         read += bytes.len();
-        collector.add(manifests_of(&bytes).ok_or_else(|| {
+        collector.add_index(&bytes).ok_or_else(|| {
             RegistryError::new(
                 ErrorCode::Unavailable,
                 format!("upstream {upstream} answered referrers of {subject} with no index"),
             )
-        })?);
+        })?;
         match next {
-            Some(_) if collector.cut || read >= bounds.bytes => {
+            Some(_) if collector.is_cut() || read >= bounds.bytes => {
                 collector.cut = true;
                 break;
             }
@@ -412,7 +426,8 @@ async fn from_tag_schema(
     let stale = match app.manifest_by_tag(route, &tag).await {
         Ok(answer) => {
             app.mark_used(&answer.manifest.digest);
-            collector.add(manifests_of(&answer.manifest.bytes).unwrap_or_default());
+            // Not an index: no referrers.
+            let _ = collector.add_index(&answer.manifest.bytes);
             answer.warning
         }
         Err(e) if e.code == ErrorCode::ManifestUnknown => None,
@@ -434,7 +449,7 @@ fn manifests_of(bytes: &[u8]) -> Option<Vec<Value>> {
 
 /// The query of a `Link: <...>; rel="next"` that continues `path` (a link elsewhere is not
 /// followed).
-fn next_query(link: &str, path: &str) -> Option<String> {
+pub fn next_query(link: &str, path: &str) -> Option<String> {
     let target = link
         .split(',')
         .find(|part| part.contains("rel=\"next\"") || part.contains("rel=next"))?;

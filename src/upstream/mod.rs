@@ -23,4 +23,4 @@ pub use client::{
 };
 pub use guard::{AddressPolicy, HostOverrides};
 pub use limit::{Admitted, Refused, RequestLimiter};
-pub use ratelimit::{Budget, cap_retry_after, retry_after};
+pub use ratelimit::{Budget, MAX_RETRY_AFTER, cap_retry_after, retry_after};
