@@ -294,7 +294,7 @@ impl Shim {
         authority: &str,
     ) -> Result<(), String> {
         let (host, _) = split_host_port(&registry);
-        let config = self.ca.server_config(host)?;
+        let config = self.ca.server_config(host).await?;
         let tls = tokio_rustls::TlsAcceptor::from(config)
             .accept(stream)
             .await
