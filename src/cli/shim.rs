@@ -19,7 +19,7 @@ use crate::shim::leaves::DEFAULT_CAPACITY;
 use crate::shim::proxy::Shim;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 
-/// The largest `--leaf-cache`: about 1.3 GB of leaves.
+/// The largest `--leaf-cache`: about 250 MB of leaves.
 const MAX_LEAF_CACHE: u32 = 100_000;
 
 /// How often the config files are checked for changes.
@@ -69,7 +69,7 @@ struct RunArgs {
     /// client's credentials.
     #[arg(long, value_name = "FILE")]
     mirror_credentials: Option<PathBuf>,
-    /// How many host names' leaf certificates are kept (about 13 KB each); the least recently
+    /// How many host names' leaf certificates are kept (about 2.5 KB each); the least recently
     /// used is dropped first and minted again when next asked for.
     #[arg(long, value_name = "NAMES", default_value_t = DEFAULT_CAPACITY as u32,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LEAF_CACHE)))]

@@ -78,8 +78,11 @@ pub struct CertificateAuthority {
     leaves: Arc<Leaves>,
     /// Called as a leaf is signed, to observe where and how signing runs.
     #[cfg(test)]
-    signing: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    signing: Option<SigningHook>,
 }
+
+#[cfg(test)]
+type SigningHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,6 +208,10 @@ impl CertificateAuthority {
             .with_single_cert(chain, key)
             .map_err(|e| format!("leaf certificate for {host}: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No session resumption: rustls' default store preallocates 256 sessions per
+        // configuration (most of a leaf's memory), and dockerd's Go client resumes nothing.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 
@@ -369,6 +376,7 @@ mod tests {
         let a = ca.server_config("reg.example.test").await.unwrap();
         let b = ca.server_config("reg.example.test").await.unwrap();
         assert!(Arc::ptr_eq(&a, &b), "cached");
+        assert!(!a.session_storage.can_cache() && a.send_tls13_tickets == 0);
         ca.server_config("127.0.0.1").await.unwrap();
         ca.server_config("[::1]").await.unwrap();
     }
@@ -420,27 +428,28 @@ mod tests {
                 .unwrap();
             let again = ca.server_config("hot.example.test").await.unwrap();
             assert!(Arc::ptr_eq(&hot, &again), "the one in use stays");
-            assert!(ca.leaves.len() <= 4, "{} leaves kept", ca.leaves.len());
+            assert!(ca.leaves.kept() <= 4, "{} leaves kept", ca.leaves.kept());
         }
-        assert_eq!(ca.leaves.len(), 4);
+        assert_eq!(ca.leaves.kept(), 4);
         let minted_again = ca.server_config("h0.example.test").await.unwrap();
         assert!(!Arc::ptr_eq(&first, &minted_again), "h0 was evicted");
-        assert_eq!(ca.leaves.len(), 4);
+        assert_eq!(ca.leaves.kept(), 4);
         handshake(&ca, minted_again, "h0.example.test").unwrap();
         let refused = handshake(&ca, hot, "h0.example.test").unwrap_err();
         assert!(refused.contains("not valid for name"), "{refused}");
     }
 
-    /// A CA whose signing of `slow.example.test` waits until the test opens `gate`, saying when
-    /// it started (`entered`) and whether it was let through (`true`) or gave up waiting.
-    fn held_at_signing(
-        dir: &Path,
-    ) -> (
-        Arc<CertificateAuthority>,
-        std::sync::mpsc::Sender<()>,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
-        Arc<std::sync::Mutex<Vec<bool>>>,
-    ) {
+    /// A CA whose signing of `slow.example.test` waits until the test opens the gate (`open`),
+    /// saying when it started (`entered`) and whether it was let through (`true`) or gave up
+    /// waiting (`outcomes`).
+    struct Held {
+        ca: Arc<CertificateAuthority>,
+        open: std::sync::mpsc::Sender<()>,
+        entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+        outcomes: Arc<std::sync::Mutex<Vec<bool>>>,
+    }
+
+    fn held_at_signing(dir: &Path) -> Held {
         let (open, gate) = std::sync::mpsc::channel::<()>();
         let gate = std::sync::Mutex::new(gate);
         let (enter, entered) = tokio::sync::mpsc::unbounded_channel();
@@ -459,7 +468,12 @@ mod tests {
                 .recv_timeout(std::time::Duration::from_secs(30));
             record.lock().unwrap().push(opened.is_ok());
         }));
-        (Arc::new(ca), open, entered, outcomes)
+        Held {
+            ca: Arc::new(ca),
+            open,
+            entered,
+            outcomes,
+        }
     }
 
     /// On one async worker: while a leaf is being signed, the worker still serves a CONNECT for
@@ -469,7 +483,12 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_mint_does_not_hold_an_async_worker() {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, open, mut entered, outcomes) = held_at_signing(dir.path());
+        let Held {
+            ca,
+            open,
+            mut entered,
+            outcomes,
+        } = held_at_signing(dir.path());
         let kept = ca.server_config("kept.example.test").await.unwrap();
         let slow = tokio::spawn({
             let ca = ca.clone();
@@ -489,7 +508,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_mint_does_not_hold_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, open, mut entered, outcomes) = held_at_signing(dir.path());
+        let Held {
+            ca,
+            open,
+            mut entered,
+            outcomes,
+        } = held_at_signing(dir.path());
         let kept = ca.server_config("kept.example.test").await.unwrap();
         let slow = tokio::spawn({
             let ca = ca.clone();
@@ -507,7 +531,12 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_connects_for_a_new_name_mint_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, open, mut entered, outcomes) = held_at_signing(dir.path());
+        let Held {
+            ca,
+            open,
+            mut entered,
+            outcomes,
+        } = held_at_signing(dir.path());
         let asks =
             futures_util::future::join_all((0..8).map(|_| ca.server_config("slow.example.test")));
         let (configs, ()) = tokio::join!(asks, async {
@@ -518,6 +547,6 @@ mod tests {
         let configs: Vec<_> = configs.into_iter().map(Result::unwrap).collect();
         assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
         assert_eq!(*outcomes.lock().unwrap(), [true], "minted once");
-        assert_eq!(ca.leaves.len(), 1);
+        assert_eq!(ca.leaves.kept(), 1);
     }
 }

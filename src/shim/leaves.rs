@@ -36,7 +36,7 @@ impl std::fmt::Debug for Leaves {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Leaves")
             .field("capacity", &self.capacity)
-            .field("len", &self.len())
+            .field("kept", &self.kept())
             .finish()
     }
 }
@@ -59,7 +59,7 @@ impl Leaves {
     }
 
     /// How many leaves are kept now.
-    pub fn len(&self) -> usize {
+    pub fn kept(&self) -> usize {
         self.lock().by_host.len()
     }
 
