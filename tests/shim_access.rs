@@ -3,8 +3,8 @@
 //! Each test runs the shim on 0.0.0.0 (a real non-loopback listen address, so the real
 //! start-up rules apply) inside a private network namespace whose only interface is its own
 //! loopback: nothing outside 127.0.0.0/8 of that namespace is reachable, and the ports 443 and
-//! 5000 are free there. Real distribution registries are the hosts behind the tunnels; curl is
-//! the client, from 127.0.0.1 or, bound with `--interface`, from 127.0.0.2.
+//! 5000 are free there. Real distribution registries are the hosts behind the tunnels and behind
+//! `?ns=`; curl is the client, from 127.0.0.1 or, bound with `--interface`, from 127.0.0.2.
 
 mod peers;
 
@@ -24,7 +24,7 @@ fn registry(netns: &Netns, port: u16) -> Process {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
             dir.join("data").display()
         ),
     )
@@ -231,6 +231,70 @@ fn beyond_loopback_hosts_without_rules_are_reached_on_443_and_5000_only() {
         (intercepted.connect, intercepted.status),
         (200, 200),
         "{intercepted:?}\n{}",
+        shim.log_text()
+    );
+}
+
+/// One origin-form request to the shim itself from 127.0.0.1 (the shim as a registry endpoint,
+/// as containerd uses a mirror): (status, body).
+fn to_shim(netns: &Netns, path: &str) -> (u16, String) {
+    let out = netns
+        .command(require("curl", "curl"))
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .arg(format!("http://{SHIM}{path}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn beyond_loopback_ns_reaches_registries_without_rules_on_443_and_5000_only() {
+    let netns = Netns::new();
+    let registries: Vec<Process> = [5000, 5001]
+        .into_iter()
+        .map(|port| registry(&netns, port))
+        .collect();
+    let shim = shim(
+        &netns,
+        r#"{"mirror-registries": [{"domain": "reg.example.test", "mirrors": ["http://127.0.0.1:9"]}]}"#,
+        &["--allow-clients", "127.0.0.0/8"],
+    );
+    let asked = |registry: &Process| {
+        registry
+            .log_text()
+            .matches("\"GET /v2/library/demo/manifests/v1 ")
+            .count()
+    };
+    let path = |ns: &str| format!("/v2/library/demo/manifests/v1?ns={ns}");
+
+    // Port 5000: reached (the registry answers that it has no such manifest).
+    let (status, body) = to_shim(&netns, &path("127.0.0.1:5000"));
+    assert_eq!(status, 404, "{body}\n{}", shim.log_text());
+    assert!(body.contains("MANIFEST_UNKNOWN"), "{body}");
+    assert_eq!(asked(&registries[0]), 1, "{}", registries[0].log_text());
+
+    // Port 5001, and a loopback host without a port (https on 443, then plain http on 80, as
+    // dockerd tries an insecure registry): DENIED before anything is sent.
+    for ns in ["127.0.0.1:5001", "127.0.0.1"] {
+        let (status, body) = to_shim(&netns, &path(ns));
+        assert_eq!(status, 403, "{ns}: {body}\n{}", shim.log_text());
+        assert!(
+            body.contains("\"DENIED\"") && body.contains("ports [443, 5000] only"),
+            "{ns}: {body}"
+        );
+    }
+    assert_eq!(
+        asked(&registries[1]),
+        0,
+        "the registry on 5001 was reached:\n{}",
+        registries[1].log_text()
+    );
+    assert!(
+        shim.log_text()
+            .contains("refused a request for a registry without a rule"),
+        "{}",
         shim.log_text()
     );
 }

@@ -1,11 +1,12 @@
 //! The shim as a registry endpoint (origin-form `/v2/…?ns=`) and as a plain-http proxy
 //! (absolute-form), without an engine: mirror credentials, configuration reload, paths outside
-//! the registry API, mirrors-only rules, and `regmirror resolve --probe`, against real
-//! distribution registries on 127.0.0.1.
+//! the registry API, mirrors-only rules, `?ns=` values that are not a host, and `regmirror
+//! resolve --probe`, against real distribution registries on 127.0.0.1.
 
 mod peers;
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use peers::{Images, Registry, RegistryOptions, Shim, header, http};
@@ -503,4 +504,121 @@ fn the_status_page_shows_rules_breakers_and_failovers() {
     assert!(head.to_ascii_lowercase().contains("text/html"), "{head}");
     let page = String::from_utf8_lossy(&page);
     assert!(page.contains(&mirror.url()) && page.contains("<h2>Last failovers</h2>"));
+}
+
+/// FAKE internal service (an admin API on loopback that must never be reached through the shim;
+/// no real peer plays it): records the first bytes of every connection it accepts, whatever
+/// they are (an HTTP head, a TLS hello), and answers 200. Serves until the test process ends.
+fn recording_fake() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let read = stream.read(&mut request).unwrap_or(0);
+            record
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&request[..read]).into_owned());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn an_ns_that_is_not_a_bare_host_is_refused_and_sends_nothing() {
+    let (internal, seen) = recording_fake();
+    let port = internal.port();
+    let shim = Shim::start(
+        r#"{"mirror-registries": [{"domain": "elsewhere.example.test", "mirrors": ["http://127.0.0.1:9"]}]}"#,
+        &[],
+    );
+    let body = b"{\"wipe\": true}";
+    for (method, path) in [
+        // The issue's attack: path and query injected into the origin URL.
+        (
+            "DELETE",
+            format!("/v2/x/manifests/t?ns=127.0.0.1:{port}%2Fadmin%2Fwipe%3Fall%3D1%26"),
+        ),
+        (
+            "POST",
+            format!("/v2/x/blobs/uploads/?ns=127.0.0.1:{port}%2Fadmin%23"),
+        ),
+        (
+            "GET",
+            format!("/v2/x/manifests/t?ns=admin%3Asecret%40127.0.0.1:{port}"),
+        ),
+        (
+            "GET",
+            format!("/v2/x/manifests/t?ns=http%3A%2F%2F127.0.0.1:{port}"),
+        ),
+        (
+            "GET",
+            format!("/v2/x/manifests/t?ns=%5B%3A%3A1%5D:{port}%2Fadmin"),
+        ),
+        ("GET", format!("/v2/x/manifests/t?ns=127.0.0.1:{port}%20")),
+        ("GET", format!("/v2/x/manifests/t?ns=2130706433:{port}")),
+        ("GET", "/v2/x/manifests/t?ns=127.0.0.1:99999".to_owned()),
+        ("GET", "/v2/x/manifests/t?ns=".to_owned()),
+        ("HEAD", format!("/v2/x/manifests/t?ns=127.0.0.1:{port}%2F")),
+    ] {
+        let (status, head, answer) = peers::http_with_body(
+            method,
+            shim.addr,
+            &path,
+            &[("Authorization", "Bearer client-token")],
+            body,
+        );
+        assert_eq!(status, 400, "{method} {path}: {head}\n{}", shim.log());
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        if method != "HEAD" {
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+            let error = &answer["errors"][0];
+            assert_eq!(error["code"], "NAME_INVALID", "{method} {path}: {answer}");
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("invalid ?ns="),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Vec::<String>::new(),
+        "the internal service was reached:\n{}",
+        shim.log()
+    );
+    assert!(
+        shim.log()
+            .contains("refused a request with an invalid ?ns="),
+        "{}",
+        shim.log()
+    );
+
+    // Control: the fake does record what reaches it (on loopback, a host the client names is
+    // reached as the client could reach it itself), and only the registry API path goes there.
+    let (status, _, _) = http(
+        "GET",
+        shim.addr,
+        &format!("/v2/x/manifests/t?ns=127.0.0.1:{port}"),
+        &[],
+    );
+    assert_eq!(status, 200, "{}", shim.log());
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .any(|head| head.starts_with("GET /v2/x/manifests/t HTTP/1.1\r\n")),
+        "{seen:?}"
+    );
 }

@@ -18,9 +18,9 @@ use crate::config::cache::{
 };
 use crate::config::mirrors::canonical_registry;
 use crate::config::{MirrorUrl, Scheme};
-use crate::reference::{self, DOCKER_HUB};
+use crate::reference::DOCKER_HUB;
 use crate::registry::route::split_registry_prefix;
-use crate::registry::{ErrorCode, RegistryError};
+use crate::registry::{ErrorCode, RegistryError, RegistryHost};
 use crate::resolve::{InsecureMatcher, Resolver, Role, TlsMode};
 use crate::upstream::{RequestLimiter, Target};
 
@@ -209,7 +209,7 @@ impl Router {
                 format!("{LOCAL:?} is the namespace of pushed repositories, not an upstream"),
             ));
         }
-        if !self.dynamic || !reference::is_valid_host(&name) {
+        if !self.dynamic {
             return Err(RegistryError::new(
                 ErrorCode::NameUnknown,
                 format!(
@@ -217,6 +217,12 @@ impl Router {
                 ),
             ));
         }
+        // The shim's `?ns=` rule: a bare host[:port] in canonical form, or NAME_INVALID.
+        let name = RegistryHost::parse(&name)
+            .map_err(|why| {
+                RegistryError::new(ErrorCode::NameInvalid, format!("invalid upstream: {why}"))
+            })?
+            .to_string();
         // The resolver knows how the registry itself is reached: Hub's API host, and for an
         // insecure registry https without certificate checks, then http.
         let origins = self
@@ -382,6 +388,27 @@ mod tests {
         assert_eq!(
             (route.upstream.name.as_str(), route.repository.as_str()),
             ("my.org", "x/y")
+        );
+        // A client-named upstream is a bare host[:port] in canonical form, as the shim's `?ns=`.
+        for bad in [
+            "2130706433:5000",
+            "quay.io/x?y",
+            "user@quay.io",
+            "quay.io:70000",
+            "",
+        ] {
+            assert_eq!(
+                routed(&r, "org/img", Some(bad), None),
+                Err(ErrorCode::NameInvalid),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            r.route("org/img", Some("[::FFFF:10.0.0.1]:05000"), None)
+                .unwrap()
+                .upstream
+                .name,
+            "[::ffff:a00:1]:5000"
         );
         let hub = r.route("nginx", Some("docker.io"), None).unwrap();
         assert_eq!(

@@ -15,8 +15,12 @@ use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST};
 use crate::resolve::Resolver;
 use crate::shim::access::{Access, SHARED_PORTS};
 use crate::shim::ca::{CertificateAuthority, Constraints};
+use crate::shim::leaves::DEFAULT_CAPACITY;
 use crate::shim::proxy::Shim;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
+
+/// The largest `--leaf-cache`: about 250 MB of leaves.
+const MAX_LEAF_CACHE: u32 = 100_000;
 
 /// How often the config files are checked for changes.
 const RELOAD_POLL: Duration = Duration::from_secs(2);
@@ -65,6 +69,11 @@ struct RunArgs {
     /// client's credentials.
     #[arg(long, value_name = "FILE")]
     mirror_credentials: Option<PathBuf>,
+    /// How many host names' leaf certificates are kept (about 2.5 KB each); the least recently
+    /// used is dropped first and minted again when next asked for.
+    #[arg(long, value_name = "NAMES", default_value_t = DEFAULT_CAPACITY as u32,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LEAF_CACHE)))]
+    leaf_cache: u32,
     /// Seconds to connect to an endpoint before trying the next.
     #[arg(long, default_value_t = 2.0)]
     connect_timeout: f64,
@@ -97,7 +106,8 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let ca =
         CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
-            .map_err(BadInput)?;
+            .map_err(BadInput)?
+            .with_leaf_capacity(args.leaf_cache as usize);
     let resolver = Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;
     let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
     let timeouts = Timeouts {

@@ -1,11 +1,13 @@
 //! The OCI distribution API surface shared by the cache and the shim: request routing
-//! ([`route`]), the error envelope and its one mapping to an HTTP response ([`error`]) and
-//! media types. Pure: no I/O.
+//! ([`route`]), the registry a client names with `?ns=` ([`namespace`]), the error envelope and
+//! its one mapping to an HTTP response ([`error`]) and media types. Pure: no I/O.
 
 pub mod error;
+pub mod namespace;
 pub mod route;
 
 pub use error::{ErrorCode, RegistryError, error_response, internal};
+pub use namespace::RegistryHost;
 pub use route::{ManifestRef, V2Request};
 
 /// The `Docker-Distribution-API-Version` header every `/v2/` response carries.

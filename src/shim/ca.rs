@@ -1,4 +1,5 @@
-//! The shim's own certificate authority, and the leaf certificates it mints per registry host.
+//! The shim's own certificate authority, and the leaf certificates it mints per registry host
+//! (kept in [`Leaves`]: bounded, minted once per host on the blocking pool).
 //!
 //! Generated on first start in the state directory: `ca.key` (mode 0600), `ca.crt`, and
 //! `ca.json` (the name constraints it was made with). When the configuration has no `*` rule the
@@ -7,12 +8,11 @@
 //! names one. A CA whose constraints no longer match the configuration is replaced (and the trust
 //! files must be installed again).
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, GeneralSubtree,
@@ -22,6 +22,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
+use super::leaves::Leaves;
 use crate::config::{DomainPattern, MirrorConfig};
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST, LEGACY_DOCKER_HUB, split_host_port};
 
@@ -74,8 +75,14 @@ pub struct CertificateAuthority {
     key: KeyPair,
     params: CertificateParams,
     cert_pem: String,
-    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    leaves: Arc<Leaves>,
+    /// Called as a leaf is signed, to observe where and how signing runs.
+    #[cfg(test)]
+    signing: Option<SigningHook>,
 }
+
+#[cfg(test)]
+type SigningHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,8 +172,16 @@ impl CertificateAuthority {
             key,
             params,
             cert_pem,
-            leaves: Mutex::new(HashMap::new()),
+            leaves: Arc::new(Leaves::new(super::leaves::DEFAULT_CAPACITY)),
+            #[cfg(test)]
+            signing: None,
         }
+    }
+
+    /// Keeps the leaves of at most `capacity` host names (at least one) instead of the default.
+    pub fn with_leaf_capacity(mut self, capacity: usize) -> Self {
+        self.leaves = Arc::new(Leaves::new(capacity));
+        self
     }
 
     /// `ca.crt` in PEM, for clients to trust.
@@ -178,15 +193,12 @@ impl CertificateAuthority {
         state_dir.join("ca.crt")
     }
 
-    /// A TLS server configuration presenting a leaf certificate for `host`, minted once.
-    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
-        let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(config) = leaves.get(host) {
-            return Ok(config.clone());
-        }
-        let config = Arc::new(self.mint(host)?);
-        leaves.insert(host.to_owned(), config.clone());
-        Ok(config)
+    /// A TLS server configuration presenting a leaf certificate for `host`: the one kept, or one
+    /// minted on the blocking pool (once, however many ask at the same time).
+    pub async fn server_config(self: &Arc<Self>, host: &str) -> Result<Arc<ServerConfig>, String> {
+        let ca = self.clone();
+        let name = host.to_owned();
+        self.leaves.get_or_mint(host, move || ca.mint(&name)).await
     }
 
     fn mint(&self, host: &str) -> Result<ServerConfig, String> {
@@ -196,6 +208,10 @@ impl CertificateAuthority {
             .with_single_cert(chain, key)
             .map_err(|e| format!("leaf certificate for {host}: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No session resumption: rustls' default store preallocates 256 sessions per
+        // configuration (most of a leaf's memory), and dockerd's Go client resumes nothing.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 
@@ -205,6 +221,10 @@ impl CertificateAuthority {
         host: &str,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
         let fail = |e: &dyn std::fmt::Display| format!("leaf certificate for {host}: {e}");
+        #[cfg(test)]
+        if let Some(signing) = &self.signing {
+            signing(host);
+        }
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, host);
@@ -349,14 +369,184 @@ mod tests {
         verify(&open, "bank.example").unwrap();
     }
 
-    #[test]
-    fn mints_leaves_per_host() {
+    #[tokio::test]
+    async fn mints_leaves_per_host() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::load_or_create(dir.path(), None).unwrap();
-        let a = ca.server_config("reg.example.test").unwrap();
-        let b = ca.server_config("reg.example.test").unwrap();
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), None).unwrap());
+        let a = ca.server_config("reg.example.test").await.unwrap();
+        let b = ca.server_config("reg.example.test").await.unwrap();
         assert!(Arc::ptr_eq(&a, &b), "cached");
-        ca.server_config("127.0.0.1").unwrap();
-        ca.server_config("[::1]").unwrap();
+        assert!(!a.session_storage.can_cache() && a.send_tls13_tickets == 0);
+        ca.server_config("127.0.0.1").await.unwrap();
+        ca.server_config("[::1]").await.unwrap();
+    }
+
+    /// A TLS handshake in memory between a client trusting `ca` only and `config`, for `host`.
+    fn handshake(
+        ca: &CertificateAuthority,
+        config: Arc<ServerConfig>,
+        host: &str,
+    ) -> Result<(), String> {
+        crate::upstream::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem_to_der(ca.cert_pem()).unwrap()).unwrap();
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let mut server = rustls::ServerConnection::new(config).unwrap();
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut &bytes[..]).unwrap();
+            server.process_new_packets().map_err(|e| e.to_string())?;
+            bytes.clear();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut &bytes[..]).unwrap();
+            client.process_new_packets().map_err(|e| e.to_string())?;
+        }
+        Err("the handshake did not finish".to_owned())
+    }
+
+    #[tokio::test]
+    async fn the_leaf_cache_is_bounded_and_an_evicted_name_is_minted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(
+            CertificateAuthority::load_or_create(dir.path(), None)
+                .unwrap()
+                .with_leaf_capacity(4),
+        );
+        let first = ca.server_config("h0.example.test").await.unwrap();
+        let hot = ca.server_config("hot.example.test").await.unwrap();
+        for i in 1..=10 {
+            ca.server_config(&format!("h{i}.example.test"))
+                .await
+                .unwrap();
+            let again = ca.server_config("hot.example.test").await.unwrap();
+            assert!(Arc::ptr_eq(&hot, &again), "the one in use stays");
+            assert!(ca.leaves.kept() <= 4, "{} leaves kept", ca.leaves.kept());
+        }
+        assert_eq!(ca.leaves.kept(), 4);
+        let minted_again = ca.server_config("h0.example.test").await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &minted_again), "h0 was evicted");
+        assert_eq!(ca.leaves.kept(), 4);
+        handshake(&ca, minted_again, "h0.example.test").unwrap();
+        let refused = handshake(&ca, hot, "h0.example.test").unwrap_err();
+        assert!(refused.contains("not valid for name"), "{refused}");
+    }
+
+    /// A CA whose signing of `slow.example.test` waits until the test opens the gate (`open`),
+    /// saying when it started (`entered`) and whether it was let through (`true`) or gave up
+    /// waiting (`outcomes`).
+    struct Held {
+        ca: Arc<CertificateAuthority>,
+        open: std::sync::mpsc::Sender<()>,
+        entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+        outcomes: Arc<std::sync::Mutex<Vec<bool>>>,
+    }
+
+    fn held_at_signing(dir: &Path) -> Held {
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        let (enter, entered) = tokio::sync::mpsc::unbounded_channel();
+        let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = outcomes.clone();
+        let mut ca = CertificateAuthority::load_or_create(dir, None).unwrap();
+        ca.signing = Some(Arc::new(move |host: &str| {
+            if host != "slow.example.test" {
+                return;
+            }
+            let _ = enter.send(());
+            // Only a broken implementation waits this long: nothing else can open the gate.
+            let opened = gate
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(30));
+            record.lock().unwrap().push(opened.is_ok());
+        }));
+        Held {
+            ca: Arc::new(ca),
+            open,
+            entered,
+            outcomes,
+        }
+    }
+
+    /// On one async worker: while a leaf is being signed, the worker still serves a CONNECT for
+    /// a host already minted, and that task opens the gate the signing waits at. Signing on the
+    /// worker (the old code) blocks the only thread, so the gate is never opened and signing
+    /// gives up after its wait: `[false]`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_mint_does_not_hold_an_async_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let Held {
+            ca,
+            open,
+            mut entered,
+            outcomes,
+        } = held_at_signing(dir.path());
+        let kept = ca.server_config("kept.example.test").await.unwrap();
+        let slow = tokio::spawn({
+            let ca = ca.clone();
+            async move { ca.server_config("slow.example.test").await }
+        });
+        entered.recv().await.unwrap();
+        let again = ca.server_config("kept.example.test").await.unwrap();
+        assert!(Arc::ptr_eq(&kept, &again));
+        open.send(()).unwrap();
+        slow.await.unwrap().unwrap();
+        assert_eq!(*outcomes.lock().unwrap(), [true], "signing held the worker");
+    }
+
+    /// On several workers: while a leaf is being signed, a CONNECT for a host already minted is
+    /// answered, and then opens the gate. Signing under the cache's lock (the old code) makes
+    /// that CONNECT wait for the lock, so the gate is never opened in time: `[false]`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mint_does_not_hold_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let Held {
+            ca,
+            open,
+            mut entered,
+            outcomes,
+        } = held_at_signing(dir.path());
+        let kept = ca.server_config("kept.example.test").await.unwrap();
+        let slow = tokio::spawn({
+            let ca = ca.clone();
+            async move { ca.server_config("slow.example.test").await }
+        });
+        entered.recv().await.unwrap();
+        let again = ca.server_config("kept.example.test").await.unwrap();
+        assert!(Arc::ptr_eq(&kept, &again));
+        open.send(()).unwrap();
+        slow.await.unwrap().unwrap();
+        assert_eq!(*outcomes.lock().unwrap(), [true], "signing held the lock");
+    }
+
+    /// Eight CONNECTs for one new name, all asking while its signing is held: one mint, one leaf.
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_connects_for_a_new_name_mint_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let Held {
+            ca,
+            open,
+            mut entered,
+            outcomes,
+        } = held_at_signing(dir.path());
+        let asks =
+            futures_util::future::join_all((0..8).map(|_| ca.server_config("slow.example.test")));
+        let (configs, ()) = tokio::join!(asks, async {
+            // Every ask was polled (join! polls the first branch first) before this runs.
+            entered.recv().await.unwrap();
+            open.send(()).unwrap();
+        });
+        let configs: Vec<_> = configs.into_iter().map(Result::unwrap).collect();
+        assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
+        assert_eq!(*outcomes.lock().unwrap(), [true], "minted once");
+        assert_eq!(ca.leaves.kept(), 1);
     }
 }

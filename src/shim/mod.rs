@@ -3,10 +3,12 @@
 //!
 //! - [`access`]: who may use the shim, and which ports its tunnels reach;
 //! - [`ca`]: the shim's name-constrained CA and per-host leaf certificates;
+//! - [`leaves`]: the minted leaves, bounded, each minted once off the async workers;
 //! - [`proxy`]: the proxy listener, TLS interception, tunnels, and the registry walk;
 //! - [`status`]: its status page (rules, breakers, pulls per endpoint, failovers).
 
 pub mod access;
 pub mod ca;
+pub mod leaves;
 pub mod proxy;
 pub mod status;

@@ -9,11 +9,13 @@
 //! - Absolute-form `http://host/…` requests (insecure registries): the same walk, without TLS;
 //!   other paths and other hosts are forwarded untouched.
 //! - Origin-form `/v2/…` requests: the shim as a registry endpoint (a dockerd `registry-mirrors`
-//!   entry for Docker Hub, or containerd with `?ns=`).
+//!   entry for Docker Hub, or containerd with `?ns=`). `ns` must be a bare `host[:port]`
+//!   ([`namespace::from_query`]: anything else is NAME_INVALID and nothing is sent), and a
+//!   registry without a rule is held to the same ports as a CONNECT for a host without one.
 //!
 //! Who may connect, and which ports tunnels reach, is [`Access`]'s decision: a client outside
 //! `--allow-clients` gets 403 for every request; beyond loopback, hosts without a rule are
-//! reached on ports 443 and 5000 only.
+//! reached on ports 443 and 5000 only (tunnels and forwards get 403, `?ns=` pulls DENIED).
 //!
 //! The walk: pulls (GET/HEAD of manifests, blobs, tag lists) try the mirrors in order, then the
 //! origin; the client's `Authorization` goes to the origin only, and the origin's answers (401
@@ -48,7 +50,8 @@ use super::ca::CertificateAuthority;
 use super::status::{self, ShimStatus};
 use crate::config::docker_auth::RegistryAuths;
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
-use crate::reference::split_host_port;
+use crate::reference::{DOCKER_HUB, split_host_port};
+use crate::registry::namespace;
 use crate::registry::route::{self, V2Request};
 use crate::registry::{ErrorCode, RegistryError, error_response};
 use crate::resolve::{Endpoints, OmittedOrigin, Resolver, Role};
@@ -216,15 +219,18 @@ impl Shim {
             {
                 self.status_page(request.uri().path() == status::JSON_PATH)
             }
-            None => {
-                let ns = request.uri().query().and_then(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == "ns")
-                        .map(|(_, v)| v.into_owned())
-                });
-                let registry = ns.unwrap_or_else(|| crate::reference::DOCKER_HUB.to_owned());
-                self.registry(&registry, request).await
-            }
+            // `?ns=` names the registry: validated before anything is sent (a bare host[:port],
+            // or NAME_INVALID), then held to the port rule in `walk`.
+            None => match namespace::from_query(request.uri().query()) {
+                Ok(ns) => {
+                    let registry = ns.map_or_else(|| DOCKER_HUB.to_owned(), |ns| ns.to_string());
+                    self.registry(&registry, request).await
+                }
+                Err(error) => {
+                    tracing::warn!(%peer, method = %request.method(), path = %request.uri().path(), error = %error.message, "refused a request with an invalid ?ns=");
+                    error_response(&error, request.method() == Method::HEAD)
+                }
+            },
         }
     }
 
@@ -288,7 +294,7 @@ impl Shim {
         authority: &str,
     ) -> Result<(), String> {
         let (host, _) = split_host_port(&registry);
-        let config = self.ca.server_config(host)?;
+        let config = self.ca.server_config(host).await?;
         let tls = tokio_rustls::TlsAcceptor::from(config)
             .accept(stream)
             .await
@@ -414,6 +420,9 @@ impl Shim {
         let endpoints = self
             .resolver()
             .resolve_repository(registry, repository.as_deref().unwrap_or(""));
+        if endpoints.rule.is_none() {
+            self.origin_ports_reached(registry, &endpoints)?;
+        }
         let (parts, body) = request.into_parts();
         let client_authorization = parts.headers.get(header::AUTHORIZATION).cloned();
         let origins: Vec<Target> = endpoints
@@ -493,6 +502,38 @@ impl Shim {
             ));
         }
         Ok(relay(response))
+    }
+
+    /// For a registry without a rule (one a client named with `?ns=`): whether every origin
+    /// endpoint's port is one [`Access`] lets hosts without a rule reach, as for CONNECT; DENIED
+    /// (403) before anything is sent when not.
+    fn origin_ports_reached(
+        &self,
+        registry: &str,
+        endpoints: &Endpoints,
+    ) -> Result<(), RegistryError> {
+        for endpoint in endpoints
+            .endpoints
+            .iter()
+            .filter(|e| e.role == Role::Origin)
+        {
+            let port = url::Url::parse(&endpoint.url)
+                .ok()
+                .and_then(|url| url.port_or_known_default());
+            if port.is_some_and(|port| self.access.reaches_port(port)) {
+                continue;
+            }
+            tracing::warn!(registry, endpoint = %endpoint.url, reached = ?SHARED_PORTS, "refused a request for a registry without a rule");
+            return Err(RegistryError::new(
+                ErrorCode::Denied,
+                format!(
+                    "{registry}: {} refused: listening beyond loopback, registries without a \
+                     mirror rule are reached on ports {SHARED_PORTS:?} only",
+                    endpoint.url
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The mirrors of `endpoints`, each with the credentials configured for its own host.

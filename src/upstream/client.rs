@@ -432,18 +432,7 @@ impl UpstreamClient {
         mut body: Option<reqwest::Body>,
     ) -> Result<Response, UpstreamError> {
         self.check_ip_literal(target)?;
-        let mut url = format!("{}{}", target.base, request.path);
-        let mut separator = '?';
-        if let Some(query) = &request.query {
-            url.push(separator);
-            url.push_str(query);
-            separator = '&';
-        }
-        if let Some(ns) = &target.ns {
-            url.push(separator);
-            url.push_str("ns=");
-            url.push_str(ns);
-        }
+        let url = endpoint_url(target, request)?;
         let scope = request.scope.as_deref().unwrap_or("");
         let mut authorization = match &target.client_authorization {
             Some(value) => Some(Authorization::Relayed(value.clone())),
@@ -452,7 +441,7 @@ impl UpstreamClient {
         for attempt in 0..2 {
             let mut builder = self
                 .client(target.tls, target.trusted)
-                .request(request.method.clone(), &url)
+                .request(request.method.clone(), url.clone())
                 .headers(request.headers.clone());
             if let Some(ns) = &target.ns {
                 builder = builder.header("domain", format!("https://{ns}"));
@@ -764,6 +753,44 @@ impl UpstreamClient {
     }
 }
 
+/// The URL of `request` on `target`, built with the `url` crate from parts: the base's scheme,
+/// host, port and API root, the request's path (its own `?` or `#` cannot start a query), its
+/// query, and `ns` form-encoded. Refused unless the base is a plain `scheme://authority[/root]`
+/// of exactly the target's authority, so no text in a base or an authority can send a request
+/// to another host, port or path.
+fn endpoint_url(target: &Target, request: &UpstreamRequest) -> Result<url::Url, UpstreamError> {
+    let refused = |why: &str| {
+        UpstreamError::new(
+            format!("{}: not an endpoint URL ({why})", target.base),
+            false,
+        )
+    };
+    let mut url = url::Url::parse(&target.base).map_err(|e| refused(&e.to_string()))?;
+    let authority = url::Url::parse(&format!("{}://{}", url.scheme(), target.authority))
+        .map_err(|_| refused("its authority is not host[:port]"))?;
+    let plain = |u: &url::Url| {
+        u.username().is_empty()
+            && u.password().is_none()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    };
+    if !plain(&url) || !plain(&authority) || authority.path() != "/" {
+        return Err(refused("user info, a query or a path beyond host[:port]"));
+    }
+    if url.host() != authority.host()
+        || url.port_or_known_default() != authority.port_or_known_default()
+    {
+        return Err(refused(&format!("it is not {}", target.authority)));
+    }
+    let path = format!("{}{}", url.path().trim_end_matches('/'), request.path);
+    url.set_path(&path);
+    url.set_query(request.query.as_deref());
+    if let Some(ns) = &target.ns {
+        url.query_pairs_mut().append_pair("ns", ns);
+    }
+    Ok(url)
+}
+
 /// Why an endpoint was skipped, for the error a client reads.
 fn describe_rest(rest: Resting, now: Instant) -> String {
     let why = match rest.trip {
@@ -804,4 +831,115 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_of(
+        base: &str,
+        authority: &str,
+        ns: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<String, String> {
+        let mut target = Target::pass_through(base, authority);
+        target.ns = ns.map(Arc::from);
+        let mut request = UpstreamRequest::new(Method::GET, path.to_owned());
+        request.query = query.map(str::to_owned);
+        endpoint_url(&target, &request)
+            .map(|url| url.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn endpoint_urls_are_built_from_parts() {
+        let path = "/v2/x/manifests/t";
+        for (base, authority, ns, query, expected) in [
+            (
+                "https://reg.test",
+                "reg.test",
+                None,
+                None,
+                "https://reg.test/v2/x/manifests/t",
+            ),
+            (
+                "https://reg.test:443",
+                "reg.test",
+                None,
+                None,
+                "https://reg.test/v2/x/manifests/t",
+            ),
+            (
+                "http://m:5000/root",
+                "m:5000",
+                Some("ghcr.io"),
+                Some("n=1"),
+                "http://m:5000/root/v2/x/manifests/t?n=1&ns=ghcr.io",
+            ),
+            (
+                "http://m",
+                "m",
+                Some("127.0.0.1:5001"),
+                None,
+                "http://m/v2/x/manifests/t?ns=127.0.0.1%3A5001",
+            ),
+            (
+                "http://m",
+                "m",
+                Some("a&b=c"),
+                None,
+                "http://m/v2/x/manifests/t?ns=a%26b%3Dc",
+            ),
+            (
+                "https://Reg.Test:443",
+                "Reg.Test:443",
+                None,
+                None,
+                "https://reg.test/v2/x/manifests/t",
+            ),
+            (
+                "http://[::1]:5000",
+                "[::1]:5000",
+                None,
+                None,
+                "http://[::1]:5000/v2/x/manifests/t",
+            ),
+        ] {
+            assert_eq!(
+                url_of(base, authority, ns, path, query).as_deref(),
+                Ok(expected),
+                "{base}"
+            );
+        }
+        // A path's own `?` or `#` stays in the path.
+        assert_eq!(
+            url_of("http://m", "m", None, "/v2/x?y#z", None).as_deref(),
+            Ok("http://m/v2/x%3Fy%23z")
+        );
+    }
+
+    #[test]
+    fn an_authority_or_base_with_more_than_host_and_port_sends_nothing() {
+        for (base, authority) in [
+            // the shim's raw `?ns=` as it was turned into an origin
+            (
+                "https://127.0.0.1:8080/admin/wipe?all=1&",
+                "127.0.0.1:8080/admin/wipe?all=1&",
+            ),
+            ("https://127.0.0.1:8080", "127.0.0.1:8080/admin"),
+            ("https://user@reg.test", "user@reg.test"),
+            ("https://reg.test#x", "reg.test#x"),
+            ("https://reg.test", "other.test"),
+            ("https://reg.test", "reg.test:8443"),
+            ("https://reg.test:8443", "reg.test"),
+        ] {
+            let error = url_of(base, authority, None, "/v2/", None).expect_err(authority);
+            assert!(
+                error.contains("not an endpoint URL"),
+                "{authority}: {error}"
+            );
+        }
+    }
 }
