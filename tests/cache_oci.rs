@@ -705,9 +705,6 @@ fn conformance_suite() -> PathBuf {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../shared/tools/oci-conformance/conformance.test"),
         ),
-        Some(PathBuf::from(
-            "/work/shared/tools/oci-conformance/conformance.test",
-        )),
     ];
     candidates
         .into_iter()

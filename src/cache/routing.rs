@@ -1,6 +1,6 @@
 //! Which upstream a request is for, and the endpoints to fetch it from.
 //!
-//! In order: containerd's `?ns=<host>`; the seed engine's `domain: <scheme>://<host>` header; a
+//! In order: containerd's `?ns=<host>`; the `domain: <scheme>://<host>` header sealer's patched dockerd sends; a
 //! path prefix whose first component is a registry host (`/v2/ghcr.io/org/img/…`); else the
 //! default (first configured) upstream. Registries that are not configured are served only with
 //! `proxy.on` (dynamic upstreams, no stored credentials), and the HTTP client's address guard

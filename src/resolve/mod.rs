@@ -8,7 +8,7 @@
 //! 2. `*.suffix` patterns, matched against the whole `host[:port]`; the longest pattern wins;
 //! 3. `*`.
 //!
-//! The seed's patched engine let `*` beat an exact rule; regmirror deliberately does not: a rule
+//! sealer's patched dockerd let `*` beat an exact rule; regmirror deliberately does not: a rule
 //! written for one registry is never overridden by the catch-all.
 //!
 //! After the rule's mirrors come, for Docker Hub only, `registry-mirrors`, then the origin
