@@ -13,6 +13,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_platform_verifier::Verifier;
 
+/// The file `regmirror shim install-ca` writes into certs.d: the shim's own CA, for dockerd. It is
+/// never a trust anchor for upstream connections.
+pub const SHIM_CA_FILE: &str = "regmirror-ca.crt";
+
 /// CA certificates by host name.
 #[derive(Debug, Clone, Default)]
 pub struct HostRoots(HashMap<String, Vec<CertificateDer<'static>>>);
@@ -172,11 +176,11 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("reg.example.test:5000")).unwrap();
         std::fs::write(dir.path().join("reg.example.test:5000/ca.crt"), &ca_pem).unwrap();
         std::fs::write(
-            dir.path().join("reg.example.test:5000/regmirror-ca.crt"),
+            dir.path().join("reg.example.test:5000").join(SHIM_CA_FILE),
             "skipped",
         )
         .unwrap();
-        let roots = HostRoots::read_dir(dir.path(), "regmirror-ca.crt");
+        let roots = HostRoots::read_dir(dir.path(), SHIM_CA_FILE);
         roots
             .client_config()
             .expect("a usable client configuration");

@@ -16,7 +16,7 @@ mod ratelimit;
 mod special;
 
 pub use auth::Challenge;
-pub use certs::HostRoots;
+pub use certs::{HostRoots, SHIM_CA_FILE};
 pub use client::{
     BodyError, Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest,
     install_crypto_provider, read_limited,
