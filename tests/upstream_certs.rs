@@ -97,6 +97,12 @@ impl Lab {
             "the registry itself served: {}",
             self.registry.log()
         );
+        // A connection that succeeds logs no certificate refusal on the way.
+        assert!(
+            !log().contains("failed to verify TLS certificate"),
+            "{}",
+            log()
+        );
     }
 }
 
@@ -138,4 +144,102 @@ fn a_certs_dir_that_is_not_a_directory_is_refused_at_start() {
         stderr.contains("--certs-dir /nonexistent/certs.d: not a directory"),
         "{stderr}"
     );
+}
+
+/// A registry certificate made with the command Docker's documentation gives ("Test an insecure
+/// registry": `openssl req -newkey rsa:4096 -nodes -sha256 -keyout domain.key -x509 -days 365
+/// -out domain.crt`), with the name given on the command line instead of at the prompt. OpenSSL 3
+/// marks it `CA:TRUE`; Docker's docs then place it in certs.d as `ca.crt`.
+fn docker_documented_certificate(dir: &Path) -> TestCa {
+    peers::require("openssl", "openssl");
+    let crt = dir.join("domain.crt");
+    let key = dir.join("domain.key");
+    peers::run(
+        Command::new("openssl")
+            .args(["req", "-newkey", "rsa:4096", "-nodes", "-sha256", "-keyout"])
+            .arg(&key)
+            .args(["-x509", "-days", "365", "-out"])
+            .arg(&crt)
+            .args(["-subj", &format!("/CN={ORIGIN}")])
+            .args([
+                "-addext",
+                &format!("subjectAltName=DNS:{ORIGIN},IP:127.0.0.1"),
+            ]),
+    );
+    let text = peers::run(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&crt),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("CA:TRUE"), "{text}");
+    TestCa {
+        ca_cert: crt.clone(),
+        cert: crt,
+        key,
+    }
+}
+
+#[test]
+fn a_registry_certificate_made_as_dockers_docs_say_serves_the_cache() {
+    let cert_dir = tempfile::tempdir().unwrap();
+    let domain = docker_documented_certificate(cert_dir.path());
+    let lab = Lab::new(&domain);
+    let certs = lab.certs_d(&domain.cert);
+    let cache = lab.cache(&["--certs-dir", certs.to_str().unwrap()]);
+    lab.pull(cache.addr, None, &|| cache.log());
+
+    // The same certificate trusted for another name it does not carry stays refused, with the
+    // usual error.
+    let other = format!("other.example.test:{}", lab.registry.addr.port());
+    let other_certs = lab.dir.path().join("other-certs.d");
+    std::fs::create_dir_all(other_certs.join(&other)).unwrap();
+    std::fs::copy(&domain.cert, other_certs.join(&other).join("ca.crt")).unwrap();
+    let misnamed = Regmirror::serve(
+        &format!("proxy: {{remoteurl: https://{other}}}"),
+        &[
+            "--add-host",
+            "other.example.test:127.0.0.1",
+            "--certs-dir",
+            other_certs.to_str().unwrap(),
+        ],
+    );
+    let (status, _, body) = http(
+        "GET",
+        misnamed.addr,
+        "/v2/library/demo/manifests/v1",
+        &[ACCEPT],
+    );
+    assert_ne!(status, 200, "{}", misnamed.log());
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let message = error["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("certificate not valid for name \"other.example.test\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_registry_certificate_made_as_dockers_docs_say_serves_the_shim() {
+    let cert_dir = tempfile::tempdir().unwrap();
+    let domain = docker_documented_certificate(cert_dir.path());
+    let lab = Lab::new(&domain);
+    let certs = lab.certs_d(&domain.cert);
+    // The rule's only mirror refuses connections: the walk goes on to the origin.
+    let rules = format!(
+        r#"{{"mirror-registries": [{{"domain": "{}", "mirrors": ["http://127.0.0.1:{}"]}}]}}"#,
+        lab.upstream(),
+        peers::free_port()
+    );
+    let add_host = format!("{ORIGIN}:127.0.0.1");
+    let shim = peers::Shim::start(
+        &rules,
+        &[
+            "--add-host",
+            &add_host,
+            "--certs-dir",
+            certs.to_str().unwrap(),
+        ],
+    );
+    lab.pull(shim.addr, Some(&lab.upstream()), &|| shim.log());
 }

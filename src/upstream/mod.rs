@@ -14,6 +14,7 @@ mod guard;
 mod limit;
 mod ratelimit;
 mod special;
+mod trusted_leaf;
 
 pub use auth::Challenge;
 pub use certs::{HostRoots, SHIM_CA_FILE};
