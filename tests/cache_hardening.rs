@@ -469,6 +469,7 @@ async fn a_second_server_on_a_live_storage_root_leaves_it_alone() {
         config,
         mirrors: None,
         overrides: HostOverrides::default(),
+        host_roots: regmirror::upstream::HostRoots::default(),
         grace: Duration::from_secs(1),
         timeouts: Timeouts::default(),
     })

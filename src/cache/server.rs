@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// Per-endpoint timeouts of the cache's upstream fetches.
     pub timeouts: Timeouts,
+    /// `--certs-dir`: per-host CAs trusted for upstream fetches besides the system's roots.
+    pub host_roots: HostRoots,
 }
 
 /// Why the server could not start.
@@ -104,7 +106,7 @@ impl Server {
             options.overrides,
             policy,
             options.timeouts,
-            &HostRoots::default(),
+            &options.host_roots,
         )
         .map_err(|e| fail("client", &e))?;
         let htpasswd = match &config.htpasswd {

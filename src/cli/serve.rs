@@ -8,7 +8,7 @@ use super::BadInput;
 use super::mirror_config::MirrorConfigArgs;
 use crate::cache::server::{ServeOptions, Server};
 use crate::config::cache::CacheConfig;
-use crate::upstream::{HostOverrides, Timeouts};
+use crate::upstream::{HostOverrides, HostRoots, SHIM_CA_FILE, Timeouts};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,6 +28,10 @@ pub struct Args {
     /// Answer NAME with IP instead of DNS (like curl --resolve). Repeatable.
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_host: Vec<String>,
+    /// Per-host CA files (<host[:port]>/*.crt, dockerd's certs.d layout) trusted for the cache's
+    /// upstream fetches to that host, besides the system's roots. Default: none.
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
     /// Seconds in-flight responses may run after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 30)]
     grace: u64,
@@ -79,10 +83,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
+    let host_roots = match &args.certs_dir {
+        Some(dir) if !dir.is_dir() => {
+            return Err(BadInput(format!("--certs-dir {}: not a directory", dir.display())).into());
+        }
+        Some(dir) => HostRoots::read_dir(dir, SHIM_CA_FILE),
+        None => HostRoots::default(),
+    };
     let options = ServeOptions {
         config,
         mirrors,
         overrides,
+        host_roots,
         grace: Duration::from_secs(args.grace),
         timeouts: Timeouts {
             connect: seconds("--connect-timeout", args.connect_timeout)?,

@@ -17,7 +17,9 @@ use crate::shim::access::{Access, SHARED_PORTS};
 use crate::shim::ca::{CertificateAuthority, Constraints};
 use crate::shim::leaves::DEFAULT_CAPACITY;
 use crate::shim::proxy::Shim;
-use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
+use crate::upstream::{
+    AddressPolicy, HostOverrides, HostRoots, SHIM_CA_FILE, Timeouts, UpstreamClient,
+};
 
 /// The largest `--leaf-cache`: about 250 MB of leaves.
 const MAX_LEAF_CACHE: u32 = 100_000;
@@ -115,7 +117,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         first_byte: super::serve::seconds("--first-byte-timeout", args.first_byte_timeout)?,
         ..Timeouts::default()
     };
-    let roots = HostRoots::read_dir(&args.certs_dir, "regmirror-ca.crt");
+    let roots = HostRoots::read_dir(&args.certs_dir, SHIM_CA_FILE);
     let mirror_credentials = match &args.mirror_credentials {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -215,7 +217,7 @@ fn install_ca(args: InstallCaArgs) -> anyhow::Result<ExitCode> {
     for dir in cert_dirs(&config) {
         let target = args.docker_certs_dir.join(&dir);
         std::fs::create_dir_all(&target)?;
-        let file = target.join("regmirror-ca.crt");
+        let file = target.join(SHIM_CA_FILE);
         std::fs::write(&file, ca.cert_pem())?;
         println!("wrote {}", file.display());
     }

@@ -14,9 +14,10 @@ mod guard;
 mod limit;
 mod ratelimit;
 mod special;
+mod trusted_leaf;
 
 pub use auth::Challenge;
-pub use certs::HostRoots;
+pub use certs::{HostRoots, SHIM_CA_FILE};
 pub use client::{
     BodyError, Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest,
     install_crypto_provider, read_limited,

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use regmirror::cache::server::{ServeOptions, Server};
 use regmirror::config::cache::CacheConfig;
 use regmirror::config::{ConfigSource, MirrorConfig};
-use regmirror::upstream::{HostOverrides, Timeouts};
+use regmirror::upstream::{HostOverrides, HostRoots, Timeouts};
 use sha2::{Digest as _, Sha256};
 
 pub fn digest_of(bytes: &[u8]) -> String {
@@ -482,6 +482,7 @@ impl Cache {
                 &add_hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
             )
             .unwrap(),
+            host_roots: HostRoots::default(),
             grace: Duration::from_secs(1),
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
