@@ -451,7 +451,8 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-fn wait_for_port(addr: SocketAddr) {
+/// Polls until something listens on `addr` (a server whose first answer cannot be asked for yet).
+pub fn wait_for_port(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "{addr} did not open within 20 s");
