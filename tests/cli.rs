@@ -31,7 +31,7 @@ fn resolve_json_has_the_documented_shape() {
     let out = regmirror(&[
         "resolve",
         "--config",
-        "contrib/examples/seed-exact.json",
+        "contrib/examples/exact-rule.json",
         "--json",
         "reg.test1.com/library/nginx:latest",
     ]);
@@ -49,9 +49,9 @@ fn resolve_json_has_the_documented_shape() {
             "rule": "reg.test1.com",
             "endpoints": [
                 {"url": "http://mirror.test1.com", "role": "mirror", "tls": "none", "ns": "reg.test1.com",
-                 "source": "contrib/examples/seed-exact.json:5:19 mirror-registries[0].mirrors[0]"},
+                 "source": "contrib/examples/exact-rule.json:5:19 mirror-registries[0].mirrors[0]"},
                 {"url": "https://mirror.test2.com", "role": "mirror", "tls": "verify", "ns": "reg.test1.com",
-                 "source": "contrib/examples/seed-exact.json:5:46 mirror-registries[0].mirrors[1]"},
+                 "source": "contrib/examples/exact-rule.json:5:46 mirror-registries[0].mirrors[1]"},
                 {"url": "https://reg.test1.com", "role": "origin", "tls": "verify", "ns": null, "source": "origin"}
             ],
             "omitted_origin": null
@@ -166,7 +166,7 @@ fn readme_sessions_match_the_binary() {
     }
     assert!(
         sessions >= 2,
-        "README should show the seed examples' resolve output"
+        "README should show the examples' resolve output"
     );
 }
 
@@ -219,15 +219,13 @@ fn check_accepts_valid_files_and_prints_warnings() {
     let out = regmirror(&[
         "check",
         "--config",
-        "contrib/examples/seed-catch-all.json",
+        "contrib/examples/catch-all.json",
         "--config",
         "contrib/examples/fleet.json",
     ]);
     // Both files define "*": that is an error naming both places.
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("configured twice: here and at contrib/examples/seed-catch-all.json")
-    );
+    assert!(stderr(&out).contains("configured twice: here and at contrib/examples/catch-all.json"));
 
     let out = regmirror(&["check", "--config", "contrib/examples/fleet.json"]);
     assert!(out.status.success(), "{}", stderr(&out));

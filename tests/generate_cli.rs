@@ -61,8 +61,8 @@ fn golden(name: &str, actual: &str) {
 #[test]
 fn containerd_golden_files() {
     for (example, version) in [
-        ("seed-exact", "1.7"),
-        ("seed-catch-all", "1.7"),
+        ("exact-rule", "1.7"),
+        ("catch-all", "1.7"),
         ("fleet", "1.7"),
         ("fleet", "2.1"),
         ("mirrors-only", "1.7"),
@@ -90,9 +90,9 @@ fn containerd_golden_files() {
 #[test]
 fn registries_conf_golden_files() {
     for (example, extra) in [
-        ("seed-exact", vec![]),
+        ("exact-rule", vec![]),
         (
-            "seed-catch-all",
+            "catch-all",
             vec!["--registry", "quay.io", "--registry", "sea.hub:5000"],
         ),
         ("fleet", vec![]),
@@ -130,7 +130,7 @@ fn warnings_name_the_rule() {
     let result = regmirror(&[
         "registries-conf",
         "--config",
-        "contrib/examples/seed-catch-all.json",
+        "contrib/examples/catch-all.json",
         "--out",
         out.path().join("r.conf").to_str().unwrap(),
     ]);
@@ -155,7 +155,7 @@ fn warnings_name_the_rule() {
     let result = regmirror(&[
         "registries-conf",
         "--config",
-        "contrib/examples/seed-exact.json",
+        "contrib/examples/exact-rule.json",
         "--out",
         out.path().join("r.conf").to_str().unwrap(),
         "--registry",

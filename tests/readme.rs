@@ -96,3 +96,61 @@ fn the_first_screen_pulls_an_image_through_the_cache() {
     cache.stop();
     drop(images);
 }
+
+/// README shows `regmirror containerd-hosts` and `registries-conf` sessions with the files they
+/// write (`$ cat FILE`): run in a scratch root standing for `/`, each prints what README says and
+/// each file holds what README shows.
+#[test]
+fn the_generated_files_the_readme_shows_are_what_the_generators_write() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let root_text = root.path().display().to_string();
+    let rooted = |text: &str| text.replace(" /etc/", &format!(" {root_text}/etc/"));
+    let (mut commands, mut files) = (0, 0);
+    let mut lines = readme.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(session) = line.strip_prefix("$ ") else {
+            continue;
+        };
+        let mut shown = String::new();
+        while let Some(next) = lines.next_if(|l| !l.starts_with("```") && !l.starts_with("$ ")) {
+            shown.push_str(next);
+            shown.push('\n');
+        }
+        if let Some(path) = session.strip_prefix("cat /etc/") {
+            let written = std::fs::read_to_string(root.path().join("etc").join(path))
+                .unwrap_or_else(|e| panic!("README shows {path}, not written: {e}"));
+            assert_eq!(written, shown, "README's {path} is stale");
+            files += 1;
+            continue;
+        }
+        let Some(args) = session.strip_prefix("regmirror ") else {
+            continue;
+        };
+        if !args.starts_with("containerd-hosts") && !args.starts_with("registries-conf") {
+            continue;
+        }
+        let args = rooted(&format!(" {args}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args(args.split_whitespace())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout).replace(&root_text, "");
+        assert_eq!(
+            printed, shown,
+            "README's output of `regmirror{args}` is stale"
+        );
+        commands += 1;
+    }
+    assert!(
+        commands >= 2 && files >= 2,
+        "{commands} sessions, {files} files"
+    );
+}
