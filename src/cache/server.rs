@@ -145,10 +145,12 @@ impl Server {
         let store = Arc::new(store);
         let meta = Arc::new(meta);
         let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
+        let status = super::status::Status::default();
         let fills = Fills::new(
             store.clone(),
             meta.clone(),
             buffers.clone(),
+            status.stored().clone(),
             FillLimits {
                 max_blob_size: limits.max_blob_size,
                 min_rate: limits.fill_min_rate,
@@ -178,7 +180,7 @@ impl Server {
             limits,
             fleet,
             secret: config.secret.clone(),
-            status: Default::default(),
+            status,
             max_size: config.max_size,
         });
         app.status.set_listen(local.to_string());
@@ -515,8 +517,10 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
         max_size: eviction.max_size,
         now: super::meta::now(),
     };
+    let stored = app.status.stored();
+    let mark = stored.mark();
     if let Ok(plan) = super::gc::collect(&app.meta, &app.store, &policy, true).await {
-        app.status.stored(plan.kept_bytes + plan.freed_bytes);
+        stored.measured(plan.kept_bytes + plan.freed_bytes, mark);
     }
     super::gc::give_back_freed_memory();
     loop {
@@ -529,6 +533,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             max_size: eviction.max_size,
             now: super::meta::now(),
         };
+        let mark = stored.mark();
         let result = collect(
             &app.meta,
             &app.store,
@@ -539,7 +544,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
         )
         .await;
         if let Ok(Some(plan)) = &result {
-            app.status.stored(plan.kept_bytes);
+            stored.measured(plan.kept_bytes, mark);
         }
         match result {
             Ok(Some(plan)) if !(plan.evict.is_empty() && plan.referrer_lists.is_empty()) => {

@@ -16,6 +16,7 @@ mod ratelimit;
 mod special;
 
 pub use auth::Challenge;
+pub use breaker::{Health, Trip};
 pub use certs::HostRoots;
 pub use client::{
     BodyError, Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest,
