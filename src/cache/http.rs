@@ -174,7 +174,7 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         reference = outcome.reference.as_deref().unwrap_or("-"),
         cache = if outcome.cache.is_empty() { "-" } else { outcome.cache },
         upstream = outcome.upstream.as_deref().unwrap_or("-"),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
     response
