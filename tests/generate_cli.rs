@@ -292,9 +292,10 @@ fn check_prune_force_and_idempotence() {
         "{}",
         stdout(&check)
     );
+    let check = run(&["--check", "--prune"]);
     assert!(
         stdout(&check).contains("-server = \"https://b.io\""),
-        "stale b.io shows as removed: {}",
+        "stale b.io shows as removed with --prune: {}",
         stdout(&check)
     );
     assert!(run(&[]).status.success());
@@ -302,8 +303,20 @@ fn check_prune_force_and_idempotence() {
         dir.path().join("b.io/hosts.toml").exists(),
         "kept without --prune"
     );
+    // --check compares what the same command writes: without --prune, b.io stays and that is
+    // up to date (it only names it); with --prune it differs until pruned.
+    let check = run(&["--check"]);
+    assert!(check.status.success(), "{}", stdout(&check));
+    assert!(
+        stdout(&check)
+            .contains("b.io/hosts.toml: generated for a registry the config no longer names"),
+        "{}",
+        stdout(&check)
+    );
+    assert_eq!(run(&["--check", "--prune"]).status.code(), Some(1));
     assert!(run(&["--prune"]).status.success());
     assert!(!dir.path().join("b.io").exists(), "pruned");
+    assert!(run(&["--check", "--prune"]).status.success());
 
     // A hosts.toml a person wrote is left alone without --force, and a user directory is never pruned.
     std::fs::create_dir_all(dir.path().join("c.io")).unwrap();

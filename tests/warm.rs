@@ -326,8 +326,9 @@ fn a_missing_image_fails_alone_and_routing_is_by_ns() {
         ),
     )
     .unwrap();
+    // The cache as `serve` prints its address, a bare host:port: http.
     let run = warm(
-        &cache.url(),
+        &cache.addr.to_string(),
         &[
             "--file",
             list.to_str().unwrap(),

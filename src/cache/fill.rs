@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use super::buffers::{Buffers, Reservation};
 use super::lease::HeldLease;
 use super::meta::{Metadata, NewBlob};
-use super::status::FillView;
+use super::status::{FillView, StoredBytes};
 use super::store::BlobStore;
 use crate::reference::{Digest, Hasher};
 use crate::registry::{ErrorCode, RegistryError};
@@ -544,6 +544,8 @@ pub struct Fills {
     store: Arc<BlobStore>,
     meta: Arc<Metadata>,
     buffers: Arc<Buffers>,
+    /// Counts the bytes of new blobs committed, for the status page.
+    stored: Arc<StoredBytes>,
     limits: FillLimits,
 }
 
@@ -552,6 +554,7 @@ impl Fills {
         store: Arc<BlobStore>,
         meta: Arc<Metadata>,
         buffers: Arc<Buffers>,
+        stored: Arc<StoredBytes>,
         limits: FillLimits,
     ) -> Self {
         Fills {
@@ -559,6 +562,7 @@ impl Fills {
             store,
             meta,
             buffers,
+            stored,
             limits,
         }
     }
@@ -909,7 +913,8 @@ impl FillTask {
             Keep::Store { lease } => lease,
         };
         // The record first: every stored blob has one (see `meta`).
-        self.fills
+        let new = self
+            .fills
             .meta
             .put_blob(&NewBlob {
                 upstream,
@@ -924,6 +929,9 @@ impl FillTask {
             .commit(self.temp.clone(), digest)
             .await
             .map_err(|e| commit_failed(e.to_string()))?;
+        if new {
+            self.fills.stored.committed(written);
+        }
         if let Some(lease) = lease {
             lease.release().await;
         }
@@ -1044,6 +1052,7 @@ mod tests {
             store,
             meta,
             buffers(),
+            Arc::default(),
             FillLimits {
                 max_blob_size: 1 << 30,
                 min_rate: 1,

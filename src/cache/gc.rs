@@ -37,10 +37,44 @@ pub struct Plan {
     pub evict: Vec<String>,
     /// Evicted referrer lists, sorted.
     pub referrer_lists: Vec<ListKey>,
+    /// The same as an operator reads them: each image, blob no image reaches, and referrer
+    /// list, with why it goes; the least recently used first.
+    pub units: Vec<Evicted>,
     pub manifests: usize,
     pub blobs: usize,
     pub freed_bytes: u64,
     pub kept_bytes: u64,
+}
+
+/// Why something is evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not used for `proxy.ttl`.
+    Unused,
+    /// The cache is over `storage.maxsize`, and it is among the least recently used.
+    OverSize,
+}
+
+/// One thing a collection evicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub what: Evictee,
+    pub reason: Reason,
+    /// Unix seconds (links count as uses).
+    pub last_used: u64,
+    /// What it frees: an image's manifests and the blobs no kept image shares.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evictee {
+    /// An image: its top manifest, and its names (`upstream/repository:tag`, or
+    /// `upstream/repository` where no tag points at it), filled by [`collect`] when asked.
+    Image { digest: String, names: Vec<String> },
+    /// A blob no evicted image references (nor any kept one).
+    Blob { digest: String },
+    /// A proxied subject's referrer list.
+    List(ListKey),
 }
 
 /// Decides what goes.
@@ -101,14 +135,22 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         .map(|l| (list_use(l), l))
         .collect();
     lists.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
-    let (mut live_lists, mut dead_lists): (Vec<_>, Vec<_>) =
+    let (mut live_lists, dead_lists): (Vec<_>, Vec<_>) =
         lists.into_iter().partition(|(at, _)| *at >= horizon);
     // Recently used blobs stay on their own, unless the size cap needs their room.
     let live = live_set(inventory, &live_roots, &local, Some((&last_use, horizon)));
     let kept: u64 = live.iter().map(|d| size_of(d)).sum::<u64>()
         + live_lists.iter().map(|(_, l)| l.bytes).sum::<u64>();
+    let why = Why {
+        live_roots: &live_roots,
+        used: &used,
+        horizon,
+    };
     let Some(max) = policy.max_size.filter(|&max| kept > max) else {
-        return finish(inventory, &live, dead_lists, kept, size_of);
+        let dead_lists = dead_lists
+            .into_iter()
+            .map(|(at, l)| (at, l, Reason::Unused));
+        return finish(inventory, &live, dead_lists.collect(), kept, size_of, &why);
     };
     // Over the cap: the least recently used images go until the cache fits. Each digest counts
     // the live images that reach it, so one pass over the images' references decides (a live
@@ -169,8 +211,14 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
             }
         }
     }
+    let mut dead_lists: Vec<(u64, &StoredList, Reason)> = dead_lists
+        .into_iter()
+        .map(|(at, l)| (at, l, Reason::Unused))
+        .collect();
+    evicted_lists.sort_unstable();
     for index in evicted_lists.into_iter().rev() {
-        dead_lists.push(live_lists.swap_remove(index));
+        let (at, list) = live_lists.swap_remove(index);
+        dead_lists.push((at, list, Reason::OverSize));
     }
     let live: HashSet<&str> = reached
         .into_iter()
@@ -178,7 +226,15 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         .map(|(digest, _)| digest)
         .chain(pinned)
         .collect();
-    finish(inventory, &live, dead_lists, kept, size_of)
+    finish(inventory, &live, dead_lists, kept, size_of, &why)
+}
+
+/// What tells why something goes: the images alive by their own use, last uses, the TTL's
+/// horizon.
+struct Why<'a, F: Fn(&str) -> u64> {
+    live_roots: &'a HashSet<&'a str>,
+    used: &'a F,
+    horizon: u64,
 }
 
 /// What the size cap evicts, in the order of last use.
@@ -219,19 +275,32 @@ fn live_set<'a>(
     live
 }
 
-fn finish(
+fn finish<F: Fn(&str) -> u64>(
     inventory: &Inventory,
     live: &HashSet<&str>,
-    dead_lists: Vec<(u64, &StoredList)>,
+    dead_lists: Vec<(u64, &StoredList, Reason)>,
     kept: u64,
     size_of: impl Fn(&str) -> u64,
+    why: &Why<'_, F>,
 ) -> Plan {
     let mut plan = Plan {
         kept_bytes: kept,
-        freed_bytes: dead_lists.iter().map(|(_, l)| l.bytes).sum(),
+        freed_bytes: dead_lists.iter().map(|(_, l, _)| l.bytes).sum(),
         ..Plan::default()
     };
-    plan.referrer_lists = dead_lists.into_iter().map(|(_, l)| l.key.clone()).collect();
+    plan.units = units(inventory, live, &size_of, why);
+    plan.units
+        .extend(dead_lists.iter().map(|(at, l, reason)| Evicted {
+            what: Evictee::List(l.key.clone()),
+            reason: *reason,
+            last_used: *at,
+            bytes: l.bytes,
+        }));
+    plan.units.sort_by_key(|u| u.last_used);
+    plan.referrer_lists = dead_lists
+        .into_iter()
+        .map(|(_, l, _)| l.key.clone())
+        .collect();
     plan.referrer_lists.sort();
     for digest in inventory
         .manifests
@@ -255,18 +324,141 @@ fn finish(
     plan
 }
 
+/// The evicted images (top manifests that go, each with the evicted digests it reaches first)
+/// and the evicted blobs no evicted image reaches, each with why it goes.
+fn units<F: Fn(&str) -> u64>(
+    inventory: &Inventory,
+    live: &HashSet<&str>,
+    size_of: &impl Fn(&str) -> u64,
+    why: &Why<'_, F>,
+) -> Vec<Evicted> {
+    let children: HashSet<&str> = inventory
+        .manifests
+        .values()
+        .flat_map(|m| m.references.iter().map(String::as_str))
+        .collect();
+    let mut tops: Vec<&str> = inventory
+        .manifests
+        .keys()
+        .map(String::as_str)
+        .filter(|d| !live.contains(d) && !children.contains(d))
+        .collect();
+    tops.sort_by_key(|d| ((why.used)(d), *d));
+    let mut counted: HashSet<&str> = HashSet::new();
+    let mut units = Vec::new();
+    for top in tops {
+        let mut bytes = 0;
+        let mut stack = vec![top];
+        while let Some(digest) = stack.pop() {
+            if live.contains(digest) || !counted.insert(digest) {
+                continue;
+            }
+            bytes += size_of(digest);
+            if let Some(manifest) = inventory.manifests.get(digest) {
+                stack.extend(manifest.references.iter().map(String::as_str));
+            }
+        }
+        let reason = if why.live_roots.contains(top) {
+            Reason::OverSize
+        } else {
+            Reason::Unused
+        };
+        units.push(Evicted {
+            what: Evictee::Image {
+                digest: top.to_owned(),
+                names: Vec::new(),
+            },
+            reason,
+            last_used: (why.used)(top),
+            bytes,
+        });
+    }
+    let mut alone: Vec<&str> = inventory
+        .blobs
+        .keys()
+        .map(String::as_str)
+        .filter(|d| !live.contains(d) && !counted.contains(d))
+        .filter(|d| !inventory.manifests.contains_key(*d))
+        .collect();
+    alone.sort_unstable();
+    for digest in alone {
+        let last_used = (why.used)(digest);
+        units.push(Evicted {
+            what: Evictee::Blob {
+                digest: digest.to_owned(),
+            },
+            reason: if last_used >= why.horizon {
+                Reason::OverSize
+            } else {
+                Reason::Unused
+            },
+            last_used,
+            bytes: size_of(digest),
+        });
+    }
+    units
+}
+
+/// Fills in the names of the evicted images: each repository linking one, with the tags that
+/// point at it there (read before the eviction removes them).
+async fn name_images(
+    meta: &Metadata,
+    inventory: &Inventory,
+    plan: &mut Plan,
+) -> Result<(), MetaError> {
+    let mut tags: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
+    for unit in &mut plan.units {
+        let Evictee::Image { digest, names } = &mut unit.what else {
+            continue;
+        };
+        for (upstream, repository, linked, _) in &inventory.links {
+            if linked != digest {
+                continue;
+            }
+            let key = (upstream.clone(), repository.clone());
+            if !tags.contains_key(&key) {
+                let mut pointing = Vec::new();
+                for tag in meta.tags(upstream, repository).await? {
+                    if let Some(record) = meta.tag(upstream, repository, &tag).await? {
+                        pointing.push((tag, record.digest));
+                    }
+                }
+                tags.insert(key.clone(), pointing);
+            }
+            let here: Vec<&str> = tags[&key]
+                .iter()
+                .filter(|(_, d)| d == digest)
+                .map(|(t, _)| t.as_str())
+                .collect();
+            if here.is_empty() {
+                names.push(format!("{upstream}/{repository}"));
+            }
+            names.extend(here.iter().map(|t| format!("{upstream}/{repository}:{t}")));
+        }
+        names.sort();
+        names.dedup();
+    }
+    Ok(())
+}
+
 /// Plans and (unless `dry_run`) applies a collection.
+/// With `name_images`, the plan's images are named ([`Evictee::Image`]): a read of each
+/// repository's tags, for `regmirror gc` to say what it removes.
 pub async fn collect(
     meta: &Metadata,
     store: &BlobStore,
     policy: &Policy,
     dry_run: bool,
+    name: bool,
 ) -> Result<Plan, MetaError> {
     let inventory = meta.inventory().await?;
     if !dry_run {
         finish_doomed(meta, store, &inventory.doomed).await?;
     }
-    let plan = plan(&inventory, policy);
+    let mut plan = plan(&inventory, policy);
+    if name {
+        name_images(meta, &inventory, &mut plan).await?;
+    }
     if dry_run || (plan.evict.is_empty() && plan.referrer_lists.is_empty()) {
         return Ok(plan);
     }
@@ -353,6 +545,29 @@ mod tests {
         expected.sort();
         assert_eq!(plan.evict, expected);
         assert_eq!((plan.manifests, plan.blobs), (1, 2));
+        // Told as an image (with its own layer) and a blob alone, each unused for the TTL.
+        assert_eq!(
+            plan.units,
+            [
+                Evicted {
+                    what: Evictee::Blob {
+                        digest: digest("orphan")
+                    },
+                    reason: Reason::Unused,
+                    last_used: 0,
+                    bytes: 50,
+                },
+                Evicted {
+                    what: Evictee::Image {
+                        digest: digest("a"),
+                        names: Vec::new()
+                    },
+                    reason: Reason::Unused,
+                    last_used: 10,
+                    bytes: 101,
+                },
+            ]
+        );
     }
 
     #[test]
@@ -374,6 +589,16 @@ mod tests {
         );
         assert!(!plan.evict.contains(&digest("b")));
         assert!(plan.kept_bytes <= 1300);
+        let image = plan
+            .units
+            .iter()
+            .find(|u| matches!(&u.what, Evictee::Image { digest: d, .. } if *d == digest("a")))
+            .unwrap();
+        assert_eq!(
+            (image.reason, image.bytes),
+            (Reason::OverSize, 101),
+            "recently used, but the oldest over the cap"
+        );
     }
 
     #[test]
@@ -547,7 +772,7 @@ mod tests {
                 .unwrap()
         );
         assert!(!meta.has_source("docker.io", &layer).await.unwrap());
-        let again = collect(&meta, &store, &policy, false).await.unwrap();
+        let again = collect(&meta, &store, &policy, false, false).await.unwrap();
         assert!(again.evict.is_empty());
         assert_eq!(
             store.size(&layer).await.unwrap(),

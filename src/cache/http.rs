@@ -97,7 +97,10 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
             Ok(response) => response,
             Err(error) => {
                 outcome.cache = "error";
-                app.metrics.error(error.code.as_str());
+                // A path outside the API (a browser's /favicon.ico) is no registry error.
+                if error.code != ErrorCode::NotFound {
+                    app.metrics.error(error.code.as_str());
+                }
                 outcome.error = Some((error.code.as_str(), error.message.clone()));
                 error_response(&error, method == Method::HEAD)
             }
@@ -171,7 +174,7 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         reference = outcome.reference.as_deref().unwrap_or("-"),
         cache = if outcome.cache.is_empty() { "-" } else { outcome.cache },
         upstream = outcome.upstream.as_deref().unwrap_or("-"),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
     );
     response
@@ -633,16 +636,34 @@ fn status_page(app: &App, json: bool) -> Response {
     let upstreams: Vec<status::UpstreamView> = app
         .router
         .configured()
-        .iter()
+        .into_iter()
         .map(|u| {
             let origin = u.origin();
+            let url = origin.map_or(String::new(), |o| o.base.to_string());
+            let budget = origin
+                .and_then(|o| app.client.budget(&o.base))
+                .map(|b| (b.limit, b.remaining));
+            let label = u.label().to_owned();
+            // The walk of any repository of it: `--mirrors` rules are per registry.
+            let walk = Route {
+                upstream: u,
+                repository: String::new(),
+            };
+            let endpoints = app
+                .router
+                .targets(&walk)
+                .iter()
+                .map(|t| status::EndpointView {
+                    url: t.base.to_string(),
+                    role: if t.is_mirror() { "mirror" } else { "origin" },
+                    health: app.client.health(&t.base),
+                })
+                .collect();
             status::UpstreamView {
-                label: u.label().to_owned(),
-                url: origin.map_or(String::new(), |o| o.base.to_string()),
-                breaker: origin.map_or("closed".to_owned(), |o| app.client.breaker(&o.base)),
-                budget: origin
-                    .and_then(|o| app.client.budget(&o.base))
-                    .map(|b| (b.limit, b.remaining)),
+                label,
+                url,
+                endpoints,
+                budget,
             }
         })
         .collect();

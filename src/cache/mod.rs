@@ -645,7 +645,8 @@ impl App {
                 references: &[],
             })
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        Ok(())
     }
 
     /// Whether the upstream confirmed `key` (a tag, a referrers list) less than `window` ago.
@@ -784,7 +785,8 @@ impl App {
             bytes,
         });
         // The record first: every stored manifest has one (see `meta`).
-        self.meta
+        let new = self
+            .meta
             .put_manifest(&NewManifest {
                 upstream,
                 repository: &route.repository,
@@ -800,6 +802,9 @@ impl App {
             .put_verified(&manifest.digest, manifest.bytes.clone())
             .await
             .map_err(internal)?;
+        if new {
+            self.status.stored().committed(manifest.bytes.len() as u64);
+        }
         self.memo.insert(manifest.digest.clone(), manifest.clone());
         Ok(manifest)
     }

@@ -136,8 +136,10 @@ async fn store_pushed(
     } else {
         tags.iter().map(|t| Some(t.as_str())).collect()
     };
+    let mut new = false;
     for tag in tagged {
-        app.meta
+        new |= app
+            .meta
             .put_manifest(&NewManifest {
                 upstream: &route.upstream.name,
                 repository: &route.repository,
@@ -153,7 +155,11 @@ async fn store_pushed(
     app.store
         .put_verified(&pushed.digest, pushed.bytes.clone())
         .await
-        .map_err(internal)
+        .map_err(internal)?;
+    if new {
+        app.status.stored().committed(pushed.bytes.len() as u64);
+    }
+    Ok(())
 }
 
 /// The tags a manifest PUT sets: the one it is pushed by, or, pushed by digest, its `?tag=`

@@ -58,7 +58,26 @@ pub struct ServeOptions {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct StartError(String);
+pub struct StartError(String, StartErrorKind);
+
+/// Whose the fault is: the configuration's, or another process's holding the storage root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartErrorKind {
+    Invalid,
+    InUse,
+}
+
+impl StartError {
+    fn invalid(message: String) -> Self {
+        StartError(message, StartErrorKind::Invalid)
+    }
+
+    /// The storage root is locked by another regmirror process (`serve` or `gc`): a condition
+    /// of the moment, not bad input.
+    pub fn in_use(&self) -> bool {
+        self.1 == StartErrorKind::InUse
+    }
+}
 
 /// A bound, ready server.
 pub struct Server {
@@ -81,7 +100,8 @@ impl Server {
     /// Validates the options, opens storage and binds the listen address.
     pub async fn bind(options: ServeOptions) -> Result<Self, StartError> {
         let config = &options.config;
-        let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| StartError::invalid(format!("{what}: {e}"));
         let tls = match &config.tls {
             Some((certificate, key)) => Some(
                 tls_acceptor(certificate, key, &config.client_cas)
@@ -147,10 +167,12 @@ impl Server {
         let store = Arc::new(store);
         let meta = Arc::new(meta);
         let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
+        let status = super::status::Status::default();
         let fills = Fills::new(
             store.clone(),
             meta.clone(),
             buffers.clone(),
+            status.stored().clone(),
             FillLimits {
                 max_blob_size: limits.max_blob_size,
                 min_rate: limits.fill_min_rate,
@@ -180,7 +202,7 @@ impl Server {
             limits,
             fleet,
             secret: config.secret.clone(),
-            status: Default::default(),
+            status,
             max_size: config.max_size,
         });
         app.status.set_listen(local.to_string());
@@ -359,13 +381,20 @@ pub async fn open_storage(
     connect_timeout: Duration,
 ) -> Result<Storage, StartError> {
     let root = &config.root;
-    let local = |e: &dyn std::fmt::Display| StartError(format!("storage {}: {e}", root.display()));
+    let local = |e: &std::io::Error| {
+        let kind = if e.kind() == std::io::ErrorKind::WouldBlock {
+            StartErrorKind::InUse
+        } else {
+            StartErrorKind::Invalid
+        };
+        StartError(format!("storage {}: {e}", root.display()), kind)
+    };
     let replica = replica_name();
     match &config.storage {
         StorageBackend::Filesystem => {
             let store = BlobStore::open_files(root).map_err(|e| local(&e))?;
             let meta = Metadata::open_local(&root.join("metadata.redb"))
-                .map_err(|e| StartError(format!("metadata: {e}")))?;
+                .map_err(|e| StartError::invalid(format!("metadata: {e}")))?;
             Ok(Storage {
                 store,
                 meta,
@@ -374,7 +403,7 @@ pub async fn open_storage(
             })
         }
         StorageBackend::S3(s3) => {
-            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError)?;
+            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError::invalid)?;
             let store =
                 BlobStore::open_bucket(root, bucket.clone(), s3.redirect).map_err(|e| local(&e))?;
             match bucket.check().await {
@@ -424,7 +453,8 @@ fn fleet_for(
              to follow its downloads (set http.host)"
         );
     }
-    let follower = Follower::new(config.secret.clone(), connect_timeout).map_err(StartError)?;
+    let follower =
+        Follower::new(config.secret.clone(), connect_timeout).map_err(StartError::invalid)?;
     let leases = Leases::new(bucket.clone(), replica.to_owned(), address);
     Ok(Fleet::new(
         bucket.clone(),
@@ -517,8 +547,10 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
         max_size: eviction.max_size,
         now: super::meta::now(),
     };
-    if let Ok(plan) = super::gc::collect(&app.meta, &app.store, &policy, true).await {
-        app.status.stored(plan.kept_bytes + plan.freed_bytes);
+    let stored = app.status.stored();
+    let mark = stored.mark();
+    if let Ok(plan) = super::gc::collect(&app.meta, &app.store, &policy, true, false).await {
+        stored.measured(plan.kept_bytes + plan.freed_bytes, mark);
     }
     super::gc::give_back_freed_memory();
     loop {
@@ -531,6 +563,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             max_size: eviction.max_size,
             now: super::meta::now(),
         };
+        let mark = stored.mark();
         let result = collect(
             &app.meta,
             &app.store,
@@ -538,10 +571,11 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             &policy,
             app.limits.upload_lifetime,
             false,
+            false,
         )
         .await;
         if let Ok(Some(plan)) = &result {
-            app.status.stored(plan.kept_bytes);
+            stored.measured(plan.kept_bytes, mark);
         }
         match result {
             Ok(Some(plan)) if !(plan.evict.is_empty() && plan.referrer_lists.is_empty()) => {
@@ -563,7 +597,8 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
 }
 
 /// One collection; on a shared bucket only when no other replica collects (then `None`), and
-/// followed by the clean-up of abandoned multipart uploads.
+/// followed by the clean-up of abandoned multipart uploads. `name`: the plan names the images
+/// it evicts (see [`super::gc::collect`]).
 pub async fn collect(
     meta: &Metadata,
     store: &BlobStore,
@@ -571,9 +606,10 @@ pub async fn collect(
     policy: &super::gc::Policy,
     upload_lifetime: Duration,
     dry_run: bool,
+    name: bool,
 ) -> Result<Option<super::gc::Plan>, String> {
     let run = async {
-        super::gc::collect(meta, store, policy, dry_run)
+        super::gc::collect(meta, store, policy, dry_run, name)
             .await
             .map_err(|e| e.to_string())
     };

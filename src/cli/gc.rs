@@ -1,17 +1,22 @@
-//! `regmirror gc`: run an eviction of a stopped cache now and report what it removes (the server
-//! collects by itself every `storage.gc_interval`).
+//! `regmirror gc`: run an eviction of a stopped cache now and report what it removes, image by
+//! image with its names and why (the server collects by itself every `storage.gc_interval`). A
+//! storage root that does not exist is refused (exit 2): nothing is created; a root in use by a
+//! running server fails at once (exit 1, as `serve` on it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::sync::Arc;
 
+use super::BadInput;
 use crate::cache::fleet::{Fleet, Follower};
-use crate::cache::gc::Policy;
+use crate::cache::gc::{Evicted, Evictee, Policy, Reason};
 use crate::cache::lease::Leases;
 use crate::cache::meta::now;
 use crate::cache::metrics::Metrics;
 use crate::cache::server::{collect, open_storage};
+use crate::config::cache::StorageBackend;
+use crate::page::{bytes, duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -24,7 +29,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (_, config) = super::serve::load_cache_config(args.config.as_deref())?;
+    let (name, config) = super::serve::load_cache_config(args.config.as_deref())?;
+    // A root that does not exist holds nothing to collect: most likely the wrong config (or
+    // none), and opening it would create it.
+    if matches!(config.storage, StorageBackend::Filesystem) && !config.root.is_dir() {
+        return Err(BadInput(format!(
+            "{name}: storage root {} does not exist: nothing to collect (give --config the \
+             server's config.yml)",
+            config.root.display()
+        ))
+        .into());
+    }
     let timeout = std::time::Duration::from_secs(5);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -54,6 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &policy,
             config.limits.upload_lifetime,
             args.dry_run,
+            true,
         ))
         .map_err(|e| anyhow::anyhow!(e))?;
     let Some(plan) = plan else {
@@ -65,22 +81,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         "removed"
     };
-    for digest in &plan.evict {
-        println!("{verb} {digest}");
-    }
-    for list in &plan.referrer_lists {
-        println!(
-            "{verb} the referrers of {} in {}/{}",
-            list.subject, list.upstream, list.repository
-        );
+    for unit in &plan.units {
+        println!("{verb} {}", describe(unit, &policy));
     }
     println!(
-        "{verb} {} manifest(s), {} blob(s) and {} referrer list(s), {} bytes; {} bytes kept",
+        "{verb} {} manifest(s), {} blob(s) and {} referrer list(s), {}; {} kept",
         plan.manifests,
         plan.blobs,
         plan.referrer_lists.len(),
-        plan.freed_bytes,
-        plan.kept_bytes
+        bytes(plan.freed_bytes),
+        bytes(plan.kept_bytes)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line: what goes, its size, and why.
+fn describe(unit: &Evicted, policy: &Policy) -> String {
+    let what = match &unit.what {
+        Evictee::Image { digest, names } if names.is_empty() => format!("image {digest}"),
+        Evictee::Image { digest, names } => format!("{} ({digest})", names.join(", ")),
+        Evictee::Blob { digest } => format!("blob {digest}, which no kept image references"),
+        Evictee::List(list) => format!(
+            "the referrers of {} in {}/{}",
+            list.subject, list.upstream, list.repository
+        ),
+    };
+    let unused = duration(policy.now.saturating_sub(unit.last_used));
+    let why = match unit.reason {
+        Reason::Unused => format!(
+            "unused for {unused} (proxy.ttl {})",
+            duration(policy.ttl.as_secs())
+        ),
+        Reason::OverSize => format!(
+            "over storage.maxsize {}, the least recently used (unused for {unused})",
+            policy.max_size.map_or_else(|| "-".to_owned(), bytes)
+        ),
+    };
+    format!("{what}, {}: {why}", bytes(unit.bytes))
 }

@@ -15,7 +15,7 @@ pub struct ContainerdArgs {
     #[command(flatten)]
     config: MirrorConfigArgs,
     /// containerd's config_path (`/etc/docker/certs.d` for Docker Engine 28+).
-    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    #[arg(long, value_name = "DIR", default_value = "/etc/containerd/certs.d")]
     out: PathBuf,
     #[command(flatten)]
     mode: Mode,
@@ -24,7 +24,7 @@ pub struct ContainerdArgs {
     prune: bool,
     /// The containerd version the files are for: decides `_default` (1.6.17+) and
     /// `dial_timeout` (2.1+).
-    #[arg(long, default_value = "1.7")]
+    #[arg(long, value_name = "VERSION", default_value = "1.7")]
     containerd_version: String,
 }
 
@@ -35,6 +35,7 @@ pub struct RegistriesConfArgs {
     /// The drop-in to write.
     #[arg(
         long,
+        value_name = "FILE",
         default_value = "/etc/containers/registries.conf.d/50-regmirror.conf"
     )]
     out: PathBuf,
@@ -48,7 +49,8 @@ pub struct RegistriesConfArgs {
 
 #[derive(Debug, clap::Args)]
 struct Mode {
-    /// Change nothing: exit 1 with a diff when the files differ from the config.
+    /// Change nothing: exit 1 with a diff when the files differ from what the same command
+    /// would write (with --prune, files it would remove count too).
     #[arg(long)]
     check: bool,
     /// Overwrite files that regmirror did not generate.
@@ -97,10 +99,12 @@ fn finish(
     out: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     if mode.check {
-        if plan.differs() {
-            print!("{}", plan.diff());
+        // What the same command without --check would write: stale files count with --prune.
+        if plan.differs(prune) {
+            print!("{}", plan.diff(prune));
             return Ok(ExitCode::FAILURE);
         }
+        print!("{}", plan.diff(prune));
         println!("{}: up to date", out.display());
         return Ok(ExitCode::SUCCESS);
     }

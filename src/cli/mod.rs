@@ -72,7 +72,9 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Resolve(args) => {
-            init_tracing("warn");
+            // Its output is the report: a library's log line (the certificate verifier's on a
+            // certificate it refuses) would only repeat a probe's row, mixed into it.
+            init_tracing("regmirror=warn");
             resolve::run(args)
         }
         Command::Check(args) => {
@@ -122,4 +124,65 @@ fn init_tracing(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every option of every subcommand is described, and its value is named from one small
+    /// vocabulary (a path is `<FILE>` or `<DIR>`, a duration `<SECONDS>`), never clap's default
+    /// of the field's name (`<PROBE_TIMEOUT>`, `<STATE_DIR>`).
+    #[test]
+    fn every_option_is_described_and_its_value_named_alike() {
+        const NAMES: &[&str] = &[
+            "FILE",
+            "DIR",
+            "SECONDS",
+            "NAME:IP",
+            "IP:PORT",
+            "CIDR[,CIDR...]",
+            "URL",
+            "HOST",
+            "IMAGE",
+            "LIST",
+            "N",
+            "NAMES",
+            "OS/ARCH[/VARIANT]",
+            "VERSION",
+            "SHELL",
+            "CONFIG",
+        ];
+        fn walk(command: &clap::Command, path: &str, problems: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    problems.push(format!("{path} {id}: no description"));
+                }
+                let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+                if !takes_value {
+                    continue;
+                }
+                let names: Vec<String> = arg
+                    .get_value_names()
+                    .map(|n| n.iter().map(|s| s.to_string()).collect())
+                    .unwrap_or_default();
+                if names.is_empty() || names.iter().any(|n| !NAMES.contains(&n.as_str())) {
+                    problems.push(format!("{path} {id}: value named {names:?}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), problems);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut problems = Vec::new();
+        walk(&command, "regmirror", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
 }

@@ -33,13 +33,13 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     certs_dir: Option<PathBuf>,
     /// Seconds in-flight responses may run after SIGTERM or SIGINT.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     grace: u64,
     /// Seconds to connect to an upstream endpoint before trying the next.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     connect_timeout: f64,
     /// Seconds from request to response headers before trying the next endpoint.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     first_byte_timeout: f64,
 }
 
@@ -106,9 +106,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let server = Server::bind(options)
-            .await
-            .map_err(|e| BadInput(e.to_string()))?;
+        // A root another process holds is a condition of the moment (exit 1, as `gc` on it);
+        // anything else is the configuration's (exit 2).
+        let server = Server::bind(options).await.map_err(|e| {
+            if e.in_use() {
+                anyhow::Error::new(e)
+            } else {
+                BadInput(e.to_string()).into()
+            }
+        })?;
         let addr = server.local_addr()?;
         tracing::info!(%addr, "regmirror serve listening");
         server.run(shutdown_signal()).await?;

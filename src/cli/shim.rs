@@ -48,7 +48,7 @@ struct RunArgs {
     config: MirrorConfigArgs,
     /// Address of the proxy (dockerd's HTTPS_PROXY / HTTP_PROXY), IP:PORT. Beyond loopback it
     /// needs --allow-clients.
-    #[arg(long, default_value = "127.0.0.1:3128")]
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3128")]
     listen: SocketAddr,
     /// Clients that may use the shim: CIDRs or addresses, comma-separated or repeated; others
     /// get 403. Required when --listen is not a loopback address. Default: anyone (on loopback).
@@ -59,10 +59,10 @@ struct RunArgs {
     )]
     allow_clients: Vec<String>,
     /// Where the shim keeps its CA (ca.key is written with mode 0600).
-    #[arg(long, default_value = "/var/lib/regmirror-shim")]
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/regmirror-shim")]
     state_dir: PathBuf,
     /// Per-host CA files (<host[:port]>/*.crt) trusted for the shim's own upstream connections.
-    #[arg(long, default_value = "/etc/docker/certs.d")]
+    #[arg(long, value_name = "DIR", default_value = "/etc/docker/certs.d")]
     certs_dir: PathBuf,
     /// Answer NAME with IP instead of DNS (like curl --resolve). Repeatable.
     #[arg(long = "add-host", value_name = "NAME:IP")]
@@ -77,10 +77,10 @@ struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LEAF_CACHE)))]
     leaf_cache: u32,
     /// Seconds to connect to an endpoint before trying the next.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     connect_timeout: f64,
     /// Seconds from request to response headers before trying the next endpoint.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     first_byte_timeout: f64,
 }
 
@@ -88,10 +88,11 @@ struct RunArgs {
 struct InstallCaArgs {
     #[command(flatten)]
     config: MirrorConfigArgs,
-    #[arg(long, default_value = "/var/lib/regmirror-shim")]
+    /// Where the shim keeps its CA (the shim's --state-dir).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/regmirror-shim")]
     state_dir: PathBuf,
     /// dockerd's certs.d directory.
-    #[arg(long, default_value = "/etc/docker/certs.d")]
+    #[arg(long, value_name = "DIR", default_value = "/etc/docker/certs.d")]
     docker_certs_dir: PathBuf,
 }
 

@@ -25,8 +25,8 @@ pub struct Args {
     /// Images to warm: nginx, ghcr.io/org/img:tag, quay.io/org/img@sha256:…
     #[arg(value_name = "IMAGE")]
     images: Vec<String>,
-    /// The running cache (`regmirror serve`). An image is asked for as containerd asks a
-    /// mirror: ghcr.io/org/img:tag is /v2/org/img/manifests/tag?ns=ghcr.io.
+    /// The running cache (`regmirror serve`); a bare host:port is http. An image is asked for
+    /// as containerd asks a mirror: ghcr.io/org/img:tag is /v2/org/img/manifests/tag?ns=ghcr.io.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
     cache: String,
     /// Keep only this platform's manifests from multi-platform indexes (plus the index itself).
@@ -42,12 +42,13 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     credentials: Option<PathBuf>,
     /// Manifests and blobs read at once (and images walked at once).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let cache = MirrorUrl::parse(&args.cache).map_err(|e| BadInput(format!("--cache: {e}")))?;
+    let cache =
+        MirrorUrl::parse(&cache_url(&args.cache)).map_err(|e| BadInput(format!("--cache: {e}")))?;
     let credentials = match &args.credentials {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -325,6 +326,15 @@ impl Report for Bars {
 impl Drop for Bars {
     fn drop(&mut self) {
         self.total.finish_and_clear();
+    }
+}
+
+/// `--cache` as a URL: a bare `host[:port]` (as `regmirror serve` prints its address) is http.
+fn cache_url(given: &str) -> String {
+    if given.contains("://") {
+        given.to_owned()
+    } else {
+        format!("http://{given}")
     }
 }
 

@@ -42,7 +42,7 @@ fn read_existing(path: &Path) -> io::Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        Err(e) => Err(naming(path, e)),
     }
 }
 
@@ -76,7 +76,7 @@ impl Plan {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(plan),
-            Err(e) => return Err(e),
+            Err(e) => return Err(naming(dir, e)),
         };
         let mut stale = Vec::new();
         for entry in entries {
@@ -112,20 +112,31 @@ impl Plan {
             .collect()
     }
 
-    /// True when the files differ from the configuration.
-    pub fn differs(&self) -> bool {
-        !self.changes.is_empty()
+    /// True when the files differ from what [`apply`](Self::apply) with `prune` would leave:
+    /// stale files count only when they would be removed.
+    pub fn differs(&self, prune: bool) -> bool {
+        self.changes
+            .iter()
+            .any(|c| prune || !matches!(c, Change::Stale { .. }))
     }
 
-    /// A unified diff of every change (stale files shown as removed).
-    pub fn diff(&self) -> String {
+    /// A unified diff of every change [`apply`](Self::apply) with `prune` would make (stale
+    /// files shown as removed with `prune`, else named in a comment line).
+    pub fn diff(&self, prune: bool) -> String {
         let mut out = String::new();
         for change in &self.changes {
             let (path, old, new) = match change {
                 Change::Write { path, old, new } => {
                     (path, old.clone().unwrap_or_default(), new.clone())
                 }
-                Change::Stale { path, old } => (path, old.clone(), String::new()),
+                Change::Stale { path, old } if prune => (path, old.clone(), String::new()),
+                Change::Stale { path, .. } => {
+                    out.push_str(&format!(
+                        "# {}: generated for a registry the config no longer names; kept without --prune\n",
+                        path.display()
+                    ));
+                    continue;
+                }
                 Change::UserWritten { path } => {
                     out.push_str(&format!("# {}: written by someone else; regmirror leaves it alone without --force\n", path.display()));
                     continue;
@@ -142,7 +153,7 @@ impl Plan {
         out
     }
 
-    /// Writes and (with `prune`) removes. Returns (written, removed).
+    /// Writes and (with `prune`) removes. Returns (written, removed). An error names its file.
     pub fn apply(&self, prune: bool) -> io::Result<(usize, usize)> {
         let (mut written, mut removed) = (0, 0);
         for change in &self.changes {
@@ -152,7 +163,7 @@ impl Plan {
                     written += 1;
                 }
                 Change::Stale { path, .. } if prune => {
-                    std::fs::remove_file(path)?;
+                    std::fs::remove_file(path).map_err(|e| naming(path, e))?;
                     if let Some(dir) = path.parent() {
                         // Only if nothing else lives there (a user's certificates, say).
                         let _ = std::fs::remove_dir(dir);
@@ -169,18 +180,30 @@ impl Plan {
 /// The mode of every written file (the temp file it starts as is 0600).
 const FILE_MODE: u32 = 0o644;
 
-/// Temp file in the same directory, mode 0644, fsync, rename, fsync of the directory.
+/// Temp file in the same directory (`.` for a bare file name), mode 0644, fsync, rename, fsync
+/// of the directory. An error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    let file = temp.persist(path).map_err(|e| e.error)?;
-    drop(file);
-    std::fs::File::open(dir)?.sync_all()
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let write = || {
+        std::fs::create_dir_all(dir)?;
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        temp.write_all(bytes)?;
+        temp.as_file().sync_all()?;
+        let file = temp.persist(path).map_err(|e| e.error)?;
+        drop(file);
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| naming(path, e))
+}
+
+/// `e` with `path` in its message, its kind kept.
+fn naming(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -201,7 +224,7 @@ mod tests {
         let plan = Plan::hosts_dir(dir.path(), &first, false).unwrap();
         assert_eq!(plan.apply(false).unwrap(), (2, 0));
         let again = Plan::hosts_dir(dir.path(), &first, false).unwrap();
-        assert!(!again.differs());
+        assert!(!again.differs(true));
         assert_eq!(again.unchanged, 2);
 
         // b.io leaves the config: stale, removed only with prune; a user's file stays.
@@ -209,8 +232,18 @@ mod tests {
         std::fs::write(dir.path().join("mine.io/hosts.toml"), "server = \"x\"\n").unwrap();
         let second = wanted(&[("a.io", "server = \"https://a.io\"\n")]);
         let plan = Plan::hosts_dir(dir.path(), &second, false).unwrap();
-        assert!(plan.differs());
-        assert!(plan.diff().contains("-x"), "{}", plan.diff());
+        assert!(
+            !plan.differs(false),
+            "what a run without prune writes is there"
+        );
+        assert!(plan.differs(true));
+        assert!(plan.diff(true).contains("-x"), "{}", plan.diff(true));
+        assert!(
+            plan.diff(false)
+                .contains("b.io/hosts.toml: generated for a registry"),
+            "{}",
+            plan.diff(false)
+        );
         assert_eq!(plan.apply(false).unwrap(), (0, 0));
         assert!(dir.path().join("b.io/hosts.toml").exists());
         assert_eq!(plan.apply(true).unwrap(), (0, 1));

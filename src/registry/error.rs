@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-/// The OCI distribution error codes regmirror emits (plus distribution's `UNAVAILABLE`).
+/// The OCI distribution error codes regmirror emits (plus distribution's `UNAVAILABLE`, and
+/// `NOT_FOUND` for paths outside the API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BlobUnknown,
@@ -22,6 +23,10 @@ pub enum ErrorCode {
     Unsupported,
     TooManyRequests,
     Unavailable,
+    /// A path that is no part of the registry API (`/favicon.ico`, `/v2/a/unknown`): not an
+    /// OCI code (distribution answers such paths with a bare 404), and not an error of the
+    /// registry's, so `regmirror_errors_total` does not count it.
+    NotFound,
 }
 
 impl ErrorCode {
@@ -43,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::NotFound => "NOT_FOUND",
         }
     }
 
@@ -52,7 +58,8 @@ impl ErrorCode {
             ErrorCode::BlobUnknown
             | ErrorCode::BlobUploadUnknown
             | ErrorCode::ManifestUnknown
-            | ErrorCode::NameUnknown => 404,
+            | ErrorCode::NameUnknown
+            | ErrorCode::NotFound => 404,
             ErrorCode::BlobUploadInvalid
             | ErrorCode::DigestInvalid
             | ErrorCode::ManifestBlobUnknown
@@ -87,14 +94,9 @@ impl RegistryError {
         }
     }
 
-    /// Adds `Retry-After` (whole seconds, at least 1) when there is a wait to tell.
+    /// Adds `Retry-After` ([`whole_seconds`]) when there is a wait to tell.
     pub fn with_retry_after(mut self, wait: Option<std::time::Duration>) -> Self {
-        if let Some(wait) = wait {
-            let seconds = wait
-                .as_secs()
-                .saturating_add(u64::from(wait.subsec_nanos() > 0));
-            self.retry_after = Some(seconds.max(1));
-        }
+        self.retry_after = wait.map(whole_seconds);
         self
     }
 
@@ -109,6 +111,14 @@ impl RegistryError {
         })
         .to_string()
     }
+}
+
+/// A wait as `Retry-After` and every message about it state it: whole seconds, rounded up, at
+/// least 1 (a client told to wait 0 s, or 2 s of a 2.5 s rest, asks too early).
+pub fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
 }
 
 /// An internal failure (storage, I/O) as the error a client gets: UNAVAILABLE.
@@ -195,6 +205,7 @@ mod tests {
             (ErrorCode::Unauthorized, 401),
             (ErrorCode::Denied, 403),
             (ErrorCode::Unsupported, 405),
+            (ErrorCode::NotFound, 404),
             (ErrorCode::TooManyRequests, 429),
             (ErrorCode::Unavailable, 503),
         ] {

@@ -6,7 +6,7 @@ pub mod error;
 pub mod namespace;
 pub mod route;
 
-pub use error::{ErrorCode, RegistryError, error_response, internal};
+pub use error::{ErrorCode, RegistryError, error_response, internal, whole_seconds};
 pub use namespace::RegistryHost;
 pub use route::{ManifestRef, V2Request};
 

@@ -115,7 +115,10 @@ pub fn parse(path: &str) -> Result<V2Request, RegistryError> {
 }
 
 fn not_found() -> RegistryError {
-    RegistryError::new(ErrorCode::Unsupported, "unsupported registry API path")
+    RegistryError::new(
+        ErrorCode::NotFound,
+        "no such path: the registry API is under /v2/",
+    )
 }
 
 fn valid_digest(s: &str) -> Result<Digest, RegistryError> {
@@ -267,10 +270,10 @@ mod tests {
             ("/v2/a/blobs/latest", ErrorCode::DigestInvalid),
             ("/v2/a/blobs/uploads/../x", ErrorCode::BlobUploadUnknown),
             ("/v2/bad_host!.io/x/manifests/v1", ErrorCode::NameInvalid),
-            ("/v2/a/unknown", ErrorCode::Unsupported),
+            ("/v2/a/unknown", ErrorCode::NotFound),
             ("/v2/a/referrers/latest", ErrorCode::DigestInvalid),
-            ("/v3/", ErrorCode::Unsupported),
-            ("/v2x", ErrorCode::Unsupported),
+            ("/v3/", ErrorCode::NotFound),
+            ("/v2x", ErrorCode::NotFound),
         ] {
             assert_eq!(parse(path).unwrap_err().code, code, "{path}");
         }

@@ -34,6 +34,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -238,9 +239,10 @@ impl Shim {
     fn status_page(&self, json: bool) -> Response<Body> {
         let rules = self.resolver().rules();
         let listen = self.listen.get().map_or("", String::as_str);
-        let data = self
-            .status
-            .snapshot(listen, &rules, |url| self.client.breaker(url));
+        let data = self.status.snapshot(listen, &rules, |url| {
+            let health = self.client.health(url);
+            crate::page::health_json(health, Instant::now(), SystemTime::now())
+        });
         let (content_type, body) = if json {
             ("application/json", data.to_string())
         } else {

@@ -1,6 +1,6 @@
 //! The shim's status page, on its own listen address in origin form: `GET /` (HTML, in
 //! [`crate::page`]'s frame) and `GET /_regmirror/status` (JSON). It shows the rules with each
-//! endpoint's breaker, the pulls each endpoint served, the last failovers (a pull served by a
+//! endpoint's breaker (healthy, resting until when, or probing; down since when), the pulls each endpoint served, the last failovers (a pull served by a
 //! later endpoint than the first) and the last failed pulls. Nothing it shows is a credential:
 //! endpoints appear by URL (mirror URLs carry none), requests by registry and path.
 //!
@@ -68,12 +68,13 @@ impl ShimStatus {
         self.failures.push(format!("{registry} {path}: {why}"));
     }
 
-    /// The page's data: `rules` as configured, `breaker` words an endpoint's breaker.
+    /// The page's data: `rules` as configured, `breaker` an endpoint's breaker
+    /// ([`page::health_json`]).
     pub fn snapshot(
         &self,
         listen: &str,
         rules: &[RuleSummary],
-        breaker: impl Fn(&str) -> String,
+        breaker: impl Fn(&str) -> Value,
     ) -> Value {
         let pulls = lock(&self.pulls).clone();
         let endpoint = |url: &str| {
@@ -138,7 +139,7 @@ pub fn html(data: &Value) -> String {
                 "<tr class=\"endpoint\"><td>{head}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 text(&mirror["url"]),
                 n(&mirror["pulls"]),
-                text(&mirror["breaker"])
+                page::health_html(&mirror["breaker"])
             );
         }
     }
@@ -189,15 +190,18 @@ mod tests {
         status.failed("reg.io", "/v2/<b>/manifests/v1", "every mirror failed");
         let data = status.snapshot("127.0.0.1:3128", &rules, |url| {
             if url.contains("m1") {
-                "resting".into()
+                json!({"state": "probing", "why": "unreachable"})
             } else {
-                "closed".into()
+                json!({"state": "healthy"})
             }
         });
         assert_eq!(data["rules"][0]["domain"], "*");
         assert_eq!(data["rules"][0]["mirrors_only"], true);
         assert_eq!(data["rules"][0]["mirrors"][0]["pulls"], 1);
-        assert_eq!(data["rules"][0]["mirrors"][0]["breaker"], "resting");
+        assert_eq!(
+            data["rules"][0]["mirrors"][0]["breaker"]["state"],
+            "probing"
+        );
         assert!(
             data["recent_failovers"][0]["text"]
                 .as_str()
@@ -208,5 +212,9 @@ mod tests {
         assert!(page.contains("mirrors only"));
         assert!(page.contains("/v2/&lt;b&gt;/manifests"), "escaped");
         assert!(page.contains("every mirror failed"));
+        assert!(
+            page.contains("unreachable; the next request tries it"),
+            "{page}"
+        );
     }
 }

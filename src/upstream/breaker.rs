@@ -9,6 +9,9 @@
 //! leave the endpoint half-open forever: the walker holds a [`Probe`] guard whose drop hands the
 //! probe to the next request.
 //!
+//! Each open state remembers when the endpoint first failed in a row (`since`), for the status
+//! pages' "down since" ([`Breakers::health`]).
+//!
 //! Endpoints include hosts clients name (dynamic upstreams), so the map is bounded: beyond
 //! [`MAX_ENDPOINTS`] entries, expired ones are dropped and a new failing endpoint is not tracked
 //! (it is then treated as closed, the safe default).
@@ -33,15 +36,51 @@ pub enum Trip {
     Throttled,
 }
 
+impl Trip {
+    /// How an operator reads it: `unreachable`, `failing` or `answered 429`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trip::Unreachable => "unreachable",
+            Trip::ServerError => "failing",
+            Trip::Throttled => "answered 429",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum State {
     Open {
         until: Instant,
         cool_down: Duration,
         trip: Trip,
+        /// The first failure of this run of failures.
+        since: Instant,
     },
     /// A probe is in flight; others skip the endpoint meanwhile.
-    HalfOpen { cool_down: Duration, trip: Trip },
+    HalfOpen {
+        cool_down: Duration,
+        trip: Trip,
+        since: Instant,
+    },
+}
+
+/// An endpoint's breaker as the status pages show it: what the walk does with it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Requests go through.
+    Healthy,
+    /// Skipped until `until`; failing since `since`.
+    Resting {
+        trip: Trip,
+        until: Instant,
+        since: Instant,
+    },
+    /// Its rest is over: the next request probes it, or (`in_flight`) one does now.
+    Probing {
+        trip: Trip,
+        since: Instant,
+        in_flight: bool,
+    },
 }
 
 /// Breakers by endpoint URL; an endpoint without an entry is closed.
@@ -76,8 +115,16 @@ impl Breakers {
                 until,
                 cool_down,
                 trip,
+                since,
             }) if now >= until => {
-                states.insert(endpoint.to_owned(), State::HalfOpen { cool_down, trip });
+                states.insert(
+                    endpoint.to_owned(),
+                    State::HalfOpen {
+                        cool_down,
+                        trip,
+                        since,
+                    },
+                );
                 Admission::Probe
             }
             Some(State::Open { until, trip, .. }) => Admission::Skipped(Resting {
@@ -88,30 +135,43 @@ impl Breakers {
         }
     }
 
-    /// How `endpoint` rests now, without changing its state (`None`: closed, or its rest is
-    /// over and the next request probes it).
-    pub fn peek(&self, endpoint: &str, now: Instant) -> Option<Resting> {
+    /// What the walk does with `endpoint` now, without changing its state.
+    pub fn health(&self, endpoint: &str, now: Instant) -> Health {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        match states.get(endpoint).copied()? {
-            State::Open { until, trip, .. } if now < until => Some(Resting {
+        match states.get(endpoint).copied() {
+            None => Health::Healthy,
+            Some(State::Open {
+                until, trip, since, ..
+            }) if now < until => Health::Resting { trip, until, since },
+            Some(State::Open { trip, since, .. }) => Health::Probing {
                 trip,
-                until: Some(until),
-            }),
-            State::Open { .. } => None,
-            State::HalfOpen { trip, .. } => Some(Resting { trip, until: None }),
+                since,
+                in_flight: false,
+            },
+            Some(State::HalfOpen { trip, since, .. }) => Health::Probing {
+                trip,
+                since,
+                in_flight: true,
+            },
         }
     }
 
     /// A probe that ended without an answer either way: the next request probes again.
     pub fn abandon(&self, endpoint: &str, now: Instant) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(State::HalfOpen { cool_down, trip }) = states.get(endpoint).copied() {
+        if let Some(State::HalfOpen {
+            cool_down,
+            trip,
+            since,
+        }) = states.get(endpoint).copied()
+        {
             states.insert(
                 endpoint.to_owned(),
                 State::Open {
                     until: now,
                     cool_down,
                     trip,
+                    since,
                 },
             );
         }
@@ -141,12 +201,16 @@ impl Breakers {
                 return;
             }
         }
-        let cool_down = match states.get(endpoint).copied() {
-            None => FIRST_COOL_DOWN,
-            Some(State::HalfOpen { cool_down, .. }) => (cool_down * 2).min(MAX_COOL_DOWN),
+        let (cool_down, since) = match states.get(endpoint).copied() {
+            None => (FIRST_COOL_DOWN, now),
+            Some(State::HalfOpen {
+                cool_down, since, ..
+            }) => ((cool_down * 2).min(MAX_COOL_DOWN), since),
             // Already open (requests that were in flight when it opened): a throttled answer
             // still moves `until` to its Retry-After; a failure changes nothing.
-            Some(State::Open { cool_down, .. }) if rest.is_some() => cool_down,
+            Some(State::Open {
+                cool_down, since, ..
+            }) if rest.is_some() => (cool_down, since),
             Some(State::Open { .. }) => return,
         };
         states.insert(
@@ -155,6 +219,7 @@ impl Breakers {
                 until: now + rest.unwrap_or(cool_down),
                 cool_down,
                 trip,
+                since,
             },
         );
     }
@@ -231,6 +296,44 @@ mod tests {
     }
 
     #[test]
+    fn health_says_what_the_walk_does_and_since_when_the_endpoint_is_down() {
+        let b = Breakers::default();
+        let t0 = Instant::now();
+        assert_eq!(b.health("m", t0), Health::Healthy);
+        b.failure("m", t0, Trip::Unreachable);
+        assert_eq!(
+            b.health("m", t0 + Duration::from_secs(1)),
+            Health::Resting {
+                trip: Trip::Unreachable,
+                until: t0 + FIRST_COOL_DOWN,
+                since: t0
+            }
+        );
+        // The rest is over and nobody asked yet: not closed, the next request probes it.
+        let t1 = t0 + FIRST_COOL_DOWN;
+        let probing = |in_flight| Health::Probing {
+            trip: Trip::Unreachable,
+            since: t0,
+            in_flight,
+        };
+        assert_eq!(b.health("m", t1), probing(false));
+        assert_eq!(b.admit("m", t1), Admission::Probe);
+        assert_eq!(b.health("m", t1), probing(true));
+        // The probe fails: it rests again, down since the first failure.
+        b.failure("m", t1, Trip::Unreachable);
+        assert_eq!(
+            b.health("m", t1),
+            Health::Resting {
+                trip: Trip::Unreachable,
+                until: t1 + FIRST_COOL_DOWN * 2,
+                since: t0
+            }
+        );
+        b.success("m");
+        assert_eq!(b.health("m", t1), Health::Healthy);
+    }
+
+    #[test]
     fn a_probe_dropped_unresolved_is_handed_to_the_next_request() {
         let b = Breakers::default();
         let t0 = Instant::now();
@@ -287,11 +390,15 @@ mod tests {
         });
         assert_eq!(b.admit("m", t0 + FIRST_COOL_DOWN * 2), resting);
         assert_eq!(
-            Admission::Skipped(b.peek("m", t0).unwrap()),
-            resting,
-            "peeking changes nothing"
+            b.health("m", t0),
+            Health::Resting {
+                trip: Trip::Throttled,
+                until: t0 + Duration::from_secs(60),
+                since: t0
+            },
+            "reading the health changes nothing"
         );
-        assert_eq!(b.peek("other", t0), None);
+        assert_eq!(b.health("other", t0), Health::Healthy);
         // A request that was in flight fails meanwhile: the rest stays the upstream's word.
         b.failure("m", t0 + Duration::from_secs(1), Trip::Unreachable);
         assert_eq!(b.admit("m", t0 + Duration::from_secs(59)), resting);

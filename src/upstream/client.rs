@@ -23,14 +23,14 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Client, Method, Response, StatusCode};
 
 use super::auth::{Challenge, TokenCache};
-use super::breaker::{Admission, Breakers, Probe, Resting, Trip};
+use super::breaker::{Admission, Breakers, Health, Probe, Resting, Trip};
 use super::certs::HostRoots;
 use super::guard::{AddressPolicy, AddressRefused, GuardedResolver, HostOverrides};
 use super::limit::Refused;
 use super::ratelimit::{self, Budget, Budgets};
 use crate::config::{Credentials, MirrorUrl};
 use crate::reference::split_host_port;
-use crate::registry::{ErrorCode, RegistryError};
+use crate::registry::{ErrorCode, RegistryError, whole_seconds};
 use crate::resolve::{Endpoint, Role, TlsMode};
 
 /// One endpoint to send registry requests to.
@@ -553,15 +553,24 @@ impl UpstreamClient {
         let mut unreachable = true;
         let mut not_found = true;
         let mut denied = false;
-        let mut resting: Vec<Resting> = Vec::new();
+        // Each resting endpoint and the wait its failure line states (whole seconds), so that
+        // `Retry-After` is the number the message says.
+        let mut resting: Vec<(Resting, Option<u64>)> = Vec::new();
         for (index, target) in targets.iter().enumerate() {
             let last = index + 1 == targets.len();
             let now = Instant::now();
             let admission = self.breakers.admit(&target.base, now);
             if let Admission::Skipped(rest) = admission {
                 if !last || rest.trip != Trip::ServerError {
-                    failures.push(format!("{}: {}", target.base, describe_rest(rest, now)));
-                    resting.push(rest);
+                    let wait = rest
+                        .until
+                        .map(|until| whole_seconds(until.saturating_duration_since(now)));
+                    failures.push(format!(
+                        "{}: {}",
+                        target.base,
+                        describe_rest(rest.trip, wait)
+                    ));
+                    resting.push((rest, wait));
                     not_found = false;
                     denied = false;
                     continue;
@@ -619,7 +628,6 @@ impl UpstreamClient {
             }
         }
         let all_resting = !targets.is_empty() && resting.len() == targets.len();
-        let now = Instant::now();
         Err(UpstreamError {
             summary: if failures.is_empty() {
                 "no endpoint to try".to_owned()
@@ -627,30 +635,23 @@ impl UpstreamClient {
                 failures.join("; ")
             },
             unreachable,
+            // A probe in flight (no wait stated) is worth asking again in a second.
             retry_after: all_resting.then(|| {
-                resting
-                    .iter()
-                    .map(|r| {
-                        r.until
-                            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
-                    })
-                    .min()
-                    .unwrap_or_default()
-                    .max(Duration::from_secs(1))
+                let seconds = resting.iter().map(|(_, wait)| wait.unwrap_or(1)).min();
+                Duration::from_secs(seconds.unwrap_or(1).max(1))
             }),
-            throttled: resting.last().is_some_and(|r| r.trip == Trip::Throttled) && all_resting,
+            throttled: resting
+                .last()
+                .is_some_and(|(r, _)| r.trip == Trip::Throttled)
+                && all_resting,
             not_found: not_found && !failures.is_empty(),
             denied,
         })
     }
 
-    /// `endpoint`'s breaker as an operator reads it: `closed`, or why and how long it rests.
-    pub fn breaker(&self, endpoint: &str) -> String {
-        let now = Instant::now();
-        match self.breakers.peek(endpoint, now) {
-            None => "closed".to_owned(),
-            Some(rest) => describe_rest(rest, now),
-        }
+    /// What the walk does with `endpoint` now (its breaker): healthy, resting or probing.
+    pub fn health(&self, endpoint: &str) -> Health {
+        self.breakers.health(endpoint, Instant::now())
     }
 
     /// The pull budget `endpoint` stated in its last answer, while it is current.
@@ -791,18 +792,12 @@ fn endpoint_url(target: &Target, request: &UpstreamRequest) -> Result<url::Url, 
     Ok(url)
 }
 
-/// Why an endpoint was skipped, for the error a client reads.
-fn describe_rest(rest: Resting, now: Instant) -> String {
-    let why = match rest.trip {
-        Trip::Unreachable => "unreachable",
-        Trip::ServerError => "failing",
-        Trip::Throttled => "answered 429",
-    };
-    match rest.until {
-        Some(until) => format!(
-            "{why} recently, not asked again for {} s",
-            until.saturating_duration_since(now).as_secs().max(1)
-        ),
+/// Why an endpoint was skipped, for the error a client reads: `wait` is the rest left in whole
+/// seconds (`None` while a probe is in flight).
+fn describe_rest(trip: Trip, wait: Option<u64>) -> String {
+    let why = trip.as_str();
+    match wait {
+        Some(seconds) => format!("{why} recently, not asked again for {seconds} s"),
         None => format!("{why} recently, being probed now"),
     }
 }

@@ -17,6 +17,7 @@ mod special;
 mod trusted_leaf;
 
 pub use auth::Challenge;
+pub use breaker::{Health, Trip};
 pub use certs::{HostRoots, SHIM_CA_FILE};
 pub use client::{
     BodyError, Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest,

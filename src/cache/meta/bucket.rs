@@ -179,7 +179,10 @@ impl BucketMetadata {
         Ok(record)
     }
 
-    pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<(), MetaError> {
+    /// New content: a manifest stored with its references (a tag moved to a manifest already
+    /// stored records none), without a read to tell.
+    pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<bool, MetaError> {
+        let new = !m.references.is_empty();
         let mut references: Vec<String> = m.references.iter().map(ToString::to_string).collect();
         if references.is_empty() {
             // A tag moved to a manifest already stored: keep what the record knew.
@@ -217,7 +220,7 @@ impl BucketMetadata {
                 .await
                 .map_err(err)?;
         }
-        Ok(())
+        Ok(new)
     }
 
     pub async fn is_linked(
@@ -358,12 +361,15 @@ impl BucketMetadata {
         self.exists(keys::source(upstream, digest)).await
     }
 
-    pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<(), MetaError> {
+    /// Always new content: the blob's record is its object, which a read would have to ask for
+    /// (a blob fetched again for a second upstream counts twice until the next collection).
+    pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
         self.mark(vec![
             keys::source(blob.upstream, blob.digest),
             keys::link(blob.upstream, blob.repository, blob.digest),
         ])
-        .await
+        .await?;
+        Ok(true)
     }
 
     pub async fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {

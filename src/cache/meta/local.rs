@@ -369,15 +369,18 @@ impl LocalMetadata {
 
     /// Records a verified blob in one transaction: its size, that its namespace holds it, and
     /// the repository it was fetched for or pushed to.
-    pub fn put_blob(&self, blob: &NewBlob<'_>) -> Result<(), MetaError> {
+    pub fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
         let now = now();
         let txn = self.db.begin_write().map_err(err)?;
+        let new;
         {
             let digest = blob.digest.as_str();
-            txn.open_table(BLOBS)
+            new = txn
+                .open_table(BLOBS)
                 .map_err(err)?
                 .insert(digest, blob.size)
-                .map_err(err)?;
+                .map_err(err)?
+                .is_none();
             txn.open_table(SOURCES)
                 .map_err(err)?
                 .insert(key(&[blob.upstream, digest]).as_str(), now)
@@ -387,7 +390,8 @@ impl LocalMetadata {
                 .insert(key(&[blob.upstream, blob.repository, digest]).as_str(), now)
                 .map_err(err)?;
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(err)?;
+        Ok(new)
     }
 
     pub fn tag(
@@ -442,9 +446,10 @@ impl LocalMetadata {
 
     /// Records a manifest, its tag, and links it and everything it references to the repository,
     /// in one transaction.
-    pub fn put_manifest(&self, m: &NewManifest<'_>) -> Result<(), MetaError> {
+    pub fn put_manifest(&self, m: &NewManifest<'_>) -> Result<bool, MetaError> {
         let now = now();
         let txn = self.db.begin_write().map_err(err)?;
+        let new;
         {
             let mut references: Vec<String> =
                 m.references.iter().map(ToString::to_string).collect();
@@ -466,13 +471,15 @@ impl LocalMetadata {
                 size: m.size,
                 references,
             };
-            txn.open_table(MANIFESTS)
+            new = txn
+                .open_table(MANIFESTS)
                 .map_err(err)?
                 .insert(
                     m.digest.as_str(),
                     serde_json::to_vec(&record).map_err(err)?.as_slice(),
                 )
-                .map_err(err)?;
+                .map_err(err)?
+                .is_none();
             if let Some(tag) = m.tag {
                 let record = TagRecord {
                     digest: m.digest.to_string(),
@@ -501,7 +508,8 @@ impl LocalMetadata {
                     .map_err(err)?;
             }
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(err)?;
+        Ok(new)
     }
 
     pub fn is_linked(

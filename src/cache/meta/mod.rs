@@ -274,8 +274,9 @@ impl Metadata {
     }
 
     /// Records a manifest, its tag, that its namespace holds it, and links it and everything it
-    /// references to the repository.
-    pub async fn put_manifest(&self, manifest: &NewManifest<'_>) -> Result<(), MetaError> {
+    /// references to the repository. True when the manifest is new to the store (exact on the
+    /// local backend; on a bucket, when it comes with its references).
+    pub async fn put_manifest(&self, manifest: &NewManifest<'_>) -> Result<bool, MetaError> {
         match self {
             Metadata::Local(m) => m.put_manifest(manifest),
             Metadata::Bucket(m) => m.put_manifest(manifest).await,
@@ -382,8 +383,9 @@ impl Metadata {
     }
 
     /// Records a verified blob: its size, that its namespace holds it, and the repository it
-    /// was fetched for or pushed to.
-    pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<(), MetaError> {
+    /// was fetched for or pushed to. True when the blob is new to the store (exact on the local
+    /// backend; always on a bucket).
+    pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
         match self {
             Metadata::Local(m) => m.put_blob(blob),
             Metadata::Bucket(m) => m.put_blob(blob).await,

@@ -296,7 +296,8 @@ pub async fn finish_file(
         ));
     }
     // The record first: every file in the store has one (see `meta`).
-    app.meta
+    let new = app
+        .meta
         .put_blob(&NewBlob {
             upstream: &route.upstream.name,
             repository: &route.repository,
@@ -311,6 +312,9 @@ pub async fn finish_file(
         None => commit.await,
     }
     .map_err(internal)?;
+    if new {
+        app.status.stored().committed(size);
+    }
     Ok(created(format!("/v2/{name}/blobs/{digest}"), &digest))
 }
 

@@ -1,6 +1,7 @@
 //! `regmirror resolve`: which endpoints a pull of an image tries, in order, and why.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -9,7 +10,7 @@ use super::BadInput;
 use super::mirror_config::MirrorConfigArgs;
 use crate::reference::ImageRef;
 use crate::resolve::{Endpoints, MatchKind, Resolver, Role, TlsMode};
-use crate::upstream::HostOverrides;
+use crate::upstream::{HostOverrides, HostRoots};
 
 mod probe;
 
@@ -28,8 +29,12 @@ pub struct Args {
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_host: Vec<String>,
     /// With --probe: seconds each endpoint gets to answer.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     probe_timeout: f64,
+    /// With --probe: per-host CA files (<host[:port]>/*.crt) trusted besides the system's, as
+    /// dockerd and the shim read them.
+    #[arg(long, value_name = "DIR", default_value = "/etc/docker/certs.d")]
+    certs_dir: PathBuf,
     /// The image reference, as given to `docker pull`.
     image: String,
 }
@@ -43,7 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let probes = if args.probe {
         let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
         let timeout = super::serve::seconds("--probe-timeout", args.probe_timeout)?;
-        Some(probe::run(&image, &endpoints, overrides, timeout)?)
+        // As the shim reads it: its own CA (`shim install-ca`) vouches for no upstream.
+        let roots = HostRoots::read_dir(&args.certs_dir, "regmirror-ca.crt");
+        Some(probe::run(&image, &endpoints, overrides, &roots, timeout)?)
     } else {
         None
     };
@@ -59,7 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             print!("{}", probe::table(probes));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    match probes {
+        Some(probes) if !probe::served(&probes) => {
+            eprintln!("regmirror: no endpoint serves {image}");
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// The `--json` document.
