@@ -1,5 +1,6 @@
 //! Per-host trust (dockerd's certs.d layout) for the upstream connections of the cache (`regmirror
-//! serve --certs-dir`) and the shim (`regmirror shim --certs-dir`), against real TLS distribution
+//! serve --certs-dir`), the shim (`regmirror shim --certs-dir`) and `regmirror resolve --probe
+//! --certs-dir`, against real TLS distribution
 //! registries on 127.0.0.1. The registry is named `reg.example.test`, mapped to 127.0.0.1 by
 //! `--add-host`: a loopback name (`localhost`, `127.0.0.1`) is an insecure registry, tried without
 //! certificate checks, and would prove nothing.
@@ -242,4 +243,41 @@ fn a_registry_certificate_made_as_dockers_docs_say_serves_the_shim() {
         ],
     );
     lab.pull(shim.addr, Some(&lab.upstream()), &|| shim.log());
+}
+
+#[test]
+fn a_registry_certificate_made_as_dockers_docs_say_serves_resolve_probe() {
+    let cert_dir = tempfile::tempdir().unwrap();
+    let domain = docker_documented_certificate(cert_dir.path());
+    let lab = Lab::new(&domain);
+    let certs = lab.certs_d(&domain.cert);
+    let config = lab.dir.path().join("mirrors.json");
+    std::fs::write(&config, "{}").unwrap();
+    let add_host = format!("{ORIGIN}:127.0.0.1");
+    let image = format!("{}/library/demo:v1", lab.upstream());
+    let probe = |certs_dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args(["resolve", "--probe", "--add-host", &add_host, "--certs-dir"])
+            .arg(certs_dir)
+            .arg("--config")
+            .arg(&config)
+            .arg(&image)
+            .output()
+            .unwrap()
+    };
+    let out = probe(&certs);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("serves"),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the certificate in certs.d the only endpoint fails, and so does the probe.
+    let empty = tempfile::tempdir().unwrap();
+    let out = probe(empty.path());
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
