@@ -235,28 +235,16 @@ async fn a_tag_schema_index_as_long_is_cut_the_same_way() {
 async fn manifests_are_never_served_as_html_and_every_answer_says_nosniff() {
     let script = r#"{"schemaVersion":2,"config":{},"layers":[],"x":"<script>alert(1)</script>"}"#;
     let upstream = FakeUpstream::start().await;
-    upstream.answer(
-        Method::GET,
-        "/v2/team/app/manifests/v1",
-        Canned {
+    for method in [Method::GET, Method::HEAD] {
+        let html = Canned {
             status: 200,
             content_type: "text/html",
             body: Bytes::from(script),
             pieces: 1,
             pause: Duration::ZERO,
-        },
-    );
-    upstream.answer(
-        Method::HEAD,
-        "/v2/team/app/manifests/v1",
-        Canned {
-            status: 200,
-            content_type: "text/html",
-            body: Bytes::from(script),
-            pieces: 1,
-            pause: Duration::ZERO,
-        },
-    );
+        };
+        upstream.answer(method, "/v2/team/app/manifests/v1", html);
+    }
     let cache = Cache::start(&format!(
         "proxy: {{remoteurl: {}}}\nlocal: [{{prefix: mine/}}]",
         upstream.url()
