@@ -982,7 +982,20 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
+    /// dockerd with a private `/etc/docker` (in a mount namespace of its own, so certs.d is the
+    /// test's), its registry traffic through `proxy`.
     pub fn start(daemon_json: &str, proxy: Option<&str>) -> Self {
+        Self::launch(daemon_json, proxy, true)
+    }
+
+    /// dockerd in the machine's mount namespace, for tests that run containers: with `--network
+    /// host` dockerd hands runc the network namespace it bind-mounted under its exec root, which
+    /// runc (started by containerd, outside a private namespace) cannot see.
+    pub fn start_for_containers(daemon_json: &str) -> Self {
+        Self::launch(daemon_json, None, false)
+    }
+
+    fn launch(daemon_json: &str, proxy: Option<&str>, private_etc: bool) -> Self {
         let dockerd = require("dockerd", "docker.io");
         require("docker", "docker.io");
         require("unshare", "util-linux");
@@ -998,19 +1011,26 @@ impl Dockerd {
             || format!("http://127.0.0.1:{}", free_port()),
             str::to_owned,
         );
-        let script = format!(
-            "mount --bind {etc} /etc/docker && exec {dockerd} --data-root {root}/data --exec-root {root}/exec \
+        let daemon = format!(
+            "exec {dockerd} --data-root {root}/data --exec-root {root}/exec \
              -H unix://{socket} --pidfile {root}/docker.pid --iptables=false --ip6tables=false --bridge=none \
              --storage-driver=vfs --containerd {ctd} --config-file {root}/daemon.json",
-            etc = etc.display(),
             dockerd = dockerd.display(),
             root = root.display(),
             socket = socket.display(),
             ctd = containerd.socket.display(),
         );
-        let mut command = Command::new("unshare");
+        let mut command = if private_etc {
+            let mut command = Command::new("unshare");
+            let script = format!("mount --bind {} /etc/docker && {daemon}", etc.display());
+            command.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+            command
+        } else {
+            let mut command = Command::new("sh");
+            command.args(["-c", &daemon]);
+            command
+        };
         command
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
             .env("HTTPS_PROXY", &proxy)
             .env("HTTP_PROXY", &proxy)
             .env("NO_PROXY", "")
