@@ -12,6 +12,7 @@ mod credentials;
 pub mod docker_auth;
 pub mod json_span;
 pub mod mirrors;
+pub mod yaml_span;
 
 pub use credentials::Credentials;
 
