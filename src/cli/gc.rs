@@ -24,7 +24,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (_, config) = super::serve::load_cache_config(args.config.as_deref())?;
+    let config = super::serve::load_cache_config(args.config.as_deref())?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     let timeout = std::time::Duration::from_secs(5);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -39,9 +39,8 @@ pub struct Args {
     first_byte_timeout: f64,
 }
 
-/// Reads `--config` (or takes the embedded default) with the `REGISTRY_*` environment overrides;
-/// returns the name it goes by in messages and the config.
-pub fn load_cache_config(path: Option<&std::path::Path>) -> anyhow::Result<(String, CacheConfig)> {
+/// Reads `--config` (or takes the embedded default) with the `REGISTRY_*` environment overrides.
+pub fn load_cache_config(path: Option<&std::path::Path>) -> anyhow::Result<CacheConfig> {
     let (name, text) = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -53,15 +52,14 @@ pub fn load_cache_config(path: Option<&std::path::Path>) -> anyhow::Result<(Stri
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("REGISTRY_"))
         .collect();
-    let config = CacheConfig::parse(&name, text.as_deref(), &env).map_err(BadInput)?;
-    Ok((name, config))
+    CacheConfig::parse(&name, text.as_deref(), &env).map_err(|e| BadInput(e.to_string()).into())
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (name, config) = load_cache_config(args.config.or(args.config_path).as_deref())?;
+    let config = load_cache_config(args.config.or(args.config_path).as_deref())?;
     super::init_tracing(config.log_level.as_deref().unwrap_or("info"));
     for warning in &config.warnings {
-        tracing::warn!("{name}: {warning}");
+        tracing::warn!("{warning}");
     }
     let mirrors = if args.mirrors.is_empty() {
         None

@@ -5,13 +5,16 @@
 //! - [`cache`]: the cache server's distribution-compatible `config.yml`;
 //! - [`docker_auth`]: mirror credentials in Docker's `config.json` format.
 //!
-//! Every error and warning is a [`Diagnostic`] that names file, line, column and field.
+//! Every error and warning names file, line, column and field: a [`Diagnostic`] (located by
+//! [`json_span`]) for the mirror file, a [`cache::CacheDiagnostic`] (located by [`yaml_span`], or
+//! naming the `REGISTRY_*` variable) for config.yml.
 
 pub mod cache;
 mod credentials;
 pub mod docker_auth;
 pub mod json_span;
 pub mod mirrors;
+mod suggest;
 pub mod yaml_span;
 
 pub use credentials::Credentials;
