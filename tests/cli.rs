@@ -360,6 +360,122 @@ fn file_in(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 }
 
 #[test]
+fn serve_and_gc_refuse_a_mirror_file_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirrors = file_in(
+        &dir,
+        "mirrors.json",
+        r#"{"mirror-registries": [{"domain": "reg.io", "mirrors": ["https://m.io"]}]}"#,
+    );
+    let out = refused(dir.path(), &["serve", "--config", &mirrors], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {mirrors}: this is a mirror file (daemon.json format); pass it with --mirrors\n"
+        )
+    );
+    let out = refused(dir.path(), &["gc", "--config", &mirrors], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this is a mirror file (daemon.json format); gc reads"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("regmirror-data").exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn mirror_commands_refuse_a_config_yml_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_in(
+        &dir,
+        "config.yml",
+        "version: 0.1\nproxy:\n  remoteurl: https://registry-1.docker.io\n",
+    );
+    let out = regmirror(&["resolve", "--config", &config, "nginx"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {config}: this is a config.yml for `regmirror serve`; resolve reads the \
+             daemon.json mirror format\n"
+        )
+    );
+    for (args, reader) in [
+        (vec!["check", "--mirrors", &config], "check reads"),
+        (
+            vec!["registries-conf", "--mirrors", &config, "--check"],
+            "registries-conf reads",
+        ),
+    ] {
+        let out = regmirror(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(reader), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn mirrors_is_the_flag_of_the_mirror_file_and_config_its_alias() {
+    let out = regmirror(&[
+        "resolve",
+        "--mirrors",
+        "contrib/examples/seed-exact.json",
+        "--json",
+        "reg.test1.com/library/nginx",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&regmirror(&["check", "--help"]));
+    assert!(
+        help.contains("--mirrors <FILE>") && help.contains("[alias: --config]"),
+        "{help}"
+    );
+}
+
+#[test]
+fn check_names_a_slip_of_a_mirror_key_and_the_files_it_read() {
+    let (_dir, path) = temp_config(
+        "{\n  \"mirror-registry\": [\n    {\"domain\": \"reg.io\", \"mirrors\": [\"https://m.io\"]}\n  ]\n}\n",
+    );
+    let path = path.to_str().unwrap();
+    let out = regmirror(&["check", "--config", path]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {path}:2:3: mirror-registry: unknown key; did you mean `mirror-registries`?\n"
+        )
+    );
+
+    let (_dir, empty) = temp_config("{\"debug\": true}\n");
+    let empty = empty.to_str().unwrap();
+    let out = regmirror(&["check", "--mirrors", empty]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "warning: no mirror-registries rule and no registry-mirrors entry in {empty}"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_json_syntax_error_has_no_empty_field() {
+    let (_dir, path) = temp_config("{\n  \"registry-mirrors\": [\n  ,]\n}\n");
+    let path = path.to_str().unwrap();
+    let out = regmirror(&["check", "--config", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!("error: {path}:3:3: invalid JSON: expected value\n")
+    );
+}
+
+#[test]
 fn serve_refuses_a_slip_of_a_key_at_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let config = file_in(

@@ -24,7 +24,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = super::serve::load_cache_config(args.config.as_deref())?;
+    let config =
+        super::serve::load_cache_config(args.config.as_deref(), "gc reads the cache's config.yml")?;
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }
