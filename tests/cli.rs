@@ -254,7 +254,7 @@ fn serve_takes_its_config_as_registry_serve_does() {
     let out = regmirror(&["serve", config]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains(&format!("{config}: proxy.max_rate")),
+        stderr(&out).contains(&format!("{config}:1:34: proxy.max_rate")),
         "{}",
         stderr(&out)
     );
@@ -321,4 +321,233 @@ fn completions_and_man_pages_come_from_the_command_line() {
     }
     let serve = std::fs::read_to_string(dir.path().join("regmirror-serve.1")).unwrap();
     assert!(serve.contains("first\\-byte\\-timeout"), "{serve}");
+}
+
+/// `regmirror ARGS` in `dir` with `env`, which must exit by itself within 10 s (a configuration
+/// refused before start-up): one still running is killed and fails the test. `http.addr` is
+/// `127.0.0.1:0` unless `env` says otherwise, so that a `serve` that does start binds nothing
+/// fixed.
+fn refused(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("run regmirror");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("regmirror {args:?} started instead: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn file_in(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn serve_and_gc_refuse_a_mirror_file_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mirrors = file_in(
+        &dir,
+        "mirrors.json",
+        r#"{"mirror-registries": [{"domain": "reg.io", "mirrors": ["https://m.io"]}]}"#,
+    );
+    let out = refused(dir.path(), &["serve", "--config", &mirrors], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {mirrors}: this is a mirror file (daemon.json format); pass it with --mirrors\n"
+        )
+    );
+    let out = refused(dir.path(), &["gc", "--config", &mirrors], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this is a mirror file (daemon.json format); gc reads"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("regmirror-data").exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn mirror_commands_refuse_a_config_yml_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_in(
+        &dir,
+        "config.yml",
+        "version: 0.1\nproxy:\n  remoteurl: https://registry-1.docker.io\n",
+    );
+    let out = regmirror(&["resolve", "--config", &config, "nginx"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {config}: this is a config.yml for `regmirror serve`; resolve reads the \
+             daemon.json mirror format\n"
+        )
+    );
+    for (args, reader) in [
+        (vec!["check", "--mirrors", &config], "check reads"),
+        (
+            vec!["registries-conf", "--mirrors", &config, "--check"],
+            "registries-conf reads",
+        ),
+    ] {
+        let out = regmirror(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(reader), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn mirrors_is_the_flag_of_the_mirror_file_and_config_its_alias() {
+    let out = regmirror(&[
+        "resolve",
+        "--mirrors",
+        "contrib/examples/exact-rule.json",
+        "--json",
+        "reg.test1.com/library/nginx",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&regmirror(&["check", "--help"]));
+    assert!(
+        help.contains("--mirrors <FILE>") && help.contains("[alias: --config]"),
+        "{help}"
+    );
+}
+
+#[test]
+fn check_names_a_slip_of_a_mirror_key_and_the_files_it_read() {
+    let (_dir, path) = temp_config(
+        "{\n  \"mirror-registry\": [\n    {\"domain\": \"reg.io\", \"mirrors\": [\"https://m.io\"]}\n  ]\n}\n",
+    );
+    let path = path.to_str().unwrap();
+    let out = regmirror(&["check", "--config", path]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {path}:2:3: mirror-registry: unknown key; did you mean `mirror-registries`?\n"
+        )
+    );
+
+    let (_dir, empty) = temp_config("{\"debug\": true}\n");
+    let empty = empty.to_str().unwrap();
+    let out = regmirror(&["check", "--mirrors", empty]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "warning: no mirror-registries rule and no registry-mirrors entry in {empty}"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_json_syntax_error_has_no_empty_field() {
+    let (_dir, path) = temp_config("{\n  \"registry-mirrors\": [\n  ,]\n}\n");
+    let path = path.to_str().unwrap();
+    let out = regmirror(&["check", "--config", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!("error: {path}:3:3: invalid JSON: expected value\n")
+    );
+}
+
+#[test]
+fn serve_refuses_a_slip_of_a_key_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_in(
+        &dir,
+        "config.yml",
+        "http:\n  adr: 127.0.0.1:6000\nproxy:\n  remoteurl: https://r.io\n  tag_revalidte: 10m\n  bogus: 1\n",
+    );
+    let out = refused(dir.path(), &["serve", &config], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {config}:2:3: http.adr: unknown key; did you mean `addr`?\n\
+             error: {config}:5:3: proxy.tag_revalidte: unknown key; did you mean \
+             `tag_revalidate`?\n"
+        )
+    );
+}
+
+#[test]
+fn serve_reports_every_value_error_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_in(
+        &dir,
+        "config.yml",
+        "storage:\n  maxsize: lots\nproxy:\n  remoteurl: not a url\n  ttl: forever\n",
+    );
+    let out = refused(dir.path(), &["serve", &config], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {config}:2:3: storage.maxsize: \"lots\" is not a size like 50GiB\n\
+             error: {config}:4:3: proxy.remoteurl: \"not a url\" is not a URL: relative URL \
+             without a base\n\
+             error: {config}:5:3: proxy.ttl: \"forever\" is not a duration like 168h, 30m or \
+             1h30m\n"
+        )
+    );
+    let negative = file_in(
+        &dir,
+        "negative.yml",
+        "proxy: {remoteurl: https://r.io}\nstorage: {maxsize: -1}\n",
+    );
+    let out = refused(dir.path(), &["gc", "--config", &negative, "--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{negative}:2:11: storage.maxsize: -1 is not a size like 50GiB"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn serve_names_the_variable_an_error_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_in(&dir, "config.yml", "proxy:\n  remoteurl: https://r.io\n");
+    for (variable, value, expected) in [
+        (
+            "REGISTRY_PROXY_TTL",
+            "forever",
+            "error: $REGISTRY_PROXY_TTL: proxy.ttl: \"forever\" is not a duration like 168h, \
+             30m or 1h30m\n",
+        ),
+        (
+            "REGISTRY_PROXY_ON",
+            "maybe",
+            "error: $REGISTRY_PROXY_ON: proxy.on: \"maybe\" is not true or false\n",
+        ),
+    ] {
+        let out = refused(dir.path(), &["serve", &config], &[(variable, value)]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert_eq!(stderr(&out), expected);
+    }
 }

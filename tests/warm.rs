@@ -341,12 +341,12 @@ fn a_missing_image_fails_alone_and_routing_is_by_ns() {
     assert_eq!(run.status.code(), Some(1), "{stdout}\n{stderr}");
     let failures: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("regmirror: warm "))
+        .filter(|l| l.starts_with("error: warm "))
         .collect();
     assert_eq!(failures.len(), 1, "{stderr}");
     assert!(
         failures[0].starts_with(&format!(
-            "regmirror: warm {host}/library/missing:v1: manifest v1: HTTP 404 MANIFEST_UNKNOWN"
+            "error: warm {host}/library/missing:v1: manifest v1: HTTP 404 MANIFEST_UNKNOWN"
         )),
         "{stderr}"
     );
@@ -437,7 +437,7 @@ fn bad_input_exits_2_and_an_unreachable_cache_fails_each_image() {
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     for image in ["docker.io/library/nginx:latest", "ghcr.io/org/img:1"] {
         assert!(
-            stderr.contains(&format!("regmirror: warm {image}: manifest ")),
+            stderr.contains(&format!("error: warm {image}: manifest ")),
             "{stderr}"
         );
     }
@@ -470,7 +470,7 @@ fn a_cache_with_htpasswd_is_warmed_with_docker_credentials() {
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "regmirror: warm {image}: manifest v1: HTTP 401 UNAUTHORIZED"
+            "error: warm {image}: manifest v1: HTTP 401 UNAUTHORIZED"
         )),
         "{stderr}"
     );

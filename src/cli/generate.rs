@@ -59,7 +59,7 @@ struct Mode {
 }
 
 pub fn containerd_hosts(args: ContainerdArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let config = args.config.load("containerd-hosts")?;
     let version = containerd::Version::parse(&args.containerd_version).map_err(BadInput)?;
     let generated = containerd::generate(&config, &args.config.source_names(), version)
         .map_err(|e| BadInput(e.to_string()))?;
@@ -69,7 +69,7 @@ pub fn containerd_hosts(args: ContainerdArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn registries_conf(args: RegistriesConfArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let config = args.config.load("registries-conf")?;
     for registry in &args.registries {
         if !crate::reference::is_valid_host(registry) {
             return Err(BadInput(format!(

@@ -1,24 +1,25 @@
-//! `--config FILE` (repeatable) for the daemon.json-format mirror configuration, and the default
-//! files read when none is given.
+//! `--mirrors FILE` (repeatable; `--config` is its older name) for the daemon.json-format mirror
+//! configuration, and the default files read when none is given.
 
 use std::path::PathBuf;
 
 use crate::cli::BadInput;
+use crate::config::kind::{FileKind, sniff};
 use crate::config::{ConfigSource, MirrorConfig};
 
-/// Read, in this order, when no `--config` is given; each only if it exists.
+/// Read, in this order, when no `--mirrors` is given; each only if it exists.
 pub const DEFAULT_FILES: [&str; 2] = ["/etc/docker/daemon.json", "/etc/regmirror/mirrors.json"];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MirrorConfigArgs {
     /// A daemon.json-format file with mirror-registries, registry-mirrors and insecure-registries.
     /// Repeatable. Default: /etc/docker/daemon.json then /etc/regmirror/mirrors.json, if present.
-    #[arg(long = "config", value_name = "FILE")]
+    #[arg(long = "mirrors", visible_alias = "config", value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }
 
 impl MirrorConfigArgs {
-    /// The files read: the `--config` values, or the default files that exist.
+    /// The files read: the `--mirrors` values, or the default files that exist.
     pub fn paths(&self) -> Vec<PathBuf> {
         if self.files.is_empty() {
             DEFAULT_FILES
@@ -39,13 +40,22 @@ impl MirrorConfigArgs {
             .collect()
     }
 
-    /// Reads and validates the configuration. Warnings are printed to stderr.
-    pub fn load(&self) -> anyhow::Result<MirrorConfig> {
+    /// Reads and validates the configuration for `reader` (the command, as the refusal of a
+    /// config.yml names it). Warnings are printed to stderr.
+    pub fn load(&self, reader: &str) -> anyhow::Result<MirrorConfig> {
         let paths = self.paths();
         let mut texts = Vec::with_capacity(paths.len());
         for path in &paths {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+            if sniff(&text) == FileKind::CacheConfig {
+                return Err(BadInput(format!(
+                    "{}: this is a config.yml for `regmirror serve`; {reader} reads the \
+                     daemon.json mirror format",
+                    path.display()
+                ))
+                .into());
+            }
             texts.push((path.display().to_string(), text));
         }
         let sources: Vec<ConfigSource<'_>> = texts

@@ -105,7 +105,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("regmirror: {e:#}");
+            // One prefix for every error, as clap's own usage errors have; one per line when a
+            // configuration has several.
+            for line in format!("{e:#}").lines() {
+                eprintln!("error: {line}");
+            }
             if e.downcast_ref::<BadInput>().is_some() {
                 ExitCode::from(2)
             } else {

@@ -8,6 +8,7 @@ use super::BadInput;
 use super::mirror_config::MirrorConfigArgs;
 use crate::cache::server::{ServeOptions, Server};
 use crate::config::cache::CacheConfig;
+use crate::config::kind::{FileKind, sniff};
 use crate::upstream::{HostOverrides, HostRoots, SHIM_CA_FILE, Timeouts};
 
 #[derive(Debug, clap::Args)]
@@ -43,13 +44,23 @@ pub struct Args {
     first_byte_timeout: f64,
 }
 
-/// Reads `--config` (or takes the embedded default) with the `REGISTRY_*` environment overrides;
-/// returns the name it goes by in messages and the config.
-pub fn load_cache_config(path: Option<&std::path::Path>) -> anyhow::Result<(String, CacheConfig)> {
+/// Reads `--config` (or takes the embedded default) with the `REGISTRY_*` environment overrides.
+/// A mirror file given instead is refused with `mirror_file_hint`.
+pub fn load_cache_config(
+    path: Option<&std::path::Path>,
+    mirror_file_hint: &str,
+) -> anyhow::Result<CacheConfig> {
     let (name, text) = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+            if sniff(&text) == FileKind::MirrorFile {
+                return Err(BadInput(format!(
+                    "{}: this is a mirror file (daemon.json format); {mirror_file_hint}",
+                    path.display()
+                ))
+                .into());
+            }
             (path.display().to_string(), Some(text))
         }
         None => ("(embedded default)".to_owned(), None),
@@ -57,15 +68,17 @@ pub fn load_cache_config(path: Option<&std::path::Path>) -> anyhow::Result<(Stri
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("REGISTRY_"))
         .collect();
-    let config = CacheConfig::parse(&name, text.as_deref(), &env).map_err(BadInput)?;
-    Ok((name, config))
+    CacheConfig::parse(&name, text.as_deref(), &env).map_err(|e| BadInput(e.to_string()).into())
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (name, config) = load_cache_config(args.config.or(args.config_path).as_deref())?;
+    let config = load_cache_config(
+        args.config.or(args.config_path).as_deref(),
+        "pass it with --mirrors",
+    )?;
     super::init_tracing(config.log_level.as_deref().unwrap_or("info"));
     for warning in &config.warnings {
-        tracing::warn!("{name}: {warning}");
+        tracing::warn!("{warning}");
     }
     let mirrors = if args.mirrors.is_empty() {
         None
@@ -74,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             MirrorConfigArgs {
                 files: args.mirrors.clone(),
             }
-            .load()?,
+            .load("serve --mirrors")?,
         )
     };
     if is_plain_registry(&config) {

@@ -106,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let access = Access::new(args.listen, &args.allow_clients).map_err(BadInput)?;
-    let config = args.config.load()?;
+    let config = args.config.load("shim")?;
     let ca =
         CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
             .map_err(BadInput)?
@@ -189,7 +189,7 @@ async fn reload_on_change(shim: Arc<Shim>, config: MirrorConfigArgs) {
             }
         }
         match config
-            .load()
+            .load("shim")
             .and_then(|c| Resolver::new(c).map_err(anyhow::Error::from))
         {
             Ok(resolver) => {
@@ -211,7 +211,7 @@ fn modification_times(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 fn install_ca(args: InstallCaArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let config = args.config.load("shim")?;
     let ca =
         CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
             .map_err(BadInput)?;

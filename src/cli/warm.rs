@@ -112,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     for (image, result) in &failed {
         if let Err(why) = result {
-            eprintln!("regmirror: warm {image}: {why}");
+            eprintln!("error: warm {image}: {why}");
         }
     }
     Ok(if failed.is_empty() {

@@ -24,6 +24,22 @@ pub fn locate(text: &str, path: &[Step<'_>]) -> Option<LineColumn> {
     let mut walker = Walker {
         bytes: text.as_bytes(),
         pos: 0,
+        at_key: false,
+    };
+    let offset = walker.find(path)?;
+    Some(line_column(text, offset))
+}
+
+/// Where the key that ends `path` starts in `text` (its opening quote): for a diagnostic about
+/// the key itself, such as a misspelt one.
+pub fn locate_key(text: &str, path: &[Step<'_>]) -> Option<LineColumn> {
+    if !matches!(path.last(), Some(Step::Key(_))) {
+        return None;
+    }
+    let mut walker = Walker {
+        bytes: text.as_bytes(),
+        pos: 0,
+        at_key: true,
     };
     let offset = walker.find(path)?;
     Some(line_column(text, offset))
@@ -58,6 +74,8 @@ pub fn serde_error_position(text: &str, line: usize, byte_column: usize) -> Line
 struct Walker<'t> {
     bytes: &'t [u8],
     pos: usize,
+    /// Find the last key of the path rather than its value.
+    at_key: bool,
 }
 
 impl Walker<'_> {
@@ -87,15 +105,18 @@ impl Walker<'_> {
                     if self.peek()? == b'}' {
                         return found;
                     }
+                    let key_start = self.pos;
                     let key = self.string()?;
                     self.skip_whitespace();
                     self.pos += 1; // ':'
                     self.skip_whitespace();
-                    if key == *wanted {
-                        let start = self.pos;
+                    if key == *wanted && rest.is_empty() && self.at_key {
+                        found = Some(key_start);
+                    } else if key == *wanted {
                         found = Walker {
                             bytes: self.bytes,
-                            pos: start,
+                            pos: self.pos,
+                            at_key: self.at_key,
                         }
                         .find(rest);
                     }
@@ -247,6 +268,20 @@ mod tests {
         assert_eq!(error_at("[1,]"), (1, 4));
         assert_eq!(error_at("{\"a\": 1\n"), (2, 1));
         assert_eq!(error_at(""), (1, 1));
+    }
+
+    #[test]
+    fn finds_keys() {
+        use Step::*;
+        let key_at = |path: &[Step<'_>]| locate_key(DOC, path).map(|p| (p.line, p.column));
+        assert_eq!(key_at(&[Key("debug")]), Some((2, 3)));
+        assert_eq!(
+            key_at(&[Key("mirror-registries"), Index(0), Key("mirrors")]),
+            Some((6, 6))
+        );
+        assert_eq!(key_at(&[Key("last")]), Some((8, 13)));
+        assert_eq!(key_at(&[Key("absent")]), None);
+        assert_eq!(key_at(&[Key("mirror-registries"), Index(0)]), None);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Keys read: `mirror-registries` (`[{"domain": …, "mirrors": […], "mirrors-only": false}]`, from
 //! the seed's patched engine, plus regmirror's optional `mirrors-only`), `registry-mirrors` and
 //! `insecure-registries` (stock dockerd). Every other key is dockerd's own business and is
-//! ignored. Validation collects every problem of every file, each naming file, line, column and
-//! field. Pure: no file system access.
+//! ignored, unless it is a slip of one of these (`mirror-registry`): an error that names the key
+//! it resembles. Validation collects every problem of every file, each naming file, line, column
+//! and field, in file and line order. Pure: no file system access.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,11 +16,22 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::json_span::{self, Step};
+use super::suggest::closest;
 use super::{ConfigErrors, Diagnostic, Location};
 use crate::reference::{self, DOCKER_HUB, DOCKER_HUB_API_HOST, LEGACY_DOCKER_HUB};
 
 /// The `mirror-registries` entry key that keeps a rule's registries from being reached directly.
 const MIRRORS_ONLY: &str = "mirrors-only";
+
+/// The top-level keys regmirror reads; dockerd's other keys are left alone.
+pub const KEYS: [&str; 3] = [
+    "mirror-registries",
+    "registry-mirrors",
+    "insecure-registries",
+];
+
+/// The keys of a `mirror-registries` entry.
+const ENTRY_KEYS: [&str; 3] = ["domain", "mirrors", MIRRORS_ONLY];
 
 /// One configuration file's path and text.
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +276,13 @@ impl MirrorConfig {
             FileReader::new(*source, &mut config, &mut errors).read();
         }
         reject_duplicate_domains(&config.rules, &mut errors);
+        // In file order, then line order within a file.
+        let order = |d: &Diagnostic| {
+            let file = sources.iter().position(|s| *s.path == *d.location.file);
+            (file, d.location.line, d.location.column)
+        };
+        errors.sort_by_key(order);
+        config.warnings.sort_by_key(order);
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -331,6 +350,15 @@ impl<'a> FileReader<'a> {
         });
     }
 
+    /// An error about the key that ends `path` itself, located at the key.
+    fn key_error(&mut self, path: &[Step<'_>], message: String) {
+        let mut location = self.location(path);
+        if let Some(position) = json_span::locate_key(self.source.text, path) {
+            (location.line, location.column) = (position.line, position.column);
+        }
+        self.errors.push(Diagnostic { location, message });
+    }
+
     fn warn(&mut self, path: &[Step<'_>], message: impl Into<String>) {
         let location = self.location(path);
         self.config.warnings.push(Diagnostic {
@@ -374,6 +402,14 @@ impl<'a> FileReader<'a> {
         if let Some(value) = top.get("insecure-registries") {
             self.read_insecure_registries(value);
         }
+        for key in top.keys().filter(|k| !KEYS.contains(&k.as_str())) {
+            if let Some(near) = closest(key, KEYS) {
+                self.key_error(
+                    &[Step::Key(key)],
+                    format!("unknown key; did you mean `{near}`?"),
+                );
+            }
+        }
     }
 
     fn read_mirror_registries(&mut self, value: &Value) {
@@ -398,18 +434,7 @@ impl<'a> FileReader<'a> {
                 );
                 continue;
             };
-            for key in fields
-                .keys()
-                .filter(|k| !matches!(k.as_str(), "domain" | "mirrors" | MIRRORS_ONLY))
-            {
-                self.error(
-                    &[Step::Key(KEY), Step::Index(index), Step::Key(key)],
-                    format!(
-                        "unknown field {key:?}; an entry has only \"domain\", \"mirrors\" and \
-                         \"{MIRRORS_ONLY}\""
-                    ),
-                );
-            }
+            self.reject_unknown_entry_keys(index, fields);
             let domain_path = [Step::Key(KEY), Step::Index(index), Step::Key("domain")];
             let domain = match fields.get("domain") {
                 None => {
@@ -483,6 +508,23 @@ impl<'a> FileReader<'a> {
                 mirrors_only,
                 location,
             });
+        }
+    }
+
+    /// An entry's keys other than `domain`, `mirrors` and `mirrors-only`, each an error.
+    fn reject_unknown_entry_keys(&mut self, index: usize, fields: &serde_json::Map<String, Value>) {
+        const KEY: &str = "mirror-registries";
+        for key in fields.keys().filter(|k| !ENTRY_KEYS.contains(&k.as_str())) {
+            let hint = closest(key, ENTRY_KEYS)
+                .map(|near| format!("; did you mean `{near}`?"))
+                .unwrap_or_default();
+            self.key_error(
+                &[Step::Key(KEY), Step::Index(index), Step::Key(key)],
+                format!(
+                    "unknown field {key:?}; an entry has only \"domain\", \"mirrors\" and \
+                     \"{MIRRORS_ONLY}\"{hint}"
+                ),
+            );
         }
     }
 
@@ -974,6 +1016,49 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].contains("stock dockerd refuses to start"));
         assert!(messages[1].contains("CIDR 192.168.0.0/16"));
+    }
+
+    #[test]
+    fn a_slip_of_a_key_is_an_error_at_the_key() {
+        let errors = errors(
+            "{\n  \"debug\": true,\n  \"mirror-registry\": [{\"domain\": \"r.io\", \"mirrors\": [\"https://m\"]}]\n}",
+        );
+        assert_eq!(
+            errors,
+            [
+                "/etc/regmirror/mirrors.json:3:3: mirror-registry: unknown key; did you mean \
+                 `mirror-registries`?"
+            ]
+        );
+        assert_error(
+            r#"{"Registry-Mirrors": ["https://m"]}"#,
+            "did you mean `registry-mirrors`?",
+        );
+        assert_error(
+            r#"{"mirror-registries": [{"domain": "r.io", "mirror": ["https://m"]}]}"#,
+            "unknown field \"mirror\"; an entry has only \"domain\", \"mirrors\" and \
+             \"mirrors-only\"; did you mean `mirrors`?",
+        );
+        // dockerd's own keys stay allowed.
+        parse(r#"{"registry-mirrors": [], "insecure-registries": [], "max-concurrent-downloads": 3, "log-opts": {}}"#)
+            .unwrap();
+    }
+
+    #[test]
+    fn errors_come_in_line_order_and_a_syntax_error_has_no_empty_field() {
+        let errors = errors(
+            "{\"registry-mirrors\": [\"ftp://a\"],\n \"mirror-registries\": [{\"domain\": \"a b\", \"mirrors\": [\"https://m\"]}]}",
+        );
+        let lines: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(':').nth(1).unwrap())
+            .collect();
+        assert_eq!(lines, ["1", "2"], "{errors:#?}");
+        let syntax = self::errors("{\n  \"registry-mirrors\": [\n  ,]\n}");
+        assert_eq!(
+            syntax,
+            ["/etc/regmirror/mirrors.json:3:3: invalid JSON: expected value"]
+        );
     }
 
     #[test]

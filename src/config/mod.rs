@@ -3,15 +3,21 @@
 //! - [`mirrors`]: the daemon.json-format mirror configuration (`mirror-registries`,
 //!   `registry-mirrors`, `insecure-registries`) shared by every subcommand.
 //! - [`cache`]: the cache server's distribution-compatible `config.yml`;
-//! - [`docker_auth`]: mirror credentials in Docker's `config.json` format.
+//! - [`docker_auth`]: mirror credentials in Docker's `config.json` format;
+//! - [`kind`]: which of the first two a text is, so that each command refuses the other.
 //!
-//! Every error and warning is a [`Diagnostic`] that names file, line, column and field.
+//! Every error and warning names file, line, column and field: a [`Diagnostic`] (located by
+//! [`json_span`]) for the mirror file, a [`cache::CacheDiagnostic`] (located by [`yaml_span`], or
+//! naming the `REGISTRY_*` variable) for config.yml.
 
 pub mod cache;
 mod credentials;
 pub mod docker_auth;
 pub mod json_span;
+pub mod kind;
 pub mod mirrors;
+mod suggest;
+pub mod yaml_span;
 
 pub use credentials::Credentials;
 
@@ -47,16 +53,22 @@ pub struct Diagnostic {
 }
 
 impl fmt::Display for Diagnostic {
+    /// `file:line:column: field: message`; without the field when there is none (a syntax
+    /// error).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}",
-            self.location, self.location.field, self.message
-        )
+        if self.location.field.is_empty() {
+            write!(f, "{}: {}", self.location, self.message)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.location, self.location.field, self.message
+            )
+        }
     }
 }
 
-/// Every error found in a configuration, in file order.
+/// Every error found in a configuration, in file and line order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<Diagnostic>);
 

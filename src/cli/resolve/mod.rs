@@ -40,7 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let config = args.config.load("resolve")?;
     let image =
         ImageRef::parse(&args.image).map_err(|e| BadInput(format!("{:?}: {e}", args.image)))?;
     let resolver = Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;

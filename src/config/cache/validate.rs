@@ -1,0 +1,636 @@
+//! From `raw`'s structs to a [`CacheConfig`]: one validation per section, each reading every
+//! value through the [`Report`], which reports a wrong one at its key and goes on, so that every
+//! problem of the file is reported at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_yaml_ng::Value;
+
+use super::raw::{
+    RawAuth, RawConfig, RawHttp, RawLimits, RawProxy, RawRemote, RawS3, RawStorage, Slot,
+};
+use super::report::{Report, Zero};
+use super::units::{parse_reserve, shown};
+use super::{
+    CacheConfig, DEFAULT_GC_INTERVAL, DEFAULT_LISTEN, DEFAULT_ROOT, DEFAULT_S3_CHUNK_SIZE,
+    DEFAULT_TTL, LOCAL_NAMESPACE, Limits, LocalRepositories, MIN_S3_CHUNK_SIZE, MIN_SECRET_BYTES,
+    RateLimitReserve, RequestLimits, S3Config, Secret, StorageBackend, UpstreamConfig,
+};
+use crate::config::Credentials;
+use crate::config::mirrors::{MirrorUrl, canonical_registry};
+
+/// The configuration, or `None` when the report holds an error.
+pub(super) fn validate(raw: RawConfig, r: &mut Report<'_>) -> Option<CacheConfig> {
+    let http = http(raw.http, r);
+    let storage = storage(raw.storage, r);
+    let plain = raw.proxy.is_none();
+    let proxy = proxy(raw.proxy.unwrap_or_default(), r);
+    let htpasswd = auth(raw.auth, r);
+    let local = local(&raw.local, plain, r);
+    let limits = limits(raw.limits, r);
+    let log_level = r.string(&raw.log.level, "log.level");
+    if !proxy.names_upstreams && !proxy.dynamic && local == LocalRepositories::None {
+        r.error(
+            "proxy",
+            "no upstream: set proxy.remoteurl, proxy.remoteregistries or proxy.on: true \
+             (or leave proxy out for a plain registry)",
+        );
+    }
+    if r.has_errors() {
+        return None;
+    }
+    Some(CacheConfig {
+        listen: http.listen,
+        root: storage.root,
+        storage: storage.backend,
+        tls: http.tls,
+        client_cas: http.client_cas,
+        htpasswd,
+        local,
+        delete_enabled: storage.delete_enabled,
+        max_size: storage.max_size,
+        gc_interval: storage.gc_interval,
+        headers: http.headers,
+        host: http.host,
+        secret: http.secret,
+        upstreams: proxy.upstreams,
+        dynamic_upstreams: proxy.dynamic,
+        proxy_reserve: proxy.policy.reserve,
+        proxy_requests: proxy.policy.requests,
+        allow_private_upstreams: proxy.allow_private,
+        ttl: proxy.ttl,
+        serve_stale_on_404: proxy.serve_stale,
+        log_level,
+        limits,
+        warnings: Vec::new(),
+    })
+}
+
+/// The `http` section, validated.
+struct Http {
+    listen: String,
+    tls: Option<(PathBuf, PathBuf)>,
+    client_cas: Vec<PathBuf>,
+    host: Option<String>,
+    secret: Option<Secret>,
+    headers: Vec<(String, String)>,
+}
+
+fn http(raw: RawHttp, r: &mut Report<'_>) -> Http {
+    if let Some(net) = r.string(&raw.net, "http.net").filter(|n| n != "tcp") {
+        r.error("http.net", format!("{net:?}: only tcp is supported"));
+    }
+    let listen = match r.string(&raw.addr, "http.addr") {
+        None => DEFAULT_LISTEN.to_owned(),
+        Some(addr) if addr.starts_with(':') => format!("0.0.0.0{addr}"),
+        Some(addr) => addr,
+    };
+    let certificate = r.path(&raw.tls.certificate, "http.tls.certificate");
+    let key = r.path(&raw.tls.key, "http.tls.key");
+    let tls = match (raw.tls.certificate.is_some(), raw.tls.key.is_some()) {
+        (true, true) => certificate.zip(key),
+        (false, false) => None,
+        _ => {
+            r.error("http.tls", "certificate and key must be given together");
+            None
+        }
+    };
+    let client_cas = r.paths(&raw.tls.clientcas, "http.tls.clientcas");
+    if !client_cas.is_empty() && raw.tls.certificate.is_none() {
+        r.error("http.tls.clientcas", "needs http.tls.certificate and key");
+    }
+    Http {
+        listen,
+        tls,
+        client_cas,
+        host: host(&raw.host, r),
+        secret: secret(&raw.secret, r),
+        headers: headers(&raw.headers, r),
+    }
+}
+
+/// `http.host`: an http(s) URL, without its trailing slash.
+fn host(slot: &Slot, r: &mut Report<'_>) -> Option<String> {
+    let host = r.string(slot, "http.host").filter(|h| !h.is_empty())?;
+    match url::Url::parse(&host) {
+        Err(e) => r.error("http.host", format!("{host:?}: {e}")),
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            r.error("http.host", format!("{host:?}: an http(s) URL"));
+        }
+        Ok(_) => return Some(host.trim_end_matches('/').to_owned()),
+    }
+    None
+}
+
+/// `http.secret`: never shown, at least [`MIN_SECRET_BYTES`] long.
+fn secret(slot: &Slot, r: &mut Report<'_>) -> Option<Secret> {
+    let secret = r.string(slot, "http.secret").filter(|s| !s.is_empty())?;
+    if secret.len() < MIN_SECRET_BYTES {
+        r.error(
+            "http.secret",
+            format!(
+                "{} bytes is too short to sign the fleet's internal route: at least \
+                 {MIN_SECRET_BYTES} (a random string such as `openssl rand -hex 32` prints)",
+                secret.len()
+            ),
+        );
+        return None;
+    }
+    Some(Secret(secret))
+}
+
+/// `http.headers`: header names to lists of values, in name order.
+fn headers(slot: &Slot, r: &mut Report<'_>) -> Vec<(String, String)> {
+    let Some(value) = slot else {
+        return Vec::new();
+    };
+    let Value::Mapping(map) = value else {
+        r.error(
+            "http.headers",
+            format!(
+                "{} is not a mapping of header names to lists of values",
+                shown(value)
+            ),
+        );
+        return Vec::new();
+    };
+    let mut headers = BTreeMap::new();
+    for (name, values) in map {
+        let name = name.as_str().map_or_else(|| shown(name), str::to_owned);
+        let field = format!("http.headers.{name}");
+        let Value::Sequence(items) = values else {
+            r.error(&field, format!("{} is not a list of values", shown(values)));
+            continue;
+        };
+        let values: Vec<String> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| r.string(&Some(item.clone()), &format!("{field}[{i}]")))
+            .collect();
+        headers.insert(name, values);
+    }
+    headers
+        .into_iter()
+        .flat_map(|(name, values)| values.into_iter().map(move |v| (name.clone(), v)))
+        .collect()
+}
+
+/// The `storage` section, validated.
+struct Storage {
+    backend: StorageBackend,
+    root: PathBuf,
+    delete_enabled: bool,
+    max_size: Option<u64>,
+    gc_interval: Duration,
+}
+
+fn storage(raw: RawStorage, r: &mut Report<'_>) -> Storage {
+    let redirect_disabled = r
+        .flag(&raw.redirect.disable, "storage.redirect.disable")
+        .unwrap_or(false);
+    let delete_enabled = r
+        .flag(&raw.delete.enabled, "storage.delete.enabled")
+        .unwrap_or(false);
+    let max_size = r.size(&raw.maxsize, "storage.maxsize", "a size like 50GiB", |_| {
+        true
+    });
+    let gc_interval = r
+        .duration(&raw.gc_interval, "storage.gc_interval", Zero::Refused)
+        .unwrap_or(DEFAULT_GC_INTERVAL);
+    let spool = r.path(&raw.spool, "storage.spool");
+    let default_root = || PathBuf::from(DEFAULT_ROOT);
+    let (backend, root) = match (raw.filesystem, raw.s3) {
+        (Some(_), Some(_)) => {
+            r.error(
+                "storage",
+                "both filesystem and s3 are configured: choose one (REGISTRY_STORAGE=s3 \
+                 selects s3)",
+            );
+            (StorageBackend::Filesystem, default_root())
+        }
+        (None, Some(s3)) => {
+            let backend = s3_storage(s3, redirect_disabled, r)
+                .map_or(StorageBackend::Filesystem, StorageBackend::S3);
+            (backend, spool.unwrap_or_else(default_root))
+        }
+        (filesystem, None) => {
+            let root = filesystem
+                .and_then(|f| r.path(&f.rootdirectory, "storage.filesystem.rootdirectory"));
+            (
+                StorageBackend::Filesystem,
+                root.unwrap_or_else(default_root),
+            )
+        }
+    };
+    Storage {
+        backend,
+        root,
+        delete_enabled,
+        max_size,
+        gc_interval,
+    }
+}
+
+/// `storage.s3`, as distribution spells it.
+fn s3_storage(raw: RawS3, redirect_disabled: bool, r: &mut Report<'_>) -> Option<S3Config> {
+    let bucket = r.required(&raw.bucket, "storage.s3.bucket");
+    let secure = r.flag(&raw.secure, "storage.s3.secure").unwrap_or(true);
+    let endpoint = r
+        .string(&raw.regionendpoint, "storage.s3.regionendpoint")
+        .filter(|e| !e.is_empty())
+        .map(|e| match e.contains("://") {
+            true => e.trim_end_matches('/').to_owned(),
+            false => {
+                let scheme = if secure { "https" } else { "http" };
+                format!("{scheme}://{}", e.trim_end_matches('/'))
+            }
+        });
+    if let Some(Err(e)) = endpoint.as_deref().map(url::Url::parse) {
+        let shown = endpoint.as_deref().unwrap_or_default();
+        r.error("storage.s3.regionendpoint", format!("{shown:?}: {e}"));
+    }
+    let key = r.string(&raw.accesskey, "storage.s3.accesskey");
+    let secret = r.string(&raw.secretkey, "storage.s3.secretkey");
+    let credentials = match (key, secret) {
+        (Some(key), Some(secret)) if !key.is_empty() => Some(Credentials::new(key, secret)),
+        (None, None) => None,
+        (Some(key), None) if key.is_empty() => None,
+        _ => {
+            r.error(
+                "storage.s3.accesskey",
+                "accesskey and secretkey go together",
+            );
+            None
+        }
+    };
+    let chunk_size = r
+        .size(
+            &raw.chunksize,
+            "storage.s3.chunksize",
+            "a part size of at least 5MiB (S3's smallest part)",
+            |n| n >= MIN_S3_CHUNK_SIZE,
+        )
+        .unwrap_or(DEFAULT_S3_CHUNK_SIZE);
+    let region = r.string(&raw.region, "storage.s3.region");
+    let path_style = r.flag(&raw.forcepathstyle, "storage.s3.forcepathstyle");
+    let prefix = r.string(&raw.rootdirectory, "storage.s3.rootdirectory");
+    Some(S3Config {
+        bucket: bucket?,
+        region: region
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        path_style: path_style.unwrap_or(endpoint.is_some()),
+        endpoint,
+        credentials,
+        prefix: prefix.unwrap_or_default().trim_matches('/').to_owned(),
+        chunk_size,
+        redirect: !redirect_disabled,
+    })
+}
+
+/// An upstream's policy keys, each defaulting to the `proxy` level's.
+#[derive(Clone, Copy)]
+struct Policy {
+    tag_revalidate: Duration,
+    reserve: RateLimitReserve,
+    requests: RequestLimits,
+}
+
+/// The `proxy` section, validated.
+struct Proxy {
+    upstreams: Vec<UpstreamConfig>,
+    /// `remoteurl` or `remoteregistries` is given (valid or not).
+    names_upstreams: bool,
+    dynamic: bool,
+    policy: Policy,
+    allow_private: bool,
+    ttl: Duration,
+    serve_stale: bool,
+}
+
+fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
+    let defaults = Policy {
+        tag_revalidate: Duration::ZERO,
+        reserve: RateLimitReserve::default(),
+        requests: RequestLimits::default(),
+    };
+    let policy = policy(
+        [
+            &raw.tag_revalidate,
+            &raw.ratelimit_reserve,
+            &raw.max_concurrent,
+            &raw.max_rate,
+        ],
+        defaults,
+        "proxy",
+        r,
+    );
+    let mut upstreams = Vec::new();
+    let credentials = credentials(&raw.username, &raw.password, "proxy", r);
+    if raw.remoteurl.is_some() {
+        let upstream = Upstream {
+            field: "proxy.remoteurl".into(),
+            url: &raw.remoteurl,
+            credentials,
+            policy,
+        };
+        upstream.add(&mut upstreams, r);
+    }
+    for (i, remote) in raw.remoteregistries.iter().enumerate() {
+        if let Some(remote) = remote {
+            remote_registry(remote, i, policy, &mut upstreams, r);
+        }
+    }
+    Proxy {
+        upstreams,
+        names_upstreams: raw.remoteurl.is_some() || !raw.remoteregistries.is_empty(),
+        dynamic: r.flag(&raw.on, "proxy.on").unwrap_or(false),
+        policy,
+        allow_private: r
+            .flag(
+                &raw.allow_private_upstreams,
+                "proxy.allow_private_upstreams",
+            )
+            .unwrap_or(false),
+        ttl: r
+            .duration(&raw.ttl, "proxy.ttl", Zero::Allowed)
+            .unwrap_or(DEFAULT_TTL),
+        serve_stale: r
+            .flag(&raw.serve_stale_on_404, "proxy.serve_stale_on_404")
+            .unwrap_or(false),
+    }
+}
+
+fn remote_registry(
+    remote: &RawRemote,
+    index: usize,
+    defaults: Policy,
+    upstreams: &mut Vec<UpstreamConfig>,
+    r: &mut Report<'_>,
+) {
+    let at = format!("proxy.remoteregistries[{index}]");
+    let policy = policy(
+        [
+            &remote.tag_revalidate,
+            &remote.ratelimit_reserve,
+            &remote.max_concurrent,
+            &remote.max_rate,
+        ],
+        defaults,
+        &at,
+        r,
+    );
+    let credentials = credentials(&remote.username, &remote.password, &at, r);
+    if remote.url.is_none() {
+        r.error(&format!("{at}.url"), "is required");
+        return;
+    }
+    let upstream = Upstream {
+        field: format!("{at}.url"),
+        url: &remote.url,
+        credentials,
+        policy,
+    };
+    upstream.add(upstreams, r);
+}
+
+/// `tag_revalidate`, `ratelimit_reserve`, `max_concurrent` and `max_rate` at `at`.
+fn policy(slots: [&Slot; 4], defaults: Policy, at: &str, r: &mut Report<'_>) -> Policy {
+    let [tag_revalidate, reserve, max_concurrent, max_rate] = slots;
+    let reserve_field = format!("{at}.ratelimit_reserve");
+    let reserve = match reserve.as_ref().map(parse_reserve) {
+        None => defaults.reserve,
+        Some(Ok(reserve)) => reserve,
+        Some(Err(message)) => {
+            r.error(&reserve_field, message);
+            defaults.reserve
+        }
+    };
+    let rate_field = format!("{at}.max_rate");
+    let max_rate = r.number(max_rate, &rate_field).filter(|rate| {
+        let valid = rate.is_finite() && *rate >= 0.001;
+        if !valid {
+            let message = format!("{rate} is not a rate of at least 0.001 requests per second");
+            r.error(&rate_field, message);
+        }
+        valid
+    });
+    Policy {
+        tag_revalidate: r
+            .duration(
+                tag_revalidate,
+                &format!("{at}.tag_revalidate"),
+                Zero::Allowed,
+            )
+            .unwrap_or(defaults.tag_revalidate),
+        reserve,
+        requests: RequestLimits {
+            max_concurrent: r
+                .count(max_concurrent, &format!("{at}.max_concurrent"))
+                .or(defaults.requests.max_concurrent),
+            max_rate: max_rate.or(defaults.requests.max_rate),
+        },
+    }
+}
+
+/// `username` and `password` at `at`: credentials when the username is not empty.
+fn credentials(
+    username: &Slot,
+    password: &Slot,
+    at: &str,
+    r: &mut Report<'_>,
+) -> Option<Credentials> {
+    let username = r.string(username, &format!("{at}.username"));
+    let password = r.string(password, &format!("{at}.password"));
+    username
+        .filter(|u| !u.is_empty())
+        .map(|u| Credentials::new(u, password.unwrap_or_default()))
+}
+
+/// One upstream as written, before its URL is read.
+struct Upstream<'a> {
+    field: String,
+    url: &'a Slot,
+    credentials: Option<Credentials>,
+    policy: Policy,
+}
+
+impl Upstream<'_> {
+    fn add(self, upstreams: &mut Vec<UpstreamConfig>, r: &mut Report<'_>) {
+        let Some(text) = r.string(self.url, &self.field) else {
+            return;
+        };
+        let url = match MirrorUrl::parse(&text) {
+            Ok(url) => url,
+            Err(message) => return r.error(&self.field, message),
+        };
+        let name = canonical_registry(url.authority());
+        if name == LOCAL_NAMESPACE {
+            let message =
+                format!("{name:?} names the namespace of pushed repositories; give the port too");
+            return r.error(&self.field, message);
+        }
+        if upstreams.iter().any(|u| u.name == name) {
+            return r.error(&self.field, format!("upstream {name} is configured twice"));
+        }
+        upstreams.push(UpstreamConfig {
+            name,
+            url,
+            credentials: self.credentials,
+            tag_revalidate: self.policy.tag_revalidate,
+            ratelimit_reserve: self.policy.reserve,
+            requests: self.policy.requests,
+        });
+    }
+}
+
+/// `auth.htpasswd`: (realm, file).
+fn auth(raw: RawAuth, r: &mut Report<'_>) -> Option<(String, PathBuf)> {
+    let htpasswd = raw.htpasswd?;
+    let realm = r.string(&htpasswd.realm, "auth.htpasswd.realm");
+    let path = r.required(&htpasswd.path, "auth.htpasswd.path")?;
+    Some((
+        realm.unwrap_or_else(|| "regmirror".to_owned()),
+        PathBuf::from(path),
+    ))
+}
+
+/// `local`: `all`, or a list of `{prefix: "team/"}`; without it, every repository of a plain
+/// registry.
+fn local(slot: &Slot, plain: bool, r: &mut Report<'_>) -> LocalRepositories {
+    let items = match slot {
+        None if plain => return LocalRepositories::All,
+        None => return LocalRepositories::None,
+        Some(Value::String(all)) if all == "all" => return LocalRepositories::All,
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            r.error("local", "expected `all` or a list of {prefix: ...}");
+            return LocalRepositories::None;
+        }
+    };
+    let mut prefixes = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let prefix = item
+            .get("prefix")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty());
+        match prefix {
+            Some(prefix) => prefixes.push(prefix.to_owned()),
+            None => r.error(&format!("local[{i}]"), "expected {prefix: \"team/\"}"),
+        }
+    }
+    LocalRepositories::Prefixes(prefixes)
+}
+
+/// The `limits` section: each limit or its default.
+fn limits(raw: RawLimits, r: &mut Report<'_>) -> Limits {
+    let d = Limits::default();
+    let mut duration = |slot: &Slot, key: &str, default: Duration| {
+        r.duration(slot, &format!("limits.{key}"), Zero::Refused)
+            .unwrap_or(default)
+    };
+    let header_timeout = duration(&raw.header_timeout, "header_timeout", d.header_timeout);
+    let tls_handshake_timeout = duration(
+        &raw.tls_handshake_timeout,
+        "tls_handshake_timeout",
+        d.tls_handshake_timeout,
+    );
+    let idle_timeout = duration(&raw.idle_timeout, "idle_timeout", d.idle_timeout);
+    let upload_lifetime = duration(&raw.upload_lifetime, "upload_lifetime", d.upload_lifetime);
+    let upstream_queue_timeout = duration(
+        &raw.upstream_queue_timeout,
+        "upstream_queue_timeout",
+        d.upstream_queue_timeout,
+    );
+    // A size must be positive, except a memo's, which 0 turns off.
+    let mut size = |slot: &Slot, key: &str, default: u64, zero: Zero| {
+        let expected = match zero {
+            Zero::Refused => "a positive size like 4MiB",
+            Zero::Allowed => "a size like 64MiB (0 turns it off)",
+        };
+        let accept = |n: u64| n > 0 || zero == Zero::Allowed;
+        r.size(slot, &format!("limits.{key}"), expected, accept)
+            .unwrap_or(default)
+    };
+    let per_second = raw.fill_min_rate.map(|value| match value {
+        Value::String(text) => Value::String(text.trim_end_matches("/s").to_owned()),
+        other => other,
+    });
+    let max_manifest_size = size(
+        &raw.max_manifest_size,
+        "max_manifest_size",
+        d.max_manifest_size,
+        Zero::Refused,
+    );
+    let max_blob_size = size(
+        &raw.max_blob_size,
+        "max_blob_size",
+        d.max_blob_size,
+        Zero::Refused,
+    );
+    let fill_min_rate = size(&per_second, "fill_min_rate", d.fill_min_rate, Zero::Refused);
+    let manifest_memo = size(
+        &raw.manifest_memo,
+        "manifest_memo",
+        d.manifest_memo,
+        Zero::Allowed,
+    );
+    let blob_memo = size(&raw.blob_memo, "blob_memo", d.blob_memo, Zero::Allowed);
+    let buffer_memory = size(
+        &raw.buffer_memory,
+        "buffer_memory",
+        d.buffer_memory,
+        Zero::Refused,
+    );
+    let max_referrers_size = size(
+        &raw.max_referrers_size,
+        "max_referrers_size",
+        d.max_referrers_size,
+        Zero::Refused,
+    );
+    let max_fills = r
+        .count(&raw.max_fills, "limits.max_fills")
+        .unwrap_or(d.max_fills);
+    Limits {
+        header_timeout,
+        tls_handshake_timeout,
+        idle_timeout,
+        max_connections: r.count(&raw.max_connections, "limits.max_connections"),
+        max_manifest_size,
+        max_blob_size,
+        fill_min_rate,
+        max_fills,
+        max_fills_per_upstream: fills_per_upstream(&raw.max_fills_per_upstream, max_fills, r),
+        upload_lifetime,
+        max_uploads: r
+            .count(&raw.max_uploads, "limits.max_uploads")
+            .unwrap_or(d.max_uploads),
+        upstream_queue_timeout,
+        manifest_memo,
+        blob_memo,
+        buffer_memory,
+        max_referrers: r
+            .count(&raw.max_referrers, "limits.max_referrers")
+            .unwrap_or(d.max_referrers),
+        max_referrers_size,
+    }
+}
+
+/// `limits.max_fills_per_upstream`: at most `max_fills`; by default three quarters of it, at
+/// least 1.
+fn fills_per_upstream(slot: &Slot, max_fills: usize, r: &mut Report<'_>) -> usize {
+    const FIELD: &str = "limits.max_fills_per_upstream";
+    match r.count(slot, FIELD) {
+        Some(n) if n > max_fills => {
+            r.error(
+                FIELD,
+                format!("{n} is more than limits.max_fills ({max_fills})"),
+            );
+            n
+        }
+        Some(n) => n,
+        None => (max_fills * 3 / 4).max(1),
+    }
+}
