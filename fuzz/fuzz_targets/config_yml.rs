@@ -56,7 +56,12 @@ fn located(text: Option<&str>, env: &[(String, String)], diagnostic: &CacheDiagn
             env.iter().any(|(key, _)| key == variable),
             "{diagnostic}: names a variable that is not set"
         ),
-        (Origin::File { position: Some(p), .. }, Some(text)) => {
+        (
+            Origin::File {
+                position: Some(p), ..
+            },
+            Some(text),
+        ) => {
             let lines = yaml_span::lines(text);
             let line = p.line.checked_sub(1).and_then(|i| lines.get(i));
             assert!(
@@ -65,7 +70,10 @@ fn located(text: Option<&str>, env: &[(String, String)], diagnostic: &CacheDiagn
             );
         }
         (Origin::File { position, .. }, None) => {
-            assert!(position.is_none(), "{diagnostic}: a position without a file")
+            assert!(
+                position.is_none(),
+                "{diagnostic}: a position without a file"
+            )
         }
         (Origin::File { position: None, .. }, Some(_)) => {
             panic!("{diagnostic}: a file's diagnostic without a position")
