@@ -323,3 +323,132 @@ fn skopeo_never_reaches_the_origin_of_a_mirrors_only_rule() {
         origin.log()
     );
 }
+
+/// `containerd-hosts --watch` as the node agent runs it: the mirror file in a ConfigMap-style
+/// mount (`mirrors.json -> ..data/mirrors.json`, `..data -> ..<timestamp>`), updated by a
+/// symlink swap while containerd runs; the next pull uses the new mirror, with no restart of
+/// containerd, and the agent survives a broken config (the last good files stay).
+#[test]
+fn the_watching_agent_moves_containerd_to_a_new_mirror_without_a_restart() {
+    let _engine = engine_lock();
+    let images = Images::new();
+    let (origin, first, _) = origin_and_partial_mirror(&images);
+    let second = Registry::start(RegistryOptions::default());
+    images.push("v1", &format!("{}/library/demo:v1", second.host()), &[]);
+    let containerd = Containerd::start();
+    let work = tempfile::tempdir().unwrap();
+    let mount = work.path().join("config");
+    let hosts = work.path().join("certs.d");
+    std::fs::create_dir_all(&hosts).unwrap();
+    // A file someone wrote by hand stays as it is.
+    let manual = hosts.join("manual.example");
+    std::fs::create_dir_all(&manual).unwrap();
+    std::fs::write(
+        manual.join("hosts.toml"),
+        "server = \"https://manual.example\"\n",
+    )
+    .unwrap();
+    let publish = |version: u32, text: &str| {
+        let data = mount.join(format!("..{version}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("mirrors.json"), text).unwrap();
+        let swap = mount.join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{version}"), &swap).unwrap();
+        std::fs::rename(&swap, mount.join("..data")).unwrap();
+        let file = mount.join("mirrors.json");
+        if !file.exists() {
+            std::os::unix::fs::symlink("..data/mirrors.json", &file).unwrap();
+        }
+    };
+    let origin_host = origin.host();
+    publish(1, &rules(&origin_host, &[first.url()]));
+    let mut agent = peers::Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args([
+                "containerd-hosts",
+                "--watch",
+                "--watch-interval",
+                "0.1",
+                "--mirrors",
+            ])
+            .arg(mount.join("mirrors.json"))
+            .arg("--out")
+            .arg(&hosts),
+        work.path().join("agent.log"),
+    );
+    let generated = hosts.join(&origin_host).join("hosts.toml");
+    let wait_for = |wanted: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&generated).is_ok_and(|t| t.contains(wanted)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hosts.toml never named {wanted}: {}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&first.url());
+    let reference = format!("{origin_host}/library/demo:v1");
+    containerd
+        .pull(&hosts, &reference, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
+    assert!(manifests(&first) >= 1, "the first mirror served");
+    assert_eq!(manifests(&second), 0);
+
+    // A broken config is logged; the files stay.
+    publish(2, "{ not json");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        std::fs::read_to_string(&generated)
+            .unwrap()
+            .contains(&first.url())
+    );
+    // The ConfigMap moves to the second mirror: the next pull uses it, containerd untouched.
+    publish(3, &rules(&origin_host, &[second.url()]));
+    wait_for(&second.url());
+    containerd
+        .pull(&hosts, &reference, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
+    assert!(manifests(&second) >= 1, "the second mirror served");
+    // A rule the config drops is pruned; the hand-written file is left alone.
+    publish(4, "{}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while generated.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(manual.join("hosts.toml").is_file());
+    agent.stop();
+    let log = agent.log_text();
+    assert!(
+        log.contains("the files of the last good config stay"),
+        "{log}"
+    );
+    for change in ["written", "rewritten", "removed"] {
+        assert!(
+            log.contains(&format!("containerd-hosts: {change}")),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn the_watching_agent_exits_on_a_config_error_at_start() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("mirrors.json");
+    std::fs::write(&file, "{ not json").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(["containerd-hosts", "--watch", "--mirrors"])
+        .arg(&file)
+        .arg("--out")
+        .arg(work.path().join("certs.d"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -37,10 +37,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // A root that does not exist holds nothing to collect: most likely the wrong config (or
     // none), and opening it would create it.
     if matches!(config.storage, StorageBackend::Filesystem) && !config.root.is_dir() {
-        let name = args
-            .config
-            .as_deref()
-            .map_or_else(|| "(embedded default)".to_owned(), |p| p.display().to_string());
+        let name = args.config.as_deref().map_or_else(
+            || "(embedded default)".to_owned(),
+            |p| p.display().to_string(),
+        );
         return Err(BadInput(format!(
             "{name}: storage root {} does not exist: nothing to collect (give --config the \
              server's config.yml)",

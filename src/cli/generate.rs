@@ -1,7 +1,8 @@
 //! `regmirror containerd-hosts` and `regmirror registries-conf`: engine configuration written from
 //! the mirror config, with `--check` (exit 1 and a diff when the files differ), `--prune` and
-//! `--force`.
+//! `--force`; `containerd-hosts --watch` keeps a node's files on the config (see [`watch`]).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +27,19 @@ pub struct ContainerdArgs {
     /// `dial_timeout` (2.1+).
     #[arg(long, value_name = "VERSION", default_value = "1.7")]
     containerd_version: String,
+    /// Keep running: write the files, then again whenever the mirror config changes (a
+    /// ConfigMap's symlink swap included), pruning what the config dropped. Only a config error
+    /// at start exits; later ones are logged and the last good files stay.
+    #[arg(long, conflicts_with = "check")]
+    watch: bool,
+    /// With --watch: how often the mirror config (and the files written) are looked at.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        requires = "watch"
+    )]
+    watch_interval: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,14 +72,30 @@ struct Mode {
     force: bool,
 }
 
+impl ContainerdArgs {
+    /// `--watch`: the command keeps running.
+    pub fn watches(&self) -> bool {
+        self.watch
+    }
+}
+
 pub fn containerd_hosts(args: ContainerdArgs) -> anyhow::Result<ExitCode> {
+    let files = containerd_files(&args)?;
+    if args.watch {
+        return watch::run(args, files);
+    }
+    let plan = Plan::hosts_dir(&args.out, &files, args.mode.force)?;
+    finish(&plan, &args.mode, args.prune, &args.out)
+}
+
+/// The hosts.toml files the mirror config asks for, by registry directory (warnings printed).
+fn containerd_files(args: &ContainerdArgs) -> anyhow::Result<BTreeMap<String, String>> {
     let config = args.config.load("containerd-hosts")?;
     let version = containerd::Version::parse(&args.containerd_version).map_err(BadInput)?;
     let generated = containerd::generate(&config, &args.config.source_names(), version)
         .map_err(|e| BadInput(e.to_string()))?;
     warn(&generated.warnings);
-    let plan = Plan::hosts_dir(&args.out, &generated.files, args.mode.force)?;
-    finish(&plan, &args.mode, args.prune, &args.out)
+    Ok(generated.files)
 }
 
 pub fn registries_conf(args: RegistriesConfArgs) -> anyhow::Result<ExitCode> {
@@ -126,4 +156,136 @@ fn finish(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `containerd-hosts --watch`: the node agent's loop.
+///
+/// The mirror files are read again every `--watch-interval` and compared with what was read
+/// last, by content: a ConfigMap update (a new directory, then the `..data` symlink swapped to
+/// it), an editor's rename-on-save and an in-place write all show up the same way, on any file
+/// system, where an inotify watch on the file would have followed the old inode. A change is
+/// taken once it reads the same twice in a row (a debounce of one interval), then generated;
+/// the files are also compared with what was last generated each time, so one removed by hand
+/// comes back. Files someone else wrote stay untouched (`--force` semantics unchanged).
+mod watch {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    use super::{ContainerdArgs, containerd_files};
+    use crate::generate::files::{Change, Plan};
+
+    pub fn run(args: ContainerdArgs, first: BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+        let interval = Duration::try_from_secs_f64(args.watch_interval)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                crate::cli::BadInput(format!(
+                    "--watch-interval {} is not a positive number of seconds",
+                    args.watch_interval
+                ))
+            })?;
+        let mut state = State {
+            read: read_texts(&args),
+            files: first,
+            refused: BTreeSet::new(),
+        };
+        tracing::info!(
+            out = %args.out.display(),
+            config = ?args.config.source_names(),
+            "containerd-hosts: watching the mirror config"
+        );
+        state.write(&args);
+        loop {
+            std::thread::sleep(interval);
+            let read = read_texts(&args);
+            if read != state.read {
+                std::thread::sleep(interval);
+                if read_texts(&args) != read {
+                    continue;
+                }
+                state.read = read;
+                match containerd_files(&args) {
+                    Ok(files) => {
+                        tracing::info!("containerd-hosts: the mirror config changed");
+                        state.files = files;
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "containerd-hosts: {e}; the files of the last good config stay"
+                        );
+                        continue;
+                    }
+                }
+            }
+            state.write(&args);
+        }
+    }
+
+    /// The mirror files' contents as last read (`None`: missing or unreadable).
+    fn read_texts(args: &ContainerdArgs) -> Vec<(PathBuf, Option<String>)> {
+        args.config
+            .paths()
+            .into_iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(&path).ok();
+                (path, text)
+            })
+            .collect()
+    }
+
+    struct State {
+        read: Vec<(PathBuf, Option<String>)>,
+        /// What the last good config generates.
+        files: BTreeMap<String, String>,
+        /// Files someone else wrote, already reported.
+        refused: BTreeSet<PathBuf>,
+    }
+
+    impl State {
+        /// Makes the out directory what `files` says, pruning what the config dropped, with
+        /// one log line per file written or removed. Errors are logged; the loop goes on.
+        fn write(&mut self, args: &ContainerdArgs) {
+            let plan = match Plan::hosts_dir(&args.out, &self.files, args.mode.force) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    tracing::error!("containerd-hosts: {e}");
+                    return;
+                }
+            };
+            let refused: BTreeSet<PathBuf> =
+                plan.user_written().into_iter().map(PathBuf::from).collect();
+            for path in refused.difference(&self.refused) {
+                tracing::warn!(
+                    path = %path.display(),
+                    "containerd-hosts: not generated by regmirror; left as it is (--force overwrites)"
+                );
+            }
+            self.refused = refused;
+            if !plan.differs(true) {
+                return;
+            }
+            if let Err(e) = plan.apply(true) {
+                tracing::error!("containerd-hosts: {e}");
+                return;
+            }
+            for change in &plan.changes {
+                match change {
+                    Change::Write {
+                        path, old: None, ..
+                    } => {
+                        tracing::info!(path = %path.display(), "containerd-hosts: written");
+                    }
+                    Change::Write { path, .. } => {
+                        tracing::info!(path = %path.display(), "containerd-hosts: rewritten");
+                    }
+                    Change::Stale { path, .. } => {
+                        tracing::info!(path = %path.display(), "containerd-hosts: removed");
+                    }
+                    Change::UserWritten { .. } => {}
+                }
+            }
+        }
+    }
 }

@@ -88,7 +88,8 @@ pub fn main() -> ExitCode {
             gc::run(args)
         }
         Command::ContainerdHosts(args) => {
-            init_tracing("warn");
+            // The watching agent logs each change; a one-off run, only what goes wrong.
+            init_tracing(if args.watches() { "info" } else { "warn" });
             generate::containerd_hosts(args)
         }
         Command::RegistriesConf(args) => {
