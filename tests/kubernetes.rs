@@ -1,14 +1,15 @@
 //! contrib/kubernetes as a cluster would get it. Each kustomization (the bases `cache` and
-//! `node-agent`, the overlays `cache-filesystem` and `node-agent-k3s`) is rendered by `kubectl
-//! kustomize`, validated by kubernetes-validate `--strict` against the schemas of every
-//! Kubernetes minor from 1.32 (the kubectl these machines ship) to 1.37 (the newest
-//! kubernetes-validate 1.37.0 knows; upstream supports the newest three), and its objects are
-//! held to what they promise. Then each pod's container is started as its kubelet would start
-//! it (see [`Pod`]): as a process of this build, the fleet's replica on a real S3 server
-//! (moto_server), the filesystem variant's on its claim, the node agent writing its hostPath;
-//! and in the image contrib/image/build makes, under a real dockerd with the pods' users and
-//! security contexts (the engine lock held). kubectl comes with the machine's image, the
-//! validator from the venv `.ci/run` creates (`$REGMIRROR_KUBERNETES_VALIDATE`).
+//! `node-agent`, the overlays `cache-filesystem` and `node-agent-k3s`, and the overlays of one's
+//! own that README's "Kubernetes" section shows) is rendered by `kubectl kustomize`, validated by
+//! kubernetes-validate `--strict` against the schemas of every Kubernetes minor from 1.32 (the
+//! kubectl these machines ship) to 1.37 (the newest kubernetes-validate 1.37.0 knows; upstream
+//! supports the newest three), and its objects are held to what the section promises. Then each
+//! pod's container is started as its kubelet would start it (see [`Pod`]): as a process of this
+//! build, the fleet's replica on a real S3 server (moto_server), the filesystem variant's on its
+//! claim, the node agent writing its hostPath; and in the image contrib/image/build makes, under
+//! a real dockerd with the pods' users and security contexts (the engine lock held). kubectl
+//! comes with the machine's image, the validator from the venv `.ci/run` creates
+//! (`$REGMIRROR_KUBERNETES_VALIDATE`).
 
 mod peers;
 
@@ -828,6 +829,134 @@ fn volumes_mut(objects: &mut [Value]) -> &mut Vec<Value> {
     volumes
 }
 
+/// README's "Kubernetes" section.
+fn readme_section() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Kubernetes\n")
+        .expect("README has a Kubernetes section");
+    let section = &readme[start + 1..];
+    section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)].to_owned()
+}
+
+/// The files README's section shows (each fenced block after a line naming a
+/// `my-regmirror/...` file): (path, text).
+fn readme_files(section: &str) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut named: Option<String> = None;
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("```") {
+            let block: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.starts_with("```"))
+                .collect();
+            if let Some(path) = named.take() {
+                files.push((path, block.join("\n") + "\n"));
+            }
+            continue;
+        }
+        if let Some(path) = line
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.starts_with("my-regmirror/") && !s.ends_with('/'))
+            .last()
+        {
+            named = Some(path.to_owned());
+        }
+    }
+    files
+}
+
+#[test]
+fn the_overlays_readme_shows_deploy_the_image_they_name_with_their_own_files() {
+    let section = readme_section();
+    let files = readme_files(&section);
+    let names: Vec<&str> = files.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "my-regmirror/cache/kustomization.yaml",
+            "my-regmirror/node-agent/mirrors.json",
+            "my-regmirror/node-agent/kustomization.yaml",
+        ]
+    );
+    // A scratch checkout: contrib/kubernetes, README's files, and what its commands write
+    // (config.yml copied from the base, secret.env with the keys README's printf writes).
+    let work = tempfile::tempdir().unwrap();
+    let kubernetes = work.path().join("contrib/kubernetes");
+    for dir in KUSTOMIZATIONS {
+        std::fs::create_dir_all(kubernetes.join(dir)).unwrap();
+        for entry in std::fs::read_dir(contrib(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, kubernetes.join(dir).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for (path, text) in &files {
+        let path = work.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let cache_dir = work.path().join("my-regmirror/cache");
+    assert!(section.contains("cp contrib/kubernetes/cache/config.yml my-regmirror/cache/"));
+    std::fs::copy(
+        contrib("cache").join("config.yml"),
+        cache_dir.join("config.yml"),
+    )
+    .unwrap();
+    let keys = ["http-secret", "s3-accesskey", "s3-secretkey"];
+    assert!(
+        section.contains(&format!(
+            "printf '{}=%s\\n{}=%s\\n{}=%s\\n'",
+            keys[0], keys[1], keys[2]
+        )),
+        "README's printf writes {keys:?}"
+    );
+    let secret_env: String = keys
+        .iter()
+        .map(|k| format!("{k}=0123456789abcdef\n"))
+        .collect();
+    std::fs::write(cache_dir.join("secret.env"), secret_env).unwrap();
+
+    let image = |kustomization: &str| {
+        let config: Value = serde_yaml_ng::from_str(kustomization).unwrap();
+        let [entry] = list(&config["images"]) else {
+            panic!("one images entry")
+        };
+        assert_eq!(entry["name"], "regmirror");
+        assert_eq!(entry["newTag"], env!("CARGO_PKG_VERSION"));
+        format!("{}:{}", str_of(&entry["newName"]), str_of(&entry["newTag"]))
+    };
+
+    let (text, objects) = render(&cache_dir);
+    validate("my-cache", &text, objects.len());
+    let deployment = one(&objects, "Deployment");
+    assert_image(pod(deployment).1, &image(&files[0].1));
+    assert_references_resolve(&objects, deployment, &[]);
+    let secret = one(&objects, "Secret");
+    assert_eq!(secret["metadata"]["namespace"], "regmirror");
+    let data = secret["data"].as_mapping().unwrap();
+    assert_eq!(data.len(), keys.len(), "README's secret.env, as the Secret");
+
+    let (text, objects) = render(&work.path().join("my-regmirror/node-agent"));
+    validate("my-node-agent", &text, objects.len());
+    let daemon_set = one(&objects, "DaemonSet");
+    assert_image(pod(daemon_set).1, &image(&files[2].1));
+    assert_references_resolve(&objects, daemon_set, &[]);
+    assert_eq!(
+        config_map_data(&objects, "regmirror-mirrors", "mirrors.json"),
+        files[1].1,
+        "README's mirrors.json, in the ConfigMap the agents read"
+    );
+    assert!(
+        section.contains(
+            "containerd-hosts: written path=/etc/containerd/certs.d/docker.io/hosts.toml"
+        ),
+        "README shows the agent's log line"
+    );
+}
+
 /// Polls `done` until it holds, failing with the container's log when it exits first or
 /// after 60 s.
 fn wait_for(dockerd: &peers::Dockerd, container: &str, what: &str, done: impl Fn() -> bool) {
@@ -863,7 +992,7 @@ fn container_log(dockerd: &peers::Dockerd, container: &str) -> String {
 /// their security contexts say: the fleet's replica as 65532 on a read-only root file system
 /// with no capability, serving from the bucket with its spool in the emptyDir; the node agent
 /// as root with no capability on a read-only root file system, writing the node's root-owned
-/// directory (and logging it). Engine-level: it takes the engine lock.
+/// directory (the log line README shows included). Engine-level: it takes the engine lock.
 #[test]
 fn the_image_runs_the_pods_under_their_security_contexts() {
     let _engine = peers::engine_lock();
@@ -904,7 +1033,7 @@ fn the_image_runs_the_pods_under_their_security_contexts() {
         "regmirror-mirrors",
         "mirrors.json",
     ));
-    let line = "containerd-hosts: written path=/etc/containerd/certs.d/docker.io/hosts.toml";
+    let readme_line = "containerd-hosts: written path=/etc/containerd/certs.d/docker.io/hosts.toml";
     wait_for(
         &dockerd,
         &name,
@@ -913,7 +1042,7 @@ fn the_image_runs_the_pods_under_their_security_contexts() {
             registries
                 .iter()
                 .all(|r| node_dir.join(r).join("hosts.toml").is_file())
-                && container_log(&dockerd, &name).contains(line)
+                && container_log(&dockerd, &name).contains(readme_line)
         },
     );
     drop(running);
