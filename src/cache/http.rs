@@ -26,8 +26,8 @@ use super::{push, referrers, status, uploads};
 use crate::reference::Digest;
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
-    API_VERSION, API_VERSION_HEADER, CACHE_HEADER, CONTENT_DIGEST_HEADER, ErrorCode, RegistryError,
-    error_response, internal,
+    API_VERSION, API_VERSION_HEADER, CACHE_HEADER, CONTENT_DIGEST_HEADER, CacheOutcome, ErrorCode,
+    RegistryError, error_response, internal,
 };
 
 /// What the request log records about how a request was served.
@@ -35,7 +35,10 @@ use crate::registry::{
 pub struct Outcome {
     /// The API area, for the duration histogram.
     pub kind: &'static str,
-    pub cache: &'static str,
+    /// How the cache served it (none for an error, a push, or a request of another kind).
+    pub cache: Option<CacheOutcome>,
+    /// A push: an upload, or a manifest PUT.
+    pub pushed: bool,
     pub upstream: Option<String>,
     pub repository: Option<String>,
     pub reference: Option<String>,
@@ -44,6 +47,18 @@ pub struct Outcome {
     pub counters: Option<Arc<status::UpstreamCounters>>,
     /// The OCI error code and message of an error answer.
     pub error: Option<(&'static str, String)>,
+}
+
+impl Outcome {
+    /// The request log's `cache=` word.
+    fn word(&self) -> &'static str {
+        match (&self.error, self.pushed, self.cache) {
+            (Some(_), _, _) => "error",
+            (None, true, _) => "push",
+            (None, false, Some(cache)) => cache.as_str(),
+            (None, false, None) => "-",
+        }
+    }
 }
 
 /// The one entry point for every request.
@@ -96,7 +111,7 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
-                outcome.cache = "error";
+                outcome.cache = None;
                 // A path outside the API (a browser's /favicon.ico) is no registry error.
                 if error.code != ErrorCode::NotFound {
                     app.metrics.error(error.code.as_str());
@@ -119,12 +134,13 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         response
     };
     // How a manifest or blob was served, for `regmirror warm` and anyone debugging a pull.
-    if matches!(outcome.kind, "manifest" | "blob")
-        && !matches!(outcome.cache, "" | "error" | "push")
+    if let Some(cache) = outcome
+        .cache
+        .filter(|_| matches!(outcome.kind, "manifest" | "blob"))
     {
         response
             .headers_mut()
-            .insert(CACHE_HEADER, HeaderValue::from_static(outcome.cache));
+            .insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
     }
     // No answer is ever run as another type than it says (a manifest as a page), as
     // distribution's answers say too.
@@ -172,7 +188,7 @@ pub async fn handle(app: Arc<App>, request: Request) -> Response {
         status = response.status().as_u16(),
         repository = outcome.repository.as_deref().unwrap_or("-"),
         reference = outcome.reference.as_deref().unwrap_or("-"),
-        cache = if outcome.cache.is_empty() { "-" } else { outcome.cache },
+        cache = outcome.word(),
         upstream = outcome.upstream.as_deref().unwrap_or("-"),
         ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
@@ -220,7 +236,7 @@ async fn registry(
                 ManifestRef::Digest(digest) => app.manifest_by_digest(&route, digest).await?,
                 ManifestRef::Tag(tag) => app.manifest_by_tag(&route, tag).await?,
             };
-            outcome.cache = answer.cache;
+            outcome.cache = Some(answer.cache);
             let (manifest, warning) = (answer.manifest, answer.warning);
             app.mark_used(&manifest.digest);
             Ok(manifest_response(&manifest, head, warning))
@@ -248,7 +264,7 @@ async fn registry(
             let route = route_for(name)?;
             note(app, outcome, &route, Some(subject.as_str()));
             let listing = referrers::list(app, &route, subject).await?;
-            outcome.cache = listing.cache;
+            outcome.cache = Some(listing.cache);
             referrers_response(name, subject, listing, &query)
         }
         (V2Request::Upload { name, id }, _) => {
@@ -257,7 +273,7 @@ async fn registry(
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
-            outcome.cache = "push";
+            outcome.pushed = true;
             uploads::upload(app, &route, name, id.as_deref(), request, body).await
         }
         (V2Request::Manifest { name, reference }, Method::PUT) => {
@@ -266,7 +282,7 @@ async fn registry(
             if !route.upstream.local {
                 return Err(push::refuse(app, &route, name));
             }
-            outcome.cache = "push";
+            outcome.pushed = true;
             push::put_manifest(app, &route, name, reference, request, body).await
         }
         (V2Request::Manifest { name, reference }, Method::DELETE) => {
@@ -496,8 +512,8 @@ async fn blob(
         }
         let size = committed.size();
         app.mark_used(digest);
-        outcome.cache = "hit";
-        app.metrics.request("blob", "hit");
+        outcome.cache = Some(CacheOutcome::Hit);
+        app.metrics.request("blob", CacheOutcome::Hit);
         let (status, span) = match resolve_range(range, Some(size))? {
             Some(span) => (StatusCode::PARTIAL_CONTENT, span),
             None => (
@@ -548,7 +564,7 @@ async fn blob(
             Hit::Stored(Committed::Object { key, redirect, .. }) if redirect => {
                 // distribution's default on object storage: the client fetches from the bucket.
                 let url = app.store.presigned(&key).await.map_err(internal)?;
-                outcome.cache = "redirect";
+                outcome.cache = Some(CacheOutcome::Redirect);
                 return Ok(redirect_response(&url));
             }
             Hit::Stored(Committed::Object { key, .. })
@@ -589,8 +605,13 @@ async fn blob(
         app.require_access(route, digest, ErrorCode::BlobUnknown)
             .await?;
     }
-    outcome.cache = if started { "miss" } else { "joined" };
-    app.metrics.request("blob", outcome.cache);
+    let cache = if started {
+        CacheOutcome::Miss
+    } else {
+        CacheOutcome::Joined
+    };
+    outcome.cache = Some(cache);
+    app.metrics.request("blob", cache);
     if head {
         // A HEAD on a miss fills the blob rather than asking the upstream with a HEAD: a cache
         // upstream may not know a blob it lacks until a GET (distribution#4747), or fetch it

@@ -1,7 +1,7 @@
 //! Prometheus metrics, kept and written by the `prometheus-client` crate (the OpenMetrics
 //! project's Rust client: correct label escaping and histograms).
 //!
-//! - `regmirror_cache_requests_total{kind,result}` (hit, miss, joined, fresh, stale, reserve, error);
+//! - `regmirror_cache_requests_total{kind,result}` (result: a [`CacheOutcome`]'s word);
 //! - `regmirror_http_request_seconds{kind}`: a histogram of every request's duration;
 //! - `regmirror_bytes_served_total{source}` (cache, fill);
 //! - `regmirror_upstream_requests_total{upstream,status}` and
@@ -28,13 +28,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::registry::CacheOutcome;
+
 /// The exposition's content type.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     kind: &'static str,
-    result: &'static str,
+    result: CacheOutcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -219,8 +221,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// `kind`: manifest, blob, tag. `result`: hit, miss, joined, fresh, stale, reserve, local.
-    pub fn request(&self, kind: &'static str, result: &'static str) {
+    /// `kind`: manifest, blob, tag.
+    pub fn request(&self, kind: &'static str, result: CacheOutcome) {
         self.requests
             .get_or_create(&RequestLabels { kind, result })
             .inc();
@@ -316,8 +318,8 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        m.request("blob", "hit");
-        m.request("blob", "hit");
+        m.request("blob", CacheOutcome::Hit);
+        m.request("blob", CacheOutcome::Hit);
         m.bytes(Source::Fill, 10);
         m.upstream("docker.io", 200, Duration::from_millis(500));
         m.upstream("we\"ird\nname", 0, Duration::from_millis(1));
@@ -362,7 +364,7 @@ mod tests {
             serde_json::from_str(include_str!("../../contrib/grafana/regmirror.json")).unwrap();
         // Families appear once they have a sample: give each one.
         let metrics = Metrics::default();
-        metrics.request("blob", "hit");
+        metrics.request("blob", CacheOutcome::Hit);
         metrics.answered("blob", Duration::from_millis(1));
         metrics.bytes(Source::Cache, 1);
         metrics.upstream("docker.io", 200, Duration::from_millis(1));

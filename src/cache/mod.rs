@@ -46,7 +46,9 @@ use reqwest::{Method, StatusCode};
 
 use crate::config::cache::Limits;
 use crate::reference::{Digest, Hasher};
-use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal};
+use crate::registry::{
+    CONTENT_DIGEST_HEADER, CacheOutcome, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal,
+};
 use crate::upstream::{
     BodyError, Budget, Target, UpstreamClient, UpstreamError, UpstreamRequest, read_limited,
 };
@@ -113,9 +115,8 @@ pub struct TagAnswer {
     pub manifest: Arc<CachedManifest>,
     /// For the `Warning` header when the cached tag is served because the upstream failed.
     pub warning: Option<String>,
-    /// hit, miss, fresh (within the revalidation window), stale (the upstream failed) or
-    /// reserve (the upstream's pull budget is under its reserve).
-    pub cache: &'static str,
+    /// Hit, miss, fresh, stale, reserve or local.
+    pub cache: CacheOutcome,
 }
 
 /// A blob the cache holds, ready to be read.
@@ -401,11 +402,11 @@ impl App {
                 self.confirm_access(route, digest, ErrorCode::ManifestUnknown)
                     .await?;
             }
-            self.metrics.request("manifest", "hit");
+            self.metrics.request("manifest", CacheOutcome::Hit);
             return Ok(TagAnswer {
                 manifest,
                 warning: None,
-                cache: "hit",
+                cache: CacheOutcome::Hit,
             });
         }
         if route.upstream.local {
@@ -414,14 +415,14 @@ impl App {
                 format!("{digest} is not in {}", route.repository),
             ));
         }
-        self.metrics.request("manifest", "miss");
+        self.metrics.request("manifest", CacheOutcome::Miss);
         let manifest = self
             .fetch_manifest(route, digest.as_str(), Some(digest), None)
             .await?;
         Ok(TagAnswer {
             manifest,
             warning: None,
-            cache: "miss",
+            cache: CacheOutcome::Miss,
         })
     }
 
@@ -443,7 +444,7 @@ impl App {
             return Ok(TagAnswer {
                 manifest,
                 warning: None,
-                cache: "local",
+                cache: CacheOutcome::Local,
             });
         }
         let key = format!(
@@ -453,17 +454,17 @@ impl App {
         let window = route.upstream.tag_revalidate;
         if self.fresh(&key, window) {
             if let Some(manifest) = self.cached_tag(route, tag).await? {
-                self.metrics.request("tag", "fresh");
+                self.metrics.request("tag", CacheOutcome::Fresh);
                 return Ok(TagAnswer {
                     manifest,
                     warning: None,
-                    cache: "fresh",
+                    cache: CacheOutcome::Fresh,
                 });
             }
         }
         if let Some(budget) = self.budget_in_reserve(route) {
             if let Some(manifest) = self.cached_tag(route, tag).await? {
-                self.metrics.request("tag", "reserve");
+                self.metrics.request("tag", CacheOutcome::Reserve);
                 return Ok(TagAnswer {
                     manifest,
                     warning: Some(format!(
@@ -471,7 +472,7 @@ impl App {
                          the cached tag without asking",
                         route.upstream.name, budget.remaining, budget.limit
                     )),
-                    cache: "reserve",
+                    cache: CacheOutcome::Reserve,
                 });
             }
         }
@@ -569,20 +570,20 @@ impl App {
                         if cached.as_ref().is_none_or(|c| c.digest != current.as_str()) {
                             self.record_tag(route, tag, &manifest).await?;
                         }
-                        self.metrics.request("tag", "hit");
+                        self.metrics.request("tag", CacheOutcome::Hit);
                         return Ok(TagAnswer {
                             manifest,
                             warning: None,
-                            cache: "hit",
+                            cache: CacheOutcome::Hit,
                         });
                     }
                 }
-                self.metrics.request("tag", "miss");
+                self.metrics.request("tag", CacheOutcome::Miss);
                 let manifest = self.fetch_manifest(route, tag, None, Some(tag)).await?;
                 return Ok(TagAnswer {
                     manifest,
                     warning: None,
-                    cache: "miss",
+                    cache: CacheOutcome::Miss,
                 });
             }
             Ok(response)
@@ -613,7 +614,7 @@ impl App {
         };
         match self.cached_tag(route, tag).await? {
             Some(manifest) => {
-                self.metrics.request("tag", "stale");
+                self.metrics.request("tag", CacheOutcome::Stale);
                 let warning = format!(
                     "upstream failed ({}); serving the cached tag",
                     failure.message
@@ -621,7 +622,7 @@ impl App {
                 Ok(TagAnswer {
                     manifest,
                     warning: Some(warning),
-                    cache: "stale",
+                    cache: CacheOutcome::Stale,
                 })
             }
             None => Err(failure),

@@ -29,7 +29,7 @@ use super::meta::{Changed, ListBounds, ListChange, ListKey, ReferrerList};
 use super::routing::Route;
 use super::{App, manifest, unreachable, unreachable_text, upstream_status};
 use crate::reference::Digest;
-use crate::registry::{ErrorCode, OCI_INDEX, RegistryError, internal};
+use crate::registry::{CacheOutcome, ErrorCode, OCI_INDEX, RegistryError, internal};
 use crate::upstream::{UpstreamRequest, read_limited};
 
 /// The most JSON one page of an answer carries; a larger answer is paginated.
@@ -45,8 +45,8 @@ pub struct Listing {
     pub warning: Option<String>,
     /// Set when the upstream listed more than the limits keep.
     pub cut: Option<String>,
-    /// local, fresh (within the revalidation window), hit, or stale.
-    pub cache: &'static str,
+    /// Local, fresh, hit or stale.
+    pub cache: CacheOutcome,
 }
 
 /// What an upstream answered, within the bounds.
@@ -70,7 +70,7 @@ pub async fn list(
             descriptors: recorded.descriptors,
             warning: None,
             cut: recorded.cut,
-            cache: "local",
+            cache: CacheOutcome::Local,
         });
     }
     let window_key = format!(
@@ -85,7 +85,7 @@ pub async fn list(
             descriptors: recorded.descriptors,
             warning: None,
             cut: recorded.cut,
-            cache: "fresh",
+            cache: CacheOutcome::Fresh,
         });
     }
     let bounds = bounds(app);
@@ -115,9 +115,9 @@ pub async fn list(
             Ok(Listing {
                 descriptors: answer.descriptors,
                 cache: if answer.stale.is_some() {
-                    "stale"
+                    CacheOutcome::Stale
                 } else {
-                    "hit"
+                    CacheOutcome::Hit
                 },
                 warning: answer.stale,
                 cut: answer.cut,
@@ -139,7 +139,7 @@ pub async fn list(
                     failure.message
                 )),
                 cut: recorded.cut,
-                cache: "stale",
+                cache: CacheOutcome::Stale,
             })
         }
     }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Value, json};
 
 use crate::page::{self, RecentLines, bytes, duration, escape};
+use crate::registry::CacheOutcome;
 use crate::upstream::Health;
 
 /// Images whose pulls are counted at most.
@@ -61,8 +62,8 @@ pub struct Answered<'a> {
     pub repository: &'a str,
     /// The tag, for manifest requests by tag.
     pub tag: Option<&'a str>,
-    /// hit, fresh, reserve, local, miss, joined, stale, error, ...
-    pub cache: &'a str,
+    /// How the cache served it; none for an error or a push.
+    pub cache: Option<CacheOutcome>,
     pub status: u16,
     /// The OCI error code and message, for an error answer.
     pub error: Option<(&'a str, &'a str)>,
@@ -215,7 +216,7 @@ impl Status {
     pub fn answered(&self, a: &Answered<'_>) {
         let counters = a.counters;
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        if matches!(a.cache, "hit" | "fresh" | "reserve" | "local") {
+        if a.cache.is_some_and(CacheOutcome::is_hit) {
             counters.hits.fetch_add(1, Ordering::Relaxed);
         }
         if let Some((code, message)) = a.error {
@@ -228,7 +229,7 @@ impl Status {
                 self.client_errors.push(text);
             }
         }
-        if a.cache == "stale" {
+        if a.cache == Some(CacheOutcome::Stale) {
             self.stale_total.fetch_add(1, Ordering::Relaxed);
             let tag = a.tag.unwrap_or("?");
             self.stale
@@ -597,7 +598,7 @@ mod tests {
 
     fn answered<'a>(
         counters: &'a UpstreamCounters,
-        cache: &'a str,
+        cache: Option<CacheOutcome>,
         tag: Option<&'a str>,
         error: Option<(&'a str, &'a str)>,
     ) -> Answered<'a> {
@@ -619,12 +620,12 @@ mod tests {
         let status = Status::default();
         let hub = status.counters("docker.io");
         status.set_listen("127.0.0.1:5000".into());
-        status.answered(&answered(&hub, "hit", Some("v1"), None));
-        status.answered(&answered(&hub, "miss", Some("v1"), None));
-        status.answered(&answered(&hub, "stale", Some("v1"), None));
+        status.answered(&answered(&hub, Some(CacheOutcome::Hit), Some("v1"), None));
+        status.answered(&answered(&hub, Some(CacheOutcome::Miss), Some("v1"), None));
+        status.answered(&answered(&hub, Some(CacheOutcome::Stale), Some("v1"), None));
         status.answered(&answered(
             &hub,
-            "error",
+            None,
             None,
             Some(("UNAVAILABLE", "upstream down")),
         ));
@@ -684,9 +685,9 @@ mod tests {
             let repository = format!("r{i}");
             status.answered(&Answered {
                 repository: &repository,
-                ..answered(&hub, "miss", Some("v1"), None)
+                ..answered(&hub, Some(CacheOutcome::Miss), Some("v1"), None)
             });
-            status.answered(&answered(&hub, "error", None, Some(("X", "y"))));
+            status.answered(&answered(&hub, None, None, Some(("X", "y"))));
         }
         assert_eq!(lock(&status.images).len(), MAX_IMAGES);
         assert_eq!(status.failures.json().len(), crate::page::RECENT);
@@ -698,12 +699,7 @@ mod tests {
         let hub = status.counters("docker.io");
         status.answered(&Answered {
             status: 404,
-            ..answered(
-                &hub,
-                "error",
-                None,
-                Some(("MANIFEST_UNKNOWN", "no such tag")),
-            )
+            ..answered(&hub, None, None, Some(("MANIFEST_UNKNOWN", "no such tag")))
         });
         let data = status.snapshot(&[], &[], None);
         assert_eq!(data["upstreams"][0]["last_failure"], Value::Null);
@@ -714,12 +710,7 @@ mod tests {
                 .unwrap()
                 .contains("404 MANIFEST_UNKNOWN")
         );
-        status.answered(&answered(
-            &hub,
-            "error",
-            None,
-            Some(("UNAVAILABLE", "down")),
-        ));
+        status.answered(&answered(&hub, None, None, Some(("UNAVAILABLE", "down"))));
         let data = status.snapshot(&[], &[], None);
         assert!(
             data["upstreams"][0]["last_failure"]["error"]
@@ -730,11 +721,23 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_served_by_redirect_is_a_hit() {
+        let status = Status::default();
+        let hub = status.counters("docker.io");
+        status.answered(&answered(&hub, Some(CacheOutcome::Redirect), None, None));
+        let data = status.snapshot(&[], &[], None);
+        assert_eq!(
+            data["upstreams"][0]["hits"], 1,
+            "a replica redirecting to its bucket"
+        );
+    }
+
+    #[test]
     fn stale_tags_are_one_line_per_tag_with_a_count() {
         let status = Status::default();
         let hub = status.counters("docker.io");
         for tag in ["v1", "v1", "v2", "v1"] {
-            status.answered(&answered(&hub, "stale", Some(tag), None));
+            status.answered(&answered(&hub, Some(CacheOutcome::Stale), Some(tag), None));
         }
         let data = status.snapshot(&[], &[], None);
         assert_eq!(data["stale_tags_served"], 4);
