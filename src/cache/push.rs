@@ -11,7 +11,6 @@ use axum::response::Response;
 use super::App;
 use super::manifest::{self, CachedManifest};
 use super::meta::NewManifest;
-use super::referrers;
 use super::routing::Route;
 use super::uploads::created;
 use crate::reference::{Digest, Hasher, is_valid_tag};
@@ -26,19 +25,19 @@ const TAG_HEADER: &str = "oci-tag";
 const SUBJECT_HEADER: &str = "oci-subject";
 
 /// DENIED for a push to a repository that is proxied.
-pub fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
+pub(crate) fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
     RegistryError::new(
         ErrorCode::Denied,
         format!(
             "{name} is proxied from {}: pushes are accepted only for local repositories ({})",
             route.upstream.name,
-            app.router.local.describe()
+            app.upstreams.router().local.describe()
         ),
     )
 }
 
 /// PUT of a manifest by tag or digest.
-pub async fn put_manifest(
+pub(crate) async fn put_manifest(
     app: &App,
     route: &Route,
     name: &str,
@@ -46,7 +45,7 @@ pub async fn put_manifest(
     parts: &Parts,
     body: Body,
 ) -> Result<Response, RegistryError> {
-    let limit = usize::try_from(app.limits.max_manifest_size).unwrap_or(usize::MAX);
+    let limit = usize::try_from(app.options.limits.max_manifest_size).unwrap_or(usize::MAX);
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         RegistryError::new(
             ErrorCode::ManifestInvalid,
@@ -97,10 +96,10 @@ pub async fn put_manifest(
         bytes,
     };
     // Its subject's list first: a full one refuses the push before anything is stored.
-    let subject = referrers::record_push(app, route, &pushed).await?;
+    let subject = app.referrers.record_push(route, &pushed).await?;
     if let Err(error) = store_pushed(app, route, &pushed, &tags, &references).await {
         if let Some(subject) = &subject {
-            referrers::forget(app, route, subject, &pushed.digest).await?;
+            app.referrers.forget(route, subject, &pushed.digest).await?;
         }
         return Err(error);
     }
@@ -192,13 +191,13 @@ fn tags_of(reference: &ManifestRef, parts: &Parts) -> Result<Vec<String>, Regist
 }
 
 /// DELETE of a manifest (by digest: its tags go too), of a tag alone, or of a blob link.
-pub async fn delete(
+pub(crate) async fn delete(
     app: &App,
     route: &Route,
     reference: &ManifestRef,
     blob: bool,
 ) -> Result<Response, RegistryError> {
-    if !app.delete_enabled {
+    if !app.options.delete_enabled {
         return Err(RegistryError::new(
             ErrorCode::Unsupported,
             "deletes are disabled (storage.delete.enabled)",
@@ -250,7 +249,7 @@ pub async fn delete(
         ));
     }
     if !blob {
-        referrers::forget_delete(app, route, digest).await?;
+        app.referrers.forget_delete(route, digest).await?;
     }
     app.meta
         .unlink(upstream, &route.repository, digest)

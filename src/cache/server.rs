@@ -24,13 +24,12 @@ use super::buffers::Buffers;
 use super::fill::{FillLimits, Fills};
 use super::fleet::{Fleet, Follower};
 use super::lease::Leases;
-use super::memo::Memo;
 use super::meta::BucketMetadata;
 use super::meta::Metadata;
 use super::metrics::Metrics;
 use super::routing::Router;
 use super::store::BlobStore;
-use super::{App, http};
+use super::{App, Handles, Options, http};
 use crate::config::MirrorConfig;
 use crate::config::cache::{CacheConfig, StorageBackend};
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
@@ -100,24 +99,17 @@ impl Server {
     /// Validates the options, opens storage and binds the listen address.
     pub async fn bind(options: ServeOptions) -> Result<Self, StartError> {
         let config = &options.config;
-        let fail =
-            |what: &str, e: &dyn std::fmt::Display| StartError::invalid(format!("{what}: {e}"));
         let tls = match &config.tls {
             Some((certificate, key)) => Some(
                 tls_acceptor(certificate, key, &config.client_cas)
-                    .map_err(|e| fail("http.tls", &e))?,
+                    .map_err(|e| invalid("http.tls", &e))?,
             ),
             None => None,
         };
-        let Storage {
-            store,
-            meta,
-            bucket,
-            replica,
-        } = open_storage(config, options.timeouts.connect).await?;
+        let storage = open_storage(config, options.timeouts.connect).await?;
         let resolver = match options.mirrors {
             Some(mirrors) => Some(Arc::new(
-                Resolver::new(mirrors).map_err(|e| fail("--mirrors", &e))?,
+                Resolver::new(mirrors).map_err(|e| invalid("--mirrors", &e))?,
             )),
             None => None,
         };
@@ -128,97 +120,23 @@ impl Server {
             options.timeouts,
             &options.host_roots,
         )
-        .map_err(|e| fail("client", &e))?;
-        let htpasswd = match &config.htpasswd {
-            Some((realm, path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| fail(&format!("auth.htpasswd.path {}", path.display()), &e))?;
-                Some(
-                    Htpasswd::parse(realm, &path.display().to_string(), &text)
-                        .map_err(|e| fail("auth.htpasswd", &e))?,
-                )
-            }
-            None => None,
-        };
-        let mut extra_headers = Vec::new();
-        for (name, value) in &config.headers {
-            let name = HeaderName::try_from(name.as_str()).map_err(|e| fail("http.headers", &e))?;
-            let value =
-                HeaderValue::try_from(value.as_str()).map_err(|e| fail("http.headers", &e))?;
-            extra_headers.push((name, value));
-        }
+        .map_err(|e| invalid("client", &e))?;
+        let settings = settings(config)?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
-            .map_err(|e| fail(&format!("listen on {}", config.listen), &e))?;
-        let local = listener.local_addr().map_err(|e| fail("listen", &e))?;
-        let metrics = Arc::new(Metrics::default());
-        let fleet = match &bucket {
-            None => None,
-            Some(bucket) => Some(fleet_for(
-                config,
-                bucket,
-                &replica,
-                local,
-                options.timeouts.connect,
-                &metrics,
-            )?),
-        };
-        let limits = config.limits.clone();
-        let store = Arc::new(store);
-        let meta = Arc::new(meta);
-        let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
-        let status = super::status::Status::default();
-        let fills = Fills::new(
-            store.clone(),
-            meta.clone(),
-            buffers.clone(),
-            status.stored().clone(),
-            FillLimits {
-                max_blob_size: limits.max_blob_size,
-                min_rate: limits.fill_min_rate,
-                grace: options.timeouts.read,
-                max_fills: limits.max_fills,
-                max_fills_per_upstream: limits.max_fills_per_upstream,
-            },
-        );
-        let app = Arc::new(App {
-            router: Router::new(config, resolver),
-            client: Arc::new(client),
-            store,
-            meta,
-            fills: Arc::new(fills),
-            metrics,
-            memo: Memo::new(usize::try_from(limits.manifest_memo).unwrap_or(usize::MAX)),
-            blob_memo: Memo::new(usize::try_from(limits.blob_memo).unwrap_or(usize::MAX)),
-            extra_headers,
-            serve_stale_on_404: config.serve_stale_on_404,
-            htpasswd,
-            uploads: Default::default(),
-            delete_enabled: config.delete_enabled,
-            used: Default::default(),
-            tag_flights: Default::default(),
-            tag_validated: Default::default(),
-            buffers,
-            limits,
-            fleet,
-            secret: config.secret.clone(),
-            status,
-            max_size: config.max_size,
-        });
+            .map_err(|e| invalid(&format!("listen on {}", config.listen), &e))?;
+        let local = listener.local_addr().map_err(|e| invalid("listen", &e))?;
+        let handles = handles(
+            config,
+            options.timeouts,
+            storage,
+            Router::new(config, resolver),
+            client,
+            local,
+        )?;
+        let app = Arc::new(App::new(handles, settings));
         app.status.set_listen(local.to_string());
-        let open_files = raise_open_file_limit();
-        let supported = connections_for(open_files);
-        let max_connections = config.limits.max_connections.unwrap_or(supported);
-        if max_connections > supported {
-            tracing::warn!(
-                max_connections,
-                open_files,
-                "limits.max_connections is more than the open-file limit supports; accepting \
-                 will back off when descriptors run out"
-            );
-        }
-        let listener = Listener::new(listener, max_connections);
-        if !local.ip().is_loopback() && app.htpasswd.is_none() {
+        if !local.ip().is_loopback() && app.options.htpasswd.is_none() {
             tracing::warn!(
                 addr = %local,
                 "listening beyond loopback WITHOUT authentication: anyone who can reach this port can \
@@ -226,7 +144,7 @@ impl Server {
             );
         }
         Ok(Server {
-            listener,
+            listener: accepting(config, listener),
             app,
             grace: options.grace,
             tls,
@@ -262,7 +180,7 @@ impl Server {
         }
         let deadline = tokio::time::Instant::now() + grace;
         // Handlers hold the app; fills (which run on after their clients) hold their map.
-        while (Arc::strong_count(&app) > 1 || Arc::strong_count(&app.fills) > 1)
+        while (Arc::strong_count(&app) > 1 || Arc::strong_count(app.blobs.fills()) > 1)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -286,7 +204,7 @@ impl Server {
             tls,
             ..
         } = self;
-        let limits = app.limits.clone();
+        let limits = app.options.limits.clone();
         // Every request goes to `http::handle`, which parses the path itself: no router.
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();
@@ -357,6 +275,118 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A start-up failure of the configuration's: `what` failed for `e`.
+fn invalid(what: &str, e: &dyn std::fmt::Display) -> StartError {
+    StartError::invalid(format!("{what}: {e}"))
+}
+
+/// What the configuration says beyond the storage and the upstreams: the password file read
+/// and parsed, the extra headers checked.
+fn settings(config: &CacheConfig) -> Result<Options, StartError> {
+    let htpasswd = match &config.htpasswd {
+        Some((realm, path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&format!("auth.htpasswd.path {}", path.display()), &e))?;
+            Some(
+                Htpasswd::parse(realm, &path.display().to_string(), &text)
+                    .map_err(|e| invalid("auth.htpasswd", &e))?,
+            )
+        }
+        None => None,
+    };
+    let mut extra_headers = Vec::new();
+    for (name, value) in &config.headers {
+        let name = HeaderName::try_from(name.as_str()).map_err(|e| invalid("http.headers", &e))?;
+        let value =
+            HeaderValue::try_from(value.as_str()).map_err(|e| invalid("http.headers", &e))?;
+        extra_headers.push((name, value));
+    }
+    Ok(Options {
+        extra_headers,
+        htpasswd,
+        delete_enabled: config.delete_enabled,
+        secret: config.secret.clone(),
+        serve_stale_on_404: config.serve_stale_on_404,
+        limits: config.limits.clone(),
+        max_size: config.max_size,
+    })
+}
+
+/// The handles the services share, on `storage`; on a bucket, this replica's place in the fleet
+/// (reached at `local` unless `http.host` says otherwise).
+fn handles(
+    config: &CacheConfig,
+    timeouts: Timeouts,
+    storage: Storage,
+    router: Router,
+    client: UpstreamClient,
+    local: SocketAddr,
+) -> Result<Handles, StartError> {
+    let Storage {
+        store,
+        meta,
+        bucket,
+        replica,
+    } = storage;
+    let metrics = Arc::new(Metrics::default());
+    let fleet = match &bucket {
+        None => None,
+        Some(bucket) => Some(fleet_for(
+            config,
+            bucket,
+            &replica,
+            local,
+            timeouts.connect,
+            &metrics,
+        )?),
+    };
+    let limits = &config.limits;
+    let (store, meta) = (Arc::new(store), Arc::new(meta));
+    let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
+    let status = super::status::Status::default();
+    let fills = Fills::new(
+        store.clone(),
+        meta.clone(),
+        buffers.clone(),
+        status.stored().clone(),
+        FillLimits {
+            max_blob_size: limits.max_blob_size,
+            min_rate: limits.fill_min_rate,
+            grace: timeouts.read,
+            max_fills: limits.max_fills,
+            max_fills_per_upstream: limits.max_fills_per_upstream,
+        },
+    );
+    Ok(Handles {
+        router,
+        client,
+        store,
+        meta,
+        fills,
+        buffers,
+        metrics,
+        fleet,
+        status,
+    })
+}
+
+/// Accepting on `listener` under `limits.max_connections` (by default what the open-file limit,
+/// raised first, supports).
+fn accepting(config: &CacheConfig, listener: tokio::net::TcpListener) -> Listener {
+    let open_files = raise_open_file_limit();
+    let supported = connections_for(open_files);
+    let max_connections = config.limits.max_connections.unwrap_or(supported);
+    if max_connections > supported {
+        tracing::warn!(
+            max_connections,
+            open_files,
+            "limits.max_connections is more than the open-file limit supports; accepting \
+             will back off when descriptors run out"
+        );
+    }
+    Listener::new(listener, max_connections)
 }
 
 /// A connection's byte stream, plain or TLS.
@@ -522,7 +552,7 @@ fn tls_acceptor(
 /// Abandons uploads nobody touched for `limits.upload_lifetime`, checking twice per lifetime
 /// (at most once a minute).
 async fn expire_uploads(app: Arc<App>) {
-    let lifetime = app.limits.upload_lifetime;
+    let lifetime = app.options.limits.upload_lifetime;
     let every = (lifetime / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut ticks = tokio::time::interval(every);
     loop {
@@ -569,7 +599,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             &app.store,
             app.fleet.as_ref(),
             &policy,
-            app.limits.upload_lifetime,
+            app.options.limits.upload_lifetime,
             false,
             false,
         )

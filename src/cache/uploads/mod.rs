@@ -26,7 +26,7 @@ use crate::reference::{Digest, Hasher};
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, RegistryError, internal};
 
 /// The upload API: POST (start, monolithic, or mount), PATCH, PUT, GET and DELETE.
-pub async fn upload(
+pub(crate) async fn upload(
     app: &App,
     route: &Route,
     name: &str,
@@ -215,13 +215,13 @@ pub fn query(parts: &Parts, key: &str) -> Option<String> {
 
 /// Appends a request body to an upload file of `size` bytes; returns the new size. Past
 /// `limits.max_blob_size`, or after `limits.idle_timeout` without data, it fails.
-pub async fn append(
+pub(crate) async fn append(
     app: &App,
     path: &std::path::Path,
     mut size: u64,
     body: Body,
 ) -> Result<u64, RegistryError> {
-    let limits = &app.limits;
+    let limits = &app.options.limits;
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -261,7 +261,7 @@ pub async fn append(
 }
 
 /// Verifies a complete upload in the spool file `path` against `digest` and commits it.
-pub async fn finish_file(
+pub(crate) async fn finish_file(
     app: &App,
     route: &Route,
     name: &str,
