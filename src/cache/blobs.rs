@@ -16,12 +16,13 @@ use reqwest::{Method, StatusCode};
 
 use super::access::ContentAccess;
 use super::buffers::Buffers;
-use super::fill::{self, Fetched, Fill, Fills, UpstreamBody};
+use super::fill::{Fetched, Fill, Fills, UpstreamBody};
 use super::fleet::Fleet;
 use super::memo::Memo;
 use super::metrics::Metrics;
 use super::range::{self, ByteRange};
 use super::routing::Route;
+use super::store::read::{READ_NOW_UP_TO, file_reader, read_now};
 use super::store::{BlobStore, Committed};
 use super::upstreams::{Upstreams, content_length, unreachable, upstream_status};
 use super::uses::LastUses;
@@ -183,7 +184,7 @@ impl Blobs {
         let body = match held {
             Held::Remembered(bytes) => BlobBody::Whole(bytes.slice(start..end)),
             Held::Stored(Committed::File { file, .. }) => {
-                match fill::read_now(&file, span.start, span.end, &self.buffers) {
+                match read_now(&file, span.start, span.end, &self.buffers) {
                     Some(read) => {
                         let bytes = read.map_err(internal)?;
                         if span.start == 0 && span.end == size {
@@ -192,7 +193,7 @@ impl Blobs {
                         BlobBody::Whole(bytes)
                     }
                     None => BlobBody::File(
-                        fill::file_reader(file, span.start, span.end, self.buffers.clone()).boxed(),
+                        file_reader(file, span.start, span.end, self.buffers.clone()).boxed(),
                     ),
                 }
             }
@@ -202,7 +203,7 @@ impl Blobs {
                 return Ok(answer(CacheOutcome::Redirect, BlobBody::Redirect(url)));
             }
             Held::Stored(Committed::Object { key, .. })
-                if size <= fill::READ_NOW_UP_TO && self.memo.keeps(size as usize) =>
+                if size <= READ_NOW_UP_TO && self.memo.keeps(size as usize) =>
             {
                 // A small object is read whole and remembered: its next hits ask the bucket
                 // nothing (not even the HEAD that `open` costs).
@@ -328,12 +329,14 @@ impl Blobs {
                 .boxed()
             }
         };
-        self.fills.join_or_start(
-            (&route.upstream.name, route.upstream.label()),
-            &route.repository,
-            digest,
-            fetch,
-        )
+        self.fills
+            .join_or_start(
+                (&route.upstream.name, route.upstream.label()),
+                &route.repository,
+                digest,
+                fetch,
+            )
+            .map_err(|e| e.registry_error())
     }
 }
 
@@ -361,7 +364,7 @@ fn download(
         let size = content_length(&response);
         let body: UpstreamBody = response
             .bytes_stream()
-            .map(|r| r.map_err(|e| e.to_string()))
+            .map(|r| r.map_err(io::Error::other))
             .boxed();
         Ok((size, body))
     }

@@ -158,7 +158,7 @@ impl Fleet {
     /// The bytes of `digest` from `upstream` for `repository`: downloaded with `download` when
     /// this replica gets the lease, else from the replica that has it (after `confirm` checks
     /// that `repository` may read the blob, when the holder fetches for another repository).
-    pub async fn fetch<D, C>(
+    pub(crate) async fn fetch<D, C>(
         &self,
         upstream: &str,
         repository: &str,
@@ -203,7 +203,6 @@ impl Fleet {
                     .stream(&blob, 0, size)
                     .await
                     .map_err(|e| unavailable(&self.bucket, e))?
-                    .map(|r| r.map_err(|e| e.to_string()))
                     .boxed();
                 return Ok(Fetched {
                     size: Some(size),
@@ -337,7 +336,7 @@ pub struct Follower {
 }
 
 /// A holder's answer.
-pub enum FromHolder {
+pub(crate) enum FromHolder {
     /// Its fill, as it streams (size when known).
     Streaming(Option<u64>, UpstreamBody),
     /// It has no fill in flight (done, failed, or never started).
@@ -362,7 +361,7 @@ impl Follower {
     }
 
     /// Streams the holder's fill of `digest` from `upstream`.
-    pub async fn follow(
+    pub(crate) async fn follow(
         &self,
         lease: &Lease,
         upstream: &str,
@@ -386,7 +385,7 @@ impl Follower {
                 let size = response.content_length();
                 let body: UpstreamBody = response
                     .bytes_stream()
-                    .map(|r| r.map_err(|e| e.to_string()))
+                    .map(|r| r.map_err(std::io::Error::other))
                     .boxed();
                 Ok(FromHolder::Streaming(size, body))
             }

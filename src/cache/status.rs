@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
 
+use super::fill::FillProgress;
 use crate::page::{self, RecentLines, bytes, duration, escape};
 use crate::registry::CacheOutcome;
 use crate::upstream::Health;
@@ -254,10 +255,10 @@ impl Status {
 
     /// The data of the page. `upstreams` are the upstreams to list; `fills` the downloads in
     /// flight; `max_size` is `storage.maxsize`.
-    pub fn snapshot(
+    pub(crate) fn snapshot(
         &self,
         upstreams: &[UpstreamView],
-        fills: &[FillView],
+        fills: &[FillProgress],
         max_size: Option<u64>,
     ) -> Value {
         let now = SystemTime::now();
@@ -319,7 +320,7 @@ impl Status {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "listen": *lock(&self.listen),
             "upstreams": listed,
-            "fills": fills.iter().map(FillView::json).collect::<Vec<_>>(),
+            "fills": fills.iter().map(fill_json).collect::<Vec<_>>(),
             "storage": {
                 "stored_bytes": stored.map(|s| s.0),
                 "measured_seconds_ago": stored.map(|s| ago(s.1)),
@@ -363,32 +364,18 @@ pub struct EndpointView {
     pub health: Health,
 }
 
-/// A download in flight, as the page shows it.
-#[derive(Debug, Clone)]
-pub struct FillView {
-    pub upstream: String,
-    pub repository: String,
-    pub digest: String,
-    pub written: u64,
-    pub size: Option<u64>,
-    pub elapsed: Duration,
-    /// Requests that joined it after the one that started it.
-    pub followers: u64,
-}
-
-impl FillView {
-    fn json(&self) -> Value {
-        let rate = self.written as f64 / self.elapsed.as_secs_f64().max(0.001);
-        json!({
-            "upstream": self.upstream,
-            "repository": self.repository,
-            "digest": self.digest,
-            "written": self.written,
-            "size": self.size,
-            "bytes_per_second": rate.round() as u64,
-            "followers": self.followers,
-        })
-    }
+/// A download in flight as the page shows it, with its rate.
+fn fill_json(fill: &FillProgress) -> Value {
+    let rate = fill.written as f64 / fill.elapsed.as_secs_f64().max(0.001);
+    json!({
+        "upstream": fill.upstream,
+        "repository": fill.repository,
+        "digest": fill.digest,
+        "written": fill.written,
+        "size": fill.size,
+        "bytes_per_second": rate.round() as u64,
+        "followers": fill.followers,
+    })
 }
 
 /// The page: `data` (a [`Status::snapshot`]) as HTML, every value escaped.
@@ -594,6 +581,8 @@ fn storage_html(page: &mut String, storage: &Value) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn answered<'a>(
@@ -630,7 +619,7 @@ mod tests {
             Some(("UNAVAILABLE", "upstream down")),
         ));
         hub.bytes(true, 2048);
-        let fills = [FillView {
+        let fills = [FillProgress {
             upstream: "docker.io".into(),
             repository: "library/big".into(),
             digest: "sha256:ab".into(),

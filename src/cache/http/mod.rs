@@ -401,7 +401,7 @@ fn unsupported(method: &Method) -> RegistryError {
 fn status_page(app: &App, json: bool) -> Response {
     let data = app.status.snapshot(
         &app.upstreams.views(),
-        &app.blobs.fills().snapshot(20),
+        &app.blobs.fills().progress(20),
         app.options.max_size,
     );
     if json {

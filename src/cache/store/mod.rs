@@ -6,6 +6,8 @@
 //! partial or unverified blob.
 
 pub mod files;
+pub(crate) mod read;
+pub(crate) mod space;
 pub mod spool;
 
 use std::fs::File;
