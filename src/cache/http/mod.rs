@@ -405,7 +405,9 @@ fn status_page(app: &App, json: bool) -> Response {
         app.options.max_size,
     );
     if json {
-        response::json(StatusCode::OK, data.to_string(), false)
+        // Plain data (strings, integers, a finite ratio): it always serialises.
+        let body = serde_json::to_string(&data).unwrap_or_default();
+        response::json(StatusCode::OK, body, false)
     } else {
         response::text(
             StatusCode::OK,

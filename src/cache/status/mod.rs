@@ -13,18 +13,21 @@
 //! `dynamic`), the last errors ([`RecentLines`]), the last [`page::RECENT`] stale tags (one line
 //! per tag, counted), the 1,000 most pulled images.
 
+mod html;
+
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::fill::FillProgress;
-use crate::page::{self, RecentLines, bytes, duration, escape};
+use crate::page::{self, RecentLine, RecentLines};
 use crate::registry::CacheOutcome;
 use crate::upstream::Health;
+pub(crate) use html::html;
 
 /// Images whose pulls are counted at most.
 const MAX_IMAGES: usize = 1000;
@@ -175,15 +178,16 @@ impl StaleTags {
         tags.push((tag, count + 1, SystemTime::now()));
     }
 
-    /// Newest first: `[{"tag": "…", "served": 3, "seconds_ago": 5}, …]`.
-    fn json(&self) -> Vec<Value> {
+    /// Newest first.
+    fn tags(&self) -> Vec<StaleTag> {
         let now = SystemTime::now();
         lock(&self.tags)
             .iter()
             .rev()
-            .map(|(tag, served, at)| {
-                let ago = now.duration_since(*at).unwrap_or_default().as_secs();
-                json!({"tag": tag, "served": served, "seconds_ago": ago})
+            .map(|(tag, served, at)| StaleTag {
+                seconds_ago: now.duration_since(*at).unwrap_or_default().as_secs(),
+                served: *served,
+                tag: tag.clone(),
             })
             .collect()
     }
@@ -253,89 +257,214 @@ impl Status {
         }
     }
 
-    /// The data of the page. `upstreams` are the upstreams to list; `fills` the downloads in
-    /// flight; `max_size` is `storage.maxsize`.
+    /// The data of the page. `upstreams` are the configured upstreams (the others counted are
+    /// listed after them); `fills` the downloads in flight; `max_size` is `storage.maxsize`.
     pub(crate) fn snapshot(
         &self,
         upstreams: &[UpstreamView],
         fills: &[FillProgress],
         max_size: Option<u64>,
-    ) -> Value {
+    ) -> Snapshot {
         let now = SystemTime::now();
-        let instant = Instant::now();
         let ago = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs();
         let counted = lock(&self.upstreams).clone();
-        let mut listed: Vec<Value> = Vec::new();
         let mut names: Vec<&str> = upstreams.iter().map(|u| u.label.as_str()).collect();
         for label in counted.keys() {
             if !names.contains(&label.as_str()) {
                 names.push(label);
             }
         }
-        for name in names {
-            let view = upstreams.iter().find(|u| u.label == name);
-            let url = view.map_or("", |u| u.url.as_str());
-            let endpoints: Vec<Value> = view
-                .map(|u| u.endpoints.as_slice())
-                .unwrap_or_default()
-                .iter()
-                .map(|e| {
-                    json!({
-                        "url": e.url,
-                        "role": e.role,
-                        "breaker": page::health_json(e.health, instant, now),
-                    })
-                })
-                .collect();
-            let budget = view
-                .and_then(|u| u.budget)
-                .map(|(limit, remaining)| json!({"limit": limit, "remaining": remaining}));
-            let counters = counted.get(name).cloned().unwrap_or_default();
-            let requests = counters.requests.load(Ordering::Relaxed);
-            let hits = counters.hits.load(Ordering::Relaxed);
-            let last_failure = lock(&counters.last_failure)
-                .clone()
-                .map(|(at, text)| json!({"seconds_ago": ago(at), "error": text}));
-            listed.push(json!({
-                "name": name,
-                "url": url,
-                "requests": requests,
-                "hits": hits,
-                "hit_ratio": if requests == 0 { 0.0 } else { hits as f64 / requests as f64 },
-                "bytes_from_cache": counters.bytes_cache.load(Ordering::Relaxed),
-                "bytes_from_upstream": counters.bytes_upstream.load(Ordering::Relaxed),
-                "last_failure": last_failure,
-                "endpoints": endpoints,
-                "pull_budget": budget,
-            }));
-        }
+        let listed = names
+            .into_iter()
+            .map(|name| {
+                let view = upstreams.iter().find(|u| u.label == name);
+                let counters = counted.get(name).cloned().unwrap_or_default();
+                UpstreamSnapshot::new(name, view, &counters, now)
+            })
+            .collect();
         let mut images: Vec<((String, String), u64)> = lock(&self.images)
             .iter()
             .map(|(k, n)| (k.clone(), *n))
             .collect();
         images.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let stored = self.stored.now();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-            "listen": *lock(&self.listen),
-            "upstreams": listed,
-            "fills": fills.iter().map(fill_json).collect::<Vec<_>>(),
-            "storage": {
-                "stored_bytes": stored.map(|s| s.0),
-                "measured_seconds_ago": stored.map(|s| ago(s.1)),
-                "committed_since_bytes": stored.map(|s| s.2),
-                "max_size": max_size,
+        Snapshot {
+            fills: fills.iter().map(FillSnapshot::new).collect(),
+            listen: lock(&self.listen).clone(),
+            recent_client_errors: self.client_errors.lines(),
+            recent_failures: self.failures.lines(),
+            stale_tags: self.stale.tags(),
+            stale_tags_served: self.stale_total.load(Ordering::Relaxed),
+            storage: StorageSnapshot {
+                committed_since_bytes: stored.map(|s| s.2),
+                max_size,
+                measured_seconds_ago: stored.map(|s| ago(s.1)),
+                stored_bytes: stored.map(|s| s.0),
             },
-            "top_images": images.iter().take(10).map(|((label, repository), pulls)| {
-                json!({"upstream": label, "repository": repository, "pulls": pulls})
-            }).collect::<Vec<_>>(),
-            "stale_tags_served": self.stale_total.load(Ordering::Relaxed),
-            "stale_tags": self.stale.json(),
-            "recent_failures": self.failures.json(),
-            "recent_client_errors": self.client_errors.json(),
-        })
+            top_images: images
+                .into_iter()
+                .take(10)
+                .map(|((upstream, repository), pulls)| TopImage {
+                    pulls,
+                    repository,
+                    upstream,
+                })
+                .collect(),
+            upstreams: listed,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
     }
+}
+
+/// What the status page shows: `GET /_regmirror/status` answers it as JSON, and [`html`]
+/// renders it. The fields of these types are in alphabetical order, the order the JSON's keys
+/// have always had.
+#[derive(Debug, Serialize)]
+pub(crate) struct Snapshot {
+    fills: Vec<FillSnapshot>,
+    listen: String,
+    recent_client_errors: Vec<RecentLine>,
+    recent_failures: Vec<RecentLine>,
+    stale_tags: Vec<StaleTag>,
+    stale_tags_served: u64,
+    storage: StorageSnapshot,
+    top_images: Vec<TopImage>,
+    upstreams: Vec<UpstreamSnapshot>,
+    uptime_seconds: u64,
+    version: &'static str,
+}
+
+/// An upstream: its counters, its endpoints and their breakers, its pull budget.
+#[derive(Debug, Serialize)]
+struct UpstreamSnapshot {
+    bytes_from_cache: u64,
+    bytes_from_upstream: u64,
+    endpoints: Vec<EndpointSnapshot>,
+    hit_ratio: f64,
+    hits: u64,
+    last_failure: Option<LastFailure>,
+    name: String,
+    pull_budget: Option<PullBudget>,
+    requests: u64,
+    url: String,
+}
+
+impl UpstreamSnapshot {
+    /// `name` with its counters; `view` when it is configured (else no URL nor endpoints).
+    fn new(
+        name: &str,
+        view: Option<&UpstreamView>,
+        counters: &UpstreamCounters,
+        now: SystemTime,
+    ) -> Self {
+        let instant = Instant::now();
+        let requests = counters.requests.load(Ordering::Relaxed);
+        let hits = counters.hits.load(Ordering::Relaxed);
+        UpstreamSnapshot {
+            bytes_from_cache: counters.bytes_cache.load(Ordering::Relaxed),
+            bytes_from_upstream: counters.bytes_upstream.load(Ordering::Relaxed),
+            endpoints: view
+                .map(|u| u.endpoints.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|e| EndpointSnapshot {
+                    breaker: page::health_json(e.health, instant, now),
+                    role: e.role,
+                    url: e.url.clone(),
+                })
+                .collect(),
+            hit_ratio: if requests == 0 {
+                0.0
+            } else {
+                hits as f64 / requests as f64
+            },
+            hits,
+            last_failure: lock(&counters.last_failure)
+                .clone()
+                .map(|(at, error)| LastFailure {
+                    error,
+                    seconds_ago: now.duration_since(at).unwrap_or_default().as_secs(),
+                }),
+            name: name.to_owned(),
+            pull_budget: view
+                .and_then(|u| u.budget)
+                .map(|(limit, remaining)| PullBudget { limit, remaining }),
+            requests,
+            url: view.map_or(String::new(), |u| u.url.clone()),
+        }
+    }
+}
+
+/// One endpoint of an upstream's walk: its breaker as [`page::health_json`] tells it.
+#[derive(Debug, Serialize)]
+struct EndpointSnapshot {
+    breaker: Value,
+    role: &'static str,
+    url: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LastFailure {
+    error: String,
+    seconds_ago: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct PullBudget {
+    limit: u64,
+    remaining: u64,
+}
+
+/// A download in flight, with its rate.
+#[derive(Debug, Serialize)]
+struct FillSnapshot {
+    bytes_per_second: u64,
+    digest: String,
+    followers: u64,
+    repository: String,
+    size: Option<u64>,
+    upstream: String,
+    written: u64,
+}
+
+impl FillSnapshot {
+    fn new(fill: &FillProgress) -> Self {
+        let rate = fill.written as f64 / fill.elapsed.as_secs_f64().max(0.001);
+        FillSnapshot {
+            bytes_per_second: rate.round() as u64,
+            digest: fill.digest.clone(),
+            followers: fill.followers,
+            repository: fill.repository.clone(),
+            size: fill.size,
+            upstream: fill.upstream.clone(),
+            written: fill.written,
+        }
+    }
+}
+
+/// The bytes stored, once a collection measured them.
+#[derive(Debug, Serialize)]
+struct StorageSnapshot {
+    committed_since_bytes: Option<u64>,
+    max_size: Option<u64>,
+    measured_seconds_ago: Option<u64>,
+    stored_bytes: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TopImage {
+    pulls: u64,
+    repository: String,
+    upstream: String,
+}
+
+/// A tag served stale: how many times, and when last.
+#[derive(Debug, Serialize)]
+struct StaleTag {
+    seconds_ago: u64,
+    served: u64,
+    tag: String,
 }
 
 /// An answer that says the cache or its upstream failed (429, 5xx), not the client.
@@ -364,226 +493,16 @@ pub struct EndpointView {
     pub health: Health,
 }
 
-/// A download in flight as the page shows it, with its rate.
-fn fill_json(fill: &FillProgress) -> Value {
-    let rate = fill.written as f64 / fill.elapsed.as_secs_f64().max(0.001);
-    json!({
-        "upstream": fill.upstream,
-        "repository": fill.repository,
-        "digest": fill.digest,
-        "written": fill.written,
-        "size": fill.size,
-        "bytes_per_second": rate.round() as u64,
-        "followers": fill.followers,
-    })
-}
-
-/// The page: `data` (a [`Status::snapshot`]) as HTML, every value escaped.
-pub fn html(data: &Value) -> String {
-    let mut page = String::new();
-    let _ = write!(
-        page,
-        "<h1>regmirror {}</h1><p class=\"muted\">listening on {} · up {} · refreshed every 2 s</p>",
-        text(&data["version"]),
-        text(&data["listen"]),
-        duration(n(&data["uptime_seconds"]))
-    );
-    upstreams_html(&mut page, data);
-    fills_html(&mut page, data);
-    storage_html(&mut page, &data["storage"]);
-    page.push_str(
-        "<h2>Most pulled images</h2><table id=\"images\"><tr><th>image</th><th>pulls</th></tr>",
-    );
-    for i in data["top_images"].as_array().into_iter().flatten() {
-        let _ = write!(
-            page,
-            "<tr><td>{}/{}</td><td>{}</td></tr>",
-            text(&i["upstream"]),
-            text(&i["repository"]),
-            n(&i["pulls"])
-        );
-    }
-    let _ = write!(
-        page,
-        "</table><h2>Stale tags served: {}</h2><p class=\"muted\">Served from cache because the upstream failed.</p><ul id=\"stale\">",
-        n(&data["stale_tags_served"])
-    );
-    for s in data["stale_tags"].as_array().into_iter().flatten() {
-        let times = match n(&s["served"]) {
-            1 => "once".to_owned(),
-            served => format!("{served} times"),
-        };
-        let _ = write!(
-            page,
-            "<li>{} <span class=\"muted\">({times}, last {} ago)</span></li>",
-            text(&s["tag"]),
-            duration(n(&s["seconds_ago"]))
-        );
-    }
-    page.push_str("</ul>");
-    for (title, note, id, key) in [
-        (
-            "Last failures",
-            "Answers of 429 or 5xx: an upstream down or throttling, or the cache failing.",
-            "errors",
-            "recent_failures",
-        ),
-        (
-            "Last client errors",
-            "Other 4xx: what clients asked for that does not exist or is refused (an upstream answering 404 is an answer).",
-            "client_errors",
-            "recent_client_errors",
-        ),
-    ] {
-        let _ = write!(
-            page,
-            "<h2>{title}</h2><p class=\"muted\">{note}</p><ul id=\"{id}\">"
-        );
-        for e in data[key].as_array().into_iter().flatten() {
-            let _ = write!(
-                page,
-                "<li><code>{}</code> <span class=\"muted\">({} ago)</span></li>",
-                text(&e["text"]),
-                duration(n(&e["seconds_ago"]))
-            );
-        }
-        page.push_str("</ul>");
-    }
-    let _ = write!(
-        page,
-        "<p class=\"muted\">The same as JSON: <a href=\"{JSON_PATH}\">{JSON_PATH}</a></p>"
-    );
-    page::frame("regmirror status", &page)
-}
-
-/// A JSON value as escaped text (`-` for null).
-fn text(v: &Value) -> String {
-    escape(&match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    })
-}
-
-fn n(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
-}
-
-fn upstreams_html(page: &mut String, data: &Value) {
-    page.push_str("<h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>requests</th><th>hits</th><th>hit ratio</th><th>from cache</th><th>from upstream</th><th>endpoints and breakers</th><th>pull budget</th><th>last failure</th></tr>");
-    for u in data["upstreams"].as_array().into_iter().flatten() {
-        let budget = match &u["pull_budget"] {
-            Value::Null => "<span class=\"muted\">not stated</span>".to_owned(),
-            b => format!("{} of {} left", n(&b["remaining"]), n(&b["limit"])),
-        };
-        let last_failure = match &u["last_failure"] {
-            Value::Null => "-".to_owned(),
-            e => format!(
-                "<span class=\"warn\">{}</span> ({} ago)",
-                text(&e["error"]),
-                duration(n(&e["seconds_ago"]))
-            ),
-        };
-        let mut endpoints = String::new();
-        for e in u["endpoints"].as_array().into_iter().flatten() {
-            let _ = write!(
-                endpoints,
-                "<div class=\"endpoint\"><code>{}</code> <span class=\"muted\">{}</span><br>{}</div>",
-                text(&e["url"]),
-                text(&e["role"]),
-                page::health_html(&e["breaker"])
-            );
-        }
-        if endpoints.is_empty() {
-            endpoints.push('-');
-        }
-        let _ = write!(
-            page,
-            "<tr class=\"upstream\"><td><b>{}</b><br><code class=\"muted\">{}</code></td><td class=\"requests\">{}</td><td class=\"hits\">{}</td><td>{:.0}%</td><td>{}</td><td>{}</td><td class=\"endpoints\">{endpoints}</td><td>{budget}</td><td class=\"last-failure\">{last_failure}</td></tr>",
-            text(&u["name"]),
-            text(&u["url"]),
-            n(&u["requests"]),
-            n(&u["hits"]),
-            u["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0,
-            bytes(n(&u["bytes_from_cache"])),
-            bytes(n(&u["bytes_from_upstream"])),
-        );
-    }
-    page.push_str("</table>");
-}
-
-fn fills_html(page: &mut String, data: &Value) {
-    page.push_str("<h2>Downloads in progress</h2>");
-    let fills = data["fills"].as_array().cloned().unwrap_or_default();
-    if fills.is_empty() {
-        page.push_str("<p class=\"muted\" id=\"fills\">none</p>");
-        return;
-    }
-    page.push_str("<table id=\"fills\"><tr><th>blob</th><th>progress</th><th>rate</th><th>followers</th></tr>");
-    for f in &fills {
-        let written = n(&f["written"]);
-        let (bar, of) = match f["size"].as_u64() {
-            Some(size) if size > 0 => (
-                format!("{:.1}", written as f64 * 100.0 / size as f64),
-                format!("{} of {}", bytes(written), bytes(size)),
-            ),
-            _ => ("0".to_owned(), format!("{} of ?", bytes(written))),
-        };
-        let _ = write!(
-            page,
-            "<tr class=\"fill\"><td>{}/{}<br><code class=\"muted\">{}</code></td><td><span class=\"bar\" role=\"progressbar\" aria-valuenow=\"{bar}\"><span style=\"width:{bar}%\"></span></span> {of}</td><td>{}/s</td><td>{}</td></tr>",
-            text(&f["upstream"]),
-            text(&f["repository"]),
-            text(&f["digest"]),
-            bytes(n(&f["bytes_per_second"])),
-            n(&f["followers"]),
-        );
-    }
-    page.push_str("</table>");
-}
-
-fn storage_html(page: &mut String, storage: &Value) {
-    page.push_str("<h2>Storage</h2><p id=\"storage\">");
-    match (
-        storage["stored_bytes"].as_u64(),
-        storage["max_size"].as_u64(),
-    ) {
-        (Some(stored), Some(max)) => {
-            let share = (stored as f64 * 100.0 / max.max(1) as f64).min(100.0);
-            let _ = write!(
-                page,
-                "<span class=\"bar\" role=\"progressbar\" aria-valuenow=\"{share:.1}\"><span style=\"width:{share:.1}%\"></span></span> {} of storage.maxsize {}",
-                bytes(stored),
-                bytes(max)
-            );
-        }
-        (Some(stored), None) => {
-            let _ = write!(page, "{} stored (no storage.maxsize)", bytes(stored));
-        }
-        (None, max) => {
-            let _ = write!(
-                page,
-                "not measured yet (at start-up); storage.maxsize {}",
-                max.map_or("none".to_owned(), bytes)
-            );
-        }
-    }
-    if let Some(ago) = storage["measured_seconds_ago"].as_u64() {
-        let _ = write!(
-            page,
-            " <span class=\"muted\">(measured {} ago, {} of it stored since)</span>",
-            duration(ago),
-            bytes(n(&storage["committed_since_bytes"]))
-        );
-    }
-    page.push_str("</p>");
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// The snapshot as `/_regmirror/status` answers it.
+    fn json(snapshot: &Snapshot) -> Value {
+        serde_json::to_value(snapshot).unwrap()
+    }
 
     fn answered<'a>(
         counters: &'a UpstreamCounters,
@@ -638,7 +557,8 @@ mod tests {
             }],
             budget: Some((100, 76)),
         }];
-        let data = status.snapshot(&upstreams, &fills, Some(1 << 30));
+        let snapshot = status.snapshot(&upstreams, &fills, Some(1 << 30));
+        let data = json(&snapshot);
         let listed = &data["upstreams"][0];
         assert_eq!(
             (listed["requests"].as_u64(), listed["hits"].as_u64()),
@@ -658,7 +578,7 @@ mod tests {
             "error answers are not pulls"
         );
         assert_eq!(data["fills"][0]["followers"], 3);
-        let page = html(&data);
+        let page = html(&snapshot);
         assert!(page.contains("aria-valuenow=\"25.0\""), "a fill bar at 25%");
         assert!(page.contains("library/&lt;script&gt;"), "escaped");
         assert!(!page.contains("library/<script>"));
@@ -690,7 +610,7 @@ mod tests {
             status: 404,
             ..answered(&hub, None, None, Some(("MANIFEST_UNKNOWN", "no such tag")))
         });
-        let data = status.snapshot(&[], &[], None);
+        let data = json(&status.snapshot(&[], &[], None));
         assert_eq!(data["upstreams"][0]["last_failure"], Value::Null);
         assert_eq!(data["recent_failures"].as_array().unwrap().len(), 0);
         assert!(
@@ -700,7 +620,7 @@ mod tests {
                 .contains("404 MANIFEST_UNKNOWN")
         );
         status.answered(&answered(&hub, None, None, Some(("UNAVAILABLE", "down"))));
-        let data = status.snapshot(&[], &[], None);
+        let data = json(&status.snapshot(&[], &[], None));
         assert!(
             data["upstreams"][0]["last_failure"]["error"]
                 .as_str()
@@ -714,7 +634,7 @@ mod tests {
         let status = Status::default();
         let hub = status.counters("docker.io");
         status.answered(&answered(&hub, Some(CacheOutcome::Redirect), None, None));
-        let data = status.snapshot(&[], &[], None);
+        let data = json(&status.snapshot(&[], &[], None));
         assert_eq!(
             data["upstreams"][0]["hits"], 1,
             "a replica redirecting to its bucket"
@@ -728,18 +648,19 @@ mod tests {
         for tag in ["v1", "v1", "v2", "v1"] {
             status.answered(&answered(&hub, Some(CacheOutcome::Stale), Some(tag), None));
         }
-        let data = status.snapshot(&[], &[], None);
+        let snapshot = status.snapshot(&[], &[], None);
+        let data = json(&snapshot);
         assert_eq!(data["stale_tags_served"], 4);
         let tags = data["stale_tags"].as_array().unwrap();
         assert_eq!(tags.len(), 2, "{tags:?}");
         assert_eq!(tags[0]["tag"], "docker.io: library/<script>:v1");
         assert_eq!(tags[0]["served"], 3);
         assert_eq!(tags[1]["served"], 1);
-        assert!(html(&data).contains("(3 times, last 0s ago)"));
+        assert!(html(&snapshot).contains("(3 times, last 0s ago)"));
         for i in 0..crate::page::RECENT + 5 {
             status.stale.push(format!("t{i}"));
         }
-        assert_eq!(status.stale.json().len(), crate::page::RECENT, "bounded");
+        assert_eq!(status.stale.tags().len(), crate::page::RECENT, "bounded");
     }
 
     #[test]
