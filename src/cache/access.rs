@@ -12,7 +12,7 @@ use super::meta::{Access, Metadata};
 use super::routing::Route;
 use super::upstreams::{Upstreams, unreachable, upstream_status};
 use crate::reference::Digest;
-use crate::registry::{ErrorCode, RegistryError, internal};
+use crate::registry::{ErrorCode, RegistryError};
 
 /// The checks, on the metadata and through the upstreams.
 #[derive(Debug, Clone)]
@@ -34,10 +34,10 @@ impl ContentAccess {
         route: &Route,
         digest: &Digest,
     ) -> Result<Access, RegistryError> {
-        self.meta
+        Ok(self
+            .meta
             .access(&route.upstream.name, &route.repository, digest)
-            .await
-            .map_err(internal)
+            .await?)
     }
 
     /// Content already cached may be served for `route`'s repository only if a manifest of that
@@ -51,8 +51,7 @@ impl ContentAccess {
         let linked = self
             .meta
             .is_linked(&route.upstream.name, &route.repository, digest)
-            .await
-            .map_err(internal)?;
+            .await?;
         if linked {
             return Ok(());
         }
@@ -75,11 +74,9 @@ impl ContentAccess {
             ));
         }
         match self.upstreams.head(route, digest, unknown).await {
-            Ok(response) if response.status() == StatusCode::OK => self
-                .meta
-                .link(upstream, &route.repository, digest)
-                .await
-                .map_err(internal),
+            Ok(response) if response.status() == StatusCode::OK => {
+                Ok(self.meta.link(upstream, &route.repository, digest).await?)
+            }
             Ok(response) => Err(upstream_status(upstream, &response, unknown)),
             Err(e) => Err(RegistryError::new(
                 unknown,

@@ -199,7 +199,7 @@ impl Blobs {
             }
             Held::Stored(Committed::Object { key, redirect, .. }) if redirect => {
                 // distribution's default on object storage: the client fetches from the bucket.
-                let url = self.store.presigned(&key).await.map_err(internal)?;
+                let url = self.store.presigned(&key).await?;
                 return Ok(answer(CacheOutcome::Redirect, BlobBody::Redirect(url)));
             }
             Held::Stored(Committed::Object { key, .. })
@@ -207,16 +207,13 @@ impl Blobs {
             {
                 // A small object is read whole and remembered: its next hits ask the bucket
                 // nothing (not even the HEAD that `open` costs).
-                let bytes = self.store.read_object(&key, size).await.map_err(internal)?;
+                let bytes = self.store.read_object(&key, size).await?;
                 self.remember(digest, &bytes);
                 BlobBody::Whole(bytes.slice(start..end))
             }
-            Held::Stored(Committed::Object { key, .. }) => BlobBody::Object(
-                self.store
-                    .stream_object(&key, span.start, span.end)
-                    .await
-                    .map_err(internal)?,
-            ),
+            Held::Stored(Committed::Object { key, .. }) => {
+                BlobBody::Object(self.store.stream_object(&key, span.start, span.end).await?)
+            }
         };
         Ok(answer(CacheOutcome::Hit, body))
     }
@@ -284,12 +281,7 @@ impl Blobs {
         if let Some(bytes) = self.memo.get(digest) {
             return Ok(Some(Held::Remembered(bytes)));
         }
-        Ok(self
-            .store
-            .open(digest)
-            .await
-            .map_err(internal)?
-            .map(Held::Stored))
+        Ok(self.store.open(digest).await?.map(Held::Stored))
     }
 
     /// Keeps a small blob just read whole from the store in the blob memo (a copy: a file's

@@ -45,13 +45,35 @@ const PRESIGN_FOR: Duration = Duration::from_secs(20 * 60);
 const UPLOAD_CONCURRENCY: usize = 4;
 
 /// What went wrong with the bucket.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BucketError {
+    /// The configuration does not make a client (`storage.s3`).
+    #[error("storage.s3: {0}")]
+    Config(#[source] object_store::Error),
+    /// The HTTP client for requests `object_store` only presigns could not be built.
     #[error("{0}")]
-    Unreachable(String),
+    Client(#[source] reqwest::Error),
+    /// The bucket did not answer, or refused (its S3 error in one line).
+    #[error("storage {bucket}: {}", one_line(&.source.to_string()))]
+    Unreachable {
+        bucket: Arc<str>,
+        source: object_store::Error,
+    },
+    /// A request presigned by `object_store` (the listing of multipart uploads) failed.
+    #[error("storage {bucket}: {source}")]
+    Presigned {
+        bucket: Arc<str>,
+        source: reqwest::Error,
+    },
+    /// The spool file an upload reads from.
+    #[error("spool: {0}")]
+    Spool(#[source] std::io::Error),
     /// A conditional put lost: the key exists, or changed since it was read.
     #[error("precondition failed")]
     Precondition,
+    /// A lease other replicas kept changing while this one tried to take it.
+    #[error("lease {key}: too much contention")]
+    Contended { key: String },
 }
 
 /// An object read with its version, for a conditional update.
@@ -77,7 +99,7 @@ pub struct Bucket {
 
 impl Bucket {
     /// A client for `config`; no request is made.
-    pub fn new(config: &S3Config, connect_timeout: Duration) -> Result<Self, String> {
+    pub fn new(config: &S3Config, connect_timeout: Duration) -> Result<Self, BucketError> {
         crate::upstream::install_crypto_provider();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&config.bucket)
@@ -105,7 +127,7 @@ impl Bucket {
                 .with_access_key_id(credentials.username())
                 .with_secret_access_key(credentials.password());
         }
-        let store = builder.build().map_err(|e| format!("storage.s3: {e}"))?;
+        let store = builder.build().map_err(BucketError::Config)?;
         let at = config.endpoint.as_deref().unwrap_or("AWS");
         let root = config.prefix.clone();
         Ok(Bucket {
@@ -117,7 +139,7 @@ impl Bucket {
                 .connect_timeout(connect_timeout)
                 .timeout(Duration::from_secs(30))
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(BucketError::Client)?,
         })
     }
 
@@ -152,11 +174,17 @@ impl Bucket {
         match e {
             object_store::Error::Precondition { .. }
             | object_store::Error::AlreadyExists { .. } => BucketError::Precondition,
-            e => BucketError::Unreachable(format!(
-                "storage {}: {}",
-                self.describe,
-                one_line(&e.to_string())
-            )),
+            source => BucketError::Unreachable {
+                bucket: self.describe.clone(),
+                source,
+            },
+        }
+    }
+
+    fn presigned_failed(&self, source: reqwest::Error) -> BucketError {
+        BucketError::Presigned {
+            bucket: self.describe.clone(),
+            source,
         }
     }
 
@@ -291,17 +319,14 @@ impl Bucket {
         let result = async {
             let mut file = tokio::fs::File::open(file)
                 .await
-                .map_err(|e| BucketError::Unreachable(format!("spool: {e}")))?;
+                .map_err(BucketError::Spool)?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 writer
                     .wait_for_capacity(UPLOAD_CONCURRENCY)
                     .await
                     .map_err(|e| self.unreachable(e))?;
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| BucketError::Unreachable(format!("spool: {e}")))?;
+                let n = file.read(&mut buf).await.map_err(BucketError::Spool)?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -374,11 +399,11 @@ impl Bucket {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| BucketError::Unreachable(format!("storage {}: {e}", self.describe)))?;
+            .map_err(|source| self.presigned_failed(source))?;
         let text = answer
             .text()
             .await
-            .map_err(|e| BucketError::Unreachable(format!("storage {}: {e}", self.describe)))?;
+            .map_err(|source| self.presigned_failed(source))?;
         Ok(parse_uploads(&text)
             .into_iter()
             .map(|(key, id)| (self.relative(&Path::from(key)), id))

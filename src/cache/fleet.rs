@@ -54,19 +54,16 @@ fn unavailable(bucket: &Bucket, e: impl std::fmt::Display) -> RegistryError {
 impl Fleet {
     /// Runs `collect` unless another replica is collecting (then `None`): the collection holds
     /// the bucket's gc lease, and afterwards aborts the multipart uploads no live fill owns.
-    pub async fn collect_alone<T, F>(
+    pub async fn collect_alone<T, E, F>(
         &self,
         collect: F,
         upload_lifetime: Duration,
-    ) -> Result<Option<T>, String>
+    ) -> Result<Option<T>, E>
     where
-        F: Future<Output = Result<T, String>>,
+        F: Future<Output = Result<T, E>>,
+        E: From<BucketError>,
     {
-        let claim = self
-            .leases
-            .claim(keys::GC_LEASE, "")
-            .await
-            .map_err(|e| e.to_string())?;
+        let claim = self.leases.claim(keys::GC_LEASE, "").await?;
         let Claim::Held { lease, .. } = claim else {
             return Ok(None);
         };
@@ -335,6 +332,25 @@ pub struct Follower {
     secret: Option<Secret>,
 }
 
+/// Why a holder's download could not be followed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FollowError {
+    #[error("the holder cannot be reached (no http.secret or http.host)")]
+    NoWay,
+    #[error("holder {address} did not answer")]
+    Silent { address: String },
+    #[error("holder {address}: {source}")]
+    Request {
+        address: String,
+        source: reqwest::Error,
+    },
+    #[error("holder {address} answered {status}")]
+    Status {
+        address: String,
+        status: reqwest::StatusCode,
+    },
+}
+
 /// A holder's answer.
 pub(crate) enum FromHolder {
     /// Its fill, as it streams (size when known).
@@ -344,14 +360,13 @@ pub(crate) enum FromHolder {
 }
 
 impl Follower {
-    pub fn new(secret: Option<Secret>, connect_timeout: Duration) -> Result<Self, String> {
+    pub fn new(secret: Option<Secret>, connect_timeout: Duration) -> Result<Self, reqwest::Error> {
         // Holders are other replicas on the operator's own network: no address guard, no proxy.
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .read_timeout(Duration::from_secs(30))
             .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         Ok(Follower { client, secret })
     }
 
@@ -366,9 +381,9 @@ impl Follower {
         lease: &Lease,
         upstream: &str,
         digest: &Digest,
-    ) -> Result<FromHolder, String> {
+    ) -> Result<FromHolder, FollowError> {
         let (Some(secret), Some(address)) = (&self.secret, &lease.address) else {
-            return Err("the holder cannot be reached (no http.secret or http.host)".into());
+            return Err(FollowError::NoWay);
         };
         let path = fill_path(upstream, digest);
         let request = self
@@ -378,8 +393,13 @@ impl Follower {
             .send();
         let response = tokio::time::timeout(HOLDER_TIMEOUT, request)
             .await
-            .map_err(|_| format!("holder {address} did not answer"))?
-            .map_err(|e| format!("holder {address}: {e}"))?;
+            .map_err(|_| FollowError::Silent {
+                address: address.clone(),
+            })?
+            .map_err(|source| FollowError::Request {
+                address: address.clone(),
+                source,
+            })?;
         match response.status() {
             reqwest::StatusCode::OK => {
                 let size = response.content_length();
@@ -390,7 +410,10 @@ impl Follower {
                 Ok(FromHolder::Streaming(size, body))
             }
             reqwest::StatusCode::NOT_FOUND => Ok(FromHolder::NoFill),
-            status => Err(format!("holder {address} answered {status}")),
+            status => Err(FollowError::Status {
+                address: address.clone(),
+                status,
+            }),
         }
     }
 }

@@ -148,9 +148,9 @@ impl Leases {
                 Err(e) => return Err(e),
             }
         }
-        Err(BucketError::Unreachable(format!(
-            "lease {key}: too much contention"
-        )))
+        Err(BucketError::Contended {
+            key: key.to_owned(),
+        })
     }
 }
 

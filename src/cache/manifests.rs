@@ -227,8 +227,7 @@ impl Manifests {
         let record = self
             .meta
             .tag(&route.upstream.name, &route.repository, tag)
-            .await
-            .map_err(internal)?;
+            .await?;
         match record.and_then(|r| Digest::parse(&r.digest).ok()) {
             Some(digest) => self.linked(route, &digest).await,
             None => Ok(None),
@@ -244,11 +243,7 @@ impl Manifests {
         key: &str,
     ) -> Result<ManifestAnswer, RegistryError> {
         let upstream = &route.upstream.name;
-        let cached = self
-            .meta
-            .tag(upstream, &route.repository, tag)
-            .await
-            .map_err(internal)?;
+        let cached = self.meta.tag(upstream, &route.repository, tag).await?;
         let head = UpstreamRequest::pull(
             Method::HEAD,
             &route.repository,
@@ -284,8 +279,7 @@ impl Manifests {
             Ok(response) if response.status() == StatusCode::NOT_FOUND => {
                 self.meta
                     .forget_tag(upstream, &route.repository, tag)
-                    .await
-                    .map_err(internal)?;
+                    .await?;
                 return Err(upstream_status(
                     upstream,
                     &response,
@@ -346,8 +340,7 @@ impl Manifests {
                 size: manifest.bytes.len() as u64,
                 references: &[],
             })
-            .await
-            .map_err(internal)?;
+            .await?;
         Ok(())
     }
 
@@ -399,10 +392,10 @@ impl Manifests {
         if let Some(manifest) = self.memo.get(digest) {
             return Ok(Some(manifest));
         }
-        let Some(record) = self.meta.manifest(digest).await.map_err(internal)? else {
+        let Some(record) = self.meta.manifest(digest).await? else {
             return Ok(None);
         };
-        let Some(bytes) = self.store.read(digest).await.map_err(internal)? else {
+        let Some(bytes) = self.store.read(digest).await? else {
             return Ok(None);
         };
         // Recorded by an earlier version, a type may be anything an upstream or a push said.
@@ -498,12 +491,10 @@ impl Manifests {
                 size: manifest.bytes.len() as u64,
                 references,
             })
-            .await
-            .map_err(internal)?;
+            .await?;
         self.store
             .put_verified(&manifest.digest, manifest.bytes.clone())
-            .await
-            .map_err(internal)?;
+            .await?;
         if new {
             self.stored.committed(manifest.bytes.len() as u64);
         }
@@ -520,8 +511,7 @@ impl Manifests {
         let mut names = self
             .meta
             .tags(&route.upstream.name, &route.repository)
-            .await
-            .map_err(internal)?;
+            .await?;
         let upstream = self.upstream_tags(route).await;
         let reachable = upstream.is_ok();
         match upstream {

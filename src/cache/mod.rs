@@ -20,6 +20,7 @@ pub mod auth;
 pub mod blobs;
 pub mod bucket;
 pub mod buffers;
+mod error;
 pub mod fill;
 pub mod fleet;
 pub mod gc;

@@ -15,7 +15,7 @@ use super::routing::Route;
 use super::uploads::created;
 use crate::reference::{Digest, Hasher, is_valid_tag};
 use crate::registry::route::ManifestRef;
-use crate::registry::{ErrorCode, RegistryError, internal};
+use crate::registry::{ErrorCode, RegistryError};
 
 /// The most `?tag=` parameters one manifest push by digest may carry.
 const MAX_TAG_PARAMS: usize = 100;
@@ -72,7 +72,7 @@ pub(crate) async fn put_manifest(
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("(not text)"));
     let media_type = manifest::pushed_media_type(&bytes, content_type)
-        .map_err(|why| RegistryError::new(ErrorCode::ManifestInvalid, why))?
+        .map_err(|why| RegistryError::new(ErrorCode::ManifestInvalid, why.to_string()))?
         .to_owned();
     // A subject may come later, and non-distributable layers never come.
     let references = manifest::required_references(&bytes);
@@ -80,8 +80,7 @@ pub(crate) async fn put_manifest(
         if !app
             .meta
             .is_linked(&route.upstream.name, &route.repository, referenced)
-            .await
-            .map_err(internal)?
+            .await?
         {
             return Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
@@ -148,13 +147,11 @@ async fn store_pushed(
                 size: pushed.bytes.len() as u64,
                 references,
             })
-            .await
-            .map_err(internal)?;
+            .await?;
     }
     app.store
         .put_verified(&pushed.digest, pushed.bytes.clone())
-        .await
-        .map_err(internal)?;
+        .await?;
     if new {
         app.status.stored().committed(pushed.bytes.len() as u64);
     }
@@ -208,11 +205,7 @@ pub(crate) async fn delete(
         ManifestRef::Digest(digest) => digest,
         ManifestRef::Tag(tag) if !blob => {
             // The tag alone goes; the manifest stays, by digest and under its other tags.
-            let known = app
-                .meta
-                .tag(upstream, &route.repository, tag)
-                .await
-                .map_err(internal)?;
+            let known = app.meta.tag(upstream, &route.repository, tag).await?;
             if known.is_none() {
                 return Err(RegistryError::new(
                     ErrorCode::ManifestUnknown,
@@ -221,8 +214,7 @@ pub(crate) async fn delete(
             }
             app.meta
                 .forget_tag(upstream, &route.repository, tag)
-                .await
-                .map_err(internal)?;
+                .await?;
             return Ok(accepted());
         }
         ManifestRef::Tag(_) => {
@@ -235,8 +227,7 @@ pub(crate) async fn delete(
     if !app
         .meta
         .is_linked(upstream, &route.repository, digest)
-        .await
-        .map_err(internal)?
+        .await?
     {
         let code = if blob {
             ErrorCode::BlobUnknown
@@ -251,10 +242,7 @@ pub(crate) async fn delete(
     if !blob {
         app.referrers.forget_delete(route, digest).await?;
     }
-    app.meta
-        .unlink(upstream, &route.repository, digest)
-        .await
-        .map_err(internal)?;
+    app.meta.unlink(upstream, &route.repository, digest).await?;
     Ok(accepted())
 }
 

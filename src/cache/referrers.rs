@@ -33,7 +33,7 @@ use super::upstreams::{Upstreams, unreachable, unreachable_text, upstream_status
 use super::uses::LastUses;
 use crate::reference::Digest;
 use crate::registry::route::ManifestRef;
-use crate::registry::{CacheOutcome, ErrorCode, OCI_INDEX, RegistryError, internal};
+use crate::registry::{CacheOutcome, ErrorCode, OCI_INDEX, RegistryError};
 use crate::upstream::{UpstreamRequest, read_limited};
 
 /// The most JSON one page of an answer carries; a larger answer is paginated.
@@ -146,10 +146,7 @@ impl Referrers {
                 cut: answer.cut.clone(),
                 descriptors: answer.descriptors.clone(),
             };
-            self.meta
-                .put_referrer_list(key, &list)
-                .await
-                .map_err(internal)?;
+            self.meta.put_referrer_list(key, &list).await?;
         }
         Ok(())
     }
@@ -189,8 +186,7 @@ impl Referrers {
         match self
             .meta
             .change_referrers(&key, ListChange::Add(descriptor, bounds))
-            .await
-            .map_err(internal)?
+            .await?
         {
             Changed::Applied => Ok(Some(subject)),
             Changed::Full => Err(RegistryError::new(
@@ -215,9 +211,8 @@ impl Referrers {
         let key = ListKey::new(&route.upstream.name, &route.repository, subject);
         self.meta
             .change_referrers(&key, ListChange::Remove(digest.to_string()))
-            .await
-            .map_err(internal)
-            .map(drop)
+            .await?;
+        Ok(())
     }
 
     /// Forgets a deleted manifest as a referrer of its subject.
@@ -339,12 +334,7 @@ impl Referrers {
 
     /// The recorded list of a subject (empty when there is none).
     async fn recorded(&self, key: &ListKey) -> Result<ReferrerList, RegistryError> {
-        Ok(self
-            .meta
-            .referrer_list(key)
-            .await
-            .map_err(internal)?
-            .unwrap_or_default())
+        Ok(self.meta.referrer_list(key).await?.unwrap_or_default())
     }
 }
 /// One page of `descriptors` (sorted by digest): those of `artifact_type` when given, after

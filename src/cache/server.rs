@@ -11,21 +11,22 @@
 //! period, then exits.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 
-use super::auth::Htpasswd;
-use super::bucket::Bucket;
+use super::auth::{Htpasswd, HtpasswdError};
+use super::bucket::{Bucket, BucketError};
 use super::buffers::Buffers;
 use super::fill::{FillLimits, Fills};
 use super::fleet::{Fleet, Follower};
 use super::lease::Leases;
 use super::meta::BucketMetadata;
-use super::meta::Metadata;
+use super::meta::{MetaError, Metadata};
 use super::metrics::Metrics;
 use super::routing::Router;
 use super::store::BlobStore;
@@ -33,7 +34,7 @@ use super::{App, Handles, Options, http};
 use crate::config::MirrorConfig;
 use crate::config::cache::{CacheConfig, StorageBackend};
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
-use crate::resolve::Resolver;
+use crate::resolve::{BuildError, Resolver};
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 
 /// The most a connection buffers: its request head, and queued response body.
@@ -54,28 +55,68 @@ pub struct ServeOptions {
     pub host_roots: HostRoots,
 }
 
-/// Why the server could not start.
+/// Why the server could not start: what is wrong, by the part of the configuration (or the
+/// file it names) it is in.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(String, StartErrorKind);
-
-/// Whose the fault is: the configuration's, or another process's holding the storage root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StartErrorKind {
-    Invalid,
-    InUse,
+pub enum StartError {
+    #[error("http.tls: {0}")]
+    Tls(#[source] TlsError),
+    /// The storage root: unusable, or locked by another process ([`StartError::in_use`]).
+    #[error("storage {}: {source}", root.display())]
+    Storage { root: PathBuf, source: io::Error },
+    #[error("metadata: {0}")]
+    Metadata(#[source] MetaError),
+    /// `storage.s3` does not make a client.
+    #[error("{0}")]
+    Bucket(#[source] BucketError),
+    #[error("--mirrors: {0}")]
+    Mirrors(#[source] BuildError),
+    /// The upstream client could not be built.
+    #[error("client: {0}")]
+    Client(String),
+    #[error("auth.htpasswd.path {}: {source}", path.display())]
+    HtpasswdFile { path: PathBuf, source: io::Error },
+    #[error("auth.htpasswd: {0}")]
+    Htpasswd(#[source] HtpasswdError),
+    #[error("http.headers: {0}")]
+    Header(#[source] axum::http::Error),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
+    /// The client replicas follow each other's downloads with could not be built.
+    #[error("{0}")]
+    Follower(#[source] reqwest::Error),
 }
 
 impl StartError {
-    fn invalid(message: String) -> Self {
-        StartError(message, StartErrorKind::Invalid)
-    }
-
     /// The storage root is locked by another regmirror process (`serve` or `gc`): a condition
     /// of the moment, not bad input.
     pub fn in_use(&self) -> bool {
-        self.1 == StartErrorKind::InUse
+        matches!(self, StartError::Storage { source, .. } if source.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// Why `http.tls` does not make a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file that cannot be read or parsed.
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    /// A `clientcas` certificate that is no trust anchor.
+    #[error("{}: {source}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{0}")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    /// The certificate and key do not go together.
+    #[error("{0}")]
+    Config(#[source] rustls::Error),
 }
 
 /// A bound, ready server.
@@ -100,16 +141,15 @@ impl Server {
     pub async fn bind(options: ServeOptions) -> Result<Self, StartError> {
         let config = &options.config;
         let tls = match &config.tls {
-            Some((certificate, key)) => Some(
-                tls_acceptor(certificate, key, &config.client_cas)
-                    .map_err(|e| invalid("http.tls", &e))?,
-            ),
+            Some((certificate, key)) => {
+                Some(tls_acceptor(certificate, key, &config.client_cas).map_err(StartError::Tls)?)
+            }
             None => None,
         };
         let storage = open_storage(config, options.timeouts.connect).await?;
         let resolver = match options.mirrors {
             Some(mirrors) => Some(Arc::new(
-                Resolver::new(mirrors).map_err(|e| invalid("--mirrors", &e))?,
+                Resolver::new(mirrors).map_err(StartError::Mirrors)?,
             )),
             None => None,
         };
@@ -120,12 +160,18 @@ impl Server {
             options.timeouts,
             &options.host_roots,
         )
-        .map_err(|e| invalid("client", &e))?;
+        .map_err(StartError::Client)?;
         let settings = settings(config)?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
-            .map_err(|e| invalid(&format!("listen on {}", config.listen), &e))?;
-        let local = listener.local_addr().map_err(|e| invalid("listen", &e))?;
+            .map_err(|source| StartError::Listen {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
         let handles = handles(
             config,
             options.timeouts,
@@ -277,30 +323,28 @@ impl Server {
     }
 }
 
-/// A start-up failure of the configuration's: `what` failed for `e`.
-fn invalid(what: &str, e: &dyn std::fmt::Display) -> StartError {
-    StartError::invalid(format!("{what}: {e}"))
-}
-
 /// What the configuration says beyond the storage and the upstreams: the password file read
 /// and parsed, the extra headers checked.
 fn settings(config: &CacheConfig) -> Result<Options, StartError> {
     let htpasswd = match &config.htpasswd {
         Some((realm, path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| invalid(&format!("auth.htpasswd.path {}", path.display()), &e))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| StartError::HtpasswdFile {
+                    path: path.clone(),
+                    source,
+                })?;
             Some(
                 Htpasswd::parse(realm, &path.display().to_string(), &text)
-                    .map_err(|e| invalid("auth.htpasswd", &e))?,
+                    .map_err(StartError::Htpasswd)?,
             )
         }
         None => None,
     };
     let mut extra_headers = Vec::new();
     for (name, value) in &config.headers {
-        let name = HeaderName::try_from(name.as_str()).map_err(|e| invalid("http.headers", &e))?;
+        let name = HeaderName::try_from(name.as_str()).map_err(|e| StartError::Header(e.into()))?;
         let value =
-            HeaderValue::try_from(value.as_str()).map_err(|e| invalid("http.headers", &e))?;
+            HeaderValue::try_from(value.as_str()).map_err(|e| StartError::Header(e.into()))?;
         extra_headers.push((name, value));
     }
     Ok(Options {
@@ -411,20 +455,16 @@ pub async fn open_storage(
     connect_timeout: Duration,
 ) -> Result<Storage, StartError> {
     let root = &config.root;
-    let local = |e: &std::io::Error| {
-        let kind = if e.kind() == std::io::ErrorKind::WouldBlock {
-            StartErrorKind::InUse
-        } else {
-            StartErrorKind::Invalid
-        };
-        StartError(format!("storage {}: {e}", root.display()), kind)
+    let local = |source| StartError::Storage {
+        root: root.clone(),
+        source,
     };
     let replica = replica_name();
     match &config.storage {
         StorageBackend::Filesystem => {
-            let store = BlobStore::open_files(root).map_err(|e| local(&e))?;
-            let meta = Metadata::open_local(&root.join("metadata.redb"))
-                .map_err(|e| StartError::invalid(format!("metadata: {e}")))?;
+            let store = BlobStore::open_files(root).map_err(local)?;
+            let meta =
+                Metadata::open_local(&root.join("metadata.redb")).map_err(StartError::Metadata)?;
             Ok(Storage {
                 store,
                 meta,
@@ -433,9 +473,8 @@ pub async fn open_storage(
             })
         }
         StorageBackend::S3(s3) => {
-            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError::invalid)?;
-            let store =
-                BlobStore::open_bucket(root, bucket.clone(), s3.redirect).map_err(|e| local(&e))?;
+            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError::Bucket)?;
+            let store = BlobStore::open_bucket(root, bucket.clone(), s3.redirect).map_err(local)?;
             match bucket.check().await {
                 Ok(()) => tracing::info!(storage = %bucket.describe, "object storage reachable"),
                 Err(e) => tracing::error!(
@@ -484,7 +523,7 @@ fn fleet_for(
         );
     }
     let follower =
-        Follower::new(config.secret.clone(), connect_timeout).map_err(StartError::invalid)?;
+        Follower::new(config.secret.clone(), connect_timeout).map_err(StartError::Follower)?;
     let leases = Leases::new(bucket.clone(), replica.to_owned(), address);
     Ok(Fleet::new(
         bucket.clone(),
@@ -508,19 +547,21 @@ fn replica_name() -> String {
 fn tls_acceptor(
     certificate: &Path,
     key: &Path,
-    client_cas: &[std::path::PathBuf],
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+    client_cas: &[PathBuf],
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     crate::upstream::install_crypto_provider();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
-        .map_err(|e| format!("{}: {e}", certificate.display()))?
+        .map_err(pem(certificate))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", certificate.display()))?;
+        .map_err(pem(certificate))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate", certificate.display()));
+        return Err(TlsError::NoCertificate {
+            path: certificate.to_owned(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(pem(key))?;
     // With http.tls.clientcas, clients must present a certificate signed by one of them.
     let builder = rustls::ServerConfig::builder();
     let builder = if client_cas.is_empty() {
@@ -528,25 +569,33 @@ fn tls_acceptor(
     } else {
         let mut roots = rustls::RootCertStore::empty();
         for path in client_cas {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_file_iter(path).map_err(pem(path))? {
                 roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .add(cert.map_err(pem(path))?)
+                    .map_err(|source| TlsError::ClientCa {
+                        path: path.clone(),
+                        source,
+                    })?;
             }
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(TlsError::ClientVerifier)?;
         builder.with_client_cert_verifier(verifier)
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A PEM file's error, naming the file.
+fn pem(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Abandons uploads nobody touched for `limits.upload_lifetime`, checking twice per lifetime
@@ -626,6 +675,16 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
     }
 }
 
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("{0}")]
+    Metadata(#[from] MetaError),
+    /// The fleet's gc lease could not be claimed.
+    #[error("{0}")]
+    Lease(#[from] BucketError),
+}
+
 /// One collection; on a shared bucket only when no other replica collects (then `None`), and
 /// followed by the clean-up of abandoned multipart uploads. `name`: the plan names the images
 /// it evicts (see [`super::gc::collect`]).
@@ -637,11 +696,11 @@ pub async fn collect(
     upload_lifetime: Duration,
     dry_run: bool,
     name: bool,
-) -> Result<Option<super::gc::Plan>, String> {
+) -> Result<Option<super::gc::Plan>, CollectError> {
     let run = async {
         super::gc::collect(meta, store, policy, dry_run, name)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(CollectError::from)
     };
     match fleet {
         Some(fleet) if !dry_run => fleet.collect_alone(run, upload_lifetime).await,

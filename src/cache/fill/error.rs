@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinError;
 
 use crate::cache::meta::MetaError;
+use crate::cache::store::StoreError;
 use crate::reference::Digest;
 use crate::registry::{ErrorCode, RegistryError};
 
@@ -87,7 +88,7 @@ pub(crate) enum FillError {
     Record { digest: Digest, source: MetaError },
     /// The verified blob could not be moved into the store.
     #[error("cannot commit {digest}: {source}")]
-    Store { digest: Digest, source: io::Error },
+    Store { digest: Digest, source: StoreError },
     /// The task ended without a result (a panic).
     #[error("the download was abandoned (internal error)")]
     Abandoned,

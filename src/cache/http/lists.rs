@@ -122,7 +122,7 @@ pub(super) fn referrers(
 }
 
 pub(super) async fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
-    let repositories = app.meta.repositories().await.map_err(internal)?;
+    let repositories = app.meta.repositories().await?;
     let names = repositories
         .iter()
         .map(|(upstream, repository)| app.upstreams.router().catalog_name(upstream, repository))

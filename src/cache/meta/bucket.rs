@@ -39,7 +39,7 @@ const MIGRATED: ListBounds = ListBounds {
 };
 
 fn err(e: BucketError) -> MetaError {
-    MetaError(e.to_string())
+    MetaError::Bucket(e)
 }
 
 #[derive(Debug)]
@@ -195,7 +195,7 @@ impl BucketMetadata {
             size: m.size,
             references,
         };
-        let body = serde_json::to_vec(&record).map_err(|e| MetaError(e.to_string()))?;
+        let body = serde_json::to_vec(&record).map_err(MetaError::from)?;
         self.bucket
             .put(&keys::manifest(m.digest), Bytes::from(body))
             .await
@@ -214,7 +214,7 @@ impl BucketMetadata {
                 media_type: m.media_type.to_owned(),
                 validated_at: now(),
             };
-            let body = serde_json::to_vec(&record).map_err(|e| MetaError(e.to_string()))?;
+            let body = serde_json::to_vec(&record).map_err(MetaError::from)?;
             self.bucket
                 .put(&keys::tag(m.upstream, m.repository, tag), Bytes::from(body))
                 .await
@@ -269,7 +269,7 @@ impl BucketMetadata {
             .map_err(err)?;
         body.map(|b| serde_json::from_slice(&b))
             .transpose()
-            .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))
+            .map_err(|e| MetaError::referrers(&key.subject, e))
     }
 
     pub async fn put_referrer_list(
@@ -281,7 +281,7 @@ impl BucketMetadata {
         if list.descriptors.is_empty() {
             return self.bucket.delete(&object).await.map_err(err);
         }
-        let body = serde_json::to_vec(list).map_err(|e| MetaError(e.to_string()))?;
+        let body = serde_json::to_vec(list).map_err(MetaError::from)?;
         self.bucket
             .put(&object, Bytes::from(body))
             .await
@@ -300,14 +300,13 @@ impl BucketMetadata {
             let current = self.bucket.get_versioned(&object).await.map_err(err)?;
             let mut list: ReferrerList = match &current {
                 Some(current) => serde_json::from_slice(&current.body)
-                    .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))?,
+                    .map_err(|e| MetaError::referrers(&key.subject, e))?,
                 None => ReferrerList::default(),
             };
             if list.apply(&change) == Changed::Full {
                 return Ok(Changed::Full);
             }
-            let body =
-                Bytes::from(serde_json::to_vec(&list).map_err(|e| MetaError(e.to_string()))?);
+            let body = Bytes::from(serde_json::to_vec(&list).map_err(MetaError::from)?);
             let written = match current {
                 None if list.descriptors.is_empty() => return Ok(Changed::Applied),
                 None => self.bucket.create(&object, body).await.map(drop),
@@ -324,10 +323,10 @@ impl BucketMetadata {
                 Err(e) => return Err(err(e)),
             }
         }
-        Err(MetaError(format!(
-            "referrers of {} kept changing under {CONDITIONAL_TRIES} tries",
-            key.subject
-        )))
+        Err(MetaError::Contended {
+            subject: key.subject.clone(),
+            tries: CONDITIONAL_TRIES,
+        })
     }
 
     /// Referrers recorded before lists (one object per referrer) become lists.
@@ -377,7 +376,7 @@ impl BucketMetadata {
             return Ok(());
         }
         let batch: HashMap<&str, u64> = uses.iter().map(|(d, at)| (d.as_str(), *at)).collect();
-        let body = serde_json::to_vec(&batch).map_err(|e| MetaError(e.to_string()))?;
+        let body = serde_json::to_vec(&batch).map_err(MetaError::from)?;
         let n = self.batch.fetch_add(1, Ordering::Relaxed);
         let key = format!("{}{}/{}-{n}", keys::USED, self.replica, now());
         self.bucket.put(&key, Bytes::from(body)).await.map_err(err)
@@ -398,7 +397,7 @@ impl BucketMetadata {
             .collect();
         let records: Vec<(String, Option<ManifestRecord>)> = futures_util::stream::iter(manifests)
             .map(|digest| async move {
-                let parsed = Digest::parse(&digest).map_err(|e| MetaError(e.to_string()))?;
+                let parsed = Digest::parse(&digest).map_err(MetaError::from)?;
                 let record = self.manifest(&parsed).await?;
                 Ok::<_, MetaError>((digest, record))
             })

@@ -30,8 +30,8 @@ use super::{
 };
 use crate::reference::Digest;
 
-fn err(e: impl std::fmt::Display) -> MetaError {
-    MetaError(e.to_string())
+fn err(e: impl Into<MetaError>) -> MetaError {
+    e.into()
 }
 
 const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
@@ -239,7 +239,7 @@ impl LocalMetadata {
         };
         serde_json::from_slice(value.value())
             .map(Some)
-            .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))
+            .map_err(|e| MetaError::referrers(&key.subject, e))
     }
 
     /// Makes `list` the referrers of its subject, on the blocking pool.

@@ -30,7 +30,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::reference::Digest;
+use crate::cache::bucket::BucketError;
+use crate::reference::{Digest, DigestError};
 pub use bucket::BucketMetadata;
 pub use local::LocalMetadata;
 
@@ -199,9 +200,63 @@ pub struct NewManifest<'a> {
     pub references: &'a [Digest],
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("cache metadata: {0}")]
-pub struct MetaError(pub String);
+/// Why the metadata could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The local database (redb).
+    #[error("cache metadata: {0}")]
+    Database(#[from] redb::Error),
+    /// The bucket the records are kept in.
+    #[error("cache metadata: {0}")]
+    Bucket(#[from] BucketError),
+    /// A record that does not encode or decode.
+    #[error("cache metadata: {0}")]
+    Record(#[from] serde_json::Error),
+    /// A referrer list that does not decode.
+    #[error("cache metadata: referrers of {subject}: {source}")]
+    Referrers {
+        subject: String,
+        source: serde_json::Error,
+    },
+    /// A referrer list other replicas kept changing while this one tried to change it.
+    #[error("cache metadata: referrers of {subject} kept changing under {tries} tries")]
+    Contended { subject: String, tries: usize },
+    /// A digest among the records that does not parse.
+    #[error("cache metadata: {0}")]
+    Digest(#[from] DigestError),
+    /// A write on the blocking pool did not finish (a panic).
+    #[error("cache metadata: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// redb's errors of each step (open, begin, table, read, commit) are one [`redb::Error`].
+macro_rules! database_errors {
+    ($($step:ty),*) => {
+        $(impl From<$step> for MetaError {
+            fn from(e: $step) -> Self {
+                MetaError::Database(e.into())
+            }
+        })*
+    };
+}
+
+database_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl MetaError {
+    /// A referrer list of `subject` that does not decode.
+    pub(crate) fn referrers(subject: &str, source: serde_json::Error) -> Self {
+        MetaError::Referrers {
+            subject: subject.to_owned(),
+            source,
+        }
+    }
+}
 
 /// Unix seconds now.
 pub fn now() -> u64 {

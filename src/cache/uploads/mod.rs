@@ -67,24 +67,13 @@ async fn mount(
     };
     let upstream = &route.upstream.name;
     let linked = match query(parts, "from") {
-        Some(from) => app
-            .meta
-            .is_linked(upstream, &from, &digest)
-            .await
-            .map_err(internal)?,
+        Some(from) => app.meta.is_linked(upstream, &from, &digest).await?,
         None => true,
-    } && app
-        .meta
-        .has_source(upstream, &digest)
-        .await
-        .map_err(internal)?;
-    if !linked || app.store.size(&digest).await.map_err(internal)?.is_none() {
+    } && app.meta.has_source(upstream, &digest).await?;
+    if !linked || app.store.size(&digest).await?.is_none() {
         return Ok(None);
     }
-    app.meta
-        .link(upstream, &route.repository, &digest)
-        .await
-        .map_err(internal)?;
+    app.meta.link(upstream, &route.repository, &digest).await?;
     Ok(Some(created(format!("/v2/{name}/blobs/{digest}"), &digest)))
 }
 
@@ -304,14 +293,12 @@ pub(crate) async fn finish_file(
             digest: &digest,
             size,
         })
-        .await
-        .map_err(internal)?;
+        .await?;
     let commit = app.store.commit(path, &digest);
     match &app.fleet {
         Some(fleet) => fleet.storing(&digest, commit).await,
         None => commit.await,
-    }
-    .map_err(internal)?;
+    }?;
     if new {
         app.status.stored().committed(size);
     }
