@@ -174,38 +174,12 @@ impl Fleet {
         let mut waited = false;
         loop {
             // Stored for this upstream by another replica meanwhile: read it from the bucket
-            // (verified again). Content stored for another upstream does not count (see
-            // `meta`: sources).
-            let blob = keys::blob(digest);
-            let held = self
-                .bucket
-                .head(&keys::source(upstream, digest))
-                .await
-                .map_err(|e| unavailable(&self.bucket, e))?
-                .is_some();
-            let stored = if held {
-                self.bucket
-                    .head(&blob)
-                    .await
-                    .map_err(|e| unavailable(&self.bucket, e))?
-            } else {
-                None
-            };
-            if let Some(size) = stored {
+            // (verified again).
+            if let Some(size) = self.stored(upstream, digest).await? {
                 if let Some(confirm) = confirm.take() {
                     confirm.await?;
                 }
-                let body = self
-                    .bucket
-                    .stream(&blob, 0, size)
-                    .await
-                    .map_err(|e| unavailable(&self.bucket, e))?
-                    .boxed();
-                return Ok(Fetched {
-                    size: Some(size),
-                    body,
-                    keep: Keep::Link,
-                });
+                return self.read_stored(digest, size).await;
             }
             let claim = self
                 .leases
@@ -227,20 +201,11 @@ impl Fleet {
                     confirm.await?;
                 }
             }
-            if self.follower.enabled() && theirs.address.is_some() {
-                match self.follower.follow(&theirs, upstream, digest).await {
-                    Ok(FromHolder::Streaming(size, body)) => {
-                        self.metrics.fleet("followed");
-                        return Ok(Fetched {
-                            size,
-                            body,
-                            keep: Keep::Link,
-                        });
-                    }
-                    // Finished or failed just now: look at the bucket and the lease again.
-                    Ok(FromHolder::NoFill) => continue,
-                    Err(e) => tracing::debug!(holder = %theirs.holder, error = %e, "cannot follow"),
-                }
+            match self.follow(&theirs, upstream, digest).await {
+                Followed::Streaming(fetched) => return Ok(fetched),
+                // Finished or failed just now: look at the bucket and the lease again.
+                Followed::Gone => continue,
+                Followed::Unreachable => {}
             }
             if !waited {
                 waited = true;
@@ -258,6 +223,71 @@ impl Fleet {
             tokio::time::sleep(POLL).await;
         }
     }
+
+    /// The size of `digest` in the bucket when `upstream`'s namespace holds it there: content
+    /// stored for another upstream does not count (see `meta`: sources).
+    async fn stored(&self, upstream: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        let held = self
+            .bucket
+            .head(&keys::source(upstream, digest))
+            .await
+            .map_err(|e| unavailable(&self.bucket, e))?
+            .is_some();
+        if !held {
+            return Ok(None);
+        }
+        self.bucket
+            .head(&keys::blob(digest))
+            .await
+            .map_err(|e| unavailable(&self.bucket, e))
+    }
+
+    /// A blob stored in the bucket, to stream (and verify) and link.
+    async fn read_stored(&self, digest: &Digest, size: u64) -> Result<Fetched, RegistryError> {
+        let body = self
+            .bucket
+            .stream(&keys::blob(digest), 0, size)
+            .await
+            .map_err(|e| unavailable(&self.bucket, e))?
+            .boxed();
+        Ok(Fetched {
+            size: Some(size),
+            body,
+            keep: Keep::Link,
+        })
+    }
+
+    /// The holder's download, streamed when it can be followed.
+    async fn follow(&self, theirs: &Lease, upstream: &str, digest: &Digest) -> Followed {
+        if !self.follower.enabled() || theirs.address.is_none() {
+            return Followed::Unreachable;
+        }
+        match self.follower.follow(theirs, upstream, digest).await {
+            Ok(FromHolder::Streaming(size, body)) => {
+                self.metrics.fleet("followed");
+                Followed::Streaming(Fetched {
+                    size,
+                    body,
+                    keep: Keep::Link,
+                })
+            }
+            Ok(FromHolder::NoFill) => Followed::Gone,
+            Err(e) => {
+                tracing::debug!(holder = %theirs.holder, error = %e, "cannot follow");
+                Followed::Unreachable
+            }
+        }
+    }
+}
+
+/// What following a holder gave.
+enum Followed {
+    /// Its download, as it streams.
+    Streaming(Fetched),
+    /// It has no fill in flight (done, failed, or never started).
+    Gone,
+    /// It cannot be followed: no secret or address, or it did not answer.
+    Unreachable,
 }
 
 /// Where the internal route lives.

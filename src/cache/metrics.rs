@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::registry::CacheOutcome;
 
@@ -116,106 +116,104 @@ pub enum Source {
     Fill,
 }
 
+/// A family of latency histograms, one per label set.
+fn histograms<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// Registers `metric` as `name` with its `help`; returns it (a handle to the same metric).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "regmirror_cache_requests",
-            "Registry requests by kind and how the cache answered them",
-            requests.clone(),
-        );
-        let durations: HistogramFamily<KindLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "regmirror_http_request_seconds",
-            "How long requests took to answer (headers), by kind",
-            durations.clone(),
-        );
-        let bytes = Family::<SourceLabels, Counter>::default();
-        registry.register(
-            "regmirror_bytes_served",
-            "Blob bytes sent to clients, from the store or from fills in flight",
-            bytes.clone(),
-        );
-        let upstream = Family::<UpstreamStatusLabels, Counter>::default();
-        registry.register(
-            "regmirror_upstream_requests",
-            "Upstream answers by upstream and HTTP status (0: no answer)",
-            upstream.clone(),
-        );
-        let upstream_latency: HistogramFamily<UpstreamLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "regmirror_upstream_request_seconds",
-            "How long upstreams took to answer",
-            upstream_latency.clone(),
-        );
-        let upstream_queue: HistogramFamily<UpstreamLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "regmirror_upstream_queue_seconds",
-            "How long requests waited for their turn under an upstream's max_concurrent/max_rate",
-            upstream_queue.clone(),
-        );
-        let ratelimit_limit = Family::<UpstreamLabels, Gauge>::default();
-        registry.register(
-            "regmirror_upstream_ratelimit_limit",
-            "Pulls per window the upstream allows, as its last answer stated (ratelimit-limit)",
-            ratelimit_limit.clone(),
-        );
-        let ratelimit_remaining = Family::<UpstreamLabels, Gauge>::default();
-        registry.register(
-            "regmirror_upstream_ratelimit_remaining",
-            "Pulls left in the window, as the upstream's last answer stated (ratelimit-remaining)",
-            ratelimit_remaining.clone(),
-        );
-        let fills = Gauge::default();
-        registry.register(
-            "regmirror_fills_in_flight",
-            "Upstream downloads in progress",
-            fills.clone(),
-        );
-        let buffers = Gauge::default();
-        registry.register(
-            "regmirror_buffer_bytes",
-            "Blob data held in memory for clients and fills (limits.buffer_memory)",
-            buffers.clone(),
-        );
-        let memos = Family::<MemoLabels, Gauge>::default();
-        registry.register(
-            "regmirror_memo_bytes",
-            "Bytes held by the in-memory memos (limits.manifest_memo, limits.blob_memo)",
-            memos.clone(),
-        );
-        let errors = Family::<CodeLabels, Counter>::default();
-        registry.register(
-            "regmirror_errors",
-            "Error answers by OCI error code",
-            errors.clone(),
-        );
-        let fleet = Family::<RoleLabels, Counter>::default();
-        registry.register(
-            "regmirror_fleet_fills",
-            "Fills on a shared bucket by this replica's role: led (held the lease), took_over \
-             (an expired one), followed (streamed another replica's download), waited",
-            fleet.clone(),
-        );
+        let mut r = Registry::default();
         Metrics {
-            fleet,
-            registry,
-            requests,
-            durations,
-            bytes,
-            upstream,
-            upstream_latency,
-            upstream_queue,
-            ratelimit_limit,
-            ratelimit_remaining,
-            fills,
-            buffers,
-            memos,
-            errors,
+            requests: registered(
+                &mut r,
+                "regmirror_cache_requests",
+                "Registry requests by kind and how the cache answered them",
+                Family::default(),
+            ),
+            durations: registered(
+                &mut r,
+                "regmirror_http_request_seconds",
+                "How long requests took to answer (headers), by kind",
+                histograms(),
+            ),
+            bytes: registered(
+                &mut r,
+                "regmirror_bytes_served",
+                "Blob bytes sent to clients, from the store or from fills in flight",
+                Family::default(),
+            ),
+            upstream: registered(
+                &mut r,
+                "regmirror_upstream_requests",
+                "Upstream answers by upstream and HTTP status (0: no answer)",
+                Family::default(),
+            ),
+            upstream_latency: registered(
+                &mut r,
+                "regmirror_upstream_request_seconds",
+                "How long upstreams took to answer",
+                histograms(),
+            ),
+            upstream_queue: registered(
+                &mut r,
+                "regmirror_upstream_queue_seconds",
+                "How long requests waited for their turn under an upstream's \
+                 max_concurrent/max_rate",
+                histograms(),
+            ),
+            ratelimit_limit: registered(
+                &mut r,
+                "regmirror_upstream_ratelimit_limit",
+                "Pulls per window the upstream allows, as its last answer stated \
+                 (ratelimit-limit)",
+                Family::default(),
+            ),
+            ratelimit_remaining: registered(
+                &mut r,
+                "regmirror_upstream_ratelimit_remaining",
+                "Pulls left in the window, as the upstream's last answer stated \
+                 (ratelimit-remaining)",
+                Family::default(),
+            ),
+            fills: registered(
+                &mut r,
+                "regmirror_fills_in_flight",
+                "Upstream downloads in progress",
+                Gauge::default(),
+            ),
+            buffers: registered(
+                &mut r,
+                "regmirror_buffer_bytes",
+                "Blob data held in memory for clients and fills (limits.buffer_memory)",
+                Gauge::default(),
+            ),
+            memos: registered(
+                &mut r,
+                "regmirror_memo_bytes",
+                "Bytes held by the in-memory memos (limits.manifest_memo, limits.blob_memo)",
+                Family::default(),
+            ),
+            errors: registered(
+                &mut r,
+                "regmirror_errors",
+                "Error answers by OCI error code",
+                Family::default(),
+            ),
+            fleet: registered(
+                &mut r,
+                "regmirror_fleet_fills",
+                "Fills on a shared bucket by this replica's role: led (held the lease), took_over \
+                 (an expired one), followed (streamed another replica's download), waited",
+                Family::default(),
+            ),
+            registry: r,
         }
     }
 }
