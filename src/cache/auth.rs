@@ -26,7 +26,7 @@ const REMEMBER: Duration = Duration::from_secs(300);
 const MAX_WAITING: usize = 64;
 
 #[derive(Debug)]
-pub struct Htpasswd {
+pub(crate) struct Htpasswd {
     realm: String,
     users: HashMap<String, String>,
     /// What an unknown user's password is checked against.
@@ -57,7 +57,7 @@ pub enum HtpasswdError {
 
 /// Why a request did not authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No or wrong credentials: the Basic challenge.
     Unauthorized,
     /// Too many verifications queued: try again later.
@@ -67,7 +67,7 @@ pub enum Refusal {
 impl Htpasswd {
     /// Parses htpasswd text; only bcrypt (`$2y$`, `$2a$`, `$2b$`) entries are accepted. Computes
     /// the dummy hash at the highest cost the file uses (one bcrypt run).
-    pub fn parse(realm: &str, file: &str, text: &str) -> Result<Self, HtpasswdError> {
+    pub(crate) fn parse(realm: &str, file: &str, text: &str) -> Result<Self, HtpasswdError> {
         let mut users = HashMap::new();
         let mut cost = 4;
         for (number, line) in text.lines().enumerate() {
@@ -111,12 +111,15 @@ impl Htpasswd {
     }
 
     /// The `WWW-Authenticate` value for a 401.
-    pub fn challenge(&self) -> String {
+    pub(crate) fn challenge(&self) -> String {
         format!("Basic realm=\"{}\"", self.realm.replace('"', "'"))
     }
 
     /// The user an `Authorization` header authenticates.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, Refusal> {
+    pub(crate) async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<String, Refusal> {
         let encoded = authorization
             .and_then(|a| a.strip_prefix("Basic "))
             .ok_or(Refusal::Unauthorized)?;

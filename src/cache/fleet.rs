@@ -31,13 +31,13 @@ use crate::reference::Digest;
 use crate::registry::{ErrorCode, RegistryError};
 
 /// The longest a replica waits for another's download it cannot stream.
-pub const FOLLOW_WAIT: Duration = Duration::from_secs(300);
+pub(crate) const FOLLOW_WAIT: Duration = Duration::from_secs(300);
 /// How often a waiting replica looks again.
 const POLL: Duration = Duration::from_secs(1);
 
 /// This replica in a fleet sharing one bucket.
 #[derive(Debug, Clone)]
-pub struct Fleet {
+pub(crate) struct Fleet {
     bucket: Bucket,
     leases: Leases,
     follower: Follower,
@@ -54,7 +54,7 @@ fn unavailable(bucket: &Bucket, e: impl std::fmt::Display) -> RegistryError {
 impl Fleet {
     /// Runs `collect` unless another replica is collecting (then `None`): the collection holds
     /// the bucket's gc lease, and afterwards aborts the multipart uploads no live fill owns.
-    pub async fn collect_alone<T, E, F>(
+    pub(crate) async fn collect_alone<T, E, F>(
         &self,
         collect: F,
         upload_lifetime: Duration,
@@ -86,7 +86,7 @@ impl Fleet {
     /// storing left behind. A replica takes a
     /// blob's lease before it starts an upload and releases it after completing it, and the
     /// uploads are listed before the leases, so a live upload always has a live lease here.
-    pub async fn abort_abandoned_uploads(
+    pub(crate) async fn abort_abandoned_uploads(
         &self,
         pushes: &std::collections::HashSet<String>,
     ) -> Result<usize, BucketError> {
@@ -133,7 +133,7 @@ impl Fleet {
     /// Runs `store` (which uploads the blob `digest`) holding the blob's lease, so a collection
     /// meanwhile never takes the upload for one a dead replica left. When another replica
     /// holds the lease (it stores the same blob), its lease covers the upload just as well.
-    pub async fn storing<T>(&self, digest: &Digest, store: impl Future<Output = T>) -> T {
+    pub(crate) async fn storing<T>(&self, digest: &Digest, store: impl Future<Output = T>) -> T {
         let key = keys::fill_lease(super::routing::LOCAL, digest);
         let claim = self.leases.claim(&key, "").await;
         let result = store.await;
@@ -143,7 +143,12 @@ impl Fleet {
         result
     }
 
-    pub fn new(bucket: Bucket, leases: Leases, follower: Follower, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        bucket: Bucket,
+        leases: Leases,
+        follower: Follower,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Fleet {
             bucket,
             leases,
@@ -291,9 +296,9 @@ enum Followed {
 }
 
 /// Where the internal route lives.
-pub const FILLS_PATH: &str = "/_regmirror/fills/";
+pub(crate) const FILLS_PATH: &str = "/_regmirror/fills/";
 /// The header carrying the route's signature.
-pub const SIGNATURE_HEADER: &str = "regmirror-fleet";
+pub(crate) const SIGNATURE_HEADER: &str = "regmirror-fleet";
 
 /// The internal path of a fill.
 pub fn fill_path(upstream: &str, digest: &Digest) -> String {
@@ -357,7 +362,7 @@ const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a follower asks holders with.
 #[derive(Debug, Clone)]
-pub struct Follower {
+pub(crate) struct Follower {
     client: reqwest::Client,
     secret: Option<Secret>,
 }
@@ -390,7 +395,10 @@ pub(crate) enum FromHolder {
 }
 
 impl Follower {
-    pub fn new(secret: Option<Secret>, connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(
+        secret: Option<Secret>,
+        connect_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         // Holders are other replicas on the operator's own network: no address guard, no proxy.
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
@@ -401,7 +409,7 @@ impl Follower {
     }
 
     /// Whether this replica can follow holders at all (it knows the fleet's secret).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.secret.is_some()
     }
 

@@ -23,32 +23,32 @@ use crate::reference::Digest;
 
 /// What decides eviction.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    pub ttl: Duration,
-    pub max_size: Option<u64>,
+pub(crate) struct Policy {
+    pub(crate) ttl: Duration,
+    pub(crate) max_size: Option<u64>,
     /// Unix seconds.
-    pub now: u64,
+    pub(crate) now: u64,
 }
 
 /// What a collection removes (or would, with `--dry-run`).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Digests of evicted manifests and blobs, sorted.
-    pub evict: Vec<String>,
+    pub(crate) evict: Vec<String>,
     /// Evicted referrer lists, sorted.
-    pub referrer_lists: Vec<ListKey>,
+    pub(crate) referrer_lists: Vec<ListKey>,
     /// The same as an operator reads them: each image, blob no image reaches, and referrer
     /// list, with why it goes; the least recently used first.
-    pub units: Vec<Evicted>,
-    pub manifests: usize,
-    pub blobs: usize,
-    pub freed_bytes: u64,
-    pub kept_bytes: u64,
+    pub(crate) units: Vec<Evicted>,
+    pub(crate) manifests: usize,
+    pub(crate) blobs: usize,
+    pub(crate) freed_bytes: u64,
+    pub(crate) kept_bytes: u64,
 }
 
 /// Why something is evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Not used for `proxy.ttl`.
     Unused,
     /// The cache is over `storage.maxsize`, and it is among the least recently used.
@@ -57,17 +57,17 @@ pub enum Reason {
 
 /// One thing a collection evicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evicted {
-    pub what: Evictee,
-    pub reason: Reason,
+pub(crate) struct Evicted {
+    pub(crate) what: Evictee,
+    pub(crate) reason: Reason,
     /// Unix seconds (links count as uses).
-    pub last_used: u64,
+    pub(crate) last_used: u64,
     /// What it frees: an image's manifests and the blobs no kept image shares.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Evictee {
+pub(crate) enum Evictee {
     /// An image: its top manifest, and its names (`upstream/repository:tag`, or
     /// `upstream/repository` where no tag points at it), filled by [`collect`] when asked.
     Image { digest: String, names: Vec<String> },
@@ -78,7 +78,7 @@ pub enum Evictee {
 }
 
 /// Decides what goes.
-pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
+pub(crate) fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
     let uses = Uses::of(inventory, policy);
     let roots = image_roots(inventory, &uses);
     let live_roots: HashSet<&str> = roots
@@ -516,7 +516,7 @@ async fn name_images(
 /// Plans and (unless `dry_run`) applies a collection.
 /// With `name_images`, the plan's images are named ([`Evictee::Image`]): a read of each
 /// repository's tags, for `regmirror gc` to say what it removes.
-pub async fn collect(
+pub(crate) async fn collect(
     meta: &Metadata,
     store: &BlobStore,
     policy: &Policy,
@@ -543,7 +543,7 @@ pub async fn collect(
 /// tens of MiB for a moment (about 90 MiB for 100,000 blobs), on whichever thread ran it; glibc
 /// keeps freed memory in that thread's arena, so without this a server's RSS kept the peak of
 /// every arena a collection had run in (bench 15: 150 MiB after collections every 2 s).
-pub fn give_back_freed_memory() {
+pub(crate) fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only hands free pages of the heap back to the kernel; glibc allows it
     // from any thread at any time (it takes each arena's lock in turn).

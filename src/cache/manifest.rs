@@ -8,10 +8,10 @@ use crate::registry::{DOCKER_V1_SIGNED, OCI_INDEX, OCI_MANIFEST, manifest_media_
 
 /// A manifest as served.
 #[derive(Debug, Clone)]
-pub struct CachedManifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Bytes,
+pub(crate) struct CachedManifest {
+    pub(crate) digest: Digest,
+    pub(crate) media_type: String,
+    pub(crate) bytes: Bytes,
 }
 
 /// Everything a manifest or index points at: config, layers, child manifests. Not its subject:

@@ -31,7 +31,7 @@ use prometheus_client::registry::{Metric, Registry};
 use crate::registry::CacheOutcome;
 
 /// The exposition's content type.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -72,11 +72,11 @@ struct MemoLabels {
 
 /// Levels read at each scrape.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Levels {
-    pub fills: usize,
-    pub buffer_bytes: usize,
-    pub manifest_memo_bytes: usize,
-    pub blob_memo_bytes: usize,
+pub(crate) struct Levels {
+    pub(crate) fills: usize,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) manifest_memo_bytes: usize,
+    pub(crate) blob_memo_bytes: usize,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,7 +92,7 @@ fn latency_histogram() -> Histogram {
 }
 
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily<KindLabels>,
@@ -111,7 +111,7 @@ pub struct Metrics {
 
 /// Where served bytes came from.
 #[derive(Debug, Clone, Copy)]
-pub enum Source {
+pub(crate) enum Source {
     Cache,
     Fill,
 }
@@ -220,20 +220,20 @@ impl Default for Metrics {
 
 impl Metrics {
     /// `kind`: manifest, blob, tag.
-    pub fn request(&self, kind: &'static str, result: CacheOutcome) {
+    pub(crate) fn request(&self, kind: &'static str, result: CacheOutcome) {
         self.requests
             .get_or_create(&RequestLabels { kind, result })
             .inc();
     }
 
     /// A request answered after `took`; `kind` is its API area (manifest, blob, ...).
-    pub fn answered(&self, kind: &'static str, took: Duration) {
+    pub(crate) fn answered(&self, kind: &'static str, took: Duration) {
         self.durations
             .get_or_create(&KindLabels { kind })
             .observe(took.as_secs_f64());
     }
 
-    pub fn bytes(&self, source: Source, n: u64) {
+    pub(crate) fn bytes(&self, source: Source, n: u64) {
         let source = match source {
             Source::Cache => "cache",
             Source::Fill => "fill",
@@ -243,7 +243,7 @@ impl Metrics {
 
     /// An upstream answer (status 0 = no answer) and how long it took. `upstream` is a bounded
     /// label (see the module docs).
-    pub fn upstream(&self, upstream: &str, status: u16, latency: Duration) {
+    pub(crate) fn upstream(&self, upstream: &str, status: u16, latency: Duration) {
         self.upstream
             .get_or_create(&UpstreamStatusLabels {
                 upstream: upstream.to_owned(),
@@ -258,7 +258,7 @@ impl Metrics {
     }
 
     /// A request waited `queued` for its turn under the upstream's request limits.
-    pub fn queued(&self, upstream: &str, queued: Duration) {
+    pub(crate) fn queued(&self, upstream: &str, queued: Duration) {
         self.upstream_queue
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
@@ -267,7 +267,7 @@ impl Metrics {
     }
 
     /// The pull budget a configured upstream stated.
-    pub fn budget(&self, upstream: &str, limit: u64, remaining: u64) {
+    pub(crate) fn budget(&self, upstream: &str, limit: u64, remaining: u64) {
         let labels = UpstreamLabels {
             upstream: upstream.to_owned(),
         };
@@ -281,16 +281,16 @@ impl Metrics {
     }
 
     /// A fill on a shared bucket: `led`, `took_over`, `followed` or `waited`.
-    pub fn fleet(&self, role: &'static str) {
+    pub(crate) fn fleet(&self, role: &'static str) {
         self.fleet.get_or_create(&RoleLabels { role }).inc();
     }
 
-    pub fn error(&self, code: &'static str) {
+    pub(crate) fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabels { code }).inc();
     }
 
     /// The exposition text, with `levels` read now.
-    pub fn render(&self, levels: Levels) -> String {
+    pub(crate) fn render(&self, levels: Levels) -> String {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.fills.set(gauge(levels.fills));
         self.buffers.set(gauge(levels.buffer_bytes));

@@ -15,32 +15,32 @@
 //! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
 //! - [`server`]: start-up and graceful shutdown; [`metrics`], [`status`]: what operators see.
 
-pub mod access;
+pub(crate) mod access;
 pub mod auth;
-pub mod blobs;
+pub(crate) mod blobs;
 pub mod bucket;
-pub mod buffers;
+pub(crate) mod buffers;
 mod error;
-pub mod fill;
+pub(crate) mod fill;
 pub mod fleet;
-pub mod gc;
-pub mod http;
-pub mod lease;
+pub(crate) mod gc;
+pub(crate) mod http;
+pub(crate) mod lease;
 pub mod manifest;
-pub mod manifests;
-pub mod memo;
+pub(crate) mod manifests;
+pub(crate) mod memo;
 pub mod meta;
-pub mod metrics;
-pub mod push;
+pub(crate) mod metrics;
+pub(crate) mod push;
 pub mod range;
 pub mod referrers;
-pub mod routing;
+pub(crate) mod routing;
 pub mod server;
-pub mod status;
-pub mod store;
-pub mod uploads;
-pub mod upstreams;
-pub mod uses;
+pub(crate) mod status;
+pub(crate) mod store;
+pub(crate) mod uploads;
+pub(crate) mod upstreams;
+pub(crate) mod uses;
 
 use std::sync::{Arc, Mutex};
 

@@ -340,7 +340,7 @@ impl Referrers {
 /// One page of `descriptors` (sorted by digest): those of `artifact_type` when given, after
 /// the digest `last`, at most `n` and about [`PAGE_BYTES`] of JSON (at least one). Returns the
 /// page and, when more follow, the last digest on it (the next page's `last`).
-pub fn page(
+pub(crate) fn page(
     descriptors: Vec<Value>,
     artifact_type: Option<&str>,
     last: Option<&str>,
@@ -372,7 +372,7 @@ pub fn page(
 }
 
 /// An image index listing `descriptors`.
-pub fn index(descriptors: Vec<Value>) -> String {
+pub(crate) fn index(descriptors: Vec<Value>) -> String {
     serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,

@@ -438,19 +438,19 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// The storage a server runs on.
-pub struct Storage {
-    pub store: BlobStore,
-    pub meta: Metadata,
+pub(crate) struct Storage {
+    pub(crate) store: BlobStore,
+    pub(crate) meta: Metadata,
     /// The bucket, when the storage is one.
-    pub bucket: Option<Bucket>,
+    pub(crate) bucket: Option<Bucket>,
     /// This process's name among the replicas of a bucket.
-    pub replica: String,
+    pub(crate) replica: String,
 }
 
 /// Opens the configured storage: the local root (locked first, so a second process touches
 /// nothing), and on S3 the bucket, checked once: when it cannot be reached the server still
 /// starts (one error line naming the endpoint and bucket) and answers 503 for what needs it.
-pub async fn open_storage(
+pub(crate) async fn open_storage(
     config: &CacheConfig,
     connect_timeout: Duration,
 ) -> Result<Storage, StartError> {
@@ -677,7 +677,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
 
 /// Why a collection failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CollectError {
+pub(crate) enum CollectError {
     #[error("{0}")]
     Metadata(#[from] MetaError),
     /// The fleet's gc lease could not be claimed.
@@ -688,7 +688,7 @@ pub enum CollectError {
 /// One collection; on a shared bucket only when no other replica collects (then `None`), and
 /// followed by the clean-up of abandoned multipart uploads. `name`: the plan names the images
 /// it evicts (see [`super::gc::collect`]).
-pub async fn collect(
+pub(crate) async fn collect(
     meta: &Metadata,
     store: &BlobStore,
     fleet: Option<&Fleet>,

@@ -32,11 +32,11 @@ pub(crate) use html::html;
 /// Images whose pulls are counted at most.
 const MAX_IMAGES: usize = 1000;
 /// The JSON's path.
-pub const JSON_PATH: &str = "/_regmirror/status";
+pub(crate) const JSON_PATH: &str = "/_regmirror/status";
 
 /// Counters of one upstream (by metrics label), updated without a lock on the hot path.
 #[derive(Debug, Default)]
-pub struct UpstreamCounters {
+pub(crate) struct UpstreamCounters {
     requests: AtomicU64,
     hits: AtomicU64,
     bytes_cache: AtomicU64,
@@ -47,7 +47,7 @@ pub struct UpstreamCounters {
 
 impl UpstreamCounters {
     /// Blob bytes sent to a client, from the store (`cached`) or from a fill.
-    pub fn bytes(&self, cached: bool, n: u64) {
+    pub(crate) fn bytes(&self, cached: bool, n: u64) {
         let counter = if cached {
             &self.bytes_cache
         } else {
@@ -59,25 +59,25 @@ impl UpstreamCounters {
 
 /// One answered registry request, as the status page counts it.
 #[derive(Debug)]
-pub struct Answered<'a> {
-    pub label: &'a str,
+pub(crate) struct Answered<'a> {
+    pub(crate) label: &'a str,
     /// The counters of `label` ([`Status::counters`]).
-    pub counters: &'a UpstreamCounters,
-    pub repository: &'a str,
+    pub(crate) counters: &'a UpstreamCounters,
+    pub(crate) repository: &'a str,
     /// The tag, for manifest requests by tag.
-    pub tag: Option<&'a str>,
+    pub(crate) tag: Option<&'a str>,
     /// How the cache served it; none for an error or a push.
-    pub cache: Option<CacheOutcome>,
-    pub status: u16,
+    pub(crate) cache: Option<CacheOutcome>,
+    pub(crate) status: u16,
     /// The OCI error code and message, for an error answer.
-    pub error: Option<(&'a str, &'a str)>,
-    pub method: &'a str,
-    pub path: &'a str,
+    pub(crate) error: Option<(&'a str, &'a str)>,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
 }
 
 /// Everything the page shows that the rest of the cache does not keep.
 #[derive(Debug)]
-pub struct Status {
+pub(crate) struct Status {
     started: Instant,
     listen: Mutex<String>,
     upstreams: Mutex<HashMap<String, Arc<UpstreamCounters>>>,
@@ -107,7 +107,7 @@ impl Default for Status {
 
 /// The bytes the store keeps: measured by a collection, plus what was committed since.
 #[derive(Debug, Default)]
-pub struct StoredBytes {
+pub(crate) struct StoredBytes {
     /// Bytes of new content committed since start-up (only grows).
     committed: AtomicU64,
     measured: Mutex<Option<Measured>>,
@@ -123,22 +123,22 @@ struct Measured {
 
 /// Where the commit count stood when a collection began (see [`StoredBytes::mark`]).
 #[derive(Debug, Clone, Copy)]
-pub struct CommitMark(u64);
+pub(crate) struct CommitMark(u64);
 
 impl StoredBytes {
     /// New content of `bytes` was committed (a blob or manifest the store did not hold).
-    pub fn committed(&self, bytes: u64) {
+    pub(crate) fn committed(&self, bytes: u64) {
         self.committed.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Taken before a collection reads its inventory: what is committed after it is counted on
     /// top of the collection's measure.
-    pub fn mark(&self) -> CommitMark {
+    pub(crate) fn mark(&self) -> CommitMark {
         CommitMark(self.committed.load(Ordering::Relaxed))
     }
 
     /// A collection's result: the store keeps `bytes` (after its evictions).
-    pub fn measured(&self, bytes: u64, mark: CommitMark) {
+    pub(crate) fn measured(&self, bytes: u64, mark: CommitMark) {
         *lock(&self.measured) = Some(Measured {
             bytes,
             at: SystemTime::now(),
@@ -198,12 +198,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Status {
-    pub fn set_listen(&self, addr: String) {
+    pub(crate) fn set_listen(&self, addr: String) {
         *lock(&self.listen) = addr;
     }
 
     /// The counters of `label` (a bounded metrics label).
-    pub fn counters(&self, label: &str) -> Arc<UpstreamCounters> {
+    pub(crate) fn counters(&self, label: &str) -> Arc<UpstreamCounters> {
         let mut upstreams = lock(&self.upstreams);
         if let Some(counters) = upstreams.get(label) {
             return counters.clone();
@@ -214,11 +214,11 @@ impl Status {
     }
 
     /// The stored bytes, counted by fills, pushes and collections.
-    pub fn stored(&self) -> &Arc<StoredBytes> {
+    pub(crate) fn stored(&self) -> &Arc<StoredBytes> {
         &self.stored
     }
 
-    pub fn answered(&self, a: &Answered<'_>) {
+    pub(crate) fn answered(&self, a: &Answered<'_>) {
         let counters = a.counters;
         counters.requests.fetch_add(1, Ordering::Relaxed);
         if a.cache.is_some_and(CacheOutcome::is_hit) {
@@ -474,23 +474,23 @@ fn is_failure(status: u16) -> bool {
 
 /// An upstream as the page lists it.
 #[derive(Debug, Clone)]
-pub struct UpstreamView {
+pub(crate) struct UpstreamView {
     /// Its metrics label.
-    pub label: String,
-    pub url: String,
+    pub(crate) label: String,
+    pub(crate) url: String,
     /// The endpoints its fetches walk, in order (`--mirrors` first, then the upstream).
-    pub endpoints: Vec<EndpointView>,
+    pub(crate) endpoints: Vec<EndpointView>,
     /// (limit, remaining) of the pull budget it stated last.
-    pub budget: Option<(u64, u64)>,
+    pub(crate) budget: Option<(u64, u64)>,
 }
 
 /// One endpoint of an upstream's walk and its breaker.
 #[derive(Debug, Clone)]
-pub struct EndpointView {
-    pub url: String,
+pub(crate) struct EndpointView {
+    pub(crate) url: String,
     /// `mirror` or `origin`.
-    pub role: &'static str,
-    pub health: Health,
+    pub(crate) role: &'static str,
+    pub(crate) health: Health,
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 //! becomes visible in the store only once its digest is verified, so a reader never sees a
 //! partial or unverified blob.
 
-pub mod files;
+pub(crate) mod files;
 pub(crate) mod read;
 pub(crate) mod space;
-pub mod spool;
+pub(crate) mod spool;
 
 use std::fs::File;
 use std::io;
@@ -24,13 +24,13 @@ use files::FileStore;
 use spool::Spool;
 
 /// The sha256 digest of `bytes`.
-pub fn sha256(bytes: &[u8]) -> Digest {
+pub(crate) fn sha256(bytes: &[u8]) -> Digest {
     Digest::sha256_from_bytes(&Sha256::digest(bytes))
 }
 
 /// Where verified content lives, and the local spool in front of it.
 #[derive(Debug)]
-pub struct BlobStore {
+pub(crate) struct BlobStore {
     spool: Spool,
     content: Content,
 }
@@ -47,7 +47,7 @@ enum Content {
 
 /// A committed blob, ready to be read.
 #[derive(Debug)]
-pub enum Committed {
+pub(crate) enum Committed {
     File {
         file: File,
         size: u64,
@@ -61,7 +61,7 @@ pub enum Committed {
 }
 
 impl Committed {
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         match self {
             Committed::File { size, .. } | Committed::Object { size, .. } => *size,
         }
@@ -70,7 +70,7 @@ impl Committed {
 
 /// Why the store could not read or keep content.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// The local file system (a full disk: ENOSPC, a failing one: EIO).
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -96,7 +96,7 @@ pub enum StoreError {
 
 impl BlobStore {
     /// A store on the local file system under `root`: `blobs/` and the spool (`tmp/`, locked).
-    pub fn open_files(root: &std::path::Path) -> io::Result<Self> {
+    pub(crate) fn open_files(root: &std::path::Path) -> io::Result<Self> {
         let spool = Spool::open(root)?;
         Ok(BlobStore {
             spool,
@@ -105,7 +105,11 @@ impl BlobStore {
     }
 
     /// A store in a bucket, with its spool (locked) under the local `root`.
-    pub fn open_bucket(root: &std::path::Path, bucket: Bucket, redirect: bool) -> io::Result<Self> {
+    pub(crate) fn open_bucket(
+        root: &std::path::Path,
+        bucket: Bucket,
+        redirect: bool,
+    ) -> io::Result<Self> {
         Ok(BlobStore {
             spool: Spool::open(root)?,
             content: Content::Bucket { bucket, redirect },
@@ -113,7 +117,7 @@ impl BlobStore {
     }
 
     /// The bucket, when the store is one.
-    pub fn bucket(&self) -> Option<&Bucket> {
+    pub(crate) fn bucket(&self) -> Option<&Bucket> {
         match &self.content {
             Content::Files(_) => None,
             Content::Bucket { bucket, .. } => Some(bucket),
@@ -121,12 +125,12 @@ impl BlobStore {
     }
 
     /// A fresh spool path for content in progress.
-    pub fn temp_path(&self) -> PathBuf {
+    pub(crate) fn temp_path(&self) -> PathBuf {
         self.spool.temp_path()
     }
 
     /// A committed blob, or `None`.
-    pub async fn open(&self, digest: &Digest) -> Result<Option<Committed>, StoreError> {
+    pub(crate) async fn open(&self, digest: &Digest) -> Result<Option<Committed>, StoreError> {
         match &self.content {
             Content::Files(files) => match files.open_blob(digest) {
                 Ok(file) => {
@@ -148,7 +152,7 @@ impl BlobStore {
     }
 
     /// Bytes `start..end` of a committed object, as they arrive from the bucket.
-    pub async fn stream_object(
+    pub(crate) async fn stream_object(
         &self,
         key: &str,
         start: u64,
@@ -162,7 +166,7 @@ impl BlobStore {
 
     /// A committed object whole, which must be `size` bytes long (what [`open`](Self::open)
     /// saw): for small blobs, read at once into the blob memo.
-    pub async fn read_object(&self, key: &str, size: u64) -> Result<Bytes, StoreError> {
+    pub(crate) async fn read_object(&self, key: &str, size: u64) -> Result<Bytes, StoreError> {
         match &self.content {
             Content::Bucket { bucket, .. } => {
                 // A ranged GET: never more than `size` bytes in memory, whatever the object.
@@ -191,7 +195,7 @@ impl BlobStore {
     }
 
     /// A presigned URL of a committed object.
-    pub async fn presigned(&self, key: &str) -> Result<url::Url, StoreError> {
+    pub(crate) async fn presigned(&self, key: &str) -> Result<url::Url, StoreError> {
         match &self.content {
             Content::Bucket { bucket, .. } => Ok(bucket.presigned(key).await?),
             Content::Files(_) => Err(StoreError::NotABucket),
@@ -199,12 +203,12 @@ impl BlobStore {
     }
 
     /// The size of a committed blob, or `None`.
-    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+    pub(crate) async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
         Ok(self.open(digest).await?.map(|c| c.size()))
     }
 
     /// Makes a verified spool file visible under `digest` (the spool file goes).
-    pub async fn commit(&self, temp: PathBuf, digest: &Digest) -> Result<(), StoreError> {
+    pub(crate) async fn commit(&self, temp: PathBuf, digest: &Digest) -> Result<(), StoreError> {
         match &self.content {
             Content::Files(files) => {
                 let path = files.path(digest);
@@ -219,7 +223,11 @@ impl BlobStore {
     }
 
     /// Stores small content (a manifest) after checking it hashes to `digest`.
-    pub async fn put_verified(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
+    pub(crate) async fn put_verified(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
         if Hasher::digest(digest, &bytes) != *digest {
             return Err(StoreError::Mismatch(digest.clone()));
         }
@@ -233,7 +241,7 @@ impl BlobStore {
     }
 
     /// Small content (a manifest) whole, or `None`.
-    pub async fn read(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
+    pub(crate) async fn read(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
         match &self.content {
             Content::Files(files) => match tokio::fs::read(files.path(digest)).await {
                 Ok(bytes) => Ok(Some(Bytes::from(bytes))),
@@ -245,7 +253,7 @@ impl BlobStore {
     }
 
     /// Deletes committed content (eviction); content already gone is not an error.
-    pub async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
+    pub(crate) async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
         match &self.content {
             Content::Files(files) => match tokio::fs::remove_file(files.path(digest)).await {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),

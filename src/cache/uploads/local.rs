@@ -26,7 +26,7 @@ use crate::registry::{ErrorCode, RegistryError};
 
 /// Uploads in progress, by id.
 #[derive(Debug, Default)]
-pub struct Uploads {
+pub(crate) struct Uploads {
     active: Mutex<HashMap<String, Upload>>,
 }
 
@@ -111,7 +111,7 @@ impl Uploads {
 
     /// Abandons uploads no request touched for `lifetime`, deleting their files. Returns how
     /// many went.
-    pub fn expire(&self, lifetime: Duration) -> usize {
+    pub(crate) fn expire(&self, lifetime: Duration) -> usize {
         let expired: Vec<Upload> = {
             let mut active = self.lock();
             let ids: Vec<String> = active

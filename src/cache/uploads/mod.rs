@@ -7,8 +7,8 @@
 //! Bounds: an upload grows to `limits.max_blob_size` at most (past it the upload is abandoned
 //! with SIZE_INVALID); a request body that sends nothing for `limits.idle_timeout` fails.
 
-pub mod local;
-pub mod shared;
+pub(crate) mod local;
+pub(crate) mod shared;
 
 use std::path::PathBuf;
 
@@ -79,13 +79,13 @@ async fn mount(
 
 /// A fresh upload id: 128 random bits, so one client cannot guess (and write to) another's
 /// upload.
-pub fn new_upload_id() -> Result<String, RegistryError> {
+pub(crate) fn new_upload_id() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(internal)?;
     Ok(hex::encode(bytes))
 }
 
-pub fn accepted(name: &str, id: &str, size: u64) -> Response {
+pub(crate) fn accepted(name: &str, id: &str, size: u64) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
@@ -106,21 +106,21 @@ pub fn accepted(name: &str, id: &str, size: u64) -> Response {
 }
 
 /// GET of an upload: 204 with its `Location` and `Range`.
-pub fn progress(name: &str, id: &str, size: u64) -> Response {
+pub(crate) fn progress(name: &str, id: &str, size: u64) -> Response {
     let mut response = accepted(name, id, size);
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
 
 /// DELETE of an upload: 204.
-pub fn cancelled() -> Response {
+pub(crate) fn cancelled() -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
 
 /// The refusal of a new upload when `max` are in progress (`limits.max_uploads`).
-pub fn too_many(max: usize) -> RegistryError {
+pub(crate) fn too_many(max: usize) -> RegistryError {
     RegistryError::new(
         ErrorCode::TooManyRequests,
         format!("{max} uploads are in progress (limits.max_uploads)"),
@@ -128,11 +128,11 @@ pub fn too_many(max: usize) -> RegistryError {
 }
 
 /// A method the upload API does not have.
-pub fn unsupported(method: &Method) -> RegistryError {
+pub(crate) fn unsupported(method: &Method) -> RegistryError {
     RegistryError::new(ErrorCode::Unsupported, format!("{method} on an upload"))
 }
 
-pub fn created(location: String, digest: &Digest) -> Response {
+pub(crate) fn created(location: String, digest: &Digest) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::CREATED;
     let headers = response.headers_mut();
@@ -149,7 +149,7 @@ pub fn created(location: String, digest: &Digest) -> Response {
 /// The 416 for a chunk whose `Content-Range` does not start where the upload ends (the spec's
 /// answer to chunks out of order), with the upload's `Location` and `Range` so the client can
 /// resume; `None` when the chunk fits (or carries no `Content-Range`).
-pub fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
+pub(crate) fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
     let range = content_range(parts)?;
     if chunk_start(range) == Some(size) {
         return None;
@@ -160,7 +160,7 @@ pub fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Re
 
 /// The 416 for a chunk with a `Content-Range` sent while another request writes the upload
 /// (that request moves the end the chunk must start at); `None` without `Content-Range`.
-pub fn overtaken(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
+pub(crate) fn overtaken(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
     let range = content_range(parts)?;
     let why = format!(
         "upload {id} is being written by another request; the chunk {range:?} may start only \
@@ -196,7 +196,7 @@ fn chunk_start(range: &str) -> Option<u64> {
     range.split_once('-')?.0.trim().parse().ok()
 }
 
-pub fn query(parts: &Parts, key: &str) -> Option<String> {
+pub(crate) fn query(parts: &Parts, key: &str) -> Option<String> {
     url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())

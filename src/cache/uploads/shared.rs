@@ -30,7 +30,7 @@ use crate::cache::routing::Route;
 use crate::registry::{ErrorCode, RegistryError, internal};
 
 /// Where uploads live in the bucket.
-pub const UPLOADS: &str = "uploads/";
+pub(crate) const UPLOADS: &str = "uploads/";
 
 fn record_key(id: &str) -> String {
     format!("{UPLOADS}{id}/record")
@@ -281,7 +281,7 @@ async fn remove(bucket: &Bucket, id: &str, parts: u32) {
 /// Deletes the uploads no request touched for `lifetime` (their records and parts), and parts
 /// left without a record. Returns the uploads still in progress (their ids), whose multipart
 /// uploads of parts are not abandoned.
-pub async fn expire(
+pub(crate) async fn expire(
     bucket: &Bucket,
     lifetime: std::time::Duration,
 ) -> Result<std::collections::HashSet<String>, BucketError> {
@@ -308,7 +308,7 @@ pub async fn expire(
 }
 
 /// The upload id of a key under [`UPLOADS`].
-pub fn upload_id(key: &str) -> &str {
+pub(crate) fn upload_id(key: &str) -> &str {
     key.strip_prefix(UPLOADS)
         .and_then(|k| k.split('/').next())
         .unwrap_or_default()
