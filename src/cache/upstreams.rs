@@ -12,7 +12,6 @@ use reqwest::{Method, StatusCode};
 
 use super::metrics::Metrics;
 use super::routing::{Route, Router, Upstream};
-use super::status::{EndpointView, UpstreamView};
 use crate::reference::Digest;
 use crate::registry::{ErrorCode, MANIFEST_ACCEPT, RegistryError};
 use crate::upstream::{Budget, Target, UpstreamClient, UpstreamError, UpstreamRequest};
@@ -116,42 +115,9 @@ impl Upstreams {
         })
     }
 
-    /// Every configured upstream as the status page lists it: its endpoints in the order its
-    /// fetches walk them, each with its breaker, and the pull budget it stated.
-    pub(crate) fn views(&self) -> Vec<UpstreamView> {
-        self.router
-            .configured()
-            .into_iter()
-            .map(|u| {
-                let origin = u.origin();
-                let url = origin.map_or(String::new(), |o| o.base.to_string());
-                let budget = origin
-                    .and_then(|o| self.client.budget(&o.base))
-                    .map(|b| (b.limit, b.remaining));
-                let label = u.label().to_owned();
-                // The walk of any repository of it: `--mirrors` rules are per registry.
-                let walk = Route {
-                    upstream: u,
-                    repository: String::new(),
-                };
-                let endpoints = self
-                    .router
-                    .targets(&walk)
-                    .iter()
-                    .map(|t| EndpointView {
-                        url: t.base.to_string(),
-                        role: if t.is_mirror() { "mirror" } else { "origin" },
-                        health: self.client.health(&t.base),
-                    })
-                    .collect();
-                UpstreamView {
-                    label,
-                    url,
-                    endpoints,
-                    budget,
-                }
-            })
-            .collect()
+    /// The shared client: its breakers and the budgets upstreams stated.
+    pub(crate) fn client(&self) -> &UpstreamClient {
+        &self.client
     }
 }
 

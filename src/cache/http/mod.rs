@@ -400,7 +400,7 @@ fn unsupported(method: &Method) -> RegistryError {
 /// The status page (HTML) or its data (JSON): see [`super::status`].
 fn status_page(app: &App, json: bool) -> Response {
     let data = app.status.snapshot(
-        &app.upstreams.views(),
+        &status::upstream_views(&app.upstreams),
         &app.blobs.fills().progress(20),
         app.options.max_size,
     );

@@ -7,7 +7,8 @@
 //! the storage failing), which are also an upstream's "last failure", and client errors (any
 //! other 4xx: a tag that does not exist, a refused name), listed apart: an upstream answering
 //! 404 answered. The stored bytes are measured by each collection and kept current between
-//! collections by counting what is committed ([`StoredBytes`]).
+//! collections by counting what is committed ([`StoredBytes`], which the store's writers count
+//! and the page reads).
 //!
 //! What it keeps is bounded: counters per metrics label (configured upstreams, `local`,
 //! `dynamic`), the last errors ([`RecentLines`]), the last [`page::RECENT`] stale tags (one line
@@ -24,6 +25,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::fill::FillProgress;
+use super::routing::Route;
+use super::store::StoredBytes;
+use super::upstreams::Upstreams;
 use crate::page::{self, RecentLine, RecentLines};
 use crate::registry::CacheOutcome;
 use crate::upstream::Health;
@@ -102,58 +106,6 @@ impl Default for Status {
             client_errors: RecentLines::default(),
             stored: Arc::default(),
         }
-    }
-}
-
-/// The bytes the store keeps: measured by a collection, plus what was committed since.
-#[derive(Debug, Default)]
-pub(crate) struct StoredBytes {
-    /// Bytes of new content committed since start-up (only grows).
-    committed: AtomicU64,
-    measured: Mutex<Option<Measured>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Measured {
-    bytes: u64,
-    at: SystemTime,
-    /// `committed` when the collection read its inventory.
-    committed_then: u64,
-}
-
-/// Where the commit count stood when a collection began (see [`StoredBytes::mark`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CommitMark(u64);
-
-impl StoredBytes {
-    /// New content of `bytes` was committed (a blob or manifest the store did not hold).
-    pub(crate) fn committed(&self, bytes: u64) {
-        self.committed.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// Taken before a collection reads its inventory: what is committed after it is counted on
-    /// top of the collection's measure.
-    pub(crate) fn mark(&self) -> CommitMark {
-        CommitMark(self.committed.load(Ordering::Relaxed))
-    }
-
-    /// A collection's result: the store keeps `bytes` (after its evictions).
-    pub(crate) fn measured(&self, bytes: u64, mark: CommitMark) {
-        *lock(&self.measured) = Some(Measured {
-            bytes,
-            at: SystemTime::now(),
-            committed_then: mark.0,
-        });
-    }
-
-    /// (bytes stored now, when they were last measured, bytes committed since), once measured.
-    fn now(&self) -> Option<(u64, SystemTime, u64)> {
-        let measured = (*lock(&self.measured))?;
-        let since = self
-            .committed
-            .load(Ordering::Relaxed)
-            .saturating_sub(measured.committed_then);
-        Some((measured.bytes.saturating_add(since), measured.at, since))
     }
 }
 
@@ -472,6 +424,44 @@ fn is_failure(status: u16) -> bool {
     status == 429 || status >= 500
 }
 
+/// Every configured upstream as the page lists it: its endpoints in the order its fetches walk
+/// them, each with its breaker, and the pull budget it stated.
+pub(crate) fn upstream_views(upstreams: &Upstreams) -> Vec<UpstreamView> {
+    let (router, client) = (upstreams.router(), upstreams.client());
+    router
+        .configured()
+        .into_iter()
+        .map(|u| {
+            let origin = u.origin();
+            let url = origin.map_or(String::new(), |o| o.base.to_string());
+            let budget = origin
+                .and_then(|o| client.budget(&o.base))
+                .map(|b| (b.limit, b.remaining));
+            let label = u.label().to_owned();
+            // The walk of any repository of it: `--mirrors` rules are per registry.
+            let walk = Route {
+                upstream: u,
+                repository: String::new(),
+            };
+            let endpoints = router
+                .targets(&walk)
+                .iter()
+                .map(|t| EndpointView {
+                    url: t.base.to_string(),
+                    role: if t.is_mirror() { "mirror" } else { "origin" },
+                    health: client.health(&t.base),
+                })
+                .collect();
+            UpstreamView {
+                label,
+                url,
+                endpoints,
+                budget,
+            }
+        })
+        .collect()
+}
+
 /// An upstream as the page lists it.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamView {
@@ -661,21 +651,5 @@ mod tests {
             status.stale.push(format!("t{i}"));
         }
         assert_eq!(status.stale.tags().len(), crate::page::RECENT, "bounded");
-    }
-
-    #[test]
-    fn stored_bytes_count_commits_after_the_measure() {
-        let stored = StoredBytes::default();
-        stored.committed(100);
-        assert_eq!(stored.now(), None, "not measured yet");
-        let mark = stored.mark();
-        // Committed while the collection ran: not in its inventory, counted on top.
-        stored.committed(20);
-        stored.measured(1000, mark);
-        stored.committed(5);
-        let (bytes, _, since) = stored.now().unwrap();
-        assert_eq!((bytes, since), (1025, 25));
-        stored.measured(10, stored.mark());
-        assert_eq!(stored.now().unwrap().0, 10, "a collection measures again");
     }
 }

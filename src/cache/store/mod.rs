@@ -9,6 +9,7 @@ pub(crate) mod files;
 pub(crate) mod read;
 pub(crate) mod space;
 pub(crate) mod spool;
+mod stored;
 
 use std::fs::File;
 use std::io;
@@ -22,6 +23,7 @@ use crate::cache::bucket::{Bucket, BucketError, keys};
 use crate::reference::{Digest, Hasher};
 use files::FileStore;
 use spool::Spool;
+pub(crate) use stored::StoredBytes;
 
 /// The sha256 digest of `bytes`.
 pub(crate) fn sha256(bytes: &[u8]) -> Digest {
