@@ -32,17 +32,32 @@ impl RecentLines {
 
     /// Newest first: `[{"seconds_ago": 3, "text": "…"}, …]`.
     pub fn json(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .map(|line| json!({"seconds_ago": line.seconds_ago, "text": line.text}))
+            .collect()
+    }
+
+    /// Newest first.
+    pub fn lines(&self) -> Vec<RecentLine> {
         let now = SystemTime::now();
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         lines
             .iter()
             .rev()
-            .map(|(at, text)| {
-                let ago = now.duration_since(*at).unwrap_or_default().as_secs();
-                json!({"seconds_ago": ago, "text": text})
+            .map(|(at, text)| RecentLine {
+                seconds_ago: now.duration_since(*at).unwrap_or_default().as_secs(),
+                text: text.clone(),
             })
             .collect()
     }
+}
+
+/// One of the [`RecentLines`], as a page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentLine {
+    pub seconds_ago: u64,
+    pub text: String,
 }
 
 /// A whole page: `title` and `main` (already HTML) in the shared frame. The page loads nothing

@@ -57,7 +57,7 @@ async fn a_redirect_into_the_internal_network_is_refused() {
         .send(&public_target(public.addr.port()), &request)
         .await
         .expect_err("the redirect must not be followed");
-    assert!(error.summary.contains("refusing"), "{}", error.summary);
+    assert!(error.summary().contains("refusing"), "{}", error.summary());
     assert_eq!(internal.hits(Method::GET, "/v2/x/y/manifests/v1"), 0);
     assert_eq!(public.hits(Method::GET, "/v2/x/y/manifests/v1"), 1);
 }
@@ -82,7 +82,7 @@ async fn a_token_realm_in_the_internal_network_is_refused() {
         .send(&public_target(public.addr.port()), &request)
         .await
         .expect_err("the realm must not be fetched");
-    assert!(error.summary.contains("refusing"), "{}", error.summary);
+    assert!(error.summary().contains("refusing"), "{}", error.summary());
     assert_eq!(internal.hits(Method::GET, "/token"), 0, "never contacted");
 }
 

@@ -26,7 +26,7 @@ const REMEMBER: Duration = Duration::from_secs(300);
 const MAX_WAITING: usize = 64;
 
 #[derive(Debug)]
-pub struct Htpasswd {
+pub(crate) struct Htpasswd {
     realm: String,
     users: HashMap<String, String>,
     /// What an unknown user's password is checked against.
@@ -36,9 +36,28 @@ pub struct Htpasswd {
     waiting: std::sync::atomic::AtomicUsize,
 }
 
+/// Why an htpasswd file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HtpasswdError {
+    #[error("{file}:{line}: expected user:hash")]
+    NotAnEntry { file: String, line: usize },
+    #[error("{file}:{line}: {user}: only bcrypt hashes are supported (htpasswd -B)")]
+    NotBcrypt {
+        file: String,
+        line: usize,
+        user: String,
+    },
+    /// The hash unknown users are checked against could not be made.
+    #[error("{file}: {source}")]
+    Dummy {
+        file: String,
+        source: bcrypt::BcryptError,
+    },
+}
+
 /// Why a request did not authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No or wrong credentials: the Basic challenge.
     Unauthorized,
     /// Too many verifications queued: try again later.
@@ -48,7 +67,7 @@ pub enum Refusal {
 impl Htpasswd {
     /// Parses htpasswd text; only bcrypt (`$2y$`, `$2a$`, `$2b$`) entries are accepted. Computes
     /// the dummy hash at the highest cost the file uses (one bcrypt run).
-    pub fn parse(realm: &str, file: &str, text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(realm: &str, file: &str, text: &str) -> Result<Self, HtpasswdError> {
         let mut users = HashMap::new();
         let mut cost = 4;
         for (number, line) in text.lines().enumerate() {
@@ -58,20 +77,28 @@ impl Htpasswd {
             }
             let (user, hash) = line
                 .split_once(':')
-                .ok_or_else(|| format!("{file}:{}: expected user:hash", number + 1))?;
+                .ok_or_else(|| HtpasswdError::NotAnEntry {
+                    file: file.to_owned(),
+                    line: number + 1,
+                })?;
             if !(hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$")) {
-                return Err(format!(
-                    "{file}:{}: {user}: only bcrypt hashes are supported (htpasswd -B)",
-                    number + 1
-                ));
+                return Err(HtpasswdError::NotBcrypt {
+                    file: file.to_owned(),
+                    line: number + 1,
+                    user: user.to_owned(),
+                });
             }
             if let Some(entry_cost) = hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
                 cost = cost.max(entry_cost.min(31));
             }
             users.insert(user.to_owned(), hash.to_owned());
         }
-        let dummy =
-            bcrypt::hash("regmirror: no such user", cost).map_err(|e| format!("{file}: {e}"))?;
+        let dummy = bcrypt::hash("regmirror: no such user", cost).map_err(|source| {
+            HtpasswdError::Dummy {
+                file: file.to_owned(),
+                source,
+            }
+        })?;
         let parallel = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
         Ok(Htpasswd {
             realm: realm.to_owned(),
@@ -84,12 +111,15 @@ impl Htpasswd {
     }
 
     /// The `WWW-Authenticate` value for a 401.
-    pub fn challenge(&self) -> String {
+    pub(crate) fn challenge(&self) -> String {
         format!("Basic realm=\"{}\"", self.realm.replace('"', "'"))
     }
 
     /// The user an `Authorization` header authenticates.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, Refusal> {
+    pub(crate) async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<String, Refusal> {
         let encoded = authorization
             .and_then(|a| a.strip_prefix("Basic "))
             .ok_or(Refusal::Unauthorized)?;
@@ -195,7 +225,9 @@ mod tests {
 
     #[test]
     fn refuses_other_hash_kinds() {
-        let e = Htpasswd::parse("r", "pw", "bob:$apr1$abc$def\n").unwrap_err();
+        let e = Htpasswd::parse("r", "pw", "bob:$apr1$abc$def\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pw:1: bob: only bcrypt"), "{e}");
         assert!(Htpasswd::parse("r", "pw", "nocolon\n").is_err());
     }

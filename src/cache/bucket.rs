@@ -45,39 +45,61 @@ const PRESIGN_FOR: Duration = Duration::from_secs(20 * 60);
 const UPLOAD_CONCURRENCY: usize = 4;
 
 /// What went wrong with the bucket.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BucketError {
+    /// The configuration does not make a client (`storage.s3`).
+    #[error("storage.s3: {0}")]
+    Config(#[source] object_store::Error),
+    /// The HTTP client for requests `object_store` only presigns could not be built.
     #[error("{0}")]
-    Unreachable(String),
+    Client(#[source] reqwest::Error),
+    /// The bucket did not answer, or refused (its S3 error in one line).
+    #[error("storage {bucket}: {}", one_line(&.source.to_string()))]
+    Unreachable {
+        bucket: Arc<str>,
+        source: object_store::Error,
+    },
+    /// A request presigned by `object_store` (the listing of multipart uploads) failed.
+    #[error("storage {bucket}: {source}")]
+    Presigned {
+        bucket: Arc<str>,
+        source: reqwest::Error,
+    },
+    /// The spool file an upload reads from.
+    #[error("spool: {0}")]
+    Spool(#[source] std::io::Error),
     /// A conditional put lost: the key exists, or changed since it was read.
     #[error("precondition failed")]
     Precondition,
+    /// A lease other replicas kept changing while this one tried to take it.
+    #[error("lease {key}: too much contention")]
+    Contended { key: String },
 }
 
 /// An object read with its version, for a conditional update.
 #[derive(Debug, Clone)]
-pub struct Versioned {
-    pub body: Bytes,
-    pub version: UpdateVersion,
+pub(crate) struct Versioned {
+    pub(crate) body: Bytes,
+    pub(crate) version: UpdateVersion,
 }
 
 /// A multipart upload in progress: (key under the root, upload id).
-pub type PendingUpload = (String, String);
+pub(crate) type PendingUpload = (String, String);
 
 /// The bucket, its root, and how to reach it.
 #[derive(Debug, Clone)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     store: Arc<AmazonS3>,
     root: String,
     /// `s3://bucket/root at endpoint`, for messages.
-    pub describe: Arc<str>,
+    pub(crate) describe: Arc<str>,
     chunk_size: usize,
     http: reqwest::Client,
 }
 
 impl Bucket {
     /// A client for `config`; no request is made.
-    pub fn new(config: &S3Config, connect_timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(config: &S3Config, connect_timeout: Duration) -> Result<Self, BucketError> {
         crate::upstream::install_crypto_provider();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&config.bucket)
@@ -105,7 +127,7 @@ impl Bucket {
                 .with_access_key_id(credentials.username())
                 .with_secret_access_key(credentials.password());
         }
-        let store = builder.build().map_err(|e| format!("storage.s3: {e}"))?;
+        let store = builder.build().map_err(BucketError::Config)?;
         let at = config.endpoint.as_deref().unwrap_or("AWS");
         let root = config.prefix.clone();
         Ok(Bucket {
@@ -117,12 +139,12 @@ impl Bucket {
                 .connect_timeout(connect_timeout)
                 .timeout(Duration::from_secs(30))
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(BucketError::Client)?,
         })
     }
 
     /// The object key of `key` (a key of the layout above) under the root.
-    pub fn path(&self, key: &str) -> Path {
+    pub(crate) fn path(&self, key: &str) -> Path {
         if self.root.is_empty() {
             Path::from(key)
         } else {
@@ -152,11 +174,17 @@ impl Bucket {
         match e {
             object_store::Error::Precondition { .. }
             | object_store::Error::AlreadyExists { .. } => BucketError::Precondition,
-            e => BucketError::Unreachable(format!(
-                "storage {}: {}",
-                self.describe,
-                one_line(&e.to_string())
-            )),
+            source => BucketError::Unreachable {
+                bucket: self.describe.clone(),
+                source,
+            },
+        }
+    }
+
+    fn presigned_failed(&self, source: reqwest::Error) -> BucketError {
+        BucketError::Presigned {
+            bucket: self.describe.clone(),
+            source,
         }
     }
 
@@ -167,7 +195,7 @@ impl Bucket {
     }
 
     /// One listing request: the bucket exists and the credentials are good.
-    pub async fn check(&self) -> Result<(), BucketError> {
+    pub(crate) async fn check(&self) -> Result<(), BucketError> {
         let prefix = self.path("meta");
         let mut listing = self.store.list(Some(&prefix));
         match listing.next().await {
@@ -177,12 +205,12 @@ impl Bucket {
     }
 
     /// An object whole, or `None`.
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, BucketError> {
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, BucketError> {
         Ok(self.get_versioned(key).await?.map(|v| v.body))
     }
 
     /// An object whole with its version, or `None`.
-    pub async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, BucketError> {
+    pub(crate) async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, BucketError> {
         match self.store.get(&self.path(key)).await {
             Ok(result) => {
                 let version = UpdateVersion {
@@ -198,7 +226,7 @@ impl Bucket {
     }
 
     /// An object's size, or `None` when it does not exist.
-    pub async fn head(&self, key: &str) -> Result<Option<u64>, BucketError> {
+    pub(crate) async fn head(&self, key: &str) -> Result<Option<u64>, BucketError> {
         match self.store.head(&self.path(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(e) if self.is_missing_key(&e) => Ok(None),
@@ -207,7 +235,7 @@ impl Bucket {
     }
 
     /// Bytes `start..end` of an object, as they arrive.
-    pub async fn stream(
+    pub(crate) async fn stream(
         &self,
         key: &str,
         start: u64,
@@ -226,7 +254,7 @@ impl Bucket {
     }
 
     /// A presigned URL to GET an object.
-    pub async fn presigned(&self, key: &str) -> Result<url::Url, BucketError> {
+    pub(crate) async fn presigned(&self, key: &str) -> Result<url::Url, BucketError> {
         self.store
             .signed_url(reqwest::Method::GET, &self.path(key), PRESIGN_FOR)
             .await
@@ -234,7 +262,7 @@ impl Bucket {
     }
 
     /// Writes an object (overwriting).
-    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), BucketError> {
+    pub(crate) async fn put(&self, key: &str, body: Bytes) -> Result<(), BucketError> {
         self.store
             .put(&self.path(key), PutPayload::from(body))
             .await
@@ -243,12 +271,16 @@ impl Bucket {
     }
 
     /// Writes an object only if the key does not exist (`If-None-Match: *`).
-    pub async fn create(&self, key: &str, body: Bytes) -> Result<UpdateVersion, BucketError> {
+    pub(crate) async fn create(
+        &self,
+        key: &str,
+        body: Bytes,
+    ) -> Result<UpdateVersion, BucketError> {
         self.put_mode(key, body, PutMode::Create).await
     }
 
     /// Replaces an object only if it is still at `version` (`If-Match`).
-    pub async fn replace(
+    pub(crate) async fn replace(
         &self,
         key: &str,
         body: Bytes,
@@ -280,7 +312,11 @@ impl Bucket {
 
     /// Uploads a local file as `key` in parts; the object appears only when the upload
     /// completes (a failure aborts it).
-    pub async fn upload_file(&self, key: &str, file: &std::path::Path) -> Result<(), BucketError> {
+    pub(crate) async fn upload_file(
+        &self,
+        key: &str,
+        file: &std::path::Path,
+    ) -> Result<(), BucketError> {
         use tokio::io::AsyncReadExt as _;
         let upload = self
             .store
@@ -291,17 +327,14 @@ impl Bucket {
         let result = async {
             let mut file = tokio::fs::File::open(file)
                 .await
-                .map_err(|e| BucketError::Unreachable(format!("spool: {e}")))?;
+                .map_err(BucketError::Spool)?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 writer
                     .wait_for_capacity(UPLOAD_CONCURRENCY)
                     .await
                     .map_err(|e| self.unreachable(e))?;
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| BucketError::Unreachable(format!("spool: {e}")))?;
+                let n = file.read(&mut buf).await.map_err(BucketError::Spool)?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -323,7 +356,7 @@ impl Bucket {
     }
 
     /// Deletes an object; a missing one is not an error.
-    pub async fn delete(&self, key: &str) -> Result<(), BucketError> {
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), BucketError> {
         match self.store.delete(&self.path(key)).await {
             Ok(()) => Ok(()),
             Err(e) if self.is_missing_key(&e) => Ok(()),
@@ -333,13 +366,16 @@ impl Bucket {
 
     /// Every object under `prefix` (a key of the layout, ending in `/` or not), with keys
     /// relative to the root.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, ObjectMeta)>, BucketError> {
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, ObjectMeta)>, BucketError> {
         self.list_by_page(prefix).try_collect().await
     }
 
     /// The objects of [`Bucket::list`] as the listing's pages arrive: a reader that stops
     /// reading asks for no further page.
-    pub fn list_by_page(
+    pub(crate) fn list_by_page(
         &self,
         prefix: &str,
     ) -> impl futures_util::Stream<Item = Result<(String, ObjectMeta), BucketError>> + '_ {
@@ -353,7 +389,7 @@ impl Bucket {
 
     /// Multipart uploads in progress under the root (S3's ListMultipartUploads, sent as a
     /// request presigned by `object_store`).
-    pub async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, BucketError> {
+    pub(crate) async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, BucketError> {
         let mut query = vec![("uploads".to_owned(), String::new())];
         if !self.root.is_empty() {
             query.push(("prefix".to_owned(), format!("{}/", self.root)));
@@ -374,11 +410,11 @@ impl Bucket {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| BucketError::Unreachable(format!("storage {}: {e}", self.describe)))?;
+            .map_err(|source| self.presigned_failed(source))?;
         let text = answer
             .text()
             .await
-            .map_err(|e| BucketError::Unreachable(format!("storage {}: {e}", self.describe)))?;
+            .map_err(|source| self.presigned_failed(source))?;
         Ok(parse_uploads(&text)
             .into_iter()
             .map(|(key, id)| (self.relative(&Path::from(key)), id))
@@ -386,7 +422,7 @@ impl Bucket {
     }
 
     /// Aborts a multipart upload `pending_uploads` listed.
-    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), BucketError> {
+    pub(crate) async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), BucketError> {
         self.store
             .abort_multipart(&self.path(key), &upload_id.to_owned())
             .await
@@ -438,7 +474,7 @@ fn unescape(text: &str) -> String {
 }
 
 /// Keys of the layout (see the module docs).
-pub mod keys {
+pub(crate) mod keys {
     use crate::cache::meta::ListKey;
     use crate::reference::Digest;
 
@@ -446,26 +482,26 @@ pub mod keys {
         format!("{}/{}", digest.algorithm(), digest.hex())
     }
 
-    pub fn blob(digest: &Digest) -> String {
+    pub(crate) fn blob(digest: &Digest) -> String {
         let hex = digest.hex();
         format!("blobs/{}/{}/{hex}", digest.algorithm(), &hex[..2])
     }
 
-    pub fn manifest(digest: &Digest) -> String {
+    pub(crate) fn manifest(digest: &Digest) -> String {
         format!("meta/manifests/{}", digest_part(digest))
     }
 
-    pub fn tags(upstream: &str, repository: &str) -> String {
+    pub(crate) fn tags(upstream: &str, repository: &str) -> String {
         format!("meta/tags/{upstream}/{repository}/_tags/")
     }
 
-    pub fn tag(upstream: &str, repository: &str, tag: &str) -> String {
+    pub(crate) fn tag(upstream: &str, repository: &str, tag: &str) -> String {
         format!("{}{tag}", tags(upstream, repository))
     }
 
-    pub const LINKS: &str = "meta/links/";
+    pub(crate) const LINKS: &str = "meta/links/";
 
-    pub fn link(upstream: &str, repository: &str, digest: &Digest) -> String {
+    pub(crate) fn link(upstream: &str, repository: &str, digest: &Digest) -> String {
         format!(
             "{LINKS}{upstream}/{repository}/_links/{}",
             digest_part(digest)
@@ -473,7 +509,7 @@ pub mod keys {
     }
 
     /// (upstream, repository, digest) of a link key.
-    pub fn parse_link(key: &str) -> Option<(String, String, String)> {
+    pub(crate) fn parse_link(key: &str) -> Option<(String, String, String)> {
         let rest = key.strip_prefix(LINKS)?;
         let (upstream, rest) = rest.split_once('/')?;
         let (repository, digest) = rest.split_once("/_links/")?;
@@ -487,10 +523,10 @@ pub mod keys {
 
     /// Before lists: one object per referrer,
     /// `meta/referrers/<upstream>/<repository>/_referrers/<subject alg>/<hex>/<referrer alg>/<hex>`.
-    pub const REFERRERS_BEFORE_LISTS: &str = "meta/referrers/";
+    pub(crate) const REFERRERS_BEFORE_LISTS: &str = "meta/referrers/";
 
     /// The list of an old referrer object.
-    pub fn parse_referrer_before_lists(key: &str) -> Option<ListKey> {
+    pub(crate) fn parse_referrer_before_lists(key: &str) -> Option<ListKey> {
         let rest = key.strip_prefix(REFERRERS_BEFORE_LISTS)?;
         let (upstream, rest) = rest.split_once('/')?;
         let (repository, rest) = rest.split_once("/_referrers/")?;
@@ -503,10 +539,10 @@ pub mod keys {
         })
     }
 
-    pub const REFERRER_LISTS: &str = "meta/referrer-lists/";
+    pub(crate) const REFERRER_LISTS: &str = "meta/referrer-lists/";
 
     /// `meta/referrer-lists/<upstream>/<repository>/_of/<alg>/<hex>`.
-    pub fn referrer_list(list: &ListKey) -> String {
+    pub(crate) fn referrer_list(list: &ListKey) -> String {
         let (algorithm, hex) = list.subject.split_once(':').unwrap_or(("", &list.subject));
         format!(
             "{REFERRER_LISTS}{}/{}/_of/{algorithm}/{hex}",
@@ -514,7 +550,7 @@ pub mod keys {
         )
     }
 
-    pub fn parse_referrer_list(key: &str) -> Option<ListKey> {
+    pub(crate) fn parse_referrer_list(key: &str) -> Option<ListKey> {
         let rest = key.strip_prefix(REFERRER_LISTS)?;
         let (upstream, rest) = rest.split_once('/')?;
         let (repository, subject) = rest.split_once("/_of/")?;
@@ -526,25 +562,25 @@ pub mod keys {
         })
     }
 
-    pub const SOURCES: &str = "meta/sources/";
+    pub(crate) const SOURCES: &str = "meta/sources/";
 
-    pub fn source(upstream: &str, digest: &Digest) -> String {
+    pub(crate) fn source(upstream: &str, digest: &Digest) -> String {
         format!("{SOURCES}{upstream}/{}", digest_part(digest))
     }
 
-    pub const USED: &str = "meta/used/";
+    pub(crate) const USED: &str = "meta/used/";
 
-    pub const DOOMED: &str = "meta/doomed/";
+    pub(crate) const DOOMED: &str = "meta/doomed/";
 
-    pub fn doomed(digest: &Digest) -> String {
+    pub(crate) fn doomed(digest: &Digest) -> String {
         format!("{DOOMED}{}", digest_part(digest))
     }
 
-    pub const MANIFESTS: &str = "meta/manifests/";
-    pub const BLOBS: &str = "blobs/";
+    pub(crate) const MANIFESTS: &str = "meta/manifests/";
+    pub(crate) const BLOBS: &str = "blobs/";
 
     /// The digest at the end of a key (`…/<alg>/<hex>`).
-    pub fn digest_at_end(key: &str) -> Option<String> {
+    pub(crate) fn digest_at_end(key: &str) -> Option<String> {
         let mut parts = key.rsplit('/');
         let hex = parts.next()?;
         let mut algorithm = parts.next()?;
@@ -555,13 +591,13 @@ pub mod keys {
         Some(format!("{algorithm}:{hex}"))
     }
 
-    pub const FILL_LEASES: &str = "leases/fills/";
+    pub(crate) const FILL_LEASES: &str = "leases/fills/";
 
-    pub fn fill_lease(upstream: &str, digest: &Digest) -> String {
+    pub(crate) fn fill_lease(upstream: &str, digest: &Digest) -> String {
         format!("{FILL_LEASES}{upstream}/{}", digest_part(digest))
     }
 
-    pub const GC_LEASE: &str = "leases/gc";
+    pub(crate) const GC_LEASE: &str = "leases/gc";
 }
 
 #[cfg(test)]

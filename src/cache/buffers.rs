@@ -17,20 +17,20 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The chunk size when the budget is exhausted.
-pub const SMALL_CHUNK: usize = 16 << 10;
+pub(crate) const SMALL_CHUNK: usize = 16 << 10;
 /// File reads on the blocking pool at once, at most.
-pub const READ_THREADS: usize = 16;
+pub(crate) const READ_THREADS: usize = 16;
 
 /// Bytes of blob data in flight, against a soft limit, and the turns for file reads.
 #[derive(Debug)]
-pub struct Buffers {
+pub(crate) struct Buffers {
     limit: usize,
     in_use: AtomicUsize,
     reads: Arc<Semaphore>,
 }
 
 impl Buffers {
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Buffers {
             limit,
             in_use: AtomicUsize::new(0),
@@ -39,7 +39,7 @@ impl Buffers {
     }
 
     /// A turn to read a file on the blocking pool, when one is free.
-    pub async fn read_turn(&self) -> OwnedSemaphorePermit {
+    pub(crate) async fn read_turn(&self) -> OwnedSemaphorePermit {
         self.reads
             .clone()
             .acquire_owned()
@@ -48,18 +48,18 @@ impl Buffers {
     }
 
     /// A turn to read now, or `None` when every turn is taken (for optional reads).
-    pub fn try_read_turn(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_read_turn(&self) -> Option<OwnedSemaphorePermit> {
         self.reads.clone().try_acquire_owned().ok()
     }
 
     /// Bytes in flight now.
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
 
     /// Reserves room for a read of up to `wanted` bytes: all of it while the budget allows, else
     /// a small chunk, which is always granted (nobody waits for memory).
-    pub fn reserve_read(self: &Arc<Self>, wanted: usize) -> Reservation {
+    pub(crate) fn reserve_read(self: &Arc<Self>, wanted: usize) -> Reservation {
         self.try_reserve(wanted).unwrap_or_else(|| {
             let len = wanted.min(SMALL_CHUNK);
             self.in_use.fetch_add(len, Ordering::Relaxed);
@@ -72,7 +72,7 @@ impl Buffers {
 
     /// Reserves `len` bytes if the budget has room for them (memory that is optional: a
     /// read-ahead, a fill's window).
-    pub fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Reservation> {
+    pub(crate) fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Reservation> {
         self.in_use
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |in_use| {
                 (in_use + len <= self.limit).then_some(in_use + len)
@@ -88,20 +88,20 @@ impl Buffers {
 /// Bytes reserved against the budget; given back when dropped, or kept by the `Bytes` made with
 /// [`Reservation::into_bytes`] until its last clone is dropped.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     buffers: Arc<Buffers>,
     len: usize,
 }
 
 impl Reservation {
     /// The bytes reserved.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.len
     }
 
     /// `data` (at most the reserved length) as `Bytes` that hold the reservation: for a response
     /// chunk, until the connection has written it.
-    pub fn into_bytes(mut self, data: Vec<u8>) -> Bytes {
+    pub(crate) fn into_bytes(mut self, data: Vec<u8>) -> Bytes {
         debug_assert!(data.len() <= self.len);
         let unused = self.len.saturating_sub(data.len());
         self.buffers.in_use.fetch_sub(unused, Ordering::Relaxed);

@@ -31,13 +31,13 @@ use crate::reference::Digest;
 use crate::registry::{ErrorCode, RegistryError};
 
 /// The longest a replica waits for another's download it cannot stream.
-pub const FOLLOW_WAIT: Duration = Duration::from_secs(300);
+pub(crate) const FOLLOW_WAIT: Duration = Duration::from_secs(300);
 /// How often a waiting replica looks again.
 const POLL: Duration = Duration::from_secs(1);
 
 /// This replica in a fleet sharing one bucket.
 #[derive(Debug, Clone)]
-pub struct Fleet {
+pub(crate) struct Fleet {
     bucket: Bucket,
     leases: Leases,
     follower: Follower,
@@ -54,19 +54,16 @@ fn unavailable(bucket: &Bucket, e: impl std::fmt::Display) -> RegistryError {
 impl Fleet {
     /// Runs `collect` unless another replica is collecting (then `None`): the collection holds
     /// the bucket's gc lease, and afterwards aborts the multipart uploads no live fill owns.
-    pub async fn collect_alone<T, F>(
+    pub(crate) async fn collect_alone<T, E, F>(
         &self,
         collect: F,
         upload_lifetime: Duration,
-    ) -> Result<Option<T>, String>
+    ) -> Result<Option<T>, E>
     where
-        F: Future<Output = Result<T, String>>,
+        F: Future<Output = Result<T, E>>,
+        E: From<BucketError>,
     {
-        let claim = self
-            .leases
-            .claim(keys::GC_LEASE, "")
-            .await
-            .map_err(|e| e.to_string())?;
+        let claim = self.leases.claim(keys::GC_LEASE, "").await?;
         let Claim::Held { lease, .. } = claim else {
             return Ok(None);
         };
@@ -89,7 +86,7 @@ impl Fleet {
     /// storing left behind. A replica takes a
     /// blob's lease before it starts an upload and releases it after completing it, and the
     /// uploads are listed before the leases, so a live upload always has a live lease here.
-    pub async fn abort_abandoned_uploads(
+    pub(crate) async fn abort_abandoned_uploads(
         &self,
         pushes: &std::collections::HashSet<String>,
     ) -> Result<usize, BucketError> {
@@ -136,7 +133,7 @@ impl Fleet {
     /// Runs `store` (which uploads the blob `digest`) holding the blob's lease, so a collection
     /// meanwhile never takes the upload for one a dead replica left. When another replica
     /// holds the lease (it stores the same blob), its lease covers the upload just as well.
-    pub async fn storing<T>(&self, digest: &Digest, store: impl Future<Output = T>) -> T {
+    pub(crate) async fn storing<T>(&self, digest: &Digest, store: impl Future<Output = T>) -> T {
         let key = keys::fill_lease(super::routing::LOCAL, digest);
         let claim = self.leases.claim(&key, "").await;
         let result = store.await;
@@ -146,7 +143,12 @@ impl Fleet {
         result
     }
 
-    pub fn new(bucket: Bucket, leases: Leases, follower: Follower, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        bucket: Bucket,
+        leases: Leases,
+        follower: Follower,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Fleet {
             bucket,
             leases,
@@ -158,7 +160,7 @@ impl Fleet {
     /// The bytes of `digest` from `upstream` for `repository`: downloaded with `download` when
     /// this replica gets the lease, else from the replica that has it (after `confirm` checks
     /// that `repository` may read the blob, when the holder fetches for another repository).
-    pub async fn fetch<D, C>(
+    pub(crate) async fn fetch<D, C>(
         &self,
         upstream: &str,
         repository: &str,
@@ -177,39 +179,12 @@ impl Fleet {
         let mut waited = false;
         loop {
             // Stored for this upstream by another replica meanwhile: read it from the bucket
-            // (verified again). Content stored for another upstream does not count (see
-            // `meta`: sources).
-            let blob = keys::blob(digest);
-            let held = self
-                .bucket
-                .head(&keys::source(upstream, digest))
-                .await
-                .map_err(|e| unavailable(&self.bucket, e))?
-                .is_some();
-            let stored = if held {
-                self.bucket
-                    .head(&blob)
-                    .await
-                    .map_err(|e| unavailable(&self.bucket, e))?
-            } else {
-                None
-            };
-            if let Some(size) = stored {
+            // (verified again).
+            if let Some(size) = self.stored(upstream, digest).await? {
                 if let Some(confirm) = confirm.take() {
                     confirm.await?;
                 }
-                let body = self
-                    .bucket
-                    .stream(&blob, 0, size)
-                    .await
-                    .map_err(|e| unavailable(&self.bucket, e))?
-                    .map(|r| r.map_err(|e| e.to_string()))
-                    .boxed();
-                return Ok(Fetched {
-                    size: Some(size),
-                    body,
-                    keep: Keep::Link,
-                });
+                return self.read_stored(digest, size).await;
             }
             let claim = self
                 .leases
@@ -231,20 +206,11 @@ impl Fleet {
                     confirm.await?;
                 }
             }
-            if self.follower.enabled() && theirs.address.is_some() {
-                match self.follower.follow(&theirs, upstream, digest).await {
-                    Ok(FromHolder::Streaming(size, body)) => {
-                        self.metrics.fleet("followed");
-                        return Ok(Fetched {
-                            size,
-                            body,
-                            keep: Keep::Link,
-                        });
-                    }
-                    // Finished or failed just now: look at the bucket and the lease again.
-                    Ok(FromHolder::NoFill) => continue,
-                    Err(e) => tracing::debug!(holder = %theirs.holder, error = %e, "cannot follow"),
-                }
+            match self.follow(&theirs, upstream, digest).await {
+                Followed::Streaming(fetched) => return Ok(fetched),
+                // Finished or failed just now: look at the bucket and the lease again.
+                Followed::Gone => continue,
+                Followed::Unreachable => {}
             }
             if !waited {
                 waited = true;
@@ -262,12 +228,77 @@ impl Fleet {
             tokio::time::sleep(POLL).await;
         }
     }
+
+    /// The size of `digest` in the bucket when `upstream`'s namespace holds it there: content
+    /// stored for another upstream does not count (see `meta`: sources).
+    async fn stored(&self, upstream: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        let held = self
+            .bucket
+            .head(&keys::source(upstream, digest))
+            .await
+            .map_err(|e| unavailable(&self.bucket, e))?
+            .is_some();
+        if !held {
+            return Ok(None);
+        }
+        self.bucket
+            .head(&keys::blob(digest))
+            .await
+            .map_err(|e| unavailable(&self.bucket, e))
+    }
+
+    /// A blob stored in the bucket, to stream (and verify) and link.
+    async fn read_stored(&self, digest: &Digest, size: u64) -> Result<Fetched, RegistryError> {
+        let body = self
+            .bucket
+            .stream(&keys::blob(digest), 0, size)
+            .await
+            .map_err(|e| unavailable(&self.bucket, e))?
+            .boxed();
+        Ok(Fetched {
+            size: Some(size),
+            body,
+            keep: Keep::Link,
+        })
+    }
+
+    /// The holder's download, streamed when it can be followed.
+    async fn follow(&self, theirs: &Lease, upstream: &str, digest: &Digest) -> Followed {
+        if !self.follower.enabled() || theirs.address.is_none() {
+            return Followed::Unreachable;
+        }
+        match self.follower.follow(theirs, upstream, digest).await {
+            Ok(FromHolder::Streaming(size, body)) => {
+                self.metrics.fleet("followed");
+                Followed::Streaming(Fetched {
+                    size,
+                    body,
+                    keep: Keep::Link,
+                })
+            }
+            Ok(FromHolder::NoFill) => Followed::Gone,
+            Err(e) => {
+                tracing::debug!(holder = %theirs.holder, error = %e, "cannot follow");
+                Followed::Unreachable
+            }
+        }
+    }
+}
+
+/// What following a holder gave.
+enum Followed {
+    /// Its download, as it streams.
+    Streaming(Fetched),
+    /// It has no fill in flight (done, failed, or never started).
+    Gone,
+    /// It cannot be followed: no secret or address, or it did not answer.
+    Unreachable,
 }
 
 /// Where the internal route lives.
-pub const FILLS_PATH: &str = "/_regmirror/fills/";
+pub(crate) const FILLS_PATH: &str = "/_regmirror/fills/";
 /// The header carrying the route's signature.
-pub const SIGNATURE_HEADER: &str = "regmirror-fleet";
+pub(crate) const SIGNATURE_HEADER: &str = "regmirror-fleet";
 
 /// The internal path of a fill.
 pub fn fill_path(upstream: &str, digest: &Digest) -> String {
@@ -331,13 +362,32 @@ const HOLDER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a follower asks holders with.
 #[derive(Debug, Clone)]
-pub struct Follower {
+pub(crate) struct Follower {
     client: reqwest::Client,
     secret: Option<Secret>,
 }
 
+/// Why a holder's download could not be followed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FollowError {
+    #[error("the holder cannot be reached (no http.secret or http.host)")]
+    NoWay,
+    #[error("holder {address} did not answer")]
+    Silent { address: String },
+    #[error("holder {address}: {source}")]
+    Request {
+        address: String,
+        source: reqwest::Error,
+    },
+    #[error("holder {address} answered {status}")]
+    Status {
+        address: String,
+        status: reqwest::StatusCode,
+    },
+}
+
 /// A holder's answer.
-pub enum FromHolder {
+pub(crate) enum FromHolder {
     /// Its fill, as it streams (size when known).
     Streaming(Option<u64>, UpstreamBody),
     /// It has no fill in flight (done, failed, or never started).
@@ -345,31 +395,33 @@ pub enum FromHolder {
 }
 
 impl Follower {
-    pub fn new(secret: Option<Secret>, connect_timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(
+        secret: Option<Secret>,
+        connect_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         // Holders are other replicas on the operator's own network: no address guard, no proxy.
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .read_timeout(Duration::from_secs(30))
             .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         Ok(Follower { client, secret })
     }
 
     /// Whether this replica can follow holders at all (it knows the fleet's secret).
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.secret.is_some()
     }
 
     /// Streams the holder's fill of `digest` from `upstream`.
-    pub async fn follow(
+    pub(crate) async fn follow(
         &self,
         lease: &Lease,
         upstream: &str,
         digest: &Digest,
-    ) -> Result<FromHolder, String> {
+    ) -> Result<FromHolder, FollowError> {
         let (Some(secret), Some(address)) = (&self.secret, &lease.address) else {
-            return Err("the holder cannot be reached (no http.secret or http.host)".into());
+            return Err(FollowError::NoWay);
         };
         let path = fill_path(upstream, digest);
         let request = self
@@ -379,19 +431,27 @@ impl Follower {
             .send();
         let response = tokio::time::timeout(HOLDER_TIMEOUT, request)
             .await
-            .map_err(|_| format!("holder {address} did not answer"))?
-            .map_err(|e| format!("holder {address}: {e}"))?;
+            .map_err(|_| FollowError::Silent {
+                address: address.clone(),
+            })?
+            .map_err(|source| FollowError::Request {
+                address: address.clone(),
+                source,
+            })?;
         match response.status() {
             reqwest::StatusCode::OK => {
                 let size = response.content_length();
                 let body: UpstreamBody = response
                     .bytes_stream()
-                    .map(|r| r.map_err(|e| e.to_string()))
+                    .map(|r| r.map_err(std::io::Error::other))
                     .boxed();
                 Ok(FromHolder::Streaming(size, body))
             }
             reqwest::StatusCode::NOT_FOUND => Ok(FromHolder::NoFill),
-            status => Err(format!("holder {address} answered {status}")),
+            status => Err(FollowError::Status {
+                address: address.clone(),
+                status,
+            }),
         }
     }
 }

@@ -23,32 +23,32 @@ use crate::reference::Digest;
 
 /// What decides eviction.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    pub ttl: Duration,
-    pub max_size: Option<u64>,
+pub(crate) struct Policy {
+    pub(crate) ttl: Duration,
+    pub(crate) max_size: Option<u64>,
     /// Unix seconds.
-    pub now: u64,
+    pub(crate) now: u64,
 }
 
 /// What a collection removes (or would, with `--dry-run`).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Digests of evicted manifests and blobs, sorted.
-    pub evict: Vec<String>,
+    pub(crate) evict: Vec<String>,
     /// Evicted referrer lists, sorted.
-    pub referrer_lists: Vec<ListKey>,
+    pub(crate) referrer_lists: Vec<ListKey>,
     /// The same as an operator reads them: each image, blob no image reaches, and referrer
     /// list, with why it goes; the least recently used first.
-    pub units: Vec<Evicted>,
-    pub manifests: usize,
-    pub blobs: usize,
-    pub freed_bytes: u64,
-    pub kept_bytes: u64,
+    pub(crate) units: Vec<Evicted>,
+    pub(crate) manifests: usize,
+    pub(crate) blobs: usize,
+    pub(crate) freed_bytes: u64,
+    pub(crate) kept_bytes: u64,
 }
 
 /// Why something is evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Not used for `proxy.ttl`.
     Unused,
     /// The cache is over `storage.maxsize`, and it is among the least recently used.
@@ -57,17 +57,17 @@ pub enum Reason {
 
 /// One thing a collection evicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evicted {
-    pub what: Evictee,
-    pub reason: Reason,
+pub(crate) struct Evicted {
+    pub(crate) what: Evictee,
+    pub(crate) reason: Reason,
     /// Unix seconds (links count as uses).
-    pub last_used: u64,
+    pub(crate) last_used: u64,
     /// What it frees: an image's manifests and the blobs no kept image shares.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Evictee {
+pub(crate) enum Evictee {
     /// An image: its top manifest, and its names (`upstream/repository:tag`, or
     /// `upstream/repository` where no tag points at it), filled by [`collect`] when asked.
     Image { digest: String, names: Vec<String> },
@@ -78,31 +78,112 @@ pub enum Evictee {
 }
 
 /// Decides what goes.
-pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
-    let horizon = policy.now.saturating_sub(policy.ttl.as_secs());
-    let mut last_use: HashMap<&str, u64> = HashMap::new();
-    let mut local: HashSet<&str> = HashSet::new();
-    for (upstream, _, digest, at) in &inventory.links {
-        let entry = last_use.entry(digest.as_str()).or_default();
-        *entry = (*entry).max(*at);
-        if upstream == LOCAL {
-            local.insert(digest.as_str());
+pub(crate) fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
+    let uses = Uses::of(inventory, policy);
+    let roots = image_roots(inventory, &uses);
+    let live_roots: HashSet<&str> = roots
+        .iter()
+        .copied()
+        .filter(|d| uses.local.contains(d) || uses.at(d) >= uses.horizon)
+        .collect();
+    let (live_lists, dead_lists) = referrer_lists(inventory, &uses);
+    let why = Why {
+        live_roots: &live_roots,
+        uses: &uses,
+    };
+    // Recently used blobs stay on their own, unless the size cap needs their room.
+    let live = live_set(inventory, &live_roots, &uses.local, Some(&uses));
+    let kept = sizes(inventory, live.iter().copied()) + lists_bytes(&live_lists);
+    let mut dead_lists: Vec<(u64, &StoredList, Reason)> = dead_lists
+        .into_iter()
+        .map(|(at, l)| (at, l, Reason::Unused))
+        .collect();
+    let Some(max) = policy.max_size.filter(|&max| kept > max) else {
+        return finish(inventory, &live, dead_lists, kept, &why);
+    };
+    let live_images: Vec<&str> = roots
+        .iter()
+        .copied()
+        .filter(|d| live_roots.contains(d) && !uses.local.contains(d))
+        .collect();
+    let fitted = fit(inventory, &uses, &live_images, live_lists, max);
+    dead_lists.extend(
+        fitted
+            .evicted_lists
+            .into_iter()
+            .map(|(at, l)| (at, l, Reason::OverSize)),
+    );
+    finish(inventory, &fitted.live, dead_lists, fitted.kept, &why)
+}
+
+/// Last uses by digest (links count as uses), the local (pushed) digests, and the TTL's
+/// horizon.
+struct Uses<'a> {
+    last_use: HashMap<&'a str, u64>,
+    local: HashSet<&'a str>,
+    /// Unix seconds: content last used before it is unused for the TTL.
+    horizon: u64,
+    inventory: &'a Inventory,
+}
+
+impl<'a> Uses<'a> {
+    fn of(inventory: &'a Inventory, policy: &Policy) -> Self {
+        let mut last_use: HashMap<&str, u64> = HashMap::new();
+        let mut local: HashSet<&str> = HashSet::new();
+        for (upstream, _, digest, at) in &inventory.links {
+            let entry = last_use.entry(digest.as_str()).or_default();
+            *entry = (*entry).max(*at);
+            if upstream == LOCAL {
+                local.insert(digest.as_str());
+            }
+        }
+        for (digest, at) in &inventory.last_used {
+            let entry = last_use.entry(digest.as_str()).or_default();
+            *entry = (*entry).max(*at);
+        }
+        Uses {
+            last_use,
+            local,
+            horizon: policy.now.saturating_sub(policy.ttl.as_secs()),
+            inventory,
         }
     }
-    for (digest, at) in &inventory.last_used {
-        let entry = last_use.entry(digest.as_str()).or_default();
-        *entry = (*entry).max(*at);
+
+    /// When `digest` was last used (0: never).
+    fn at(&self, digest: &str) -> u64 {
+        self.last_use.get(digest).copied().unwrap_or(0)
     }
-    let used = |d: &str| last_use.get(d).copied().unwrap_or(0);
-    let size_of = |d: &str| {
-        inventory
-            .manifests
-            .get(d)
-            .map(|m| m.size)
-            .or_else(|| inventory.blobs.get(d).copied())
-            .unwrap_or(0)
-    };
-    // Images: manifests no other manifest references (an index's children belong to it).
+
+    /// A proxied referrer list: last used when stored, served, or its subject was.
+    fn of_list(&self, list: &StoredList) -> u64 {
+        let own = self.inventory.last_used.get(&list.key.use_key()).copied();
+        list.stored_at
+            .max(own.unwrap_or(0))
+            .max(self.at(&list.key.subject))
+    }
+}
+
+/// What a digest takes in the store (0 when it is not recorded).
+fn size_of(inventory: &Inventory, digest: &str) -> u64 {
+    inventory
+        .manifests
+        .get(digest)
+        .map(|m| m.size)
+        .or_else(|| inventory.blobs.get(digest).copied())
+        .unwrap_or(0)
+}
+
+fn sizes<'a>(inventory: &Inventory, digests: impl Iterator<Item = &'a str>) -> u64 {
+    digests.map(|d| size_of(inventory, d)).sum()
+}
+
+fn lists_bytes(lists: &[(u64, &StoredList)]) -> u64 {
+    lists.iter().map(|(_, l)| l.bytes).sum()
+}
+
+/// The images: manifests no other manifest references (an index's children belong to it),
+/// the least recently used first.
+fn image_roots<'a>(inventory: &'a Inventory, uses: &Uses<'_>) -> Vec<&'a str> {
     let children: HashSet<&str> = inventory
         .manifests
         .values()
@@ -115,50 +196,50 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         .map(String::as_str)
         .filter(|d| !children.contains(d))
         .collect();
-    roots.sort_by_key(|d| (used(d), *d));
-    let live_roots: HashSet<&str> = roots
-        .iter()
-        .copied()
-        .filter(|d| local.contains(d) || used(d) >= horizon)
-        .collect();
-    // A proxied referrer list: last used when stored, served, or its subject was.
-    let list_use = |list: &StoredList| {
-        let own = inventory.last_used.get(&list.key.use_key()).copied();
-        list.stored_at
-            .max(own.unwrap_or(0))
-            .max(used(&list.key.subject))
-    };
+    roots.sort_by_key(|d| (uses.at(d), *d));
+    roots
+}
+
+/// The proxied referrer lists with their last use, the least recently used first: those used
+/// since the horizon, and those not (pushed lists are local content, never evicted).
+type ListsByUse<'a> = Vec<(u64, &'a StoredList)>;
+
+fn referrer_lists<'a>(
+    inventory: &'a Inventory,
+    uses: &Uses<'_>,
+) -> (ListsByUse<'a>, ListsByUse<'a>) {
     let mut lists: Vec<(u64, &StoredList)> = inventory
         .referrer_lists
         .iter()
         .filter(|l| l.key.upstream != LOCAL)
-        .map(|l| (list_use(l), l))
+        .map(|l| (uses.of_list(l), l))
         .collect();
     lists.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
-    let (mut live_lists, dead_lists): (Vec<_>, Vec<_>) =
-        lists.into_iter().partition(|(at, _)| *at >= horizon);
-    // Recently used blobs stay on their own, unless the size cap needs their room.
-    let live = live_set(inventory, &live_roots, &local, Some((&last_use, horizon)));
-    let kept: u64 = live.iter().map(|d| size_of(d)).sum::<u64>()
-        + live_lists.iter().map(|(_, l)| l.bytes).sum::<u64>();
-    let why = Why {
-        live_roots: &live_roots,
-        used: &used,
-        horizon,
-    };
-    let Some(max) = policy.max_size.filter(|&max| kept > max) else {
-        let dead_lists = dead_lists
-            .into_iter()
-            .map(|(at, l)| (at, l, Reason::Unused));
-        return finish(inventory, &live, dead_lists.collect(), kept, size_of, &why);
-    };
-    // Over the cap: the least recently used images go until the cache fits. Each digest counts
-    // the live images that reach it, so one pass over the images' references decides (a live
-    // set recomputed per evicted image made 10,000 images take minutes).
-    let pinned = live_set(inventory, &HashSet::new(), &local, None);
-    let images: Vec<Vec<&str>> = roots
+    lists.into_iter().partition(|(at, _)| *at >= uses.horizon)
+}
+
+/// What stays once the size cap is met.
+struct Fitted<'a> {
+    live: HashSet<&'a str>,
+    kept: u64,
+    /// Live referrer lists the cap evicts.
+    evicted_lists: ListsByUse<'a>,
+}
+
+/// Over the cap: the least recently used images and referrer lists go, in one order, until the
+/// cache fits. Each digest counts the live images that reach it, so one pass over the images'
+/// references decides (a live set recomputed per evicted image made 10,000 images take
+/// minutes).
+fn fit<'a>(
+    inventory: &'a Inventory,
+    uses: &Uses<'a>,
+    live_images: &[&'a str],
+    mut live_lists: ListsByUse<'a>,
+    max: u64,
+) -> Fitted<'a> {
+    let pinned = live_set(inventory, &HashSet::new(), &uses.local, None);
+    let images: Vec<Vec<&str>> = live_images
         .iter()
-        .filter(|d| live_roots.contains(*d) && !local.contains(*d))
         .map(|root| {
             live_set(inventory, &HashSet::from([*root]), &HashSet::new(), None)
                 .into_iter()
@@ -169,19 +250,17 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
     for digest in images.iter().flatten() {
         *reached.entry(*digest).or_default() += 1;
     }
-    let mut kept: u64 = pinned
+    let mut kept = sizes(
+        inventory,
+        pinned
+            .iter()
+            .copied()
+            .chain(reached.keys().copied().filter(|d| !pinned.contains(d))),
+    ) + lists_bytes(&live_lists);
+    let mut units: Vec<(u64, Unit)> = live_images
         .iter()
-        .chain(reached.keys().filter(|d| !pinned.contains(*d)))
-        .map(|d| size_of(d))
-        .sum::<u64>()
-        + live_lists.iter().map(|(_, l)| l.bytes).sum::<u64>();
-    // Images and referrer lists go in one order, the least recently used first.
-    let image_uses = roots
-        .iter()
-        .filter(|d| live_roots.contains(*d) && !local.contains(*d))
-        .map(|d| used(d));
-    let mut units: Vec<(u64, Unit)> = image_uses
-        .zip(images.iter().map(Unit::Image))
+        .map(|d| uses.at(d))
+        .zip(images.iter().map(|image| Unit::Image(image)))
         .chain(
             live_lists
                 .iter()
@@ -190,7 +269,7 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
         )
         .collect();
     units.sort_by_key(|(at, _)| *at);
-    let mut evicted_lists = Vec::new();
+    let mut evicted = Vec::new();
     for (_, unit) in units {
         if kept <= max {
             break;
@@ -201,46 +280,45 @@ pub fn plan(inventory: &Inventory, policy: &Policy) -> Plan {
                     let count = reached.get_mut(digest).expect("counted above");
                     *count -= 1;
                     if *count == 0 && !pinned.contains(digest) {
-                        kept -= size_of(digest);
+                        kept -= size_of(inventory, digest);
                     }
                 }
             }
             Unit::List(index) => {
                 kept -= live_lists[index].1.bytes;
-                evicted_lists.push(index);
+                evicted.push(index);
             }
         }
     }
-    let mut dead_lists: Vec<(u64, &StoredList, Reason)> = dead_lists
+    evicted.sort_unstable();
+    let evicted_lists = evicted
         .into_iter()
-        .map(|(at, l)| (at, l, Reason::Unused))
+        .rev()
+        .map(|index| live_lists.swap_remove(index))
         .collect();
-    evicted_lists.sort_unstable();
-    for index in evicted_lists.into_iter().rev() {
-        let (at, list) = live_lists.swap_remove(index);
-        dead_lists.push((at, list, Reason::OverSize));
-    }
-    let live: HashSet<&str> = reached
+    let live = reached
         .into_iter()
         .filter(|(_, count)| *count > 0)
         .map(|(digest, _)| digest)
         .chain(pinned)
         .collect();
-    finish(inventory, &live, dead_lists, kept, size_of, &why)
+    Fitted {
+        live,
+        kept,
+        evicted_lists,
+    }
 }
 
-/// What tells why something goes: the images alive by their own use, last uses, the TTL's
-/// horizon.
-struct Why<'a, F: Fn(&str) -> u64> {
+/// What tells why something goes: the images alive by their own use, and the last uses.
+struct Why<'a> {
     live_roots: &'a HashSet<&'a str>,
-    used: &'a F,
-    horizon: u64,
+    uses: &'a Uses<'a>,
 }
 
 /// What the size cap evicts, in the order of last use.
-enum Unit<'a> {
+enum Unit<'i, 'a> {
     /// The digests an image reaches.
-    Image(&'a Vec<&'a str>),
+    Image(&'i [&'a str]),
     /// A referrer list, by its index among the live ones.
     List(usize),
 }
@@ -251,17 +329,17 @@ fn live_set<'a>(
     inventory: &'a Inventory,
     roots: &HashSet<&'a str>,
     local: &HashSet<&'a str>,
-    recent: Option<(&HashMap<&'a str, u64>, u64)>,
+    recent: Option<&Uses<'_>>,
 ) -> HashSet<&'a str> {
     let mut live: HashSet<&str> = HashSet::new();
     let mut stack: Vec<&str> = roots.iter().copied().chain(local.iter().copied()).collect();
-    if let Some((last_use, horizon)) = recent {
+    if let Some(uses) = recent {
         stack.extend(
             inventory
                 .blobs
                 .keys()
                 .map(String::as_str)
-                .filter(|d| last_use.get(d).copied().unwrap_or(0) >= horizon),
+                .filter(|d| uses.at(d) >= uses.horizon),
         );
     }
     while let Some(digest) = stack.pop() {
@@ -275,20 +353,19 @@ fn live_set<'a>(
     live
 }
 
-fn finish<F: Fn(&str) -> u64>(
+fn finish(
     inventory: &Inventory,
     live: &HashSet<&str>,
     dead_lists: Vec<(u64, &StoredList, Reason)>,
     kept: u64,
-    size_of: impl Fn(&str) -> u64,
-    why: &Why<'_, F>,
+    why: &Why<'_>,
 ) -> Plan {
     let mut plan = Plan {
         kept_bytes: kept,
         freed_bytes: dead_lists.iter().map(|(_, l, _)| l.bytes).sum(),
         ..Plan::default()
     };
-    plan.units = units(inventory, live, &size_of, why);
+    plan.units = units(inventory, live, why);
     plan.units
         .extend(dead_lists.iter().map(|(at, l, reason)| Evicted {
             what: Evictee::List(l.key.clone()),
@@ -308,7 +385,7 @@ fn finish<F: Fn(&str) -> u64>(
         .filter(|d| !live.contains(d.as_str()))
     {
         plan.manifests += 1;
-        plan.freed_bytes += size_of(digest);
+        plan.freed_bytes += size_of(inventory, digest);
         plan.evict.push(digest.clone());
     }
     for digest in inventory
@@ -317,7 +394,7 @@ fn finish<F: Fn(&str) -> u64>(
         .filter(|d| !live.contains(d.as_str()) && !inventory.manifests.contains_key(*d))
     {
         plan.blobs += 1;
-        plan.freed_bytes += size_of(digest);
+        plan.freed_bytes += size_of(inventory, digest);
         plan.evict.push(digest.clone());
     }
     plan.evict.sort();
@@ -326,12 +403,7 @@ fn finish<F: Fn(&str) -> u64>(
 
 /// The evicted images (top manifests that go, each with the evicted digests it reaches first)
 /// and the evicted blobs no evicted image reaches, each with why it goes.
-fn units<F: Fn(&str) -> u64>(
-    inventory: &Inventory,
-    live: &HashSet<&str>,
-    size_of: &impl Fn(&str) -> u64,
-    why: &Why<'_, F>,
-) -> Vec<Evicted> {
+fn units(inventory: &Inventory, live: &HashSet<&str>, why: &Why<'_>) -> Vec<Evicted> {
     let children: HashSet<&str> = inventory
         .manifests
         .values()
@@ -343,7 +415,7 @@ fn units<F: Fn(&str) -> u64>(
         .map(String::as_str)
         .filter(|d| !live.contains(d) && !children.contains(d))
         .collect();
-    tops.sort_by_key(|d| ((why.used)(d), *d));
+    tops.sort_by_key(|d| (why.uses.at(d), *d));
     let mut counted: HashSet<&str> = HashSet::new();
     let mut units = Vec::new();
     for top in tops {
@@ -353,7 +425,7 @@ fn units<F: Fn(&str) -> u64>(
             if live.contains(digest) || !counted.insert(digest) {
                 continue;
             }
-            bytes += size_of(digest);
+            bytes += size_of(inventory, digest);
             if let Some(manifest) = inventory.manifests.get(digest) {
                 stack.extend(manifest.references.iter().map(String::as_str));
             }
@@ -369,7 +441,7 @@ fn units<F: Fn(&str) -> u64>(
                 names: Vec::new(),
             },
             reason,
-            last_used: (why.used)(top),
+            last_used: why.uses.at(top),
             bytes,
         });
     }
@@ -382,18 +454,18 @@ fn units<F: Fn(&str) -> u64>(
         .collect();
     alone.sort_unstable();
     for digest in alone {
-        let last_used = (why.used)(digest);
+        let last_used = why.uses.at(digest);
         units.push(Evicted {
             what: Evictee::Blob {
                 digest: digest.to_owned(),
             },
-            reason: if last_used >= why.horizon {
+            reason: if last_used >= why.uses.horizon {
                 Reason::OverSize
             } else {
                 Reason::Unused
             },
             last_used,
-            bytes: size_of(digest),
+            bytes: size_of(inventory, digest),
         });
     }
     units
@@ -444,7 +516,7 @@ async fn name_images(
 /// Plans and (unless `dry_run`) applies a collection.
 /// With `name_images`, the plan's images are named ([`Evictee::Image`]): a read of each
 /// repository's tags, for `regmirror gc` to say what it removes.
-pub async fn collect(
+pub(crate) async fn collect(
     meta: &Metadata,
     store: &BlobStore,
     policy: &Policy,
@@ -471,7 +543,7 @@ pub async fn collect(
 /// tens of MiB for a moment (about 90 MiB for 100,000 blobs), on whichever thread ran it; glibc
 /// keeps freed memory in that thread's arena, so without this a server's RSS kept the peak of
 /// every arena a collection had run in (bench 15: 150 MiB after collections every 2 s).
-pub fn give_back_freed_memory() {
+pub(crate) fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only hands free pages of the heap back to the kernel; glibc allows it
     // from any thread at any time (it takes each arena's lock in turn).

@@ -21,26 +21,26 @@ use tokio::sync::watch;
 use super::bucket::{Bucket, BucketError, Versioned};
 
 /// How long a lease holds without renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How far replicas' clocks may disagree: a lease is taken over only this long after it expired.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(2);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 /// A lease as stored (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
+pub(crate) struct Lease {
     /// The holding replica's name.
-    pub holder: String,
+    pub(crate) holder: String,
     /// The URL other replicas reach the holder at (`http.host`), when it has one.
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
     /// The repository the holder fetches for.
-    pub repository: String,
+    pub(crate) repository: String,
     /// Unix milliseconds.
-    pub expires: u64,
+    pub(crate) expires: u64,
 }
 
 /// What to do about a lease someone holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// It is live: its holder does the work.
     Respect,
     /// It expired (beyond the clock skew): take it over.
@@ -48,7 +48,7 @@ pub enum Decision {
 }
 
 /// The rule for a lease found in the bucket at `now_ms`.
-pub fn decide(lease: &Lease, now_ms: u64) -> Decision {
+pub(crate) fn decide(lease: &Lease, now_ms: u64) -> Decision {
     let skew = CLOCK_SKEW.as_millis() as u64;
     if lease.expires.saturating_add(skew) < now_ms {
         Decision::TakeOver
@@ -58,7 +58,7 @@ pub fn decide(lease: &Lease, now_ms: u64) -> Decision {
 }
 
 /// Unix milliseconds now.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -66,7 +66,7 @@ pub fn now_ms() -> u64 {
 
 /// The outcome of a claim.
 #[derive(Debug)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// This replica holds the lease (created, or taken over: `took_over`).
     Held { lease: HeldLease, took_over: bool },
     /// Another replica holds it.
@@ -75,24 +75,19 @@ pub enum Claim {
 
 /// This replica's leases in one bucket.
 #[derive(Debug, Clone)]
-pub struct Leases {
+pub(crate) struct Leases {
     bucket: Bucket,
     replica: String,
     address: Option<String>,
 }
 
 impl Leases {
-    pub fn new(bucket: Bucket, replica: String, address: Option<String>) -> Self {
+    pub(crate) fn new(bucket: Bucket, replica: String, address: Option<String>) -> Self {
         Leases {
             bucket,
             replica,
             address,
         }
-    }
-
-    /// This replica's name.
-    pub fn replica(&self) -> &str {
-        &self.replica
     }
 
     fn lease_for(&self, repository: &str) -> Lease {
@@ -105,7 +100,7 @@ impl Leases {
     }
 
     /// Claims the lease `key` for work on `repository`.
-    pub async fn claim(&self, key: &str, repository: &str) -> Result<Claim, BucketError> {
+    pub(crate) async fn claim(&self, key: &str, repository: &str) -> Result<Claim, BucketError> {
         // A few rounds: between reading an expired lease and replacing it, another replica may
         // take it over, delete it, or create a new one.
         for _ in 0..4 {
@@ -148,9 +143,9 @@ impl Leases {
                 Err(e) => return Err(e),
             }
         }
-        Err(BucketError::Unreachable(format!(
-            "lease {key}: too much contention"
-        )))
+        Err(BucketError::Contended {
+            key: key.to_owned(),
+        })
     }
 }
 
@@ -160,7 +155,7 @@ fn encode(lease: &Lease) -> Bytes {
 
 /// A lease this replica holds: renewed in the background until released (or lost).
 #[derive(Debug)]
-pub struct HeldLease {
+pub(crate) struct HeldLease {
     bucket: Bucket,
     key: String,
     renewal: tokio::task::JoinHandle<()>,
@@ -185,18 +180,18 @@ impl HeldLease {
     }
 
     /// Whether the lease was lost (taken over, or not renewed in time).
-    pub fn is_lost(&self) -> bool {
+    pub(crate) fn is_lost(&self) -> bool {
         *self.lost.borrow()
     }
 
     /// Resolves when the lease is lost.
-    pub async fn lost(&self) {
+    pub(crate) async fn lost(&self) {
         let mut lost = self.lost.clone();
         let _ = lost.wait_for(|lost| *lost).await;
     }
 
     /// Stops renewing and deletes the lease (unless it was lost: then it is someone else's).
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         self.renewal.abort();
         if !self.is_lost() {
             if let Err(e) = self.bucket.delete(&self.key).await {

@@ -8,10 +8,10 @@ use crate::registry::{DOCKER_V1_SIGNED, OCI_INDEX, OCI_MANIFEST, manifest_media_
 
 /// A manifest as served.
 #[derive(Debug, Clone)]
-pub struct CachedManifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Bytes,
+pub(crate) struct CachedManifest {
+    pub(crate) digest: Digest,
+    pub(crate) media_type: String,
+    pub(crate) bytes: Bytes,
 }
 
 /// Everything a manifest or index points at: config, layers, child manifests. Not its subject:
@@ -124,24 +124,36 @@ pub fn media_type(bytes: &[u8], content_type: Option<&str>) -> &'static str {
 /// The type a pushed manifest is stored with, or why it is refused: a `Content-Type` or a
 /// `mediaType` that is not a manifest media type (distribution answers a push of `text/html`
 /// with 400 too), or neither of them.
-pub fn pushed_media_type(bytes: &[u8], content_type: Option<&str>) -> Result<&'static str, String> {
+pub fn pushed_media_type(
+    bytes: &[u8],
+    content_type: Option<&str>,
+) -> Result<&'static str, MediaTypeRefused> {
     let content_type = content_type.map(str::trim).filter(|t| !t.is_empty());
     if let Some(given) = content_type.filter(|t| manifest_media_type(t).is_none()) {
-        return Err(format!("Content-Type {given} is not a manifest media type"));
+        return Err(MediaTypeRefused::ContentType(given.to_owned()));
     }
     let declared = declared_media_type(bytes);
     if let Some(declared) = declared
         .as_deref()
         .filter(|t| manifest_media_type(t).is_none())
     {
-        return Err(format!(
-            "its mediaType {declared} is not a manifest media type"
-        ));
+        return Err(MediaTypeRefused::Declared(declared.to_owned()));
     }
     if content_type.is_none() && declared.is_none() {
-        return Err("no media type: send a Content-Type or a mediaType".into());
+        return Err(MediaTypeRefused::None);
     }
     Ok(media_type(bytes, content_type))
+}
+
+/// Why a pushed manifest's media type is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaTypeRefused {
+    #[error("Content-Type {0} is not a manifest media type")]
+    ContentType(String),
+    #[error("its mediaType {0} is not a manifest media type")]
+    Declared(String),
+    #[error("no media type: send a Content-Type or a mediaType")]
+    None,
 }
 
 #[cfg(test)]
@@ -215,7 +227,9 @@ mod tests {
             (bare_image, None, "no media type"),
             (bare_image, Some(" "), "no media type"),
         ] {
-            let error = pushed_media_type(bytes.as_bytes(), content_type).unwrap_err();
+            let error = pushed_media_type(bytes.as_bytes(), content_type)
+                .unwrap_err()
+                .to_string();
             assert!(error.starts_with(refusal), "{error}");
         }
     }

@@ -13,7 +13,7 @@ use crate::cache::manifest::CachedManifest;
 use crate::reference::Digest;
 
 /// What an entry costs the memo's budget.
-pub trait Weighed {
+pub(crate) trait Weighed {
     fn weight(&self) -> usize;
 }
 
@@ -32,7 +32,7 @@ impl Weighed for Arc<CachedManifest> {
 /// Hot entries by digest, at most `budget` bytes of them; the least recently used go first, and
 /// an entry over a quarter of the budget is not kept.
 #[derive(Debug)]
-pub struct Memo<V> {
+pub(crate) struct Memo<V> {
     entries: Mutex<Entries<V>>,
     budget: usize,
 }
@@ -46,7 +46,7 @@ struct Entries<V> {
 }
 
 impl<V: Clone + Weighed> Memo<V> {
-    pub fn new(budget: usize) -> Self {
+    pub(crate) fn new(budget: usize) -> Self {
         Memo {
             entries: Mutex::new(Entries {
                 by_digest: HashMap::new(),
@@ -58,7 +58,7 @@ impl<V: Clone + Weighed> Memo<V> {
     }
 
     /// Whether an entry of `weight` bytes would be kept.
-    pub fn keeps(&self, weight: usize) -> bool {
+    pub(crate) fn keeps(&self, weight: usize) -> bool {
         self.budget > 0 && weight <= self.budget / 4
     }
 
@@ -67,11 +67,11 @@ impl<V: Clone + Weighed> Memo<V> {
     }
 
     /// Bytes held now.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.lock().bytes
     }
 
-    pub fn get(&self, digest: &Digest) -> Option<V> {
+    pub(crate) fn get(&self, digest: &Digest) -> Option<V> {
         let mut entries = self.lock();
         entries.clock += 1;
         let clock = entries.clock;
@@ -80,7 +80,7 @@ impl<V: Clone + Weighed> Memo<V> {
         Some(value.clone())
     }
 
-    pub fn insert(&self, digest: Digest, value: V) {
+    pub(crate) fn insert(&self, digest: Digest, value: V) {
         let size = value.weight();
         if !self.keeps(size) {
             return;

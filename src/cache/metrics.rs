@@ -1,7 +1,7 @@
 //! Prometheus metrics, kept and written by the `prometheus-client` crate (the OpenMetrics
 //! project's Rust client: correct label escaping and histograms).
 //!
-//! - `regmirror_cache_requests_total{kind,result}` (hit, miss, joined, fresh, stale, reserve, error);
+//! - `regmirror_cache_requests_total{kind,result}` (result: a [`CacheOutcome`]'s word);
 //! - `regmirror_http_request_seconds{kind}`: a histogram of every request's duration;
 //! - `regmirror_bytes_served_total{source}` (cache, fill);
 //! - `regmirror_upstream_requests_total{upstream,status}` and
@@ -26,15 +26,17 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::registry::CacheOutcome;
 
 /// The exposition's content type.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     kind: &'static str,
-    result: &'static str,
+    result: CacheOutcome,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,11 +72,11 @@ struct MemoLabels {
 
 /// Levels read at each scrape.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Levels {
-    pub fills: usize,
-    pub buffer_bytes: usize,
-    pub manifest_memo_bytes: usize,
-    pub blob_memo_bytes: usize,
+pub(crate) struct Levels {
+    pub(crate) fills: usize,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) manifest_memo_bytes: usize,
+    pub(crate) blob_memo_bytes: usize,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,7 +92,7 @@ fn latency_histogram() -> Histogram {
 }
 
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily<KindLabels>,
@@ -109,131 +111,129 @@ pub struct Metrics {
 
 /// Where served bytes came from.
 #[derive(Debug, Clone, Copy)]
-pub enum Source {
+pub(crate) enum Source {
     Cache,
     Fill,
 }
 
+/// A family of latency histograms, one per label set.
+fn histograms<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// Registers `metric` as `name` with its `help`; returns it (a handle to the same metric).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "regmirror_cache_requests",
-            "Registry requests by kind and how the cache answered them",
-            requests.clone(),
-        );
-        let durations: HistogramFamily<KindLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "regmirror_http_request_seconds",
-            "How long requests took to answer (headers), by kind",
-            durations.clone(),
-        );
-        let bytes = Family::<SourceLabels, Counter>::default();
-        registry.register(
-            "regmirror_bytes_served",
-            "Blob bytes sent to clients, from the store or from fills in flight",
-            bytes.clone(),
-        );
-        let upstream = Family::<UpstreamStatusLabels, Counter>::default();
-        registry.register(
-            "regmirror_upstream_requests",
-            "Upstream answers by upstream and HTTP status (0: no answer)",
-            upstream.clone(),
-        );
-        let upstream_latency: HistogramFamily<UpstreamLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "regmirror_upstream_request_seconds",
-            "How long upstreams took to answer",
-            upstream_latency.clone(),
-        );
-        let upstream_queue: HistogramFamily<UpstreamLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "regmirror_upstream_queue_seconds",
-            "How long requests waited for their turn under an upstream's max_concurrent/max_rate",
-            upstream_queue.clone(),
-        );
-        let ratelimit_limit = Family::<UpstreamLabels, Gauge>::default();
-        registry.register(
-            "regmirror_upstream_ratelimit_limit",
-            "Pulls per window the upstream allows, as its last answer stated (ratelimit-limit)",
-            ratelimit_limit.clone(),
-        );
-        let ratelimit_remaining = Family::<UpstreamLabels, Gauge>::default();
-        registry.register(
-            "regmirror_upstream_ratelimit_remaining",
-            "Pulls left in the window, as the upstream's last answer stated (ratelimit-remaining)",
-            ratelimit_remaining.clone(),
-        );
-        let fills = Gauge::default();
-        registry.register(
-            "regmirror_fills_in_flight",
-            "Upstream downloads in progress",
-            fills.clone(),
-        );
-        let buffers = Gauge::default();
-        registry.register(
-            "regmirror_buffer_bytes",
-            "Blob data held in memory for clients and fills (limits.buffer_memory)",
-            buffers.clone(),
-        );
-        let memos = Family::<MemoLabels, Gauge>::default();
-        registry.register(
-            "regmirror_memo_bytes",
-            "Bytes held by the in-memory memos (limits.manifest_memo, limits.blob_memo)",
-            memos.clone(),
-        );
-        let errors = Family::<CodeLabels, Counter>::default();
-        registry.register(
-            "regmirror_errors",
-            "Error answers by OCI error code",
-            errors.clone(),
-        );
-        let fleet = Family::<RoleLabels, Counter>::default();
-        registry.register(
-            "regmirror_fleet_fills",
-            "Fills on a shared bucket by this replica's role: led (held the lease), took_over \
-             (an expired one), followed (streamed another replica's download), waited",
-            fleet.clone(),
-        );
+        let mut r = Registry::default();
         Metrics {
-            fleet,
-            registry,
-            requests,
-            durations,
-            bytes,
-            upstream,
-            upstream_latency,
-            upstream_queue,
-            ratelimit_limit,
-            ratelimit_remaining,
-            fills,
-            buffers,
-            memos,
-            errors,
+            requests: registered(
+                &mut r,
+                "regmirror_cache_requests",
+                "Registry requests by kind and how the cache answered them",
+                Family::default(),
+            ),
+            durations: registered(
+                &mut r,
+                "regmirror_http_request_seconds",
+                "How long requests took to answer (headers), by kind",
+                histograms(),
+            ),
+            bytes: registered(
+                &mut r,
+                "regmirror_bytes_served",
+                "Blob bytes sent to clients, from the store or from fills in flight",
+                Family::default(),
+            ),
+            upstream: registered(
+                &mut r,
+                "regmirror_upstream_requests",
+                "Upstream answers by upstream and HTTP status (0: no answer)",
+                Family::default(),
+            ),
+            upstream_latency: registered(
+                &mut r,
+                "regmirror_upstream_request_seconds",
+                "How long upstreams took to answer",
+                histograms(),
+            ),
+            upstream_queue: registered(
+                &mut r,
+                "regmirror_upstream_queue_seconds",
+                "How long requests waited for their turn under an upstream's \
+                 max_concurrent/max_rate",
+                histograms(),
+            ),
+            ratelimit_limit: registered(
+                &mut r,
+                "regmirror_upstream_ratelimit_limit",
+                "Pulls per window the upstream allows, as its last answer stated \
+                 (ratelimit-limit)",
+                Family::default(),
+            ),
+            ratelimit_remaining: registered(
+                &mut r,
+                "regmirror_upstream_ratelimit_remaining",
+                "Pulls left in the window, as the upstream's last answer stated \
+                 (ratelimit-remaining)",
+                Family::default(),
+            ),
+            fills: registered(
+                &mut r,
+                "regmirror_fills_in_flight",
+                "Upstream downloads in progress",
+                Gauge::default(),
+            ),
+            buffers: registered(
+                &mut r,
+                "regmirror_buffer_bytes",
+                "Blob data held in memory for clients and fills (limits.buffer_memory)",
+                Gauge::default(),
+            ),
+            memos: registered(
+                &mut r,
+                "regmirror_memo_bytes",
+                "Bytes held by the in-memory memos (limits.manifest_memo, limits.blob_memo)",
+                Family::default(),
+            ),
+            errors: registered(
+                &mut r,
+                "regmirror_errors",
+                "Error answers by OCI error code",
+                Family::default(),
+            ),
+            fleet: registered(
+                &mut r,
+                "regmirror_fleet_fills",
+                "Fills on a shared bucket by this replica's role: led (held the lease), took_over \
+                 (an expired one), followed (streamed another replica's download), waited",
+                Family::default(),
+            ),
+            registry: r,
         }
     }
 }
 
 impl Metrics {
-    /// `kind`: manifest, blob, tag. `result`: hit, miss, joined, fresh, stale, reserve, local.
-    pub fn request(&self, kind: &'static str, result: &'static str) {
+    /// `kind`: manifest, blob, tag.
+    pub(crate) fn request(&self, kind: &'static str, result: CacheOutcome) {
         self.requests
             .get_or_create(&RequestLabels { kind, result })
             .inc();
     }
 
     /// A request answered after `took`; `kind` is its API area (manifest, blob, ...).
-    pub fn answered(&self, kind: &'static str, took: Duration) {
+    pub(crate) fn answered(&self, kind: &'static str, took: Duration) {
         self.durations
             .get_or_create(&KindLabels { kind })
             .observe(took.as_secs_f64());
     }
 
-    pub fn bytes(&self, source: Source, n: u64) {
+    pub(crate) fn bytes(&self, source: Source, n: u64) {
         let source = match source {
             Source::Cache => "cache",
             Source::Fill => "fill",
@@ -243,7 +243,7 @@ impl Metrics {
 
     /// An upstream answer (status 0 = no answer) and how long it took. `upstream` is a bounded
     /// label (see the module docs).
-    pub fn upstream(&self, upstream: &str, status: u16, latency: Duration) {
+    pub(crate) fn upstream(&self, upstream: &str, status: u16, latency: Duration) {
         self.upstream
             .get_or_create(&UpstreamStatusLabels {
                 upstream: upstream.to_owned(),
@@ -258,7 +258,7 @@ impl Metrics {
     }
 
     /// A request waited `queued` for its turn under the upstream's request limits.
-    pub fn queued(&self, upstream: &str, queued: Duration) {
+    pub(crate) fn queued(&self, upstream: &str, queued: Duration) {
         self.upstream_queue
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
@@ -267,7 +267,7 @@ impl Metrics {
     }
 
     /// The pull budget a configured upstream stated.
-    pub fn budget(&self, upstream: &str, limit: u64, remaining: u64) {
+    pub(crate) fn budget(&self, upstream: &str, limit: u64, remaining: u64) {
         let labels = UpstreamLabels {
             upstream: upstream.to_owned(),
         };
@@ -281,16 +281,16 @@ impl Metrics {
     }
 
     /// A fill on a shared bucket: `led`, `took_over`, `followed` or `waited`.
-    pub fn fleet(&self, role: &'static str) {
+    pub(crate) fn fleet(&self, role: &'static str) {
         self.fleet.get_or_create(&RoleLabels { role }).inc();
     }
 
-    pub fn error(&self, code: &'static str) {
+    pub(crate) fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabels { code }).inc();
     }
 
     /// The exposition text, with `levels` read now.
-    pub fn render(&self, levels: Levels) -> String {
+    pub(crate) fn render(&self, levels: Levels) -> String {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.fills.set(gauge(levels.fills));
         self.buffers.set(gauge(levels.buffer_bytes));
@@ -316,8 +316,8 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        m.request("blob", "hit");
-        m.request("blob", "hit");
+        m.request("blob", CacheOutcome::Hit);
+        m.request("blob", CacheOutcome::Hit);
         m.bytes(Source::Fill, 10);
         m.upstream("docker.io", 200, Duration::from_millis(500));
         m.upstream("we\"ird\nname", 0, Duration::from_millis(1));
@@ -362,7 +362,7 @@ mod tests {
             serde_json::from_str(include_str!("../../contrib/grafana/regmirror.json")).unwrap();
         // Families appear once they have a sample: give each one.
         let metrics = Metrics::default();
-        metrics.request("blob", "hit");
+        metrics.request("blob", CacheOutcome::Hit);
         metrics.answered("blob", Duration::from_millis(1));
         metrics.bytes(Source::Cache, 1);
         metrics.upstream("docker.io", 200, Duration::from_millis(1));

@@ -11,12 +11,11 @@ use axum::response::Response;
 use super::App;
 use super::manifest::{self, CachedManifest};
 use super::meta::NewManifest;
-use super::referrers;
 use super::routing::Route;
 use super::uploads::created;
 use crate::reference::{Digest, Hasher, is_valid_tag};
 use crate::registry::route::ManifestRef;
-use crate::registry::{ErrorCode, RegistryError, internal};
+use crate::registry::{ErrorCode, RegistryError};
 
 /// The most `?tag=` parameters one manifest push by digest may carry.
 const MAX_TAG_PARAMS: usize = 100;
@@ -26,19 +25,19 @@ const TAG_HEADER: &str = "oci-tag";
 const SUBJECT_HEADER: &str = "oci-subject";
 
 /// DENIED for a push to a repository that is proxied.
-pub fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
+pub(crate) fn refuse(app: &App, route: &Route, name: &str) -> RegistryError {
     RegistryError::new(
         ErrorCode::Denied,
         format!(
             "{name} is proxied from {}: pushes are accepted only for local repositories ({})",
             route.upstream.name,
-            app.router.local.describe()
+            app.upstreams.router().local.describe()
         ),
     )
 }
 
 /// PUT of a manifest by tag or digest.
-pub async fn put_manifest(
+pub(crate) async fn put_manifest(
     app: &App,
     route: &Route,
     name: &str,
@@ -46,7 +45,7 @@ pub async fn put_manifest(
     parts: &Parts,
     body: Body,
 ) -> Result<Response, RegistryError> {
-    let limit = usize::try_from(app.limits.max_manifest_size).unwrap_or(usize::MAX);
+    let limit = usize::try_from(app.options.limits.max_manifest_size).unwrap_or(usize::MAX);
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         RegistryError::new(
             ErrorCode::ManifestInvalid,
@@ -73,7 +72,7 @@ pub async fn put_manifest(
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("(not text)"));
     let media_type = manifest::pushed_media_type(&bytes, content_type)
-        .map_err(|why| RegistryError::new(ErrorCode::ManifestInvalid, why))?
+        .map_err(|why| RegistryError::new(ErrorCode::ManifestInvalid, why.to_string()))?
         .to_owned();
     // A subject may come later, and non-distributable layers never come.
     let references = manifest::required_references(&bytes);
@@ -81,8 +80,7 @@ pub async fn put_manifest(
         if !app
             .meta
             .is_linked(&route.upstream.name, &route.repository, referenced)
-            .await
-            .map_err(internal)?
+            .await?
         {
             return Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
@@ -97,10 +95,10 @@ pub async fn put_manifest(
         bytes,
     };
     // Its subject's list first: a full one refuses the push before anything is stored.
-    let subject = referrers::record_push(app, route, &pushed).await?;
+    let subject = app.referrers.record_push(route, &pushed).await?;
     if let Err(error) = store_pushed(app, route, &pushed, &tags, &references).await {
         if let Some(subject) = &subject {
-            referrers::forget(app, route, subject, &pushed.digest).await?;
+            app.referrers.forget(route, subject, &pushed.digest).await?;
         }
         return Err(error);
     }
@@ -149,13 +147,11 @@ async fn store_pushed(
                 size: pushed.bytes.len() as u64,
                 references,
             })
-            .await
-            .map_err(internal)?;
+            .await?;
     }
     app.store
         .put_verified(&pushed.digest, pushed.bytes.clone())
-        .await
-        .map_err(internal)?;
+        .await?;
     if new {
         app.status.stored().committed(pushed.bytes.len() as u64);
     }
@@ -192,13 +188,13 @@ fn tags_of(reference: &ManifestRef, parts: &Parts) -> Result<Vec<String>, Regist
 }
 
 /// DELETE of a manifest (by digest: its tags go too), of a tag alone, or of a blob link.
-pub async fn delete(
+pub(crate) async fn delete(
     app: &App,
     route: &Route,
     reference: &ManifestRef,
     blob: bool,
 ) -> Result<Response, RegistryError> {
-    if !app.delete_enabled {
+    if !app.options.delete_enabled {
         return Err(RegistryError::new(
             ErrorCode::Unsupported,
             "deletes are disabled (storage.delete.enabled)",
@@ -209,11 +205,7 @@ pub async fn delete(
         ManifestRef::Digest(digest) => digest,
         ManifestRef::Tag(tag) if !blob => {
             // The tag alone goes; the manifest stays, by digest and under its other tags.
-            let known = app
-                .meta
-                .tag(upstream, &route.repository, tag)
-                .await
-                .map_err(internal)?;
+            let known = app.meta.tag(upstream, &route.repository, tag).await?;
             if known.is_none() {
                 return Err(RegistryError::new(
                     ErrorCode::ManifestUnknown,
@@ -222,8 +214,7 @@ pub async fn delete(
             }
             app.meta
                 .forget_tag(upstream, &route.repository, tag)
-                .await
-                .map_err(internal)?;
+                .await?;
             return Ok(accepted());
         }
         ManifestRef::Tag(_) => {
@@ -236,8 +227,7 @@ pub async fn delete(
     if !app
         .meta
         .is_linked(upstream, &route.repository, digest)
-        .await
-        .map_err(internal)?
+        .await?
     {
         let code = if blob {
             ErrorCode::BlobUnknown
@@ -250,12 +240,9 @@ pub async fn delete(
         ));
     }
     if !blob {
-        referrers::forget_delete(app, route, digest).await?;
+        app.referrers.forget_delete(route, digest).await?;
     }
-    app.meta
-        .unlink(upstream, &route.repository, digest)
-        .await
-        .map_err(internal)?;
+    app.meta.unlink(upstream, &route.repository, digest).await?;
     Ok(accepted())
 }
 

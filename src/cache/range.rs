@@ -6,6 +6,8 @@
 
 use http_range_header::{RangeInvalid, RangeRejected, RangeUnsatisfiableError, parse_range_header};
 
+use crate::registry::{ErrorCode, RegistryError};
+
 /// Bytes `start..end` (end exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {
@@ -33,6 +35,23 @@ pub fn parse_range(header: &str, size: u64) -> Result<Option<ByteRange>, ()> {
         start: *inclusive.start(),
         end: *inclusive.end() + 1,
     }))
+}
+
+/// A `Range` header against a known size: `Ok(None)` serves the whole blob (no header, an
+/// unknown size, or no usable single range), an unsatisfiable range is RANGE_INVALID.
+pub(crate) fn resolve(
+    range: Option<&str>,
+    size: Option<u64>,
+) -> Result<Option<ByteRange>, RegistryError> {
+    let (Some(range), Some(size)) = (range, size) else {
+        return Ok(None);
+    };
+    parse_range(range, size).map_err(|()| {
+        RegistryError::new(
+            ErrorCode::RangeInvalid,
+            format!("range {range:?} is not satisfiable for {size} bytes"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -25,28 +25,32 @@ use reqwest::header::{ACCEPT, LINK};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::meta::{Changed, ListBounds, ListChange, ListKey, ReferrerList};
+use super::manifest;
+use super::manifests::Manifests;
+use super::meta::{Changed, ListBounds, ListChange, ListKey, Metadata, ReferrerList};
 use super::routing::Route;
-use super::{App, manifest, unreachable, unreachable_text, upstream_status};
+use super::upstreams::{Upstreams, unreachable, unreachable_text, upstream_status};
+use super::uses::LastUses;
 use crate::reference::Digest;
-use crate::registry::{ErrorCode, OCI_INDEX, RegistryError, internal};
+use crate::registry::route::ManifestRef;
+use crate::registry::{CacheOutcome, ErrorCode, OCI_INDEX, RegistryError};
 use crate::upstream::{UpstreamRequest, read_limited};
 
 /// The most JSON one page of an answer carries; a larger answer is paginated.
-pub const PAGE_BYTES: usize = 1 << 20;
+pub(crate) const PAGE_BYTES: usize = 1 << 20;
 /// The most pages of an upstream's paginated answer that are followed.
 const MAX_UPSTREAM_PAGES: usize = 16;
 
 /// Referrers of one subject, sorted by digest.
 #[derive(Debug)]
-pub struct Listing {
-    pub descriptors: Vec<Value>,
+pub(crate) struct Listing {
+    pub(crate) descriptors: Vec<Value>,
     /// Set when the records are served because the upstream failed.
-    pub warning: Option<String>,
+    pub(crate) warning: Option<String>,
     /// Set when the upstream listed more than the limits keep.
-    pub cut: Option<String>,
-    /// local, fresh (within the revalidation window), hit, or stale.
-    pub cache: &'static str,
+    pub(crate) cut: Option<String>,
+    /// Local, fresh, hit or stale.
+    pub(crate) outcome: CacheOutcome,
 }
 
 /// What an upstream answered, within the bounds.
@@ -57,157 +61,286 @@ struct Answer {
     stale: Option<String>,
 }
 
-/// The referrers of `subject` in the route's repository.
-pub async fn list(
-    app: &Arc<App>,
-    route: &Route,
-    subject: &Digest,
-) -> Result<Listing, RegistryError> {
-    let key = ListKey::new(&route.upstream.name, &route.repository, subject);
-    if route.upstream.local {
-        let recorded = recorded(app, &key).await?;
-        return Ok(Listing {
-            descriptors: recorded.descriptors,
-            warning: None,
-            cut: recorded.cut,
-            cache: "local",
-        });
-    }
-    let window_key = format!(
-        "{}\u{1f}{}\u{1f}referrers\u{1f}{subject}",
-        route.upstream.name, route.repository
-    );
-    let window = route.upstream.tag_revalidate;
-    if app.fresh(&window_key, window) {
-        let recorded = recorded(app, &key).await?;
-        app.mark_list_used(&key);
-        return Ok(Listing {
-            descriptors: recorded.descriptors,
-            warning: None,
-            cut: recorded.cut,
-            cache: "fresh",
-        });
-    }
-    let bounds = bounds(app);
-    let asked = match from_api(app, route, subject, bounds).await {
-        Ok(Some(answer)) => Ok(answer),
-        Ok(None) => from_tag_schema(app, route, subject, bounds).await,
-        Err(e) => Err(e),
-    };
-    match asked {
-        Ok(answer) => {
-            if answer.stale.is_none() {
-                app.validated(&window_key, window);
-            }
-            let recorded = recorded(app, &key).await?;
-            if recorded.descriptors != answer.descriptors || recorded.cut != answer.cut {
-                let list = ReferrerList {
-                    stored_at: super::meta::now(),
-                    cut: answer.cut.clone(),
-                    descriptors: answer.descriptors.clone(),
-                };
-                app.meta
-                    .put_referrer_list(&key, &list)
-                    .await
-                    .map_err(internal)?;
-            }
-            app.mark_list_used(&key);
-            Ok(Listing {
-                descriptors: answer.descriptors,
-                cache: if answer.stale.is_some() {
-                    "stale"
-                } else {
-                    "hit"
-                },
-                warning: answer.stale,
-                cut: answer.cut,
-            })
-        }
-        Err(failure) if matches!(failure.code, ErrorCode::Unauthorized | ErrorCode::Denied) => {
-            Err(failure)
-        }
-        Err(failure) => {
-            let recorded = recorded(app, &key).await?;
-            if recorded.descriptors.is_empty() {
-                return Err(failure);
-            }
-            app.mark_list_used(&key);
-            Ok(Listing {
+/// The referrers service (wired by [`super::App::new`]).
+#[derive(Debug)]
+pub(crate) struct Referrers {
+    /// The tag schema's index is read as any tag; the lists share the tags' windows.
+    pub(super) manifests: Arc<Manifests>,
+    pub(super) upstreams: Upstreams,
+    pub(super) meta: Arc<Metadata>,
+    pub(super) uses: Arc<LastUses>,
+    /// `limits.max_referrers`, `limits.max_referrers_size`.
+    pub(super) bounds: ListBounds,
+    /// `limits.max_manifest_size`: the most one page of an upstream's answer may be.
+    pub(super) max_manifest_size: u64,
+}
+
+impl Referrers {
+    /// The referrers of `subject` in the route's repository.
+    pub(crate) async fn list(
+        &self,
+        route: &Route,
+        subject: &Digest,
+    ) -> Result<Listing, RegistryError> {
+        let key = ListKey::new(&route.upstream.name, &route.repository, subject);
+        if route.upstream.local {
+            let recorded = self.recorded(&key).await?;
+            return Ok(Listing {
                 descriptors: recorded.descriptors,
-                warning: Some(format!(
-                    "upstream failed ({}); serving the cached referrers",
-                    failure.message
-                )),
+                warning: None,
                 cut: recorded.cut,
-                cache: "stale",
-            })
+                outcome: CacheOutcome::Local,
+            });
+        }
+        let window_key = format!(
+            "{}\u{1f}{}\u{1f}referrers\u{1f}{subject}",
+            route.upstream.name, route.repository
+        );
+        let window = route.upstream.tag_revalidate;
+        if self.manifests.fresh(&window_key, window) {
+            let recorded = self.recorded(&key).await?;
+            self.uses.list(&key);
+            return Ok(Listing {
+                descriptors: recorded.descriptors,
+                warning: None,
+                cut: recorded.cut,
+                outcome: CacheOutcome::Fresh,
+            });
+        }
+        let asked = match self.ask_api(route, subject).await {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => self.read_tag_schema(route, subject).await,
+            Err(e) => Err(e),
+        };
+        match asked {
+            Ok(answer) => {
+                if answer.stale.is_none() {
+                    self.manifests.confirmed(&window_key, window);
+                }
+                self.keep(&key, &answer).await?;
+                self.uses.list(&key);
+                Ok(Listing {
+                    descriptors: answer.descriptors,
+                    outcome: if answer.stale.is_some() {
+                        CacheOutcome::Stale
+                    } else {
+                        CacheOutcome::Hit
+                    },
+                    warning: answer.stale,
+                    cut: answer.cut,
+                })
+            }
+            Err(failure) if matches!(failure.code, ErrorCode::Unauthorized | ErrorCode::Denied) => {
+                Err(failure)
+            }
+            Err(failure) => self.stale(&key, failure).await,
         }
     }
-}
 
-/// Records a manifest with a `subject` as one of its referrers, before the manifest itself is
-/// stored: a subject whose list is full refuses the push, and nothing is stored.
-pub async fn record_push(
-    app: &App,
-    route: &Route,
-    manifest: &manifest::CachedManifest,
-) -> Result<Option<Digest>, RegistryError> {
-    let Some(subject) = manifest::subject(&manifest.bytes) else {
-        return Ok(None);
-    };
-    let descriptor =
-        manifest::referrer_descriptor(&manifest.bytes, &manifest.digest, &manifest.media_type);
-    let key = ListKey::new(&route.upstream.name, &route.repository, &subject);
-    let bounds = bounds(app);
-    match app
-        .meta
-        .change_referrers(&key, ListChange::Add(descriptor, bounds))
-        .await
-        .map_err(internal)?
-    {
-        Changed::Applied => Ok(Some(subject)),
-        Changed::Full => Err(RegistryError::new(
-            ErrorCode::ManifestInvalid,
-            format!(
-                "{subject} already has as many referrers in {} as this registry keeps \
-                 (limits.max_referrers: {}, limits.max_referrers_size: {} bytes)",
-                route.repository, bounds.count, bounds.bytes
-            ),
-        )),
+    /// Replaces the recorded list with an upstream's answer, when it changed.
+    async fn keep(&self, key: &ListKey, answer: &Answer) -> Result<(), RegistryError> {
+        let recorded = self.recorded(key).await?;
+        if recorded.descriptors != answer.descriptors || recorded.cut != answer.cut {
+            let list = ReferrerList {
+                stored_at: super::meta::now(),
+                cut: answer.cut.clone(),
+                descriptors: answer.descriptors.clone(),
+            };
+            self.meta.put_referrer_list(key, &list).await?;
+        }
+        Ok(())
+    }
+
+    /// The recorded list served because the upstream failed; without one, the failure.
+    async fn stale(&self, key: &ListKey, failure: RegistryError) -> Result<Listing, RegistryError> {
+        let recorded = self.recorded(key).await?;
+        if recorded.descriptors.is_empty() {
+            return Err(failure);
+        }
+        self.uses.list(key);
+        Ok(Listing {
+            descriptors: recorded.descriptors,
+            warning: Some(format!(
+                "upstream failed ({}); serving the cached referrers",
+                failure.message
+            )),
+            cut: recorded.cut,
+            outcome: CacheOutcome::Stale,
+        })
+    }
+
+    /// Records a manifest with a `subject` as one of its referrers, before the manifest itself is
+    /// stored: a subject whose list is full refuses the push, and nothing is stored.
+    pub(crate) async fn record_push(
+        &self,
+        route: &Route,
+        manifest: &manifest::CachedManifest,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let Some(subject) = manifest::subject(&manifest.bytes) else {
+            return Ok(None);
+        };
+        let descriptor =
+            manifest::referrer_descriptor(&manifest.bytes, &manifest.digest, &manifest.media_type);
+        let key = ListKey::new(&route.upstream.name, &route.repository, &subject);
+        let bounds = self.bounds;
+        match self
+            .meta
+            .change_referrers(&key, ListChange::Add(descriptor, bounds))
+            .await?
+        {
+            Changed::Applied => Ok(Some(subject)),
+            Changed::Full => Err(RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!(
+                    "{subject} already has as many referrers in {} as this registry keeps \
+                     (limits.max_referrers: {}, limits.max_referrers_size: {} bytes)",
+                    route.repository, bounds.count, bounds.bytes
+                ),
+            )),
+        }
+    }
+
+    /// Forgets `digest` as a referrer of `subject` (a deleted manifest, or a push that failed
+    /// after [`record_push`](Self::record_push)).
+    pub(crate) async fn forget(
+        &self,
+        route: &Route,
+        subject: &Digest,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        let key = ListKey::new(&route.upstream.name, &route.repository, subject);
+        self.meta
+            .change_referrers(&key, ListChange::Remove(digest.to_string()))
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a deleted manifest as a referrer of its subject.
+    pub(crate) async fn forget_delete(
+        &self,
+        route: &Route,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        let Some(manifest) = self.manifests.cached(digest).await? else {
+            return Ok(());
+        };
+        match manifest::subject(&manifest.bytes) {
+            Some(subject) => self.forget(route, &subject, digest).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The upstream's referrers API, its pages followed while the bounds have room (and the
+    /// bytes read stay under `limits.max_referrers_size`); `Ok(None)` when it has none (404).
+    async fn ask_api(
+        &self,
+        route: &Route,
+        subject: &Digest,
+    ) -> Result<Option<Answer>, RegistryError> {
+        let bounds = self.bounds;
+        let upstream = &route.upstream.name;
+        let path = format!("/v2/{}/referrers/{subject}", route.repository);
+        let limit = usize::try_from(self.max_manifest_size).unwrap_or(usize::MAX);
+        let mut collector = Collector::new(bounds);
+        let mut read = 0;
+        let mut query = None;
+        for page in 0..MAX_UPSTREAM_PAGES {
+            let mut request = UpstreamRequest::pull(Method::GET, &route.repository, path.clone())
+                .header(ACCEPT, OCI_INDEX);
+            request.query = query.take();
+            let response = self
+                .upstreams
+                .send(route, request)
+                .await
+                .map_err(|e| unreachable(upstream, e))?;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND if page == 0 => return Ok(None),
+                _ => {
+                    return Err(upstream_status(
+                        upstream,
+                        &response,
+                        ErrorCode::ManifestUnknown,
+                    ));
+                }
+            }
+            let next = response
+                .headers()
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|link| next_query(link, &path));
+            let bytes = read_limited(response, limit)
+                .await
+                .map_err(|e| unreachable_text(upstream, &format!("referrers: {e}")))?;
+            read += bytes.len();
+            collector.add_index(&bytes).ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::Unavailable,
+                    format!("upstream {upstream} answered referrers of {subject} with no index"),
+                )
+            })?;
+            match next {
+                Some(_) if collector.is_cut() || read >= bounds.bytes => {
+                    collector.cut = true;
+                    break;
+                }
+                Some(next) if page + 1 < MAX_UPSTREAM_PAGES => query = Some(next),
+                Some(_) => {
+                    tracing::warn!(
+                        upstream = %upstream,
+                        %subject,
+                        pages = MAX_UPSTREAM_PAGES,
+                        "referrers: more pages than followed; the answer is cut"
+                    );
+                    collector.cut = true;
+                }
+                None => break,
+            }
+        }
+        let (descriptors, cut) = collector.finish(subject);
+        Ok(Some(Answer {
+            descriptors,
+            cut,
+            stale: None,
+        }))
+    }
+
+    /// The referrers tag schema: the index tagged `<alg>-<hex>` (hex cut at 64), cached like any
+    /// tag. No such tag: no referrers.
+    async fn read_tag_schema(
+        &self,
+        route: &Route,
+        subject: &Digest,
+    ) -> Result<Answer, RegistryError> {
+        let hex = subject.hex();
+        let tag = format!("{}-{}", subject.algorithm(), &hex[..hex.len().min(64)]);
+        let mut collector = Collector::new(self.bounds);
+        let stale = match self.manifests.get(route, &ManifestRef::Tag(tag)).await {
+            Ok(answer) => {
+                // Not an index: no referrers.
+                let _ = collector.add_index(&answer.manifest.bytes);
+                answer.warning
+            }
+            Err(e) if e.code == ErrorCode::ManifestUnknown => None,
+            Err(e) => return Err(e),
+        };
+        let (descriptors, cut) = collector.finish(subject);
+        Ok(Answer {
+            descriptors,
+            cut,
+            stale,
+        })
+    }
+
+    /// The recorded list of a subject (empty when there is none).
+    async fn recorded(&self, key: &ListKey) -> Result<ReferrerList, RegistryError> {
+        Ok(self.meta.referrer_list(key).await?.unwrap_or_default())
     }
 }
-
-/// Forgets `digest` as a referrer of `subject` (a deleted manifest, or a push that failed after
-/// [`record_push`]).
-pub async fn forget(
-    app: &App,
-    route: &Route,
-    subject: &Digest,
-    digest: &Digest,
-) -> Result<(), RegistryError> {
-    let key = ListKey::new(&route.upstream.name, &route.repository, subject);
-    app.meta
-        .change_referrers(&key, ListChange::Remove(digest.to_string()))
-        .await
-        .map_err(internal)
-        .map(drop)
-}
-
-/// Forgets a deleted manifest as a referrer of its subject.
-pub async fn forget_delete(app: &App, route: &Route, digest: &Digest) -> Result<(), RegistryError> {
-    let Some(manifest) = app.cached_manifest(digest).await? else {
-        return Ok(());
-    };
-    match manifest::subject(&manifest.bytes) {
-        Some(subject) => forget(app, route, &subject, digest).await,
-        None => Ok(()),
-    }
-}
-
 /// One page of `descriptors` (sorted by digest): those of `artifact_type` when given, after
 /// the digest `last`, at most `n` and about [`PAGE_BYTES`] of JSON (at least one). Returns the
 /// page and, when more follow, the last digest on it (the next page's `last`).
-pub fn page(
+pub(crate) fn page(
     descriptors: Vec<Value>,
     artifact_type: Option<&str>,
     last: Option<&str>,
@@ -239,31 +372,13 @@ pub fn page(
 }
 
 /// An image index listing `descriptors`.
-pub fn index(descriptors: Vec<Value>) -> String {
+pub(crate) fn index(descriptors: Vec<Value>) -> String {
     serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
         "manifests": descriptors,
     })
     .to_string()
-}
-
-/// The bounds of every list (`limits`).
-fn bounds(app: &App) -> ListBounds {
-    ListBounds {
-        count: app.limits.max_referrers,
-        bytes: usize::try_from(app.limits.max_referrers_size).unwrap_or(usize::MAX),
-    }
-}
-
-/// The recorded list of a subject (empty when there is none).
-async fn recorded(app: &App, key: &ListKey) -> Result<ReferrerList, RegistryError> {
-    Ok(app
-        .meta
-        .referrer_list(key)
-        .await
-        .map_err(internal)?
-        .unwrap_or_default())
 }
 
 /// An upstream's referrers as they are read, kept within the bounds: valid descriptors (a
@@ -336,109 +451,6 @@ impl Collector {
         });
         (self.kept.into_values().collect(), cut)
     }
-}
-
-/// The upstream's referrers API, its pages followed while the bounds have room (and the
-/// bytes read stay under `limits.max_referrers_size`); `Ok(None)` when it has none (404).
-async fn from_api(
-    app: &App,
-    route: &Route,
-    subject: &Digest,
-    bounds: ListBounds,
-) -> Result<Option<Answer>, RegistryError> {
-    let upstream = &route.upstream.name;
-    let path = format!("/v2/{}/referrers/{subject}", route.repository);
-    let limit = usize::try_from(app.limits.max_manifest_size).unwrap_or(usize::MAX);
-    let mut collector = Collector::new(bounds);
-    let mut read = 0;
-    let mut query = None;
-    for page in 0..MAX_UPSTREAM_PAGES {
-        let mut request = UpstreamRequest::pull(Method::GET, &route.repository, path.clone())
-            .header(ACCEPT, OCI_INDEX);
-        request.query = query.take();
-        let response = app
-            .upstream(route, request)
-            .await
-            .map_err(|e| unreachable(upstream, e))?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND if page == 0 => return Ok(None),
-            _ => {
-                return Err(upstream_status(
-                    upstream,
-                    &response,
-                    ErrorCode::ManifestUnknown,
-                ));
-            }
-        }
-        let next = response
-            .headers()
-            .get(LINK)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|link| next_query(link, &path));
-        let bytes = read_limited(response, limit)
-            .await
-            .map_err(|e| unreachable_text(upstream, &format!("referrers: {e}")))?;
-        read += bytes.len();
-        collector.add_index(&bytes).ok_or_else(|| {
-            RegistryError::new(
-                ErrorCode::Unavailable,
-                format!("upstream {upstream} answered referrers of {subject} with no index"),
-            )
-        })?;
-        match next {
-            Some(_) if collector.is_cut() || read >= bounds.bytes => {
-                collector.cut = true;
-                break;
-            }
-            Some(next) if page + 1 < MAX_UPSTREAM_PAGES => query = Some(next),
-            Some(_) => {
-                tracing::warn!(
-                    upstream = %upstream,
-                    %subject,
-                    pages = MAX_UPSTREAM_PAGES,
-                    "referrers: more pages than followed; the answer is cut"
-                );
-                collector.cut = true;
-            }
-            None => break,
-        }
-    }
-    let (descriptors, cut) = collector.finish(subject);
-    Ok(Some(Answer {
-        descriptors,
-        cut,
-        stale: None,
-    }))
-}
-
-/// The referrers tag schema: the index tagged `<alg>-<hex>` (hex cut at 64), cached like any
-/// tag. No such tag: no referrers.
-async fn from_tag_schema(
-    app: &Arc<App>,
-    route: &Route,
-    subject: &Digest,
-    bounds: ListBounds,
-) -> Result<Answer, RegistryError> {
-    let hex = subject.hex();
-    let tag = format!("{}-{}", subject.algorithm(), &hex[..hex.len().min(64)]);
-    let mut collector = Collector::new(bounds);
-    let stale = match app.manifest_by_tag(route, &tag).await {
-        Ok(answer) => {
-            app.mark_used(&answer.manifest.digest);
-            // Not an index: no referrers.
-            let _ = collector.add_index(&answer.manifest.bytes);
-            answer.warning
-        }
-        Err(e) if e.code == ErrorCode::ManifestUnknown => None,
-        Err(e) => return Err(e),
-    };
-    let (descriptors, cut) = collector.finish(subject);
-    Ok(Answer {
-        descriptors,
-        cut,
-        stale,
-    })
 }
 
 /// The `manifests` of an image index.

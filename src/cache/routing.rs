@@ -26,58 +26,58 @@ use crate::upstream::{RequestLimiter, Target};
 
 /// A configured or dynamic upstream.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The namespace of its cached content: `docker.io`, `ghcr.io`, `127.0.0.1:5001`.
-    pub name: String,
+    pub(crate) name: String,
     /// The upstream itself: one endpoint, or for an insecure dynamic upstream https without
     /// certificate checks, then http.
-    pub origins: Vec<Target>,
+    pub(crate) origins: Vec<Target>,
     /// How long a tag is served from cache without asking this upstream.
-    pub tag_revalidate: std::time::Duration,
+    pub(crate) tag_revalidate: std::time::Duration,
     /// The local namespace: pushes accepted, never proxied.
-    pub local: bool,
+    pub(crate) local: bool,
     /// Named by a client (`proxy.on`), not configured.
-    pub dynamic: bool,
+    pub(crate) dynamic: bool,
     /// The part of its stated pull budget kept for content not cached.
-    pub ratelimit_reserve: RateLimitReserve,
+    pub(crate) ratelimit_reserve: RateLimitReserve,
     /// `max_concurrent`/`max_rate`, when set (dynamic upstreams share one).
-    pub limiter: Option<Arc<RequestLimiter>>,
+    pub(crate) limiter: Option<Arc<RequestLimiter>>,
 }
 
 impl Upstream {
     /// The upstream's own endpoint (for an insecure dynamic upstream, the last way tried): the
     /// one whose breaker and pull budget are the upstream's.
-    pub fn origin(&self) -> Option<&Target> {
+    pub(crate) fn origin(&self) -> Option<&Target> {
         self.origins.last()
     }
 
     /// Its name as a metrics label: every dynamic upstream shares one, so clients cannot grow
     /// the number of series.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         if self.dynamic { "dynamic" } else { &self.name }
     }
 }
 
 /// The namespace of local (pushed) repositories.
-pub use crate::config::cache::LOCAL_NAMESPACE as LOCAL;
+pub(crate) use crate::config::cache::LOCAL_NAMESPACE as LOCAL;
 
 /// An upstream plus the repository path on it.
 #[derive(Debug, Clone)]
-pub struct Route {
-    pub upstream: Arc<Upstream>,
-    pub repository: String,
+pub(crate) struct Route {
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) repository: String,
 }
 
 /// The routing table.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     configured: HashMap<String, Arc<Upstream>>,
     default: Option<Arc<Upstream>>,
     dynamic: bool,
     dynamic_tag_revalidate: std::time::Duration,
     dynamic_reserve: RateLimitReserve,
     dynamic_limiter: Option<Arc<RequestLimiter>>,
-    pub local: LocalRepositories,
+    pub(crate) local: LocalRepositories,
     local_upstream: Arc<Upstream>,
     /// `--mirrors` (empty without it): the cache's own fetches walk its mirrors before the
     /// upstream, and its `insecure-registries` decide how dynamic upstreams are reached.
@@ -85,7 +85,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(config: &CacheConfig, mirrors: Option<Arc<Resolver>>) -> Self {
+    pub(crate) fn new(config: &CacheConfig, mirrors: Option<Arc<Resolver>>) -> Self {
         let insecure = InsecureMatcher::default();
         let queue_timeout = config.limits.upstream_queue_timeout;
         let limiter = |requests: RequestLimits| {
@@ -138,7 +138,7 @@ impl Router {
     }
 
     /// Routes a request for `name` (the `/v2/<name>/…` path part).
-    pub fn route(
+    pub(crate) fn route(
         &self,
         name: &str,
         ns: Option<&str>,
@@ -246,7 +246,7 @@ impl Router {
 
     /// The endpoints to fetch `route` from: `--mirrors` endpoints (without credentials), then the
     /// upstream itself with its credentials, unless a `mirrors-only` rule keeps it out.
-    pub fn targets(&self, route: &Route) -> Vec<Target> {
+    pub(crate) fn targets(&self, route: &Route) -> Vec<Target> {
         let endpoints = self
             .mirrors
             .resolve_repository(&route.upstream.name, &route.repository);
@@ -263,7 +263,7 @@ impl Router {
     }
 
     /// The configured upstreams, the default one first.
-    pub fn configured(&self) -> Vec<Arc<Upstream>> {
+    pub(crate) fn configured(&self) -> Vec<Arc<Upstream>> {
         let mut upstreams: Vec<Arc<Upstream>> = self.configured.values().cloned().collect();
         let default = self.default.as_ref().map(|d| d.name.as_str());
         upstreams.sort_by_key(|u| (Some(u.name.as_str()) != default, u.name.clone()));
@@ -271,7 +271,7 @@ impl Router {
     }
 
     /// The longest `tag_revalidate` window of any upstream.
-    pub fn longest_tag_revalidate(&self) -> std::time::Duration {
+    pub(crate) fn longest_tag_revalidate(&self) -> std::time::Duration {
         self.configured
             .values()
             .map(|u| u.tag_revalidate)
@@ -282,7 +282,7 @@ impl Router {
 
     /// How clients see a cached repository in `/v2/_catalog`: bare for the default upstream,
     /// prefixed by the registry host otherwise.
-    pub fn catalog_name(&self, upstream: &str, repository: &str) -> String {
+    pub(crate) fn catalog_name(&self, upstream: &str, repository: &str) -> String {
         match &self.default {
             _ if upstream == LOCAL => repository.to_owned(),
             Some(default) if default.name == upstream => repository.to_owned(),

@@ -11,30 +11,30 @@
 //! period, then exits.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 
-use super::auth::Htpasswd;
-use super::bucket::Bucket;
+use super::auth::{Htpasswd, HtpasswdError};
+use super::bucket::{Bucket, BucketError};
 use super::buffers::Buffers;
 use super::fill::{FillLimits, Fills};
 use super::fleet::{Fleet, Follower};
 use super::lease::Leases;
-use super::memo::Memo;
 use super::meta::BucketMetadata;
-use super::meta::Metadata;
+use super::meta::{MetaError, Metadata};
 use super::metrics::Metrics;
 use super::routing::Router;
 use super::store::BlobStore;
-use super::{App, http};
+use super::{App, Handles, Options, http};
 use crate::config::MirrorConfig;
 use crate::config::cache::{CacheConfig, StorageBackend};
 use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
-use crate::resolve::Resolver;
+use crate::resolve::{BuildError, Resolver};
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 
 /// The most a connection buffers: its request head, and queued response body.
@@ -55,28 +55,68 @@ pub struct ServeOptions {
     pub host_roots: HostRoots,
 }
 
-/// Why the server could not start.
+/// Why the server could not start: what is wrong, by the part of the configuration (or the
+/// file it names) it is in.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(String, StartErrorKind);
-
-/// Whose the fault is: the configuration's, or another process's holding the storage root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StartErrorKind {
-    Invalid,
-    InUse,
+pub enum StartError {
+    #[error("http.tls: {0}")]
+    Tls(#[source] TlsError),
+    /// The storage root: unusable, or locked by another process ([`StartError::in_use`]).
+    #[error("storage {}: {source}", root.display())]
+    Storage { root: PathBuf, source: io::Error },
+    #[error("metadata: {0}")]
+    Metadata(#[source] MetaError),
+    /// `storage.s3` does not make a client.
+    #[error("{0}")]
+    Bucket(#[source] BucketError),
+    #[error("--mirrors: {0}")]
+    Mirrors(#[source] BuildError),
+    /// The upstream client could not be built.
+    #[error("client: {0}")]
+    Client(String),
+    #[error("auth.htpasswd.path {}: {source}", path.display())]
+    HtpasswdFile { path: PathBuf, source: io::Error },
+    #[error("auth.htpasswd: {0}")]
+    Htpasswd(#[source] HtpasswdError),
+    #[error("http.headers: {0}")]
+    Header(#[source] axum::http::Error),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
+    /// The client replicas follow each other's downloads with could not be built.
+    #[error("{0}")]
+    Follower(#[source] reqwest::Error),
 }
 
 impl StartError {
-    fn invalid(message: String) -> Self {
-        StartError(message, StartErrorKind::Invalid)
-    }
-
     /// The storage root is locked by another regmirror process (`serve` or `gc`): a condition
     /// of the moment, not bad input.
     pub fn in_use(&self) -> bool {
-        self.1 == StartErrorKind::InUse
+        matches!(self, StartError::Storage { source, .. } if source.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// Why `http.tls` does not make a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file that cannot be read or parsed.
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    /// A `clientcas` certificate that is no trust anchor.
+    #[error("{}: {source}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{0}")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    /// The certificate and key do not go together.
+    #[error("{0}")]
+    Config(#[source] rustls::Error),
 }
 
 /// A bound, ready server.
@@ -100,24 +140,16 @@ impl Server {
     /// Validates the options, opens storage and binds the listen address.
     pub async fn bind(options: ServeOptions) -> Result<Self, StartError> {
         let config = &options.config;
-        let fail =
-            |what: &str, e: &dyn std::fmt::Display| StartError::invalid(format!("{what}: {e}"));
         let tls = match &config.tls {
-            Some((certificate, key)) => Some(
-                tls_acceptor(certificate, key, &config.client_cas)
-                    .map_err(|e| fail("http.tls", &e))?,
-            ),
+            Some((certificate, key)) => {
+                Some(tls_acceptor(certificate, key, &config.client_cas).map_err(StartError::Tls)?)
+            }
             None => None,
         };
-        let Storage {
-            store,
-            meta,
-            bucket,
-            replica,
-        } = open_storage(config, options.timeouts.connect).await?;
+        let storage = open_storage(config, options.timeouts.connect).await?;
         let resolver = match options.mirrors {
             Some(mirrors) => Some(Arc::new(
-                Resolver::new(mirrors).map_err(|e| fail("--mirrors", &e))?,
+                Resolver::new(mirrors).map_err(StartError::Mirrors)?,
             )),
             None => None,
         };
@@ -128,97 +160,29 @@ impl Server {
             options.timeouts,
             &options.host_roots,
         )
-        .map_err(|e| fail("client", &e))?;
-        let htpasswd = match &config.htpasswd {
-            Some((realm, path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| fail(&format!("auth.htpasswd.path {}", path.display()), &e))?;
-                Some(
-                    Htpasswd::parse(realm, &path.display().to_string(), &text)
-                        .map_err(|e| fail("auth.htpasswd", &e))?,
-                )
-            }
-            None => None,
-        };
-        let mut extra_headers = Vec::new();
-        for (name, value) in &config.headers {
-            let name = HeaderName::try_from(name.as_str()).map_err(|e| fail("http.headers", &e))?;
-            let value =
-                HeaderValue::try_from(value.as_str()).map_err(|e| fail("http.headers", &e))?;
-            extra_headers.push((name, value));
-        }
+        .map_err(StartError::Client)?;
+        let settings = settings(config)?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
-            .map_err(|e| fail(&format!("listen on {}", config.listen), &e))?;
-        let local = listener.local_addr().map_err(|e| fail("listen", &e))?;
-        let metrics = Arc::new(Metrics::default());
-        let fleet = match &bucket {
-            None => None,
-            Some(bucket) => Some(fleet_for(
-                config,
-                bucket,
-                &replica,
-                local,
-                options.timeouts.connect,
-                &metrics,
-            )?),
-        };
-        let limits = config.limits.clone();
-        let store = Arc::new(store);
-        let meta = Arc::new(meta);
-        let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
-        let status = super::status::Status::default();
-        let fills = Fills::new(
-            store.clone(),
-            meta.clone(),
-            buffers.clone(),
-            status.stored().clone(),
-            FillLimits {
-                max_blob_size: limits.max_blob_size,
-                min_rate: limits.fill_min_rate,
-                grace: options.timeouts.read,
-                max_fills: limits.max_fills,
-                max_fills_per_upstream: limits.max_fills_per_upstream,
-            },
-        );
-        let app = Arc::new(App {
-            router: Router::new(config, resolver),
-            client: Arc::new(client),
-            store,
-            meta,
-            fills: Arc::new(fills),
-            metrics,
-            memo: Memo::new(usize::try_from(limits.manifest_memo).unwrap_or(usize::MAX)),
-            blob_memo: Memo::new(usize::try_from(limits.blob_memo).unwrap_or(usize::MAX)),
-            extra_headers,
-            serve_stale_on_404: config.serve_stale_on_404,
-            htpasswd,
-            uploads: Default::default(),
-            delete_enabled: config.delete_enabled,
-            used: Default::default(),
-            tag_flights: Default::default(),
-            tag_validated: Default::default(),
-            buffers,
-            limits,
-            fleet,
-            secret: config.secret.clone(),
-            status,
-            max_size: config.max_size,
-        });
+            .map_err(|source| StartError::Listen {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+        let handles = handles(
+            config,
+            options.timeouts,
+            storage,
+            Router::new(config, resolver),
+            client,
+            local,
+        )?;
+        let app = Arc::new(App::new(handles, settings));
         app.status.set_listen(local.to_string());
-        let open_files = raise_open_file_limit();
-        let supported = connections_for(open_files);
-        let max_connections = config.limits.max_connections.unwrap_or(supported);
-        if max_connections > supported {
-            tracing::warn!(
-                max_connections,
-                open_files,
-                "limits.max_connections is more than the open-file limit supports; accepting \
-                 will back off when descriptors run out"
-            );
-        }
-        let listener = Listener::new(listener, max_connections);
-        if !local.ip().is_loopback() && app.htpasswd.is_none() {
+        if !local.ip().is_loopback() && app.options.htpasswd.is_none() {
             tracing::warn!(
                 addr = %local,
                 "listening beyond loopback WITHOUT authentication: anyone who can reach this port can \
@@ -226,7 +190,7 @@ impl Server {
             );
         }
         Ok(Server {
-            listener,
+            listener: accepting(config, listener),
             app,
             grace: options.grace,
             tls,
@@ -262,7 +226,7 @@ impl Server {
         }
         let deadline = tokio::time::Instant::now() + grace;
         // Handlers hold the app; fills (which run on after their clients) hold their map.
-        while (Arc::strong_count(&app) > 1 || Arc::strong_count(&app.fills) > 1)
+        while (Arc::strong_count(&app) > 1 || Arc::strong_count(app.blobs.fills()) > 1)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -286,7 +250,7 @@ impl Server {
             tls,
             ..
         } = self;
-        let limits = app.limits.clone();
+        let limits = app.options.limits.clone();
         // Every request goes to `http::handle`, which parses the path itself: no router.
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();
@@ -359,42 +323,148 @@ impl Server {
     }
 }
 
+/// What the configuration says beyond the storage and the upstreams: the password file read
+/// and parsed, the extra headers checked.
+fn settings(config: &CacheConfig) -> Result<Options, StartError> {
+    let htpasswd = match &config.htpasswd {
+        Some((realm, path)) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| StartError::HtpasswdFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(
+                Htpasswd::parse(realm, &path.display().to_string(), &text)
+                    .map_err(StartError::Htpasswd)?,
+            )
+        }
+        None => None,
+    };
+    let mut extra_headers = Vec::new();
+    for (name, value) in &config.headers {
+        let name = HeaderName::try_from(name.as_str()).map_err(|e| StartError::Header(e.into()))?;
+        let value =
+            HeaderValue::try_from(value.as_str()).map_err(|e| StartError::Header(e.into()))?;
+        extra_headers.push((name, value));
+    }
+    Ok(Options {
+        extra_headers,
+        htpasswd,
+        delete_enabled: config.delete_enabled,
+        secret: config.secret.clone(),
+        serve_stale_on_404: config.serve_stale_on_404,
+        limits: config.limits.clone(),
+        max_size: config.max_size,
+    })
+}
+
+/// The handles the services share, on `storage`; on a bucket, this replica's place in the fleet
+/// (reached at `local` unless `http.host` says otherwise).
+fn handles(
+    config: &CacheConfig,
+    timeouts: Timeouts,
+    storage: Storage,
+    router: Router,
+    client: UpstreamClient,
+    local: SocketAddr,
+) -> Result<Handles, StartError> {
+    let Storage {
+        store,
+        meta,
+        bucket,
+        replica,
+    } = storage;
+    let metrics = Arc::new(Metrics::default());
+    let fleet = match &bucket {
+        None => None,
+        Some(bucket) => Some(fleet_for(
+            config,
+            bucket,
+            &replica,
+            local,
+            timeouts.connect,
+            &metrics,
+        )?),
+    };
+    let limits = &config.limits;
+    let (store, meta) = (Arc::new(store), Arc::new(meta));
+    let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
+    let status = super::status::Status::default();
+    let fills = Fills::new(
+        store.clone(),
+        meta.clone(),
+        buffers.clone(),
+        status.stored().clone(),
+        FillLimits {
+            max_blob_size: limits.max_blob_size,
+            min_rate: limits.fill_min_rate,
+            grace: timeouts.read,
+            max_fills: limits.max_fills,
+            max_fills_per_upstream: limits.max_fills_per_upstream,
+        },
+    );
+    Ok(Handles {
+        router,
+        client,
+        store,
+        meta,
+        fills,
+        buffers,
+        metrics,
+        fleet,
+        status,
+    })
+}
+
+/// Accepting on `listener` under `limits.max_connections` (by default what the open-file limit,
+/// raised first, supports).
+fn accepting(config: &CacheConfig, listener: tokio::net::TcpListener) -> Listener {
+    let open_files = raise_open_file_limit();
+    let supported = connections_for(open_files);
+    let max_connections = config.limits.max_connections.unwrap_or(supported);
+    if max_connections > supported {
+        tracing::warn!(
+            max_connections,
+            open_files,
+            "limits.max_connections is more than the open-file limit supports; accepting \
+             will back off when descriptors run out"
+        );
+    }
+    Listener::new(listener, max_connections)
+}
+
 /// A connection's byte stream, plain or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// The storage a server runs on.
-pub struct Storage {
-    pub store: BlobStore,
-    pub meta: Metadata,
+pub(crate) struct Storage {
+    pub(crate) store: BlobStore,
+    pub(crate) meta: Metadata,
     /// The bucket, when the storage is one.
-    pub bucket: Option<Bucket>,
+    pub(crate) bucket: Option<Bucket>,
     /// This process's name among the replicas of a bucket.
-    pub replica: String,
+    pub(crate) replica: String,
 }
 
 /// Opens the configured storage: the local root (locked first, so a second process touches
 /// nothing), and on S3 the bucket, checked once: when it cannot be reached the server still
 /// starts (one error line naming the endpoint and bucket) and answers 503 for what needs it.
-pub async fn open_storage(
+pub(crate) async fn open_storage(
     config: &CacheConfig,
     connect_timeout: Duration,
 ) -> Result<Storage, StartError> {
     let root = &config.root;
-    let local = |e: &std::io::Error| {
-        let kind = if e.kind() == std::io::ErrorKind::WouldBlock {
-            StartErrorKind::InUse
-        } else {
-            StartErrorKind::Invalid
-        };
-        StartError(format!("storage {}: {e}", root.display()), kind)
+    let local = |source| StartError::Storage {
+        root: root.clone(),
+        source,
     };
     let replica = replica_name();
     match &config.storage {
         StorageBackend::Filesystem => {
-            let store = BlobStore::open_files(root).map_err(|e| local(&e))?;
-            let meta = Metadata::open_local(&root.join("metadata.redb"))
-                .map_err(|e| StartError::invalid(format!("metadata: {e}")))?;
+            let store = BlobStore::open_files(root).map_err(local)?;
+            let meta =
+                Metadata::open_local(&root.join("metadata.redb")).map_err(StartError::Metadata)?;
             Ok(Storage {
                 store,
                 meta,
@@ -403,9 +473,8 @@ pub async fn open_storage(
             })
         }
         StorageBackend::S3(s3) => {
-            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError::invalid)?;
-            let store =
-                BlobStore::open_bucket(root, bucket.clone(), s3.redirect).map_err(|e| local(&e))?;
+            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError::Bucket)?;
+            let store = BlobStore::open_bucket(root, bucket.clone(), s3.redirect).map_err(local)?;
             match bucket.check().await {
                 Ok(()) => tracing::info!(storage = %bucket.describe, "object storage reachable"),
                 Err(e) => tracing::error!(
@@ -454,7 +523,7 @@ fn fleet_for(
         );
     }
     let follower =
-        Follower::new(config.secret.clone(), connect_timeout).map_err(StartError::invalid)?;
+        Follower::new(config.secret.clone(), connect_timeout).map_err(StartError::Follower)?;
     let leases = Leases::new(bucket.clone(), replica.to_owned(), address);
     Ok(Fleet::new(
         bucket.clone(),
@@ -478,19 +547,21 @@ fn replica_name() -> String {
 fn tls_acceptor(
     certificate: &Path,
     key: &Path,
-    client_cas: &[std::path::PathBuf],
-) -> Result<tokio_rustls::TlsAcceptor, String> {
+    client_cas: &[PathBuf],
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     crate::upstream::install_crypto_provider();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
-        .map_err(|e| format!("{}: {e}", certificate.display()))?
+        .map_err(pem(certificate))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", certificate.display()))?;
+        .map_err(pem(certificate))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate", certificate.display()));
+        return Err(TlsError::NoCertificate {
+            path: certificate.to_owned(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(pem(key))?;
     // With http.tls.clientcas, clients must present a certificate signed by one of them.
     let builder = rustls::ServerConfig::builder();
     let builder = if client_cas.is_empty() {
@@ -498,31 +569,39 @@ fn tls_acceptor(
     } else {
         let mut roots = rustls::RootCertStore::empty();
         for path in client_cas {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_file_iter(path).map_err(pem(path))? {
                 roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .add(cert.map_err(pem(path))?)
+                    .map_err(|source| TlsError::ClientCa {
+                        path: path.clone(),
+                        source,
+                    })?;
             }
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(TlsError::ClientVerifier)?;
         builder.with_client_cert_verifier(verifier)
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A PEM file's error, naming the file.
+fn pem(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Abandons uploads nobody touched for `limits.upload_lifetime`, checking twice per lifetime
 /// (at most once a minute).
 async fn expire_uploads(app: Arc<App>) {
-    let lifetime = app.limits.upload_lifetime;
+    let lifetime = app.options.limits.upload_lifetime;
     let every = (lifetime / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut ticks = tokio::time::interval(every);
     loop {
@@ -569,7 +648,7 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
             &app.store,
             app.fleet.as_ref(),
             &policy,
-            app.limits.upload_lifetime,
+            app.options.limits.upload_lifetime,
             false,
             false,
         )
@@ -596,10 +675,20 @@ async fn collect_periodically(app: Arc<App>, eviction: Eviction) {
     }
 }
 
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CollectError {
+    #[error("{0}")]
+    Metadata(#[from] MetaError),
+    /// The fleet's gc lease could not be claimed.
+    #[error("{0}")]
+    Lease(#[from] BucketError),
+}
+
 /// One collection; on a shared bucket only when no other replica collects (then `None`), and
 /// followed by the clean-up of abandoned multipart uploads. `name`: the plan names the images
 /// it evicts (see [`super::gc::collect`]).
-pub async fn collect(
+pub(crate) async fn collect(
     meta: &Metadata,
     store: &BlobStore,
     fleet: Option<&Fleet>,
@@ -607,11 +696,11 @@ pub async fn collect(
     upload_lifetime: Duration,
     dry_run: bool,
     name: bool,
-) -> Result<Option<super::gc::Plan>, String> {
+) -> Result<Option<super::gc::Plan>, CollectError> {
     let run = async {
         super::gc::collect(meta, store, policy, dry_run, name)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(CollectError::from)
     };
     match fleet {
         Some(fleet) if !dry_run => fleet.collect_alone(run, upload_lifetime).await,

@@ -4,21 +4,21 @@
 
 pub mod error;
 pub mod namespace;
+pub mod outcome;
 pub mod route;
 
 pub use error::{ErrorCode, RegistryError, error_response, internal, whole_seconds};
 pub use namespace::RegistryHost;
+pub use outcome::CacheOutcome;
 pub use route::{ManifestRef, V2Request};
 
 /// The `Docker-Distribution-API-Version` header every `/v2/` response carries.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const API_VERSION: &str = "registry/2.0";
 pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
-/// How `regmirror serve` served a manifest or blob (the request log's `cache=` word): for blobs
-/// `hit`, `miss` (this request started the download), `joined` (it joined one in progress) or
-/// `redirect` (to the bucket); for manifests `hit`, `miss`, `fresh` (a tag within its
-/// `tag_revalidate` window), `stale` (the upstream failed), `reserve` (its pull budget is in the
-/// reserve) or `local` (pushed).
+/// How `regmirror serve` served a manifest or blob: a [`CacheOutcome`]'s word (the request
+/// log's `cache=`). Blobs are `hit`, `miss`, `joined` or `redirect`; manifests `hit`, `miss`,
+/// `fresh`, `stale`, `reserve` or `local`.
 pub const CACHE_HEADER: &str = "x-regmirror-cache";
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

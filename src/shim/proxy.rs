@@ -619,8 +619,8 @@ fn every_mirror_failed(
     error: &UpstreamError,
 ) -> RegistryError {
     let code = match parsed {
-        _ if error.throttled => ErrorCode::TooManyRequests,
-        _ if !error.not_found => ErrorCode::Unavailable,
+        _ if error.is_throttled() => ErrorCode::TooManyRequests,
+        _ if !error.is_not_found() => ErrorCode::Unavailable,
         V2Request::Blob { .. } => ErrorCode::BlobUnknown,
         V2Request::Manifest { .. } | V2Request::Referrers { .. } => ErrorCode::ManifestUnknown,
         _ => ErrorCode::NameUnknown,
@@ -633,7 +633,7 @@ fn every_mirror_failed(
             omitted.url, omitted.source
         ),
     );
-    answer.with_retry_after(error.retry_after)
+    answer.with_retry_after(error.retry_after())
 }
 
 /// The registry name a CONNECT or absolute URI names: the default port dropped.
@@ -904,13 +904,11 @@ mod tests {
         };
         let digest = format!("sha256:{}", "a".repeat(64));
         let failed = |path: &str, not_found: bool| {
-            let error = UpstreamError {
-                summary: "http://m1: HTTP 404 Not Found".to_owned(),
-                unreachable: false,
-                retry_after: None,
-                throttled: false,
-                not_found,
-                denied: false,
+            let summary = "http://m1: HTTP 404 Not Found".to_owned();
+            let error = if not_found {
+                UpstreamError::NotFound { summary }
+            } else {
+                UpstreamError::Failed { summary }
             };
             every_mirror_failed("reg.io", &route::parse(path).unwrap(), &omitted, &error)
         };

@@ -25,12 +25,12 @@ use reqwest::{Client, Method, Response, StatusCode};
 use super::auth::{Challenge, TokenCache};
 use super::breaker::{Admission, Breakers, Health, Probe, Resting, Trip};
 use super::certs::HostRoots;
+use super::error::{UpstreamError, Walked};
 use super::guard::{AddressPolicy, AddressRefused, GuardedResolver, HostOverrides};
-use super::limit::Refused;
 use super::ratelimit::{self, Budget, Budgets};
 use crate::config::{Credentials, MirrorUrl};
 use crate::reference::split_host_port;
-use crate::registry::{ErrorCode, RegistryError, whole_seconds};
+use crate::registry::whole_seconds;
 use crate::resolve::{Endpoint, Role, TlsMode};
 
 /// One endpoint to send registry requests to.
@@ -177,80 +177,6 @@ impl UpstreamRequest {
     }
 }
 
-/// Why no endpoint produced a response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{summary}")]
-pub struct UpstreamError {
-    pub summary: String,
-    /// True when every failure was a timeout or a refused connection (the upstream is down).
-    pub unreachable: bool,
-    /// Nothing was sent: every endpoint rests after recent failures (breakers open). When the
-    /// first of them takes a request again.
-    pub retry_after: Option<Duration>,
-    /// The last endpoint rests because it answered 429: the client should hear 429 too.
-    pub throttled: bool,
-    /// True when every endpoint answered HTTP 404: none of them has it.
-    pub not_found: bool,
-    /// The last endpoint was refused by the address policy (`guard::AddressRefused`): a rule,
-    /// not a failure, so the client hears 403 DENIED and the endpoint does not rest.
-    pub denied: bool,
-}
-
-impl UpstreamError {
-    fn new(summary: String, unreachable: bool) -> Self {
-        UpstreamError {
-            summary,
-            unreachable,
-            retry_after: None,
-            throttled: false,
-            not_found: false,
-            denied: false,
-        }
-    }
-
-    /// A target the address policy refused.
-    fn denied(summary: String) -> Self {
-        UpstreamError {
-            denied: true,
-            ..UpstreamError::new(summary, false)
-        }
-    }
-
-    /// A request the upstream's own limits kept queued too long (`limit::RequestLimiter`).
-    pub fn queued(refused: Refused) -> Self {
-        UpstreamError {
-            summary: refused.0,
-            unreachable: false,
-            retry_after: Some(Duration::from_secs(1)),
-            throttled: true,
-            not_found: false,
-            denied: false,
-        }
-    }
-
-    /// The error a registry client gets, `who` naming the upstream: 403 DENIED when the address
-    /// policy refused it (the message names the rule; no retry helps), else 503, or 429 when the
-    /// last endpoint rests after answering 429 (or the request waited too long for its turn);
-    /// with `Retry-After` when nothing was sent.
-    pub fn registry_error(&self, who: &str) -> RegistryError {
-        if self.denied {
-            return RegistryError::new(ErrorCode::Denied, format!("{who}: {}", self.summary));
-        }
-        let answer = if self.throttled {
-            RegistryError::new(
-                ErrorCode::TooManyRequests,
-                format!("{who}: rate-limited: {}", self.summary),
-            )
-        } else {
-            RegistryError::new(
-                ErrorCode::Unavailable,
-                format!("{who}: unreachable: {}", self.summary),
-            )
-        };
-        answer.with_retry_after(self.retry_after)
-    }
-}
-
 /// What a request carries in `Authorization`.
 enum Authorization {
     /// The full header value, `Bearer <token>`.
@@ -383,7 +309,9 @@ impl UpstreamClient {
             builder = if skip_verify {
                 builder.danger_accept_invalid_certs(true)
             } else if !host_roots.is_empty() {
-                builder.tls_backend_preconfigured(host_roots.client_config()?)
+                builder.tls_backend_preconfigured(
+                    host_roots.client_config().map_err(|e| e.to_string())?,
+                )
             } else {
                 builder
             };
@@ -595,13 +523,13 @@ impl UpstreamClient {
                 Ok(_) => self.breakers.success(&target.base),
                 // A refusal by the address policy says nothing of the endpoint's health: its
                 // breaker is left as it was (a probe is handed back).
-                Err(e) if e.denied => {}
-                Err(e) if e.unreachable => {
+                Err(e) if e.is_denied() => {}
+                Err(e) if e.is_unreachable() => {
                     self.breakers.failure(&target.base, now, Trip::Unreachable)
                 }
                 Err(_) => self.breakers.failure(&target.base, now, Trip::ServerError),
             }
-            denied = matches!(&result, Err(e) if e.denied);
+            denied = matches!(&result, Err(e) if e.is_denied());
             if let Some(probe) = probe.filter(|_| !denied) {
                 probe.resolved();
             }
@@ -620,15 +548,15 @@ impl UpstreamClient {
                     failures.push(format!("{}: HTTP {}", target.base, response.status()));
                 }
                 Err(e) => {
-                    unreachable &= e.unreachable;
+                    unreachable &= e.is_unreachable();
                     not_found = false;
                     tracing::debug!(endpoint = %target.base, error = %e, path = %request.path, "endpoint failed");
-                    failures.push(e.summary);
+                    failures.push(e.into_summary());
                 }
             }
         }
         let all_resting = !targets.is_empty() && resting.len() == targets.len();
-        Err(UpstreamError {
+        Err(UpstreamError::walked(Walked {
             summary: if failures.is_empty() {
                 "no endpoint to try".to_owned()
             } else {
@@ -646,7 +574,7 @@ impl UpstreamClient {
                 && all_resting,
             not_found: not_found && !failures.is_empty(),
             denied,
-        })
+        }))
     }
 
     /// What the walk does with `endpoint` now (its breaker): healthy, resting or probing.

@@ -22,10 +22,26 @@ pub struct RequestLimiter {
     queue_timeout: Duration,
 }
 
-/// Why a request was not sent.
+/// Why a request was not sent: the queue before one of the limits was longer than
+/// `limits.upstream_queue_timeout`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+pub enum Refused {
+    /// `limit` requests were in flight for all of `waited`.
+    #[error(
+        "{limit} requests in flight (max_concurrent) kept this one queued for {waited:?} \
+         (limits.upstream_queue_timeout)"
+    )]
+    Concurrency { limit: usize, waited: Duration },
+    /// At one request per `interval`, this one's turn was further than `waited` away.
+    #[error(
+        "requests are queued past {waited:?} (limits.upstream_queue_timeout) at max_rate \
+         {:.3}/s", 1.0 / .interval.as_secs_f64()
+    )]
+    Rate {
+        waited: Duration,
+        interval: Duration,
+    },
+}
 
 /// A request's place among those in flight, held until its response body ends.
 #[derive(Debug)]
@@ -66,11 +82,10 @@ impl RequestLimiter {
                     Ok(Ok(permit)) => Some(permit),
                     Ok(Err(_)) => unreachable!("the semaphore is never closed"),
                     Err(_) => {
-                        return Err(Refused(format!(
-                            "{limit} requests in flight (max_concurrent) kept this one queued for \
-                             {:?} (limits.upstream_queue_timeout)",
-                            self.queue_timeout
-                        )));
+                        return Err(Refused::Concurrency {
+                            limit: *limit,
+                            waited: self.queue_timeout,
+                        });
                     }
                 }
             }
@@ -80,12 +95,10 @@ impl RequestLimiter {
                 let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
                 let slot = (*next).max(Instant::now());
                 if slot > deadline {
-                    return Err(Refused(format!(
-                        "requests are queued past {:?} (limits.upstream_queue_timeout) at \
-                         max_rate {:.3}/s",
-                        self.queue_timeout,
-                        1.0 / interval.as_secs_f64()
-                    )));
+                    return Err(Refused::Rate {
+                        waited: self.queue_timeout,
+                        interval: *interval,
+                    });
                 }
                 *next = slot + *interval;
                 slot
@@ -176,7 +189,7 @@ mod tests {
         // The queue timeout: with both places taken for good, a request is refused after 5 s.
         let _third = limiter.admit().await.unwrap();
         let refused = limiter.admit().await.unwrap_err();
-        assert!(refused.0.contains("max_concurrent"), "{refused}");
+        assert!(refused.to_string().contains("max_concurrent"), "{refused}");
         drop(second);
         // A held response keeps its place until its body is dropped.
         let response = Response::from(http::Response::new(reqwest::Body::from("body")));

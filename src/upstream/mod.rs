@@ -10,6 +10,7 @@ mod auth;
 mod breaker;
 mod certs;
 mod client;
+mod error;
 mod guard;
 mod limit;
 mod ratelimit;
@@ -20,9 +21,10 @@ pub use auth::Challenge;
 pub use breaker::{Health, Trip};
 pub use certs::{HostRoots, SHIM_CA_FILE};
 pub use client::{
-    BodyError, Target, Timeouts, UpstreamClient, UpstreamError, UpstreamRequest,
-    install_crypto_provider, read_limited,
+    BodyError, Target, Timeouts, UpstreamClient, UpstreamRequest, install_crypto_provider,
+    read_limited,
 };
+pub use error::UpstreamError;
 pub use guard::{AddressPolicy, HostOverrides};
 pub use limit::{Admitted, Refused, RequestLimiter};
 pub use ratelimit::{Budget, MAX_RETRY_AFTER, cap_retry_after, retry_after};

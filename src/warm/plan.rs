@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::reference::{Digest, ImageRef};
-use crate::registry::{DOCKER_LIST, OCI_INDEX};
+use crate::registry::{CacheOutcome, DOCKER_LIST, OCI_INDEX};
 
 /// Where an image's requests go on the cache: the repository path and the `?ns=` that routes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,15 +71,15 @@ pub enum Source {
 }
 
 impl Source {
-    /// From the `X-Regmirror-Cache` header ([`crate::registry::CACHE_HEADER`]): `miss` and `joined` come from the upstream; `hit`,
-    /// `fresh`, `stale`, `reserve`, `local` and `redirect` from the cache. An answer without the
-    /// header that was redirected away from the cache is a committed blob in its bucket.
+    /// From the `X-Regmirror-Cache` header ([`crate::registry::CACHE_HEADER`]): its
+    /// [`CacheOutcome`] says whether the cache held the answer. An answer without the header
+    /// that was redirected away from the cache is a committed blob in its bucket.
     pub fn from_header(value: Option<&str>, redirected: bool) -> Self {
-        match value.map(str::trim) {
-            Some("miss" | "joined") => Source::Upstream,
-            Some("hit" | "fresh" | "stale" | "reserve" | "local" | "redirect") => Source::Cached,
-            _ if redirected => Source::Cached,
-            _ => Source::Unknown,
+        match value.and_then(CacheOutcome::parse) {
+            Some(outcome) if outcome.is_cached() => Source::Cached,
+            Some(_) => Source::Upstream,
+            None if redirected => Source::Cached,
+            None => Source::Unknown,
         }
     }
 }

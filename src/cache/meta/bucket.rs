@@ -39,11 +39,11 @@ const MIGRATED: ListBounds = ListBounds {
 };
 
 fn err(e: BucketError) -> MetaError {
-    MetaError(e.to_string())
+    MetaError::Bucket(e)
 }
 
 #[derive(Debug)]
-pub struct BucketMetadata {
+pub(crate) struct BucketMetadata {
     bucket: Bucket,
     /// This replica's name in the last-use batches.
     replica: String,
@@ -57,7 +57,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl BucketMetadata {
-    pub fn new(bucket: Bucket, replica: String) -> Self {
+    pub(crate) fn new(bucket: Bucket, replica: String) -> Self {
         BucketMetadata {
             bucket,
             replica,
@@ -118,7 +118,7 @@ impl BucketMetadata {
             .await
     }
 
-    pub async fn tag(
+    pub(crate) async fn tag(
         &self,
         upstream: &str,
         repository: &str,
@@ -132,7 +132,11 @@ impl BucketMetadata {
         Ok(body.and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
-    pub async fn tags(&self, upstream: &str, repository: &str) -> Result<Vec<String>, MetaError> {
+    pub(crate) async fn tags(
+        &self,
+        upstream: &str,
+        repository: &str,
+    ) -> Result<Vec<String>, MetaError> {
         let prefix = keys::tags(upstream, repository);
         let mut tags: Vec<String> = self
             .bucket
@@ -147,7 +151,7 @@ impl BucketMetadata {
         Ok(tags)
     }
 
-    pub async fn forget_tag(
+    pub(crate) async fn forget_tag(
         &self,
         upstream: &str,
         repository: &str,
@@ -159,7 +163,10 @@ impl BucketMetadata {
             .map_err(err)
     }
 
-    pub async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+    pub(crate) async fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
         if let Some(record) = lock(&self.records).get(digest.as_str()) {
             return Ok(Some(record.clone()));
         }
@@ -181,7 +188,7 @@ impl BucketMetadata {
 
     /// New content: a manifest stored with its references (a tag moved to a manifest already
     /// stored records none), without a read to tell.
-    pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<bool, MetaError> {
+    pub(crate) async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<bool, MetaError> {
         let new = !m.references.is_empty();
         let mut references: Vec<String> = m.references.iter().map(ToString::to_string).collect();
         if references.is_empty() {
@@ -195,7 +202,7 @@ impl BucketMetadata {
             size: m.size,
             references,
         };
-        let body = serde_json::to_vec(&record).map_err(|e| MetaError(e.to_string()))?;
+        let body = serde_json::to_vec(&record).map_err(MetaError::from)?;
         self.bucket
             .put(&keys::manifest(m.digest), Bytes::from(body))
             .await
@@ -214,7 +221,7 @@ impl BucketMetadata {
                 media_type: m.media_type.to_owned(),
                 validated_at: now(),
             };
-            let body = serde_json::to_vec(&record).map_err(|e| MetaError(e.to_string()))?;
+            let body = serde_json::to_vec(&record).map_err(MetaError::from)?;
             self.bucket
                 .put(&keys::tag(m.upstream, m.repository, tag), Bytes::from(body))
                 .await
@@ -223,7 +230,7 @@ impl BucketMetadata {
         Ok(new)
     }
 
-    pub async fn is_linked(
+    pub(crate) async fn is_linked(
         &self,
         upstream: &str,
         repository: &str,
@@ -232,7 +239,7 @@ impl BucketMetadata {
         self.exists(keys::link(upstream, repository, digest)).await
     }
 
-    pub async fn link(
+    pub(crate) async fn link(
         &self,
         upstream: &str,
         repository: &str,
@@ -242,7 +249,7 @@ impl BucketMetadata {
             .await
     }
 
-    pub async fn unlink(
+    pub(crate) async fn unlink(
         &self,
         upstream: &str,
         repository: &str,
@@ -261,7 +268,10 @@ impl BucketMetadata {
         self.delete_all(doomed).await
     }
 
-    pub async fn referrer_list(&self, key: &ListKey) -> Result<Option<ReferrerList>, MetaError> {
+    pub(crate) async fn referrer_list(
+        &self,
+        key: &ListKey,
+    ) -> Result<Option<ReferrerList>, MetaError> {
         let body = self
             .bucket
             .get(&keys::referrer_list(key))
@@ -269,10 +279,10 @@ impl BucketMetadata {
             .map_err(err)?;
         body.map(|b| serde_json::from_slice(&b))
             .transpose()
-            .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))
+            .map_err(|e| MetaError::referrers(&key.subject, e))
     }
 
-    pub async fn put_referrer_list(
+    pub(crate) async fn put_referrer_list(
         &self,
         key: &ListKey,
         list: &ReferrerList,
@@ -281,7 +291,7 @@ impl BucketMetadata {
         if list.descriptors.is_empty() {
             return self.bucket.delete(&object).await.map_err(err);
         }
-        let body = serde_json::to_vec(list).map_err(|e| MetaError(e.to_string()))?;
+        let body = serde_json::to_vec(list).map_err(MetaError::from)?;
         self.bucket
             .put(&object, Bytes::from(body))
             .await
@@ -290,7 +300,7 @@ impl BucketMetadata {
 
     /// Read, change, and write back only if nobody wrote it meanwhile (conditional puts), so
     /// two replicas adding referrers of one subject at once both land.
-    pub async fn change_referrers(
+    pub(crate) async fn change_referrers(
         &self,
         key: &ListKey,
         change: ListChange,
@@ -300,14 +310,13 @@ impl BucketMetadata {
             let current = self.bucket.get_versioned(&object).await.map_err(err)?;
             let mut list: ReferrerList = match &current {
                 Some(current) => serde_json::from_slice(&current.body)
-                    .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))?,
+                    .map_err(|e| MetaError::referrers(&key.subject, e))?,
                 None => ReferrerList::default(),
             };
             if list.apply(&change) == Changed::Full {
                 return Ok(Changed::Full);
             }
-            let body =
-                Bytes::from(serde_json::to_vec(&list).map_err(|e| MetaError(e.to_string()))?);
+            let body = Bytes::from(serde_json::to_vec(&list).map_err(MetaError::from)?);
             let written = match current {
                 None if list.descriptors.is_empty() => return Ok(Changed::Applied),
                 None => self.bucket.create(&object, body).await.map(drop),
@@ -324,10 +333,10 @@ impl BucketMetadata {
                 Err(e) => return Err(err(e)),
             }
         }
-        Err(MetaError(format!(
-            "referrers of {} kept changing under {CONDITIONAL_TRIES} tries",
-            key.subject
-        )))
+        Err(MetaError::Contended {
+            subject: key.subject.clone(),
+            tries: CONDITIONAL_TRIES,
+        })
     }
 
     /// Referrers recorded before lists (one object per referrer) become lists.
@@ -357,13 +366,17 @@ impl BucketMetadata {
         Ok(())
     }
 
-    pub async fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
+    pub(crate) async fn has_source(
+        &self,
+        upstream: &str,
+        digest: &Digest,
+    ) -> Result<bool, MetaError> {
         self.exists(keys::source(upstream, digest)).await
     }
 
     /// Always new content: the blob's record is its object, which a read would have to ask for
     /// (a blob fetched again for a second upstream counts twice until the next collection).
-    pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
+    pub(crate) async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
         self.mark(vec![
             keys::source(blob.upstream, blob.digest),
             keys::link(blob.upstream, blob.repository, blob.digest),
@@ -372,12 +385,12 @@ impl BucketMetadata {
         Ok(true)
     }
 
-    pub async fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
+    pub(crate) async fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
         if uses.is_empty() {
             return Ok(());
         }
         let batch: HashMap<&str, u64> = uses.iter().map(|(d, at)| (d.as_str(), *at)).collect();
-        let body = serde_json::to_vec(&batch).map_err(|e| MetaError(e.to_string()))?;
+        let body = serde_json::to_vec(&batch).map_err(MetaError::from)?;
         let n = self.batch.fetch_add(1, Ordering::Relaxed);
         let key = format!("{}{}/{}-{n}", keys::USED, self.replica, now());
         self.bucket.put(&key, Bytes::from(body)).await.map_err(err)
@@ -385,7 +398,7 @@ impl BucketMetadata {
 
     /// Everything a collection needs. The last-use batches read are merged into one (and
     /// removed), so they do not pile up.
-    pub async fn inventory(&self) -> Result<Inventory, MetaError> {
+    pub(crate) async fn inventory(&self) -> Result<Inventory, MetaError> {
         self.migrate_referrers().await?;
         let mut inventory = Inventory::default();
         let manifests: Vec<String> = self
@@ -398,7 +411,7 @@ impl BucketMetadata {
             .collect();
         let records: Vec<(String, Option<ManifestRecord>)> = futures_util::stream::iter(manifests)
             .map(|digest| async move {
-                let parsed = Digest::parse(&digest).map_err(|e| MetaError(e.to_string()))?;
+                let parsed = Digest::parse(&digest).map_err(MetaError::from)?;
                 let record = self.manifest(&parsed).await?;
                 Ok::<_, MetaError>((digest, record))
             })
@@ -466,7 +479,11 @@ impl BucketMetadata {
         Ok(inventory)
     }
 
-    pub async fn evict(&self, digests: &[String], lists: &[ListKey]) -> Result<(), MetaError> {
+    pub(crate) async fn evict(
+        &self,
+        digests: &[String],
+        lists: &[ListKey],
+    ) -> Result<(), MetaError> {
         let doomed: HashSet<&str> = digests.iter().map(String::as_str).collect();
         let parsed: Vec<Digest> = digests
             .iter()
@@ -498,7 +515,7 @@ impl BucketMetadata {
         self.delete_all(dead).await
     }
 
-    pub async fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
+    pub(crate) async fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
         let keys = digests
             .iter()
             .filter_map(|d| Digest::parse(d).ok())
@@ -507,7 +524,7 @@ impl BucketMetadata {
         self.delete_all(keys).await
     }
 
-    pub async fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
+    pub(crate) async fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
         let mut repositories: Vec<(String, String)> = self
             .bucket
             .list(keys::LINKS)

@@ -30,8 +30,8 @@ use super::{
 };
 use crate::reference::Digest;
 
-fn err(e: impl std::fmt::Display) -> MetaError {
-    MetaError(e.to_string())
+fn err(e: impl Into<MetaError>) -> MetaError {
+    e.into()
 }
 
 const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags");
@@ -141,7 +141,7 @@ const CACHE_BYTES: usize = 16 << 20;
 const GRANTED_ENTRIES: usize = 16_384;
 
 #[derive(Debug)]
-pub struct LocalMetadata {
+pub(crate) struct LocalMetadata {
     db: Arc<Database>,
     granted: Mutex<Granted>,
 }
@@ -156,7 +156,7 @@ struct Granted {
 }
 
 impl LocalMetadata {
-    pub fn open(path: &Path) -> Result<Self, MetaError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, MetaError> {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -231,7 +231,7 @@ impl LocalMetadata {
     }
 
     /// The referrers recorded for a subject.
-    pub fn referrer_list(&self, key: &ListKey) -> Result<Option<ReferrerList>, MetaError> {
+    pub(crate) fn referrer_list(&self, key: &ListKey) -> Result<Option<ReferrerList>, MetaError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(REFERRER_LISTS).map_err(err)?;
         let Some(value) = table.get(list_key(key).as_str()).map_err(err)? else {
@@ -239,11 +239,11 @@ impl LocalMetadata {
         };
         serde_json::from_slice(value.value())
             .map(Some)
-            .map_err(|e| MetaError(format!("referrers of {}: {e}", key.subject)))
+            .map_err(|e| MetaError::referrers(&key.subject, e))
     }
 
     /// Makes `list` the referrers of its subject, on the blocking pool.
-    pub async fn put_referrer_list(
+    pub(crate) async fn put_referrer_list(
         &self,
         key: &ListKey,
         list: &ReferrerList,
@@ -263,7 +263,7 @@ impl LocalMetadata {
     }
 
     /// Adds or removes one referrer in one transaction, on the blocking pool.
-    pub async fn change_referrers(
+    pub(crate) async fn change_referrers(
         &self,
         key: &ListKey,
         change: ListChange,
@@ -311,7 +311,7 @@ impl LocalMetadata {
 
     /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
     /// [`Access`]: from memory when it was granted before, else in one read transaction.
-    pub fn access(
+    pub(crate) fn access(
         &self,
         upstream: &str,
         repository: &str,
@@ -358,7 +358,7 @@ impl LocalMetadata {
         Ok(Access { held, linked })
     }
 
-    pub fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
+    pub(crate) fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(SOURCES).map_err(err)?;
         Ok(table
@@ -369,7 +369,7 @@ impl LocalMetadata {
 
     /// Records a verified blob in one transaction: its size, that its namespace holds it, and
     /// the repository it was fetched for or pushed to.
-    pub fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
+    pub(crate) fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
         let now = now();
         let txn = self.db.begin_write().map_err(err)?;
         let new;
@@ -394,7 +394,7 @@ impl LocalMetadata {
         Ok(new)
     }
 
-    pub fn tag(
+    pub(crate) fn tag(
         &self,
         upstream: &str,
         repository: &str,
@@ -409,7 +409,7 @@ impl LocalMetadata {
     }
 
     /// Tags cached for a repository, sorted.
-    pub fn tags(&self, upstream: &str, repository: &str) -> Result<Vec<String>, MetaError> {
+    pub(crate) fn tags(&self, upstream: &str, repository: &str) -> Result<Vec<String>, MetaError> {
         let prefix = format!("{}{SEP}", key(&[upstream, repository]));
         let end = format!(
             "{}{}",
@@ -428,7 +428,12 @@ impl LocalMetadata {
         Ok(tags)
     }
 
-    pub fn forget_tag(&self, upstream: &str, repository: &str, tag: &str) -> Result<(), MetaError> {
+    pub(crate) fn forget_tag(
+        &self,
+        upstream: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<(), MetaError> {
         let txn = self.db.begin_write().map_err(err)?;
         txn.open_table(TAGS)
             .map_err(err)?
@@ -437,7 +442,7 @@ impl LocalMetadata {
         txn.commit().map_err(err)
     }
 
-    pub fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+    pub(crate) fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(MANIFESTS).map_err(err)?;
         let value = table.get(digest.as_str()).map_err(err)?;
@@ -446,7 +451,7 @@ impl LocalMetadata {
 
     /// Records a manifest, its tag, and links it and everything it references to the repository,
     /// in one transaction.
-    pub fn put_manifest(&self, m: &NewManifest<'_>) -> Result<bool, MetaError> {
+    pub(crate) fn put_manifest(&self, m: &NewManifest<'_>) -> Result<bool, MetaError> {
         let now = now();
         let txn = self.db.begin_write().map_err(err)?;
         let new;
@@ -512,7 +517,7 @@ impl LocalMetadata {
         Ok(new)
     }
 
-    pub fn is_linked(
+    pub(crate) fn is_linked(
         &self,
         upstream: &str,
         repository: &str,
@@ -526,7 +531,12 @@ impl LocalMetadata {
             .is_some())
     }
 
-    pub fn link(&self, upstream: &str, repository: &str, digest: &Digest) -> Result<(), MetaError> {
+    pub(crate) fn link(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(), MetaError> {
         let txn = self.db.begin_write().map_err(err)?;
         txn.open_table(LINKS)
             .map_err(err)?
@@ -539,7 +549,7 @@ impl LocalMetadata {
     }
 
     /// Removes a repository's link to `digest` and every tag of the repository pointing at it.
-    pub fn unlink(
+    pub(crate) fn unlink(
         &self,
         upstream: &str,
         repository: &str,
@@ -574,7 +584,7 @@ impl LocalMetadata {
     }
 
     /// Records last-use times (digest -> unix seconds) in one transaction.
-    pub fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
+    pub(crate) fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
         if uses.is_empty() {
             return Ok(());
         }
@@ -589,7 +599,7 @@ impl LocalMetadata {
     }
 
     /// Everything a collection needs, read in one transaction.
-    pub fn inventory(&self) -> Result<Inventory, MetaError> {
+    pub(crate) fn inventory(&self) -> Result<Inventory, MetaError> {
         let txn = self.db.begin_read().map_err(err)?;
         let mut inventory = Inventory::default();
         for entry in txn
@@ -664,7 +674,7 @@ impl LocalMetadata {
     /// Forgets evicted manifests and blobs in one transaction: their links everywhere, tags
     /// pointing at them, their records and use times; they are recorded as doomed until their
     /// files are deleted. Evicted referrer lists go with their use times.
-    pub fn evict(&self, digests: &[String], lists: &[ListKey]) -> Result<(), MetaError> {
+    pub(crate) fn evict(&self, digests: &[String], lists: &[ListKey]) -> Result<(), MetaError> {
         let doomed: std::collections::HashSet<&str> = digests.iter().map(String::as_str).collect();
         let txn = self.db.begin_write().map_err(err)?;
         {
@@ -712,7 +722,7 @@ impl LocalMetadata {
     }
 
     /// Forgets doomed digests once their files are deleted.
-    pub fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
+    pub(crate) fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut doomed = txn.open_table(DOOMED).map_err(err)?;
@@ -724,7 +734,7 @@ impl LocalMetadata {
     }
 
     /// Every (upstream, repository) with cached content, sorted and distinct.
-    pub fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
+    pub(crate) fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(LINKS).map_err(err)?;
         let mut repositories: Vec<(String, String)> = Vec::new();

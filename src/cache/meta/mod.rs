@@ -22,62 +22,63 @@
 //! every stored blob has a record (eviction sees it); a crash in between leaves a record without
 //! content, which reads as a miss and is filled again.
 
-pub mod bucket;
-pub mod local;
+pub(crate) mod bucket;
+pub(crate) mod local;
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::reference::Digest;
-pub use bucket::BucketMetadata;
-pub use local::LocalMetadata;
+use crate::cache::bucket::BucketError;
+use crate::reference::{Digest, DigestError};
+pub(crate) use bucket::BucketMetadata;
+pub(crate) use local::LocalMetadata;
 
 /// A cached tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagRecord {
-    pub digest: String,
-    pub media_type: String,
+pub(crate) struct TagRecord {
+    pub(crate) digest: String,
+    pub(crate) media_type: String,
     /// Unix seconds when the upstream last confirmed the tag.
-    pub validated_at: u64,
+    pub(crate) validated_at: u64,
 }
 
 /// A cached manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestRecord {
-    pub media_type: String,
-    pub size: u64,
+pub(crate) struct ManifestRecord {
+    pub(crate) media_type: String,
+    pub(crate) size: u64,
     /// What it references (config, layers, child manifests): kept alive while it lives.
     #[serde(default)]
-    pub references: Vec<String>,
+    pub(crate) references: Vec<String>,
 }
 
 /// The metadata a collection decides from.
 #[derive(Debug, Default)]
-pub struct Inventory {
-    pub manifests: HashMap<String, ManifestRecord>,
+pub(crate) struct Inventory {
+    pub(crate) manifests: HashMap<String, ManifestRecord>,
     /// Committed blobs and their sizes.
-    pub blobs: HashMap<String, u64>,
-    pub last_used: HashMap<String, u64>,
+    pub(crate) blobs: HashMap<String, u64>,
+    pub(crate) last_used: HashMap<String, u64>,
     /// (upstream, repository, digest, linked at)
-    pub links: Vec<(String, String, String, u64)>,
+    pub(crate) links: Vec<(String, String, String, u64)>,
     /// Digests evicted whose content may still be stored.
-    pub doomed: Vec<String>,
+    pub(crate) doomed: Vec<String>,
     /// Referrer lists, with their sizes and when they were stored.
-    pub referrer_lists: Vec<StoredList>,
+    pub(crate) referrer_lists: Vec<StoredList>,
 }
 
 /// Which referrer list: the referrers of `subject` in one repository of an upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ListKey {
-    pub upstream: String,
-    pub repository: String,
-    pub subject: String,
+pub(crate) struct ListKey {
+    pub(crate) upstream: String,
+    pub(crate) repository: String,
+    pub(crate) subject: String,
 }
 
 impl ListKey {
-    pub fn new(upstream: &str, repository: &str, subject: &Digest) -> Self {
+    pub(crate) fn new(upstream: &str, repository: &str, subject: &Digest) -> Self {
         ListKey {
             upstream: upstream.to_owned(),
             repository: repository.to_owned(),
@@ -86,7 +87,7 @@ impl ListKey {
     }
 
     /// Its name among the last uses (beside digests, which never contain U+001F).
-    pub fn use_key(&self) -> String {
+    pub(crate) fn use_key(&self) -> String {
         format!(
             "referrers\u{1f}{}\u{1f}{}\u{1f}{}",
             self.upstream, self.repository, self.subject
@@ -96,27 +97,27 @@ impl ListKey {
 
 /// A referrer list as a collection sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredList {
-    pub key: ListKey,
+pub(crate) struct StoredList {
+    pub(crate) key: ListKey,
     /// The record's size.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Unix seconds when it was written.
-    pub stored_at: u64,
+    pub(crate) stored_at: u64,
 }
 
 /// The referrers of one subject in one repository: one record, replaced whole, never more than
 /// the `limits` allow.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ReferrerList {
+pub(crate) struct ReferrerList {
     /// Unix seconds when it was written.
     #[serde(default)]
-    pub stored_at: u64,
+    pub(crate) stored_at: u64,
     /// Why the upstream's answer was cut (served as a `Warning` with the list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cut: Option<String>,
+    pub(crate) cut: Option<String>,
     /// The descriptors, one per digest, sorted by digest.
     #[serde(default)]
-    pub descriptors: Vec<serde_json::Value>,
+    pub(crate) descriptors: Vec<serde_json::Value>,
 }
 
 /// How many referrers, and how many bytes of their descriptors, one list may hold
@@ -129,7 +130,7 @@ pub struct ListBounds {
 
 /// One referrer added to or removed from a list.
 #[derive(Debug, Clone)]
-pub enum ListChange {
+pub(crate) enum ListChange {
     /// A descriptor (it replaces one of the same digest), within the bounds.
     Add(serde_json::Value, ListBounds),
     /// The referrer of this digest goes.
@@ -138,7 +139,7 @@ pub enum ListChange {
 
 /// What [`Metadata::change_referrers`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Changed {
+pub(crate) enum Changed {
     Applied,
     /// The list is at its bounds: nothing was added.
     Full,
@@ -146,7 +147,7 @@ pub enum Changed {
 
 impl ReferrerList {
     /// Applies a change, keeping the descriptors sorted by digest.
-    pub fn apply(&mut self, change: &ListChange) -> Changed {
+    pub(crate) fn apply(&mut self, change: &ListChange) -> Changed {
         let digest_of = |d: &serde_json::Value| d["digest"].as_str().unwrap_or("").to_owned();
         match change {
             ListChange::Remove(digest) => {
@@ -179,32 +180,86 @@ impl ReferrerList {
 
 /// A verified blob about to be made visible in the store, and who fetched or pushed it.
 #[derive(Debug)]
-pub struct NewBlob<'a> {
-    pub upstream: &'a str,
-    pub repository: &'a str,
-    pub digest: &'a Digest,
-    pub size: u64,
+pub(crate) struct NewBlob<'a> {
+    pub(crate) upstream: &'a str,
+    pub(crate) repository: &'a str,
+    pub(crate) digest: &'a Digest,
+    pub(crate) size: u64,
 }
 
 /// A manifest to record, with what it references.
 #[derive(Debug)]
-pub struct NewManifest<'a> {
-    pub upstream: &'a str,
-    pub repository: &'a str,
-    pub tag: Option<&'a str>,
-    pub digest: &'a Digest,
-    pub media_type: &'a str,
-    pub size: u64,
+pub(crate) struct NewManifest<'a> {
+    pub(crate) upstream: &'a str,
+    pub(crate) repository: &'a str,
+    pub(crate) tag: Option<&'a str>,
+    pub(crate) digest: &'a Digest,
+    pub(crate) media_type: &'a str,
+    pub(crate) size: u64,
     /// Blobs and child manifests it references: linked to the repository too.
-    pub references: &'a [Digest],
+    pub(crate) references: &'a [Digest],
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("cache metadata: {0}")]
-pub struct MetaError(pub String);
+/// Why the metadata could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The local database (redb).
+    #[error("cache metadata: {0}")]
+    Database(#[from] redb::Error),
+    /// The bucket the records are kept in.
+    #[error("cache metadata: {0}")]
+    Bucket(#[from] BucketError),
+    /// A record that does not encode or decode.
+    #[error("cache metadata: {0}")]
+    Record(#[from] serde_json::Error),
+    /// A referrer list that does not decode.
+    #[error("cache metadata: referrers of {subject}: {source}")]
+    Referrers {
+        subject: String,
+        source: serde_json::Error,
+    },
+    /// A referrer list other replicas kept changing while this one tried to change it.
+    #[error("cache metadata: referrers of {subject} kept changing under {tries} tries")]
+    Contended { subject: String, tries: usize },
+    /// A digest among the records that does not parse.
+    #[error("cache metadata: {0}")]
+    Digest(#[from] DigestError),
+    /// A write on the blocking pool did not finish (a panic).
+    #[error("cache metadata: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// redb's errors of each step (open, begin, table, read, commit) are one [`redb::Error`].
+macro_rules! database_errors {
+    ($($step:ty),*) => {
+        $(impl From<$step> for MetaError {
+            fn from(e: $step) -> Self {
+                MetaError::Database(e.into())
+            }
+        })*
+    };
+}
+
+database_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl MetaError {
+    /// A referrer list of `subject` that does not decode.
+    pub(crate) fn referrers(subject: &str, source: serde_json::Error) -> Self {
+        MetaError::Referrers {
+            subject: subject.to_owned(),
+            source,
+        }
+    }
+}
 
 /// Unix seconds now.
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -212,29 +267,29 @@ pub fn now() -> u64 {
 
 /// What the metadata says about one digest for one repository of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Access {
+pub(crate) struct Access {
     /// The upstream's namespace holds the bytes (its own upstream delivered them, or they were
     /// pushed there).
-    pub held: bool,
+    pub(crate) held: bool,
     /// The repository is linked to the digest (a manifest of it referenced the digest, or the
     /// upstream confirmed the repository may read it).
-    pub linked: bool,
+    pub(crate) linked: bool,
 }
 
 /// The metadata of a cache, on whichever backend it runs.
 #[derive(Debug)]
-pub enum Metadata {
+pub(crate) enum Metadata {
     Local(LocalMetadata),
     Bucket(BucketMetadata),
 }
 
 impl Metadata {
     /// The metadata of a cache on the local file system: one redb file at `path`.
-    pub fn open_local(path: &std::path::Path) -> Result<Self, MetaError> {
+    pub(crate) fn open_local(path: &std::path::Path) -> Result<Self, MetaError> {
         LocalMetadata::open(path).map(Metadata::Local)
     }
 
-    pub async fn tag(
+    pub(crate) async fn tag(
         &self,
         upstream: &str,
         repository: &str,
@@ -247,14 +302,18 @@ impl Metadata {
     }
 
     /// Tags cached for a repository, sorted.
-    pub async fn tags(&self, upstream: &str, repository: &str) -> Result<Vec<String>, MetaError> {
+    pub(crate) async fn tags(
+        &self,
+        upstream: &str,
+        repository: &str,
+    ) -> Result<Vec<String>, MetaError> {
         match self {
             Metadata::Local(m) => m.tags(upstream, repository),
             Metadata::Bucket(m) => m.tags(upstream, repository).await,
         }
     }
 
-    pub async fn forget_tag(
+    pub(crate) async fn forget_tag(
         &self,
         upstream: &str,
         repository: &str,
@@ -266,7 +325,10 @@ impl Metadata {
         }
     }
 
-    pub async fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+    pub(crate) async fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
         match self {
             Metadata::Local(m) => m.manifest(digest),
             Metadata::Bucket(m) => m.manifest(digest).await,
@@ -276,14 +338,14 @@ impl Metadata {
     /// Records a manifest, its tag, that its namespace holds it, and links it and everything it
     /// references to the repository. True when the manifest is new to the store (exact on the
     /// local backend; on a bucket, when it comes with its references).
-    pub async fn put_manifest(&self, manifest: &NewManifest<'_>) -> Result<bool, MetaError> {
+    pub(crate) async fn put_manifest(&self, manifest: &NewManifest<'_>) -> Result<bool, MetaError> {
         match self {
             Metadata::Local(m) => m.put_manifest(manifest),
             Metadata::Bucket(m) => m.put_manifest(manifest).await,
         }
     }
 
-    pub async fn is_linked(
+    pub(crate) async fn is_linked(
         &self,
         upstream: &str,
         repository: &str,
@@ -295,7 +357,7 @@ impl Metadata {
         }
     }
 
-    pub async fn link(
+    pub(crate) async fn link(
         &self,
         upstream: &str,
         repository: &str,
@@ -308,7 +370,7 @@ impl Metadata {
     }
 
     /// Removes a repository's link to `digest` and every tag of the repository pointing at it.
-    pub async fn unlink(
+    pub(crate) async fn unlink(
         &self,
         upstream: &str,
         repository: &str,
@@ -321,7 +383,10 @@ impl Metadata {
     }
 
     /// The referrers recorded for `subject` in the repository.
-    pub async fn referrer_list(&self, key: &ListKey) -> Result<Option<ReferrerList>, MetaError> {
+    pub(crate) async fn referrer_list(
+        &self,
+        key: &ListKey,
+    ) -> Result<Option<ReferrerList>, MetaError> {
         match self {
             Metadata::Local(m) => m.referrer_list(key),
             Metadata::Bucket(m) => m.referrer_list(key).await,
@@ -330,7 +395,7 @@ impl Metadata {
 
     /// Makes `list` the referrers of its subject (an empty list removes the record). On the
     /// local backend the write runs on the blocking pool.
-    pub async fn put_referrer_list(
+    pub(crate) async fn put_referrer_list(
         &self,
         key: &ListKey,
         list: &ReferrerList,
@@ -343,7 +408,7 @@ impl Metadata {
 
     /// Adds or removes one referrer of a subject in one atomic step (a pushed or deleted
     /// manifest with a `subject`).
-    pub async fn change_referrers(
+    pub(crate) async fn change_referrers(
         &self,
         key: &ListKey,
         change: ListChange,
@@ -356,7 +421,7 @@ impl Metadata {
 
     /// Whether `upstream`'s namespace holds `digest` and `repository` is linked to it, in one
     /// read: the question every cache hit asks.
-    pub async fn access(
+    pub(crate) async fn access(
         &self,
         upstream: &str,
         repository: &str,
@@ -375,7 +440,11 @@ impl Metadata {
     }
 
     /// Whether `upstream`'s namespace received (or was pushed) the bytes of `digest`.
-    pub async fn has_source(&self, upstream: &str, digest: &Digest) -> Result<bool, MetaError> {
+    pub(crate) async fn has_source(
+        &self,
+        upstream: &str,
+        digest: &Digest,
+    ) -> Result<bool, MetaError> {
         match self {
             Metadata::Local(m) => m.has_source(upstream, digest),
             Metadata::Bucket(m) => m.has_source(upstream, digest).await,
@@ -385,7 +454,7 @@ impl Metadata {
     /// Records a verified blob: its size, that its namespace holds it, and the repository it
     /// was fetched for or pushed to. True when the blob is new to the store (exact on the local
     /// backend; always on a bucket).
-    pub async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
+    pub(crate) async fn put_blob(&self, blob: &NewBlob<'_>) -> Result<bool, MetaError> {
         match self {
             Metadata::Local(m) => m.put_blob(blob),
             Metadata::Bucket(m) => m.put_blob(blob).await,
@@ -393,7 +462,7 @@ impl Metadata {
     }
 
     /// Records last-use times (digest -> unix seconds).
-    pub async fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
+    pub(crate) async fn record_use(&self, uses: &[(String, u64)]) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.record_use(uses),
             Metadata::Bucket(m) => m.record_use(uses).await,
@@ -401,7 +470,7 @@ impl Metadata {
     }
 
     /// Everything a collection needs.
-    pub async fn inventory(&self) -> Result<Inventory, MetaError> {
+    pub(crate) async fn inventory(&self) -> Result<Inventory, MetaError> {
         match self {
             Metadata::Local(m) => m.inventory(),
             Metadata::Bucket(m) => m.inventory().await,
@@ -411,7 +480,11 @@ impl Metadata {
     /// Forgets evicted manifests and blobs: their links everywhere, tags pointing at them, their
     /// records and use times; they stay doomed until their content is deleted. Evicted referrer
     /// lists go with their use times.
-    pub async fn evict(&self, digests: &[String], lists: &[ListKey]) -> Result<(), MetaError> {
+    pub(crate) async fn evict(
+        &self,
+        digests: &[String],
+        lists: &[ListKey],
+    ) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.evict(digests, lists),
             Metadata::Bucket(m) => m.evict(digests, lists).await,
@@ -419,7 +492,7 @@ impl Metadata {
     }
 
     /// Forgets doomed digests once their content is deleted.
-    pub async fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
+    pub(crate) async fn clear_doomed(&self, digests: &[String]) -> Result<(), MetaError> {
         match self {
             Metadata::Local(m) => m.clear_doomed(digests),
             Metadata::Bucket(m) => m.clear_doomed(digests).await,
@@ -427,7 +500,7 @@ impl Metadata {
     }
 
     /// Every (upstream, repository) with cached content, sorted and distinct.
-    pub async fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
+    pub(crate) async fn repositories(&self) -> Result<Vec<(String, String)>, MetaError> {
         match self {
             Metadata::Local(m) => m.repositories(),
             Metadata::Bucket(m) => m.repositories().await,

@@ -15,7 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::reference::Digest;
 
 #[derive(Debug)]
-pub struct FileStore {
+pub(crate) struct FileStore {
     blobs: PathBuf,
     /// `blobs/`, open: a blob is opened relative to it, so the kernel walks three path
     /// components per hit instead of the whole root's path.
@@ -24,7 +24,7 @@ pub struct FileStore {
 
 impl FileStore {
     /// The store under `root` (its `blobs/` directory is created).
-    pub fn open(root: &Path) -> io::Result<Self> {
+    pub(crate) fn open(root: &Path) -> io::Result<Self> {
         let blobs = root.join("blobs");
         std::fs::create_dir_all(&blobs)?;
         let blobs_dir = rustix::fs::open(
@@ -36,7 +36,7 @@ impl FileStore {
     }
 
     /// A committed blob's file, open for reading.
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
+    pub(crate) fn open_blob(&self, digest: &Digest) -> io::Result<File> {
         let fd = rustix::fs::openat(
             &self.blobs_dir,
             relative(digest).as_str(),
@@ -47,7 +47,7 @@ impl FileStore {
     }
 
     /// Where a committed blob lives. The digest is validated, so the path stays inside the store.
-    pub fn path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn path(&self, digest: &Digest) -> PathBuf {
         self.blobs.join(relative(digest))
     }
 }
@@ -59,7 +59,7 @@ fn relative(digest: &Digest) -> String {
 }
 
 /// Moves a verified, fsynced temp file to `path` and makes the rename durable.
-pub fn commit(temp: &Path, path: &Path) -> io::Result<()> {
+pub(crate) fn commit(temp: &Path, path: &Path) -> io::Result<()> {
     let dir = path.parent().expect("blob paths have a parent");
     std::fs::create_dir_all(dir)?;
     std::fs::rename(temp, path)?;
@@ -67,7 +67,7 @@ pub fn commit(temp: &Path, path: &Path) -> io::Result<()> {
 }
 
 /// Writes small verified content (a manifest) through `temp` to `path`, unless it is there.
-pub fn put(temp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn put(temp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     if path.exists() {
         return Ok(());
     }

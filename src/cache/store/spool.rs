@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     tmp: PathBuf,
     next_temp: AtomicU64,
     /// The open lock file; the lock goes with it.
@@ -20,7 +20,7 @@ pub struct Spool {
 
 impl Spool {
     /// Locks `root` (creating it), then empties `<root>/tmp`.
-    pub fn open(root: &Path) -> io::Result<Self> {
+    pub(crate) fn open(root: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -56,7 +56,7 @@ impl Spool {
 
     /// A fresh temp path (in the same file system as a file store's blobs, so a commit there is
     /// an atomic rename).
-    pub fn temp_path(&self) -> PathBuf {
+    pub(crate) fn temp_path(&self) -> PathBuf {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         self.tmp.join(format!("{}-{n}", std::process::id()))
     }

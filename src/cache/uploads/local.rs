@@ -26,7 +26,7 @@ use crate::registry::{ErrorCode, RegistryError};
 
 /// Uploads in progress, by id.
 #[derive(Debug, Default)]
-pub struct Uploads {
+pub(crate) struct Uploads {
     active: Mutex<HashMap<String, Upload>>,
 }
 
@@ -111,7 +111,7 @@ impl Uploads {
 
     /// Abandons uploads no request touched for `lifetime`, deleting their files. Returns how
     /// many went.
-    pub fn expire(&self, lifetime: Duration) -> usize {
+    pub(crate) fn expire(&self, lifetime: Duration) -> usize {
         let expired: Vec<Upload> = {
             let mut active = self.lock();
             let ids: Vec<String> = active
@@ -175,7 +175,7 @@ async fn append_claimed(
 }
 
 /// The upload API on the local spool: POST (start, or monolithic), PATCH, PUT, GET, DELETE.
-pub async fn upload(
+pub(crate) async fn upload(
     app: &App,
     route: &Route,
     name: &str,
@@ -183,7 +183,7 @@ pub async fn upload(
     parts: &Parts,
     body: Body,
 ) -> Result<Response, RegistryError> {
-    let lifetime = app.limits.upload_lifetime;
+    let lifetime = app.options.limits.upload_lifetime;
     match (&parts.method, id) {
         (&Method::POST, None) => {
             let id = new_upload_id()?;
@@ -195,7 +195,7 @@ pub async fn upload(
                 busy: true,
             };
             app.uploads
-                .start(&id, upload.clone(), app.limits.max_uploads)?;
+                .start(&id, upload.clone(), app.options.limits.max_uploads)?;
             let size = append_claimed(app, &id, &upload, body).await?;
             if let Some(digest) = query(parts, "digest") {
                 app.uploads.release(&id, None);

@@ -7,8 +7,8 @@
 //! Bounds: an upload grows to `limits.max_blob_size` at most (past it the upload is abandoned
 //! with SIZE_INVALID); a request body that sends nothing for `limits.idle_timeout` fails.
 
-pub mod local;
-pub mod shared;
+pub(crate) mod local;
+pub(crate) mod shared;
 
 use std::path::PathBuf;
 
@@ -26,7 +26,7 @@ use crate::reference::{Digest, Hasher};
 use crate::registry::{CONTENT_DIGEST_HEADER, ErrorCode, RegistryError, internal};
 
 /// The upload API: POST (start, monolithic, or mount), PATCH, PUT, GET and DELETE.
-pub async fn upload(
+pub(crate) async fn upload(
     app: &App,
     route: &Route,
     name: &str,
@@ -67,36 +67,25 @@ async fn mount(
     };
     let upstream = &route.upstream.name;
     let linked = match query(parts, "from") {
-        Some(from) => app
-            .meta
-            .is_linked(upstream, &from, &digest)
-            .await
-            .map_err(internal)?,
+        Some(from) => app.meta.is_linked(upstream, &from, &digest).await?,
         None => true,
-    } && app
-        .meta
-        .has_source(upstream, &digest)
-        .await
-        .map_err(internal)?;
-    if !linked || app.store.size(&digest).await.map_err(internal)?.is_none() {
+    } && app.meta.has_source(upstream, &digest).await?;
+    if !linked || app.store.size(&digest).await?.is_none() {
         return Ok(None);
     }
-    app.meta
-        .link(upstream, &route.repository, &digest)
-        .await
-        .map_err(internal)?;
+    app.meta.link(upstream, &route.repository, &digest).await?;
     Ok(Some(created(format!("/v2/{name}/blobs/{digest}"), &digest)))
 }
 
 /// A fresh upload id: 128 random bits, so one client cannot guess (and write to) another's
 /// upload.
-pub fn new_upload_id() -> Result<String, RegistryError> {
+pub(crate) fn new_upload_id() -> Result<String, RegistryError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(internal)?;
     Ok(hex::encode(bytes))
 }
 
-pub fn accepted(name: &str, id: &str, size: u64) -> Response {
+pub(crate) fn accepted(name: &str, id: &str, size: u64) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::ACCEPTED;
     let headers = response.headers_mut();
@@ -117,21 +106,21 @@ pub fn accepted(name: &str, id: &str, size: u64) -> Response {
 }
 
 /// GET of an upload: 204 with its `Location` and `Range`.
-pub fn progress(name: &str, id: &str, size: u64) -> Response {
+pub(crate) fn progress(name: &str, id: &str, size: u64) -> Response {
     let mut response = accepted(name, id, size);
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
 
 /// DELETE of an upload: 204.
-pub fn cancelled() -> Response {
+pub(crate) fn cancelled() -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
 
 /// The refusal of a new upload when `max` are in progress (`limits.max_uploads`).
-pub fn too_many(max: usize) -> RegistryError {
+pub(crate) fn too_many(max: usize) -> RegistryError {
     RegistryError::new(
         ErrorCode::TooManyRequests,
         format!("{max} uploads are in progress (limits.max_uploads)"),
@@ -139,11 +128,11 @@ pub fn too_many(max: usize) -> RegistryError {
 }
 
 /// A method the upload API does not have.
-pub fn unsupported(method: &Method) -> RegistryError {
+pub(crate) fn unsupported(method: &Method) -> RegistryError {
     RegistryError::new(ErrorCode::Unsupported, format!("{method} on an upload"))
 }
 
-pub fn created(location: String, digest: &Digest) -> Response {
+pub(crate) fn created(location: String, digest: &Digest) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::CREATED;
     let headers = response.headers_mut();
@@ -160,7 +149,7 @@ pub fn created(location: String, digest: &Digest) -> Response {
 /// The 416 for a chunk whose `Content-Range` does not start where the upload ends (the spec's
 /// answer to chunks out of order), with the upload's `Location` and `Range` so the client can
 /// resume; `None` when the chunk fits (or carries no `Content-Range`).
-pub fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
+pub(crate) fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
     let range = content_range(parts)?;
     if chunk_start(range) == Some(size) {
         return None;
@@ -171,7 +160,7 @@ pub fn out_of_order(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Re
 
 /// The 416 for a chunk with a `Content-Range` sent while another request writes the upload
 /// (that request moves the end the chunk must start at); `None` without `Content-Range`.
-pub fn overtaken(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
+pub(crate) fn overtaken(parts: &Parts, name: &str, id: &str, size: u64) -> Option<Response> {
     let range = content_range(parts)?;
     let why = format!(
         "upload {id} is being written by another request; the chunk {range:?} may start only \
@@ -207,7 +196,7 @@ fn chunk_start(range: &str) -> Option<u64> {
     range.split_once('-')?.0.trim().parse().ok()
 }
 
-pub fn query(parts: &Parts, key: &str) -> Option<String> {
+pub(crate) fn query(parts: &Parts, key: &str) -> Option<String> {
     url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
@@ -215,13 +204,13 @@ pub fn query(parts: &Parts, key: &str) -> Option<String> {
 
 /// Appends a request body to an upload file of `size` bytes; returns the new size. Past
 /// `limits.max_blob_size`, or after `limits.idle_timeout` without data, it fails.
-pub async fn append(
+pub(crate) async fn append(
     app: &App,
     path: &std::path::Path,
     mut size: u64,
     body: Body,
 ) -> Result<u64, RegistryError> {
-    let limits = &app.limits;
+    let limits = &app.options.limits;
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -261,7 +250,7 @@ pub async fn append(
 }
 
 /// Verifies a complete upload in the spool file `path` against `digest` and commits it.
-pub async fn finish_file(
+pub(crate) async fn finish_file(
     app: &App,
     route: &Route,
     name: &str,
@@ -304,14 +293,12 @@ pub async fn finish_file(
             digest: &digest,
             size,
         })
-        .await
-        .map_err(internal)?;
+        .await?;
     let commit = app.store.commit(path, &digest);
     match &app.fleet {
         Some(fleet) => fleet.storing(&digest, commit).await,
         None => commit.await,
-    }
-    .map_err(internal)?;
+    }?;
     if new {
         app.status.stored().committed(size);
     }

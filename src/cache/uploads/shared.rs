@@ -30,7 +30,7 @@ use crate::cache::routing::Route;
 use crate::registry::{ErrorCode, RegistryError, internal};
 
 /// Where uploads live in the bucket.
-pub const UPLOADS: &str = "uploads/";
+pub(crate) const UPLOADS: &str = "uploads/";
 
 fn record_key(id: &str) -> String {
     format!("{UPLOADS}{id}/record")
@@ -74,7 +74,8 @@ async fn record(
         .map_err(unavailable)?
         .ok_or_else(|| unknown(id))?;
     let record: Record = serde_json::from_slice(&versioned.body).map_err(internal)?;
-    let expired = now().saturating_sub(record.touched) > app.limits.upload_lifetime.as_secs();
+    let expired =
+        now().saturating_sub(record.touched) > app.options.limits.upload_lifetime.as_secs();
     if record.repository != repository || expired {
         return Err(unknown(id));
     }
@@ -86,7 +87,7 @@ fn encode(record: &Record) -> Bytes {
 }
 
 /// The upload API (all but a monolithic POST, which needs nothing shared) on a bucket.
-pub async fn upload(
+pub(crate) async fn upload(
     app: &App,
     bucket: &Bucket,
     route: &Route,
@@ -168,13 +169,13 @@ pub async fn upload(
 /// until the count reaches the limit. Replicas starting uploads at the same moment may each
 /// see room for the last one.
 async fn room_for_one_more(app: &App, bucket: &Bucket) -> Result<(), RegistryError> {
-    let max = app.limits.max_uploads;
+    let max = app.options.limits.max_uploads;
     let now = now();
     let mut listing = std::pin::pin!(bucket.list_by_page(UPLOADS));
     let mut in_progress = 0;
     while let Some(listed) = listing.next().await {
         let (key, meta) = listed.map_err(unavailable)?;
-        if key.ends_with("/record") && is_live(&meta, now, app.limits.upload_lifetime) {
+        if key.ends_with("/record") && is_live(&meta, now, app.options.limits.upload_lifetime) {
             in_progress += 1;
             if in_progress >= max {
                 return Err(too_many(max));
@@ -280,7 +281,7 @@ async fn remove(bucket: &Bucket, id: &str, parts: u32) {
 /// Deletes the uploads no request touched for `lifetime` (their records and parts), and parts
 /// left without a record. Returns the uploads still in progress (their ids), whose multipart
 /// uploads of parts are not abandoned.
-pub async fn expire(
+pub(crate) async fn expire(
     bucket: &Bucket,
     lifetime: std::time::Duration,
 ) -> Result<std::collections::HashSet<String>, BucketError> {
@@ -307,7 +308,7 @@ pub async fn expire(
 }
 
 /// The upload id of a key under [`UPLOADS`].
-pub fn upload_id(key: &str) -> &str {
+pub(crate) fn upload_id(key: &str) -> &str {
     key.strip_prefix(UPLOADS)
         .and_then(|k| k.split('/').next())
         .unwrap_or_default()

@@ -1,0 +1,200 @@
+//! Requests from the cache to a route's upstream: each in its turn under the upstream's request
+//! limits, walked through the route's endpoints (`--mirrors` first), timed in the metrics with
+//! the pull budget the upstream states, and its failures mapped to the registry error a client
+//! gets. The services ([`super::blobs`], [`super::manifests`], [`super::referrers`]) ask their
+//! upstreams only through here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use reqwest::header::{ACCEPT, CONTENT_LENGTH};
+use reqwest::{Method, StatusCode};
+
+use super::metrics::Metrics;
+use super::routing::{Route, Router, Upstream};
+use crate::reference::Digest;
+use crate::registry::{ErrorCode, MANIFEST_ACCEPT, RegistryError};
+use crate::upstream::{Budget, Target, UpstreamClient, UpstreamError, UpstreamRequest};
+
+/// The way to every upstream: the routing table, the shared client and the metrics. Cheap to
+/// clone (three handles), so a task that outlives its request takes its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstreams {
+    router: Arc<Router>,
+    client: Arc<UpstreamClient>,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstreams {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        client: Arc<UpstreamClient>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Upstreams {
+            router,
+            client,
+            metrics,
+        }
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Sends a request through the route's endpoints (see [`send_upstream`]).
+    pub(crate) async fn send(
+        &self,
+        route: &Route,
+        request: UpstreamRequest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let targets = self.router.targets(route);
+        send_upstream(
+            &self.client,
+            &self.metrics,
+            &route.upstream,
+            &targets,
+            &request,
+        )
+        .await
+    }
+
+    /// [`send`](Self::send) for a request that must be answered 200: anything else becomes the
+    /// registry error a client gets (`not_found` for a 404).
+    pub(crate) async fn send_ok(
+        &self,
+        route: &Route,
+        request: UpstreamRequest,
+        not_found: ErrorCode,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let upstream = &route.upstream.name;
+        let response = self
+            .send(route, request)
+            .await
+            .map_err(|e| unreachable(upstream, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(upstream_status(upstream, &response, not_found));
+        }
+        Ok(response)
+    }
+
+    /// A HEAD of `digest` in the route's repository (`BlobUnknown` asks for a blob, anything
+    /// else for a manifest): the upstream's answer, or why there is none.
+    pub(crate) async fn head(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        unknown: ErrorCode,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let kind = if unknown == ErrorCode::BlobUnknown {
+            "blobs"
+        } else {
+            "manifests"
+        };
+        let mut request = UpstreamRequest::pull(
+            Method::HEAD,
+            &route.repository,
+            format!("/v2/{}/{kind}/{digest}", route.repository),
+        );
+        if kind == "manifests" {
+            request = request.header(ACCEPT, MANIFEST_ACCEPT);
+        }
+        self.send(route, request).await
+    }
+
+    /// The pull budget the route's upstream stated, when it has fallen under the upstream's
+    /// `ratelimit_reserve`: cached tags are then served without asking, and the rest of the
+    /// budget goes to content not cached.
+    pub(crate) fn budget_in_reserve(&self, route: &Route) -> Option<Budget> {
+        let origin = route.upstream.origin()?;
+        self.client.budget(&origin.base).filter(|b| {
+            route
+                .upstream
+                .ratelimit_reserve
+                .reached(b.limit, b.remaining)
+        })
+    }
+
+    /// The shared client: its breakers and the budgets upstreams stated.
+    pub(crate) fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+}
+
+/// One request to `upstream` through `targets`: in its turn under the upstream's request limits
+/// (the turn held until the answer's body ends), timed in /metrics, with the pull budget the
+/// upstream states noted there.
+async fn send_upstream(
+    client: &UpstreamClient,
+    metrics: &Metrics,
+    upstream: &Upstream,
+    targets: &[Target],
+    request: &UpstreamRequest,
+) -> Result<reqwest::Response, UpstreamError> {
+    let label = upstream.label();
+    let admitted = match &upstream.limiter {
+        None => None,
+        Some(limiter) => {
+            let queued = Instant::now();
+            let admitted = limiter.admit().await;
+            metrics.queued(label, queued.elapsed());
+            Some(admitted.map_err(UpstreamError::queued)?)
+        }
+    };
+    let started = Instant::now();
+    let result = client.walk(targets, request).await;
+    let status = result.as_ref().map_or(0, |(_, r)| r.status().as_u16());
+    metrics.upstream(label, status, started.elapsed());
+    if !upstream.dynamic {
+        if let Some(budget) = upstream.origin().and_then(|o| client.budget(&o.base)) {
+            metrics.budget(label, budget.limit, budget.remaining);
+        }
+    }
+    let (_, response) = result?;
+    Ok(match admitted {
+        Some(admitted) => admitted.hold(response),
+        None => response,
+    })
+}
+
+/// The Content-Length of an upstream's answer, when it states one.
+pub(crate) fn content_length(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// An upstream's HTTP error as the registry error to give the client (with the upstream's
+/// `Retry-After` on a 429).
+pub(crate) fn upstream_status(
+    upstream: &str,
+    response: &reqwest::Response,
+    not_found: ErrorCode,
+) -> RegistryError {
+    let status = response.status();
+    let code = match status.as_u16() {
+        404 => not_found,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Denied,
+        429 => ErrorCode::TooManyRequests,
+        _ => ErrorCode::Unavailable,
+    };
+    let wait = crate::upstream::retry_after(response.headers(), std::time::SystemTime::now());
+    RegistryError::new(code, format!("upstream {upstream} answered HTTP {status}"))
+        .with_retry_after(wait.filter(|_| code == ErrorCode::TooManyRequests))
+}
+
+/// A failed walk as the registry error to give the client.
+pub(crate) fn unreachable(upstream: &str, error: UpstreamError) -> RegistryError {
+    error.registry_error(&format!("upstream {upstream}"))
+}
+
+/// An answer whose body broke (or could not be read) as the registry error to give the client.
+pub(crate) fn unreachable_text(upstream: &str, why: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::Unavailable,
+        format!("upstream {upstream} unreachable: {why}"),
+    )
+}
