@@ -71,12 +71,15 @@ impl HostRoots {
     fn verifier(
         &self,
         provider: &Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<PerHostVerifier, String> {
-        let default = Verifier::new(provider.clone()).map_err(|e| e.to_string())?;
+    ) -> Result<PerHostVerifier, TrustError> {
+        let default = Verifier::new(provider.clone())?;
         let mut hosts = HashMap::new();
         for (host, certs) in &self.0 {
             let verifier = Verifier::new_with_extra_roots(certs.iter().cloned(), provider.clone())
-                .map_err(|e| format!("CA files for {host}: {e}"))?;
+                .map_err(|source| TrustError::HostCas {
+                    host: host.clone(),
+                    source,
+                })?;
             let trust = HostTrust {
                 verifier,
                 certs: certs.clone(),
@@ -87,18 +90,31 @@ impl HostRoots {
     }
 
     /// A rustls client configuration verifying with the system's roots plus each host's own.
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TrustError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = self.verifier(&provider)?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
+}
+
+/// Why the TLS configuration for upstream connections could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The platform verifier, or the protocol versions of the crypto provider.
+    #[error(transparent)]
+    Platform(#[from] rustls::Error),
+    #[error("CA files for {host}: {source}")]
+    HostCas {
+        host: String,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 #[derive(Debug)]
