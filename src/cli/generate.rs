@@ -60,7 +60,8 @@ struct Mode {
 
 pub fn containerd_hosts(args: ContainerdArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let version = containerd::Version::parse(&args.containerd_version).map_err(BadInput)?;
+    let version = containerd::Version::parse(&args.containerd_version)
+        .map_err(|e| BadInput(e.to_string()))?;
     let generated = containerd::generate(&config, &args.config.source_names(), version)
         .map_err(|e| BadInput(e.to_string()))?;
     warn(&generated.warnings);
