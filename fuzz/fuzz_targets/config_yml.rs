@@ -1,37 +1,8 @@
-//! `CacheConfig::parse` on arbitrary config.yml text and `REGISTRY_*` overrides: never panics,
-//! and a configuration it accepts has what the server needs to start.
-//!
-//! Input: the YAML text, then optionally a NUL byte and `KEY=VALUE` lines, each taken as an
-//! environment variable (`REGISTRY_` is prepended when missing). The overrides are applied to the
-//! text and, separately, to no file at all.
+//! libFuzzer's entry for the `config_yml` property: tests/fuzz_properties/config_yml.rs says what
+//! it checks and what the input is.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use regmirror::config::cache::CacheConfig;
+#[path = "../../tests/fuzz_properties/config_yml.rs"]
+mod property;
 
-fuzz_target!(|input: &str| {
-    let (text, env) = input.split_once('\0').unwrap_or((input, ""));
-    let env: Vec<(String, String)> = env
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| {
-            let key = if key.starts_with("REGISTRY_") {
-                key.to_owned()
-            } else {
-                format!("REGISTRY_{key}")
-            };
-            (key, value.to_owned())
-        })
-        .collect();
-    for text in [Some(text), None] {
-        if let Ok(config) = CacheConfig::parse("config.yml", text, &env) {
-            assert!(!config.gc_interval.is_zero(), "{input:?}");
-            assert!(
-                !config.upstreams.is_empty()
-                    || config.dynamic_upstreams
-                    || config.local != Default::default(),
-                "{input:?}: nothing to serve"
-            );
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|input: &str| property::check(input));
