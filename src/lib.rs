@@ -32,5 +32,6 @@ pub mod reference;
 pub mod registry;
 pub mod resolve;
 pub mod shim;
+pub mod sync;
 pub mod upstream;
 pub mod warm;

@@ -5,6 +5,8 @@
 //!
 //! The open-file limit is raised to its hard maximum at start ([`raise_open_file_limit`]), and
 //! the default connection cap follows from it, since a connection may hold a socket and a file.
+//! [`Listener::capped`] is that set-up, and [`http1`] the HTTP/1.1 serving both servers use on
+//! what it accepts.
 
 use std::future::Future as _;
 use std::io;
@@ -24,6 +26,21 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 const RESERVED_FILES: u64 = 64;
 /// The longest pause between two accept attempts after a resource error.
 const MAX_BACK_OFF: Duration = Duration::from_secs(1);
+/// The most a connection buffers: its request head, and queued response body.
+const MAX_CONNECTION_BUFFER: usize = 64 << 10;
+
+/// HTTP/1.1 serving as regmirror's servers do it: a request head must arrive within
+/// `header_timeout` (which also closes idle keep-alive connections); heads up to 64 KiB; and hyper
+/// queues at most that much of a response body per connection, so a client that stops reading
+/// holds little beyond the chunk being written.
+pub fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER);
+    builder
+}
 
 /// Raises the soft open-file limit to the hard one; returns the limit now in force.
 pub fn raise_open_file_limit() -> u64 {
@@ -69,6 +86,24 @@ pub struct Accepted {
 }
 
 impl Listener {
+    /// `tcp` under a cap of `max_connections`, or, when none is configured, of what the
+    /// open-file limit supports once raised to its hard maximum (a configured cap above that is
+    /// kept, with a warning: accepting backs off when descriptors run out).
+    pub fn capped(tcp: TcpListener, max_connections: Option<usize>) -> Self {
+        let open_files = raise_open_file_limit();
+        let supported = connections_for(open_files);
+        let max = max_connections.unwrap_or(supported);
+        if max > supported {
+            tracing::warn!(
+                max_connections = max,
+                open_files,
+                "limits.max_connections is more than the open-file limit supports; accepting \
+                 will back off when descriptors run out"
+            );
+        }
+        Listener::new(tcp, max)
+    }
+
     pub fn new(tcp: TcpListener, max: usize) -> Self {
         Listener {
             tcp,
@@ -103,6 +138,9 @@ impl Listener {
         loop {
             match self.tcp.accept().await {
                 Ok((stream, peer)) => {
+                    // No Nagle: a response's head and body go out at once (else delayed ACKs
+                    // add ~40 ms).
+                    let _ = stream.set_nodelay(true);
                     return Accepted { stream, peer, slot };
                 }
                 // The peer gave up before we took it: nothing to wait for.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::registry::whole_seconds;
+use crate::sync::lock;
 use crate::upstream::Health;
 
 /// Lines a [`RecentLines`] keeps.
@@ -23,7 +24,7 @@ pub struct RecentLines {
 
 impl RecentLines {
     pub fn push(&self, text: String) {
-        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = lock(&self.lines);
         if lines.len() == RECENT {
             lines.pop_front();
         }
@@ -41,7 +42,7 @@ impl RecentLines {
     /// Newest first.
     pub fn lines(&self) -> Vec<RecentLine> {
         let now = SystemTime::now();
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = lock(&self.lines);
         lines
             .iter()
             .rev()

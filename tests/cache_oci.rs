@@ -12,11 +12,13 @@
 mod peers;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use peers::oci::{Client, header, headers, location, sha256, sha512, with_query};
-use peers::{Dockerd, Images, Registry, RegistryOptions, Regmirror, engine_lock, free_port, http};
+use peers::{
+    Dockerd, Images, Missing, Registry, RegistryOptions, Regmirror, engine_lock, free_port, http,
+};
 use serde_json::{Value, json};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -493,7 +495,7 @@ fn referrers_through_the_cache_from_an_origin_with_the_referrers_api() {
 
 #[test]
 fn referrers_through_the_cache_from_an_origin_with_only_the_tag_schema() {
-    let mut origin = Registry::start(RegistryOptions::default());
+    let mut origin = or_skip!(Registry::start(RegistryOptions::default()));
     let upstream = Client(origin.addr);
     let (image, image_digest) = push_image(&upstream, "team/app", "v1", b"the image");
     // distribution 2.8 has no referrers API: a client pushes the signature, then the index
@@ -554,9 +556,9 @@ fn referrers_through_the_cache_from_an_origin_with_only_the_tag_schema() {
 fn without_a_proxy_section_it_is_a_plain_registry_across_restarts() {
     let _engine = engine_lock();
     // seed 001's flow with seed 000's "cache off" file: push, pull, stop, start, pull.
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hello from a plain registry\n")]);
-    let source = Registry::start(RegistryOptions::default());
+    let source = or_skip!(Registry::start(RegistryOptions::default()));
     images.push(
         "v1",
         &format!("{}/library/ubuntu:16.04", source.host()),
@@ -583,7 +585,7 @@ fn without_a_proxy_section_it_is_a_plain_registry_across_restarts() {
         header(&http("GET", addr, "/v2/", &[]).1, "x-content-type-options").as_deref(),
         Some("nosniff")
     );
-    let dockerd = Dockerd::start("{}", None);
+    let dockerd = or_skip!(Dockerd::start("{}", None));
     let docker = |args: &[&str]| {
         let output = dockerd.docker(args);
         assert!(
@@ -646,7 +648,7 @@ fn listing_page(addr: SocketAddr, path: &str) -> (u16, Value, Option<Vec<(String
 
 #[test]
 fn listing_pages_and_n_0_answer_as_distribution_does() {
-    let reference = Registry::start(RegistryOptions::default());
+    let reference = or_skip!(Registry::start(RegistryOptions::default()));
     let ours = plain_registry();
     for addr in [reference.addr, ours.addr] {
         let client = Client(addr);
@@ -698,7 +700,7 @@ fn listing_pages_and_n_0_answer_as_distribution_does() {
 
 /// The prebuilt conformance suite: `REGMIRROR_OCI_CONFORMANCE`, else ../shared/tools beside
 /// the checkout, else the lab's /work/shared.
-fn conformance_suite() -> PathBuf {
+fn conformance_suite() -> Result<PathBuf, Missing> {
     let candidates = [
         std::env::var_os("REGMIRROR_OCI_CONFORMANCE").map(PathBuf::from),
         Some(
@@ -706,17 +708,20 @@ fn conformance_suite() -> PathBuf {
                 .join("../shared/tools/oci-conformance/conformance.test"),
         ),
     ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .expect("the OCI conformance suite (../shared/tools/oci-conformance/conformance.test, or set REGMIRROR_OCI_CONFORMANCE)")
+    match candidates.into_iter().flatten().find(|p| p.is_file()) {
+        Some(path) => Ok(path),
+        None => peers::missing(
+            "the OCI conformance suite (../shared/tools/oci-conformance/conformance.test, or set \
+             REGMIRROR_OCI_CONFORMANCE)"
+                .to_owned(),
+        ),
+    }
 }
 
-/// Runs the suite against `registry` with `env`; returns (pass, fail) from its summary.
-fn run_conformance(registry: SocketAddr, env: &[(&str, &str)]) -> (u64, u64) {
+/// Runs `suite` against `registry` with `env`; returns (pass, fail) from its summary.
+fn run_conformance(suite: &Path, registry: SocketAddr, env: &[(&str, &str)]) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(conformance_suite());
+    let mut command = Command::new(suite);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("OCI_")) {
         command.env_remove(key);
     }
@@ -761,6 +766,7 @@ fn run_conformance(registry: SocketAddr, env: &[(&str, &str)]) -> (u64, u64) {
 
 #[test]
 fn the_conformance_suite_passes_against_the_plain_registry() {
+    let suite = or_skip!(conformance_suite());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("registry").display().to_string();
@@ -776,6 +782,7 @@ fn the_conformance_suite_passes_against_the_plain_registry() {
     );
     // Everything the suite can try, optional parts included.
     let (pass, _) = run_conformance(
+        &suite,
         registry.addr,
         &[
             ("OCI_API_BLOBS_UPLOAD_CANCEL", "true"),
@@ -787,7 +794,8 @@ fn the_conformance_suite_passes_against_the_plain_registry() {
 
 #[test]
 fn the_conformance_suite_passes_read_only_through_the_cache() {
-    let origin = Registry::start(RegistryOptions::default());
+    let suite = or_skip!(conformance_suite());
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let upstream = Client(origin.addr);
     let repository = "conformance/repo1";
     let (v1, v1_digest) = push_image(&upstream, repository, "v1", b"first image");
@@ -818,6 +826,7 @@ fn the_conformance_suite_passes_read_only_through_the_cache() {
     ]
     .join(" ");
     let (pass, _) = run_conformance(
+        &suite,
         cache.addr,
         &[
             ("OCI_API_PUSH", "false"),

@@ -7,15 +7,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use peers::{
-    Containerd, Dockerd, Images, Registry, RegistryOptions, Regmirror, engine_lock, hosts_toml,
-    skopeo_pull,
+    Containerd, Dockerd, Images, Missing, Registry, RegistryOptions, Regmirror, engine_lock,
+    hosts_toml, skopeo_pull,
 };
 
 /// An origin holding `library/demo:v1` (OCI), `library/demo:v2s2` (Docker schema 2) and
 /// `library/multi:v1` (a two-platform index).
-fn seeded_origin() -> (Registry, Images) {
-    let origin = Registry::start(RegistryOptions::default());
-    let images = Images::new();
+fn seeded_origin() -> Result<(Registry, Images), Missing> {
+    let origin = Registry::start(RegistryOptions::default())?;
+    let images = Images::new()?;
     images.build(
         "v1",
         &[
@@ -31,7 +31,7 @@ fn seeded_origin() -> (Registry, Images) {
     );
     images.build("arm", &[("hello", b"hello from arm\n")]);
     push_index(&images, &origin);
-    (origin, images)
+    Ok((origin, images))
 }
 
 /// Builds an OCI index of `v1` (amd64) and `arm` (arm64) and pushes it with `skopeo copy --all`.
@@ -61,7 +61,7 @@ fn assert_same_as_origin(via: &str, origin: &Registry, path: &str, extra: &[&str
 
 #[test]
 fn skopeo_pulls_through_the_cache_byte_identical() {
-    let (origin, _images) = seeded_origin();
+    let (origin, _images) = or_skip!(seeded_origin());
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
     let via = cache.host();
     assert_same_as_origin(&via, &origin, "library/demo:v1", &[]);
@@ -98,7 +98,7 @@ fn skopeo_pulls_through_the_cache_byte_identical() {
 
 #[test]
 fn cache_serves_with_every_upstream_down() {
-    let (mut origin, _images) = seeded_origin();
+    let (mut origin, _images) = or_skip!(seeded_origin());
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
     let dir = tempfile::tempdir().unwrap();
     let first = skopeo_pull(
@@ -137,8 +137,8 @@ fn cache_serves_with_every_upstream_down() {
 
 #[test]
 fn a_mirrors_only_rule_keeps_the_cache_off_its_upstream() {
-    let (origin, images) = seeded_origin();
-    let mirror = Registry::start(RegistryOptions::default());
+    let (origin, images) = or_skip!(seeded_origin());
+    let mirror = or_skip!(Registry::start(RegistryOptions::default()));
     images.push("v1", &format!("{}/library/demo:v1", mirror.host()), &[]);
     let dir = tempfile::tempdir().unwrap();
     let mirrors = dir.path().join("mirrors.json");
@@ -179,10 +179,10 @@ fn a_mirrors_only_rule_keeps_the_cache_off_its_upstream() {
 
 #[test]
 fn concurrent_cold_pulls_download_the_blob_once() {
-    let origin = Registry::start(RegistryOptions::default());
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let dir = tempfile::tempdir().unwrap();
     let (file, digest) = peers::random_file(dir.path(), "big", 192 << 20);
-    peers::push_blob(origin.addr, "library/big", &file, &digest);
+    or_skip!(peers::push_blob(origin.addr, "library/big", &file, &digest));
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
     let url = format!("{}/v2/library/big/blobs/{digest}", cache.url());
     peers::concurrent_cold_clients(&url, &digest, dir.path(), 8, |_| false);
@@ -197,10 +197,10 @@ fn concurrent_cold_pulls_download_the_blob_once() {
 #[test]
 fn containerd_pulls_through_the_cache_with_ns() {
     let _engine = engine_lock();
-    let (origin, _images) = seeded_origin();
+    let (origin, _images) = or_skip!(seeded_origin());
     // The cache's default upstream is an empty registry, not the origin: only ?ns= can route
     // these requests right.
-    let empty = Registry::start(RegistryOptions::default());
+    let empty = or_skip!(Registry::start(RegistryOptions::default()));
     let cache = Regmirror::serve(
         &format!(
             "proxy:\n  remoteregistries:\n  - url: {}\n  - url: {}\n",
@@ -209,7 +209,7 @@ fn containerd_pulls_through_the_cache_with_ns() {
         ),
         &[],
     );
-    let containerd = Containerd::start();
+    let containerd = or_skip!(Containerd::start());
     let hosts = tempfile::tempdir().unwrap();
     hosts_toml(
         hosts.path(),
@@ -266,12 +266,12 @@ fn containerd_pulls_through_the_cache_with_ns() {
 #[test]
 fn dockerd_pulls_a_hub_name_through_registry_mirrors() {
     let _engine = engine_lock();
-    let (origin, _images) = seeded_origin();
+    let (origin, _images) = or_skip!(seeded_origin());
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
-    let dockerd = Dockerd::start(
+    let dockerd = or_skip!(Dockerd::start(
         &format!(r#"{{"registry-mirrors": ["{}"]}}"#, cache.url()),
         None,
-    );
+    ));
     let pull = dockerd.docker(&["pull", "demo:v1"]);
     assert!(
         pull.status.success(),
@@ -291,9 +291,9 @@ fn dockerd_pulls_a_hub_name_through_registry_mirrors() {
 
 #[test]
 fn tls_with_skopeo_verifying_a_test_ca() {
-    let (origin, _images) = seeded_origin();
+    let (origin, _images) = or_skip!(seeded_origin());
     let dir = tempfile::tempdir().unwrap();
-    let ca = peers::TestCa::new(dir.path(), &["localhost"]);
+    let ca = or_skip!(peers::TestCa::new(dir.path(), &["localhost"]));
     let cert = ca.cert.to_str().unwrap().to_owned();
     let key = ca.key.to_str().unwrap().to_owned();
     let cache = Regmirror::serve_with_env(
@@ -350,7 +350,7 @@ fn tag_digest(cache: &Regmirror) -> String {
 
 #[test]
 fn a_moved_tag_is_seen_at_once_by_default_and_after_the_window_with_one() {
-    let (origin, images) = seeded_origin();
+    let (origin, images) = or_skip!(seeded_origin());
     let revalidating = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
     let windowed = Regmirror::serve(
         &format!("proxy: {{remoteurl: {}, tag_revalidate: 5s}}", origin.url()),
@@ -380,7 +380,7 @@ fn a_moved_tag_is_seen_at_once_by_default_and_after_the_window_with_one() {
 
 #[test]
 fn a_stale_tag_is_served_with_a_warning_while_the_origin_is_down() {
-    let (mut origin, _images) = seeded_origin();
+    let (mut origin, _images) = or_skip!(seeded_origin());
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
     let digest = tag_digest(&cache);
     origin.stop();
@@ -403,9 +403,9 @@ fn a_stale_tag_is_served_with_a_warning_while_the_origin_is_down() {
 #[test]
 fn htpasswd_with_docker_login() {
     let _engine = engine_lock();
-    let (origin, _images) = seeded_origin();
+    let (origin, _images) = or_skip!(seeded_origin());
     let dir = tempfile::tempdir().unwrap();
-    let file = peers::htpasswd_file(dir.path(), "carol", "pa55word");
+    let file = or_skip!(peers::htpasswd_file(dir.path(), "carol", "pa55word"));
     let cache = Regmirror::serve(
         &format!(
             "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",
@@ -420,7 +420,7 @@ fn htpasswd_with_docker_login() {
         head.contains("www-authenticate: Basic realm=\"cache\""),
         "{head}"
     );
-    let dockerd = Dockerd::start("{}", None);
+    let dockerd = or_skip!(Dockerd::start("{}", None));
     let wrong = dockerd.docker(&["login", "-u", "carol", "-p", "nope", &cache.host()]);
     assert!(!wrong.status.success(), "a wrong password is refused");
     let login = dockerd.docker(&["login", "-u", "carol", "-p", "pa55word", &cache.host()]);
@@ -442,7 +442,7 @@ fn htpasswd_with_docker_login() {
 #[test]
 fn local_push_alongside_the_cache_with_skopeo_and_dockerd() {
     let _engine = engine_lock();
-    let (origin, images) = seeded_origin();
+    let (origin, images) = or_skip!(seeded_origin());
     let cache = Regmirror::serve_with_env(
         tempfile::tempdir().unwrap(),
         &format!(
@@ -504,7 +504,7 @@ fn local_push_alongside_the_cache_with_skopeo_and_dockerd() {
     );
 
     // dockerd: pull through the cache, push to a local repository, remove, pull back.
-    let dockerd = Dockerd::start("{}", None);
+    let dockerd = or_skip!(Dockerd::start("{}", None));
     let proxied = format!("{}/library/demo:v1", cache.host());
     let local = format!("{}/myteam/from-docker:v2", cache.host());
     for args in [
@@ -547,8 +547,9 @@ fn local_push_alongside_the_cache_with_skopeo_and_dockerd() {
 
 #[test]
 fn eviction_under_a_size_cap_keeps_shared_layers_and_in_flight_pulls() {
-    let origin = Registry::start(RegistryOptions::default());
-    let images = Images::new();
+    let curl = or_skip!(peers::require("curl", "curl"));
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    let images = or_skip!(Images::new());
     // Incompressible content: umoci gzips layers.
     let noise = |seed: u64, len: usize| -> Vec<u8> {
         let mut state = seed | 1;
@@ -605,7 +606,7 @@ fn eviction_under_a_size_cap_keeps_shared_layers_and_in_flight_pulls() {
         let url = format!("{}/v2/library/img1/blobs/sha256:{own1}", cache.url());
         let out = dir.path().join("slow");
         std::thread::spawn(move || {
-            let status = Command::new("curl")
+            let status = Command::new(curl)
                 .args(["-sS", "-f", "--limit-rate", "150k", "-o"])
                 .arg(&out)
                 .arg(&url)
@@ -667,9 +668,10 @@ fn eviction_under_a_size_cap_keeps_shared_layers_and_in_flight_pulls() {
 
 #[test]
 fn client_certificates_are_required_with_clientcas() {
-    let (origin, _images) = seeded_origin();
+    let curl_binary = or_skip!(peers::require("curl", "curl"));
+    let (origin, _images) = or_skip!(seeded_origin());
     let dir = tempfile::tempdir().unwrap();
-    let ca = peers::TestCa::new(dir.path(), &["localhost"]);
+    let ca = or_skip!(peers::TestCa::new(dir.path(), &["localhost"]));
     let (cert, key, cas) = (
         ca.cert.to_str().unwrap().to_owned(),
         ca.key.to_str().unwrap().to_owned(),
@@ -688,7 +690,7 @@ fn client_certificates_are_required_with_clientcas() {
     let url = format!("https://localhost:{}/v2/", cache.addr.port());
     let resolve = format!("localhost:{}:127.0.0.1", cache.addr.port());
     let curl = |extra: &[&str]| {
-        Command::new("curl")
+        Command::new(&curl_binary)
             .args([
                 "-sS",
                 "-o",
@@ -721,7 +723,7 @@ fn client_certificates_are_required_with_clientcas() {
 
 #[test]
 fn tag_list_and_catalog_paginate_with_link() {
-    let (origin, _images) = seeded_origin();
+    let (origin, _images) = or_skip!(seeded_origin());
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
     let (status, head, body) =
         peers::http("GET", cache.addr, "/v2/library/demo/tags/list?n=1", &[]);

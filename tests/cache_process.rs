@@ -151,9 +151,9 @@ async fn a_huge_manifest_is_refused_without_being_read_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepting_backs_off_when_file_descriptors_run_out() {
-    peers::require("prlimit", "util-linux");
+    or_skip!(peers::require("prlimit", "util-linux"));
     let dir = tempfile::tempdir().unwrap();
-    let ca = peers::TestCa::new(dir.path(), &["localhost"]);
+    let ca = or_skip!(peers::TestCa::new(dir.path(), &["localhost"]));
     let port = peers::free_port();
     let yaml = format!(
         "local: all\nlimits: {{max_connections: 1000}}\nhttp: {{addr: 127.0.0.1:{port}, tls: {{certificate: {}, key: {}}}}}",
@@ -232,7 +232,7 @@ fn timed_get(addr: SocketAddr, path: &str, authorization: Option<&str>) -> (u16,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_checks_neither_block_the_server_nor_tell_users_apart() {
-    peers::require("htpasswd", "apache2-utils");
+    or_skip!(peers::require("htpasswd", "apache2-utils"));
     blocking(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = peers::run(

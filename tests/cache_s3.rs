@@ -17,7 +17,7 @@ use axum::http::Method;
 use bytes::Bytes;
 use fake::{FakeUpstream, digest_of, random_bytes};
 use peers::oci::{Client, sha256, sha512};
-use peers::{Images, MotoServer, Registry, RegistryOptions, Regmirror, http, skopeo_pull};
+use peers::{Images, Missing, MotoServer, Registry, RegistryOptions, Regmirror, http, skopeo_pull};
 
 const BUCKET: &str = "registry";
 const SECRET: &str = "the-fleet-secret-for-tests";
@@ -78,9 +78,9 @@ fn metric(cache: &Regmirror, series: &str) -> u64 {
 }
 
 /// An origin holding `library/demo:v1` (two layers) and the digests of everything in it.
-fn origin_with_image() -> (Registry, Vec<String>) {
-    let origin = Registry::start(RegistryOptions::default());
-    let images = Images::new();
+fn origin_with_image() -> Result<(Registry, Vec<String>), Missing> {
+    let origin = Registry::start(RegistryOptions::default())?;
+    let images = Images::new()?;
     images.build(
         "v1",
         &[
@@ -100,7 +100,7 @@ fn origin_with_image() -> (Registry, Vec<String>) {
         .into_iter()
         .map(|(_, bytes)| digest_of(&bytes))
         .collect();
-    (origin, digests)
+    Ok((origin, digests))
 }
 
 /// Waits until the replica has no download in flight (each one stored, or failed).
@@ -118,9 +118,9 @@ fn object_keys(moto: &MotoServer, prefix: &str) -> Vec<String> {
 
 #[test]
 fn seed_004_environment_on_a_real_s3_server() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
-    let (origin, digests) = origin_with_image();
+    let (origin, digests) = or_skip!(origin_with_image());
     let cache = replica(&moto, &format!("proxy: {{remoteurl: {}}}", origin.url()));
     let pulled = tempfile::tempdir().unwrap();
     let manifest = skopeo_pull(
@@ -156,9 +156,9 @@ fn seed_004_environment_on_a_real_s3_server() {
 
 #[test]
 fn a_replica_serves_what_another_fetched_with_the_origin_stopped() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
-    let (mut origin, _) = origin_with_image();
+    let (mut origin, _) = or_skip!(origin_with_image());
     let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
     let a = replica(&moto, &yaml);
     let b = replica(&moto, &yaml);
@@ -210,36 +210,39 @@ async fn wrong_bytes_never_reach_the_bucket() {
         Duration::ZERO,
     );
     let url = upstream.url();
-    tokio::task::spawn_blocking(move || {
-        let moto = MotoServer::start();
-        moto.create_bucket(BUCKET);
-        let cache = replica(&moto, &format!("proxy: {{remoteurl: {url}}}"));
-        for _ in 0..2 {
-            let (status, _, body) = http(
-                "GET",
-                cache.addr,
-                &format!("/v2/library/demo/blobs/{claimed}"),
-                &[],
-            );
-            assert!(
-                status != 200 || body.len() < good.len(),
-                "never a whole body"
-            );
-        }
-        assert!(object_keys(&moto, "blobs/").is_empty());
-        assert!(object_keys(&moto, "meta/sources/").is_empty());
-        assert!(object_keys(&moto, "meta/links/").is_empty());
-        assert!(moto.list_multipart_uploads(BUCKET).is_empty());
-    })
-    .await
-    .unwrap();
+    or_skip!(
+        tokio::task::spawn_blocking(move || {
+            let moto = MotoServer::start()?;
+            moto.create_bucket(BUCKET);
+            let cache = replica(&moto, &format!("proxy: {{remoteurl: {url}}}"));
+            for _ in 0..2 {
+                let (status, _, body) = http(
+                    "GET",
+                    cache.addr,
+                    &format!("/v2/library/demo/blobs/{claimed}"),
+                    &[],
+                );
+                assert!(
+                    status != 200 || body.len() < good.len(),
+                    "never a whole body"
+                );
+            }
+            assert!(object_keys(&moto, "blobs/").is_empty());
+            assert!(object_keys(&moto, "meta/sources/").is_empty());
+            assert!(object_keys(&moto, "meta/links/").is_empty());
+            assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+            Ok::<_, Missing>(())
+        })
+        .await
+        .unwrap()
+    );
 }
 
 #[test]
 fn restarted_replicas_and_a_store_that_comes_back() {
-    let mut moto = MotoServer::start();
+    let mut moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
-    let (mut origin, _) = origin_with_image();
+    let (mut origin, _) = or_skip!(origin_with_image());
     let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
     // A replica started while the store is down starts, and answers 503 for what needs it.
     moto.stop();
@@ -285,11 +288,11 @@ fn restarted_replicas_and_a_store_that_comes_back() {
 
 #[test]
 fn push_to_one_replica_pull_from_another() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let a = replica(&moto, "local: all");
     let b = replica(&moto, "local: all");
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("pushed.txt", b"pushed to replica A")]);
     images.push("v1", &format!("{}/team/app:v1", a.host()), &[]);
     let from_b = tempfile::tempdir().unwrap();
@@ -304,7 +307,7 @@ fn push_to_one_replica_pull_from_another() {
 
 #[test]
 fn referrers_and_sha512_content_are_shared_by_the_replicas() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let deletes = [("REGISTRY_STORAGE_DELETE_ENABLED", "true")];
     let replica_a = replica_with(&moto, "local: all", &deletes);
@@ -374,12 +377,12 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
 
 #[test]
 fn three_replicas_make_one_upstream_download() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
-    let origin = Registry::start(RegistryOptions::default());
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let work = tempfile::tempdir().unwrap();
     let (file, digest) = peers::random_file(work.path(), "big", 64 << 20);
-    peers::push_blob(origin.addr, "library/big", &file, &digest);
+    or_skip!(peers::push_blob(origin.addr, "library/big", &file, &digest));
     let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
     let replicas: Vec<Regmirror> = (0..3).map(|_| replica(&moto, &yaml)).collect();
     let path = format!("/v2/library/big/blobs/{digest}");
@@ -444,91 +447,94 @@ async fn a_killed_lease_holder_is_taken_over() {
     let url = upstream.url();
     let state = upstream.state.clone();
     let d = digest.clone();
-    tokio::task::spawn_blocking(move || {
-        let moto = MotoServer::start();
-        moto.create_bucket(BUCKET);
-        let yaml = format!("proxy: {{remoteurl: {url}}}");
-        let a = replica(&moto, &yaml);
-        let b = replica(&moto, &yaml);
-        let path = format!("/v2/library/slow/blobs/{d}");
-        let hex = d.trim_start_matches("sha256:");
-        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
-        let visible = || object_keys(&moto, &key).contains(&key);
-        let done = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            // Nothing is under the digest key before it is verified: when the key first shows,
-            // the upstream has sent some download its last byte (no replica can verify before
-            // that). Looked at every 100 ms from the start until it shows.
-            let watcher = scope.spawn(|| {
-                let mut looks = 0;
-                while !done.load(Ordering::Relaxed) {
-                    looks += 1;
-                    if visible() {
-                        assert!(
-                            state.finished(&path) >= 1,
-                            "{key} is visible before any download of it was complete"
-                        );
-                        return looks;
+    or_skip!(
+        tokio::task::spawn_blocking(move || {
+            let moto = MotoServer::start()?;
+            moto.create_bucket(BUCKET);
+            let yaml = format!("proxy: {{remoteurl: {url}}}");
+            let a = replica(&moto, &yaml);
+            let b = replica(&moto, &yaml);
+            let path = format!("/v2/library/slow/blobs/{d}");
+            let hex = d.trim_start_matches("sha256:");
+            let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+            let visible = || object_keys(&moto, &key).contains(&key);
+            let done = AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                // Nothing is under the digest key before it is verified: when the key first shows,
+                // the upstream has sent some download its last byte (no replica can verify before
+                // that). Looked at every 100 ms from the start until it shows.
+                let watcher = scope.spawn(|| {
+                    let mut looks = 0;
+                    while !done.load(Ordering::Relaxed) {
+                        looks += 1;
+                        if visible() {
+                            assert!(
+                                state.finished(&path) >= 1,
+                                "{key} is visible before any download of it was complete"
+                            );
+                            return looks;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
                     }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                looks
+                    looks
+                });
+                let stop = Raise(&done);
+                let on_a = std::thread::spawn({
+                    let (addr, path) = (a.addr, path.clone());
+                    move || http("GET", addr, &path, &[])
+                });
+                std::thread::sleep(Duration::from_millis(800));
+                let following = std::thread::spawn({
+                    let (addr, path) = (b.addr, path.clone());
+                    move || http("GET", addr, &path, &[])
+                });
+                std::thread::sleep(Duration::from_millis(800));
+                assert!(!visible(), "nothing visible while the holder downloads");
+                a.kill();
+                assert!(!visible(), "nothing visible after the holder was killed");
+                let (_, _, cut) = on_a.join().unwrap();
+                assert!(cut.len() < blob.len(), "the holder's client got a cut body");
+                let (_, _, followed) = following.join().unwrap();
+                assert!(
+                    followed.len() < blob.len() || digest_of(&followed) == d,
+                    "a follower never gets a complete wrong body"
+                );
+                assert_eq!(
+                    state.finished(&path),
+                    0,
+                    "the killed download never completed"
+                );
+                assert!(!visible(), "nothing visible before the takeover");
+                // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
+                let started = Instant::now();
+                let (status, _, body) = http("GET", b.addr, &path, &[]);
+                assert_eq!(status, 200);
+                assert_eq!(digest_of(&body), d);
+                println!("takeover after the kill: {:?}", started.elapsed());
+                settled(&b);
+                assert!(visible(), "the blob is stored once verified");
+                // The watcher ends at its next look, having seen the key appear.
+                let looks = watcher.join().unwrap();
+                assert!(looks >= 10, "the watcher looked {looks} times");
+                drop(stop);
             });
-            let stop = Raise(&done);
-            let on_a = std::thread::spawn({
-                let (addr, path) = (a.addr, path.clone());
-                move || http("GET", addr, &path, &[])
-            });
-            std::thread::sleep(Duration::from_millis(800));
-            let following = std::thread::spawn({
-                let (addr, path) = (b.addr, path.clone());
-                move || http("GET", addr, &path, &[])
-            });
-            std::thread::sleep(Duration::from_millis(800));
-            assert!(!visible(), "nothing visible while the holder downloads");
-            a.kill();
-            assert!(!visible(), "nothing visible after the holder was killed");
-            let (_, _, cut) = on_a.join().unwrap();
-            assert!(cut.len() < blob.len(), "the holder's client got a cut body");
-            let (_, _, followed) = following.join().unwrap();
+            assert!(metric(&b, "regmirror_fleet_fills_total{role=\"took_over\"}") >= 1);
             assert!(
-                followed.len() < blob.len() || digest_of(&followed) == d,
-                "a follower never gets a complete wrong body"
+                object_keys(&moto, "leases/fills/").is_empty(),
+                "leases are released"
             );
-            assert_eq!(
-                state.finished(&path),
-                0,
-                "the killed download never completed"
-            );
-            assert!(!visible(), "nothing visible before the takeover");
-            // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
-            let started = Instant::now();
-            let (status, _, body) = http("GET", b.addr, &path, &[]);
-            assert_eq!(status, 200);
-            assert_eq!(digest_of(&body), d);
-            println!("takeover after the kill: {:?}", started.elapsed());
-            settled(&b);
-            assert!(visible(), "the blob is stored once verified");
-            // The watcher ends at its next look, having seen the key appear.
-            let looks = watcher.join().unwrap();
-            assert!(looks >= 10, "the watcher looked {looks} times");
-            drop(stop);
-        });
-        assert!(metric(&b, "regmirror_fleet_fills_total{role=\"took_over\"}") >= 1);
-        assert!(
-            object_keys(&moto, "leases/fills/").is_empty(),
-            "leases are released"
-        );
-        // A collection afterwards: no multipart upload and no temporary key is left, and the
-        // verified blob stays.
-        gc(&moto, &b, &[]);
-        assert_eq!(moto.list_multipart_uploads(BUCKET), Vec::new());
-        assert_eq!(object_keys(&moto, "uploads/"), Vec::<String>::new());
-        assert_eq!(object_keys(&moto, "leases/"), Vec::<String>::new());
-        assert!(visible());
-    })
-    .await
-    .unwrap();
+            // A collection afterwards: no multipart upload and no temporary key is left, and the
+            // verified blob stays.
+            gc(&moto, &b, &[]);
+            assert_eq!(moto.list_multipart_uploads(BUCKET), Vec::new());
+            assert_eq!(object_keys(&moto, "uploads/"), Vec::<String>::new());
+            assert_eq!(object_keys(&moto, "leases/"), Vec::<String>::new());
+            assert!(visible());
+            Ok::<_, Missing>(())
+        })
+        .await
+        .unwrap()
+    );
     assert_eq!(
         upstream.hits(Method::GET, &format!("/v2/library/slow/blobs/{digest}")),
         2,
@@ -552,7 +558,7 @@ fn gc(moto: &MotoServer, replica: &Regmirror, more: &[(&str, &str)]) -> std::pro
 
 #[test]
 fn gc_aborts_uploads_a_killed_replica_left() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let cache = replica(&moto, "local: all");
     // What a replica killed while storing a blob leaves: an unfinished multipart upload, and
@@ -625,7 +631,7 @@ fn refusal(cache: &Regmirror, path: &str, headers: &[(&str, &str)]) -> (u16, Str
 
 #[test]
 fn the_internal_route_needs_the_fleet_signature() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let fleet = replica(&moto, "local: all");
     let no_secret = replica_with_secret(&moto, "local: all", &[], None);
@@ -667,7 +673,7 @@ fn the_internal_route_needs_the_fleet_signature() {
 
 #[test]
 fn blobs_redirect_to_presigned_urls_unless_disabled() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let work = tempfile::tempdir().unwrap();
     let (file, digest) = peers::random_file(work.path(), "blob", 100_000);
@@ -679,7 +685,7 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
         .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let cache = Regmirror::spawn(dir, "local: all", &[], &env, &[]);
-    peers::push_blob(cache.addr, "team/app", &file, &digest);
+    or_skip!(peers::push_blob(cache.addr, "team/app", &file, &digest));
     let (status, head, _) = http(
         "GET",
         cache.addr,
@@ -712,7 +718,7 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
 /// same request finds no object and is a miss.
 #[test]
 fn small_blobs_on_the_bucket_are_served_from_memory_after_a_hit() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let work = tempfile::tempdir().unwrap();
     for (limits, memo, size) in [
@@ -722,7 +728,7 @@ fn small_blobs_on_the_bucket_are_served_from_memory_after_a_hit() {
         let (file, digest) = peers::random_file(work.path(), "blob", size);
         let path = format!("/v2/team/app/blobs/{digest}");
         let cache = replica(&moto, &format!("local: all{limits}"));
-        peers::push_blob(cache.addr, "team/app", &file, &digest);
+        or_skip!(peers::push_blob(cache.addr, "team/app", &file, &digest));
         let (status, _, body) = http("GET", cache.addr, &path, &[]);
         assert_eq!((status, digest_of(&body)), (200, digest.clone()));
         let hex = digest.trim_start_matches("sha256:");
@@ -745,11 +751,11 @@ fn small_blobs_on_the_bucket_are_served_from_memory_after_a_hit() {
 
 #[test]
 fn eviction_on_the_bucket() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
-    let origin = Registry::start(RegistryOptions::default());
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let work = tempfile::tempdir().unwrap();
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     // Random content: the layers do not compress below the cap.
     images.build("v1", &[("one.bin", &random_bytes(2_000_000, 61))]);
     images.build("v2", &[("two.bin", &random_bytes(2_000_000, 62))]);
@@ -802,7 +808,7 @@ fn eviction_on_the_bucket() {
 
 #[test]
 fn a_missing_bucket_is_one_clear_line_and_503s() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     // No bucket created.
     let cache = replica(&moto, "local: all");
     let log = cache.log();
@@ -826,7 +832,7 @@ fn a_missing_bucket_is_one_clear_line_and_503s() {
 
 #[test]
 fn a_push_moves_between_replicas() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let replicas: Vec<Regmirror> = (0..3).map(|_| replica(&moto, "local: all")).collect();
     let blob = random_bytes(3_000_000, 71);
@@ -873,7 +879,7 @@ fn a_push_moves_between_replicas() {
 
 #[test]
 fn abandoned_pushes_are_collected() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let cache = replica_with(
         &moto,
@@ -895,7 +901,7 @@ fn abandoned_pushes_are_collected() {
 
 #[test]
 fn the_fleet_holds_to_max_uploads() {
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(BUCKET);
     let limit = [("REGISTRY_LIMITS_MAX_UPLOADS", "5")];
     let replicas: Vec<Regmirror> = (0..2)

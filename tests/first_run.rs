@@ -29,12 +29,12 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn resolve_probe_trusts_certs_d_and_fails_when_no_endpoint_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), &["mirror.test"]);
-    let registry = Registry::start(RegistryOptions {
+    let ca = or_skip!(TestCa::new(dir.path(), &["mirror.test"]));
+    let registry = or_skip!(Registry::start(RegistryOptions {
         tls: Some(&ca),
         ..Default::default()
-    });
-    let images = Images::new();
+    }));
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hi\n")]);
     images.push("v1", &format!("{}/library/demo:v1", registry.host()), &[]);
     let port = registry.addr.port();
@@ -179,8 +179,8 @@ fn gc_without_a_storage_root_touches_nothing() {
 /// why, and a root in use fails `gc` and a second `serve` alike.
 #[test]
 fn gc_names_images_and_reasons_and_a_root_in_use_exits_1_from_gc_and_serve() {
-    let origin = Registry::start(RegistryOptions::default());
-    let images = Images::new();
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    let images = or_skip!(Images::new());
     images.build("v1", &[("data", &vec![7u8; 20_000][..])]);
     images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
     let cache = Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use peers::{Containerd, Images, Registry, RegistryOptions, engine_lock, skopeo_pull};
+use peers::{Containerd, Images, Missing, Registry, RegistryOptions, engine_lock, skopeo_pull};
 
 /// A registry holding library/demo:v1, v2 and v3.
-fn seeded(images: &Images) -> Registry {
-    let registry = Registry::start(RegistryOptions::default());
+fn seeded(images: &Images) -> Result<Registry, Missing> {
+    let registry = Registry::start(RegistryOptions::default())?;
     for tag in ["v1", "v2", "v3"] {
         images.push(
             "v1",
@@ -21,7 +21,7 @@ fn seeded(images: &Images) -> Registry {
             &[],
         );
     }
-    registry
+    Ok(registry)
 }
 
 fn generate(args: &[&str], config: &str, out: &Path) {
@@ -61,13 +61,13 @@ fn mirrors_only(domain: &str, mirrors: &[String]) -> String {
 
 /// An origin holding library/demo:v1, v2 and v3, a mirror holding v1 only, and a mirror URL
 /// nothing listens on.
-fn origin_and_partial_mirror(images: &Images) -> (Registry, Registry, String) {
+fn origin_and_partial_mirror(images: &Images) -> Result<(Registry, Registry, String), Missing> {
     images.build("v1", &[("hello", b"hello\n")]);
-    let origin = seeded(images);
-    let mirror = Registry::start(RegistryOptions::default());
+    let origin = seeded(images)?;
+    let mirror = Registry::start(RegistryOptions::default())?;
     images.push("v1", &format!("{}/library/demo:v1", mirror.host()), &[]);
     let dead = format!("http://127.0.0.1:{}", peers::free_port());
-    (origin, mirror, dead)
+    Ok((origin, mirror, dead))
 }
 
 fn manifests(registry: &Registry) -> usize {
@@ -78,11 +78,11 @@ fn manifests(registry: &Registry) -> usize {
 #[test]
 fn containerd_pulls_through_generated_hosts_files() {
     let _engine = engine_lock();
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hello\n")]);
-    let origin = seeded(&images);
-    let mut first = seeded(&images);
-    let mut second = seeded(&images);
+    let origin = or_skip!(seeded(&images));
+    let mut first = or_skip!(seeded(&images));
+    let mut second = or_skip!(seeded(&images));
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("certs.d");
     generate(
@@ -95,7 +95,7 @@ fn containerd_pulls_through_generated_hosts_files() {
         text.contains(&format!("server = \"http://{}\"", origin.host())),
         "a loopback origin is insecure: plain http\n{text}"
     );
-    let containerd = Containerd::start();
+    let containerd = or_skip!(Containerd::start());
     let pull = |tag: &str| {
         containerd
             .pull(
@@ -135,10 +135,10 @@ fn containerd_pulls_through_generated_hosts_files() {
 #[test]
 fn containerd_reaches_an_unlisted_registry_through_default() {
     let _engine = engine_lock();
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hello\n")]);
-    let unlisted = seeded(&images);
-    let mirror = seeded(&images);
+    let unlisted = or_skip!(seeded(&images));
+    let mirror = or_skip!(seeded(&images));
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("certs.d");
     generate(
@@ -147,7 +147,7 @@ fn containerd_reaches_an_unlisted_registry_through_default() {
         &hosts,
     );
     assert!(hosts.join("_default/hosts.toml").exists());
-    let containerd = Containerd::start();
+    let containerd = or_skip!(Containerd::start());
     let before = manifests(&unlisted);
     containerd
         .pull(
@@ -198,10 +198,10 @@ fn containerd_reaches_an_unlisted_registry_through_default() {
 
 #[test]
 fn skopeo_pulls_through_a_generated_registries_conf() {
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hello\n")]);
-    let origin = seeded(&images);
-    let mirror = seeded(&images);
+    let origin = or_skip!(seeded(&images));
+    let mirror = or_skip!(seeded(&images));
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("50-regmirror.conf");
     generate(
@@ -232,8 +232,8 @@ fn skopeo_pulls_through_a_generated_registries_conf() {
 #[test]
 fn containerd_never_reaches_the_origin_of_a_mirrors_only_rule() {
     let _engine = engine_lock();
-    let images = Images::new();
-    let (origin, mirror, dead) = origin_and_partial_mirror(&images);
+    let images = or_skip!(Images::new());
+    let (origin, mirror, dead) = or_skip!(origin_and_partial_mirror(&images));
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("certs.d");
     generate(
@@ -249,7 +249,7 @@ fn containerd_never_reaches_the_origin_of_a_mirrors_only_rule() {
         )) && text.contains(&format!("[host.\"{dead}\"]")),
         "the last mirror is the server, the first a host table:\n{text}"
     );
-    let containerd = Containerd::start();
+    let containerd = or_skip!(Containerd::start());
     let before = origin.requests();
 
     // On the mirror (the first one is down): served by the last mirror, as `server`, with ?ns=.
@@ -285,8 +285,8 @@ fn containerd_never_reaches_the_origin_of_a_mirrors_only_rule() {
 
 #[test]
 fn skopeo_never_reaches_the_origin_of_a_mirrors_only_rule() {
-    let images = Images::new();
-    let (origin, mirror, dead) = origin_and_partial_mirror(&images);
+    let images = or_skip!(Images::new());
+    let (origin, mirror, dead) = or_skip!(origin_and_partial_mirror(&images));
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("50-regmirror.conf");
     generate(
@@ -331,11 +331,11 @@ fn skopeo_never_reaches_the_origin_of_a_mirrors_only_rule() {
 #[test]
 fn the_watching_agent_moves_containerd_to_a_new_mirror_without_a_restart() {
     let _engine = engine_lock();
-    let images = Images::new();
-    let (origin, first, _) = origin_and_partial_mirror(&images);
-    let second = Registry::start(RegistryOptions::default());
+    let images = or_skip!(Images::new());
+    let (origin, first, _) = or_skip!(origin_and_partial_mirror(&images));
+    let second = or_skip!(Registry::start(RegistryOptions::default()));
     images.push("v1", &format!("{}/library/demo:v1", second.host()), &[]);
-    let containerd = Containerd::start();
+    let containerd = or_skip!(Containerd::start());
     let work = tempfile::tempdir().unwrap();
     let mount = work.path().join("config");
     let hosts = work.path().join("certs.d");

@@ -40,57 +40,61 @@ fn contrib(dir: &str) -> PathBuf {
     root().join("contrib/kubernetes").join(dir)
 }
 
-/// kubectl on PATH (1.32+: kustomize 5.5 built in), or a failure saying where it comes from.
-fn kubectl() -> PathBuf {
-    std::env::var("PATH")
+/// kubectl on PATH (1.32+: kustomize 5.5 built in), or [`peers::Missing`] saying where it comes
+/// from.
+fn kubectl() -> Result<PathBuf, peers::Missing> {
+    let found = std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
         .map(|dir| Path::new(dir).join("kubectl"))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "kubectl not found: install kubectl 1.32 or later (the `kubectl` package of \
-                 pkgs.k8s.io, or the release binary; Debian's kubernetes-client conflicts with it)"
-            )
-        })
+        .find(|path| path.is_file());
+    match found {
+        Some(path) => Ok(path),
+        None => peers::missing(
+            "kubectl not found: install kubectl 1.32 or later (the `kubectl` package of \
+             pkgs.k8s.io, or the release binary; Debian's kubernetes-client conflicts with it)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// `$REGMIRROR_KUBERNETES_VALIDATE` (which `.ci/run` exports), else the venv `.ci/run` creates,
-/// else a failure saying how to install it.
-fn validator() -> PathBuf {
+/// else [`peers::Missing`] saying how to install it.
+fn validator() -> Result<PathBuf, peers::Missing> {
     let path = std::env::var_os("REGMIRROR_KUBERNETES_VALIDATE")
         .filter(|p| !p.is_empty())
         .map_or_else(
             || root().join(".ci/k8s-venv/bin/kubernetes-validate"),
             PathBuf::from,
         );
-    assert!(
-        path.is_file(),
+    if path.is_file() {
+        return Ok(path);
+    }
+    peers::missing(format!(
         "kubernetes-validate not found at {}: `bash .ci/run` creates the venv .ci/k8s-venv with \
          kubernetes-validate==1.37.0 (or point REGMIRROR_KUBERNETES_VALIDATE at one)",
         path.display()
-    );
-    path
+    ))
 }
 
 /// What `kubectl kustomize dir` renders: the text and its objects.
-fn render(dir: &Path) -> (String, Vec<Value>) {
-    let out = peers::run(Command::new(kubectl()).arg("kustomize").arg(dir));
+fn render(dir: &Path) -> Result<(String, Vec<Value>), peers::Missing> {
+    let out = peers::run(Command::new(kubectl()?).arg("kustomize").arg(dir));
     let text = String::from_utf8(out.stdout).unwrap();
     let objects = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|document| Value::deserialize(document).unwrap())
         .filter(|v| !v.is_null())
         .collect();
-    (text, objects)
+    Ok((text, objects))
 }
 
 /// Validates rendered text for every version in [`KUBERNETES`], strictly (unknown fields are
 /// errors). A kind the validator has no schema for is only a warning to it: here, a failure.
-fn validate(name: &str, text: &str, objects: usize) {
+fn validate(name: &str, text: &str, objects: usize) -> Result<(), peers::Missing> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{name}.yaml"));
     std::fs::write(&file, text).unwrap();
-    let mut command = Command::new(validator());
+    let mut command = Command::new(validator()?);
     command.arg("--strict");
     for version in KUBERNETES {
         command.args(["-k", version]);
@@ -106,6 +110,7 @@ fn validate(name: &str, text: &str, objects: usize) {
         KUBERNETES.len(),
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -505,8 +510,8 @@ fn every_kustomization_renders_valid_objects_for_every_supported_kubernetes() {
     found.sort();
     assert_eq!(found, KUSTOMIZATIONS, "each kustomization has its test");
     for name in KUSTOMIZATIONS {
-        let (text, objects) = render(&contrib(name));
-        validate(name, &text, objects.len());
+        let (text, objects) = or_skip!(render(&contrib(name)));
+        or_skip!(validate(name, &text, objects.len()));
         assert!(
             find(&objects, "Secret").is_empty(),
             "{name}: no secret is kept in git"
@@ -516,7 +521,7 @@ fn every_kustomization_renders_valid_objects_for_every_supported_kubernetes() {
 
 #[test]
 fn the_fleet_is_replicas_on_one_bucket_and_its_pod_serves_from_it() {
-    let (_, objects) = render(&contrib("cache"));
+    let (_, objects) = or_skip!(render(&contrib("cache")));
     let deployment = one(&objects, "Deployment");
     assert!(find(&objects, "StatefulSet").is_empty());
     assert_eq!(deployment["spec"]["replicas"], 3);
@@ -560,7 +565,7 @@ fn the_fleet_is_replicas_on_one_bucket_and_its_pod_serves_from_it() {
 
     // The pod, on moto_server standing for the bucket's endpoint (the config names AWS's) and
     // on a free port instead of 5000.
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(bucket);
     let container_pod = Pod::new(&objects, deployment);
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -593,7 +598,7 @@ fn the_fleet_is_replicas_on_one_bucket_and_its_pod_serves_from_it() {
 
 #[test]
 fn the_filesystem_variant_is_a_stateful_set_on_a_claim_and_its_pod_serves_from_it() {
-    let (_, objects) = render(&contrib("cache-filesystem"));
+    let (_, objects) = or_skip!(render(&contrib("cache-filesystem")));
     assert!(
         find(&objects, "Deployment").is_empty(),
         "the fleet's Deployment is gone"
@@ -693,7 +698,7 @@ fn mirrored_registries(mirrors_json: &str) -> Vec<String> {
 
 #[test]
 fn the_node_agent_watches_the_mirror_config_and_writes_only_the_nodes_certs_d() {
-    let (_, objects) = render(&contrib("node-agent"));
+    let (_, objects) = or_skip!(render(&contrib("node-agent")));
     let daemon_set = one(&objects, "DaemonSet");
     assert_eq!(daemon_set["metadata"]["namespace"], "regmirror-node-agent");
     assert_references_resolve(&objects, daemon_set, &[]);
@@ -797,8 +802,8 @@ fn the_node_agent_watches_the_mirror_config_and_writes_only_the_nodes_certs_d() 
 
 #[test]
 fn the_k3s_overlay_is_the_node_agent_writing_the_k3s_directory() {
-    let (_, base) = render(&contrib("node-agent"));
-    let (_, k3s) = render(&contrib("node-agent-k3s"));
+    let (_, base) = or_skip!(render(&contrib("node-agent")));
+    let (_, k3s) = or_skip!(render(&contrib("node-agent-k3s")));
     let (volume, _) = host_path(one(&k3s, "DaemonSet"));
     assert_eq!(volume["hostPath"]["path"], K3S_CERTS_D);
     assert_eq!(volume["hostPath"]["type"], "DirectoryOrCreate");
@@ -929,8 +934,8 @@ fn the_overlays_readme_shows_deploy_the_image_they_name_with_their_own_files() {
         format!("{}:{}", str_of(&entry["newName"]), str_of(&entry["newTag"]))
     };
 
-    let (text, objects) = render(&cache_dir);
-    validate("my-cache", &text, objects.len());
+    let (text, objects) = or_skip!(render(&cache_dir));
+    or_skip!(validate("my-cache", &text, objects.len()));
     let deployment = one(&objects, "Deployment");
     assert_image(pod(deployment).1, &image(&files[0].1));
     assert_references_resolve(&objects, deployment, &[]);
@@ -939,8 +944,8 @@ fn the_overlays_readme_shows_deploy_the_image_they_name_with_their_own_files() {
     let data = secret["data"].as_mapping().unwrap();
     assert_eq!(data.len(), keys.len(), "README's secret.env, as the Secret");
 
-    let (text, objects) = render(&work.path().join("my-regmirror/node-agent"));
-    validate("my-node-agent", &text, objects.len());
+    let (text, objects) = or_skip!(render(&work.path().join("my-regmirror/node-agent")));
+    or_skip!(validate("my-node-agent", &text, objects.len()));
     let daemon_set = one(&objects, "DaemonSet");
     assert_image(pod(daemon_set).1, &image(&files[2].1));
     assert_references_resolve(&objects, daemon_set, &[]);
@@ -997,14 +1002,14 @@ fn container_log(dockerd: &peers::Dockerd, container: &str) -> String {
 fn the_image_runs_the_pods_under_their_security_contexts() {
     let _engine = peers::engine_lock();
     let image_dir = tempfile::tempdir().unwrap();
-    peers::require("umoci", "umoci");
-    peers::require("skopeo", "skopeo");
+    or_skip!(peers::require("umoci", "umoci"));
+    or_skip!(peers::require("skopeo", "skopeo"));
     peers::run(
         Command::new(root().join("contrib/image/build"))
             .arg(image_dir.path())
             .env("REGMIRROR", env!("CARGO_BIN_EXE_regmirror")),
     );
-    let dockerd = peers::Dockerd::start_for_containers("{}");
+    let dockerd = or_skip!(peers::Dockerd::start_for_containers("{}"));
     let tar = image_dir.path().join("regmirror.tar");
     let loaded = dockerd.docker(&["load", "-i", tar.to_str().unwrap()]);
     assert!(loaded.status.success(), "{}", dockerd.log());
@@ -1020,7 +1025,7 @@ fn the_image_runs_the_pods_under_their_security_contexts() {
     };
 
     // The node agent: its files on the node, root's, as README's log line says.
-    let (_, objects) = render(&contrib("node-agent"));
+    let (_, objects) = or_skip!(render(&contrib("node-agent")));
     let daemon_set = one(&objects, "DaemonSet");
     let agent = Pod::new(&objects, daemon_set);
     let (_, mount) = host_path(daemon_set);
@@ -1052,13 +1057,13 @@ fn the_image_runs_the_pods_under_their_security_contexts() {
     }
 
     // A replica of the fleet, on moto_server (the host's network: the bucket on loopback).
-    let (_, objects) = render(&contrib("cache"));
+    let (_, objects) = or_skip!(render(&contrib("cache")));
     let deployment = one(&objects, "Deployment");
     let config: Value =
         serde_yaml_ng::from_str(config_map_data(&objects, "regmirror-config-", "config.yml"))
             .unwrap();
     let bucket = str_of(&config["storage"]["s3"]["bucket"]);
-    let moto = MotoServer::start();
+    let moto = or_skip!(MotoServer::start());
     moto.create_bucket(bucket);
     let replica = Pod::new(&objects, deployment);
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

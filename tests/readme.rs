@@ -46,9 +46,9 @@ fn the_first_screen_pulls_an_image_through_the_cache() {
         .find(|s| s.starts_with("skopeo copy"))
         .expect("the skopeo alternative");
 
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("latest", &[("etc/alpine-release", b"3.21.0\n")]);
-    let origin = Registry::start(RegistryOptions::default());
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
     images.push(
         "latest",
         &format!("{}/library/alpine:latest", origin.host()),
@@ -68,7 +68,7 @@ fn the_first_screen_pulls_an_image_through_the_cache() {
         work.path().join("serve.log"),
     );
     peers::wait_for_port(addr.parse().unwrap());
-    require("skopeo", "skopeo");
+    or_skip!(require("skopeo", "skopeo"));
     run(Command::new("sh")
         .arg("-c")
         .arg(ours(skopeo))

@@ -12,12 +12,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use peers::{Netns, Process, require};
+use peers::{Missing, Netns, Process, require};
 
 const SHIM: &str = "127.0.0.1:3128";
 
 /// A plain distribution registry on 127.0.0.1:`port` inside `netns`.
-fn registry(netns: &Netns, port: u16) -> Process {
+fn registry(netns: &Netns, port: u16) -> Result<Process, Missing> {
+    let binary = require("docker-registry", "docker-registry")?;
     let dir = netns.dir.path().join(format!("registry-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.yml");
@@ -29,13 +30,12 @@ fn registry(netns: &Netns, port: u16) -> Process {
         ),
     )
     .unwrap();
-    let binary = require("docker-registry", "docker-registry");
     let process = Process::spawn(
         netns.command(binary).arg("serve").arg(&config),
         dir.join("registry.log"),
     );
     wait_until_http(netns, &format!("http://127.0.0.1:{port}/v2/"), &process);
-    process
+    Ok(process)
 }
 
 /// `regmirror shim` on 0.0.0.0:3128 inside `netns` with `json` as its rules.
@@ -67,7 +67,7 @@ fn wait_until_http(netns: &Netns, url: &str, process: &Process) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = netns
-            .command(require("curl", "curl"))
+            .command(&netns.curl)
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
             .output()
             .unwrap();
@@ -86,7 +86,7 @@ fn wait_until_http(netns: &Netns, url: &str, process: &Process) {
 /// One curl request through the shim from `source`: (CONNECT status, final status, body).
 /// `tunnel` sends CONNECT first (`-p`); otherwise an absolute-form request.
 fn via_shim(netns: &Netns, source: &str, tunnel: bool, url: &str, extra: &[&str]) -> Reply {
-    let mut command = netns.command(require("curl", "curl"));
+    let mut command = netns.command(&netns.curl);
     command
         .args(["-sS", "--interface", source, "-x"])
         .arg(format!("http://{SHIM}"))
@@ -115,7 +115,7 @@ struct Reply {
 
 #[test]
 fn listening_beyond_loopback_needs_allow_clients() {
-    let netns = Netns::new();
+    let netns = or_skip!(Netns::new());
     let dir = netns.dir.path().join("shim");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -147,8 +147,8 @@ fn listening_beyond_loopback_needs_allow_clients() {
 
 #[test]
 fn clients_outside_allow_clients_are_refused() {
-    let netns = Netns::new();
-    let _registry = registry(&netns, 5000);
+    let netns = or_skip!(Netns::new());
+    let _registry = or_skip!(registry(&netns, 5000));
     let shim = shim(
         &netns,
         r#"{"mirror-registries": [{"domain": "reg.example.test", "mirrors": ["http://127.0.0.1:9"]}]}"#,
@@ -191,11 +191,13 @@ fn clients_outside_allow_clients_are_refused() {
 
 #[test]
 fn beyond_loopback_hosts_without_rules_are_reached_on_443_and_5000_only() {
-    let netns = Netns::new();
-    let _registries: Vec<Process> = [443, 5000, 5001, 5002]
-        .into_iter()
-        .map(|port| registry(&netns, port))
-        .collect();
+    let netns = or_skip!(Netns::new());
+    let _registries: Vec<Process> = or_skip!(
+        [443, 5000, 5001, 5002]
+            .into_iter()
+            .map(|port| registry(&netns, port))
+            .collect()
+    );
     let shim = shim(
         &netns,
         r#"{"mirror-registries": [{"domain": "127.0.0.1:5002", "mirrors": ["http://127.0.0.1:9"]}]}"#,
@@ -239,7 +241,7 @@ fn beyond_loopback_hosts_without_rules_are_reached_on_443_and_5000_only() {
 /// as containerd uses a mirror): (status, body).
 fn to_shim(netns: &Netns, path: &str) -> (u16, String) {
     let out = netns
-        .command(require("curl", "curl"))
+        .command(&netns.curl)
         .args(["-sS", "-w", "\n%{http_code}"])
         .arg(format!("http://{SHIM}{path}"))
         .output()
@@ -251,11 +253,13 @@ fn to_shim(netns: &Netns, path: &str) -> (u16, String) {
 
 #[test]
 fn beyond_loopback_ns_reaches_registries_without_rules_on_443_and_5000_only() {
-    let netns = Netns::new();
-    let registries: Vec<Process> = [5000, 5001]
-        .into_iter()
-        .map(|port| registry(&netns, port))
-        .collect();
+    let netns = or_skip!(Netns::new());
+    let registries: Vec<Process> = or_skip!(
+        [5000, 5001]
+            .into_iter()
+            .map(|port| registry(&netns, port))
+            .collect()
+    );
     let shim = shim(
         &netns,
         r#"{"mirror-registries": [{"domain": "reg.example.test", "mirrors": ["http://127.0.0.1:9"]}]}"#,

@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use peers::{Dockerd, Images, Registry, RegistryOptions, Shim, TestCa, TokenAuth, engine_lock};
+use peers::{
+    Dockerd, Images, Missing, Registry, RegistryOptions, Shim, TestCa, TokenAuth, engine_lock,
+};
 use rcgen::SigningKey as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -35,24 +37,24 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Self {
+    fn new() -> Result<Self, Missing> {
         let ca_dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new(ca_dir.path(), &[ORIGIN, OTHER, AUTH]);
-        let images = Images::new();
+        let ca = TestCa::new(ca_dir.path(), &[ORIGIN, OTHER, AUTH])?;
+        let images = Images::new()?;
         images.build(
             "v1",
             &[("hello", b"hello\n"), ("big", &pseudo_random(4 << 20))],
         );
-        Lab { ca_dir, ca, images }
+        Ok(Lab { ca_dir, ca, images })
     }
 
     /// A TLS registry holding library/demo:v1.
-    fn origin(&self, htpasswd: Option<(&str, &str)>) -> Registry {
+    fn origin(&self, htpasswd: Option<(&str, &str)>) -> Result<Registry, Missing> {
         let origin = Registry::start(RegistryOptions {
             tls: Some(&self.ca),
             htpasswd,
             ..Default::default()
-        });
+        })?;
         let mut extra = Vec::new();
         if let Some((user, password)) = htpasswd {
             extra.push(format!("--dest-creds={user}:{password}"));
@@ -60,12 +62,12 @@ impl Lab {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         self.images
             .push("v1", &format!("{}/library/demo:v1", origin.host()), &extra);
-        origin
+        Ok(origin)
     }
 
     /// A TLS registry with token auth by `issuer`, holding library/demo:v1 (pushed with a token
     /// minted directly: skopeo cannot reach the issuer's host name, which only the shim maps).
-    fn token_origin(&self, issuer: &FakeTokenIssuer) -> Registry {
+    fn token_origin(&self, issuer: &FakeTokenIssuer) -> Result<Registry, Missing> {
         let realm = issuer.realm();
         let origin = Registry::start(RegistryOptions {
             tls: Some(&self.ca),
@@ -76,22 +78,22 @@ impl Lab {
                 rootcertbundle: &issuer.signer_cert,
             }),
             ..Default::default()
-        });
+        })?;
         let token = issuer.mint("seeder", &["repository:library/demo:pull,push".to_owned()]);
         self.images.push(
             "v1",
             &format!("{}/library/demo:v1", origin.host()),
             &["--dest-registry-token", &token],
         );
-        origin
+        Ok(origin)
     }
 
     /// A plain registry holding the same image.
-    fn mirror(&self) -> Registry {
-        let mirror = Registry::start(RegistryOptions::default());
+    fn mirror(&self) -> Result<Registry, Missing> {
+        let mirror = Registry::start(RegistryOptions::default())?;
         self.images
             .push("v1", &format!("{}/library/demo:v1", mirror.host()), &[]);
-        mirror
+        Ok(mirror)
     }
 
     /// The shim for `ORIGIN:port` with `mirrors`, trusting the test CA for its own upstream calls.
@@ -142,10 +144,10 @@ impl Lab {
     }
 
     /// dockerd using the shim as its proxy and trusting the shim's CA for the rule's host.
-    fn dockerd(&self, shim: &Shim) -> Dockerd {
-        let dockerd = Dockerd::start("{}", Some(&shim.url()));
+    fn dockerd(&self, shim: &Shim) -> Result<Dockerd, Missing> {
+        let dockerd = Dockerd::start("{}", Some(&shim.url()))?;
         shim.install_ca(&dockerd.etc.join("certs.d"));
-        dockerd
+        Ok(dockerd)
     }
 
     /// dockerd trusts the shim's CA for `host` (what `install-ca` writes for an exact rule; a
@@ -215,11 +217,11 @@ fn origin_digest(origin: &Registry, repository: &str, tag: &str) -> String {
 #[test]
 fn pulls_go_through_the_first_mirror_and_keep_the_origin_name() {
     let _engine = engine_lock();
-    let lab = Lab::new();
-    let origin = lab.origin(None);
-    let mirror = lab.mirror();
+    let lab = or_skip!(Lab::new());
+    let origin = or_skip!(lab.origin(None));
+    let mirror = or_skip!(lab.mirror());
     let shim = lab.shim(&origin, &[mirror.url()], &[]);
-    let dockerd = lab.dockerd(&shim);
+    let dockerd = or_skip!(lab.dockerd(&shim));
     let image = format!("{ORIGIN}:{}/library/demo:v1", origin.addr.port());
     let origin_before = origin.count("GET", "/v2/library/demo/");
     pull(&dockerd, &image, &shim);
@@ -255,18 +257,18 @@ fn pulls_go_through_the_first_mirror_and_keep_the_origin_name() {
 #[test]
 fn a_mirrors_only_registry_is_never_reached() {
     let _engine = engine_lock();
-    let lab = Lab::new();
-    let origin = lab.origin(None);
+    let lab = or_skip!(Lab::new());
+    let origin = or_skip!(lab.origin(None));
     lab.images
         .push("v1", &format!("{}/library/demo:v2", origin.host()), &[]);
-    let mirror = lab.mirror();
+    let mirror = or_skip!(lab.mirror());
     let port = origin.addr.port();
     let json = format!(
         r#"{{"mirror-registries": [{{"domain": "{ORIGIN}:{port}", "mirrors": ["{}"], "mirrors-only": true}}]}}"#,
         mirror.url()
     );
     let shim = lab.shim_with(&json, &[port], &[]);
-    let dockerd = lab.dockerd(&shim);
+    let dockerd = or_skip!(lab.dockerd(&shim));
     let before = origin.requests();
 
     // On the mirror: pulled (the shim answers dockerd's ping itself).
@@ -307,12 +309,12 @@ fn silent_mirror() -> (String, Arc<AtomicUsize>) {
 #[test]
 fn a_silent_mirror_is_skipped_after_one_timeout() {
     let _engine = engine_lock();
-    let lab = Lab::new();
-    let origin = lab.origin(None);
-    let mirror = lab.mirror();
+    let lab = or_skip!(Lab::new());
+    let origin = or_skip!(lab.origin(None));
+    let mirror = or_skip!(lab.mirror());
     let (silent, connections) = silent_mirror();
     let shim = lab.shim(&origin, &[silent, mirror.url()], &[]);
-    let dockerd = lab.dockerd(&shim);
+    let dockerd = or_skip!(lab.dockerd(&shim));
     let image = format!("{ORIGIN}:{}/library/demo:v1", origin.addr.port());
     let origin_before = origin.count("GET", "/v2/library/demo/");
     let started = std::time::Instant::now();
@@ -341,11 +343,11 @@ fn a_silent_mirror_is_skipped_after_one_timeout() {
 #[test]
 fn all_mirrors_down_falls_back_to_the_origin_with_dockerds_credentials() {
     let _engine = engine_lock();
-    let lab = Lab::new();
-    let origin = lab.origin(Some(("alice", "s3cret")));
+    let lab = or_skip!(Lab::new());
+    let origin = or_skip!(lab.origin(Some(("alice", "s3cret"))));
     let down = format!("http://127.0.0.1:{}", peers::free_port());
     let shim = lab.shim(&origin, &[down], &[]);
-    let dockerd = lab.dockerd(&shim);
+    let dockerd = or_skip!(lab.dockerd(&shim));
     let registry = format!("{ORIGIN}:{}", origin.addr.port());
     let login = dockerd.docker(&["login", "-u", "alice", "-p", "s3cret", &registry]);
     assert!(
@@ -365,11 +367,11 @@ fn all_mirrors_down_falls_back_to_the_origin_with_dockerds_credentials() {
 #[test]
 fn pushes_reach_the_origin_only() {
     let _engine = engine_lock();
-    let lab = Lab::new();
-    let origin = lab.origin(None);
-    let mirror = lab.mirror();
+    let lab = or_skip!(Lab::new());
+    let origin = or_skip!(lab.origin(None));
+    let mirror = or_skip!(lab.mirror());
     let shim = lab.shim(&origin, &[mirror.url()], &[]);
-    let dockerd = lab.dockerd(&shim);
+    let dockerd = or_skip!(lab.dockerd(&shim));
     let registry = format!("{ORIGIN}:{}", origin.addr.port());
     pull(&dockerd, &format!("{registry}/library/demo:v1"), &shim);
     let mirror_before: Vec<usize> = ["POST", "PUT", "PATCH"]
@@ -407,11 +409,11 @@ fn pushes_reach_the_origin_only() {
 #[test]
 fn hosts_without_rules_are_tunnelled() {
     let _engine = engine_lock();
-    let lab = Lab::new();
-    let origin = lab.origin(None);
-    let other = lab.origin(None);
-    let shim = lab.shim(&origin, &[lab.mirror().url()], &[]);
-    let dockerd = lab.dockerd(&shim);
+    let lab = or_skip!(Lab::new());
+    let origin = or_skip!(lab.origin(None));
+    let other = or_skip!(lab.origin(None));
+    let shim = lab.shim(&origin, &[or_skip!(lab.mirror()).url()], &[]);
+    let dockerd = or_skip!(lab.dockerd(&shim));
     let other_host = format!("{OTHER}:{}", other.addr.port());
     lab.trust_test_ca(&dockerd, &other_host);
     let other_before = other.count("GET", "/v2/library/demo/");
@@ -477,12 +479,12 @@ fn resetting_mirror(source: SocketAddr) -> String {
 #[test]
 fn a_mirror_that_breaks_mid_blob_is_resumed_from_the_next() {
     let _engine = engine_lock();
-    let lab = Lab::new();
-    let origin = lab.origin(None);
-    let mirror = lab.mirror();
+    let lab = or_skip!(Lab::new());
+    let origin = or_skip!(lab.origin(None));
+    let mirror = or_skip!(lab.mirror());
     let resetting = resetting_mirror(mirror.addr);
     let shim = lab.shim(&origin, &[resetting, mirror.url()], &[]);
-    let dockerd = lab.dockerd(&shim);
+    let dockerd = or_skip!(lab.dockerd(&shim));
     pull(
         &dockerd,
         &format!("{ORIGIN}:{}/library/demo:v1", origin.addr.port()),
@@ -718,13 +720,13 @@ fn answer_token_request(
 #[test]
 fn a_catch_all_rule_passes_token_requests_through_to_the_token_service() {
     let _engine = engine_lock();
-    let lab = Lab::new();
+    let lab = or_skip!(Lab::new());
     let issuer = FakeTokenIssuer::start(&lab.ca, "alice", "s3cret");
-    let origin = lab.token_origin(&issuer);
+    let origin = or_skip!(lab.token_origin(&issuer));
     let registry = format!("{ORIGIN}:{}", origin.addr.port());
     let down = format!("http://127.0.0.1:{}", peers::free_port());
     let shim = lab.shim_for("*", &[origin.addr.port(), issuer.addr.port()], &[down], &[]);
-    let dockerd = Dockerd::start("{}", Some(&shim.url()));
+    let dockerd = or_skip!(Dockerd::start("{}", Some(&shim.url())));
     lab.trust_shim_ca(&dockerd, &shim, &registry);
 
     let login = dockerd.docker(&["login", "-u", "alice", "-p", "s3cret", &registry]);

@@ -9,12 +9,16 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use peers::{Images, Registry, RegistryOptions, Shim, header, http};
+use peers::{Images, Missing, Registry, RegistryOptions, Shim, header, http};
 
 const ACCEPT: (&str, &str) = ("Accept", "application/vnd.oci.image.manifest.v1+json");
 
-fn seeded(images: &Images, options: RegistryOptions<'_>, creds: Option<&str>) -> Registry {
-    let registry = Registry::start(options);
+fn seeded(
+    images: &Images,
+    options: RegistryOptions<'_>,
+    creds: Option<&str>,
+) -> Result<Registry, Missing> {
+    let registry = Registry::start(options)?;
     let extra: Vec<String> = creds
         .map(|c| format!("--dest-creds={c}"))
         .into_iter()
@@ -25,7 +29,7 @@ fn seeded(images: &Images, options: RegistryOptions<'_>, creds: Option<&str>) ->
         &format!("{}/library/demo:v1", registry.host()),
         &extra,
     );
-    registry
+    Ok(registry)
 }
 
 fn rules(origin: &Registry, mirrors: &[String]) -> String {
@@ -49,17 +53,17 @@ fn manifest_via(shim: &Shim, origin: &Registry) -> u16 {
 
 #[test]
 fn mirrors_get_their_own_credentials_never_the_clients() {
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hi\n")]);
-    let origin = seeded(&images, RegistryOptions::default(), None);
-    let mirror = seeded(
+    let origin = or_skip!(seeded(&images, RegistryOptions::default(), None));
+    let mirror = or_skip!(seeded(
         &images,
         RegistryOptions {
             htpasswd: Some(("mirroruser", "mirrorpass")),
             ..Default::default()
         },
         Some("mirroruser:mirrorpass"),
-    );
+    ));
     let json = rules(&origin, &[mirror.url()]);
 
     // Without credentials for the mirror: it answers 401, the walk moves on to the origin.
@@ -114,11 +118,11 @@ fn mirrors_get_their_own_credentials_never_the_clients() {
 
 #[test]
 fn rules_reload_on_sighup_and_file_change() {
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hi\n")]);
-    let origin = seeded(&images, RegistryOptions::default(), None);
-    let first = seeded(&images, RegistryOptions::default(), None);
-    let second = seeded(&images, RegistryOptions::default(), None);
+    let origin = or_skip!(seeded(&images, RegistryOptions::default(), None));
+    let first = or_skip!(seeded(&images, RegistryOptions::default(), None));
+    let second = or_skip!(seeded(&images, RegistryOptions::default(), None));
     let shim = Shim::start(&rules(&origin, &[first.url()]), &[]);
     let count = |r: &Registry| r.count("GET", "/v2/library/demo/manifests/v1");
     let (a, b) = (count(&first), count(&second));
@@ -154,10 +158,10 @@ fn rules_reload_on_sighup_and_file_change() {
 
 #[test]
 fn resolve_probe_reports_which_endpoint_serves() {
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hi\n")]);
-    let origin = seeded(&images, RegistryOptions::default(), None);
-    let mirror = seeded(&images, RegistryOptions::default(), None);
+    let origin = or_skip!(seeded(&images, RegistryOptions::default(), None));
+    let mirror = or_skip!(seeded(&images, RegistryOptions::default(), None));
     let down = format!("http://127.0.0.1:{}", peers::free_port());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("m.json");
@@ -206,7 +210,7 @@ fn catch_all_with_a_dead_mirror() -> String {
 
 #[test]
 fn paths_outside_the_registry_api_reach_their_host_under_a_catch_all_rule() {
-    let origin = Registry::start(RegistryOptions::default());
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let shim = Shim::start(&catch_all_with_a_dead_mirror(), &[]);
     // Absolute form, as a client with HTTP_PROXY sends it: distribution answers `/` itself.
     let (status, head, _) = http(
@@ -227,10 +231,10 @@ fn paths_outside_the_registry_api_reach_their_host_under_a_catch_all_rule() {
 
 #[test]
 fn hosts_without_rules_get_the_clients_own_authorization() {
-    let origin = Registry::start(RegistryOptions {
+    let origin = or_skip!(Registry::start(RegistryOptions {
         htpasswd: Some(("alice", "s3cret")),
         ..Default::default()
-    });
+    }));
     let other = format!("http://127.0.0.1:{}", peers::free_port());
     let shim = Shim::start(
         &format!(
@@ -355,11 +359,11 @@ fn mirrors_only(origin: &Registry, mirrors: &[String]) -> String {
 
 #[test]
 fn a_mirrors_only_registry_is_never_reached() {
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hi\n")]);
-    let origin = seeded(&images, RegistryOptions::default(), None);
+    let origin = or_skip!(seeded(&images, RegistryOptions::default(), None));
     images.push("v1", &format!("{}/library/demo:v2", origin.host()), &[]);
-    let mirror = seeded(&images, RegistryOptions::default(), None);
+    let mirror = or_skip!(seeded(&images, RegistryOptions::default(), None));
     let dead = format!("http://127.0.0.1:{}", peers::free_port());
     let shim = Shim::start(&mirrors_only(&origin, &[dead.clone(), mirror.url()]), &[]);
     let before = origin.requests();
@@ -473,10 +477,10 @@ fn a_mirrors_only_registry_is_never_reached() {
 
 #[test]
 fn the_status_page_shows_rules_breakers_and_failovers() {
-    let images = Images::new();
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hi\n")]);
-    let origin = seeded(&images, RegistryOptions::default(), None);
-    let mirror = seeded(&images, RegistryOptions::default(), None);
+    let origin = or_skip!(seeded(&images, RegistryOptions::default(), None));
+    let mirror = or_skip!(seeded(&images, RegistryOptions::default(), None));
     let dead = format!("http://127.0.0.1:{}", peers::free_port());
     let shim = Shim::start(&rules(&origin, &[dead.clone(), mirror.url()]), &[]);
     assert_eq!(manifest_via(&shim, &origin), 200);

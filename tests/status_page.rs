@@ -83,17 +83,19 @@ fn section<'a>(dom: &'a str, id: &str) -> &'a str {
 /// apart from a client's 404, one line per stale tag; unknown paths are 404 and no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_fills_an_outage_storage_and_errors_in_a_browser() {
-    let binary = peers::require("chromium", "chromium");
-    let images = peers::Images::new();
+    let binary = or_skip!(peers::require("chromium", "chromium"));
+    let images = or_skip!(peers::Images::new());
     let layer = random_bytes(300_000, 3);
-    let (mut registry, images) = tokio::task::spawn_blocking(move || {
-        images.build("v1", &[("data", &layer[..])]);
-        let registry = peers::Registry::start(peers::RegistryOptions::default());
-        images.push("v1", &format!("{}/library/demo:v1", registry.host()), &[]);
-        (registry, images)
-    })
-    .await
-    .unwrap();
+    let (mut registry, images) = or_skip!(
+        tokio::task::spawn_blocking(move || {
+            images.build("v1", &[("data", &layer[..])]);
+            let registry = peers::Registry::start(peers::RegistryOptions::default())?;
+            images.push("v1", &format!("{}/library/demo:v1", registry.host()), &[]);
+            Ok::<_, peers::Missing>((registry, images))
+        })
+        .await
+        .unwrap()
+    );
     let upstream = FakeUpstream::start().await;
     let small = random_bytes(20_000, 1);
     let small_digest = digest_of(&small);
@@ -321,7 +323,7 @@ async fn the_status_page_shows_fills_an_outage_storage_and_errors_in_a_browser()
 async fn with_auth_the_status_page_needs_it_too() {
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = peers::htpasswd_file(dir.path(), "ops", "s3cret-pass");
+    let file = or_skip!(peers::htpasswd_file(dir.path(), "ops", "s3cret-pass"));
     let cache = Cache::start(&format!(
         "proxy: {{remoteurl: {}, username: hubuser, password: hub-token-secret}}\nauth: {{htpasswd: {{path: {}}}}}\n",
         upstream.url(),

@@ -10,7 +10,7 @@ mod peers;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use peers::{Images, Registry, RegistryOptions, Regmirror, TestCa, http};
+use peers::{Images, Missing, Registry, RegistryOptions, Regmirror, TestCa, http};
 use sha2::{Digest as _, Sha256};
 
 const ORIGIN: &str = "reg.example.test";
@@ -25,19 +25,19 @@ struct Lab {
 
 impl Lab {
     /// The registry serves `tls`'s certificate and key.
-    fn new(tls: &TestCa) -> Self {
-        let images = Images::new();
+    fn new(tls: &TestCa) -> Result<Self, Missing> {
+        let images = Images::new()?;
         images.build("v1", &[("hello", b"hello\n")]);
         let registry = Registry::start(RegistryOptions {
             tls: Some(tls),
             ..Default::default()
-        });
+        })?;
         images.push("v1", &format!("{}/library/demo:v1", registry.host()), &[]);
-        Lab {
+        Ok(Lab {
             dir: tempfile::tempdir().unwrap(),
             images,
             registry,
-        }
+        })
     }
 
     /// `host:port` as clients name the registry.
@@ -110,8 +110,8 @@ impl Lab {
 #[test]
 fn the_cache_trusts_a_certs_d_ca_for_its_upstream() {
     let ca_dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(ca_dir.path(), &[ORIGIN]);
-    let lab = Lab::new(&ca);
+    let ca = or_skip!(TestCa::new(ca_dir.path(), &[ORIGIN]));
+    let lab = or_skip!(Lab::new(&ca));
     let certs = lab.certs_d(&ca.ca_cert);
 
     // Without the CA the certificate is refused: TLS is really checked.
@@ -151,8 +151,8 @@ fn a_certs_dir_that_is_not_a_directory_is_refused_at_start() {
 /// registry": `openssl req -newkey rsa:4096 -nodes -sha256 -keyout domain.key -x509 -days 365
 /// -out domain.crt`), with the name given on the command line instead of at the prompt. OpenSSL 3
 /// marks it `CA:TRUE`; Docker's docs then place it in certs.d as `ca.crt`.
-fn docker_documented_certificate(dir: &Path) -> TestCa {
-    peers::require("openssl", "openssl");
+fn docker_documented_certificate(dir: &Path) -> Result<TestCa, Missing> {
+    peers::require("openssl", "openssl")?;
     let crt = dir.join("domain.crt");
     let key = dir.join("domain.key");
     peers::run(
@@ -174,18 +174,18 @@ fn docker_documented_certificate(dir: &Path) -> TestCa {
     );
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("CA:TRUE"), "{text}");
-    TestCa {
+    Ok(TestCa {
         ca_cert: crt.clone(),
         cert: crt,
         key,
-    }
+    })
 }
 
 #[test]
 fn a_registry_certificate_made_as_dockers_docs_say_serves_the_cache() {
     let cert_dir = tempfile::tempdir().unwrap();
-    let domain = docker_documented_certificate(cert_dir.path());
-    let lab = Lab::new(&domain);
+    let domain = or_skip!(docker_documented_certificate(cert_dir.path()));
+    let lab = or_skip!(Lab::new(&domain));
     let certs = lab.certs_d(&domain.cert);
     let cache = lab.cache(&["--certs-dir", certs.to_str().unwrap()]);
     lab.pull(cache.addr, None, &|| cache.log());
@@ -223,8 +223,8 @@ fn a_registry_certificate_made_as_dockers_docs_say_serves_the_cache() {
 #[test]
 fn a_registry_certificate_made_as_dockers_docs_say_serves_the_shim() {
     let cert_dir = tempfile::tempdir().unwrap();
-    let domain = docker_documented_certificate(cert_dir.path());
-    let lab = Lab::new(&domain);
+    let domain = or_skip!(docker_documented_certificate(cert_dir.path()));
+    let lab = or_skip!(Lab::new(&domain));
     let certs = lab.certs_d(&domain.cert);
     // The rule's only mirror refuses connections: the walk goes on to the origin.
     let rules = format!(
@@ -248,8 +248,8 @@ fn a_registry_certificate_made_as_dockers_docs_say_serves_the_shim() {
 #[test]
 fn a_registry_certificate_made_as_dockers_docs_say_serves_resolve_probe() {
     let cert_dir = tempfile::tempdir().unwrap();
-    let domain = docker_documented_certificate(cert_dir.path());
-    let lab = Lab::new(&domain);
+    let domain = or_skip!(docker_documented_certificate(cert_dir.path()));
+    let lab = or_skip!(Lab::new(&domain));
     let certs = lab.certs_d(&domain.cert);
     let config = lab.dir.path().join("mirrors.json");
     std::fs::write(&config, "{}").unwrap();

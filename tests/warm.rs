@@ -11,13 +11,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use peers::{Images, Registry, RegistryOptions, Regmirror, skopeo_pull};
+use peers::{Images, Missing, Registry, RegistryOptions, Regmirror, skopeo_pull};
 
 /// An origin holding `library/demo:v1` (one layer), `library/other:v1` (another image) and
 /// `library/multi:v1` (an index of `v1` for linux/amd64 and `arm` for linux/arm64).
-fn seeded_origin() -> (Registry, Images) {
-    let origin = Registry::start(RegistryOptions::default());
-    let images = Images::new();
+fn seeded_origin() -> Result<(Registry, Images), Missing> {
+    let origin = Registry::start(RegistryOptions::default())?;
+    let images = Images::new()?;
     images.build(
         "v1",
         &[
@@ -35,7 +35,7 @@ fn seeded_origin() -> (Registry, Images) {
         &format!("{}/library/multi:v1", origin.host()),
         &["--all"],
     );
-    (origin, images)
+    Ok((origin, images))
 }
 
 /// Runs `regmirror warm --cache URL ARGS` with stdout and stderr piped (no terminal).
@@ -128,7 +128,7 @@ fn pull(via: &str, path: &str, dest: &Path, extra: &[&str]) -> Vec<u8> {
 
 #[test]
 fn after_warm_skopeo_pulls_without_asking_the_origin() {
-    let (origin, images) = seeded_origin();
+    let (origin, images) = or_skip!(seeded_origin());
     // tag_revalidate: a tag the cache holds is served without asking (by default every pull of
     // a tag costs one HEAD upstream, see the next tests).
     let cache = Regmirror::serve(
@@ -211,7 +211,7 @@ fn after_warm_skopeo_pulls_without_asking_the_origin() {
 
 #[test]
 fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
-    let (origin, images) = seeded_origin();
+    let (origin, images) = or_skip!(seeded_origin());
     let cache = Regmirror::serve(
         &format!("proxy: {{remoteurl: {}, tag_revalidate: 1h}}", origin.url()),
         &[],
@@ -277,7 +277,7 @@ fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
     );
 
     // On a terminal (script(1) gives it one) warm draws bars and still ends with the summary.
-    let output = Command::new(peers::require("script", "bsdutils"))
+    let output = Command::new(or_skip!(peers::require("script", "bsdutils")))
         .args(["-qec"])
         .arg(format!(
             "{} warm --cache {} {}/library/other:v1",
@@ -304,10 +304,10 @@ fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
 
 #[test]
 fn a_missing_image_fails_alone_and_routing_is_by_ns() {
-    let (origin, images) = seeded_origin();
+    let (origin, images) = or_skip!(seeded_origin());
     // The cache's default upstream is an empty registry: only `?ns=` routes warm's requests to
     // the origin. The default tag_revalidate (0): every pull of a tag asks with a HEAD.
-    let empty = Registry::start(RegistryOptions::default());
+    let empty = or_skip!(Registry::start(RegistryOptions::default()));
     let cache = Regmirror::serve(
         &format!(
             "proxy:\n  remoteregistries:\n  - url: {}\n  - url: {}\n",
@@ -450,12 +450,12 @@ fn bad_input_exits_2_and_an_unreachable_cache_fails_each_image() {
 
 #[test]
 fn a_cache_with_htpasswd_is_warmed_with_docker_credentials() {
-    let origin = Registry::start(RegistryOptions::default());
-    let images = Images::new();
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    let images = or_skip!(Images::new());
     images.build("v1", &[("hello", b"hello from v1\n")]);
     images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = peers::htpasswd_file(dir.path(), "carol", "pa55word");
+    let htpasswd = or_skip!(peers::htpasswd_file(dir.path(), "carol", "pa55word"));
     let cache = Regmirror::serve(
         &format!(
             "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",

@@ -1,39 +1,8 @@
-//! `references`, `required_references`, `subject`, `referrer_descriptor`, `media_type` and
-//! `pushed_media_type` on arbitrary bytes: never panic, every digest they return is a valid
-//! one, what a push requires is among what the manifest references, a referrer's descriptor
-//! names the digest and size it was given, and a manifest's type is always a manifest media
-//! type.
+//! libFuzzer's entry for the `manifest` property: tests/fuzz_properties/manifest.rs says what
+//! it checks and what the input is.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use regmirror::cache::manifest::{
-    media_type, pushed_media_type, references, referrer_descriptor, required_references, subject,
-};
-use regmirror::reference::Digest;
-use regmirror::registry::MANIFEST_MEDIA_TYPES;
+#[path = "../../tests/fuzz_properties/manifest.rs"]
+mod property;
 
-fuzz_target!(|bytes: &[u8]| {
-    let all = references(bytes);
-    for digest in &all {
-        assert_eq!(Digest::parse(digest.as_str()).as_ref(), Ok(digest));
-    }
-    for digest in required_references(bytes) {
-        assert!(
-            all.contains(&digest),
-            "{digest} required but not referenced"
-        );
-    }
-    if let Some(subject) = subject(bytes) {
-        assert_eq!(Digest::parse(subject.as_str()).as_ref(), Ok(&subject));
-    }
-    let digest = Digest::sha256_from_bytes(&[0; 32]);
-    let descriptor = referrer_descriptor(bytes, &digest, "m");
-    assert_eq!(descriptor["digest"], digest.as_str());
-    assert_eq!(descriptor["size"], bytes.len());
-    for content_type in [None, Some("text/html"), Some(MANIFEST_MEDIA_TYPES[0])] {
-        assert!(MANIFEST_MEDIA_TYPES.contains(&media_type(bytes, content_type)));
-        if let Ok(pushed) = pushed_media_type(bytes, content_type) {
-            assert!(MANIFEST_MEDIA_TYPES.contains(&pushed));
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|bytes: &[u8]| property::check(bytes));

@@ -1,20 +1,8 @@
-//! `parse_range` with an arbitrary header and blob size: never panics, and a range it grants
-//! lies inside the blob and is not empty.
-//!
-//! Input: the size in decimal on the first line (anything else: its length is the size), the
-//! header value after it, so the corpus stays readable.
+//! libFuzzer's entry for the `range` property: tests/fuzz_properties/range.rs says what
+//! it checks and what the input is.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use regmirror::cache::range::parse_range;
+#[path = "../../tests/fuzz_properties/range.rs"]
+mod property;
 
-fuzz_target!(|input: &str| {
-    let (size, header) = input.split_once('\n').unwrap_or(("", input));
-    let size = size.parse().unwrap_or(size.len() as u64);
-    if let Ok(Some(range)) = parse_range(header, size) {
-        assert!(
-            range.start < range.end && range.end <= size,
-            "{header:?} of {size} gave {range:?}"
-        );
-    }
-});
+libfuzzer_sys::fuzz_target!(|input: &str| property::check(input));

@@ -1,26 +1,8 @@
-//! `ImageRef::parse` on arbitrary text: never panics, and a parsed reference printed in its full
-//! form parses back to the same value (normalisation is idempotent).
+//! libFuzzer's entry for the `reference` property: tests/fuzz_properties/reference.rs says what
+//! it checks and what the input is.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use regmirror::reference::{ImageRef, is_valid_host, is_valid_path_component, is_valid_tag};
+#[path = "../../tests/fuzz_properties/reference.rs"]
+mod property;
 
-fuzz_target!(|input: &str| {
-    let Ok(image) = ImageRef::parse(input) else {
-        return;
-    };
-    assert!(is_valid_host(image.registry()), "{image:?}");
-    assert!(
-        image.repository().split('/').all(is_valid_path_component),
-        "{image:?}"
-    );
-    assert!(image.tag().is_none_or(is_valid_tag), "{image:?}");
-    assert!(
-        image.tag().is_some() || image.digest().is_some(),
-        "{image:?}"
-    );
-    let printed = image.to_string();
-    let again = ImageRef::parse(&printed)
-        .unwrap_or_else(|e| panic!("{input:?} printed as {printed:?} does not parse: {e}"));
-    assert_eq!(again, image, "{input:?} printed as {printed:?}");
-});
+libfuzzer_sys::fuzz_target!(|input: &str| property::check(input));

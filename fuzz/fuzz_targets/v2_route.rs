@@ -1,41 +1,8 @@
-//! `registry::route::parse` on arbitrary request paths: never panics, and every name, tag, digest
-//! and upload id it accepts is safe to build a storage path from (no empty, `.` or `..`
-//! component, no backslash, a valid registry host when one leads the name).
+//! libFuzzer's entry for the `v2_route` property: tests/fuzz_properties/v2_route.rs says what
+//! it checks and what the input is.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use regmirror::reference::{Digest, is_valid_host, is_valid_tag};
-use regmirror::registry::route::{ManifestRef, V2Request, parse, split_registry_prefix};
+#[path = "../../tests/fuzz_properties/v2_route.rs"]
+mod property;
 
-fuzz_target!(|path: &str| {
-    let Ok(request) = parse(path) else {
-        return;
-    };
-    let (name, component) = match &request {
-        V2Request::Base | V2Request::Catalog => return,
-        V2Request::Tags { name } => (name, None),
-        V2Request::Manifest { name, reference } => match reference {
-            ManifestRef::Tag(tag) => {
-                assert!(is_valid_tag(tag), "{path:?}: tag {tag:?}");
-                (name, Some(tag.as_str()))
-            }
-            ManifestRef::Digest(digest) => (name, Some(checked(digest))),
-        },
-        V2Request::Blob { name, digest } => (name, Some(checked(digest))),
-        V2Request::Upload { name, id } => (name, id.as_deref()),
-        V2Request::Referrers { name, subject } => (name, Some(checked(subject))),
-    };
-    let (host, repository) = split_registry_prefix(name);
-    assert!(host.is_none_or(is_valid_host), "{path:?}: host {host:?}");
-    for part in repository.split('/').chain(component) {
-        assert!(
-            !matches!(part, "" | "." | "..") && !part.contains(['/', '\\']),
-            "{path:?}: unsafe component {part:?} in {request:?}"
-        );
-    }
-});
-
-fn checked(digest: &Digest) -> &str {
-    assert_eq!(Digest::parse(digest.as_str()).as_ref(), Ok(digest));
-    digest.hex()
-}
+libfuzzer_sys::fuzz_target!(|path: &str| property::check(path));

@@ -33,12 +33,9 @@ use super::store::BlobStore;
 use super::{App, Handles, Options, http};
 use crate::config::MirrorConfig;
 use crate::config::cache::{CacheConfig, StorageBackend};
-use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
+use crate::listen::{self, Listener, StallTimeout};
 use crate::resolve::{BuildError, Resolver};
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
-
-/// The most a connection buffers: its request head, and queued response body.
-const MAX_CONNECTION_BUFFER: usize = 64 << 10;
 
 /// What `regmirror serve` runs.
 #[derive(Debug)]
@@ -73,7 +70,7 @@ pub enum StartError {
     Mirrors(#[source] BuildError),
     /// The upstream client could not be built.
     #[error("client: {0}")]
-    Client(String),
+    Client(#[source] crate::upstream::ClientError),
     #[error("auth.htpasswd.path {}: {source}", path.display())]
     HtpasswdFile { path: PathBuf, source: io::Error },
     #[error("auth.htpasswd: {0}")]
@@ -190,7 +187,7 @@ impl Server {
             );
         }
         Ok(Server {
-            listener: accepting(config, listener),
+            listener: Listener::capped(listener, config.limits.max_connections),
             app,
             grace: options.grace,
             tls,
@@ -242,7 +239,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         use hyper::body::Incoming;
-        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::rt::TokioIo;
         let Server {
             mut listener,
             app,
@@ -267,8 +264,6 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let peer = accepted.peer;
-            // No Nagle: a response's head and body go out at once (else delayed ACKs add ~40 ms).
-            let _ = accepted.stream.set_nodelay(true);
             let stream = StallTimeout::new(accepted.stream, limits.idle_timeout);
             let slot = accepted.slot;
             let tls = tls.clone();
@@ -294,13 +289,7 @@ impl Server {
                         }
                     }
                 };
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    // Request heads up to 64 KiB; and hyper queues at most this much of a
-                    // response body per connection, so a client that stops reading holds
-                    // little beyond the chunk being written (see `buffers`).
-                    .max_buf_size(MAX_CONNECTION_BUFFER)
+                let connection = listen::http1(limits.header_timeout)
                     .serve_connection(TokioIo::new(io), service);
                 if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %e, "connection ended");
@@ -414,23 +403,6 @@ fn handles(
         fleet,
         status,
     })
-}
-
-/// Accepting on `listener` under `limits.max_connections` (by default what the open-file limit,
-/// raised first, supports).
-fn accepting(config: &CacheConfig, listener: tokio::net::TcpListener) -> Listener {
-    let open_files = raise_open_file_limit();
-    let supported = connections_for(open_files);
-    let max_connections = config.limits.max_connections.unwrap_or(supported);
-    if max_connections > supported {
-        tracing::warn!(
-            max_connections,
-            open_files,
-            "limits.max_connections is more than the open-file limit supports; accepting \
-             will back off when descriptors run out"
-        );
-    }
-    Listener::new(listener, max_connections)
 }
 
 /// A connection's byte stream, plain or TLS.

@@ -91,7 +91,8 @@ pub fn containerd_hosts(args: ContainerdArgs) -> anyhow::Result<ExitCode> {
 /// The hosts.toml files the mirror config asks for, by registry directory (warnings printed).
 fn containerd_files(args: &ContainerdArgs) -> anyhow::Result<BTreeMap<String, String>> {
     let config = args.config.load("containerd-hosts")?;
-    let version = containerd::Version::parse(&args.containerd_version).map_err(BadInput)?;
+    let version = containerd::Version::parse(&args.containerd_version)
+        .map_err(|e| BadInput(e.to_string()))?;
     let generated = containerd::generate(&config, &args.config.source_names(), version)
         .map_err(|e| BadInput(e.to_string()))?;
     warn(&generated.warnings);

@@ -95,7 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "no proxy section: a plain registry (every repository local; pushes accepted)"
         );
     }
-    let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
+    let overrides = HostOverrides::parse(&args.add_host).map_err(|e| BadInput(e.to_string()))?;
     let host_roots = match &args.certs_dir {
         Some(dir) if !dir.is_dir() => {
             return Err(BadInput(format!("--certs-dir {}: not a directory", dir.display())).into());

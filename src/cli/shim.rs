@@ -105,14 +105,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let access = Access::new(args.listen, &args.allow_clients).map_err(BadInput)?;
+    let access =
+        Access::new(args.listen, &args.allow_clients).map_err(|e| BadInput(e.to_string()))?;
     let config = args.config.load("shim")?;
     let ca =
         CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
-            .map_err(BadInput)?
+            .map_err(|e| BadInput(e.to_string()))?
             .with_leaf_capacity(args.leaf_cache as usize);
     let resolver = Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;
-    let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
+    let overrides = HostOverrides::parse(&args.add_host).map_err(|e| BadInput(e.to_string()))?;
     let timeouts = Timeouts {
         connect: super::serve::seconds("--connect-timeout", args.connect_timeout)?,
         first_byte: super::serve::seconds("--first-byte-timeout", args.first_byte_timeout)?,
@@ -135,7 +136,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         timeouts,
         &roots,
     )
-    .map_err(BadInput)?;
+    .map_err(|e| BadInput(e.to_string()))?;
     let shim = Arc::new(Shim::new(
         resolver,
         client,
@@ -214,7 +215,7 @@ fn install_ca(args: InstallCaArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load("shim")?;
     let ca =
         CertificateAuthority::load_or_create(&args.state_dir, Constraints::for_config(&config))
-            .map_err(BadInput)?;
+            .map_err(|e| BadInput(e.to_string()))?;
     for dir in cert_dirs(&config) {
         let target = args.docker_certs_dir.join(&dir);
         std::fs::create_dir_all(&target)?;

@@ -18,7 +18,7 @@ use crate::config::docker_auth::RegistryAuths;
 use crate::reference::ImageRef;
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 use crate::warm::plan::{self, Platform, Source};
-use crate::warm::{Item, Options, Report, Totals, Warmer};
+use crate::warm::{Item, Options, Report, Totals, WarmError, Warmer};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let warmer = Warmer::new(client, options, report);
     let outcome = runtime.block_on(warmer.warm(images));
     drop(warmer);
-    let failed: Vec<&(String, Result<(), String>)> =
+    let failed: Vec<&(String, Result<(), WarmError>)> =
         outcome.images.iter().filter(|(_, r)| r.is_err()).collect();
     let _ = writeln!(
         std::io::stdout().lock(),

@@ -35,16 +35,16 @@ pub struct Version {
 
 impl Version {
     /// Parses `X.Y` or `X.Y.Z`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, VersionError> {
+        let refused = || VersionError { text: s.to_owned() };
         let parts: Vec<&str> = s.trim().trim_start_matches('v').split('.').collect();
-        let number = |i: usize| -> Result<u32, String> {
-            parts.get(i).map_or(Ok(0), |p| {
-                p.parse()
-                    .map_err(|_| format!("{s:?} is not a version like 1.7 or 2.1"))
-            })
+        let number = |i: usize| -> Result<u32, VersionError> {
+            parts
+                .get(i)
+                .map_or(Ok(0), |p| p.parse().map_err(|_| refused()))
         };
         if parts.len() < 2 || parts.len() > 3 {
-            return Err(format!("{s:?} is not a version like 1.7 or 2.1"));
+            return Err(refused());
         }
         Ok(Version {
             major: number(0)?,
@@ -60,6 +60,13 @@ impl Version {
             patch,
         }
     }
+}
+
+/// A `--containerd-version` that is not `X.Y` or `X.Y.Z`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a version like 1.7 or 2.1")]
+pub struct VersionError {
+    pub text: String,
 }
 
 /// `_default` directories are read from 1.6.17 on (and by 1.7.0+).

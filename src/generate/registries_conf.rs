@@ -27,8 +27,8 @@
 //! that are not written out: both are warned about.
 
 use super::{Warning, marker_line, named, toml_string};
-use crate::config::{DomainPattern, MirrorConfig};
-use crate::resolve::{BuildError, Endpoint, Resolver, Role, TlsMode};
+use crate::config::{DomainPattern, MirrorConfig, MirrorRule};
+use crate::resolve::{BuildError, Endpoint, Endpoints, Resolver, Role, TlsMode};
 
 /// The drop-in text and what could not be expressed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -58,101 +58,130 @@ pub fn generate(
     };
     let mut served: Vec<Served> = Vec::new();
     for registry in named::registries(config, &resolver, registries) {
-        let (mut mirrors, origin): (Vec<Endpoint>, Vec<Endpoint>) = registry
-            .endpoints
-            .into_iter()
-            .partition(|e| e.role == Role::Mirror);
-        let (location, insecure) = if registry.omitted_origin.is_some() {
-            // mirrors-only: the last mirror is where the namespace lives.
-            let last = mirrors
-                .pop()
-                .expect("an answer without its origin has a mirror");
-            let location = mirror_location(&last).to_owned();
-            mirrors.retain(|m| mirror_location(m) != location);
-            record(&mut served, &location, &last.url, &registry.registry);
-            (location, last.tls != TlsMode::Verify)
-        } else {
-            let insecure = origin.iter().any(|e| e.tls != TlsMode::Verify);
-            (registry.registry.to_string(), insecure)
-        };
-        out.text.push_str(&format!(
-            "\n[[registry]]\nprefix = {}\nlocation = {}\ninsecure = {insecure}\n",
-            toml_string(&registry.registry),
-            toml_string(&location)
-        ));
-        push_mirrors(&mut out.text, &mut served, &registry.registry, &mirrors);
+        push_registry(&mut out.text, &mut served, registry);
     }
     for rule in &config.rules {
-        let location = rule.location.to_string();
-        match &rule.domain {
-            DomainPattern::Exact(_) => {}
-            DomainPattern::Suffix(pattern) => {
-                let mirrors = resolver
-                    .wildcard_mirrors(&rule.domain)
-                    .expect("the resolver compiled the pattern rule");
-                out.text
-                    .push_str(&format!("\n[[registry]]\nprefix = {}\n", toml_string(pattern)));
-                push_mirrors(&mut out.text, &mut served, pattern, &mirrors);
-                if rule.mirrors_only.is_some() {
-                    out.warnings.push(Warning {
-                        location: location.clone(),
-                        message: format!(
-                            "registries.conf cannot keep the origin out under the prefix {pattern:?}: \
-                             containers-registries.conf(5) documents a `*.suffix` prefix without `location`, so \
-                             podman tries the origin of a registry it covers after the mirrors; name such a \
-                             registry (an exact rule, insecure-registries or --registry HOST) to have it written \
-                             mirrors-only"
-                        ),
-                    });
-                }
+        push_rule(&mut out, &mut served, &resolver, rule, registries);
+    }
+    warn_registries_without_rule(&mut out.warnings, &resolver, registries);
+    warn_mirrors(&mut out.warnings, config, &served);
+    Ok(out)
+}
+
+/// The `[[registry]]` of a registry the configuration names, from the resolver's answer.
+fn push_registry(text: &mut String, served: &mut Vec<Served>, registry: Endpoints) {
+    let (mut mirrors, origin): (Vec<Endpoint>, Vec<Endpoint>) = registry
+        .endpoints
+        .into_iter()
+        .partition(|e| e.role == Role::Mirror);
+    let (location, insecure) = if registry.omitted_origin.is_some() {
+        // mirrors-only: the last mirror is where the namespace lives.
+        let last = mirrors
+            .pop()
+            .expect("an answer without its origin has a mirror");
+        let location = mirror_location(&last).to_owned();
+        mirrors.retain(|m| mirror_location(m) != location);
+        record(served, &location, &last.url, &registry.registry);
+        (location, last.tls != TlsMode::Verify)
+    } else {
+        let insecure = origin.iter().any(|e| e.tls != TlsMode::Verify);
+        (registry.registry.to_string(), insecure)
+    };
+    text.push_str(&format!(
+        "\n[[registry]]\nprefix = {}\nlocation = {}\ninsecure = {insecure}\n",
+        toml_string(&registry.registry),
+        toml_string(&location)
+    ));
+    push_mirrors(text, served, &registry.registry, &mirrors);
+}
+
+/// What `rule` adds beyond the registries written out: a pattern's `*.suffix` prefix with its
+/// mirrors, and the warnings for what registries.conf cannot say (ports under a pattern, the `*`
+/// rule's registries not written out, mirrors-only for pushes and patterns).
+fn push_rule(
+    out: &mut RegistriesConf,
+    served: &mut Vec<Served>,
+    resolver: &Resolver,
+    rule: &MirrorRule,
+    registries: &[String],
+) {
+    let location = rule.location.to_string();
+    match &rule.domain {
+        DomainPattern::Exact(_) => {}
+        DomainPattern::Suffix(pattern) => {
+            let mirrors = resolver
+                .wildcard_mirrors(&rule.domain)
+                .expect("the resolver compiled the pattern rule");
+            out.text
+                .push_str(&format!("\n[[registry]]\nprefix = {}\n", toml_string(pattern)));
+            push_mirrors(&mut out.text, served, pattern, &mirrors);
+            if rule.mirrors_only.is_some() {
                 out.warnings.push(Warning {
-                    location,
+                    location: location.clone(),
                     message: format!(
-                        "registries.conf's prefix {pattern:?} also matches hosts with a port (x{}:5000), which this rule \
-                         does not cover: podman and CRI-O send their pulls to its mirrors too; name such a registry (an exact \
-                         rule, insecure-registries or --registry HOST) to have it written as regmirror resolves it",
-                        &pattern[1..]
+                        "registries.conf cannot keep the origin out under the prefix {pattern:?}: \
+                         containers-registries.conf(5) documents a `*.suffix` prefix without `location`, so \
+                         podman tries the origin of a registry it covers after the mirrors; name such a \
+                         registry (an exact rule, insecure-registries or --registry HOST) to have it written \
+                         mirrors-only"
                     ),
                 });
             }
-            DomainPattern::Any if registries.is_empty() || rule.mirrors_only.is_some() => {
-                out.warnings.push(Warning {
-                    location,
-                    message: format!(
-                        "registries.conf has no catch-all: the `*` rule is written only for the registries the \
-                         configuration names{}{}; name the others it should cover with --registry HOST",
-                        if registries.is_empty() {
-                            ""
-                        } else {
-                            " and --registry"
-                        },
-                        if rule.mirrors_only.is_some() {
-                            "; it is mirrors-only, so podman reaches every other registry's origin directly"
-                        } else {
-                            ""
-                        }
-                    ),
-                })
-            }
-            DomainPattern::Any => {}
-        }
-        if let Some(only) = &rule.mirrors_only {
             out.warnings.push(Warning {
-                location: only.to_string(),
+                location,
                 message: format!(
-                    "registries.conf redirects pulls only (containers-registries.conf(5): \"redirection and \
-                     mirrors are currently processed only when reading images, not when pushing\"): pushes \
-                     to the registries of the mirrors-only rule {:?} still go to their origin",
-                    rule.domain.as_str()
+                    "registries.conf's prefix {pattern:?} also matches hosts with a port (x{}:5000), which this rule \
+                     does not cover: podman and CRI-O send their pulls to its mirrors too; name such a registry (an exact \
+                     rule, insecure-registries or --registry HOST) to have it written as regmirror resolves it",
+                    &pattern[1..]
                 ),
             });
         }
+        DomainPattern::Any if registries.is_empty() || rule.mirrors_only.is_some() => {
+            out.warnings.push(Warning {
+                location,
+                message: format!(
+                    "registries.conf has no catch-all: the `*` rule is written only for the registries the \
+                     configuration names{}{}; name the others it should cover with --registry HOST",
+                    if registries.is_empty() {
+                        ""
+                    } else {
+                        " and --registry"
+                    },
+                    if rule.mirrors_only.is_some() {
+                        "; it is mirrors-only, so podman reaches every other registry's origin directly"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+        }
+        DomainPattern::Any => {}
     }
+    if let Some(only) = &rule.mirrors_only {
+        out.warnings.push(Warning {
+            location: only.to_string(),
+            message: format!(
+                "registries.conf redirects pulls only (containers-registries.conf(5): \"redirection and \
+                 mirrors are currently processed only when reading images, not when pushing\"): pushes \
+                 to the registries of the mirrors-only rule {:?} still go to their origin",
+                rule.domain.as_str()
+            ),
+        });
+    }
+}
+
+/// A warning for each `--registry` that no rule covers: written with its origin only.
+fn warn_registries_without_rule(
+    warnings: &mut Vec<Warning>,
+    resolver: &Resolver,
+    registries: &[String],
+) {
     let mut reported: Vec<&str> = Vec::new();
     for host in registries {
         if !resolver.has_rule(host) && !reported.contains(&host.as_str()) {
             reported.push(host);
-            out.warnings.push(Warning {
+            warnings.push(Warning {
                 location: String::new(),
                 message: format!(
                     "--registry {host}: no rule covers it; written with its origin only, as regmirror resolves it"
@@ -160,10 +189,16 @@ pub fn generate(
             });
         }
     }
-    for mirror in &served {
+}
+
+/// A warning for each mirror registries.conf reads differently: one with a path (a namespace
+/// there, an API root to docker and containerd) and one serving several prefixes (podman and
+/// CRI-O send no `?ns=`).
+fn warn_mirrors(warnings: &mut Vec<Warning>, config: &MirrorConfig, served: &[Served]) {
+    for mirror in served {
         let location = configured_at(config, &mirror.url);
         if mirror.location.contains('/') {
-            out.warnings.push(Warning {
+            warnings.push(Warning {
                 location: location.clone(),
                 message: format!(
                     "mirror {} has a path: in registries.conf a mirror path rewrites the repository namespace \
@@ -173,7 +208,7 @@ pub fn generate(
             });
         }
         if mirror.prefixes.len() > 1 {
-            out.warnings.push(Warning {
+            warnings.push(Warning {
                 location,
                 message: format!(
                     "mirror {} serves {} in registries.conf, but podman and CRI-O send no ?ns=: the mirror cannot \
@@ -184,7 +219,6 @@ pub fn generate(
             });
         }
     }
-    Ok(out)
 }
 
 /// One `[[registry.mirror]]` per mirror location (an http and an https URL for the same

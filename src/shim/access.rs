@@ -26,18 +26,14 @@ pub struct Access {
 
 impl Access {
     /// `clients` are `--allow-clients` entries: CIDRs or single addresses.
-    pub fn new(listen: SocketAddr, clients: &[String]) -> Result<Self, String> {
+    pub fn new(listen: SocketAddr, clients: &[String]) -> Result<Self, AccessError> {
         let clients = clients
             .iter()
             .map(|text| parse_client(text))
             .collect::<Result<Vec<_>, _>>()?;
         let beyond_loopback = !listen.ip().to_canonical().is_loopback();
         if beyond_loopback && clients.is_empty() {
-            return Err(format!(
-                "--listen {listen} is beyond loopback: anyone who can reach it could use the shim \
-                 to reach other hosts. Name the clients that may use it with --allow-clients \
-                 CIDR[,CIDR...] (for example --allow-clients 10.1.0.0/16), or listen on 127.0.0.1"
-            ));
+            return Err(AccessError::NoClientsNamed { listen });
         }
         Ok(Access {
             clients,
@@ -67,12 +63,27 @@ impl Access {
     }
 }
 
-fn parse_client(text: &str) -> Result<IpNet, String> {
+/// Why the access rules were refused at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    #[error("--allow-clients {text:?}: not a CIDR (10.1.0.0/16) or an IP address")]
+    NotANetwork { text: String },
+    #[error(
+        "--listen {listen} is beyond loopback: anyone who can reach it could use the shim to \
+         reach other hosts. Name the clients that may use it with --allow-clients \
+         CIDR[,CIDR...] (for example --allow-clients 10.1.0.0/16), or listen on 127.0.0.1"
+    )]
+    NoClientsNamed { listen: SocketAddr },
+}
+
+fn parse_client(text: &str) -> Result<IpNet, AccessError> {
     let text = text.trim();
     text.parse::<IpNet>()
         .map(|net| net.trunc())
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("--allow-clients {text:?}: not a CIDR (10.1.0.0/16) or an IP address"))
+        .map_err(|_| AccessError::NotANetwork {
+            text: text.to_owned(),
+        })
 }
 
 #[cfg(test)]
@@ -81,7 +92,7 @@ mod tests {
 
     fn access(listen: &str, clients: &[&str]) -> Result<Access, String> {
         let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
-        Access::new(listen.parse().unwrap(), &clients)
+        Access::new(listen.parse().unwrap(), &clients).map_err(|e| e.to_string())
     }
 
     #[test]

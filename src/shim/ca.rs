@@ -22,7 +22,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-use super::leaves::Leaves;
+use super::leaves::{LeafCause, LeafError, Leaves, MintError};
 use crate::config::{DomainPattern, MirrorConfig};
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST, LEGACY_DOCKER_HUB, split_host_port};
 
@@ -128,11 +128,8 @@ impl CertificateAuthority {
     pub fn load_or_create(
         state_dir: &Path,
         constraints: Option<Constraints>,
-    ) -> Result<Self, String> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            format!("CA in {}: {what}: {e}", state_dir.display())
-        };
-        std::fs::create_dir_all(state_dir).map_err(|e| fail("create", &e))?;
+    ) -> Result<Self, CaError> {
+        std::fs::create_dir_all(state_dir).map_err(CaError::at(state_dir, "create"))?;
         let key_path = state_dir.join("ca.key");
         let cert_path = state_dir.join("ca.crt");
         let record_path = state_dir.join("ca.json");
@@ -142,11 +139,12 @@ impl CertificateAuthority {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let params = ca_params(wanted.constraints.as_ref());
         if recorded.as_ref() == Some(&wanted) && key_path.exists() && cert_path.exists() {
-            let key_pem =
-                std::fs::read_to_string(&key_path).map_err(|e| fail("read ca.key", &e))?;
-            let key = KeyPair::from_pem(&key_pem).map_err(|e| fail("parse ca.key", &e))?;
-            let cert_pem =
-                std::fs::read_to_string(&cert_path).map_err(|e| fail("read ca.crt", &e))?;
+            let key_pem = std::fs::read_to_string(&key_path)
+                .map_err(CaError::at(state_dir, "read ca.key"))?;
+            let key =
+                KeyPair::from_pem(&key_pem).map_err(CaError::at(state_dir, "parse ca.key"))?;
+            let cert_pem = std::fs::read_to_string(&cert_path)
+                .map_err(CaError::at(state_dir, "read ca.crt"))?;
             return Ok(Self::new(key, params, cert_pem));
         }
         if recorded.is_some() {
@@ -155,15 +153,16 @@ impl CertificateAuthority {
                 "the configured domains changed: generating a new CA; run `regmirror shim install-ca` again"
             );
         }
-        let key = KeyPair::generate().map_err(|e| fail("generate key", &e))?;
+        let key = KeyPair::generate().map_err(CaError::at(state_dir, "generate key"))?;
         let cert = params
             .self_signed(&key)
-            .map_err(|e| fail("self-sign", &e))?;
+            .map_err(CaError::at(state_dir, "self-sign"))?;
         write_private(&key_path, key.serialize_pem().as_bytes())
-            .map_err(|e| fail("write ca.key", &e))?;
-        std::fs::write(&cert_path, cert.pem()).map_err(|e| fail("write ca.crt", &e))?;
-        let record = serde_json::to_vec_pretty(&wanted).map_err(|e| fail("record", &e))?;
-        std::fs::write(&record_path, record).map_err(|e| fail("write ca.json", &e))?;
+            .map_err(CaError::at(state_dir, "write ca.key"))?;
+        std::fs::write(&cert_path, cert.pem()).map_err(CaError::at(state_dir, "write ca.crt"))?;
+        let record =
+            serde_json::to_vec_pretty(&wanted).map_err(CaError::at(state_dir, "record"))?;
+        std::fs::write(&record_path, record).map_err(CaError::at(state_dir, "write ca.json"))?;
         Ok(Self::new(key, params, cert.pem()))
     }
 
@@ -195,18 +194,21 @@ impl CertificateAuthority {
 
     /// A TLS server configuration presenting a leaf certificate for `host`: the one kept, or one
     /// minted on the blocking pool (once, however many ask at the same time).
-    pub async fn server_config(self: &Arc<Self>, host: &str) -> Result<Arc<ServerConfig>, String> {
+    pub async fn server_config(
+        self: &Arc<Self>,
+        host: &str,
+    ) -> Result<Arc<ServerConfig>, MintError> {
         let ca = self.clone();
         let name = host.to_owned();
         self.leaves.get_or_mint(host, move || ca.mint(&name)).await
     }
 
-    fn mint(&self, host: &str) -> Result<ServerConfig, String> {
+    fn mint(&self, host: &str) -> Result<ServerConfig, LeafError> {
         let (chain, key) = self.leaf(host)?;
         let mut config = ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| format!("leaf certificate for {host}: {e}"))?;
+            .map_err(leaf_error(host))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // No session resumption: rustls' default store preallocates 256 sessions per
         // configuration (most of a leaf's memory), and dockerd's Go client resumes nothing.
@@ -219,8 +221,7 @@ impl CertificateAuthority {
     fn leaf(
         &self,
         host: &str,
-    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-        let fail = |e: &dyn std::fmt::Display| format!("leaf certificate for {host}: {e}");
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), LeafError> {
         #[cfg(test)]
         if let Some(signing) = &self.signing {
             signing(host);
@@ -232,26 +233,72 @@ impl CertificateAuthority {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         params.subject_alt_names = vec![match bare.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(bare.try_into().map_err(|e| fail(&e))?),
+            Err(_) => SanType::DnsName(bare.try_into().map_err(leaf_error(host))?),
         }];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key = KeyPair::generate().map_err(|e| fail(&e))?;
+        let leaf_key = KeyPair::generate().map_err(leaf_error(host))?;
         let issuer = Issuer::from_params(&self.params, &self.key);
-        let leaf = params.signed_by(&leaf_key, &issuer).map_err(|e| fail(&e))?;
-        let ca_der = pem_to_der(&self.cert_pem).map_err(|e| fail(&e))?;
+        let leaf = params
+            .signed_by(&leaf_key, &issuer)
+            .map_err(leaf_error(host))?;
+        let ca_der = pem_to_der(&self.cert_pem).map_err(leaf_error(host))?;
         let chain = vec![leaf.der().clone(), ca_der];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         Ok((chain, key))
     }
 }
 
-fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, String> {
+fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, rustls::pki_types::pem::Error> {
     use rustls::pki_types::pem::PemObject as _;
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| e.to_string())
+    CertificateDer::from_pem_slice(pem.as_bytes())
+}
+
+/// Makes the [`LeafError`] of `host` from what failed.
+fn leaf_error<E: Into<LeafCause>>(host: &str) -> impl FnOnce(E) -> LeafError + '_ {
+    move |cause| LeafError {
+        host: host.to_owned(),
+        source: cause.into(),
+    }
+}
+
+/// Why the shim's CA could not be loaded or made: its directory, the step (`read ca.key`,
+/// `self-sign`, `write ca.json`) and what failed.
+#[derive(Debug, thiserror::Error)]
+#[error("CA in {}: {step}: {source}", dir.display())]
+pub struct CaError {
+    pub dir: PathBuf,
+    pub step: &'static str,
+    #[source]
+    pub source: CaCause,
+}
+
+/// What failed in a [`CaError`]'s step.
+#[derive(Debug, thiserror::Error)]
+pub enum CaCause {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Reading, making or signing the key or certificate.
+    #[error(transparent)]
+    Certificate(#[from] rcgen::Error),
+    /// Writing `ca.json`.
+    #[error(transparent)]
+    Record(#[from] serde_json::Error),
+}
+
+impl CaError {
+    /// The error of `step` in `dir`, from what failed.
+    fn at<E: Into<CaCause>>(dir: &Path, step: &'static str) -> impl FnOnce(E) -> CaError {
+        let dir = dir.to_owned();
+        move |cause| CaError {
+            dir,
+            step,
+            source: cause.into(),
+        }
+    }
 }
 
 /// Writes a file readable by its owner only (0600), replacing any previous one atomically.

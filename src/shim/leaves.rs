@@ -7,17 +7,51 @@
 //! minted. A name that was evicted is minted again on its next CONNECT.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use rustls::ServerConfig;
 
+use crate::sync::lock;
+
 /// The default number of host names whose leaves are kept (`regmirror shim --leaf-cache`).
 pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// One mint in progress, awaited by every CONNECT for its host.
-type Flight = Shared<BoxFuture<'static, Result<Arc<ServerConfig>, String>>>;
+type Flight = Shared<BoxFuture<'static, Result<Arc<ServerConfig>, MintError>>>;
+
+/// Why no leaf certificate could be made for a host.
+#[derive(Debug, thiserror::Error)]
+#[error("leaf certificate for {host}: {source}")]
+pub struct LeafError {
+    pub host: String,
+    #[source]
+    pub source: LeafCause,
+}
+
+/// What failed while making a leaf.
+#[derive(Debug, thiserror::Error)]
+pub enum LeafCause {
+    /// Its name, key or signature.
+    #[error(transparent)]
+    Certificate(#[from] rcgen::Error),
+    /// The CA's own certificate, to present in the chain.
+    #[error(transparent)]
+    CaCertificate(#[from] rustls::pki_types::pem::Error),
+    /// The TLS configuration presenting it.
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+}
+
+/// Why a CONNECT got no leaf, shared by every CONNECT that awaited the same mint.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MintError {
+    #[error(transparent)]
+    Failed(Arc<LeafError>),
+    #[error("minting a leaf certificate failed: {0}")]
+    Panicked(#[source] Arc<tokio::task::JoinError>),
+}
 
 /// Minted leaves by host, bounded, with single-flight minting.
 pub struct Leaves {
@@ -54,13 +88,9 @@ impl Leaves {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// How many leaves are kept now.
     pub fn kept(&self) -> usize {
-        self.lock().by_host.len()
+        lock(&self.state).by_host.len()
     }
 
     /// The leaf of `host`: the one kept, the one being minted, or a new one from `mint`, which
@@ -68,10 +98,10 @@ impl Leaves {
     pub async fn get_or_mint(
         self: &Arc<Self>,
         host: &str,
-        mint: impl FnOnce() -> Result<ServerConfig, String> + Send + 'static,
-    ) -> Result<Arc<ServerConfig>, String> {
+        mint: impl FnOnce() -> Result<ServerConfig, LeafError> + Send + 'static,
+    ) -> Result<Arc<ServerConfig>, MintError> {
         let flight = {
-            let mut state = self.lock();
+            let mut state = lock(&self.state);
             state.clock += 1;
             let clock = state.clock;
             if let Some((config, used)) = state.by_host.get_mut(host) {
@@ -95,25 +125,24 @@ impl Leaves {
     fn start(
         self: Arc<Self>,
         host: String,
-        mint: impl FnOnce() -> Result<ServerConfig, String> + Send + 'static,
+        mint: impl FnOnce() -> Result<ServerConfig, LeafError> + Send + 'static,
     ) -> Flight {
         let task = tokio::task::spawn_blocking(move || {
             let landing = Landing {
                 leaves: &self,
                 host: &host,
             };
-            let minted = mint().map(Arc::new);
+            let minted = mint()
+                .map(Arc::new)
+                .map_err(|e| MintError::Failed(Arc::new(e)));
             if let Ok(config) = &minted {
                 landing.keep(config.clone());
             }
             minted
         });
-        async move {
-            task.await
-                .map_err(|e| format!("minting a leaf certificate failed: {e}"))?
-        }
-        .boxed()
-        .shared()
+        async move { task.await.map_err(|e| MintError::Panicked(Arc::new(e)))? }
+            .boxed()
+            .shared()
     }
 }
 
@@ -126,7 +155,7 @@ struct Landing<'a> {
 impl Landing<'_> {
     /// Keeps `config`, evicting the least recently used leaf when full.
     fn keep(&self, config: Arc<ServerConfig>) {
-        let mut state = self.leaves.lock();
+        let mut state = lock(&self.leaves.state);
         state.clock += 1;
         let clock = state.clock;
         if state.by_host.len() >= self.leaves.capacity && !state.by_host.contains_key(self.host) {
@@ -145,6 +174,6 @@ impl Landing<'_> {
 
 impl Drop for Landing<'_> {
     fn drop(&mut self) {
-        self.leaves.lock().minting.remove(self.host);
+        lock(&self.leaves.state).minting.remove(self.host);
     }
 }

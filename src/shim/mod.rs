@@ -5,10 +5,13 @@
 //! - [`ca`]: the shim's name-constrained CA and per-host leaf certificates;
 //! - [`leaves`]: the minted leaves, bounded, each minted once off the async workers;
 //! - [`proxy`]: the proxy listener, TLS interception, tunnels, and the registry walk;
+//! - `relay`: the headers and bodies passed between a client and an upstream, with mid-blob
+//!   resume;
 //! - [`status`]: its status page (rules, breakers, pulls per endpoint, failovers).
 
 pub mod access;
 pub mod ca;
 pub mod leaves;
 pub mod proxy;
+mod relay;
 pub mod status;

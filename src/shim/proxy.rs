@@ -34,13 +34,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
-use bytes::Bytes;
-use futures_util::{StreamExt as _, TryStreamExt as _};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -48,51 +46,24 @@ use tokio::net::TcpStream;
 
 use super::access::{Access, SHARED_PORTS};
 use super::ca::CertificateAuthority;
+use super::leaves::MintError;
+use super::relay::{end_to_end, forwarded, relay, relay_resumable, streaming_body};
 use super::status::{self, ShimStatus};
 use crate::config::docker_auth::RegistryAuths;
-use crate::listen::{Listener, StallTimeout, connections_for, raise_open_file_limit};
+use crate::listen::{self, Listener, StallTimeout};
 use crate::reference::{DOCKER_HUB, split_host_port};
 use crate::registry::namespace;
 use crate::registry::route::{self, V2Request};
 use crate::registry::{ErrorCode, RegistryError, error_response};
 use crate::resolve::{Endpoints, OmittedOrigin, Resolver, Role};
+use crate::sync;
 use crate::upstream::{HostOverrides, Target, UpstreamClient, UpstreamError, UpstreamRequest};
 
-/// Request headers passed on to upstream endpoints.
-const FORWARDED_HEADERS: [HeaderName; 4] = [
-    header::ACCEPT,
-    header::RANGE,
-    header::USER_AGENT,
-    header::IF_NONE_MATCH,
-];
-
-/// Response headers that belong to one connection and are not copied.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
 /// A request head must arrive within this (also how long an idle keep-alive connection stays).
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// A connection whose writes make no progress for this long (a client that stopped reading) is
 /// cut.
-const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// HTTP/1.1 serving with the head timeout in force, request heads up to 64 KiB, and at most
-/// 64 KiB of a response queued per connection (a client that stops reading holds little).
-fn http1_server() -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(64 << 10);
-    builder
-}
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The shim's shared state.
 pub struct Shim {
@@ -136,14 +107,11 @@ impl Shim {
 
     /// Replaces the rules; connections in flight keep the ones they started with.
     pub fn reload(&self, resolver: Resolver) {
-        *self.resolver.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(resolver);
+        *sync::write(&self.resolver) = Arc::new(resolver);
     }
 
     fn resolver(&self) -> Arc<Resolver> {
-        self.resolver
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        sync::read(&self.resolver).clone()
     }
 
     /// Accepts connections until `shutdown` resolves.
@@ -157,7 +125,7 @@ impl Shim {
         if let Ok(addr) = listener.local_addr() {
             let _ = self.listen.set(addr.to_string());
         }
-        let mut listener = Listener::new(listener, connections_for(raise_open_file_limit()));
+        let mut listener = Listener::capped(listener, None);
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -165,7 +133,6 @@ impl Shim {
                 () = &mut shutdown => return,
             };
             let peer = accepted.peer;
-            let _ = accepted.stream.set_nodelay(true);
             if !self.access.admits(peer.ip()) {
                 tracing::warn!(%peer, "refused a client outside --allow-clients");
                 tokio::spawn(refuse_client(accepted.stream, peer));
@@ -180,7 +147,7 @@ impl Shim {
                     let shim = shim.clone();
                     async move { Ok::<_, Infallible>(shim.proxy(request, peer).await) }
                 });
-                let connection = http1_server()
+                let connection = listen::http1(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
                 if let Err(e) = connection.await {
@@ -294,13 +261,13 @@ impl Shim {
         stream: TokioIo<hyper::upgrade::Upgraded>,
         registry: String,
         authority: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamError> {
         let (host, _) = split_host_port(&registry);
         let config = self.ca.server_config(host).await?;
-        let tls = tokio_rustls::TlsAcceptor::from(config)
-            .accept(stream)
-            .await
-            .map_err(|e| format!("TLS handshake as {registry}: {e}"))?;
+        let tls = match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+            Ok(tls) => tls,
+            Err(source) => return Err(StreamError::Handshake { registry, source }),
+        };
         let registry: Arc<str> = Arc::from(registry);
         let authority: Arc<str> = Arc::from(authority);
         let service = service_fn(move |request: Request<Incoming>| {
@@ -314,10 +281,9 @@ impl Shim {
                 })
             }
         });
-        http1_server()
+        Ok(listen::http1(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(tls), service)
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 
     /// Copies bytes both ways between the client and `authority`, at `port`.
@@ -326,19 +292,22 @@ impl Shim {
         upgraded: TokioIo<hyper::upgrade::Upgraded>,
         authority: &str,
         port: u16,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamError> {
         let (host, _) = split_host_port(authority);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let mut upstream = match self.overrides.get(bare) {
             Some(ip) => TcpStream::connect((ip, port)).await,
             None => TcpStream::connect((bare, port)).await,
         }
-        .map_err(|e| format!("tunnel to {authority}: {e}"))?;
+        .map_err(|source| StreamError::Connect {
+            authority: authority.to_owned(),
+            source,
+        })?;
         let mut client = upgraded;
         tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(StreamError::Copy)
     }
 
     /// Sends a request to its own host untouched, at `scheme://authority`: the client's method,
@@ -578,6 +547,32 @@ impl Shim {
     }
 }
 
+/// Why an intercepted or tunnelled CONNECT stream ended early (logged, at debug level).
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// No leaf certificate for the registry.
+    #[error(transparent)]
+    Leaf(#[from] MintError),
+    #[error("TLS handshake as {registry}: {source}")]
+    Handshake {
+        registry: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The decrypted HTTP connection failed.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("tunnel to {authority}: {source}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Copying a tunnel's bytes failed.
+    #[error(transparent)]
+    Copy(std::io::Error),
+}
+
 /// A request that is not a pull, for a registry whose origin is never reached: the `/v2/` ping is
 /// answered here (200, no challenge), anything else is DENIED.
 fn mirrors_only_non_pull(
@@ -675,128 +670,6 @@ fn origin_query(query: Option<&str>) -> Option<String> {
             .extend_pairs(kept)
             .finish(),
     )
-}
-
-fn forwarded(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for name in FORWARDED_HEADERS {
-        for value in headers.get_all(&name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
-}
-
-/// Every header but hop-by-hop ones, `Host` and `Authorization` (the target adds its own).
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, value) in headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "host" || n == "authorization" || n == "proxy-connection"
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
-}
-
-fn streaming_body(body: Incoming) -> reqwest::Body {
-    let stream = http_body_util::BodyStream::new(body)
-        .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) });
-    reqwest::Body::wrap_stream(stream)
-}
-
-/// The answer's end-to-end headers, with its `Retry-After` capped (`upstream::ratelimit`).
-fn copy_headers(response: &reqwest::Response, into: &mut HeaderMap<HeaderValue>) {
-    for (name, value) in response.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            into.append(name.clone(), value.clone());
-        }
-    }
-    crate::upstream::cap_retry_after(into, std::time::SystemTime::now());
-}
-
-/// An upstream response, streamed to the client as it is.
-fn relay(response: reqwest::Response) -> Response<Body> {
-    let mut out = Response::new(Body::empty());
-    *out.status_mut() = response.status();
-    copy_headers(&response, out.headers_mut());
-    *out.body_mut() = Body::from_stream(response.bytes_stream());
-    out
-}
-
-/// A blob response that, if its body breaks, continues from the next endpoints with a Range
-/// request at the byte where it stopped.
-fn relay_resumable(
-    response: reqwest::Response,
-    client: Arc<UpstreamClient>,
-    rest: Vec<Target>,
-    request: UpstreamRequest,
-) -> Response<Body> {
-    let mut out = Response::new(Body::empty());
-    *out.status_mut() = response.status();
-    copy_headers(&response, out.headers_mut());
-    struct Resume {
-        current: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-        sent: u64,
-        rest: std::vec::IntoIter<Target>,
-        client: Arc<UpstreamClient>,
-        request: UpstreamRequest,
-    }
-    let state = Resume {
-        current: response.bytes_stream().boxed(),
-        sent: 0,
-        rest: rest.into_iter(),
-        client,
-        request,
-    };
-    let stream = futures_util::stream::unfold(Some(state), |state| async move {
-        let mut state = state?;
-        loop {
-            match state.current.next().await {
-                Some(Ok(bytes)) => {
-                    state.sent += bytes.len() as u64;
-                    return Some((Ok(bytes), Some(state)));
-                }
-                None => return None,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, sent = state.sent, "blob body broke; resuming from the next endpoint");
-                    let mut resumed = None;
-                    for target in state.rest.by_ref() {
-                        let mut request = state.request.clone();
-                        let range = format!("bytes={}-", state.sent);
-                        if let Ok(value) = HeaderValue::from_str(&range) {
-                            request.headers.insert(header::RANGE, value);
-                        }
-                        match state.client.send(&target, &request).await {
-                            Ok(r) if r.status() == reqwest::StatusCode::PARTIAL_CONTENT => {
-                                resumed = Some(r);
-                                break;
-                            }
-                            Ok(r) => {
-                                tracing::warn!(endpoint = %target.base, status = %r.status(), "cannot resume here")
-                            }
-                            Err(e) => {
-                                tracing::warn!(endpoint = %target.base, error = %e, "cannot resume here")
-                            }
-                        }
-                    }
-                    match resumed {
-                        Some(r) => state.current = r.bytes_stream().boxed(),
-                        None => {
-                            return Some((
-                                Err(std::io::Error::other(format!("blob body broke: {error}"))),
-                                None,
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-    });
-    *out.body_mut() = Body::from_stream(stream);
-    out
 }
 
 /// Answers every request of a client outside `--allow-clients` with 403, then closes.
@@ -947,33 +820,5 @@ mod tests {
             refused.message.contains("POST is not a pull"),
             "{refused:?}"
         );
-    }
-
-    #[test]
-    fn header_filters() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer secret"),
-        );
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        let pulled = forwarded(&headers);
-        assert!(
-            pulled.get(header::AUTHORIZATION).is_none(),
-            "never to mirrors"
-        );
-        assert!(pulled.get(header::ACCEPT).is_some());
-        let pushed = end_to_end(&headers);
-        assert!(pushed.get(header::CONNECTION).is_none());
-        assert!(
-            pushed.get(header::AUTHORIZATION).is_none(),
-            "set per target instead"
-        );
-        assert!(pushed.get(header::CONTENT_TYPE).is_some());
     }
 }

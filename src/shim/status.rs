@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::page::{self, RecentLines, duration, escape};
 use crate::resolve::RuleSummary;
+use crate::sync::lock;
 
 /// The JSON's path.
 pub const JSON_PATH: &str = "/_regmirror/status";
@@ -39,10 +40,6 @@ impl Default for ShimStatus {
             failures: RecentLines::default(),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ShimStatus {

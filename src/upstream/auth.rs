@@ -4,6 +4,7 @@
 //! reused by every request with that scope, so a busy cache asks the token service once, not once
 //! per request.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -99,7 +100,7 @@ const MAX_TOKENS: usize = 4096;
 
 impl TokenCache {
     pub fn get(&self, authority: &str, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens = lock(&self.tokens);
         tokens
             .get(&(authority.to_owned(), scope.to_owned()))
             .filter(|(_, expires)| Instant::now() < *expires)
@@ -110,7 +111,7 @@ impl TokenCache {
         let now = Instant::now();
         let lifetime = lifetime.min(MAX_LIFETIME).saturating_sub(EXPIRY_MARGIN);
         let expires = now.checked_add(lifetime).unwrap_or(now);
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tokens = lock(&self.tokens);
         tokens.retain(|_, (_, e)| now < *e);
         if tokens.len() >= MAX_TOKENS {
             // Still full of live tokens: the one expiring first goes.

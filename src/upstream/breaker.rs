@@ -16,6 +16,7 @@
 //! [`MAX_ENDPOINTS`] entries, expired ones are dropped and a new failing endpoint is not tracked
 //! (it is then treated as closed, the safe default).
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -108,7 +109,7 @@ pub enum Admission {
 
 impl Breakers {
     pub fn admit(&self, endpoint: &str, now: Instant) -> Admission {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states = lock(&self.states);
         match states.get(endpoint).copied() {
             None => Admission::Allowed,
             Some(State::Open {
@@ -137,7 +138,7 @@ impl Breakers {
 
     /// What the walk does with `endpoint` now, without changing its state.
     pub fn health(&self, endpoint: &str, now: Instant) -> Health {
-        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let states = lock(&self.states);
         match states.get(endpoint).copied() {
             None => Health::Healthy,
             Some(State::Open {
@@ -158,7 +159,7 @@ impl Breakers {
 
     /// A probe that ended without an answer either way: the next request probes again.
     pub fn abandon(&self, endpoint: &str, now: Instant) {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states = lock(&self.states);
         if let Some(State::HalfOpen {
             cool_down,
             trip,
@@ -178,7 +179,7 @@ impl Breakers {
     }
 
     pub fn success(&self, endpoint: &str) {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states = lock(&self.states);
         states.remove(endpoint);
     }
 
@@ -194,7 +195,7 @@ impl Breakers {
     }
 
     fn open(&self, endpoint: &str, now: Instant, trip: Trip, rest: Option<Duration>) {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states = lock(&self.states);
         if states.len() >= MAX_ENDPOINTS && !states.contains_key(endpoint) {
             states.retain(|_, state| !matches!(state, State::Open { until, .. } if *until <= now));
             if states.len() >= MAX_ENDPOINTS {

@@ -19,163 +19,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Client, Method, Response, StatusCode};
 
 use super::auth::{Challenge, TokenCache};
 use super::breaker::{Admission, Breakers, Health, Probe, Resting, Trip};
-use super::certs::HostRoots;
+use super::certs::{HostRoots, TrustError};
 use super::error::{UpstreamError, Walked};
 use super::guard::{AddressPolicy, AddressRefused, GuardedResolver, HostOverrides};
 use super::ratelimit::{self, Budget, Budgets};
-use crate::config::{Credentials, MirrorUrl};
+use super::target::{Target, UpstreamRequest};
+use crate::config::Credentials;
 use crate::reference::split_host_port;
 use crate::registry::whole_seconds;
-use crate::resolve::{Endpoint, Role, TlsMode};
-
-/// One endpoint to send registry requests to.
-#[derive(Clone)]
-pub struct Target {
-    /// `scheme://host[:port][/api-root]`
-    pub base: Arc<str>,
-    /// `host[:port]`
-    pub authority: Arc<str>,
-    pub tls: TlsMode,
-    /// Credentials for this endpoint only.
-    pub credentials: Option<Credentials>,
-    /// For mirrors: the origin registry, sent as `?ns=` and the `domain` header.
-    pub ns: Option<Arc<str>>,
-    /// A client's own `Authorization`, relayed as is (the shim's origin requests). When set, or
-    /// when `answer_challenges` is false, 401 answers go back to the client untouched.
-    pub client_authorization: Option<HeaderValue>,
-    pub answer_challenges: bool,
-    /// Configured by the operator: may resolve to (and redirect to) private addresses. Targets a
-    /// client named (dynamic upstreams) are not, and neither are their redirects.
-    pub trusted: bool,
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Target")
-            .field("base", &self.base)
-            .field("tls", &self.tls)
-            .field("credentials", &self.credentials)
-            .field("ns", &self.ns)
-            .field(
-                "client_authorization",
-                &self.client_authorization.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-impl Target {
-    /// A configured upstream registry itself.
-    pub fn origin(url: &MirrorUrl, credentials: Option<Credentials>, tls: TlsMode) -> Self {
-        Target {
-            base: Arc::from(url.to_string()),
-            authority: Arc::from(url.authority()),
-            tls,
-            credentials,
-            ns: None,
-            client_authorization: None,
-            answer_challenges: true,
-            trusted: true,
-        }
-    }
-
-    /// An endpoint that gets requests exactly as the client sent them: `http://` or `https://`
-    /// (certificates verified) `authority`.
-    pub fn pass_through(base: &str, authority: &str) -> Self {
-        Target {
-            base: Arc::from(base),
-            authority: Arc::from(authority),
-            tls: if base.starts_with("https://") {
-                TlsMode::Verify
-            } else {
-                TlsMode::None
-            },
-            credentials: None,
-            ns: None,
-            client_authorization: None,
-            answer_challenges: false,
-            trusted: true,
-        }
-    }
-
-    /// A target a client named: kept off private addresses, redirects included.
-    pub fn untrusted(mut self) -> Self {
-        self.trusted = false;
-        self
-    }
-
-    /// Relays the client's `Authorization` to this endpoint and leaves challenges to the client.
-    pub fn with_client_authorization(mut self, authorization: Option<HeaderValue>) -> Self {
-        self.client_authorization = authorization;
-        self.answer_challenges = false;
-        self
-    }
-
-    /// A resolver endpoint. Mirrors get `mirror_credentials`, the origin `origin_credentials`.
-    pub fn from_endpoint(endpoint: &Endpoint, credentials: Option<Credentials>) -> Self {
-        Target {
-            base: endpoint.url.clone(),
-            authority: endpoint.authority.clone(),
-            tls: endpoint.tls,
-            credentials,
-            ns: match endpoint.role {
-                Role::Mirror => endpoint.ns.clone(),
-                Role::Origin => None,
-            },
-            client_authorization: None,
-            answer_challenges: true,
-            trusted: true,
-        }
-    }
-
-    pub fn is_mirror(&self) -> bool {
-        self.ns.is_some()
-    }
-}
-
-/// One registry API request, independent of the endpoint it goes to.
-#[derive(Debug, Clone)]
-pub struct UpstreamRequest {
-    pub method: Method,
-    /// `/v2/<repository>/…`
-    pub path: String,
-    /// Extra query parameters (without `ns`), e.g. `n=100&last=x`.
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-    /// The token scope, e.g. `repository:library/nginx:pull`.
-    pub scope: Option<String>,
-}
-
-impl UpstreamRequest {
-    pub fn new(method: Method, path: String) -> Self {
-        UpstreamRequest {
-            method,
-            path,
-            query: None,
-            headers: HeaderMap::new(),
-            scope: None,
-        }
-    }
-
-    /// A pull-scoped request on `repository`.
-    pub fn pull(method: Method, repository: &str, path: String) -> Self {
-        let mut request = Self::new(method, path);
-        request.scope = Some(format!("repository:{repository}:pull"));
-        request
-    }
-
-    pub fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Self {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            self.headers.insert(name, value);
-        }
-        self
-    }
-}
+use crate::resolve::TlsMode;
+use crate::sync::lock;
 
 /// What a request carries in `Authorization`.
 enum Authorization {
@@ -263,6 +121,16 @@ pub async fn read_limited(response: Response, limit: usize) -> Result<Bytes, Bod
     Ok(Bytes::from(body))
 }
 
+/// Why the shared client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The certificate trust (the system's roots, certs.d files).
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
 /// Installs the process-wide rustls crypto provider (ring) once.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -275,7 +143,7 @@ impl UpstreamClient {
         policy: AddressPolicy,
         timeouts: Timeouts,
         host_roots: &HostRoots,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         install_crypto_provider();
         let policy = Arc::new(policy);
         let resolver = GuardedResolver {
@@ -286,39 +154,36 @@ impl UpstreamClient {
             overrides: resolver.overrides.clone(),
             policy: Arc::new(AddressPolicy::new(true)),
         };
-        let build = |skip_verify: bool, resolver: &GuardedResolver| -> Result<Client, String> {
-            // Every redirect of a guarded client passes the same address policy as the first
-            // request: its resolver checks names, this checks IP literals.
-            let hops = resolver.policy.clone();
-            let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= MAX_REDIRECTS {
-                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-                }
-                match hops.check_url(attempt.url()) {
-                    Ok(()) => attempt.follow(),
-                    Err(refused) => attempt.error(refused),
-                }
-            });
-            let mut builder = Client::builder()
-                .redirect(redirects)
-                .connect_timeout(timeouts.connect)
-                .read_timeout(timeouts.read)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
-                .dns_resolver(resolver.clone());
-            builder = if skip_verify {
-                builder.danger_accept_invalid_certs(true)
-            } else if !host_roots.is_empty() {
-                builder.tls_backend_preconfigured(
-                    host_roots.client_config().map_err(|e| e.to_string())?,
-                )
-            } else {
-                builder
+        let build =
+            |skip_verify: bool, resolver: &GuardedResolver| -> Result<Client, ClientError> {
+                // Every redirect of a guarded client passes the same address policy as the first
+                // request: its resolver checks names, this checks IP literals.
+                let hops = resolver.policy.clone();
+                let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= MAX_REDIRECTS {
+                        return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                    }
+                    match hops.check_url(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(refused) => attempt.error(refused),
+                    }
+                });
+                let mut builder = Client::builder()
+                    .redirect(redirects)
+                    .connect_timeout(timeouts.connect)
+                    .read_timeout(timeouts.read)
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
+                    .dns_resolver(resolver.clone());
+                builder = if skip_verify {
+                    builder.danger_accept_invalid_certs(true)
+                } else if !host_roots.is_empty() {
+                    builder.tls_backend_preconfigured(host_roots.client_config()?)
+                } else {
+                    builder
+                };
+                builder.build().map_err(ClientError::Build)
             };
-            builder
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))
-        };
         Ok(UpstreamClient {
             verify: build(false, &open)?,
             skip_verify: build(true, &open)?,
@@ -432,10 +297,7 @@ impl UpstreamClient {
                     ))
                 }
                 Some(Challenge::Basic) if target.credentials.is_some() => {
-                    self.basic_hosts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(target.authority.to_string());
+                    lock(&self.basic_hosts).insert(target.authority.to_string());
                     target.credentials.clone().map(Authorization::Basic)
                 }
                 _ => return Ok(response),
@@ -509,26 +371,7 @@ impl UpstreamClient {
             let probe =
                 (admission == Admission::Probe).then(|| Probe::new(&self.breakers, &target.base));
             let result = self.send(target, request).await;
-            let now = Instant::now();
-            match &result {
-                Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
-                    let wait = ratelimit::retry_after(response.headers(), SystemTime::now())
-                        .unwrap_or(ratelimit::DEFAULT_RETRY_AFTER);
-                    tracing::warn!(endpoint = %target.base, retry_after = ?wait, "upstream answered 429; resting it");
-                    self.breakers.throttled(&target.base, now, wait);
-                }
-                Ok(response) if response.status().is_server_error() => {
-                    self.breakers.failure(&target.base, now, Trip::ServerError);
-                }
-                Ok(_) => self.breakers.success(&target.base),
-                // A refusal by the address policy says nothing of the endpoint's health: its
-                // breaker is left as it was (a probe is handed back).
-                Err(e) if e.is_denied() => {}
-                Err(e) if e.is_unreachable() => {
-                    self.breakers.failure(&target.base, now, Trip::Unreachable)
-                }
-                Err(_) => self.breakers.failure(&target.base, now, Trip::ServerError),
-            }
+            self.record(target, &result);
             denied = matches!(&result, Err(e) if e.is_denied());
             if let Some(probe) = probe.filter(|_| !denied) {
                 probe.resolved();
@@ -577,6 +420,31 @@ impl UpstreamClient {
         }))
     }
 
+    /// What an endpoint's answer (or failure) does to its breaker: a 429 rests it until its
+    /// `Retry-After`, a transport error, timeout or 5xx opens it, any other answer closes it.
+    fn record(&self, target: &Target, result: &Result<Response, UpstreamError>) {
+        let now = Instant::now();
+        match result {
+            Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                let wait = ratelimit::retry_after(response.headers(), SystemTime::now())
+                    .unwrap_or(ratelimit::DEFAULT_RETRY_AFTER);
+                tracing::warn!(endpoint = %target.base, retry_after = ?wait, "upstream answered 429; resting it");
+                self.breakers.throttled(&target.base, now, wait);
+            }
+            Ok(response) if response.status().is_server_error() => {
+                self.breakers.failure(&target.base, now, Trip::ServerError);
+            }
+            Ok(_) => self.breakers.success(&target.base),
+            // A refusal by the address policy says nothing of the endpoint's health: its
+            // breaker is left as it was (a probe is handed back).
+            Err(e) if e.is_denied() => {}
+            Err(e) if e.is_unreachable() => {
+                self.breakers.failure(&target.base, now, Trip::Unreachable)
+            }
+            Err(_) => self.breakers.failure(&target.base, now, Trip::ServerError),
+        }
+    }
+
     /// What the walk does with `endpoint` now (its breaker): healthy, resting or probing.
     pub fn health(&self, endpoint: &str) -> Health {
         self.breakers.health(endpoint, Instant::now())
@@ -591,11 +459,7 @@ impl UpstreamClient {
         if let Some(token) = self.tokens.get(&target.authority, scope) {
             return Some(Authorization::Bearer(format!("Bearer {token}")));
         }
-        let uses_basic = self
-            .basic_hosts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&*target.authority);
+        let uses_basic = lock(&self.basic_hosts).contains(&*target.authority);
         if uses_basic {
             target.credentials.clone().map(Authorization::Basic)
         } else {

@@ -31,17 +31,19 @@ pub struct HostOverrides(HashMap<String, IpAddr>);
 
 impl HostOverrides {
     /// Parses `NAME:IP` values (`IP` may be IPv6, with or without brackets).
-    pub fn parse(values: &[String]) -> Result<Self, String> {
+    pub fn parse(values: &[String]) -> Result<Self, AddHostError> {
         let mut map = HashMap::new();
         for value in values {
-            let (name, ip) = value
-                .split_once(':')
-                .ok_or_else(|| format!("--add-host {value:?}: expected NAME:IP"))?;
+            let (name, ip) = value.split_once(':').ok_or_else(|| AddHostError::NoColon {
+                value: value.clone(),
+            })?;
             let ip = ip.trim_start_matches('[').trim_end_matches(']');
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| format!("--add-host {value:?}: {ip:?} is not an IP address"))?;
-            map.insert(name.to_ascii_lowercase(), ip);
+            let parsed: IpAddr = ip.parse().map_err(|source| AddHostError::NotAnAddress {
+                value: value.clone(),
+                ip: ip.to_owned(),
+                source,
+            })?;
+            map.insert(name.to_ascii_lowercase(), parsed);
         }
         Ok(HostOverrides(map))
     }
@@ -49,6 +51,20 @@ impl HostOverrides {
     pub fn get(&self, name: &str) -> Option<IpAddr> {
         self.0.get(&name.to_ascii_lowercase()).copied()
     }
+}
+
+/// Why an `--add-host` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddHostError {
+    #[error("--add-host {value:?}: expected NAME:IP")]
+    NoColon { value: String },
+    #[error("--add-host {value:?}: {ip:?} is not an IP address")]
+    NotAnAddress {
+        value: String,
+        ip: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
 }
 
 /// The address policy refused a target: the message names the host, the block its address is

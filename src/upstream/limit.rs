@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::sync::lock;
 use bytes::Bytes;
 use reqwest::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -92,7 +93,7 @@ impl RequestLimiter {
         };
         if let Some((interval, next)) = &self.pace {
             let slot = {
-                let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+                let mut next = lock(next);
                 let slot = (*next).max(Instant::now());
                 if slot > deadline {
                     return Err(Refused::Rate {

@@ -15,16 +15,17 @@ mod guard;
 mod limit;
 mod ratelimit;
 mod special;
+mod target;
 mod trusted_leaf;
 
 pub use auth::Challenge;
 pub use breaker::{Health, Trip};
-pub use certs::{HostRoots, SHIM_CA_FILE};
+pub use certs::{HostRoots, SHIM_CA_FILE, TrustError};
 pub use client::{
-    BodyError, Target, Timeouts, UpstreamClient, UpstreamRequest, install_crypto_provider,
-    read_limited,
+    BodyError, ClientError, Timeouts, UpstreamClient, install_crypto_provider, read_limited,
 };
 pub use error::UpstreamError;
-pub use guard::{AddressPolicy, HostOverrides};
+pub use guard::{AddHostError, AddressPolicy, HostOverrides};
 pub use limit::{Admitted, Refused, RequestLimiter};
 pub use ratelimit::{Budget, MAX_RETRY_AFTER, cap_retry_after, retry_after};
+pub use target::{Target, UpstreamRequest};

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::sync::lock;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// The longest `Retry-After` honoured or passed on: an upstream cannot shut itself off, or
@@ -108,7 +109,7 @@ impl Budgets {
         let Some(budget) = Budget::parse(headers, now) else {
             return;
         };
-        let mut budgets = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        let mut budgets = lock(&self.by_endpoint);
         if budgets.len() >= MAX_ENDPOINTS && !budgets.contains_key(endpoint) {
             budgets.retain(|_, b| b.is_current(now));
             if budgets.len() >= MAX_ENDPOINTS {
@@ -120,7 +121,7 @@ impl Budgets {
 
     /// `endpoint`'s budget, while its observation is current.
     pub fn get(&self, endpoint: &str, now: Instant) -> Option<Budget> {
-        let budgets = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        let budgets = lock(&self.by_endpoint);
         budgets.get(endpoint).copied().filter(|b| b.is_current(now))
     }
 }

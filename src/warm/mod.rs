@@ -33,8 +33,11 @@ use crate::config::{Credentials, MirrorUrl, Scheme};
 use crate::reference::{Digest, Hasher, ImageRef};
 use crate::registry::{CACHE_HEADER, CONTENT_DIGEST_HEADER, MANIFEST_ACCEPT};
 use crate::resolve::TlsMode;
-use crate::upstream::{Target, UpstreamClient, UpstreamRequest, read_limited};
-use plan::{CacheRoute, Descriptor, Manifest, Platform, Source};
+use crate::sync::lock;
+use crate::upstream::{
+    BodyError, Target, UpstreamClient, UpstreamError, UpstreamRequest, read_limited,
+};
+use plan::{CacheRoute, Descriptor, Manifest, ManifestError, NoPlatform, Platform, Source};
 
 /// The largest manifest read (the cache's own default limit is 4 MiB).
 const MAX_MANIFEST: usize = 16 << 20;
@@ -124,11 +127,81 @@ pub struct Totals {
 /// The end of a run: each image with its result, in the order given, and the totals.
 #[derive(Debug)]
 pub struct Outcome {
-    pub images: Vec<(String, Result<(), String>)>,
+    pub images: Vec<(String, Result<(), WarmError>)>,
     pub totals: Totals,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<(), String>>>;
+/// Why an image, or a part of it, was not warmed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WarmError {
+    /// A manifest, by tag or digest.
+    #[error("manifest {reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: FetchError,
+    },
+    /// A config or a layer.
+    #[error("{} {digest}: {source}", kind.as_str())]
+    Blob {
+        kind: Kind,
+        digest: Digest,
+        #[source]
+        source: FetchError,
+    },
+    #[error("indexes nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error(transparent)]
+    NoPlatform(#[from] NoPlatform),
+    /// Several parts of an image failed, each once: the first [`MAX_ERRORS_SHOWN`] are shown,
+    /// the rest counted.
+    #[error("{}", several(.0))]
+    Parts(Vec<WarmError>),
+}
+
+/// What failed in fetching one manifest or blob from the cache.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// The request was not answered (the cache unreachable, its token service refusing).
+    #[error(transparent)]
+    Send(#[from] UpstreamError),
+    /// The cache answered with an error: its status, and the answer in a few words.
+    #[error("{description}")]
+    Answered { status: u16, description: String },
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("the cache sent content of digest {got}, not {wanted}")]
+    ManifestDigest { got: Digest, wanted: Digest },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("the body broke after {read} bytes: {source}")]
+    Broken {
+        read: u64,
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+    #[error("the cache sent more than the {size} bytes of its descriptor")]
+    TooLong { size: u64 },
+    #[error("the body ended after {read} of {size} bytes")]
+    Short { read: u64, size: u64 },
+    #[error("the cache sent content of digest {got}")]
+    BlobDigest { got: Digest },
+}
+
+/// The first [`MAX_ERRORS_SHOWN`] of `errors`, and how many more there are.
+fn several(errors: &[WarmError]) -> String {
+    let shown: Vec<String> = errors
+        .iter()
+        .take(MAX_ERRORS_SHOWN)
+        .map(ToString::to_string)
+        .collect();
+    match errors.len().saturating_sub(MAX_ERRORS_SHOWN) {
+        0 => shown.join("; "),
+        more => format!("{} (and {more} more)", shown.join("; ")),
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<(), WarmError>>>;
 
 /// One image's requests: where they go and on whose behalf.
 struct Ctx {
@@ -148,10 +221,6 @@ pub struct Warmer {
     flights: Mutex<HashMap<String, Flight>>,
     totals: Mutex<Totals>,
     next_id: AtomicU64,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Warmer {
@@ -191,7 +260,7 @@ impl Warmer {
         }
     }
 
-    async fn image(self: &Arc<Self>, image: &ImageRef) -> Result<(), String> {
+    async fn image(self: &Arc<Self>, image: &ImageRef) -> Result<(), WarmError> {
         let route = CacheRoute::for_image(image, self.options.cache.authority());
         let tls = match self.options.cache.scheme() {
             Scheme::Http => TlsMode::None,
@@ -217,11 +286,11 @@ impl Warmer {
         ctx: Arc<Ctx>,
         manifest: Manifest,
         depth: usize,
-    ) -> BoxFuture<'static, Result<(), String>> {
+    ) -> BoxFuture<'static, Result<(), WarmError>> {
         async move {
             let parts: Vec<Flight> = match &manifest {
                 Manifest::Index { .. } if depth >= MAX_DEPTH => {
-                    return Err(format!("indexes nested deeper than {MAX_DEPTH}"));
+                    return Err(WarmError::TooDeep);
                 }
                 Manifest::Index { children } => plan::select(children, &self.options.platforms)?
                     .into_iter()
@@ -232,22 +301,19 @@ impl Warmer {
                     .map(|(descriptor, kind)| self.blob(&ctx, descriptor, kind))
                     .collect(),
             };
-            let mut errors: Vec<String> = Vec::new();
+            let mut errors: Vec<WarmError> = Vec::new();
             for result in futures_util::future::join_all(parts).await {
                 if let Err(e) = result {
-                    if !errors.contains(&e) {
+                    let text = e.to_string();
+                    if !errors.iter().any(|seen| seen.to_string() == text) {
                         errors.push(e);
                     }
                 }
             }
             match errors.len() {
                 0 => Ok(()),
-                n if n <= MAX_ERRORS_SHOWN => Err(errors.join("; ")),
-                n => Err(format!(
-                    "{} (and {} more)",
-                    errors[..MAX_ERRORS_SHOWN].join("; "),
-                    n - MAX_ERRORS_SHOWN
-                )),
+                1 => Err(errors.remove(0)),
+                _ => Err(WarmError::Parts(errors)),
             }
         }
         .boxed()
@@ -257,7 +323,7 @@ impl Warmer {
     fn once(
         &self,
         key: String,
-        start: impl FnOnce() -> BoxFuture<'static, Result<(), String>>,
+        start: impl FnOnce() -> BoxFuture<'static, Result<(), WarmError>>,
     ) -> Flight {
         lock(&self.flights)
             .entry(key)
@@ -317,22 +383,21 @@ impl Warmer {
         ctx: &Ctx,
         path: String,
         accept: Option<&str>,
-    ) -> Result<(reqwest::Response, Source), String> {
+    ) -> Result<(reqwest::Response, Source), FetchError> {
         let mut request = UpstreamRequest::pull(Method::GET, &ctx.route.repository, path.clone());
         if let Some(accept) = accept {
             request = request.header(ACCEPT, accept);
         }
-        let response = self
-            .client
-            .send(&ctx.target, &request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.client.send(&ctx.target, &request).await?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
             let body = read_limited(response, MAX_ERROR_BODY)
                 .await
                 .unwrap_or_default();
-            return Err(plan::describe_error(status.as_u16(), &body));
+            return Err(FetchError::Answered {
+                status: status.as_u16(),
+                description: plan::describe_error(status.as_u16(), &body),
+            });
         }
         let header = response
             .headers()
@@ -351,15 +416,18 @@ impl Warmer {
         ctx: &Ctx,
         reference: &str,
         expected: Option<&Digest>,
-    ) -> Result<Manifest, String> {
-        let failed = |e: String| format!("manifest {reference}: {e}");
+    ) -> Result<Manifest, WarmError> {
+        let failed = |source: FetchError| WarmError::Manifest {
+            reference: reference.to_owned(),
+            source,
+        };
         // One of the `jobs` turns, held until the body is read: an index's children are all
         // asked for at once, and wait here.
         let permit = self
             .permits
             .acquire()
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .expect("the semaphore is never closed");
         let path = ctx.route.manifest_path(reference);
         let (response, source) = self
             .get(ctx, path, Some(MANIFEST_ACCEPT))
@@ -377,21 +445,23 @@ impl Warmer {
             .and_then(|v| Digest::parse(v.trim()).ok());
         let bytes = read_limited(response, MAX_MANIFEST)
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         drop(permit);
         let digest = match expected.or(stated.as_ref()) {
             Some(wanted) => {
                 let got = Hasher::digest(wanted, &bytes);
                 if &got != wanted {
-                    return Err(failed(format!(
-                        "the cache sent content of digest {got}, not {wanted}"
-                    )));
+                    return Err(failed(FetchError::ManifestDigest {
+                        got,
+                        wanted: wanted.clone(),
+                    }));
                 }
                 got
             }
             None => Digest::sha256_from_bytes(&sha2::Sha256::digest(&bytes)),
         };
-        let manifest = Manifest::parse(&bytes, content_type.as_deref()).map_err(failed)?;
+        let manifest =
+            Manifest::parse(&bytes, content_type.as_deref()).map_err(|e| failed(e.into()))?;
         let kind = match manifest {
             Manifest::Index { .. } => Kind::Index,
             Manifest::Image { .. } => Kind::Manifest,
@@ -407,15 +477,19 @@ impl Warmer {
         ctx: &Ctx,
         descriptor: &Descriptor,
         kind: Kind,
-    ) -> Result<(), String> {
+    ) -> Result<(), WarmError> {
         let digest = &descriptor.digest;
-        let failed = |e: String| format!("{} {digest}: {e}", kind.as_str());
+        let failed = |source: FetchError| WarmError::Blob {
+            kind,
+            digest: digest.clone(),
+            source,
+        };
         self.report.queued(descriptor.size);
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .expect("the semaphore is never closed");
         let (response, source) = self
             .get(ctx, ctx.route.blob_path(digest), None)
             .await
@@ -429,38 +503,38 @@ impl Warmer {
                 Ok(())
             }
             Err(e) => {
-                self.report.failed(&item, &e);
+                self.report.failed(&item, &e.to_string());
                 Err(failed(e))
             }
         }
     }
 
     /// Reads a blob's body to its end, checking it against the descriptor's size and digest.
-    async fn read_blob(&self, item: &Item, response: reqwest::Response) -> Result<(), String> {
+    async fn read_blob(&self, item: &Item, response: reqwest::Response) -> Result<(), FetchError> {
         let mut hasher = Hasher::like(&item.digest);
         let mut read: u64 = 0;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("the body broke after {read} bytes: {e}"))?;
+            let chunk = chunk.map_err(|e| FetchError::Broken {
+                read,
+                source: Arc::new(e),
+            })?;
             read = read.saturating_add(chunk.len() as u64);
             if read > item.size {
-                return Err(format!(
-                    "the cache sent more than the {} bytes of its descriptor",
-                    item.size
-                ));
+                return Err(FetchError::TooLong { size: item.size });
             }
             hasher.update(&chunk);
             self.report.progress(item, chunk.len() as u64);
         }
         if read != item.size {
-            return Err(format!(
-                "the body ended after {read} of {} bytes",
-                item.size
-            ));
+            return Err(FetchError::Short {
+                read,
+                size: item.size,
+            });
         }
         let got = hasher.finish();
         if got != item.digest {
-            return Err(format!("the cache sent content of digest {got}"));
+            return Err(FetchError::BlobDigest { got });
         }
         Ok(())
     }

@@ -6,10 +6,11 @@
 //! Pure: no I/O, no printing.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::reference::{Digest, ImageRef};
+use crate::reference::{Digest, DigestError, ImageRef};
 use crate::registry::{CacheOutcome, DOCKER_LIST, OCI_INDEX};
 
 /// Where an image's requests go on the cache: the repository path and the `?ns=` that routes it.
@@ -95,7 +96,7 @@ pub struct Platform {
 impl Platform {
     /// `linux/amd64`, `linux/arm64/v8`, `linux/arm/v7`, `windows/amd64`. Architectures are
     /// normalised as containerd does (`x86_64` is `amd64`, `aarch64` is `arm64`).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, PlatformError> {
         let parts: Vec<&str> = s.split('/').collect();
         let valid = |p: &str| {
             !p.is_empty()
@@ -103,9 +104,7 @@ impl Platform {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         };
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| valid(p)) {
-            return Err(format!(
-                "{s:?} is not a platform: write OS/ARCH or OS/ARCH/VARIANT (linux/amd64, linux/arm64/v8)"
-            ));
+            return Err(PlatformError { text: s.to_owned() });
         }
         let architecture = normalise_architecture(&parts[1].to_ascii_lowercase());
         Ok(Platform {
@@ -140,6 +139,15 @@ impl Platform {
         };
         &variant == wanted
     }
+}
+
+/// A `--platform` that is not `OS/ARCH[/VARIANT]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not a platform: write OS/ARCH or OS/ARCH/VARIANT (linux/amd64, linux/arm64/v8)"
+)]
+pub struct PlatformError {
+    pub text: String,
 }
 
 impl fmt::Display for Platform {
@@ -233,10 +241,29 @@ struct RawDescriptor {
     platform: Option<IndexPlatform>,
 }
 
+/// Why manifest bytes were not read as a manifest.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not a manifest: {0}")]
+    NotJson(#[source] Arc<serde_json::Error>),
+    #[error("a Docker schema 1 manifest (not served by regmirror)")]
+    SchemaOne,
+    #[error("a manifest ({media_type}) without a config")]
+    NoConfig { media_type: String },
+    #[error("descriptor digest {digest:?}: {source}")]
+    Digest {
+        digest: String,
+        #[source]
+        source: DigestError,
+    },
+}
+
 impl RawDescriptor {
-    fn parse(self) -> Result<Descriptor, String> {
-        let digest = Digest::parse(&self.digest)
-            .map_err(|e| format!("descriptor digest {:?}: {e}", self.digest))?;
+    fn parse(self) -> Result<Descriptor, ManifestError> {
+        let digest = Digest::parse(&self.digest).map_err(|source| ManifestError::Digest {
+            digest: self.digest.clone(),
+            source,
+        })?;
         Ok(Descriptor {
             media_type: self.media_type,
             digest,
@@ -249,11 +276,11 @@ impl RawDescriptor {
 impl Manifest {
     /// Parses manifest bytes; `content_type` is the answer's `Content-Type` (the body's own
     /// `mediaType` decides when it is missing or generic).
-    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self, String> {
+    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self, ManifestError> {
         let raw: RawManifest =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::NotJson(Arc::new(e)))?;
         if raw.schema_version == Some(1) {
-            return Err("a Docker schema 1 manifest (not served by regmirror)".to_owned());
+            return Err(ManifestError::SchemaOne);
         }
         let content_type = content_type
             .map(|c| c.split(';').next().unwrap_or("").trim())
@@ -273,7 +300,9 @@ impl Manifest {
         }
         let config = raw
             .config
-            .ok_or_else(|| format!("a manifest ({media_type}) without a config"))?
+            .ok_or_else(|| ManifestError::NoConfig {
+                media_type: media_type.to_owned(),
+            })?
             .parse()?;
         let layers = raw
             .layers
@@ -295,7 +324,7 @@ impl Manifest {
 pub fn select<'a>(
     children: &'a [Descriptor],
     platforms: &[Platform],
-) -> Result<Vec<&'a Descriptor>, String> {
+) -> Result<Vec<&'a Descriptor>, NoPlatform> {
     if platforms.is_empty() {
         return Ok(children.iter().collect());
     }
@@ -314,17 +343,22 @@ pub fn select<'a>(
             .filter_map(|c| c.platform.as_ref().map(ToString::to_string))
             .collect();
         has.dedup();
-        return Err(format!(
-            "the index has no manifest for {} (it has {})",
-            wanted.join(", "),
-            if has.is_empty() {
-                "no platforms".to_owned()
-            } else {
-                has.join(", ")
-            }
-        ));
+        return Err(NoPlatform { wanted, has });
     }
     Ok(kept)
+}
+
+/// No child of an index is for a platform asked for: the platforms asked for, and those the
+/// index has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the index has no manifest for {} (it has {})",
+    wanted.join(", "),
+    if has.is_empty() { "no platforms".to_owned() } else { has.join(", ") }
+)]
+pub struct NoPlatform {
+    pub wanted: Vec<String>,
+    pub has: Vec<String>,
 }
 
 /// An error answer in a few words: `HTTP 404 MANIFEST_UNKNOWN: manifest unknown to registry`
@@ -575,6 +609,7 @@ mod tests {
                 .collect();
             select(&children, &platforms)
                 .map(|kept| kept.iter().map(|d| d.digest.to_string()).collect())
+                .map_err(|e| e.to_string())
         };
         // Every child without --platform (what `skopeo copy --all` copies).
         assert_eq!(digests(&[]).unwrap(), [A, B, C]);
@@ -625,11 +660,13 @@ mod tests {
         assert!(
             Manifest::parse(schema1, None)
                 .unwrap_err()
+                .to_string()
                 .contains("schema 1")
         );
         assert!(
             Manifest::parse(b"<html>", None)
                 .unwrap_err()
+                .to_string()
                 .contains("not a manifest")
         );
         let bad_digest = serde_json::json!({"schemaVersion": 2,
@@ -637,6 +674,7 @@ mod tests {
         assert!(
             Manifest::parse(bad_digest.to_string().as_bytes(), None)
                 .unwrap_err()
+                .to_string()
                 .contains("sha256:zz")
         );
         let negative = serde_json::json!({"schemaVersion": 2,

@@ -1,8 +1,14 @@
 //! Real peers for integration tests: the distribution registry, skopeo and umoci, containerd and
 //! ctr, dockerd, an S3 server (moto_server), and regmirror's own binary, each started on 127.0.0.1
-//! with an ephemeral port and stopped on drop (success or panic). A missing binary fails the test
-//! with the Debian package to install (for moto_server: `bash .ci/run`, which creates its venv).
-//! Nothing here uses DNS or leaves loopback.
+//! with an ephemeral port and stopped on drop (success or panic). Nothing here uses DNS or leaves
+//! loopback.
+//!
+//! A peer whose binary is missing is a [`Missing`]: every helper that needs one returns
+//! `Result<_, Missing>`, and a test takes its peers with [`or_skip!`], which ends the test there
+//! with `skipped <test>: <binary> not found: install the Debian package ...` on stderr, so that
+//! `cargo test` runs the unit and in-process tests on any machine. With
+//! `REGMIRROR_REQUIRE_PEERS=1` (which `.ci/run` sets) a missing peer fails the test instead,
+//! naming the package to install (for moto_server: `bash .ci/run`, which creates its venv).
 #![allow(dead_code)] // each test binary uses a subset
 
 pub mod oci;
@@ -20,15 +26,70 @@ pub fn engine_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The path of `binary`, or a failure naming the Debian package that provides it.
-pub fn require(binary: &str, package: &str) -> PathBuf {
+/// A peer this machine lacks: what is missing and how to install it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing(String);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Missing {
+    /// `Err(self)` for the test to skip, or, with `REGMIRROR_REQUIRE_PEERS=1`, a failure here.
+    fn fail_or_skip<T>(self) -> Result<T, Missing> {
+        if std::env::var_os("REGMIRROR_REQUIRE_PEERS").is_some_and(|v| v == "1") {
+            panic!("{self}");
+        }
+        Err(self)
+    }
+
+    /// Says on stderr that the running test is skipped, and why: written to the process's
+    /// stderr itself, which the test harness does not capture, so that it shows in every run.
+    pub fn report_skip(&self) {
+        let thread = std::thread::current();
+        let test = thread.name().unwrap_or("a test");
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped {test}: {self} (REGMIRROR_REQUIRE_PEERS=1 makes this a failure)"
+        );
+    }
+}
+
+/// The value of a `Result<_, Missing>`; on `Err` the test ends here, skipped, with the reason on
+/// stderr ([`Missing::report_skip`]). For `#[test]` functions; helpers pass `Missing` on with `?`.
+#[macro_export]
+macro_rules! or_skip {
+    ($peer:expr) => {
+        match $peer {
+            Ok(value) => value,
+            Err(missing) => {
+                $crate::peers::Missing::report_skip(&missing);
+                return;
+            }
+        }
+    };
+}
+
+/// [`Missing`] saying `what` is missing and how to get it, for a peer found another way than on
+/// `PATH` (a failure right here under `REGMIRROR_REQUIRE_PEERS=1`).
+pub fn missing<T>(what: String) -> Result<T, Missing> {
+    Missing(what).fail_or_skip()
+}
+
+/// The path of `binary`, or [`Missing`] naming the Debian package that provides it (a failure
+/// right here under `REGMIRROR_REQUIRE_PEERS=1`).
+pub fn require(binary: &str, package: &str) -> Result<PathBuf, Missing> {
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
         let path = Path::new(dir).join(binary);
         if path.is_file() {
-            return path;
+            return Ok(path);
         }
     }
-    panic!("{binary} not found: install the Debian package `{package}` (bash .ci/run does)");
+    missing(format!(
+        "{binary} not found: install the Debian package `{package}` (bash .ci/run does)"
+    ))
 }
 
 pub fn free_port() -> u16 {
@@ -256,8 +317,8 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    pub fn new(dir: &Path, dns_names: &[&str]) -> Self {
-        require("openssl", "openssl");
+    pub fn new(dir: &Path, dns_names: &[&str]) -> Result<Self, Missing> {
+        require("openssl", "openssl")?;
         let p = |name: &str| dir.join(name);
         run(Command::new("openssl")
             .args([
@@ -306,11 +367,11 @@ impl TestCa {
             .arg(p("ext.cnf"))
             .arg("-out")
             .arg(p("leaf.crt")));
-        TestCa {
+        Ok(TestCa {
             ca_cert: p("ca.crt"),
             cert: p("leaf.crt"),
             key: p("leaf.key"),
-        }
+        })
     }
 }
 
@@ -344,8 +405,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start(options: RegistryOptions<'_>) -> Self {
-        let binary = require("docker-registry", "docker-registry");
+    pub fn start(options: RegistryOptions<'_>) -> Result<Self, Missing> {
+        let binary = require("docker-registry", "docker-registry")?;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -361,7 +422,7 @@ impl Registry {
             ));
         }
         if let Some((user, password)) = options.htpasswd {
-            let file = htpasswd_file(dir.path(), user, password);
+            let file = htpasswd_file(dir.path(), user, password)?;
             config.push_str(&format!(
                 "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
                 file.display()
@@ -390,7 +451,7 @@ impl Registry {
         } else {
             wait_for_port(addr);
         }
-        Registry { addr, dir, process }
+        Ok(Registry { addr, dir, process })
     }
 
     /// `host:port`
@@ -624,12 +685,12 @@ pub struct Images {
 }
 
 impl Images {
-    pub fn new() -> Self {
-        require("umoci", "umoci");
-        require("skopeo", "skopeo");
-        Images {
+    pub fn new() -> Result<Self, Missing> {
+        require("umoci", "umoci")?;
+        require("skopeo", "skopeo")?;
+        Ok(Images {
             dir: tempfile::tempdir().unwrap(),
-        }
+        })
     }
 
     fn layout(&self) -> PathBuf {
@@ -775,9 +836,10 @@ impl Images {
     }
 }
 
-/// `skopeo copy docker://SRC dir:DEST`; the result and the manifest bytes copied.
+/// `skopeo copy docker://SRC dir:DEST`; the result and the manifest bytes copied. For tests that
+/// made an [`Images`], which found skopeo.
 pub fn skopeo_pull(source: &str, dest: &Path, extra: &[&str]) -> Result<Vec<u8>, String> {
-    let output = Command::new(require("skopeo", "skopeo"))
+    let output = Command::new("skopeo")
         .args(["copy", "--src-tls-verify=false"])
         .args(extra)
         .arg(format!("docker://{source}"))
@@ -808,8 +870,13 @@ pub fn dir_blobs(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Uploads a blob read from `file` to `repository` (monolithic, streamed by curl).
-pub fn push_blob(registry: SocketAddr, repository: &str, file: &Path, digest: &str) {
-    require("curl", "curl");
+pub fn push_blob(
+    registry: SocketAddr,
+    repository: &str,
+    file: &Path,
+    digest: &str,
+) -> Result<(), Missing> {
+    require("curl", "curl")?;
     let out = run(Command::new("curl")
         .args(["-sS", "-i", "-X", "POST"])
         .arg(format!("http://{registry}/v2/{repository}/blobs/uploads/")));
@@ -845,6 +912,7 @@ pub fn push_blob(registry: SocketAddr, repository: &str, file: &Path, digest: &s
         .arg(file)
         .arg(format!("{url}{separator}digest={digest}")));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "blob upload");
+    Ok(())
 }
 
 /// The real containerd, with its own root, state and socket in a temp dir.
@@ -855,9 +923,9 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    pub fn start() -> Self {
-        let binary = require("containerd", "containerd");
-        require("ctr", "containerd");
+    pub fn start() -> Result<Self, Missing> {
+        let binary = require("containerd", "containerd")?;
+        require("ctr", "containerd")?;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let socket = root.join("containerd.sock");
@@ -882,11 +950,11 @@ impl Containerd {
             "containerd",
             &process,
         );
-        Containerd {
+        Ok(Containerd {
             dir,
             socket,
             process,
-        }
+        })
     }
 
     /// `ctr images pull --hosts-dir DIR REF` (content only), killed after `timeout`.
@@ -984,22 +1052,22 @@ pub struct Dockerd {
 impl Dockerd {
     /// dockerd with a private `/etc/docker` (in a mount namespace of its own, so certs.d is the
     /// test's), its registry traffic through `proxy`.
-    pub fn start(daemon_json: &str, proxy: Option<&str>) -> Self {
+    pub fn start(daemon_json: &str, proxy: Option<&str>) -> Result<Self, Missing> {
         Self::launch(daemon_json, proxy, true)
     }
 
     /// dockerd in the machine's mount namespace, for tests that run containers: with `--network
     /// host` dockerd hands runc the network namespace it bind-mounted under its exec root, which
     /// runc (started by containerd, outside a private namespace) cannot see.
-    pub fn start_for_containers(daemon_json: &str) -> Self {
+    pub fn start_for_containers(daemon_json: &str) -> Result<Self, Missing> {
         Self::launch(daemon_json, None, false)
     }
 
-    fn launch(daemon_json: &str, proxy: Option<&str>, private_etc: bool) -> Self {
-        let dockerd = require("dockerd", "docker.io");
-        require("docker", "docker.io");
-        require("unshare", "util-linux");
-        let containerd = Containerd::start();
+    fn launch(daemon_json: &str, proxy: Option<&str>, private_etc: bool) -> Result<Self, Missing> {
+        let dockerd = require("dockerd", "docker.io")?;
+        require("docker", "docker.io")?;
+        require("unshare", "util-linux")?;
+        let containerd = Containerd::start()?;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let etc = root.join("etc-docker");
@@ -1051,13 +1119,13 @@ impl Dockerd {
             "dockerd",
             &process,
         );
-        Dockerd {
+        Ok(Dockerd {
             dir,
             socket,
             etc,
             process,
             _containerd: containerd,
-        }
+        })
     }
 
     /// Runs `docker ARGS` against this daemon.
@@ -1138,14 +1206,17 @@ impl Shim {
 /// away when the holder (stopped on drop) and every process that joined are gone.
 pub struct Netns {
     pub dir: tempfile::TempDir,
+    /// curl, the client of the tests that use a namespace.
+    pub curl: PathBuf,
     holder: Process,
 }
 
 impl Netns {
-    pub fn new() -> Self {
-        require("unshare", "util-linux");
-        require("nsenter", "util-linux");
-        require("ip", "iproute2");
+    pub fn new() -> Result<Self, Missing> {
+        require("unshare", "util-linux")?;
+        require("nsenter", "util-linux")?;
+        require("ip", "iproute2")?;
+        let curl = require("curl", "curl")?;
         let dir = tempfile::tempdir().unwrap();
         let ready = dir.path().join("ready");
         let script = format!(
@@ -1165,7 +1236,7 @@ impl Netns {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Netns { dir, holder }
+        Ok(Netns { dir, curl, holder })
     }
 
     /// `program` run inside the namespace.
@@ -1180,8 +1251,8 @@ impl Netns {
 }
 
 /// The moto_server binary: `$REGMIRROR_MOTO_SERVER` (which `.ci/run` exports), else the venv
-/// `.ci/run` creates in the checkout, else a failure saying how to install it.
-pub fn moto_server_binary() -> PathBuf {
+/// `.ci/run` creates in the checkout, else [`Missing`] saying how to install it.
+pub fn moto_server_binary() -> Result<PathBuf, Missing> {
     moto_server_at(
         std::env::var_os("REGMIRROR_MOTO_SERVER")
             .filter(|p| !p.is_empty())
@@ -1192,15 +1263,16 @@ pub fn moto_server_binary() -> PathBuf {
     )
 }
 
-/// `path`, or a failure saying how to install moto_server.
-pub fn moto_server_at(path: PathBuf) -> PathBuf {
-    assert!(
-        path.is_file(),
+/// `path`, or [`Missing`] saying how to install moto_server.
+pub fn moto_server_at(path: PathBuf) -> Result<PathBuf, Missing> {
+    if path.is_file() {
+        return Ok(path);
+    }
+    missing(format!(
         "moto_server not found at {}: `bash .ci/run` creates the venv .ci/moto-venv with \
          moto[server]==5.2.5 (or point REGMIRROR_MOTO_SERVER at a moto_server)",
         path.display()
-    );
-    path
+    ))
 }
 
 /// An `Authorization` header moto accepts: it parses the credential scope (to pick the service)
@@ -1249,8 +1321,8 @@ pub struct MotoServer {
 }
 
 impl MotoServer {
-    pub fn start() -> Self {
-        let binary = moto_server_binary();
+    pub fn start() -> Result<Self, Missing> {
+        let binary = moto_server_binary()?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut server = MotoServer {
             addr,
@@ -1261,7 +1333,7 @@ impl MotoServer {
             paused: false,
         };
         server.spawn();
-        server
+        Ok(server)
     }
 
     fn spawn(&mut self) {
@@ -1580,7 +1652,7 @@ pub fn query_escape(value: &str) -> String {
 
 /// `clients` concurrent curl clients of `url`, each writing into `dir`; those for which
 /// `head_first(i)` holds send a HEAD first, as a cache in front would. Every body must be
-/// `digest`.
+/// `digest`. For tests that pushed with [`push_blob`], which found curl.
 pub fn concurrent_cold_clients(
     url: &str,
     digest: &str,
@@ -1627,10 +1699,10 @@ pub fn concurrent_cold_clients(
 }
 
 /// `dir`/htpasswd with one bcrypt entry, as `htpasswd -B` writes it (apache2-utils).
-pub fn htpasswd_file(dir: &Path, user: &str, password: &str) -> PathBuf {
+pub fn htpasswd_file(dir: &Path, user: &str, password: &str) -> Result<PathBuf, Missing> {
     let out =
-        run(Command::new(require("htpasswd", "apache2-utils")).args(["-Bbn", user, password]));
+        run(Command::new(require("htpasswd", "apache2-utils")?).args(["-Bbn", user, password]));
     let file = dir.join("htpasswd");
     std::fs::write(&file, out.stdout).unwrap();
-    file
+    Ok(file)
 }

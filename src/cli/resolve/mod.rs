@@ -46,7 +46,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let resolver = Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;
     let endpoints = resolver.resolve(&image);
     let probes = if args.probe {
-        let overrides = HostOverrides::parse(&args.add_host).map_err(BadInput)?;
+        let overrides =
+            HostOverrides::parse(&args.add_host).map_err(|e| BadInput(e.to_string()))?;
         let timeout = super::serve::seconds("--probe-timeout", args.probe_timeout)?;
         // As the shim reads it: its own CA (`shim install-ca`) vouches for no upstream.
         let roots = HostRoots::read_dir(&args.certs_dir, "regmirror-ca.crt");
