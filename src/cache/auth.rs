@@ -130,10 +130,7 @@ impl Htpasswd {
             .ok_or(Refusal::Unauthorized)?;
         let (user, password) = decoded.split_once(':').ok_or(Refusal::Unauthorized)?;
         let key = (user.to_owned(), Sha256::digest(password.as_bytes()).into());
-        if self
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        if crate::sync::lock(&self.verified)
             .get(&key)
             .is_some_and(|at| at.elapsed() < REMEMBER)
         {
@@ -145,7 +142,7 @@ impl Htpasswd {
         if !ok {
             return Err(Refusal::Unauthorized);
         }
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let mut verified = crate::sync::lock(&self.verified);
         verified.retain(|_, at| at.elapsed() < REMEMBER);
         verified.insert(key, Instant::now());
         Ok(user.to_owned())

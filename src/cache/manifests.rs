@@ -32,6 +32,7 @@ use crate::registry::route::ManifestRef;
 use crate::registry::{
     CONTENT_DIGEST_HEADER, CacheOutcome, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal,
 };
+use crate::sync::lock;
 use crate::upstream::{BodyError, UpstreamRequest, read_limited};
 
 /// The largest tag list read from an upstream (a repository with 100,000 tags fits).
@@ -85,10 +86,6 @@ pub(crate) struct Manifests {
     pub(super) max_manifest_size: u64,
     /// `proxy.serve_stale_on_404`.
     pub(super) serve_stale_on_404: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Manifests {

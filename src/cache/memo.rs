@@ -63,7 +63,7 @@ impl<V: Clone + Weighed> Memo<V> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries<V>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.entries)
     }
 
     /// Bytes held now.

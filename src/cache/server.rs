@@ -120,6 +120,9 @@ pub enum TlsError {
 pub struct Server {
     listener: Listener,
     app: Arc<App>,
+    /// Fires once the server's state is dropped everywhere: every response, revalidation and
+    /// fill has finished.
+    drained: crate::sync::Drained,
     grace: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
     eviction: Eviction,
@@ -169,7 +172,7 @@ impl Server {
             addr: config.listen.to_string(),
             source,
         })?;
-        let handles = handles(
+        let (handles, drained) = handles(
             config,
             options.timeouts,
             storage,
@@ -189,6 +192,7 @@ impl Server {
         Ok(Server {
             listener: Listener::capped(listener, config.limits.max_connections),
             app,
+            drained,
             grace: options.grace,
             tls,
             eviction: Eviction {
@@ -211,9 +215,11 @@ impl Server {
     ) -> std::io::Result<()> {
         let app = self.app.clone();
         let grace = self.grace;
-        let collector = tokio::spawn(collect_periodically(app.clone(), self.eviction));
+        let eviction = self.eviction;
+        let (server, drained) = self.into_parts();
+        let collector = tokio::spawn(collect_periodically(app.clone(), eviction));
         let expirer = tokio::spawn(expire_uploads(app.clone()));
-        let result = self.serve(shutdown).await;
+        let result = server.serve(shutdown).await;
         collector.abort();
         expirer.abort();
         let _ = collector.await;
@@ -221,16 +227,42 @@ impl Server {
         if let Err(e) = app.flush_uses().await {
             tracing::warn!(error = %e, "last-use times not saved");
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        // Handlers hold the app; fills (which run on after their clients) hold their map.
-        while (Arc::strong_count(&app) > 1 || Arc::strong_count(app.blobs.fills()) > 1)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // Handlers and revalidations hold the app, fills (which run on after their clients)
+        // the fills: the signal fires when the last of them is gone.
+        drop(app);
+        let _ = tokio::time::timeout(grace, drained.wait()).await;
         result
     }
 
+    /// The server without its drain signal, and the signal.
+    fn into_parts(self) -> (Serving, crate::sync::Drained) {
+        let Server {
+            listener,
+            app,
+            drained,
+            grace,
+            tls,
+            eviction: _,
+        } = self;
+        let serving = Serving {
+            listener,
+            app,
+            grace,
+            tls,
+        };
+        (serving, drained)
+    }
+}
+
+/// What the accept loop needs of a [`Server`].
+struct Serving {
+    listener: Listener,
+    app: Arc<App>,
+    grace: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Serving {
     /// The accept loop, for plain http and TLS alike: each connection gets its slot, its
     /// handshake and head timeouts, and a stall timeout on its writes; on shutdown, stop
     /// accepting and let open connections finish for the grace period.
@@ -240,12 +272,11 @@ impl Server {
     ) -> std::io::Result<()> {
         use hyper::body::Incoming;
         use hyper_util::rt::TokioIo;
-        let Server {
+        let Serving {
             mut listener,
             app,
             grace,
             tls,
-            ..
         } = self;
         let limits = app.options.limits.clone();
         // Every request goes to `http::handle`, which parses the path itself: no router.
@@ -356,7 +387,7 @@ fn handles(
     router: Router,
     client: UpstreamClient,
     local: SocketAddr,
-) -> Result<Handles, StartError> {
+) -> Result<(Handles, crate::sync::Drained), StartError> {
     let Storage {
         store,
         meta,
@@ -379,9 +410,9 @@ fn handles(
     let (store, meta) = (Arc::new(store), Arc::new(meta));
     let buffers = Buffers::new(usize::try_from(limits.buffer_memory).unwrap_or(usize::MAX));
     let status = super::status::Status::default();
+    let (held, drained) = crate::sync::drain();
     let fills = Fills::new(
-        store.clone(),
-        meta.clone(),
+        (store.clone(), meta.clone()),
         buffers.clone(),
         status.stored().clone(),
         FillLimits {
@@ -391,8 +422,9 @@ fn handles(
             max_fills: limits.max_fills,
             max_fills_per_upstream: limits.max_fills_per_upstream,
         },
+        held,
     );
-    Ok(Handles {
+    let handles = Handles {
         router,
         client,
         store,
@@ -402,7 +434,8 @@ fn handles(
         metrics,
         fleet,
         status,
-    })
+    };
+    Ok((handles, drained))
 }
 
 /// A connection's byte stream, plain or TLS.

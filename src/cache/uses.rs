@@ -27,20 +27,12 @@ impl LastUses {
     }
 
     fn note(&self, name: String) {
-        self.noted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, meta::now());
+        crate::sync::lock(&self.noted).insert(name, meta::now());
     }
 
     /// Writes the noted uses to the metadata.
     pub(crate) async fn flush(&self, meta: &Metadata) -> Result<(), MetaError> {
-        let uses: Vec<(String, u64)> = self
-            .noted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let uses: Vec<(String, u64)> = crate::sync::lock(&self.noted).drain().collect();
         meta.record_use(&uses).await
     }
 }

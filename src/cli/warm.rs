@@ -266,10 +266,7 @@ impl Bars {
     }
 
     fn take(&self, item: &Item) -> Option<ProgressBar> {
-        self.bars
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&item.id)
+        crate::sync::lock(&self.bars).remove(&item.id)
     }
 }
 
@@ -285,19 +282,11 @@ impl Report for Bars {
                 .with_style(self.blob_style.clone())
                 .with_prefix(format!("{} {}", blob.kind.as_str(), short_digest(blob))),
         );
-        self.bars
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(blob.id, bar);
+        crate::sync::lock(&self.bars).insert(blob.id, bar);
     }
 
     fn progress(&self, blob: &Item, bytes: u64) {
-        if let Some(bar) = self
-            .bars
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&blob.id)
-        {
+        if let Some(bar) = crate::sync::lock(&self.bars).get(&blob.id) {
             bar.inc(bytes);
         }
         self.total.inc(bytes);

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::FillState;
 use crate::cache::buffers::{Buffers, Reservation};
 use crate::cache::store::read::FileReader;
+use crate::sync::lock;
 
 /// Bytes of the most recent chunks a fill keeps in memory for the readers following it.
 const RECENT_BYTES: usize = 8 << 20;
@@ -74,10 +75,6 @@ impl RecentChunks {
 }
 
 pub(super) type SharedRecent = Arc<Mutex<RecentChunks>>;
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What a reader of a fill in flight follows: its progress and its window of recent chunks.
 pub(super) struct Follow {

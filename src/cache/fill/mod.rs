@@ -51,8 +51,9 @@ use super::meta::Metadata;
 use super::store::{BlobStore, StoredBytes};
 use crate::reference::Digest;
 use crate::registry::{ErrorCode, RegistryError};
+use crate::sync::lock;
 pub(crate) use error::FillError;
-use follow::{Follow, RecentChunks, lock};
+use follow::{Follow, RecentChunks};
 use task::FillTask;
 
 /// Progress of a fill.
@@ -242,15 +243,18 @@ pub(crate) struct Fills {
     /// Counts the bytes of new blobs committed, for the status page.
     stored: Arc<StoredBytes>,
     limits: FillLimits,
+    /// Dropped with the last holder of the fills (the server's state and every fill task, which
+    /// runs on after its clients): a shutdown waits for it.
+    _held: crate::sync::Held,
 }
 
 impl Fills {
     pub(crate) fn new(
-        store: Arc<BlobStore>,
-        meta: Arc<Metadata>,
+        (store, meta): (Arc<BlobStore>, Arc<Metadata>),
         buffers: Arc<Buffers>,
         stored: Arc<StoredBytes>,
         limits: FillLimits,
+        held: crate::sync::Held,
     ) -> Self {
         Fills {
             inflight: Mutex::new(HashMap::new()),
@@ -259,6 +263,7 @@ impl Fills {
             buffers,
             stored,
             limits,
+            _held: held,
         }
     }
 
@@ -363,8 +368,7 @@ mod tests {
         let store = Arc::new(BlobStore::open_files(dir).unwrap());
         let meta = Arc::new(Metadata::open_local(&dir.join("meta.redb")).unwrap());
         Arc::new(Fills::new(
-            store,
-            meta,
+            (store, meta),
             buffers(),
             Arc::default(),
             FillLimits {
@@ -374,6 +378,7 @@ mod tests {
                 max_fills,
                 max_fills_per_upstream: per_upstream,
             },
+            crate::sync::drain().0,
         ))
     }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
-use super::follow::{SharedRecent, lock};
+use super::follow::SharedRecent;
 use super::hasher::Hashing;
 use super::{Fetched, FillError, FillKey, FillState, Fills, Keep, UpstreamBody};
 use crate::cache::lease::HeldLease;
@@ -22,6 +22,7 @@ use crate::cache::meta::NewBlob;
 use crate::cache::store::space::{RESERVE_AHEAD, free_space, reserve};
 use crate::reference::Digest;
 use crate::registry::RegistryError;
+use crate::sync::lock;
 
 /// Most network chunks a fill writes between two progress notifications.
 const READY_CHUNKS: usize = 64;

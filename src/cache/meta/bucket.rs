@@ -25,6 +25,7 @@ use super::{
 };
 use crate::cache::bucket::{Bucket, BucketError, keys};
 use crate::reference::Digest;
+use crate::sync::lock;
 
 /// Facts remembered per replica at most; past it the memory starts afresh.
 const MAX_KNOWN: usize = 100_000;
@@ -50,10 +51,6 @@ pub(crate) struct BucketMetadata {
     batch: AtomicU64,
     known: Mutex<HashSet<String>>,
     records: Mutex<HashMap<String, ManifestRecord>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl BucketMetadata {

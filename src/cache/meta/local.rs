@@ -219,7 +219,7 @@ impl LocalMetadata {
     }
 
     fn granted(&self) -> MutexGuard<'_, Granted> {
-        self.granted.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.granted)
     }
 
     /// Forgets every remembered [`access`](Self::access) answer: call after a commit that

@@ -30,6 +30,7 @@ use super::store::StoredBytes;
 use super::upstreams::Upstreams;
 use crate::page::{self, RecentLine, RecentLines};
 use crate::registry::CacheOutcome;
+use crate::sync::lock;
 use crate::upstream::Health;
 pub(crate) use html::html;
 
@@ -143,10 +144,6 @@ impl StaleTags {
             })
             .collect()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Status {

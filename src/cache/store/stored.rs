@@ -2,6 +2,7 @@
 //! the whole inventory) and counted up between collections by every commit of new content
 //! (fills, pushes, fetched manifests).
 
+use crate::sync::lock;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -56,10 +57,6 @@ impl StoredBytes {
             .saturating_sub(measured.committed_then);
         Some((measured.bytes.saturating_add(since), measured.at, since))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ struct Upload {
 
 impl Uploads {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Upload>> {
-        self.active.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.active)
     }
 
     /// A known, live upload of `repository`.
