@@ -461,33 +461,36 @@ impl Manifests {
             media_type,
             bytes,
         });
-        self.store_fetched(route, tag, &manifest, &references)
-            .await?;
+        self.store(route, &[tag], &manifest, &references).await?;
         self.memo.insert(manifest.digest.clone(), manifest.clone());
         Ok(manifest)
     }
 
-    /// A fetched manifest's records (the record first: every stored manifest has one, see
-    /// [`super::meta`]), then its bytes.
-    async fn store_fetched(
+    /// A manifest's records, one per tag it sets (`None`: untagged), then its bytes: the
+    /// records first, so every stored manifest has one (see [`super::meta`]). Fetched and
+    /// pushed manifests alike.
+    pub(crate) async fn store(
         &self,
         route: &Route,
-        tag: Option<&str>,
+        tags: &[Option<&str>],
         manifest: &CachedManifest,
         references: &[Digest],
     ) -> Result<(), RegistryError> {
-        let new = self
-            .meta
-            .put_manifest(&NewManifest {
-                upstream: &route.upstream.name,
-                repository: &route.repository,
-                tag,
-                digest: &manifest.digest,
-                media_type: &manifest.media_type,
-                size: manifest.bytes.len() as u64,
-                references,
-            })
-            .await?;
+        let mut new = false;
+        for tag in tags {
+            new |= self
+                .meta
+                .put_manifest(&NewManifest {
+                    upstream: &route.upstream.name,
+                    repository: &route.repository,
+                    tag: *tag,
+                    digest: &manifest.digest,
+                    media_type: &manifest.media_type,
+                    size: manifest.bytes.len() as u64,
+                    references,
+                })
+                .await?;
+        }
         self.store
             .put_verified(&manifest.digest, manifest.bytes.clone())
             .await?;

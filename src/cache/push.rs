@@ -10,7 +10,6 @@ use axum::response::Response;
 
 use super::App;
 use super::manifest::{self, CachedManifest};
-use super::meta::NewManifest;
 use super::routing::Route;
 use super::uploads::created;
 use crate::reference::{Digest, Hasher, is_valid_tag};
@@ -120,8 +119,7 @@ pub(crate) async fn put_manifest(
     Ok(response)
 }
 
-/// The records of a pushed manifest (one per tag it sets), then its bytes: every file in the
-/// store has a record (see `meta`).
+/// A pushed manifest, stored with a record per tag it sets.
 async fn store_pushed(
     app: &App,
     route: &Route,
@@ -134,28 +132,9 @@ async fn store_pushed(
     } else {
         tags.iter().map(|t| Some(t.as_str())).collect()
     };
-    let mut new = false;
-    for tag in tagged {
-        new |= app
-            .meta
-            .put_manifest(&NewManifest {
-                upstream: &route.upstream.name,
-                repository: &route.repository,
-                tag,
-                digest: &pushed.digest,
-                media_type: &pushed.media_type,
-                size: pushed.bytes.len() as u64,
-                references,
-            })
-            .await?;
-    }
-    app.store
-        .put_verified(&pushed.digest, pushed.bytes.clone())
-        .await?;
-    if new {
-        app.status.stored().committed(pushed.bytes.len() as u64);
-    }
-    Ok(())
+    app.manifests
+        .store(route, &tagged, pushed, references)
+        .await
 }
 
 /// The tags a manifest PUT sets: the one it is pushed by, or, pushed by digest, its `?tag=`
