@@ -67,13 +67,7 @@ pub struct CacheErrors(pub Vec<CacheDiagnostic>);
 
 impl fmt::Display for CacheErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, diagnostic) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{diagnostic}")?;
-        }
-        Ok(())
+        crate::config::write_lines(f, &self.0)
     }
 }
 
