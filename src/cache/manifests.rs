@@ -170,21 +170,37 @@ impl Manifests {
                 return Ok(ManifestAnswer::new(manifest, CacheOutcome::Fresh));
             }
         }
-        if let Some(budget) = self.upstreams.budget_in_reserve(route) {
-            if let Some(manifest) = self.cached_tag(route, tag).await? {
-                self.metrics.request("tag", CacheOutcome::Reserve);
-                return Ok(ManifestAnswer {
-                    manifest,
-                    warning: Some(format!(
-                        "upstream {} has {} of {} pulls left (proxy.ratelimit_reserve); serving \
-                         the cached tag without asking",
-                        route.upstream.name, budget.remaining, budget.limit
-                    )),
-                    outcome: CacheOutcome::Reserve,
-                });
-            }
+        if let Some(answer) = self.in_reserve(route, tag, "without asking").await? {
+            return Ok(answer);
         }
         self.flight(route, tag, key).await
+    }
+
+    /// The cached tag, served with a `Warning` when the upstream's pull budget (as its last
+    /// answer stated it) is under its `ratelimit_reserve`: the pulls left go to content not
+    /// cached. `None` when the budget is not in its reserve or the tag is not cached.
+    async fn in_reserve(
+        &self,
+        route: &Route,
+        tag: &str,
+        how: &str,
+    ) -> Result<Option<ManifestAnswer>, RegistryError> {
+        let Some(budget) = self.upstreams.budget_in_reserve(route) else {
+            return Ok(None);
+        };
+        let Some(manifest) = self.cached_tag(route, tag).await? else {
+            return Ok(None);
+        };
+        self.metrics.request("tag", CacheOutcome::Reserve);
+        Ok(Some(ManifestAnswer {
+            manifest,
+            warning: Some(format!(
+                "upstream {} has {} of {} pulls left (proxy.ratelimit_reserve); serving the \
+                 cached tag {how}",
+                route.upstream.name, budget.remaining, budget.limit
+            )),
+            outcome: CacheOutcome::Reserve,
+        }))
     }
 
     /// The revalidation of a tag in flight, joined or started.
@@ -248,24 +264,14 @@ impl Manifests {
         .header(ACCEPT, MANIFEST_ACCEPT);
         let failure = match self.upstreams.send(route, head).await {
             Ok(response) if response.status() == StatusCode::OK => {
-                self.confirmed(key, route.upstream.tag_revalidate);
                 let current = response
                     .headers()
                     .get(CONTENT_DIGEST_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|s| Digest::parse(s).ok());
-                if let Some(current) = current {
-                    if let Some(manifest) = self.linked(route, &current).await? {
-                        if cached.as_ref().is_none_or(|c| c.digest != current.as_str()) {
-                            self.record_tag(route, tag, &manifest).await?;
-                        }
-                        self.metrics.request("tag", CacheOutcome::Hit);
-                        return Ok(ManifestAnswer::new(manifest, CacheOutcome::Hit));
-                    }
-                }
-                self.metrics.request("tag", CacheOutcome::Miss);
-                let manifest = self.fetch(route, tag, None, Some(tag)).await?;
-                return Ok(ManifestAnswer::new(manifest, CacheOutcome::Miss));
+                return self
+                    .head_answered(route, tag, key, cached.map(|c| c.digest), current)
+                    .await;
             }
             Ok(response)
                 if response.status() == StatusCode::NOT_FOUND && self.serve_stale_on_404 =>
@@ -293,6 +299,39 @@ impl Manifests {
             Err(e) => unreachable(upstream, e),
         };
         self.stale(route, tag, failure).await
+    }
+
+    /// A tag whose HEAD the upstream answered 200 with the `current` digest: served from the
+    /// cache when this repository holds that digest, else fetched, unless the budget that HEAD
+    /// stated is under the reserve: then the GET would spend a pull, and the cached tag (`was`)
+    /// is served with a `Warning`, not confirmed (the upstream moved it).
+    async fn head_answered(
+        &self,
+        route: &Route,
+        tag: &str,
+        key: &str,
+        was: Option<String>,
+        current: Option<Digest>,
+    ) -> Result<ManifestAnswer, RegistryError> {
+        let window = route.upstream.tag_revalidate;
+        if let Some(current) = current {
+            if let Some(manifest) = self.linked(route, &current).await? {
+                self.confirmed(key, window);
+                if was.is_none_or(|was| was != current.as_str()) {
+                    self.record_tag(route, tag, &manifest).await?;
+                }
+                self.metrics.request("tag", CacheOutcome::Hit);
+                return Ok(ManifestAnswer::new(manifest, CacheOutcome::Hit));
+            }
+        }
+        let how = "without fetching the digest the upstream now names";
+        if let Some(answer) = self.in_reserve(route, tag, how).await? {
+            return Ok(answer);
+        }
+        self.confirmed(key, window);
+        self.metrics.request("tag", CacheOutcome::Miss);
+        let manifest = self.fetch(route, tag, None, Some(tag)).await?;
+        Ok(ManifestAnswer::new(manifest, CacheOutcome::Miss))
     }
 
     /// The cached tag served because the upstream failed, with a warning saying so; without
