@@ -161,8 +161,16 @@ async fn a_budget_the_head_states_under_the_reserve_keeps_the_cached_tag() {
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.headers()["x-regmirror-cache"], "reserve");
     let said = warning(&answer);
-    assert!(said.contains("5 of 100 pulls left"), "{:?}", answer.headers());
-    assert_eq!(answer.text().await.unwrap(), MANIFEST, "the cached manifest");
+    assert!(
+        said.contains("5 of 100 pulls left"),
+        "{:?}",
+        answer.headers()
+    );
+    assert_eq!(
+        answer.text().await.unwrap(),
+        MANIFEST,
+        "the cached manifest"
+    );
     assert_eq!(upstream.hits(Method::HEAD, path), 2, "one HEAD each");
     assert_eq!(
         upstream.hits(Method::GET, path),
@@ -170,7 +178,13 @@ async fn a_budget_the_head_states_under_the_reserve_keeps_the_cached_tag() {
         "no pull spent on the moved tag"
     );
     assert_eq!(
-        upstream.state.pull_budget.lock().unwrap().unwrap().remaining,
+        upstream
+            .state
+            .pull_budget
+            .lock()
+            .unwrap()
+            .unwrap()
+            .remaining,
         5
     );
 }

@@ -13,12 +13,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
-use futures_util::future::{BoxFuture, Shared};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 
 use super::access::ContentAccess;
+use super::flights::{Flight, Flights, Joined};
 use super::manifest::{self, CachedManifest};
 use super::memo::Memo;
 use super::meta::{Metadata, NewManifest};
@@ -30,7 +29,7 @@ use super::uses::LastUses;
 use crate::reference::{Digest, Hasher};
 use crate::registry::route::ManifestRef;
 use crate::registry::{
-    CONTENT_DIGEST_HEADER, CacheOutcome, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal,
+    CONTENT_DIGEST_HEADER, CacheOutcome, ErrorCode, MANIFEST_ACCEPT, RegistryError,
 };
 use crate::sync::lock;
 use crate::upstream::{BodyError, UpstreamRequest, read_limited};
@@ -61,9 +60,6 @@ impl ManifestAnswer {
     }
 }
 
-/// A revalidation shared by every concurrent request for one tag.
-type TagFlight = Shared<BoxFuture<'static, Result<ManifestAnswer, RegistryError>>>;
-
 /// The manifest and tag service (wired by [`super::App::new`]).
 #[derive(Debug)]
 pub(crate) struct Manifests {
@@ -78,7 +74,7 @@ pub(crate) struct Manifests {
     pub(super) stored: Arc<StoredBytes>,
     pub(super) uses: Arc<LastUses>,
     /// Revalidations in flight, by (upstream, repository, tag).
-    pub(super) flights: Mutex<HashMap<String, TagFlight>>,
+    pub(super) flights: Flights<ManifestAnswer>,
     /// When each tag (or referrers list) was last confirmed by its upstream (at most
     /// [`MAX_VALIDATED_TAGS`]).
     pub(super) confirmed: Mutex<HashMap<String, Instant>>,
@@ -173,7 +169,7 @@ impl Manifests {
         if let Some(answer) = self.in_reserve(route, tag, "without asking").await? {
             return Ok(answer);
         }
-        self.flight(route, tag, key).await
+        self.flight(route, tag, key).0.await
     }
 
     /// The cached tag, served with a `Warning` when the upstream's pull budget (as its last
@@ -204,30 +200,18 @@ impl Manifests {
     }
 
     /// The revalidation of a tag in flight, joined or started.
-    fn flight(self: &Arc<Self>, route: &Route, tag: &str, key: String) -> TagFlight {
-        let mut flights = lock(&self.flights);
-        if let Some(flight) = flights.get(&key) {
-            return flight.clone();
-        }
-        // A task of its own: it runs to the end however many of its clients go away, and
-        // whatever ends it (a panic included) takes it out of the map.
-        let manifests = self.clone();
-        let (route, tag, done) = (route.clone(), tag.to_owned(), key.clone());
-        let task = tokio::spawn(async move {
-            let _leave = LeaveFlight {
-                manifests: manifests.clone(),
-                key: done.clone(),
-            };
-            manifests.revalidate(&route, &tag, &done).await
-        });
-        let flight = async move {
-            task.await
-                .unwrap_or_else(|e| Err(internal(format!("the tag revalidation failed: {e}"))))
-        }
-        .boxed()
-        .shared();
-        flights.insert(key, flight.clone());
-        flight
+    fn flight(
+        self: &Arc<Self>,
+        route: &Route,
+        tag: &str,
+        key: String,
+    ) -> (Flight<ManifestAnswer>, Joined) {
+        let work = || {
+            let manifests = self.clone();
+            let (route, tag, key) = (route.clone(), tag.to_owned(), key.clone());
+            async move { manifests.revalidate(&route, &tag, &key).await }
+        };
+        self.flights.join(key.clone(), work)
     }
 
     /// The manifest a cached tag points at, if this repository may read it.
@@ -618,16 +602,4 @@ fn verify(
         }
     }
     Ok(())
-}
-
-/// Takes a finished (or failed) tag revalidation out of the map, whatever ended it.
-struct LeaveFlight {
-    manifests: Arc<Manifests>,
-    key: String,
-}
-
-impl Drop for LeaveFlight {
-    fn drop(&mut self) {
-        lock(&self.manifests.flights).remove(&self.key);
-    }
 }
