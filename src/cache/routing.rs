@@ -201,7 +201,7 @@ impl Router {
     /// Whether `?ns=` chooses a request's upstream: in every cache but a plain registry (no
     /// upstream at all), which reads repositories by their path, as distribution does.
     pub(crate) fn scopes_by_ns(&self) -> bool {
-        !(self.configured.is_empty() && !self.dynamic)
+        self.dynamic || !self.configured.is_empty()
     }
 
     fn upstream(&self, host: &str) -> Result<Arc<Upstream>, RegistryError> {
