@@ -94,3 +94,45 @@ impl<T> Drop for Leave<T> {
         lock(&self.in_flight).remove(&self.key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_flight_and_a_finished_one_leaves() {
+        let flights = Flights::<u32>::new("the test work");
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let (first, started) = flights.join("k".to_owned(), || async move {
+            let _ = wait.await;
+            Ok(7)
+        });
+        let (second, joined) = flights.join("k".to_owned(), || async { Ok(8) });
+        assert_eq!((started, joined), (Joined::Started, Joined::Joined));
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 7);
+        assert_eq!(
+            second.await.unwrap(),
+            7,
+            "the joiner shares the first answer"
+        );
+        let (third, again) = flights.join("k".to_owned(), || async { Ok(9) });
+        assert_eq!(again, Joined::Started, "a finished flight left the map");
+        assert_eq!(third.await.unwrap(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flight_is_an_internal_error_and_leaves() {
+        let flights = Flights::<u32>::new("the test work");
+        let (flight, _) = flights.join("k".to_owned(), || async {
+            let dies = true;
+            assert!(!dies, "the work panics");
+            Ok(0)
+        });
+        let error = flight.await.unwrap_err();
+        assert!(error.message.contains("the test work failed"), "{error:?}");
+        let (next, started) = flights.join("k".to_owned(), || async { Ok(1) });
+        assert_eq!(started, Joined::Started);
+        assert_eq!(next.await.unwrap(), 1);
+    }
+}
