@@ -10,6 +10,7 @@
 //! - [`store`]: content-addressed blob files, atomic verified commits;
 //! - [`meta`]: tags, manifests, repository links, blob sizes (redb);
 //! - [`fill`]: single-flight fills streamed to every reader as bytes arrive;
+//! - [`flights`]: single flights of tag revalidations and referrers lists, shared answers;
 //! - [`buffers`]: the memory budget for blob data in flight;
 //! - [`memo`]: hot manifests and small blobs in memory, bounded in bytes;
 //! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
