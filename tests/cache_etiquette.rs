@@ -133,6 +133,63 @@ async fn a_low_pull_budget_keeps_the_rest_for_content_not_cached() {
 }
 
 #[tokio::test]
+async fn a_budget_the_head_states_under_the_reserve_keeps_the_cached_tag() {
+    let upstream = FakeUpstream::start().await;
+    let path = "/v2/library/a/manifests/v1";
+    upstream.manifest("library/a", "v1", MANIFEST);
+    *upstream.state.pull_budget.lock().unwrap() = Some(PullBudget {
+        limit: 100,
+        remaining: 50,
+        retry_after: 30,
+    });
+    let cache = Cache::start(&format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+    assert_eq!(get(cache.url(path)).await.status(), 200, "cached: 49 left");
+
+    // The upstream moves the tag, and its budget falls to 5 of 100 (under the default 10%
+    // reserve) without the cache having seen an answer saying so: only the HEAD tells it.
+    let moved = r#"{"schemaVersion":2,"layers":[],"annotations":{"moved":"yes"}}"#;
+    upstream.manifest("library/a", "v1", moved);
+    upstream
+        .state
+        .pull_budget
+        .lock()
+        .unwrap()
+        .as_mut()
+        .unwrap()
+        .remaining = 5;
+    let answer = get(cache.url(path)).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-regmirror-cache"], "reserve");
+    let said = warning(&answer);
+    assert!(
+        said.contains("5 of 100 pulls left"),
+        "{:?}",
+        answer.headers()
+    );
+    assert_eq!(
+        answer.text().await.unwrap(),
+        MANIFEST,
+        "the cached manifest"
+    );
+    assert_eq!(upstream.hits(Method::HEAD, path), 2, "one HEAD each");
+    assert_eq!(
+        upstream.hits(Method::GET, path),
+        1,
+        "no pull spent on the moved tag"
+    );
+    assert_eq!(
+        upstream
+            .state
+            .pull_budget
+            .lock()
+            .unwrap()
+            .unwrap()
+            .remaining,
+        5
+    );
+}
+
+#[tokio::test]
 async fn a_429_serves_the_cache_stale_and_rests_the_upstream_until_retry_after() {
     let upstream = FakeUpstream::start().await;
     upstream.manifest("library/cached", "v1", MANIFEST);

@@ -1,6 +1,7 @@
 //! The cache against an in-process FAKE upstream, for faults no real registry produces: content
 //! that does not match its digest, a body that arrives slowly (to watch single flight and
-//! streaming), an upstream that disappears, and repositories the upstream refuses.
+//! streaming), an answer held until every client asked (single flight), an upstream that
+//! disappears, and repositories the upstream refuses.
 //! Everything runs on 127.0.0.1 with ephemeral ports.
 
 mod fake;
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use bytes::Bytes;
 use fake::{
-    Cache, FakeUpstream, client, digest_of, files_under, random_bytes, raw_get, silent_listener,
+    Cache, Canned, FakeUpstream, client, digest_of, files_under, random_bytes, raw_get,
+    silent_listener,
 };
 
 #[tokio::test]
@@ -716,4 +718,75 @@ async fn hot_small_blobs_are_served_from_memory_within_limits_blob_memo() {
             assert_eq!(response.bytes().await.unwrap(), small.slice(100..200));
         }
     }
+}
+
+/// The FAKE holds the referrers answer until every client's request reached the cache: either
+/// as a request of its own upstream (8 of them: no single flight) or as one that joined the
+/// request in flight (the `joined` count in /metrics). No timing involved.
+#[tokio::test]
+async fn concurrent_referrers_requests_share_one_upstream_request() {
+    let upstream = FakeUpstream::start().await;
+    let subject = digest_of(b"subject");
+    let path = format!("/v2/library/demo/referrers/{subject}");
+    let referrer = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest_of(b"signature"),
+        "size": 9,
+        "artifactType": "application/example",
+    });
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [referrer],
+    });
+    upstream.answer(
+        Method::GET,
+        &path,
+        Canned {
+            status: 200,
+            content_type: "application/vnd.oci.image.index.v1+json",
+            body: Bytes::from(index.to_string()),
+            pieces: 1,
+            pause: Duration::ZERO,
+        },
+    );
+    let gate = upstream.hold(&path);
+    let cache = Cache::start(&format!("proxy: {{remoteurl: {}}}", upstream.url())).await;
+    let url = cache.url(&path);
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let response = client().get(url).send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let joined = "regmirror_cache_requests_total{kind=\"referrers\",result=\"joined\"} 7";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if upstream.hits(Method::GET, &path) >= 8 || cache.metrics().await.contains(joined) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 8 requests never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.send(true).unwrap();
+    for request in requests {
+        let (status, listed) = request.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(listed["manifests"], serde_json::json!([referrer]));
+    }
+    assert_eq!(
+        upstream.hits(Method::GET, &path),
+        1,
+        "one upstream request in flight per subject"
+    );
+    // Done: the next request (the default window is 0) asks again.
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(upstream.hits(Method::GET, &path), 2);
 }

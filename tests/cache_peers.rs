@@ -759,3 +759,102 @@ fn tag_list_and_catalog_paginate_with_link() {
         serde_json::json!({"repositories": ["library/multi"]})
     );
 }
+
+/// `OCI-Namespace` (distribution-spec's "Registry Proxying") on every answer about a manifest,
+/// blob, tag list or referrers list to a request scoped by `?ns=`, and nowhere else;
+/// `Docker-Content-Digest` on every blob and manifest GET and HEAD: proxied (a fill, then a
+/// hit) and pushed, whole and Range (206). The redirects to a bucket: tests/cache_s3.rs.
+#[test]
+fn the_headers_the_spec_asks_of_a_proxy() {
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    let (manifest, layer) = peers::push_small_image(origin.addr, "library/demo");
+    let cache = Regmirror::serve(
+        &format!(
+            "proxy: {{remoteurl: {}}}\nlocal: [{{prefix: team/}}]",
+            origin.url()
+        ),
+        &[],
+    );
+    let (local_manifest, local_layer) = peers::push_small_image(cache.addr, "team/app");
+    assert_eq!((&local_manifest, &local_layer), (&manifest, &layer));
+    let ns = origin.host();
+    let ask = |method: &str, path: &str, range: Option<&str>| {
+        let headers: Vec<(&str, &str)> = range.iter().map(|r| ("Range", *r)).collect();
+        let (status, head, _) = peers::http(method, cache.addr, path, &headers);
+        (status, head)
+    };
+    // Every blob and manifest answer, proxied (with and without `?ns=`) and local: the first
+    // blob request (a Range) is a fill, the rest are hits (or join the fill).
+    let mut served = std::collections::BTreeSet::new();
+    let routes = [
+        ("library/demo", Some(ns.as_str())),
+        ("library/demo", None),
+        ("team/app", None),
+    ];
+    for (repository, ns) in routes {
+        let query = ns.map(|ns| format!("?ns={ns}")).unwrap_or_default();
+        let manifests = ["v1".to_owned(), manifest.clone()];
+        let cases = manifests
+            .iter()
+            .map(|reference| (format!("manifests/{reference}"), &manifest))
+            .chain([(format!("blobs/{layer}"), &layer)]);
+        for (what, digest) in cases {
+            let path = format!("/v2/{repository}/{what}{query}");
+            // The blob's first request, a Range, starts its fill.
+            for (method, range, expected) in [
+                ("GET", Some("bytes=10-99"), 206),
+                ("GET", None, 200),
+                ("HEAD", None, 200),
+                ("GET", Some("bytes=10-99"), 206),
+            ] {
+                if what.starts_with("manifests/") && range.is_some() {
+                    continue;
+                }
+                let (status, head) = ask(method, &path, range);
+                let case = format!("{method} {path} {range:?}");
+                assert_eq!(status, expected, "{case}: {head}");
+                served.extend(peers::header(&head, "x-regmirror-cache"));
+                assert_eq!(
+                    peers::header(&head, "docker-content-digest").as_deref(),
+                    Some(digest.as_str()),
+                    "{case}: {head}"
+                );
+                assert_eq!(
+                    peers::header(&head, "oci-namespace").as_deref(),
+                    ns,
+                    "{case}: {head}"
+                );
+            }
+        }
+        // Tag lists, referrers lists and errors (a tag that does not exist) alike.
+        for what in [
+            "tags/list".to_owned(),
+            format!("referrers/{manifest}"),
+            "manifests/missing".to_owned(),
+        ] {
+            let path = format!("/v2/{repository}/{what}{query}");
+            let (status, head) = ask("GET", &path, None);
+            assert!(matches!(status, 200 | 404), "{path}: {head}");
+            assert_eq!(
+                peers::header(&head, "oci-namespace").as_deref(),
+                ns,
+                "{path}: {head}"
+            );
+        }
+    }
+    // A fill (`miss`; a request right after its last byte may join it: `joined`), hits and
+    // pushed content were all answered.
+    for word in ["hit", "local", "miss"] {
+        assert!(served.contains(word), "{word} in {served:?}");
+    }
+    // Nowhere else: the catalog and the ping name no namespace's content.
+    for path in [format!("/v2/_catalog?ns={ns}"), format!("/v2/?ns={ns}")] {
+        let (status, head) = ask("GET", &path, None);
+        assert_eq!(status, 200, "{path}: {head}");
+        assert_eq!(
+            peers::header(&head, "oci-namespace"),
+            None,
+            "{path}: {head}"
+        );
+    }
+}

@@ -684,7 +684,13 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
         .filter(|(k, _)| k != "REGISTRY_STORAGE_REDIRECT_DISABLE")
         .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let cache = Regmirror::spawn(dir, "local: all", &[], &env, &[]);
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    let (manifest, layer) = peers::push_small_image(origin.addr, "library/demo");
+    let yaml = format!(
+        "proxy: {{remoteurl: {}}}\nlocal: [{{prefix: team/}}]",
+        origin.url()
+    );
+    let cache = Regmirror::spawn(dir, &yaml, &[], &env, &[]);
     or_skip!(peers::push_blob(cache.addr, "team/app", &file, &digest));
     let (status, head, _) = http(
         "GET",
@@ -711,6 +717,42 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
         &[],
     );
     assert_eq!(status, 200, "{head}");
+    // Every answer names the digest, the redirects included (pushed and fetched content, whole
+    // and Range; HEAD is answered by the cache itself).
+    let fetched = format!("/v2/library/demo/blobs/{layer}");
+    let (status, head, _) = http("GET", cache.addr, &fetched, &[]);
+    assert_eq!(status, 200, "the fill: {head}");
+    assert_eq!(
+        peers::header(&head, "docker-content-digest"),
+        Some(layer.clone())
+    );
+    settled(&cache);
+    let pushed = format!("/v2/team/app/blobs/{digest}");
+    for (path, digest) in [(&pushed, &digest), (&fetched, &layer)] {
+        for (method, range, expected) in [
+            ("GET", None, 307),
+            ("GET", Some("bytes=10-99"), 307),
+            ("HEAD", None, 200),
+        ] {
+            let headers: Vec<(&str, &str)> = range.iter().map(|r| ("Range", *r)).collect();
+            let (status, head, _) = http(method, cache.addr, path, &headers);
+            assert_eq!(status, expected, "{method} {path} {range:?}: {head}");
+            assert_eq!(
+                peers::header(&head, "docker-content-digest").as_deref(),
+                Some(digest.as_str()),
+                "{method} {path} {range:?}: {head}"
+            );
+        }
+    }
+    for method in ["GET", "HEAD"] {
+        let path = "/v2/library/demo/manifests/v1";
+        let (status, head, _) = http(method, cache.addr, path, &[]);
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(
+            peers::header(&head, "docker-content-digest"),
+            Some(manifest.clone())
+        );
+    }
 }
 
 /// A small blob read from the bucket is remembered (`limits.blob_memo`): with its object deleted

@@ -627,3 +627,48 @@ fn an_ns_that_is_not_a_bare_host_is_refused_and_sends_nothing() {
         "{seen:?}"
     );
 }
+
+/// The shim scopes an origin-form request by `?ns=` as a registry does, so its answers about a
+/// manifest, blob, tag list or referrers list carry `OCI-Namespace` whoever served them: here
+/// `regmirror serve` as the origin of a registry without a rule (asked without `ns`), and as
+/// the mirror of one with a rule (asked with the `ns` the walk adds). A request without `?ns=`
+/// (absolute-form) gets none, whatever the mirror said.
+#[test]
+fn answers_to_ns_requests_carry_oci_namespace() {
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    let (manifest, layer) = peers::push_small_image(origin.addr, "library/demo");
+    let mirror = peers::Regmirror::serve(&format!("proxy: {{remoteurl: {}}}", origin.url()), &[]);
+    let shim = Shim::start(&rules(&origin, &[mirror.url()]), &[]);
+    for registry in [origin.host(), mirror.host()] {
+        for (method, what) in [
+            ("GET", "manifests/v1".to_owned()),
+            ("HEAD", format!("manifests/{manifest}")),
+            ("GET", format!("blobs/{layer}")),
+            ("GET", "tags/list".to_owned()),
+            ("GET", "manifests/missing".to_owned()),
+        ] {
+            let path = format!("/v2/library/demo/{what}?ns={registry}");
+            let (status, head, _) = http(method, shim.addr, &path, &[ACCEPT]);
+            assert!(matches!(status, 200 | 404), "{method} {path}: {head}");
+            if status == 200 && !what.starts_with("tags/") {
+                assert!(
+                    header(&head, "x-regmirror-cache").is_some(),
+                    "served by regmirror serve: {head}"
+                );
+            }
+            assert_eq!(
+                header(&head, "oci-namespace"),
+                Some(registry.clone()),
+                "{method} {path}: {head}"
+            );
+        }
+    }
+    let path = format!("http://{}/v2/library/demo/manifests/v1", origin.host());
+    let (status, head, _) = http("GET", shim.addr, &path, &[ACCEPT]);
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        header(&head, "x-regmirror-cache").is_some(),
+        "served by the mirror: {head}"
+    );
+    assert_eq!(header(&head, "oci-namespace"), None, "{head}");
+}

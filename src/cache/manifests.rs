@@ -13,12 +13,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
-use futures_util::future::{BoxFuture, Shared};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 
 use super::access::ContentAccess;
+use super::flights::{Flight, Flights, Joined};
 use super::manifest::{self, CachedManifest};
 use super::memo::Memo;
 use super::meta::{Metadata, NewManifest};
@@ -30,7 +29,7 @@ use super::uses::LastUses;
 use crate::reference::{Digest, Hasher};
 use crate::registry::route::ManifestRef;
 use crate::registry::{
-    CONTENT_DIGEST_HEADER, CacheOutcome, ErrorCode, MANIFEST_ACCEPT, RegistryError, internal,
+    CONTENT_DIGEST_HEADER, CacheOutcome, ErrorCode, MANIFEST_ACCEPT, RegistryError,
 };
 use crate::sync::lock;
 use crate::upstream::{BodyError, UpstreamRequest, read_limited};
@@ -61,9 +60,6 @@ impl ManifestAnswer {
     }
 }
 
-/// A revalidation shared by every concurrent request for one tag.
-type TagFlight = Shared<BoxFuture<'static, Result<ManifestAnswer, RegistryError>>>;
-
 /// The manifest and tag service (wired by [`super::App::new`]).
 #[derive(Debug)]
 pub(crate) struct Manifests {
@@ -78,7 +74,7 @@ pub(crate) struct Manifests {
     pub(super) stored: Arc<StoredBytes>,
     pub(super) uses: Arc<LastUses>,
     /// Revalidations in flight, by (upstream, repository, tag).
-    pub(super) flights: Mutex<HashMap<String, TagFlight>>,
+    pub(super) flights: Flights<ManifestAnswer>,
     /// When each tag (or referrers list) was last confirmed by its upstream (at most
     /// [`MAX_VALIDATED_TAGS`]).
     pub(super) confirmed: Mutex<HashMap<String, Instant>>,
@@ -170,48 +166,52 @@ impl Manifests {
                 return Ok(ManifestAnswer::new(manifest, CacheOutcome::Fresh));
             }
         }
-        if let Some(budget) = self.upstreams.budget_in_reserve(route) {
-            if let Some(manifest) = self.cached_tag(route, tag).await? {
-                self.metrics.request("tag", CacheOutcome::Reserve);
-                return Ok(ManifestAnswer {
-                    manifest,
-                    warning: Some(format!(
-                        "upstream {} has {} of {} pulls left (proxy.ratelimit_reserve); serving \
-                         the cached tag without asking",
-                        route.upstream.name, budget.remaining, budget.limit
-                    )),
-                    outcome: CacheOutcome::Reserve,
-                });
-            }
+        if let Some(answer) = self.in_reserve(route, tag, "without asking").await? {
+            return Ok(answer);
         }
-        self.flight(route, tag, key).await
+        self.flight(route, tag, key).0.await
+    }
+
+    /// The cached tag, served with a `Warning` when the upstream's pull budget (as its last
+    /// answer stated it) is under its `ratelimit_reserve`: the pulls left go to content not
+    /// cached. `None` when the budget is not in its reserve or the tag is not cached.
+    async fn in_reserve(
+        &self,
+        route: &Route,
+        tag: &str,
+        how: &str,
+    ) -> Result<Option<ManifestAnswer>, RegistryError> {
+        let Some(budget) = self.upstreams.budget_in_reserve(route) else {
+            return Ok(None);
+        };
+        let Some(manifest) = self.cached_tag(route, tag).await? else {
+            return Ok(None);
+        };
+        self.metrics.request("tag", CacheOutcome::Reserve);
+        Ok(Some(ManifestAnswer {
+            manifest,
+            warning: Some(format!(
+                "upstream {} has {} of {} pulls left (proxy.ratelimit_reserve); serving the \
+                 cached tag {how}",
+                route.upstream.name, budget.remaining, budget.limit
+            )),
+            outcome: CacheOutcome::Reserve,
+        }))
     }
 
     /// The revalidation of a tag in flight, joined or started.
-    fn flight(self: &Arc<Self>, route: &Route, tag: &str, key: String) -> TagFlight {
-        let mut flights = lock(&self.flights);
-        if let Some(flight) = flights.get(&key) {
-            return flight.clone();
-        }
-        // A task of its own: it runs to the end however many of its clients go away, and
-        // whatever ends it (a panic included) takes it out of the map.
-        let manifests = self.clone();
-        let (route, tag, done) = (route.clone(), tag.to_owned(), key.clone());
-        let task = tokio::spawn(async move {
-            let _leave = LeaveFlight {
-                manifests: manifests.clone(),
-                key: done.clone(),
-            };
-            manifests.revalidate(&route, &tag, &done).await
-        });
-        let flight = async move {
-            task.await
-                .unwrap_or_else(|e| Err(internal(format!("the tag revalidation failed: {e}"))))
-        }
-        .boxed()
-        .shared();
-        flights.insert(key, flight.clone());
-        flight
+    fn flight(
+        self: &Arc<Self>,
+        route: &Route,
+        tag: &str,
+        key: String,
+    ) -> (Flight<ManifestAnswer>, Joined) {
+        let work = || {
+            let manifests = self.clone();
+            let (route, tag, key) = (route.clone(), tag.to_owned(), key.clone());
+            async move { manifests.revalidate(&route, &tag, &key).await }
+        };
+        self.flights.join(key.clone(), work)
     }
 
     /// The manifest a cached tag points at, if this repository may read it.
@@ -248,24 +248,14 @@ impl Manifests {
         .header(ACCEPT, MANIFEST_ACCEPT);
         let failure = match self.upstreams.send(route, head).await {
             Ok(response) if response.status() == StatusCode::OK => {
-                self.confirmed(key, route.upstream.tag_revalidate);
                 let current = response
                     .headers()
                     .get(CONTENT_DIGEST_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|s| Digest::parse(s).ok());
-                if let Some(current) = current {
-                    if let Some(manifest) = self.linked(route, &current).await? {
-                        if cached.as_ref().is_none_or(|c| c.digest != current.as_str()) {
-                            self.record_tag(route, tag, &manifest).await?;
-                        }
-                        self.metrics.request("tag", CacheOutcome::Hit);
-                        return Ok(ManifestAnswer::new(manifest, CacheOutcome::Hit));
-                    }
-                }
-                self.metrics.request("tag", CacheOutcome::Miss);
-                let manifest = self.fetch(route, tag, None, Some(tag)).await?;
-                return Ok(ManifestAnswer::new(manifest, CacheOutcome::Miss));
+                return self
+                    .head_answered(route, tag, key, cached.map(|c| c.digest), current)
+                    .await;
             }
             Ok(response)
                 if response.status() == StatusCode::NOT_FOUND && self.serve_stale_on_404 =>
@@ -293,6 +283,39 @@ impl Manifests {
             Err(e) => unreachable(upstream, e),
         };
         self.stale(route, tag, failure).await
+    }
+
+    /// A tag whose HEAD the upstream answered 200 with the `current` digest: served from the
+    /// cache when this repository holds that digest, else fetched, unless the budget that HEAD
+    /// stated is under the reserve: then the GET would spend a pull, and the cached tag (`was`)
+    /// is served with a `Warning`, not confirmed (the upstream moved it).
+    async fn head_answered(
+        &self,
+        route: &Route,
+        tag: &str,
+        key: &str,
+        was: Option<String>,
+        current: Option<Digest>,
+    ) -> Result<ManifestAnswer, RegistryError> {
+        let window = route.upstream.tag_revalidate;
+        if let Some(current) = current {
+            if let Some(manifest) = self.linked(route, &current).await? {
+                self.confirmed(key, window);
+                if was.is_none_or(|was| was != current.as_str()) {
+                    self.record_tag(route, tag, &manifest).await?;
+                }
+                self.metrics.request("tag", CacheOutcome::Hit);
+                return Ok(ManifestAnswer::new(manifest, CacheOutcome::Hit));
+            }
+        }
+        let how = "without fetching the digest the upstream now names";
+        if let Some(answer) = self.in_reserve(route, tag, how).await? {
+            return Ok(answer);
+        }
+        self.confirmed(key, window);
+        self.metrics.request("tag", CacheOutcome::Miss);
+        let manifest = self.fetch(route, tag, None, Some(tag)).await?;
+        Ok(ManifestAnswer::new(manifest, CacheOutcome::Miss))
     }
 
     /// The cached tag served because the upstream failed, with a warning saying so; without
@@ -579,16 +602,4 @@ fn verify(
         }
     }
     Ok(())
-}
-
-/// Takes a finished (or failed) tag revalidation out of the map, whatever ended it.
-struct LeaveFlight {
-    manifests: Arc<Manifests>,
-    key: String,
-}
-
-impl Drop for LeaveFlight {
-    fn drop(&mut self) {
-        lock(&self.manifests.flights).remove(&self.key);
-    }
 }

@@ -10,6 +10,7 @@
 //! - [`store`]: content-addressed blob files, atomic verified commits;
 //! - [`meta`]: tags, manifests, repository links, blob sizes (redb);
 //! - [`fill`]: single-flight fills streamed to every reader as bytes arrive;
+//! - [`flights`]: single flights of tag revalidations and referrers lists, shared answers;
 //! - [`buffers`]: the memory budget for blob data in flight;
 //! - [`memo`]: hot manifests and small blobs in memory, bounded in bytes;
 //! - [`manifest`], [`range`]: manifest bookkeeping and `Range` parsing;
@@ -23,6 +24,7 @@ pub(crate) mod buffers;
 mod error;
 pub(crate) mod fill;
 pub mod fleet;
+pub(crate) mod flights;
 pub(crate) mod gc;
 pub(crate) mod http;
 pub(crate) mod lease;
@@ -52,6 +54,7 @@ use blobs::Blobs;
 use buffers::Buffers;
 use fill::Fills;
 use fleet::Fleet;
+use flights::Flights;
 use manifests::Manifests;
 use memo::Memo;
 use meta::{ListBounds, Metadata};
@@ -75,7 +78,7 @@ pub(crate) struct App {
     pub(crate) uses: Arc<LastUses>,
     pub(crate) blobs: Blobs,
     pub(crate) manifests: Arc<Manifests>,
-    pub(crate) referrers: Referrers,
+    pub(crate) referrers: Arc<Referrers>,
     /// Uploads to local repositories in progress.
     pub(crate) uploads: uploads::local::Uploads,
     /// On a shared bucket: this replica among the others (leases, following their downloads).
@@ -155,22 +158,24 @@ impl App {
             metrics: metrics.clone(),
             stored: status.stored().clone(),
             uses: uses.clone(),
-            flights: Mutex::default(),
+            flights: Flights::new("the tag revalidation"),
             confirmed: Mutex::default(),
             max_manifest_size: limits.max_manifest_size,
             serve_stale_on_404: options.serve_stale_on_404,
         });
-        let referrers = Referrers {
+        let referrers = Arc::new(Referrers {
             manifests: manifests.clone(),
             upstreams: upstreams.clone(),
             meta: meta.clone(),
+            metrics: metrics.clone(),
             uses: uses.clone(),
+            flights: Flights::new("the referrers request"),
             bounds: ListBounds {
                 count: limits.max_referrers,
                 bytes: usize::try_from(limits.max_referrers_size).unwrap_or(usize::MAX),
             },
             max_manifest_size: limits.max_manifest_size,
-        };
+        });
         App {
             upstreams,
             meta,

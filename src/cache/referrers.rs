@@ -9,7 +9,8 @@
 //!   spec tells clients to; that tag is cached like any tag. The answer is kept as one record
 //!   per (upstream, repository, subject) and follows the tag rules: served without asking within
 //!   the upstream's `tag_revalidate`, and from the record with a `Warning` while the upstream
-//!   fails. The referring manifests and their blobs are then pulled through the cache like any
+//!   fails; one request per subject is in flight, shared by every client asking for it at once
+//!   ([`super::flights`]). The referring manifests and their blobs are then pulled through the cache like any
 //!   content.
 //! - Every list is bounded (`limits.max_referrers` descriptors, `limits.max_referrers_size`
 //!   bytes): an upstream's longer answer is cut, no more of it is read, and the cut list is
@@ -25,9 +26,11 @@ use reqwest::header::{ACCEPT, LINK};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use super::flights::{Flights, Joined};
 use super::manifest;
 use super::manifests::Manifests;
 use super::meta::{Changed, ListBounds, ListChange, ListKey, Metadata, ReferrerList};
+use super::metrics::Metrics;
 use super::routing::Route;
 use super::upstreams::{Upstreams, unreachable, unreachable_text, upstream_status};
 use super::uses::LastUses;
@@ -42,14 +45,14 @@ pub(crate) const PAGE_BYTES: usize = 1 << 20;
 const MAX_UPSTREAM_PAGES: usize = 16;
 
 /// Referrers of one subject, sorted by digest.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Listing {
     pub(crate) descriptors: Vec<Value>,
     /// Set when the records are served because the upstream failed.
     pub(crate) warning: Option<String>,
     /// Set when the upstream listed more than the limits keep.
     pub(crate) cut: Option<String>,
-    /// Local, fresh, hit or stale.
+    /// Local, fresh, hit, stale, or joined (a request in flight for another client answered it).
     pub(crate) outcome: CacheOutcome,
 }
 
@@ -68,7 +71,10 @@ pub(crate) struct Referrers {
     pub(super) manifests: Arc<Manifests>,
     pub(super) upstreams: Upstreams,
     pub(super) meta: Arc<Metadata>,
+    pub(super) metrics: Arc<Metrics>,
     pub(super) uses: Arc<LastUses>,
+    /// Requests to the upstream in flight, by (upstream, repository, subject).
+    pub(super) flights: Flights<Listing>,
     /// `limits.max_referrers`, `limits.max_referrers_size`.
     pub(super) bounds: ListBounds,
     /// `limits.max_manifest_size`: the most one page of an upstream's answer may be.
@@ -78,13 +84,14 @@ pub(crate) struct Referrers {
 impl Referrers {
     /// The referrers of `subject` in the route's repository.
     pub(crate) async fn list(
-        &self,
+        self: &Arc<Self>,
         route: &Route,
         subject: &Digest,
     ) -> Result<Listing, RegistryError> {
         let key = ListKey::new(&route.upstream.name, &route.repository, subject);
         if route.upstream.local {
             let recorded = self.recorded(&key).await?;
+            self.metrics.request("referrers", CacheOutcome::Local);
             return Ok(Listing {
                 descriptors: recorded.descriptors,
                 warning: None,
@@ -100,6 +107,7 @@ impl Referrers {
         if self.manifests.fresh(&window_key, window) {
             let recorded = self.recorded(&key).await?;
             self.uses.list(&key);
+            self.metrics.request("referrers", CacheOutcome::Fresh);
             return Ok(Listing {
                 descriptors: recorded.descriptors,
                 warning: None,
@@ -107,6 +115,33 @@ impl Referrers {
                 outcome: CacheOutcome::Fresh,
             });
         }
+        let work = || {
+            let referrers = self.clone();
+            let (route, subject, key) = (route.clone(), subject.clone(), window_key.clone());
+            async move { referrers.ask(&route, &subject, &key).await }
+        };
+        let (flight, joined) = self.flights.join(window_key.clone(), work);
+        if joined == Joined::Joined {
+            self.metrics.request("referrers", CacheOutcome::Joined);
+            let listing = flight.await?;
+            return Ok(Listing {
+                outcome: CacheOutcome::Joined,
+                ..listing
+            });
+        }
+        flight.await
+    }
+
+    /// Asks the upstream for the referrers of `subject` (its API, else the tag schema) and
+    /// records the answer; the recorded list, with a `Warning`, when the upstream fails.
+    async fn ask(
+        &self,
+        route: &Route,
+        subject: &Digest,
+        window_key: &str,
+    ) -> Result<Listing, RegistryError> {
+        let key = ListKey::new(&route.upstream.name, &route.repository, subject);
+        let window = route.upstream.tag_revalidate;
         let asked = match self.ask_api(route, subject).await {
             Ok(Some(answer)) => Ok(answer),
             Ok(None) => self.read_tag_schema(route, subject).await,
@@ -115,17 +150,19 @@ impl Referrers {
         match asked {
             Ok(answer) => {
                 if answer.stale.is_none() {
-                    self.manifests.confirmed(&window_key, window);
+                    self.manifests.confirmed(window_key, window);
                 }
                 self.keep(&key, &answer).await?;
                 self.uses.list(&key);
+                let outcome = if answer.stale.is_some() {
+                    CacheOutcome::Stale
+                } else {
+                    CacheOutcome::Hit
+                };
+                self.metrics.request("referrers", outcome);
                 Ok(Listing {
                     descriptors: answer.descriptors,
-                    outcome: if answer.stale.is_some() {
-                        CacheOutcome::Stale
-                    } else {
-                        CacheOutcome::Hit
-                    },
+                    outcome,
                     warning: answer.stale,
                     cut: answer.cut,
                 })
@@ -158,6 +195,7 @@ impl Referrers {
             return Err(failure);
         }
         self.uses.list(key);
+        self.metrics.request("referrers", CacheOutcome::Stale);
         Ok(Listing {
             descriptors: recorded.descriptors,
             warning: Some(format!(

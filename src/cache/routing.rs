@@ -146,9 +146,9 @@ impl Router {
     ) -> Result<Route, RegistryError> {
         // A plain registry (no upstream at all) ignores hints, as distribution does: a client
         // using it as a mirror (`?ns=docker.io`) reads the repository by its path.
-        let plain = self.configured.is_empty() && !self.dynamic;
-        let hint = ns.filter(|_| !plain).or_else(|| {
-            domain_header.filter(|_| !plain).map(|d| {
+        let scoped = self.scopes_by_ns();
+        let hint = ns.filter(|_| scoped).or_else(|| {
+            domain_header.filter(|_| scoped).map(|d| {
                 d.trim()
                     .trim_start_matches("https://")
                     .trim_start_matches("http://")
@@ -196,6 +196,12 @@ impl Router {
             upstream,
             repository: name.to_owned(),
         })
+    }
+
+    /// Whether `?ns=` chooses a request's upstream: in every cache but a plain registry (no
+    /// upstream at all), which reads repositories by their path, as distribution does.
+    pub(crate) fn scopes_by_ns(&self) -> bool {
+        self.dynamic || !self.configured.is_empty()
     }
 
     fn upstream(&self, host: &str) -> Result<Arc<Upstream>, RegistryError> {

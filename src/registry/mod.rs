@@ -16,6 +16,9 @@ pub use route::{ManifestRef, V2Request};
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 pub const API_VERSION: &str = "registry/2.0";
 pub const CONTENT_DIGEST_HEADER: &str = "docker-content-digest";
+/// The `ns` a request was scoped by, echoed in its answer (distribution-spec, "Registry
+/// Proxying": a registry that scopes a request by `ns` SHOULD return it in `OCI-Namespace`).
+pub const NAMESPACE_HEADER: &str = "oci-namespace";
 /// How `regmirror serve` served a manifest or blob: a [`CacheOutcome`]'s word (the request
 /// log's `cache=`). Blobs are `hit`, `miss`, `joined` or `redirect`; manifests `hit`, `miss`,
 /// `fresh`, `stale`, `reserve` or `local`.

@@ -54,7 +54,7 @@ use crate::listen::{self, Listener, StallTimeout};
 use crate::reference::{DOCKER_HUB, split_host_port};
 use crate::registry::namespace;
 use crate::registry::route::{self, V2Request};
-use crate::registry::{ErrorCode, RegistryError, error_response};
+use crate::registry::{ErrorCode, NAMESPACE_HEADER, RegistryError, error_response};
 use crate::resolve::{Endpoints, OmittedOrigin, Resolver, Role};
 use crate::sync;
 use crate::upstream::{HostOverrides, Target, UpstreamClient, UpstreamError, UpstreamRequest};
@@ -173,7 +173,7 @@ impl Shim {
                 let has_rule = self.resolver().has_rule(&registry);
                 let port = request.uri().port_u16().unwrap_or(80);
                 if has_rule && is_registry_api(request.uri().path()) {
-                    self.registry(&registry, request).await
+                    self.registry(&registry, None, request).await
                 } else if !has_rule && !self.access.reaches_port(port) {
                     tracing::warn!(%peer, %authority, reached = ?SHARED_PORTS, "refused a forward for a host without a rule");
                     port_refused(&authority)
@@ -191,8 +191,9 @@ impl Shim {
             // or NAME_INVALID), then held to the port rule in `walk`.
             None => match namespace::from_query(request.uri().query()) {
                 Ok(ns) => {
-                    let registry = ns.map_or_else(|| DOCKER_HUB.to_owned(), |ns| ns.to_string());
-                    self.registry(&registry, request).await
+                    let ns = ns.map(|ns| ns.to_string());
+                    let registry = ns.clone().unwrap_or_else(|| DOCKER_HUB.to_owned());
+                    self.registry(&registry, ns.as_deref(), request).await
                 }
                 Err(error) => {
                     tracing::warn!(%peer, method = %request.method(), path = %request.uri().path(), error = %error.message, "refused a request with an invalid ?ns=");
@@ -275,7 +276,7 @@ impl Shim {
             let (registry, authority) = (registry.clone(), authority.clone());
             async move {
                 Ok::<_, Infallible>(if is_registry_api(request.uri().path()) {
-                    shim.registry(&registry, request).await
+                    shim.registry(&registry, None, request).await
                 } else {
                     shim.pass_through("https", &authority, request).await
                 })
@@ -366,12 +367,37 @@ impl Shim {
     }
 
     /// The registry API for `registry`, served by walking its endpoints.
-    async fn registry(&self, registry: &str, request: Request<Incoming>) -> Response<Body> {
+    /// A registry request for `registry`, walked; `ns`, the `?ns=` that named it. The shim
+    /// scopes such a request by `ns` as a registry does, so an answer about a manifest, blob,
+    /// tag list or referrers list says so in `OCI-Namespace` (whatever a mirror said about the
+    /// `ns` the walk sent it), and an answer to a request without `?ns=` claims none.
+    async fn registry(
+        &self,
+        registry: &str,
+        ns: Option<&str>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let head = request.method() == Method::HEAD;
-        match self.walk(registry, request).await {
+        let content = matches!(
+            route::parse(request.uri().path()),
+            Ok(V2Request::Manifest { .. }
+                | V2Request::Blob { .. }
+                | V2Request::Tags { .. }
+                | V2Request::Referrers { .. })
+        );
+        let mut response = match self.walk(registry, request).await {
             Ok(response) => response,
             Err(error) => error_response(&error, head),
+        };
+        let headers = response.headers_mut();
+        headers.remove(NAMESPACE_HEADER);
+        let scoped = ns
+            .filter(|_| content)
+            .and_then(|ns| HeaderValue::from_str(ns).ok());
+        if let Some(ns) = scoped {
+            headers.insert(NAMESPACE_HEADER, ns);
         }
+        response
     }
 
     async fn walk(

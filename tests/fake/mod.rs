@@ -43,6 +43,8 @@ pub struct FakeState {
     pub canned: Mutex<HashMap<(Method, String), Canned>>,
     /// Answers for these paths wait this long first.
     pub delays: Mutex<HashMap<String, Duration>>,
+    /// Answers for these paths wait until their gate opens ([`FakeUpstream::hold`]).
+    pub gates: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     pub hits: Mutex<HashMap<(Method, String), usize>>,
     /// Canned bodies whose last piece was handed to the connection, per path.
     pub finished_bodies: Mutex<HashMap<String, usize>>,
@@ -205,6 +207,18 @@ impl FakeUpstream {
             .insert(path.to_owned(), delay);
     }
 
+    /// Holds every answer for `path` (counted as a hit on arrival) until the gate returned is
+    /// opened with `send(true)` (or dropped).
+    pub fn hold(&self, path: &str) -> tokio::sync::watch::Sender<bool> {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        self.state
+            .gates
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), gate);
+        open
+    }
+
     pub fn hits(&self, method: Method, path: &str) -> usize {
         *self
             .state
@@ -339,6 +353,10 @@ async fn answer(state: &Arc<FakeState>, key: &(Method, String)) -> Response {
     let delay = state.delays.lock().unwrap().get(&key.1).copied();
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
+    }
+    let gate = state.gates.lock().unwrap().get(&key.1).cloned();
+    if let Some(mut gate) = gate {
+        let _ = gate.wait_for(|open| *open).await;
     }
     let endless = state.endless.lock().unwrap().get(&key.1).copied();
     if let Some(total) = endless {

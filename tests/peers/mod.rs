@@ -915,6 +915,32 @@ pub fn push_blob(
     Ok(())
 }
 
+/// Pushes a one-layer OCI image (a 300 KB layer) to `repository:v1` on `registry`; its
+/// manifest's and layer's digests.
+pub fn push_small_image(registry: SocketAddr, repository: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (layer, layer_digest) = random_file(dir.path(), "layer", 300_000);
+    push_blob(registry, repository, &layer, &layer_digest).unwrap();
+    let (config, config_digest) = random_file(dir.path(), "config", 2);
+    push_blob(registry, repository, &config, &config_digest).unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": 300_000}],
+    })
+    .to_string();
+    let (status, head, _) = http_with_body(
+        "PUT",
+        registry,
+        &format!("/v2/{repository}/manifests/v1"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        manifest.as_bytes(),
+    );
+    assert_eq!(status, 201, "{head}");
+    (oci::sha256(manifest.as_bytes()), layer_digest)
+}
+
 /// The real containerd, with its own root, state and socket in a temp dir.
 pub struct Containerd {
     pub dir: tempfile::TempDir,

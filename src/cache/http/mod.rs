@@ -2,7 +2,8 @@
 //! the service that decides it (blobs, manifests and tags, referrers, pushes) and turns its
 //! answer into a response ([`response`]; the lists in [`lists`]).
 //!
-//! Every `/v2/` response carries `Docker-Distribution-API-Version`; every error is OCI error JSON
+//! Every `/v2/` response carries `Docker-Distribution-API-Version`, and every answer about a
+//! manifest, blob, tag list or referrers list routed by `?ns=` its `OCI-Namespace`; every error is OCI error JSON
 //! (built by [`crate::registry::error_response`] only); every request is logged once with its
 //! repository, reference, cache result, upstream and duration.
 
@@ -26,8 +27,8 @@ use super::routing::Route;
 use super::{fleet, push, status, uploads};
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
-    API_VERSION, API_VERSION_HEADER, CACHE_HEADER, CacheOutcome, ErrorCode, RegistryError,
-    error_response,
+    API_VERSION, API_VERSION_HEADER, CACHE_HEADER, CacheOutcome, ErrorCode, NAMESPACE_HEADER,
+    RegistryError, error_response,
 };
 use lists::Query;
 
@@ -92,6 +93,8 @@ struct Outcome {
     counters: Option<Arc<status::UpstreamCounters>>,
     /// The OCI error code and message of an error answer.
     error: Option<(&'static str, String)>,
+    /// The `?ns=` that chose the upstream, for `OCI-Namespace`.
+    namespace: Option<String>,
 }
 
 impl Outcome {
@@ -216,7 +219,8 @@ async fn authenticated(
     }
 }
 
-/// What every response gets: how a manifest or blob was served, `nosniff`, `http.headers`.
+/// What every response gets: how a manifest or blob was served, the `?ns=` it was scoped by,
+/// `nosniff`, `http.headers`.
 fn add_headers(app: &App, response: &mut Response, outcome: &Outcome) {
     // How a manifest or blob was served, for `regmirror warm` and anyone debugging a pull.
     let served = outcome
@@ -226,6 +230,15 @@ fn add_headers(app: &App, response: &mut Response, outcome: &Outcome) {
         response
             .headers_mut()
             .insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
+    }
+    // Answers about content only: uploads (refused on `?ns=` routes) and lists of the whole
+    // registry are no part of a namespace's content.
+    let scoped = matches!(
+        outcome.area,
+        Area::Manifest | Area::Blob | Area::Tags | Area::Referrers
+    );
+    if let Some(ns) = outcome.namespace.as_deref().filter(|_| scoped) {
+        response::insert(response.headers_mut(), NAMESPACE_HEADER, ns);
     }
     // No answer is ever run as another type than it says (a manifest as a page), as
     // distribution's answers say too.
@@ -291,11 +304,13 @@ async fn registry(
     let method = &request.method;
     let head = *method == Method::HEAD;
     let query = Query::parse(request.uri.query());
-    let route_for = |name: &str| {
+    // The route, and the `?ns=` that chose it (echoed in `OCI-Namespace`).
+    let route_for = |name: &str, outcome: &mut Outcome| {
         let domain = request.headers.get("domain").and_then(|v| v.to_str().ok());
-        app.upstreams
-            .router()
-            .route(name, query.ns.as_deref(), domain)
+        let router = app.upstreams.router();
+        let route = router.route(name, query.ns.as_deref(), domain)?;
+        outcome.namespace = query.ns.clone().filter(|_| router.scopes_by_ns());
+        Ok::<_, RegistryError>(route)
     };
     match (&parsed, method.clone()) {
         (V2Request::Base, Method::GET | Method::HEAD) => {
@@ -303,19 +318,19 @@ async fn registry(
         }
         (V2Request::Catalog, Method::GET) => lists::catalog(app, &query).await,
         (V2Request::Tags { name }, Method::GET) => {
-            let route = route_for(name)?;
+            let route = route_for(name, outcome)?;
             outcome.note(app, &route, None);
             lists::tags(app, &route, name, &query).await
         }
         (V2Request::Manifest { name, reference }, Method::GET | Method::HEAD) => {
-            let route = route_for(name)?;
+            let route = route_for(name, outcome)?;
             outcome.note(app, &route, Some(reference.as_str()));
             let answer = app.manifests.get(&route, reference).await?;
             outcome.cache = Some(answer.outcome);
             Ok(response::manifest(&answer.manifest, head, answer.warning))
         }
         (V2Request::Blob { name, digest }, Method::GET | Method::HEAD) => {
-            let route = route_for(name)?;
+            let route = route_for(name, outcome)?;
             let counters = outcome.note(app, &route, Some(digest.as_str()));
             let range = request
                 .headers
@@ -329,7 +344,7 @@ async fn registry(
             Ok(response::blob(answer, digest, &app.metrics, &counters))
         }
         (V2Request::Referrers { name, subject }, Method::GET) => {
-            let route = route_for(name)?;
+            let route = route_for(name, outcome)?;
             outcome.note(app, &route, Some(subject.as_str()));
             let listing = app.referrers.list(&route, subject).await?;
             outcome.cache = Some(listing.outcome);
@@ -338,7 +353,7 @@ async fn registry(
         (V2Request::Upload { name, .. }, _)
         | (V2Request::Manifest { name, .. }, Method::PUT | Method::DELETE)
         | (V2Request::Blob { name, .. }, Method::DELETE) => {
-            let route = route_for(name)?;
+            let route = route_for(name, outcome)?;
             push_request(app, &parsed, &route, request, body, outcome).await
         }
         _ => Err(unsupported(method)),

@@ -19,6 +19,7 @@ use crate::registry::CONTENT_DIGEST_HEADER;
 
 /// A blob answer as a response: 307 for a redirect, else 200 (206 for a range) with the blob's
 /// headers and its body, each byte counted once it leaves (from the cache or from a fill).
+/// Every form carries `Docker-Content-Digest`.
 pub(super) fn blob(
     answer: BlobAnswer,
     digest: &Digest,
@@ -41,7 +42,7 @@ pub(super) fn blob(
         }))
     };
     let body = match answer.body {
-        BlobBody::Redirect(url) => return redirect(&url),
+        BlobBody::Redirect(url) => return redirect(&url, digest),
         BlobBody::Head => Body::empty(),
         // A body already in memory, answered at once.
         BlobBody::Whole(bytes) => {
@@ -88,15 +89,13 @@ fn blob_response(
     response
 }
 
-/// 307 to where the client fetches a blob itself.
-fn redirect(url: &url::Url) -> Response {
+/// 307 to where the client fetches a blob itself, naming the blob's digest.
+fn redirect(url: &url::Url, digest: &Digest) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-    insert(
-        response.headers_mut(),
-        header::LOCATION.as_str(),
-        url.as_str(),
-    );
+    let headers = response.headers_mut();
+    insert(headers, header::LOCATION.as_str(), url.as_str());
+    insert(headers, CONTENT_DIGEST_HEADER, digest.as_str());
     response
 }
 
