@@ -143,6 +143,9 @@ pub(super) struct RawProxy {
     pub ratelimit_reserve: Slot,
     pub max_concurrent: Slot,
     pub max_rate: Slot,
+    pub allow: Slot,
+    pub deny: Slot,
+    pub platforms: Slot,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,4 +158,6 @@ pub(super) struct RawRemote {
     pub ratelimit_reserve: Slot,
     pub max_concurrent: Slot,
     pub max_rate: Slot,
+    pub allow: Slot,
+    pub deny: Slot,
 }
