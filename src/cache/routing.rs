@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::cache::{
-    CacheConfig, LocalRepositories, RateLimitReserve, RequestLimits, UpstreamConfig,
+    CacheConfig, LocalRepositories, RateLimitReserve, Refusal, RepositoryFilter, RequestLimits,
+    UpstreamConfig,
 };
 use crate::config::mirrors::canonical_registry;
 use crate::config::{MirrorUrl, Scheme};
@@ -42,6 +43,9 @@ pub(crate) struct Upstream {
     pub(crate) ratelimit_reserve: RateLimitReserve,
     /// `max_concurrent`/`max_rate`, when set (dynamic upstreams share one).
     pub(crate) limiter: Option<Arc<RequestLimiter>>,
+    /// `allow`/`deny`: which of its repositories the cache may fetch and serve (dynamic upstreams
+    /// share `proxy`'s).
+    pub(crate) filter: Arc<RepositoryFilter>,
 }
 
 impl Upstream {
@@ -55,6 +59,16 @@ impl Upstream {
     /// the number of series.
     pub(crate) fn label(&self) -> &str {
         if self.dynamic { "dynamic" } else { &self.name }
+    }
+
+    /// Whether its fetch policy lets the cache fetch or serve `repository`; Docker Hub's
+    /// official images are matched by their full name (`nginx` as `library/nginx`). The local
+    /// namespace has no policy: pushed content is never fetched.
+    pub(crate) fn may_fetch(&self, repository: &str) -> Result<(), Refusal> {
+        if self.name == DOCKER_HUB && !repository.contains('/') {
+            return self.filter.check(&format!("library/{repository}"));
+        }
+        self.filter.check(repository)
     }
 }
 
@@ -77,6 +91,7 @@ pub(crate) struct Router {
     dynamic_tag_revalidate: std::time::Duration,
     dynamic_reserve: RateLimitReserve,
     dynamic_limiter: Option<Arc<RequestLimiter>>,
+    dynamic_filter: Arc<RepositoryFilter>,
     pub(crate) local: LocalRepositories,
     local_upstream: Arc<Upstream>,
     /// `--mirrors` (empty without it): the cache's own fetches walk its mirrors before the
@@ -102,6 +117,7 @@ impl Router {
                 dynamic: false,
                 ratelimit_reserve: u.ratelimit_reserve,
                 limiter: limiter(u.requests),
+                filter: Arc::new(u.filter.clone()),
             })
         };
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(make).collect();
@@ -121,7 +137,9 @@ impl Router {
                 dynamic: false,
                 ratelimit_reserve: RateLimitReserve::default(),
                 limiter: None,
+                filter: Arc::default(),
             }),
+            dynamic_filter: Arc::new(config.filter.clone()),
             dynamic_reserve: config.proxy_reserve,
             dynamic_limiter: limiter(config.proxy_requests),
             dynamic_tag_revalidate: config
@@ -241,6 +259,7 @@ impl Router {
             dynamic: true,
             ratelimit_reserve: self.dynamic_reserve,
             limiter: self.dynamic_limiter.clone(),
+            filter: self.dynamic_filter.clone(),
         }))
     }
 

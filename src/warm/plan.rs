@@ -205,6 +205,16 @@ impl Manifest {
     }
 }
 
+/// The platforms a cache states it keeps (`X-Regmirror-Platforms: linux/amd64, linux/arm64`,
+/// its `proxy.platforms`); none without the header. An entry that is not a platform is skipped.
+pub fn stated_platforms(header: Option<&str>) -> Vec<Platform> {
+    header
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| Platform::parse(p.trim()).ok())
+        .collect()
+}
+
 /// The children of an index that `platforms` keep (every child when none is given), or why none
 /// is: the platforms the index has.
 pub fn select<'a>(
@@ -415,6 +425,23 @@ mod tests {
             ],
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn platforms_stated_by_the_cache() {
+        let stated = |h: Option<&str>| -> Vec<String> {
+            stated_platforms(h)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            stated(Some("linux/amd64, linux/arm64/v8")),
+            ["linux/amd64", "linux/arm64/v8"]
+        );
+        assert_eq!(stated(Some("linux/amd64,bogus")), ["linux/amd64"]);
+        assert!(stated(None).is_empty());
+        assert!(stated(Some("")).is_empty());
     }
 
     #[test]
