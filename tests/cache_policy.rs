@@ -1,8 +1,8 @@
 //! The fetch policy (`allow`/`deny` on `proxy` and per `remoteregistries[]` entry) against a real
 //! distribution origin holding images under several names: a refused repository is 403 DENIED
 //! naming its rule, costs the origin no request (its access log), is counted in `/metrics` and
-//! on the status page, content cached before a config change is refused after the restart, and
-//! pushed (local) repositories are not subject to it. Everything is on 127.0.0.1.
+//! on the status page, content cached before a config change is refused after the restart (and
+//! no longer listed in the catalog), and pushed (local) repositories are not subject to it. Everything is on 127.0.0.1.
 
 mod peers;
 
@@ -161,6 +161,14 @@ fn refused_repositories_cost_no_upstream_request_and_stay_refused_when_cached() 
     );
     let (status, head, _) = peers::http("GET", cache.addr, "/v2/team/app/manifests/v1", &[ACCEPT]);
     assert_eq!(status, 200, "still allowed: {head}");
+    // The catalog no longer lists what the policy refuses.
+    let (_, _, catalog) = peers::http("GET", cache.addr, "/v2/_catalog", &[]);
+    let catalog: serde_json::Value = serde_json::from_slice(&catalog).unwrap();
+    assert_eq!(
+        catalog["repositories"],
+        serde_json::json!(["mine/app", "team/app"]),
+        "{catalog}"
+    );
 }
 
 #[test]

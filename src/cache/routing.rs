@@ -65,11 +65,16 @@ impl Upstream {
     /// official images are matched by their full name (`nginx` as `library/nginx`). The local
     /// namespace has no policy: pushed content is never fetched.
     pub(crate) fn may_fetch(&self, repository: &str) -> Result<(), Refusal> {
-        if self.name == DOCKER_HUB && !repository.contains('/') {
-            return self.filter.check(&format!("library/{repository}"));
-        }
-        self.filter.check(repository)
+        check_policy(&self.filter, &self.name, repository)
     }
+}
+
+/// `filter` for `repository` of upstream `name` (Docker Hub's `nginx` as `library/nginx`).
+fn check_policy(filter: &RepositoryFilter, name: &str, repository: &str) -> Result<(), Refusal> {
+    if name == DOCKER_HUB && !repository.contains('/') {
+        return filter.check(&format!("library/{repository}"));
+    }
+    filter.check(repository)
 }
 
 /// The namespace of local (pushed) repositories.
@@ -297,6 +302,19 @@ impl Router {
             .chain([self.dynamic_tag_revalidate])
             .max()
             .unwrap_or_default()
+    }
+
+    /// Whether `/v2/_catalog` lists cached `repository` of namespace `upstream`: not when the
+    /// fetch policy refuses it (its reads would be refused).
+    pub(crate) fn may_list(&self, upstream: &str, repository: &str) -> bool {
+        if upstream == LOCAL {
+            return true;
+        }
+        let filter = self
+            .configured
+            .get(upstream)
+            .map_or(&self.dynamic_filter, |u| &u.filter);
+        check_policy(filter, upstream, repository).is_ok()
     }
 
     /// How clients see a cached repository in `/v2/_catalog`: bare for the default upstream,
