@@ -71,6 +71,9 @@ impl Upstream {
 
 /// `filter` for `repository` of upstream `name` (Docker Hub's `nginx` as `library/nginx`).
 fn check_policy(filter: &RepositoryFilter, name: &str, repository: &str) -> Result<(), Refusal> {
+    if filter.is_empty() {
+        return Ok(());
+    }
     if name == DOCKER_HUB && !repository.contains('/') {
         return filter.check(&format!("library/{repository}"));
     }
@@ -491,5 +494,48 @@ mod tests {
         assert!(a.upstream.origins[0].credentials.is_some());
         assert!(b.upstream.origins[0].credentials.is_none());
         assert!(!format!("{:?}", a.upstream).contains("secret"));
+    }
+
+    #[test]
+    fn the_fetch_policy_of_each_upstream() {
+        let r = router(
+            "proxy:
+  on: true
+  deny: [\"library/secret\"]
+  remoteregistries:
+  - url: https://registry-1.docker.io
+    allow: [\"library/*\"]
+  - url: https://ghcr.io
+local: [{prefix: mine/}]
+",
+        );
+        let check = |ns: Option<&str>, name: &str| {
+            let route = r.route(name, ns, None).unwrap();
+            route
+                .upstream
+                .may_fetch(&route.repository)
+                .map_err(|e| e.rule)
+        };
+        // Docker Hub's `nginx` is matched as `library/nginx`.
+        assert_eq!(check(Some("docker.io"), "nginx"), Ok(()));
+        assert_eq!(
+            check(Some("docker.io"), "secret"),
+            Err("proxy.deny[0]".into())
+        );
+        assert_eq!(
+            check(None, "org/app"),
+            Err("proxy.remoteregistries[0].allow".into())
+        );
+        assert_eq!(check(Some("ghcr.io"), "org/app"), Ok(()));
+        assert_eq!(
+            check(Some("quay.io"), "library/secret"),
+            Err("proxy.deny[0]".into()),
+            "dynamic upstreams take the proxy lists"
+        );
+        assert_eq!(check(None, "mine/secret"), Ok(()), "local: no policy");
+        assert!(r.may_list("local", "library/secret"));
+        assert!(!r.may_list("docker.io", "org/app"));
+        assert!(!r.may_list("quay.io", "library/secret"));
+        assert!(r.may_list("ghcr.io", "org/app"));
     }
 }

@@ -119,14 +119,6 @@ impl RepositoryFilter {
         }
     }
 
-    /// Every rule a refusal can name, in the order they are checked.
-    pub fn rules(&self) -> Vec<&str> {
-        let deny = self.deny.iter().flat_map(|l| &l.patterns);
-        deny.map(|p| p.rule.as_str())
-            .chain(self.allow.iter().map(|a| a.field.as_str()))
-            .collect()
-    }
-
     /// An entry's lists over the `proxy` level's (`global`): its allow replaces, its deny adds.
     pub(super) fn over(
         global: &RepositoryFilter,
@@ -338,8 +330,8 @@ mod tests {
             "the global deny still applies"
         );
         assert_eq!(
-            entry.rules(),
-            ["proxy.deny[0]", "proxy.remoteregistries[0].allow"]
+            entry.check("other/x").unwrap_err().rule,
+            "proxy.remoteregistries[0].allow"
         );
         let inherited = RepositoryFilter::over(&global, None, None);
         assert_eq!(inherited, global);
