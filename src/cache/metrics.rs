@@ -398,6 +398,7 @@ mod tests {
         metrics.budget("docker.io", 100, 50);
         metrics.fleet("led");
         metrics.error("BLOB_UNKNOWN");
+        metrics.refused("docker.io", "proxy.deny[0]");
         let exposed = metrics.render(Levels::default());
         let mut asked = 0;
         for panel in dashboard["panels"].as_array().unwrap() {

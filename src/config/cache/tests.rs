@@ -954,3 +954,20 @@ fn fetch_policy_errors_and_overrides() {
         "config.yml:1:34: proxy.allow: an empty allow list refuses every repository"
     );
 }
+
+#[test]
+fn the_packaged_examples_policy_lines_load_without_warnings_when_uncommented() {
+    let text = include_str!("../../../contrib/examples/config.yml")
+        .replace("  # deny:", "  deny:")
+        .replace("  # allow:", "  allow:")
+        .replace("  # platforms:", "  platforms:");
+    let config = parse(&text).unwrap();
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_eq!(config.platforms.len(), 1);
+    let hub = &config.upstreams[0].filter;
+    assert!(hub.check("library/nginx").is_ok());
+    assert_eq!(
+        hub.check("library/internal-x").unwrap_err().rule,
+        "proxy.deny[0]"
+    );
+}
