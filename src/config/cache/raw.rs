@@ -137,15 +137,15 @@ pub(super) struct RawProxy {
     /// An entry the key check found of the wrong shape (reported) is `None`.
     pub remoteregistries: Vec<Option<RawRemote>>,
     pub on: Slot,
+    pub allow: Slot,
+    pub deny: Slot,
+    pub platforms: Slot,
     pub allow_private_upstreams: Slot,
     pub tag_revalidate: Slot,
     pub serve_stale_on_404: Slot,
     pub ratelimit_reserve: Slot,
     pub max_concurrent: Slot,
     pub max_rate: Slot,
-    pub allow: Slot,
-    pub deny: Slot,
-    pub platforms: Slot,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,10 +154,10 @@ pub(super) struct RawRemote {
     pub url: Slot,
     pub username: Slot,
     pub password: Slot,
+    pub allow: Slot,
+    pub deny: Slot,
     pub tag_revalidate: Slot,
     pub ratelimit_reserve: Slot,
     pub max_concurrent: Slot,
     pub max_rate: Slot,
-    pub allow: Slot,
-    pub deny: Slot,
 }

@@ -333,13 +333,13 @@ fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
         "proxy",
         r,
     );
-    let mut upstreams = Vec::new();
-    let credentials = credentials(&raw.username, &raw.password, "proxy", r);
     let global = RepositoryFilter::over(
         &RepositoryFilter::default(),
         filter::patterns(&raw.allow, "proxy.allow", r),
         filter::patterns(&raw.deny, "proxy.deny", r),
     );
+    let mut upstreams = Vec::new();
+    let credentials = credentials(&raw.username, &raw.password, "proxy", r);
     if raw.remoteurl.is_some() {
         let upstream = Upstream {
             field: "proxy.remoteurl".into(),
@@ -397,12 +397,12 @@ fn remote_registry(
         &at,
         r,
     );
-    let credentials = credentials(&remote.username, &remote.password, &at, r);
     let filter = RepositoryFilter::over(
         global,
         filter::patterns(&remote.allow, &format!("{at}.allow"), r),
         filter::patterns(&remote.deny, &format!("{at}.deny"), r),
     );
+    let credentials = credentials(&remote.username, &remote.password, &at, r);
     if remote.url.is_none() {
         r.error(&format!("{at}.url"), "is required");
         return;
