@@ -8,7 +8,9 @@
 //! upstream listed in the `--mirrors` config's `insecure-registries` (or on loopback) is tried as
 //! dockerd would: https without certificate checks, then plain http. A `--mirrors` rule with
 //! `mirrors-only` keeps the upstream itself out: its fetches try the mirrors alone. The local (pushed)
-//! namespace is never an upstream: `?ns=local` names nothing.
+//! namespace is never an upstream: `?ns=local` names nothing. Each upstream carries its fetch
+//! policy (`allow`/`deny`, [`Upstream::may_fetch`]); dynamic upstreams share `proxy`'s, and the
+//! local namespace has none.
 
 use std::collections::HashMap;
 use std::sync::Arc;
