@@ -28,6 +28,7 @@ pub mod config;
 pub mod generate;
 pub mod listen;
 pub mod page;
+pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod resolve;

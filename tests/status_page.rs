@@ -346,3 +346,41 @@ async fn with_auth_the_status_page_needs_it_too() {
         }
     }
 }
+
+/// The fetch policy's refusals in a real browser: one line per upstream and rule, with the
+/// pattern, the count and the last repository refused. No upstream is needed: a refused request
+/// never reaches one (the configured one is a closed port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_lists_what_the_fetch_policy_refused() {
+    let binary = or_skip!(peers::require("chromium", "chromium"));
+    let cache = Cache::start(
+        "proxy: {remoteurl: http://127.0.0.1:9, allow: [\"library/*\"], deny: [\"library/secret-*\"]}",
+    )
+    .await;
+    for path in [
+        "/v2/library/secret-app/manifests/v1",
+        "/v2/library/secret-db/manifests/v1",
+        "/v2/team/app/manifests/v1",
+    ] {
+        let (status, _, body) = get(&cache.url(path)).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let page = cache.url("/");
+    let dom = tokio::task::spawn_blocking(move || headless(&binary, &page, &["--dump-dom"]))
+        .await
+        .unwrap();
+    assert!(dom.contains("Refused by the fetch policy: 3"), "{dom}");
+    let policy = section(&dom, "policy");
+    assert_eq!(policy.matches("<li>").count(), 2, "{policy}");
+    assert!(
+        policy.contains(
+            "<code>proxy.deny[0]</code> <code>library/secret-*</code>: 2 refused, last \
+             <code>library/secret-db</code>"
+        ),
+        "{policy}"
+    );
+    assert!(
+        policy.contains("<code>proxy.allow</code>: 1 refused, last <code>team/app</code>"),
+        "{policy}"
+    );
+}

@@ -1,6 +1,6 @@
 //! `regmirror warm` against a real `regmirror serve` and a real distribution origin: what it
-//! warms is what skopeo then pulls without the origin, `--platform` keeps the other platforms'
-//! manifests and blobs out, a missing image fails alone, and the plain output (stdout is a pipe
+//! warms is what skopeo then pulls without the origin, `--platform` (or the cache's
+//! `proxy.platforms`) keeps the other platforms' manifests and blobs out, a missing image fails alone, and the plain output (stdout is a pipe
 //! here) is checked line by line. An in-process FAKE upstream (`fake/`) only to count how many
 //! requests warm sends at once, which no real registry reports. Everything is on 127.0.0.1.
 
@@ -299,6 +299,76 @@ fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
         terminal.contains("warmed 1 of 1 image: 1 manifest, 2 blobs;")
             && terminal.contains("fetched upstream"),
         "{terminal}"
+    );
+}
+
+#[test]
+fn the_caches_proxy_platforms_keep_warm_to_them_and_other_platforms_are_served_on_request() {
+    let (origin, images) = or_skip!(seeded_origin());
+    let cache = Regmirror::serve(
+        &format!(
+            "proxy: {{remoteurl: {}, tag_revalidate: 1h, platforms: [linux/arm64]}}",
+            origin.url()
+        ),
+        &[],
+    );
+    let image = format!("{}/library/multi:v1", origin.host());
+    let (index, _) = images.contents("multi");
+    let (arm, arm_blobs) = images.contents("arm");
+    let (amd64, amd64_blobs) = images.contents("v1");
+    let asked = |digest: &str| origin.count("GET", digest) + origin.count("HEAD", digest);
+    let amd64_digests: Vec<&String> = std::iter::once(&amd64.0)
+        .chain(amd64_blobs.iter().map(|b| &b.0))
+        .collect();
+    let pushed: Vec<usize> = amd64_digests.iter().map(|d| asked(d)).collect();
+
+    // No --platform: the cache's proxy.platforms decide.
+    let run = warm(&cache.url(), &[&image]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
+    let upstream = index.1 + arm.1 + arm_blobs.iter().map(|b| b.1).sum::<u64>();
+    assert_output(
+        &stdout,
+        vec![
+            expected("index", &index, "fetched upstream", &image),
+            expected("manifest", &arm, "fetched upstream", &image),
+            expected("config", &arm_blobs[0], "fetched upstream", &image),
+            expected("layer", &arm_blobs[1], "fetched upstream", &image),
+        ],
+        &format!(
+            "warmed 1 of 1 image: 2 manifests, 2 blobs; {} fetched upstream, 0 B already cached; ",
+            size(upstream)
+        ),
+    );
+    for (digest, before) in amd64_digests.iter().zip(&pushed) {
+        assert_eq!(
+            asked(digest),
+            *before,
+            "amd64's {digest} was not fetched:\n{}",
+            origin.log()
+        );
+    }
+
+    // The other platform is still served when a client asks for it.
+    let dir = tempfile::tempdir().unwrap();
+    let pulled = pull(
+        &cache.host(),
+        "library/multi:v1",
+        &dir.path().join("amd64"),
+        &["--override-os", "linux", "--override-arch", "amd64"],
+    );
+    assert_eq!(peers::oci::sha256(&pulled), amd64.0, "the amd64 manifest");
+    assert!(asked(&amd64.0) > pushed[0], "fetched on request");
+
+    // --platform still wins over the cache's list.
+    let run = warm(&cache.url(), &["--platform", "linux/amd64", &image]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("manifest ") && l.contains(&amd64.0)),
+        "{stdout}"
     );
 }
 

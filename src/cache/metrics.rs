@@ -13,11 +13,14 @@
 //! - `regmirror_fills_in_flight`, `regmirror_buffer_bytes` (blob data in flight),
 //!   `regmirror_memo_bytes{memo}` (manifest, blob: what the memos hold),
 //!   `regmirror_errors_total{code}`, and on a shared bucket `regmirror_fleet_fills_total{role}`
-//!   (led, took_over, followed, waited).
+//!   (led, took_over, followed, waited);
+//! - `regmirror_policy_refusals_total{upstream,rule}`: requests the fetch policy refused, by the
+//!   rule that refused them (`proxy.deny[0]`, `proxy.allow`).
 //!
 //! Label values are bounded whatever clients send: `upstream` is a configured upstream's name,
 //! `local`, or `dynamic` for every registry a client named with `proxy.on` (see
-//! [`crate::cache::routing::Upstream::label`]); kinds, results and codes are fixed sets.
+//! [`crate::cache::routing::Upstream::label`]); kinds, results and codes are fixed sets; rules
+//! are the configuration's keys.
 
 use std::time::Duration;
 
@@ -58,6 +61,12 @@ struct UpstreamLabels {
 struct UpstreamStatusLabels {
     upstream: String,
     status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    upstream: String,
+    rule: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +116,7 @@ pub(crate) struct Metrics {
     memos: Family<MemoLabels, Gauge>,
     errors: Family<CodeLabels, Counter>,
     fleet: Family<RoleLabels, Counter>,
+    refusals: Family<RuleLabels, Counter>,
 }
 
 /// Where served bytes came from.
@@ -213,6 +223,12 @@ impl Default for Metrics {
                  (an expired one), followed (streamed another replica's download), waited",
                 Family::default(),
             ),
+            refusals: registered(
+                &mut r,
+                "regmirror_policy_refusals",
+                "Requests the fetch policy (proxy.allow, proxy.deny) refused, by upstream and rule",
+                Family::default(),
+            ),
             registry: r,
         }
     }
@@ -285,6 +301,16 @@ impl Metrics {
         self.fleet.get_or_create(&RoleLabels { role }).inc();
     }
 
+    /// A request the fetch policy refused by `rule`.
+    pub(crate) fn refused(&self, upstream: &str, rule: &str) {
+        self.refusals
+            .get_or_create(&RuleLabels {
+                upstream: upstream.to_owned(),
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
     pub(crate) fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabels { code }).inc();
     }
@@ -325,6 +351,7 @@ mod tests {
         m.error("BLOB_UNKNOWN");
         m.queued("docker.io", Duration::from_millis(300));
         m.budget("docker.io", 100, 76);
+        m.refused("docker.io", "proxy.deny[0]");
         let text = m.render(Levels {
             fills: 3,
             buffer_bytes: 1024,
@@ -346,6 +373,7 @@ mod tests {
             "regmirror_upstream_queue_seconds_bucket{le=\"0.512\",upstream=\"docker.io\"} 1",
             "regmirror_upstream_ratelimit_limit{upstream=\"docker.io\"} 100",
             "regmirror_upstream_ratelimit_remaining{upstream=\"docker.io\"} 76",
+            "regmirror_policy_refusals_total{upstream=\"docker.io\",rule=\"proxy.deny[0]\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");
@@ -370,6 +398,7 @@ mod tests {
         metrics.budget("docker.io", 100, 50);
         metrics.fleet("led");
         metrics.error("BLOB_UNKNOWN");
+        metrics.refused("docker.io", "proxy.deny[0]");
         let exposed = metrics.render(Levels::default());
         let mut asked = 0;
         for panel in dashboard["panels"].as_array().unwrap() {

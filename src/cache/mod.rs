@@ -117,6 +117,8 @@ pub(crate) struct Options {
     pub(crate) limits: Limits,
     /// `storage.maxsize`, for the status page.
     pub(crate) max_size: Option<u64>,
+    /// `proxy.platforms`, stated on manifest answers for `regmirror warm`.
+    pub(crate) platforms: Option<HeaderValue>,
 }
 
 impl App {

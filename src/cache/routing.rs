@@ -8,13 +8,16 @@
 //! upstream listed in the `--mirrors` config's `insecure-registries` (or on loopback) is tried as
 //! dockerd would: https without certificate checks, then plain http. A `--mirrors` rule with
 //! `mirrors-only` keeps the upstream itself out: its fetches try the mirrors alone. The local (pushed)
-//! namespace is never an upstream: `?ns=local` names nothing.
+//! namespace is never an upstream: `?ns=local` names nothing. Each upstream carries its fetch
+//! policy (`allow`/`deny`, [`Upstream::may_fetch`]); dynamic upstreams share `proxy`'s, and the
+//! local namespace has none.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::cache::{
-    CacheConfig, LocalRepositories, RateLimitReserve, RequestLimits, UpstreamConfig,
+    CacheConfig, LocalRepositories, RateLimitReserve, Refusal, RepositoryFilter, RequestLimits,
+    UpstreamConfig,
 };
 use crate::config::mirrors::canonical_registry;
 use crate::config::{MirrorUrl, Scheme};
@@ -42,6 +45,9 @@ pub(crate) struct Upstream {
     pub(crate) ratelimit_reserve: RateLimitReserve,
     /// `max_concurrent`/`max_rate`, when set (dynamic upstreams share one).
     pub(crate) limiter: Option<Arc<RequestLimiter>>,
+    /// `allow`/`deny`: which of its repositories the cache may fetch and serve (dynamic upstreams
+    /// share `proxy`'s).
+    pub(crate) filter: Arc<RepositoryFilter>,
 }
 
 impl Upstream {
@@ -56,6 +62,24 @@ impl Upstream {
     pub(crate) fn label(&self) -> &str {
         if self.dynamic { "dynamic" } else { &self.name }
     }
+
+    /// Whether its fetch policy lets the cache fetch or serve `repository`; Docker Hub's
+    /// official images are matched by their full name (`nginx` as `library/nginx`). The local
+    /// namespace has no policy: pushed content is never fetched.
+    pub(crate) fn may_fetch(&self, repository: &str) -> Result<(), Refusal> {
+        check_policy(&self.filter, &self.name, repository)
+    }
+}
+
+/// `filter` for `repository` of upstream `name` (Docker Hub's `nginx` as `library/nginx`).
+fn check_policy(filter: &RepositoryFilter, name: &str, repository: &str) -> Result<(), Refusal> {
+    if filter.is_empty() {
+        return Ok(());
+    }
+    if name == DOCKER_HUB && !repository.contains('/') {
+        return filter.check(&format!("library/{repository}"));
+    }
+    filter.check(repository)
 }
 
 /// The namespace of local (pushed) repositories.
@@ -77,6 +101,7 @@ pub(crate) struct Router {
     dynamic_tag_revalidate: std::time::Duration,
     dynamic_reserve: RateLimitReserve,
     dynamic_limiter: Option<Arc<RequestLimiter>>,
+    dynamic_filter: Arc<RepositoryFilter>,
     pub(crate) local: LocalRepositories,
     local_upstream: Arc<Upstream>,
     /// `--mirrors` (empty without it): the cache's own fetches walk its mirrors before the
@@ -102,6 +127,7 @@ impl Router {
                 dynamic: false,
                 ratelimit_reserve: u.ratelimit_reserve,
                 limiter: limiter(u.requests),
+                filter: Arc::new(u.filter.clone()),
             })
         };
         let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(make).collect();
@@ -121,7 +147,9 @@ impl Router {
                 dynamic: false,
                 ratelimit_reserve: RateLimitReserve::default(),
                 limiter: None,
+                filter: Arc::default(),
             }),
+            dynamic_filter: Arc::new(config.filter.clone()),
             dynamic_reserve: config.proxy_reserve,
             dynamic_limiter: limiter(config.proxy_requests),
             dynamic_tag_revalidate: config
@@ -247,6 +275,7 @@ impl Router {
             dynamic: true,
             ratelimit_reserve: self.dynamic_reserve,
             limiter: self.dynamic_limiter.clone(),
+            filter: self.dynamic_filter.clone(),
         }))
     }
 
@@ -284,6 +313,19 @@ impl Router {
             .chain([self.dynamic_tag_revalidate])
             .max()
             .unwrap_or_default()
+    }
+
+    /// Whether `/v2/_catalog` lists cached `repository` of namespace `upstream`: not when the
+    /// fetch policy refuses it (its reads would be refused).
+    pub(crate) fn may_list(&self, upstream: &str, repository: &str) -> bool {
+        if upstream == LOCAL {
+            return true;
+        }
+        let filter = self
+            .configured
+            .get(upstream)
+            .map_or(&self.dynamic_filter, |u| &u.filter);
+        check_policy(filter, upstream, repository).is_ok()
     }
 
     /// How clients see a cached repository in `/v2/_catalog`: bare for the default upstream,
@@ -460,5 +502,48 @@ mod tests {
         assert!(a.upstream.origins[0].credentials.is_some());
         assert!(b.upstream.origins[0].credentials.is_none());
         assert!(!format!("{:?}", a.upstream).contains("secret"));
+    }
+
+    #[test]
+    fn the_fetch_policy_of_each_upstream() {
+        let r = router(
+            "proxy:
+  on: true
+  deny: [\"library/secret\"]
+  remoteregistries:
+  - url: https://registry-1.docker.io
+    allow: [\"library/*\"]
+  - url: https://ghcr.io
+local: [{prefix: mine/}]
+",
+        );
+        let check = |ns: Option<&str>, name: &str| {
+            let route = r.route(name, ns, None).unwrap();
+            route
+                .upstream
+                .may_fetch(&route.repository)
+                .map_err(|e| e.rule)
+        };
+        // Docker Hub's `nginx` is matched as `library/nginx`.
+        assert_eq!(check(Some("docker.io"), "nginx"), Ok(()));
+        assert_eq!(
+            check(Some("docker.io"), "secret"),
+            Err("proxy.deny[0]".into())
+        );
+        assert_eq!(
+            check(None, "org/app"),
+            Err("proxy.remoteregistries[0].allow".into())
+        );
+        assert_eq!(check(Some("ghcr.io"), "org/app"), Ok(()));
+        assert_eq!(
+            check(Some("quay.io"), "library/secret"),
+            Err("proxy.deny[0]".into()),
+            "dynamic upstreams take the proxy lists"
+        );
+        assert_eq!(check(None, "mine/secret"), Ok(()), "local: no policy");
+        assert!(r.may_list("local", "library/secret"));
+        assert!(!r.may_list("docker.io", "org/app"));
+        assert!(!r.may_list("quay.io", "library/secret"));
+        assert!(r.may_list("ghcr.io", "org/app"));
     }
 }

@@ -375,7 +375,17 @@ fn settings(config: &CacheConfig) -> Result<Options, StartError> {
         serve_stale_on_404: config.serve_stale_on_404,
         limits: config.limits.clone(),
         max_size: config.max_size,
+        platforms: platforms_header(&config.platforms),
     })
+}
+
+/// `proxy.platforms` as the manifest answers state them ([`crate::registry::PLATFORMS_HEADER`]);
+/// none when unset. Platforms are `[a-z0-9_.-/]` (validated), always a header value.
+fn platforms_header(platforms: &[crate::platform::Platform]) -> Option<HeaderValue> {
+    let text: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+    HeaderValue::from_str(&text.join(", "))
+        .ok()
+        .filter(|_| !text.is_empty())
 }
 
 /// The handles the services share, on `storage`; on a bucket, this replica's place in the fleet

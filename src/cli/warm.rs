@@ -30,7 +30,8 @@ pub struct Args {
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000")]
     cache: String,
     /// Keep only this platform's manifests from multi-platform indexes (plus the index itself).
-    /// Repeatable. Default: every platform.
+    /// Repeatable. Default: the cache's proxy.platforms (stated on its manifest answers), else
+    /// every platform.
     #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]", value_parser = Platform::parse)]
     platforms: Vec<Platform>,
     /// Also warm the images listed in LIST, one a line (`#` starts a comment, blank lines are

@@ -23,6 +23,10 @@ pub const NAMESPACE_HEADER: &str = "oci-namespace";
 /// log's `cache=`). Blobs are `hit`, `miss`, `joined` or `redirect`; manifests `hit`, `miss`,
 /// `fresh`, `stale`, `reserve` or `local`.
 pub const CACHE_HEADER: &str = "x-regmirror-cache";
+/// The platforms `regmirror serve` keeps (`proxy.platforms`), on its manifest answers:
+/// `linux/amd64, linux/arm64/v8`. `regmirror warm` without `--platform` walks only the index
+/// children for them.
+pub const PLATFORMS_HEADER: &str = "x-regmirror-platforms";
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -6,7 +6,8 @@
 //! the shared [`UpstreamClient`] with the cache as a target whose `ns` is the image's registry:
 //! the same code that sends the shim's requests to a mirror, with its auth and TLS handling.
 //! Manifests are read whole (bounded) and checked against their digest; for an index, the
-//! children the platform selection keeps are walked the same way; then every config and layer is
+//! children the platform selection keeps (`--platform`, else the cache's `proxy.platforms` as
+//! its manifest answers state them, else every one) are walked the same way; then every config and layer is
 //! read to its end through the cache (the cache fills as it streams), and checked against its
 //! descriptor's size and digest. Manifests and blobs share one semaphore of `jobs` turns, held
 //! for a request and its body only (never while its children are walked, which would let
@@ -20,7 +21,7 @@ pub mod plan;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -31,7 +32,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Credentials, MirrorUrl, Scheme};
 use crate::reference::{Digest, Hasher, ImageRef};
-use crate::registry::{CACHE_HEADER, CONTENT_DIGEST_HEADER, MANIFEST_ACCEPT};
+use crate::registry::{CACHE_HEADER, CONTENT_DIGEST_HEADER, MANIFEST_ACCEPT, PLATFORMS_HEADER};
 use crate::resolve::TlsMode;
 use crate::sync::lock;
 use crate::upstream::{
@@ -55,7 +56,8 @@ pub struct Options {
     pub cache: MirrorUrl,
     /// For a cache with `auth.htpasswd`: answered to its challenge, sent to the cache only.
     pub credentials: Option<Credentials>,
-    /// The platforms kept from multi-platform indexes; empty keeps every child.
+    /// The platforms kept from multi-platform indexes; empty keeps the cache's
+    /// `proxy.platforms`, or every child when it has none.
     pub platforms: Vec<Platform>,
     /// Manifests and blobs read at once (and images walked at once).
     pub jobs: usize,
@@ -221,6 +223,8 @@ pub struct Warmer {
     flights: Mutex<HashMap<String, Flight>>,
     totals: Mutex<Totals>,
     next_id: AtomicU64,
+    /// The cache's `proxy.platforms`, from its first manifest answer.
+    cache_platforms: OnceLock<Vec<Platform>>,
 }
 
 impl Warmer {
@@ -234,7 +238,17 @@ impl Warmer {
             flights: Mutex::new(HashMap::new()),
             totals: Mutex::new(Totals::default()),
             next_id: AtomicU64::new(0),
+            cache_platforms: OnceLock::new(),
         })
+    }
+
+    /// The platforms an index's children are kept for: `--platform`, else the cache's
+    /// `proxy.platforms` (empty: every child).
+    fn platforms(&self) -> &[Platform] {
+        if !self.options.platforms.is_empty() {
+            return &self.options.platforms;
+        }
+        self.cache_platforms.get().map_or(&[], Vec::as_slice)
     }
 
     /// Warms `images`, at most `jobs` at a time; a failed image does not stop the others.
@@ -292,7 +306,7 @@ impl Warmer {
                 Manifest::Index { .. } if depth >= MAX_DEPTH => {
                     return Err(WarmError::TooDeep);
                 }
-                Manifest::Index { children } => plan::select(children, &self.options.platforms)?
+                Manifest::Index { children } => plan::select(children, self.platforms())?
                     .into_iter()
                     .map(|child| self.child(&ctx, child, depth + 1))
                     .collect(),
@@ -433,6 +447,10 @@ impl Warmer {
             .get(ctx, path, Some(MANIFEST_ACCEPT))
             .await
             .map_err(failed)?;
+        self.cache_platforms.get_or_init(|| {
+            let stated = response.headers().get(PLATFORMS_HEADER);
+            plan::stated_platforms(stated.and_then(|v| v.to_str().ok()))
+        });
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)

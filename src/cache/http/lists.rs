@@ -123,9 +123,11 @@ pub(super) fn referrers(
 
 pub(super) async fn catalog(app: &App, query: &Query) -> Result<Response, RegistryError> {
     let repositories = app.meta.repositories().await?;
+    let router = app.upstreams.router();
     let names = repositories
         .iter()
-        .map(|(upstream, repository)| app.upstreams.router().catalog_name(upstream, repository))
+        .filter(|(upstream, repository)| router.may_list(upstream, repository))
+        .map(|(upstream, repository)| router.catalog_name(upstream, repository))
         .collect();
     let (names, link) = paginate(names, query, "/v2/_catalog");
     let body = serde_json::json!({ "repositories": names }).to_string();

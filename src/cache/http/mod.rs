@@ -28,7 +28,7 @@ use super::{fleet, push, status, uploads};
 use crate::registry::route::{self, ManifestRef, V2Request};
 use crate::registry::{
     API_VERSION, API_VERSION_HEADER, CACHE_HEADER, CacheOutcome, ErrorCode, NAMESPACE_HEADER,
-    RegistryError, error_response,
+    PLATFORMS_HEADER, RegistryError, error_response,
 };
 use lists::Query;
 
@@ -240,6 +240,13 @@ fn add_headers(app: &App, response: &mut Response, outcome: &Outcome) {
     if let Some(ns) = outcome.namespace.as_deref().filter(|_| scoped) {
         response::insert(response.headers_mut(), NAMESPACE_HEADER, ns);
     }
+    // `proxy.platforms`, for `regmirror warm` to walk only those children of an index.
+    let platforms = app.options.platforms.as_ref();
+    if let Some(platforms) = platforms.filter(|_| outcome.area == Area::Manifest) {
+        response
+            .headers_mut()
+            .insert(PLATFORMS_HEADER, platforms.clone());
+    }
     // No answer is ever run as another type than it says (a manifest as a page), as
     // distribution's answers say too.
     response.headers_mut().insert(
@@ -320,11 +327,13 @@ async fn registry(
         (V2Request::Tags { name }, Method::GET) => {
             let route = route_for(name, outcome)?;
             outcome.note(app, &route, None);
+            may_fetch(app, &route)?;
             lists::tags(app, &route, name, &query).await
         }
         (V2Request::Manifest { name, reference }, Method::GET | Method::HEAD) => {
             let route = route_for(name, outcome)?;
             outcome.note(app, &route, Some(reference.as_str()));
+            may_fetch(app, &route)?;
             let answer = app.manifests.get(&route, reference).await?;
             outcome.cache = Some(answer.outcome);
             Ok(response::manifest(&answer.manifest, head, answer.warning))
@@ -332,6 +341,7 @@ async fn registry(
         (V2Request::Blob { name, digest }, Method::GET | Method::HEAD) => {
             let route = route_for(name, outcome)?;
             let counters = outcome.note(app, &route, Some(digest.as_str()));
+            may_fetch(app, &route)?;
             let range = request
                 .headers
                 .get(header::RANGE)
@@ -346,6 +356,7 @@ async fn registry(
         (V2Request::Referrers { name, subject }, Method::GET) => {
             let route = route_for(name, outcome)?;
             outcome.note(app, &route, Some(subject.as_str()));
+            may_fetch(app, &route)?;
             let listing = app.referrers.list(&route, subject).await?;
             outcome.cache = Some(listing.outcome);
             lists::referrers(name, subject, listing, &query)
@@ -358,6 +369,26 @@ async fn registry(
         }
         _ => Err(unsupported(method)),
     }
+}
+
+/// The fetch policy (`allow`/`deny`) for a read of `route`: a repository it refuses is 403
+/// DENIED naming the rule, counted in the metrics and on the status page, before anything is read
+/// from the store or asked of the upstream. Pushed (local) repositories have no policy.
+fn may_fetch(app: &App, route: &Route) -> Result<(), RegistryError> {
+    let upstream = &route.upstream;
+    let Err(refusal) = upstream.may_fetch(&route.repository) else {
+        return Ok(());
+    };
+    app.metrics.refused(upstream.label(), &refusal.rule);
+    app.status
+        .refused(upstream.label(), &route.repository, &refusal);
+    Err(RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "{} on {}: the fetch policy refuses it: {refusal}",
+            route.repository, upstream.name
+        ),
+    ))
 }
 
 /// What a push changes: an upload, a manifest PUT, or a DELETE (the requests [`registry`] sends

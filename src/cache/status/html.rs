@@ -49,6 +49,7 @@ pub(crate) fn html(data: &Snapshot) -> String {
         );
     }
     page.push_str("</ul>");
+    refusals_html(&mut page, data);
     for (title, note, id, lines) in [
         (
             "Last failures",
@@ -125,6 +126,30 @@ fn upstreams_html(page: &mut String, data: &Snapshot) {
         );
     }
     page.push_str("</table>");
+}
+
+fn refusals_html(page: &mut String, data: &Snapshot) {
+    let total: u64 = data.policy_refusals.iter().map(|r| r.refused).sum();
+    let _ = write!(
+        page,
+        "<h2>Refused by the fetch policy: {total}</h2><p class=\"muted\">Requests for repositories proxy.allow or proxy.deny (or an upstream's own) refuse: 403 DENIED, nothing fetched or served.</p><ul id=\"policy\">"
+    );
+    for r in &data.policy_refusals {
+        let pattern = r
+            .pattern
+            .as_deref()
+            .map_or(String::new(), |p| format!(" <code>{}</code>", escape(p)));
+        let _ = write!(
+            page,
+            "<li><b>{}</b>: <code>{}</code>{pattern}: {} refused, last <code>{}</code> <span class=\"muted\">({} ago)</span></li>",
+            escape(&r.upstream),
+            escape(&r.rule),
+            r.refused,
+            escape(&r.last_repository),
+            duration(r.seconds_ago)
+        );
+    }
+    page.push_str("</ul>");
 }
 
 fn fills_html(page: &mut String, data: &Snapshot) {

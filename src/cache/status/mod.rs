@@ -12,7 +12,8 @@
 //!
 //! What it keeps is bounded: counters per metrics label (configured upstreams, `local`,
 //! `dynamic`), the last errors ([`RecentLines`]), the last [`page::RECENT`] stale tags (one line
-//! per tag, counted), the 1,000 most pulled images.
+//! per tag, counted), the 1,000 most pulled images, the fetch policy's refusals (one line per
+//! upstream label and rule of the configuration, counted, with the last repository refused).
 
 mod html;
 
@@ -28,6 +29,7 @@ use super::fill::FillProgress;
 use super::routing::Route;
 use super::store::StoredBytes;
 use super::upstreams::Upstreams;
+use crate::config::cache::Refusal;
 use crate::page::{self, RecentLine, RecentLines};
 use crate::registry::CacheOutcome;
 use crate::sync::lock;
@@ -92,6 +94,17 @@ pub(crate) struct Status {
     failures: RecentLines,
     client_errors: RecentLines,
     stored: Arc<StoredBytes>,
+    /// (upstream label, rule) -> the refusals it made.
+    refusals: Mutex<HashMap<(String, String), Refused>>,
+}
+
+/// What one rule of the fetch policy refused for one upstream label.
+#[derive(Debug, Clone)]
+struct Refused {
+    pattern: Option<String>,
+    count: u64,
+    last_repository: String,
+    last: SystemTime,
 }
 
 impl Default for Status {
@@ -106,6 +119,7 @@ impl Default for Status {
             failures: RecentLines::default(),
             client_errors: RecentLines::default(),
             stored: Arc::default(),
+            refusals: Mutex::default(),
         }
     }
 }
@@ -165,6 +179,22 @@ impl Status {
     /// The stored bytes, counted by fills, pushes and collections.
     pub(crate) fn stored(&self) -> &Arc<StoredBytes> {
         &self.stored
+    }
+
+    /// A request for `repository` of upstream `label` the fetch policy refused.
+    pub(crate) fn refused(&self, label: &str, repository: &str, refusal: &Refusal) {
+        let mut refusals = lock(&self.refusals);
+        let entry = refusals
+            .entry((label.to_owned(), refusal.rule.clone()))
+            .or_insert_with(|| Refused {
+                pattern: refusal.pattern.clone(),
+                count: 0,
+                last_repository: String::new(),
+                last: SystemTime::now(),
+            });
+        entry.count += 1;
+        entry.last_repository = repository.to_owned();
+        entry.last = SystemTime::now();
     }
 
     pub(crate) fn answered(&self, a: &Answered<'_>) {
@@ -237,9 +267,22 @@ impl Status {
             .collect();
         images.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let stored = self.stored.now();
+        let mut policy_refusals: Vec<PolicyRefusal> = lock(&self.refusals)
+            .iter()
+            .map(|((upstream, rule), r)| PolicyRefusal {
+                last_repository: r.last_repository.clone(),
+                pattern: r.pattern.clone(),
+                refused: r.count,
+                rule: rule.clone(),
+                seconds_ago: ago(r.last),
+                upstream: upstream.clone(),
+            })
+            .collect();
+        policy_refusals.sort_by(|a, b| (&a.upstream, &a.rule).cmp(&(&b.upstream, &b.rule)));
         Snapshot {
             fills: fills.iter().map(FillSnapshot::new).collect(),
             listen: lock(&self.listen).clone(),
+            policy_refusals,
             recent_client_errors: self.client_errors.lines(),
             recent_failures: self.failures.lines(),
             stale_tags: self.stale.tags(),
@@ -273,6 +316,7 @@ impl Status {
 pub(crate) struct Snapshot {
     fills: Vec<FillSnapshot>,
     listen: String,
+    policy_refusals: Vec<PolicyRefusal>,
     recent_client_errors: Vec<RecentLine>,
     recent_failures: Vec<RecentLine>,
     stale_tags: Vec<StaleTag>,
@@ -405,6 +449,18 @@ struct StorageSnapshot {
 struct TopImage {
     pulls: u64,
     repository: String,
+    upstream: String,
+}
+
+/// The requests one rule of the fetch policy refused for one upstream.
+#[derive(Debug, Serialize)]
+struct PolicyRefusal {
+    last_repository: String,
+    /// The deny pattern that matched; none for an allow list that matched nothing.
+    pattern: Option<String>,
+    refused: u64,
+    rule: String,
+    seconds_ago: u64,
     upstream: String,
 }
 
@@ -648,5 +704,40 @@ mod tests {
             status.stale.push(format!("t{i}"));
         }
         assert_eq!(status.stale.tags().len(), crate::page::RECENT, "bounded");
+    }
+
+    #[test]
+    fn policy_refusals_are_one_line_per_upstream_and_rule() {
+        let status = Status::default();
+        let deny = Refusal {
+            rule: "proxy.deny[0]".into(),
+            pattern: Some("library/*".into()),
+        };
+        let allow = Refusal {
+            rule: "proxy.allow".into(),
+            pattern: None,
+        };
+        status.refused("docker.io", "library/a", &deny);
+        status.refused("docker.io", "library/<b>", &deny);
+        status.refused("dynamic", "other/x", &allow);
+        let snapshot = status.snapshot(&[], &[], None);
+        let data = json(&snapshot);
+        let lines = data["policy_refusals"].as_array().unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            (
+                &lines[0]["rule"],
+                &lines[0]["refused"],
+                &lines[0]["last_repository"]
+            ),
+            (&"proxy.deny[0]".into(), &2.into(), &"library/<b>".into())
+        );
+        assert_eq!(lines[1]["upstream"], "dynamic");
+        let page = html(&snapshot);
+        assert!(page.contains("Refused by the fetch policy: 3"), "{page}");
+        assert!(
+            page.contains("<b>docker.io</b>: <code>proxy.deny[0]</code> <code>library/*</code>: 2 refused, last <code>library/&lt;b&gt;</code>"),
+            "{page}"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! variable that set it: `report`) and returned together.
 
 mod env;
+mod filter;
 mod keys;
 mod raw;
 mod report;
@@ -29,6 +30,7 @@ use crate::config::Credentials;
 use crate::config::json_span::LineColumn;
 use crate::config::yaml_span;
 
+pub use filter::{Pattern, Patterns, Refusal, RepositoryFilter};
 pub use keys::is_section;
 pub use report::{CacheDiagnostic, CacheErrors, Origin};
 pub use units::{parse_duration, parse_size};
@@ -205,6 +207,8 @@ pub struct UpstreamConfig {
     pub ratelimit_reserve: RateLimitReserve,
     /// `max_concurrent` and `max_rate`.
     pub requests: RequestLimits,
+    /// `allow` and `deny`: what the cache may fetch from it (see [`RepositoryFilter`]).
+    pub filter: RepositoryFilter,
 }
 
 /// `ratelimit_reserve`: `10%` of the stated limit, or a number of pulls.
@@ -315,6 +319,11 @@ pub struct CacheConfig {
     pub proxy_requests: RequestLimits,
     /// `proxy.allow_private_upstreams`: let dynamic upstreams be loopback, link-local or private.
     pub allow_private_upstreams: bool,
+    /// `proxy.allow` and `proxy.deny`: the fetch policy of dynamic upstreams (configured ones
+    /// have theirs in [`UpstreamConfig::filter`]).
+    pub filter: RepositoryFilter,
+    /// `proxy.platforms`: the platforms `regmirror warm` keeps from indexes (empty: every one).
+    pub platforms: Vec<crate::platform::Platform>,
     /// `proxy.ttl`.
     pub ttl: Duration,
     /// `proxy.serve_stale_on_404`: a tag the upstream answers 404 for is still served from cache.
@@ -357,6 +366,8 @@ impl CacheConfig {
             proxy_reserve: RateLimitReserve::default(),
             proxy_requests: RequestLimits::default(),
             allow_private_upstreams: false,
+            filter: RepositoryFilter::default(),
+            platforms: Vec::new(),
             ttl: DEFAULT_TTL,
             serve_stale_on_404: false,
             log_level: None,
@@ -475,5 +486,6 @@ fn upstream(name: &str, url: &str) -> UpstreamConfig {
         tag_revalidate: Duration::ZERO,
         ratelimit_reserve: RateLimitReserve::default(),
         requests: RequestLimits::default(),
+        filter: RepositoryFilter::default(),
     }
 }

@@ -137,6 +137,9 @@ pub(super) struct RawProxy {
     /// An entry the key check found of the wrong shape (reported) is `None`.
     pub remoteregistries: Vec<Option<RawRemote>>,
     pub on: Slot,
+    pub allow: Slot,
+    pub deny: Slot,
+    pub platforms: Slot,
     pub allow_private_upstreams: Slot,
     pub tag_revalidate: Slot,
     pub serve_stale_on_404: Slot,
@@ -151,6 +154,8 @@ pub(super) struct RawRemote {
     pub url: Slot,
     pub username: Slot,
     pub password: Slot,
+    pub allow: Slot,
+    pub deny: Slot,
     pub tag_revalidate: Slot,
     pub ratelimit_reserve: Slot,
     pub max_concurrent: Slot,

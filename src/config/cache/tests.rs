@@ -69,6 +69,106 @@ fn seed_dynamic() {
 }
 
 #[test]
+fn fetch_policy_lists_combine_and_locate_their_warnings() {
+    let config = parse(
+        "proxy:
+  allow: [\"library/*\"]
+  deny: [\"**/internal\", \"Library/x\"]
+  platforms: [linux/amd64, linux/arm64/v8]
+  remoteregistries:
+  - url: https://r1.io
+  - url: https://r2.io
+    allow: [\"team/**\", \"/abs\"]
+    deny: [\"team/old\"]
+",
+    )
+    .unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "config.yml:3:25: proxy.deny[1]: \"Library/x\" can never match a repository name: \
+             repository names are lowercase",
+            "config.yml:8:24: proxy.remoteregistries[1].allow[1]: \"/abs\" can never match a \
+             repository name: repository names do not start with `/` (write `org/*`, not `/org/*`)",
+        ]
+    );
+    let (r1, r2) = (&config.upstreams[0].filter, &config.upstreams[1].filter);
+    assert!(r1.check("library/nginx").is_ok());
+    assert_eq!(r1.check("team/app").unwrap_err().rule, "proxy.allow");
+    assert!(r2.check("team/app/x").is_ok(), "the entry's allow replaces");
+    assert_eq!(
+        r2.check("team/old").unwrap_err().rule,
+        "proxy.remoteregistries[1].deny[0]"
+    );
+    assert_eq!(
+        r2.check("team/internal").unwrap_err().rule,
+        "proxy.deny[0]",
+        "the global deny adds to the entry's"
+    );
+    assert_eq!(
+        config.filter, *r1,
+        "dynamic upstreams take the proxy level's"
+    );
+    let platforms: Vec<String> = config.platforms.iter().map(ToString::to_string).collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"]);
+}
+
+#[test]
+fn fetch_policy_errors_and_overrides() {
+    let errors = errors_of(
+        "proxy:\n  remoteurl: https://r.io\n  deny: \"library/*\"\n  allow: [\"a/[b\"]\n  platforms: [linux]\n",
+        &[],
+    );
+    assert_eq!(
+        errors,
+        [
+            "config.yml:3:3: proxy.deny: \"library/*\" is not a list of repository patterns",
+            "config.yml:4:11: proxy.allow[0]: \"a/[b\" is not a pattern: unclosed character class; missing ']'",
+            "config.yml:5:15: proxy.platforms[0]: \"linux\" is not a platform: write OS/ARCH or \
+             OS/ARCH/VARIANT (linux/amd64, linux/arm64/v8)",
+        ]
+    );
+    let env = [("REGISTRY_PROXY_DENY".to_owned(), "[secret/**]".to_owned())];
+    let config = CacheConfig::parse(
+        "config.yml",
+        Some("proxy: {remoteurl: https://r.io}\n"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(
+        config.upstreams[0]
+            .filter
+            .check("secret/a/b")
+            .unwrap_err()
+            .rule,
+        "proxy.deny[0]"
+    );
+    let config = parse("proxy: {remoteurl: https://r.io, allow: []}\n").unwrap();
+    assert_eq!(
+        config.warnings[0].to_string(),
+        "config.yml:1:34: proxy.allow: an empty allow list refuses every repository"
+    );
+}
+
+#[test]
+fn the_packaged_examples_policy_lines_load_without_warnings_when_uncommented() {
+    let text = include_str!("../../../contrib/examples/config.yml")
+        .replace("  # deny:", "  deny:")
+        .replace("  # allow:", "  allow:")
+        .replace("  # platforms:", "  platforms:");
+    let config = parse(&text).unwrap();
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_eq!(config.platforms.len(), 1);
+    let hub = &config.upstreams[0].filter;
+    assert!(hub.check("library/nginx").is_ok());
+    assert_eq!(
+        hub.check("library/internal-x").unwrap_err().rule,
+        "proxy.deny[0]"
+    );
+}
+
+#[test]
 fn upstream_etiquette_keys_default_from_the_proxy_level() {
     let config = parse(
             "proxy:\n  ratelimit_reserve: 5\n  max_rate: 2.5\n  remoteregistries:\n  - url: https://a.io\n  - url: https://b.io\n    ratelimit_reserve: 25%\n    max_concurrent: 4\n    max_rate: 0.5\nlimits: {upstream_queue_timeout: 5s}\n",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
+use super::filter::{self, RepositoryFilter};
 use super::raw::{
     RawAuth, RawConfig, RawHttp, RawLimits, RawProxy, RawRemote, RawS3, RawStorage, Slot,
 };
@@ -60,6 +61,8 @@ pub(super) fn validate(raw: RawConfig, r: &mut Report<'_>) -> Option<CacheConfig
         proxy_reserve: proxy.policy.reserve,
         proxy_requests: proxy.policy.requests,
         allow_private_upstreams: proxy.allow_private,
+        filter: proxy.filter,
+        platforms: proxy.platforms,
         ttl: proxy.ttl,
         serve_stale_on_404: proxy.serve_stale,
         log_level,
@@ -308,6 +311,9 @@ struct Proxy {
     allow_private: bool,
     ttl: Duration,
     serve_stale: bool,
+    /// `proxy.allow` and `proxy.deny`.
+    filter: RepositoryFilter,
+    platforms: Vec<crate::platform::Platform>,
 }
 
 fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
@@ -327,6 +333,11 @@ fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
         "proxy",
         r,
     );
+    let global = RepositoryFilter::over(
+        &RepositoryFilter::default(),
+        filter::patterns(&raw.allow, "proxy.allow", r),
+        filter::patterns(&raw.deny, "proxy.deny", r),
+    );
     let mut upstreams = Vec::new();
     let credentials = credentials(&raw.username, &raw.password, "proxy", r);
     if raw.remoteurl.is_some() {
@@ -335,12 +346,13 @@ fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
             url: &raw.remoteurl,
             credentials,
             policy,
+            filter: global.clone(),
         };
         upstream.add(&mut upstreams, r);
     }
     for (i, remote) in raw.remoteregistries.iter().enumerate() {
         if let Some(remote) = remote {
-            remote_registry(remote, i, policy, &mut upstreams, r);
+            remote_registry(remote, i, (policy, &global), &mut upstreams, r);
         }
     }
     Proxy {
@@ -360,13 +372,16 @@ fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
         serve_stale: r
             .flag(&raw.serve_stale_on_404, "proxy.serve_stale_on_404")
             .unwrap_or(false),
+        filter: global,
+        platforms: filter::platforms(&raw.platforms, r),
     }
 }
 
+/// An entry of `proxy.remoteregistries`; `defaults` are the `proxy` level's policy and filter.
 fn remote_registry(
     remote: &RawRemote,
     index: usize,
-    defaults: Policy,
+    (defaults, global): (Policy, &RepositoryFilter),
     upstreams: &mut Vec<UpstreamConfig>,
     r: &mut Report<'_>,
 ) {
@@ -382,6 +397,11 @@ fn remote_registry(
         &at,
         r,
     );
+    let filter = RepositoryFilter::over(
+        global,
+        filter::patterns(&remote.allow, &format!("{at}.allow"), r),
+        filter::patterns(&remote.deny, &format!("{at}.deny"), r),
+    );
     let credentials = credentials(&remote.username, &remote.password, &at, r);
     if remote.url.is_none() {
         r.error(&format!("{at}.url"), "is required");
@@ -392,6 +412,7 @@ fn remote_registry(
         url: &remote.url,
         credentials,
         policy,
+        filter,
     };
     upstream.add(upstreams, r);
 }
@@ -455,6 +476,7 @@ struct Upstream<'a> {
     url: &'a Slot,
     credentials: Option<Credentials>,
     policy: Policy,
+    filter: RepositoryFilter,
 }
 
 impl Upstream<'_> {
@@ -482,6 +504,7 @@ impl Upstream<'_> {
             tag_revalidate: self.policy.tag_revalidate,
             ratelimit_reserve: self.policy.reserve,
             requests: self.policy.requests,
+            filter: self.filter,
         });
     }
 }
