@@ -7,8 +7,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use reqwest::header::{ACCEPT, CONTENT_LENGTH};
+use futures_util::StreamExt as _;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Method, StatusCode};
+
+use super::fill::UpstreamBody;
 
 use super::metrics::Metrics;
 use super::routing::{Route, Router, Upstream};
@@ -164,6 +167,51 @@ pub(crate) fn content_length(response: &reqwest::Response) -> Option<u64> {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// A blob answer's body from byte `from` on, with the blob's whole size when stated: a 206 must
+/// start at `from`; a 200 (the server ignored the `Range`, or none was asked) has its first
+/// `from` bytes dropped. `None`: the answer is neither.
+pub(crate) fn body_from(
+    response: reqwest::Response,
+    from: u64,
+) -> Option<(Option<u64>, UpstreamBody)> {
+    let stream = |response: reqwest::Response| {
+        response
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other))
+    };
+    match response.status() {
+        StatusCode::OK => {
+            let size = content_length(&response);
+            let mut skip = from;
+            let body = stream(response).filter_map(move |chunk| {
+                let chunk = match chunk {
+                    Ok(chunk) if (chunk.len() as u64) <= skip => {
+                        skip -= chunk.len() as u64;
+                        None
+                    }
+                    Ok(mut chunk) => {
+                        let rest = chunk.split_off(skip as usize);
+                        skip = 0;
+                        Some(Ok(rest))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                std::future::ready(chunk)
+            });
+            Some((size, body.boxed()))
+        }
+        StatusCode::PARTIAL_CONTENT if from > 0 => {
+            let (start, total) = response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::range::content_range)?;
+            (start == from).then(|| (total, stream(response).boxed()))
+        }
+        _ => None,
+    }
 }
 
 /// An upstream's HTTP error as the registry error to give the client (with the upstream's
