@@ -5,7 +5,9 @@
 //! It is created with `If-None-Match: *` (only one replica gets it), renewed every third of its
 //! lifetime with `If-Match` on its last version, and deleted when the work is done. A replica
 //! that finds a lease expired (its holder died: nobody renewed it) takes it over with `If-Match`
-//! on the version it read, so of several replicas noticing at once exactly one wins. A holder
+//! on the version it read, so of several replicas noticing at once exactly one wins; a follower
+//! whose stream from the holder broke and whose holder refuses connections takes it over the
+//! same way without waiting for the expiry ([`Leases::take_over_from`]). A holder
 //! that cannot renew in time considers the lease lost and stops, so two replicas never download
 //! the same blob for long. Expiry times are wall-clock: replicas' clocks must agree to within
 //! [`CLOCK_SKEW`].

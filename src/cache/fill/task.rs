@@ -284,8 +284,9 @@ impl FillTask {
     }
 
     /// Verified bytes kept: on a bucket another replica stores, only the repository's link
-    /// (unless this replica took the download over from a holder that died); else the records (the record first: every stored blob has one, see `meta`), then the
-    /// content, then the lease (if any) goes.
+    /// (unless this replica took the download over from a holder that died); else the records
+    /// (the record first: every stored blob has one, see `meta`), then the content, then the
+    /// lease (if any) goes.
     async fn commit(&self, keep: Keep, written: u64) -> Result<u64, FillError> {
         let (upstream, digest) = &self.key;
         let record = |source| FillError::Record {

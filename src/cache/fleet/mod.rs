@@ -7,13 +7,13 @@
 //! (verifying the digest itself and storing nothing: the holder does), or, when the holder
 //! cannot be reached, waits (at most [`FOLLOW_WAIT`]) for the blob to appear in the bucket or
 //! for the lease to expire and be taken over. So the fleet makes one upstream download per blob.
-//! A follower whose stream from the holder breaks goes on from the byte it had ([`resume`]).
+//! A follower whose stream from the holder breaks goes on from the byte it had, taking the
+//! download over when the holder is dead ([`resume`]).
 //!
 //! `GET /_regmirror/fills/<upstream>/<digest>` answers the bytes of a fill in flight as they
-//! arrive (its last byte held back until the digest is verified, as for any reader; from a
-//! `Range: bytes=<n>-` on as a 206 when the size is known, a follower going on after a break),
-//! 404
-//! (`BLOB_UNKNOWN`) when there is none. It is refused (403, `DENIED`) without
+//! arrive (its last byte held back until the digest is verified, as for any reader), from byte
+//! `n` on as a 206 for `Range: bytes=<n>-` when the size is known (a follower going on after a
+//! break), 404 (`BLOB_UNKNOWN`) when there is none; a HEAD says whether it is in flight. It is refused (403, `DENIED`) without
 //! `Regmirror-Fleet: <expiry>.<HMAC-SHA256 of "<expiry> <path>", keyed by http.secret>` whose
 //! expiry (unix seconds, at most 30 s after signing) has not passed, and entirely when no
 //! `http.secret` is configured. A follower checks the digest itself as well: nothing it serves

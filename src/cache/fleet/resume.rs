@@ -85,9 +85,8 @@ impl Job {
         keys::fill_lease(&self.upstream, &self.digest)
     }
 
-    /// The lease, when this replica gets it and the blob is not stored (the holder stored it
-    /// and released the lease just before the claim: then nothing is to be done).
-    async fn claim_unstored(&self) -> Result<Result<HeldLease, Lease>, RegistryError> {
+    /// The lease, when this replica gets it; else the lease another replica holds.
+    async fn claim(&self) -> Result<Result<HeldLease, Lease>, RegistryError> {
         let fleet = &self.fleet;
         let claim = fleet
             .leases
@@ -127,8 +126,12 @@ impl Job {
             if let Some(size) = self.fleet.stored(&self.upstream, &self.digest).await? {
                 return self.stored_rest(from, size).await;
             }
-            let theirs = match self.claim_unstored().await? {
-                Ok(lease) => return self.download(lease, from).await,
+            let theirs = match self.claim().await? {
+                // Unless the holder stored it and released the lease just before the claim.
+                Ok(lease) => match self.unless_stored(lease).await? {
+                    Some(lease) => return self.download(lease, from).await,
+                    None => continue,
+                },
                 Err(theirs) => theirs,
             };
             let follower = &self.fleet.follower;
@@ -152,7 +155,10 @@ impl Job {
             // replica holding it without a download finished or failed just now.)
             if dead && theirs.holder == cut.holder {
                 if let Some(lease) = self.take_over_from(&theirs).await? {
-                    return self.download(lease, from).await;
+                    match self.unless_stored(lease).await? {
+                        Some(lease) => return self.download(lease, from).await,
+                        None => continue,
+                    }
                 }
             }
             if Instant::now() >= deadline {
@@ -227,7 +233,7 @@ impl Job {
             {
                 return Ok(None);
             }
-            let theirs = match self.claim_unstored().await? {
+            let theirs = match self.claim().await? {
                 Ok(lease) => return self.unless_stored(lease).await,
                 Err(theirs) => theirs,
             };
