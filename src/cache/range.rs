@@ -57,7 +57,7 @@ pub(crate) fn resolve(
 
 /// The first byte and the total size (`None` for `*`) of a `Content-Range: bytes a-b/total`
 /// answer; `None` when the header is not that.
-pub(crate) fn content_range(header: &str) -> Option<(u64, Option<u64>)> {
+pub fn content_range(header: &str) -> Option<(u64, Option<u64>)> {
     let rest = header.trim().strip_prefix("bytes ")?;
     let (span, total) = rest.split_once('/')?;
     let (start, end) = span.split_once('-')?;

@@ -246,3 +246,55 @@ pub(crate) fn unreachable_text(upstream: &str, why: &str) -> RegistryError {
         format!("upstream {upstream} unreachable: {why}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn answer(
+        status: u16,
+        headers: &[(&str, &str)],
+        chunks: &[&'static [u8]],
+    ) -> reqwest::Response {
+        let chunks: Vec<std::io::Result<Bytes>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let mut builder = axum::http::Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        reqwest::Response::from(builder.body(body).unwrap())
+    }
+
+    async fn bytes(body: UpstreamBody) -> Vec<u8> {
+        let chunks: Vec<Bytes> = body.map(Result::unwrap).collect().await;
+        chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn a_body_goes_on_from_the_byte_asked_for() {
+        // A 200 (the range ignored): the first bytes are dropped, across chunks.
+        let whole = answer(200, &[("content-length", "10")], &[b"abc", b"defg", b"hij"]);
+        let (size, body) = body_from(whole, 5).unwrap();
+        assert_eq!((size, bytes(body).await), (Some(10), b"fghij".to_vec()));
+        let whole = answer(200, &[], &[b"abc", b"defg"]);
+        let (size, body) = body_from(whole, 3).unwrap();
+        assert_eq!((size, bytes(body).await), (None, b"defg".to_vec()));
+        // A 206 from that byte, with the whole size.
+        let rest = answer(206, &[("content-range", "bytes 5-9/10")], &[b"fghij"]);
+        let (size, body) = body_from(rest, 5).unwrap();
+        assert_eq!((size, bytes(body).await), (Some(10), b"fghij".to_vec()));
+        // A 206 from another byte, without its Content-Range, or to no range; anything else.
+        let refused = [
+            (answer(206, &[("content-range", "bytes 4-9/10")], &[]), 5),
+            (answer(206, &[], &[]), 5),
+            (answer(206, &[("content-range", "bytes 0-9/10")], &[]), 0),
+            (answer(404, &[], &[]), 0),
+        ];
+        for (response, from) in refused {
+            assert!(body_from(response, from).is_none());
+        }
+    }
+}
