@@ -5,7 +5,8 @@
 //! from the bucket from that byte on; a lease now held by another replica (which took over) is
 //! followed from that byte on; the same holder refusing connections (or answering that it has no
 //! such download) is taken for dead, and its lease is taken over at once with `If-Match` on the
-//! version read ([`Leases::take_over_from`]), without waiting for it to expire. Holding the
+//! version read ([`crate::cache::lease::Leases::take_over_from`]), without waiting for it to
+//! expire. Holding the
 //! lease, the follower asks the upstream for the rest (`Range`), or for the whole blob again
 //! where ranges are refused, dropping the bytes it has. Every byte, the holder's and the
 //! upstream's, goes through the fill's digest check before anything is kept; holding the lease,
@@ -44,6 +45,8 @@ pub(super) struct Job {
     pub(super) download: Download,
     /// The lease this follower took over, until its fill stores the blob.
     taken: Mutex<Option<HeldLease>>,
+    /// The holder whose stream it read last (its address worked from here).
+    followed: Mutex<Option<String>>,
 }
 
 /// Where a followed body's bytes come from now.
@@ -78,6 +81,7 @@ impl Job {
             digest: digest.clone(),
             download,
             taken: Mutex::new(None),
+            followed: Mutex::new(None),
         })
     }
 
@@ -104,7 +108,7 @@ impl Job {
         }
     }
 
-    /// Takes over from `dead` (its stream broke and it refuses connections, or has no such
+    /// Takes over from `dead` (its stream broke and it refuses connections, or it has no such
     /// download), when it still holds the lease.
     async fn take_over_from(&self, dead: &Lease) -> Result<Option<HeldLease>, RegistryError> {
         let fleet = &self.fleet;
@@ -138,28 +142,35 @@ impl Job {
             let answer = follower
                 .follow(&theirs, &self.upstream, &self.digest, from)
                 .await;
-            let (dead, wait) = match answer {
+            let (dead, mut wait) = match answer {
                 Ok(FromHolder::Streaming(size, body)) => {
                     tracing::info!(holder = %theirs.holder, from, "following on after a broken stream");
+                    *lock(&self.followed) = Some(theirs.holder.clone());
                     return Ok(Source::holder(theirs, size, body));
                 }
+                // It answers, holding the lease without a download: it failed.
                 Ok(FromHolder::NoFill) => (true, AGAIN),
-                // Refused: dead. Reset or closed (a holder dying as it was asked): look again soon.
-                Err(FollowError::Request { source, .. }) => (source.is_connect(), AGAIN),
+                // Refused: the holder whose stream broke is dead (another replica refusing may
+                // only be unreachable from here: its lease expires if it is dead).
+                Err(FollowError::Request { source, .. }) if source.is_connect() => {
+                    (theirs.holder == cut.holder, POLL)
+                }
+                // Reset or closed (a holder dying as it was asked): look again soon.
+                Err(FollowError::Request { .. }) => (false, AGAIN),
                 Err(e) => {
                     tracing::debug!(holder = %theirs.holder, error = %e, "cannot follow on");
                     (false, POLL)
                 }
             };
-            // Strong evidence: the stream broke and its holder no longer serves it. (Another
-            // replica holding it without a download finished or failed just now.)
-            if dead && theirs.holder == cut.holder {
+            if dead {
                 if let Some(lease) = self.take_over_from(&theirs).await? {
                     match self.unless_stored(lease).await? {
                         Some(lease) => return self.download(lease, from).await,
                         None => continue,
                     }
                 }
+                // The lease changed meanwhile (renewed, taken over, released).
+                wait = AGAIN;
             }
             if Instant::now() >= deadline {
                 return Err(RegistryError::new(
@@ -242,9 +253,11 @@ impl Job {
                 .follower
                 .probe(&theirs, &self.upstream, &self.digest)
                 .await;
+            let followed = lock(&self.followed).as_ref() == Some(&theirs.holder);
             let dead = match probe {
                 Ok(has_fill) => !has_fill,
-                Err(FollowError::Request { source, .. }) => source.is_connect(),
+                // Refusing connections: dead, when it is the holder this replica followed.
+                Err(FollowError::Request { source, .. }) => source.is_connect() && followed,
                 Err(_) => false,
             };
             if dead {
@@ -291,6 +304,7 @@ pub(super) fn following(
     size: Option<u64>,
     body: UpstreamBody,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    *lock(&job.followed) = Some(holder.holder.clone());
     let following = Following {
         job,
         source: Source::holder(holder, size, body),
