@@ -1,8 +1,10 @@
 //! The cache on S3-compatible object storage, and several replicas on one bucket, against real
 //! peers: moto_server (a real S3 server process, from the venv `.ci/run` creates), the
 //! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
-//! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, and an origin
-//! slow enough to kill a replica in the middle of its download. Everything on 127.0.0.1.
+//! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, an origin
+//! slow enough to kill a replica in the middle of its download, and one holding its body at a
+//! chosen byte until released (a replica killed at that point), honouring or ignoring `Range`.
+//! Everything on 127.0.0.1.
 //! Pushed referrers and sha512 content on the bucket are covered here too, and the fleet's
 //! internal route, refused without the signature `http.secret` keys.
 

@@ -1,5 +1,6 @@
 //! Test doubles shared by the cache's test binaries: an in-process FAKE registry for faults no
-//! real registry produces (content that does not match its digest, slow or cut bodies, redirects
+//! real registry produces (content that does not match its digest, slow or cut bodies, bodies
+//! held at a byte until released, `Range` honoured or ignored at will, redirects
 //! into the internal network, hostile token services, upstreams that confirm anything), the cache
 //! itself started in-process on an ephemeral port, and small HTTP helpers. Everything runs on
 //! 127.0.0.1.
