@@ -1,8 +1,10 @@
 //! The cache on S3-compatible object storage, and several replicas on one bucket, against real
 //! peers: moto_server (a real S3 server process, from the venv `.ci/run` creates), the
 //! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
-//! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, and an origin
-//! slow enough to kill a replica in the middle of its download. Everything on 127.0.0.1.
+//! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, an origin
+//! slow enough to kill a replica in the middle of its download, and one holding its body at a
+//! chosen byte until released (a replica killed at that point), honouring or ignoring `Range`.
+//! Everything on 127.0.0.1.
 //! Pushed referrers and sha512 content on the bucket are covered here too, and the fleet's
 //! internal route, refused without the signature `http.secret` keys.
 
@@ -484,33 +486,27 @@ async fn a_killed_lease_holder_is_taken_over() {
                     move || http("GET", addr, &path, &[])
                 });
                 std::thread::sleep(Duration::from_millis(800));
-                let following = std::thread::spawn({
-                    let (addr, path) = (b.addr, path.clone());
-                    move || http("GET", addr, &path, &[])
-                });
+                let following = Reading::start(b.addr, &path);
                 std::thread::sleep(Duration::from_millis(800));
                 assert!(!visible(), "nothing visible while the holder downloads");
+                let had = following.have();
+                assert!(had > 0 && had < blob.len(), "B's client is mid-body: {had}");
+                let killed = Instant::now();
                 a.kill();
-                assert!(!visible(), "nothing visible after the holder was killed");
                 let (_, _, cut) = on_a.join().unwrap();
                 assert!(cut.len() < blob.len(), "the holder's client got a cut body");
-                let (_, _, followed) = following.join().unwrap();
-                assert!(
-                    followed.len() < blob.len() || digest_of(&followed) == d,
-                    "a follower never gets a complete wrong body"
+                // B's stream from A broke; A refuses connections: B takes the lease over at once
+                // and asks the upstream for the rest, which this one answers with the whole
+                // blob again (it ignores ranges). B's client goes on.
+                let (head, followed, reads) = following.thread.join().unwrap();
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                assert_eq!(digest_of(&followed), d, "the follower's client gets the blob");
+                let next = reads.iter().find(|&&t| t > killed).unwrap();
+                println!(
+                    "the follower's client paused {:?} after the kill -9 and finished {:?} after it",
+                    *next - killed,
+                    *reads.last().unwrap() - killed
                 );
-                assert_eq!(
-                    state.finished(&path),
-                    0,
-                    "the killed download never completed"
-                );
-                assert!(!visible(), "nothing visible before the takeover");
-                // The lease expires (10 s, 2 s of clock skew); then B takes over and completes.
-                let started = Instant::now();
-                let (status, _, body) = http("GET", b.addr, &path, &[]);
-                assert_eq!(status, 200);
-                assert_eq!(digest_of(&body), d);
-                println!("takeover after the kill: {:?}", started.elapsed());
                 settled(&b);
                 assert!(visible(), "the blob is stored once verified");
                 // The watcher ends at its next look, having seen the key appear.
@@ -540,6 +536,213 @@ async fn a_killed_lease_holder_is_taken_over() {
         2,
         "the dead holder's download and the one that took over"
     );
+    let asked = upstream.state.range_headers.lock().unwrap()
+        [&format!("/v2/library/slow/blobs/{digest}")]
+        .clone();
+    assert!(
+        asked[0].is_none() && asked[1].as_ref().is_some_and(|r| r.starts_with("bytes=")),
+        "the rest was asked for: {asked:?}"
+    );
+}
+
+/// A client reading a blob as it arrives: the body bytes it has so far, and when each read
+/// returned.
+struct Reading {
+    have: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<(String, Vec<u8>, Vec<Instant>)>,
+}
+
+impl Reading {
+    /// `GET path` from `addr`, read on a thread of its own until the server ends the body (a
+    /// cut connection ends it too: the body is then short).
+    fn start(addr: std::net::SocketAddr, path: &str) -> Self {
+        use std::io::{Read as _, Write as _};
+        let have = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let counter = have.clone();
+        let thread = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let (mut data, mut reads, mut head) = (Vec::new(), Vec::new(), None);
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                data.extend_from_slice(&buf[..n]);
+                if head.is_none() {
+                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+                        data.drain(..end + 4);
+                    }
+                }
+                if head.is_some() {
+                    reads.push(Instant::now());
+                    counter.store(data.len(), Ordering::SeqCst);
+                }
+            }
+            (head.unwrap_or_default(), data, reads)
+        });
+        Reading { have, thread }
+    }
+
+    fn have(&self) -> usize {
+        self.have.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls `done` every 20 ms for at most 20 s.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where in the holder's download it is killed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KillPoint {
+    /// The upstream answered the head, no byte yet.
+    BeforeTheFirstByte,
+    /// Half the blob received.
+    MidBody,
+    /// Every byte received and verified (the followers' clients have the whole blob), the blob
+    /// not stored yet: the holder's commit is held by pausing the S3 server.
+    BeforeTheCommit,
+}
+
+/// Three replicas on one bucket; A holds the download, B and C follow it with a client each,
+/// and A is killed at `point` (the upstream holds its bytes from that point until A is dead,
+/// or, before the commit, the S3 server is paused while A verifies). B's and C's clients get
+/// the whole blob, one of them takes over (asking the upstream for the rest only), and the
+/// blob is uploaded to the bucket once.
+async fn followers_keep_their_clients(point: KillPoint) {
+    let upstream = FakeUpstream::start().await;
+    let blob = random_bytes(8 << 20, 61);
+    let digest = digest_of(&blob);
+    upstream.blob(
+        "library/slow",
+        &digest,
+        blob.clone(),
+        32,
+        Duration::from_millis(10),
+    );
+    let path = format!("/v2/library/slow/blobs/{digest}");
+    let at = match point {
+        KillPoint::BeforeTheFirstByte => 0,
+        KillPoint::MidBody => blob.len() / 2,
+        KillPoint::BeforeTheCommit => blob.len() - 1,
+    };
+    let open = std::sync::Arc::new(AtomicBool::new(false));
+    let gate = fake::Gate {
+        at,
+        open: open.clone(),
+    };
+    upstream
+        .state
+        .gates
+        .lock()
+        .unwrap()
+        .insert(path.clone(), gate);
+    upstream.state.ranges.store(true, Ordering::SeqCst);
+    let (url, state, d) = (upstream.url(), upstream.state.clone(), digest.clone());
+    let blob_len = blob.len();
+    let ranges = or_skip!(
+        tokio::task::spawn_blocking(move || {
+            let mut moto = MotoServer::start()?;
+            moto.create_bucket(BUCKET);
+            let yaml = format!("proxy: {{remoteurl: {url}}}");
+            let [a, b, c] = [0, 1, 2].map(|_| replica(&moto, &yaml));
+            let asked = || state.range_headers.lock().unwrap().get(&path).map_or(0, Vec::len);
+            let on_a = Reading::start(a.addr, &path);
+            wait_until("A's upstream request", || asked() == 1);
+            let followers = [Reading::start(b.addr, &path), Reading::start(c.addr, &path)];
+            let followed = r#"regmirror_fleet_fills_total{role="followed"}"#;
+            wait_until("B and C following A", || {
+                metric(&b, followed) == 1 && metric(&c, followed) == 1
+            });
+            wait_until("the followers' clients at the kill point", || {
+                followers.iter().all(|f| f.have() == at)
+            });
+            if point == KillPoint::BeforeTheCommit {
+                moto.pause();
+                open.store(true, Ordering::SeqCst);
+                wait_until("the whole blob on the followers' clients", || {
+                    followers.iter().all(|f| f.have() == blob_len)
+                });
+            }
+            let killed = Instant::now();
+            a.kill();
+            open.store(true, Ordering::SeqCst);
+            if point == KillPoint::BeforeTheCommit {
+                moto.resume();
+            }
+            drop(on_a);
+            for (name, follower) in ["B", "C"].iter().zip(followers) {
+                let (head, body, reads) = follower.thread.join().unwrap();
+                assert!(head.starts_with("HTTP/1.1 200"), "{name}: {head}");
+                assert_eq!(body.len(), blob_len, "{name}'s client got the whole blob");
+                assert_eq!(digest_of(&body), d, "{name}'s client got the blob's bytes");
+                match reads.iter().find(|&&t| t > killed) {
+                    Some(next) => println!(
+                        "{point:?}: {name}'s client paused {:?} after the kill -9, done {:?} after it",
+                        *next - killed,
+                        *reads.last().unwrap() - killed
+                    ),
+                    None => println!("{point:?}: {name}'s client had the whole blob before the kill -9"),
+                }
+            }
+            settled(&b);
+            settled(&c);
+            let took_over = r#"regmirror_fleet_fills_total{role="took_over"}"#;
+            assert_eq!(metric(&b, took_over) + metric(&c, took_over), 1, "one replica took over");
+            let hex = d.trim_start_matches("sha256:");
+            let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+            assert_eq!(object_keys(&moto, &key), vec![key.clone()], "the blob is stored");
+            assert_eq!(
+                moto.count("POST", &format!("{key}?uploads")),
+                1,
+                "the blob is uploaded once"
+            );
+            assert!(object_keys(&moto, "leases/fills/").is_empty(), "leases are released");
+            // Served from the bucket now, by every replica left.
+            for cache in [&b, &c] {
+                let (status, _, body) = http("GET", cache.addr, &path, &[]);
+                assert_eq!((status, digest_of(&body)), (200, d.clone()));
+            }
+            Ok::<_, Missing>(state.range_headers.lock().unwrap()[&path].clone())
+        })
+        .await
+        .unwrap()
+    );
+    // The holder's download, then the rest from the one that took over (none needed once every
+    // byte was received).
+    let rest = format!("bytes={at}-");
+    let expected = match point {
+        KillPoint::BeforeTheFirstByte => vec![None, None],
+        KillPoint::MidBody => vec![None, Some(rest.as_str())],
+        KillPoint::BeforeTheCommit => vec![None],
+    };
+    assert_eq!(
+        ranges.iter().map(Option::as_deref).collect::<Vec<_>>(),
+        expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_keep_their_clients_when_the_holder_dies_before_the_first_byte() {
+    followers_keep_their_clients(KillPoint::BeforeTheFirstByte).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_keep_their_clients_when_the_holder_dies_mid_body() {
+    followers_keep_their_clients(KillPoint::MidBody).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_keep_their_clients_when_the_holder_dies_before_the_commit() {
+    followers_keep_their_clients(KillPoint::BeforeTheCommit).await;
 }
 
 /// Runs `regmirror gc` with `replica`'s configuration (on a spool of its own), plus `more`

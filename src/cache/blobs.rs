@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 
 use super::access::ContentAccess;
 use super::buffers::Buffers;
-use super::fill::{Fetched, Fill, Fills, UpstreamBody};
+use super::fill::{Download, Fetched, Fill, Fills, UpstreamBody};
 use super::fleet::Fleet;
 use super::memo::Memo;
 use super::metrics::Metrics;
@@ -24,7 +24,7 @@ use super::range::{self, ByteRange};
 use super::routing::Route;
 use super::store::read::{READ_NOW_UP_TO, file_reader, read_now};
 use super::store::{BlobStore, Committed};
-use super::upstreams::{Upstreams, content_length, unreachable, upstream_status};
+use super::upstreams::{Upstreams, body_from, unreachable, upstream_status};
 use super::uses::LastUses;
 use crate::reference::Digest;
 use crate::registry::{CacheOutcome, ErrorCode, RegistryError, internal};
@@ -299,14 +299,21 @@ impl Blobs {
         route: &Route,
         digest: &Digest,
     ) -> Result<(Arc<Fill>, bool), RegistryError> {
-        let download = download(self.upstreams.clone(), route.clone(), digest);
         let fetch = match self.fleet.clone() {
-            None => async move {
-                let (size, body) = download.await?;
-                Ok(Fetched::stored(size, body, None))
+            None => {
+                let download = download(self.upstreams.clone(), route.clone(), digest, 0);
+                async move {
+                    let (size, body) = download.await?;
+                    Ok(Fetched::stored(size, body, None))
+                }
+                .boxed()
             }
-            .boxed(),
             Some(fleet) => {
+                let (upstreams, to) = (self.upstreams.clone(), route.clone());
+                let one = digest.clone();
+                let download: Download = Arc::new(move |from| {
+                    download(upstreams.clone(), to.clone(), &one, from).boxed()
+                });
                 let confirm = self.access.upstream_confirms(route, digest);
                 let (upstream, repository, digest) = (
                     route.upstream.name.clone(),
@@ -332,32 +339,38 @@ impl Blobs {
     }
 }
 
-/// The GET of a blob from the route's upstream: its size (when stated) and body, once the
-/// upstream answered 200.
+/// The GET of a blob from the route's upstream from byte `from` on (a `Range` past 0, or the
+/// whole blob again where the upstream refuses ranges): the blob's size (when stated) and the
+/// body from `from`, once the upstream answered.
 fn download(
     upstreams: Upstreams,
     route: Route,
     digest: &Digest,
+    from: u64,
 ) -> impl Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>> + Send + 'static {
-    let request = UpstreamRequest::pull(
+    let mut request = UpstreamRequest::pull(
         Method::GET,
         &route.repository,
         format!("/v2/{}/blobs/{digest}", route.repository),
     );
+    if from > 0 {
+        request = request.header(reqwest::header::RANGE, &format!("bytes={from}-"));
+    }
     async move {
         let upstream = &route.upstream.name;
         let response = upstreams
             .send(&route, request)
             .await
             .map_err(|e| unreachable(upstream, e))?;
-        if response.status() != StatusCode::OK {
+        let status = response.status();
+        if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
             return Err(upstream_status(upstream, &response, ErrorCode::BlobUnknown));
         }
-        let size = content_length(&response);
-        let body: UpstreamBody = response
-            .bytes_stream()
-            .map(|r| r.map_err(io::Error::other))
-            .boxed();
-        Ok((size, body))
+        body_from(response, from).ok_or_else(|| {
+            RegistryError::new(
+                ErrorCode::Unavailable,
+                format!("upstream {upstream} answered {status} to a range from byte {from}"),
+            )
+        })
     }
 }

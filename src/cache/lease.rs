@@ -5,7 +5,9 @@
 //! It is created with `If-None-Match: *` (only one replica gets it), renewed every third of its
 //! lifetime with `If-Match` on its last version, and deleted when the work is done. A replica
 //! that finds a lease expired (its holder died: nobody renewed it) takes it over with `If-Match`
-//! on the version it read, so of several replicas noticing at once exactly one wins. A holder
+//! on the version it read, so of several replicas noticing at once exactly one wins; a follower
+//! whose stream from the holder broke and whose holder refuses connections takes it over the
+//! same way without waiting for the expiry ([`Leases::take_over_from`]). A holder
 //! that cannot renew in time considers the lease lost and stops, so two replicas never download
 //! the same blob for long. Expiry times are wall-clock: replicas' clocks must agree to within
 //! [`CLOCK_SKEW`].
@@ -147,6 +149,40 @@ impl Leases {
             key: key.to_owned(),
         })
     }
+
+    /// Takes the lease `key` over from `holder` before it expires, for work on `repository`:
+    /// what a follower does when its stream from that holder broke and the holder no longer
+    /// answers (a dead holder renews nothing). Conditional on the version read now
+    /// (`If-Match`): `None` when the lease is gone, is no longer `holder`'s, or changed between
+    /// the read and the replace (renewed, taken over, released).
+    pub(crate) async fn take_over_from(
+        &self,
+        key: &str,
+        repository: &str,
+        holder: &str,
+    ) -> Result<Option<HeldLease>, BucketError> {
+        let Some(Versioned { body, version }) = self.bucket.get_versioned(key).await? else {
+            return Ok(None);
+        };
+        let theirs = serde_json::from_slice::<Lease>(&body).map(|lease| lease.holder);
+        if theirs.ok().as_deref() != Some(holder) {
+            return Ok(None);
+        }
+        let mine = self.lease_for(repository);
+        match self.bucket.replace(key, encode(&mine), version).await {
+            Ok(version) => {
+                tracing::warn!(%key, dead = %holder, "took over the lease of a holder that stopped answering");
+                Ok(Some(HeldLease::start(
+                    self.bucket.clone(),
+                    key,
+                    mine,
+                    version,
+                )))
+            }
+            Err(BucketError::Precondition) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn encode(lease: &Lease) -> Bytes {
@@ -186,8 +222,15 @@ impl HeldLease {
 
     /// Resolves when the lease is lost.
     pub(crate) async fn lost(&self) {
+        self.when_lost().await;
+    }
+
+    /// Resolves when the lease is lost, without borrowing it (the lease may move meanwhile).
+    pub(crate) fn when_lost(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut lost = self.lost.clone();
-        let _ = lost.wait_for(|lost| *lost).await;
+        async move {
+            let _ = lost.wait_for(|lost| *lost).await;
+        }
     }
 
     /// Stops renewing and deletes the lease (unless it was lost: then it is someone else's).

@@ -1,4 +1,5 @@
-//! Single `Range: bytes=…` requests, as blob clients send them to resume downloads.
+//! Single `Range: bytes=…` requests, as blob clients send them to resume downloads, and the
+//! `Content-Range` of a 206 answering one (a fleet replica resuming a download it was following).
 //!
 //! The grammar and the checks against the blob's size are `http-range-header`'s (RFC 9110
 //! §14.1.2); this module only decides which answers regmirror serves as one 206 and which as the
@@ -54,9 +55,46 @@ pub(crate) fn resolve(
     })
 }
 
+/// The first byte and the total size (`None` for `*`) of a `Content-Range: bytes a-b/total`
+/// answer; `None` when the header is not that.
+pub fn content_range(header: &str) -> Option<(u64, Option<u64>)> {
+    let rest = header.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+    let total = match total {
+        "*" => None,
+        total => {
+            let total: u64 = total.parse().ok()?;
+            if end >= total {
+                return None;
+            }
+            Some(total)
+        }
+    };
+    (start <= end).then_some((start, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(content_range("bytes 100-999/1000"), Some((100, Some(1000))));
+        assert_eq!(content_range(" bytes 0-0/* "), Some((0, None)));
+        for wrong in [
+            "bytes 100-999/999",
+            "bytes 5-4/10",
+            "bytes */1000",
+            "items 0-1/2",
+            "bytes 0-1",
+            "bytes x-1/2",
+            "",
+        ] {
+            assert_eq!(content_range(wrong), None, "{wrong:?}");
+        }
+    }
 
     #[test]
     fn ranges() {

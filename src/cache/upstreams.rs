@@ -7,8 +7,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use reqwest::header::{ACCEPT, CONTENT_LENGTH};
+use futures_util::StreamExt as _;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE};
 use reqwest::{Method, StatusCode};
+
+use super::fill::UpstreamBody;
 
 use super::metrics::Metrics;
 use super::routing::{Route, Router, Upstream};
@@ -166,6 +169,51 @@ pub(crate) fn content_length(response: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A blob answer's body from byte `from` on, with the blob's whole size when stated: a 206 must
+/// start at `from`; a 200 (the server ignored the `Range`, or none was asked) has its first
+/// `from` bytes dropped. `None`: the answer is neither.
+pub(crate) fn body_from(
+    response: reqwest::Response,
+    from: u64,
+) -> Option<(Option<u64>, UpstreamBody)> {
+    let stream = |response: reqwest::Response| {
+        response
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other))
+    };
+    match response.status() {
+        StatusCode::OK => {
+            let size = content_length(&response);
+            let mut skip = from;
+            let body = stream(response).filter_map(move |chunk| {
+                let chunk = match chunk {
+                    Ok(chunk) if (chunk.len() as u64) <= skip => {
+                        skip -= chunk.len() as u64;
+                        None
+                    }
+                    Ok(mut chunk) => {
+                        let rest = chunk.split_off(skip as usize);
+                        skip = 0;
+                        Some(Ok(rest))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                std::future::ready(chunk)
+            });
+            Some((size, body.boxed()))
+        }
+        StatusCode::PARTIAL_CONTENT if from > 0 => {
+            let (start, total) = response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::range::content_range)?;
+            (start == from).then(|| (total, stream(response).boxed()))
+        }
+        _ => None,
+    }
+}
+
 /// An upstream's HTTP error as the registry error to give the client (with the upstream's
 /// `Retry-After` on a 429).
 pub(crate) fn upstream_status(
@@ -197,4 +245,56 @@ pub(crate) fn unreachable_text(upstream: &str, why: &str) -> RegistryError {
         ErrorCode::Unavailable,
         format!("upstream {upstream} unreachable: {why}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn answer(
+        status: u16,
+        headers: &[(&str, &str)],
+        chunks: &[&'static [u8]],
+    ) -> reqwest::Response {
+        let chunks: Vec<std::io::Result<Bytes>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let mut builder = axum::http::Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        reqwest::Response::from(builder.body(body).unwrap())
+    }
+
+    async fn bytes(body: UpstreamBody) -> Vec<u8> {
+        let chunks: Vec<Bytes> = body.map(Result::unwrap).collect().await;
+        chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn a_body_goes_on_from_the_byte_asked_for() {
+        // A 200 (the range ignored): the first bytes are dropped, across chunks.
+        let whole = answer(200, &[("content-length", "10")], &[b"abc", b"defg", b"hij"]);
+        let (size, body) = body_from(whole, 5).unwrap();
+        assert_eq!((size, bytes(body).await), (Some(10), b"fghij".to_vec()));
+        let whole = answer(200, &[], &[b"abc", b"defg"]);
+        let (size, body) = body_from(whole, 3).unwrap();
+        assert_eq!((size, bytes(body).await), (None, b"defg".to_vec()));
+        // A 206 from that byte, with the whole size.
+        let rest = answer(206, &[("content-range", "bytes 5-9/10")], &[b"fghij"]);
+        let (size, body) = body_from(rest, 5).unwrap();
+        assert_eq!((size, bytes(body).await), (Some(10), b"fghij".to_vec()));
+        // A 206 from another byte, without its Content-Range, or to no range; anything else.
+        let refused = [
+            (answer(206, &[("content-range", "bytes 4-9/10")], &[]), 5),
+            (answer(206, &[], &[]), 5),
+            (answer(206, &[("content-range", "bytes 0-9/10")], &[]), 0),
+            (answer(404, &[], &[]), 0),
+        ];
+        for (response, from) in refused {
+            assert!(body_from(response, from).is_none());
+        }
+    }
 }

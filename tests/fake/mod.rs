@@ -1,5 +1,6 @@
 //! Test doubles shared by the cache's test binaries: an in-process FAKE registry for faults no
-//! real registry produces (content that does not match its digest, slow or cut bodies, redirects
+//! real registry produces (content that does not match its digest, slow or cut bodies, bodies
+//! held at a byte until released, `Range` honoured or ignored at will, redirects
 //! into the internal network, hostile token services, upstreams that confirm anything), the cache
 //! itself started in-process on an ephemeral port, and small HTTP helpers. Everything runs on
 //! 127.0.0.1.
@@ -72,6 +73,19 @@ pub struct FakeState {
     /// GETs of manifests and blobs being answered, from their arrival to their answer's head
     /// (delays included).
     pub gets: Concurrency,
+    /// Canned GETs honour `Range: bytes=<n>-` (206); else a `Range` is ignored (the whole body).
+    pub ranges: AtomicBool,
+    /// The `Range` header of every GET, per path (`None`: none).
+    pub range_headers: Mutex<HashMap<String, Vec<Option<String>>>>,
+    /// Canned bodies of these paths send nothing from the gate's byte on until it opens.
+    pub gates: Mutex<HashMap<String, Gate>>,
+}
+
+/// Holds a canned body's bytes from `at` on until `open` is set.
+#[derive(Clone)]
+pub struct Gate {
+    pub at: usize,
+    pub open: Arc<AtomicBool>,
 }
 
 /// A count of requests in progress and the most there were at once.
@@ -303,7 +317,18 @@ async fn fake_handler(State(state): State<Arc<FakeState>>, request: Request) -> 
     };
     let content = key.1.contains("/manifests/") || key.1.contains("/blobs/");
     let entered = (key.0 == Method::GET && content).then(|| state.gets.enter());
-    let mut response = answer(&state, &key).await;
+    let range = request
+        .headers()
+        .get("range")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if key.0 == Method::GET {
+        let mut ranges = state.range_headers.lock().unwrap();
+        ranges.entry(key.1.clone()).or_default().push(range.clone());
+    }
+    let from = range
+        .filter(|_| state.ranges.load(Ordering::Relaxed))
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok());
+    let mut response = answer(&state, &key, from).await;
     drop(entered);
     if let Some(budget) = budget {
         budget_headers(&mut response, &budget);
@@ -339,8 +364,9 @@ fn budget_headers(response: &mut Response, budget: &PullBudget) {
     );
 }
 
-/// The canned (or redirected, delayed, endless) answer for `key`.
-async fn answer(state: &Arc<FakeState>, key: &(Method, String)) -> Response {
+/// The canned (or redirected, delayed, endless) answer for `key`, from byte `from` on when a
+/// range is honoured.
+async fn answer(state: &Arc<FakeState>, key: &(Method, String), from: Option<usize>) -> Response {
     let redirect = state.redirects.lock().unwrap().get(&key.1).cloned();
     if let Some(location) = redirect {
         let mut response = Response::new(Body::empty());
@@ -393,53 +419,89 @@ async fn answer(state: &Arc<FakeState>, key: &(Method, String)) -> Response {
     };
     let length = canned.body.len();
     let digest = digest_of(&canned.body);
+    let from = from.filter(|&from| from < length && key.0 == Method::GET);
     let body = if key.0 == Method::HEAD {
         Body::empty()
     } else {
-        let piece = length.div_ceil(canned.pieces.max(1)).max(1);
-        let chunks: Vec<Bytes> = canned
-            .body
-            .chunks(piece)
-            .map(Bytes::copy_from_slice)
-            .collect();
-        let pause = canned.pause;
-        let last = chunks.len().saturating_sub(1);
-        let (state, path) = (state.clone(), key.1.clone());
-        Body::from_stream(futures_util::stream::unfold(
-            chunks.into_iter().enumerate(),
-            move |mut it| {
-                let (state, path) = (state.clone(), path.clone());
-                async move {
-                    let (i, chunk) = it.next()?;
-                    if i > 0 {
-                        tokio::time::sleep(pause).await;
-                    }
-                    if i == last {
-                        state.body_finished(path);
-                    }
-                    Some((Ok::<_, std::io::Error>(chunk), it))
-                }
-            },
-        ))
+        canned_body(state, key, &canned, from.unwrap_or(0))
     };
     let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::from_u16(canned.status).unwrap();
+    *response.status_mut() = match from {
+        Some(_) => StatusCode::PARTIAL_CONTENT,
+        None => StatusCode::from_u16(canned.status).unwrap(),
+    };
     let headers = response.headers_mut();
     headers.insert(
         "content-type",
         HeaderValue::from_static(canned.content_type),
     );
     if !state.chunked.load(Ordering::Relaxed) {
+        let sent = length - from.unwrap_or(0);
         headers.insert(
             "content-length",
-            HeaderValue::from_str(&length.to_string()).unwrap(),
+            HeaderValue::from_str(&sent.to_string()).unwrap(),
         );
+    }
+    if let Some(from) = from {
+        let span = format!("bytes {from}-{}/{length}", length - 1);
+        headers.insert("content-range", HeaderValue::from_str(&span).unwrap());
     }
     headers.insert(
         "docker-content-digest",
         HeaderValue::from_str(&digest).unwrap(),
     );
     response
+}
+
+/// A canned body from byte `from` on, in its pieces with their pauses, held at its gate (if
+/// any) until the gate opens.
+fn canned_body(
+    state: &Arc<FakeState>,
+    key: &(Method, String),
+    canned: &Canned,
+    from: usize,
+) -> Body {
+    let length = canned.body.len();
+    let piece = length.div_ceil(canned.pieces.max(1)).max(1);
+    let gate = state.gates.lock().unwrap().get(&key.1).cloned();
+    let mut cuts: Vec<usize> = (0..length).step_by(piece).collect();
+    cuts.extend(gate.as_ref().map(|g| g.at).filter(|&at| at < length));
+    cuts.push(from);
+    cuts.retain(|&cut| cut >= from && cut < length);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let chunks: Vec<(usize, Bytes)> = cuts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            let end = cuts.get(i + 1).copied().unwrap_or(length);
+            (start, canned.body.slice(start..end))
+        })
+        .collect();
+    let pause = canned.pause;
+    let last = chunks.len().saturating_sub(1);
+    let (state, path) = (state.clone(), key.1.clone());
+    Body::from_stream(futures_util::stream::unfold(
+        chunks.into_iter().enumerate(),
+        move |mut it| {
+            let (state, path, gate) = (state.clone(), path.clone(), gate.clone());
+            async move {
+                let (i, (start, chunk)) = it.next()?;
+                if i > 0 {
+                    tokio::time::sleep(pause).await;
+                }
+                if let Some(gate) = gate.filter(|g| start >= g.at) {
+                    while !gate.open.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                if i == last {
+                    state.body_finished(path);
+                }
+                Some((Ok::<_, std::io::Error>(chunk), it))
+            }
+        },
+    ))
 }
 
 /// The cache under test, in-process, with its data in a temp dir.

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::buffers::Buffers;
@@ -193,8 +194,15 @@ pub(crate) struct Fetched {
     pub(crate) keep: Keep,
 }
 
+/// A download of the blob from byte `from` on: the blob's whole size (when stated) and its body
+/// from `from`, once the upstream answered.
+pub(crate) type Download = Arc<
+    dyn Fn(u64) -> BoxFuture<'static, Result<(Option<u64>, UpstreamBody), RegistryError>>
+        + Send
+        + Sync,
+>;
+
 /// What a fill does with verified bytes.
-#[derive(Debug)]
 pub(crate) enum Keep {
     /// Store them with their records. `lease`: the fleet's lease on this download, held until
     /// the content is stored; losing it stops the download.
@@ -202,6 +210,22 @@ pub(crate) enum Keep {
     /// Another replica of the fleet stores them: this one only links them to the repository its
     /// clients asked for.
     Link,
+    /// Another replica's download, followed: once the bytes are verified, `settle` says what
+    /// became of it. `None`: that replica stores them (or stored them), this one links them; a
+    /// lease: this replica took the download over (its holder died) and stores them itself.
+    Follow {
+        settle: BoxFuture<'static, Option<HeldLease>>,
+    },
+}
+
+impl std::fmt::Debug for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keep::Store { lease } => f.debug_struct("Store").field("lease", lease).finish(),
+            Keep::Link => f.write_str("Link"),
+            Keep::Follow { .. } => f.write_str("Follow"),
+        }
+    }
 }
 
 impl Fetched {

@@ -112,7 +112,11 @@ impl FillTask {
         self.tx
             .send_replace(FillState::Streaming { size, written: 0 });
         let hashing = Hashing::start(self.digest());
-        let written = self.stream(size, body, &keep, &hashing).await?;
+        let lease = match &keep {
+            Keep::Store { lease } => lease.as_ref(),
+            Keep::Link | Keep::Follow { .. } => None,
+        };
+        let written = self.stream(size, body, lease, &hashing).await?;
         if let Some(size) = size.filter(|&size| size != written) {
             return Err(FillError::Short {
                 digest: self.digest().clone(),
@@ -173,7 +177,7 @@ impl FillTask {
         &self,
         size: Option<u64>,
         body: UpstreamBody,
-        keep: &Keep,
+        lease: Option<&HeldLease>,
         hashing: &Hashing,
     ) -> Result<u64, FillError> {
         let limits = self.fills.limits;
@@ -195,7 +199,7 @@ impl FillTask {
                 .unwrap_or(started + limits.grace);
             let next = tokio::select! {
                 next = tokio::time::timeout_at(deadline, batches.next()) => next,
-                () = lost(keep) => {
+                () = lost(lease) => {
                     return Err(FillError::LeaseLost { digest: self.digest().clone() });
                 }
             };
@@ -265,9 +269,24 @@ impl FillTask {
         Ok(chunks)
     }
 
-    /// Verified bytes kept: on a bucket another replica stores, only the repository's link;
-    /// else the records (the record first: every stored blob has one, see `meta`), then the
-    /// content, then the lease (if any) goes.
+    /// Links verified bytes another replica stores to the repository that asked.
+    async fn link(&self, written: u64) -> Result<u64, FillError> {
+        let (upstream, digest) = &self.key;
+        self.fills
+            .meta
+            .link(upstream, &self.repository, digest)
+            .await
+            .map_err(|source| FillError::Record {
+                digest: digest.clone(),
+                source,
+            })?;
+        Ok(written)
+    }
+
+    /// Verified bytes kept: on a bucket another replica stores, only the repository's link
+    /// (unless this replica took the download over from a holder that died); else the records
+    /// (the record first: every stored blob has one, see `meta`), then the content, then the
+    /// lease (if any) goes.
     async fn commit(&self, keep: Keep, written: u64) -> Result<u64, FillError> {
         let (upstream, digest) = &self.key;
         let record = |source| FillError::Record {
@@ -275,14 +294,13 @@ impl FillTask {
             source,
         };
         let lease: Option<HeldLease> = match keep {
-            Keep::Link => {
-                let meta = &self.fills.meta;
-                meta.link(upstream, &self.repository, digest)
-                    .await
-                    .map_err(record)?;
-                return Ok(written);
-            }
             Keep::Store { lease } => lease,
+            // The holder died before storing them: this replica took over, and stores them.
+            Keep::Follow { settle } => match settle.await {
+                Some(lease) => Some(lease),
+                None => return self.link(written).await,
+            },
+            Keep::Link => return self.link(written).await,
         };
         let new = self
             .fills
@@ -314,10 +332,10 @@ impl FillTask {
 }
 
 /// Resolves when a held lease is lost; never without one.
-async fn lost(keep: &Keep) {
-    match keep {
-        Keep::Store { lease: Some(lease) } => lease.lost().await,
-        _ => std::future::pending().await,
+async fn lost(lease: Option<&HeldLease>) {
+    match lease {
+        Some(lease) => lease.lost().await,
+        None => std::future::pending().await,
     }
 }
 

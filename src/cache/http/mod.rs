@@ -491,12 +491,29 @@ async fn fleet_fill(app: &App, request: &Parts) -> Response {
     let Ok(size) = fill.started().await else {
         return no_fill("its download failed");
     };
-    let mut response = Response::new(Body::from_stream(fill.reader(0, None)));
+    // A follower going on after a broken stream asks for the rest; without a size, all of it.
+    let range = request
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .zip(size)
+        .and_then(|(range, size)| super::range::parse_range(range, size).ok().flatten());
+    let start = range.map_or(0, |r| r.start);
+    let mut response = Response::new(Body::from_stream(fill.reader(start, None)));
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    let headers = response.headers_mut();
+    if let (Some(range), Some(size)) = (range, size) {
+        let span = format!("bytes {}-{}/{size}", range.start, size - 1);
+        response::insert(headers, header::CONTENT_RANGE.as_str(), &span);
+    }
     if let Some(size) = size {
+        let length = size - start;
         response::insert(
-            response.headers_mut(),
+            headers,
             header::CONTENT_LENGTH.as_str(),
-            &size.to_string(),
+            &length.to_string(),
         );
     }
     response

@@ -7,10 +7,13 @@
 //! (verifying the digest itself and storing nothing: the holder does), or, when the holder
 //! cannot be reached, waits (at most [`FOLLOW_WAIT`]) for the blob to appear in the bucket or
 //! for the lease to expire and be taken over. So the fleet makes one upstream download per blob.
+//! A follower whose stream from the holder breaks goes on from the byte it had, taking the
+//! download over when the holder is dead ([`resume`]).
 //!
 //! `GET /_regmirror/fills/<upstream>/<digest>` answers the bytes of a fill in flight as they
-//! arrive (its last byte held back until the digest is verified, as for any reader), 404
-//! (`BLOB_UNKNOWN`) when there is none. It is refused (403, `DENIED`) without
+//! arrive (its last byte held back until the digest is verified, as for any reader), from byte
+//! `n` on as a 206 for `Range: bytes=<n>-` when the size is known (a follower going on after a
+//! break), 404 (`BLOB_UNKNOWN`) when there is none; a HEAD says whether it is in flight. It is refused (403, `DENIED`) without
 //! `Regmirror-Fleet: <expiry>.<HMAC-SHA256 of "<expiry> <path>", keyed by http.secret>` whose
 //! expiry (unix seconds, at most 30 s after signing) has not passed, and entirely when no
 //! `http.secret` is configured. A follower checks the digest itself as well: nothing it serves
@@ -23,7 +26,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 
 use super::bucket::{Bucket, BucketError, keys};
-use super::fill::{Fetched, Keep, UpstreamBody};
+mod resume;
+
+use super::fill::{Download, Fetched, Keep, UpstreamBody};
 use super::lease::{Claim, Decision, Lease, Leases, decide};
 use super::metrics::Metrics;
 use crate::config::cache::Secret;
@@ -160,21 +165,19 @@ impl Fleet {
     /// The bytes of `digest` from `upstream` for `repository`: downloaded with `download` when
     /// this replica gets the lease, else from the replica that has it (after `confirm` checks
     /// that `repository` may read the blob, when the holder fetches for another repository).
-    pub(crate) async fn fetch<D, C>(
+    pub(crate) async fn fetch<C>(
         &self,
         upstream: &str,
         repository: &str,
         digest: &Digest,
-        download: D,
+        download: Download,
         confirm: C,
     ) -> Result<Fetched, RegistryError>
     where
-        D: Future<Output = Result<(Option<u64>, UpstreamBody), RegistryError>>,
         C: Future<Output = Result<(), RegistryError>>,
     {
         let key = keys::fill_lease(upstream, digest);
         let deadline = Instant::now() + FOLLOW_WAIT;
-        let mut download = Some(download);
         let mut confirm = Some(confirm);
         let mut waited = false;
         loop {
@@ -195,8 +198,7 @@ impl Fleet {
                 Claim::Held { lease, took_over } => {
                     self.metrics
                         .fleet(if took_over { "took_over" } else { "led" });
-                    let download = download.take().expect("a lease is held once");
-                    let (size, body) = download.await?;
+                    let (size, body) = download(0).await?;
                     return Ok(Fetched::stored(size, body, Some(lease)));
                 }
                 Claim::Other(theirs) => theirs,
@@ -206,7 +208,13 @@ impl Fleet {
                     confirm.await?;
                 }
             }
-            match self.follow(&theirs, upstream, digest).await {
+            let job = resume::Job::new(
+                self.clone(),
+                (upstream, repository),
+                digest,
+                download.clone(),
+            );
+            match self.follow(&theirs, job).await {
                 Followed::Streaming(fetched) => return Ok(fetched),
                 // Finished or failed just now: look at the bucket and the lease again.
                 Followed::Gone => continue,
@@ -262,18 +270,26 @@ impl Fleet {
         })
     }
 
-    /// The holder's download, streamed when it can be followed.
-    async fn follow(&self, theirs: &Lease, upstream: &str, digest: &Digest) -> Followed {
+    /// The holder's download, streamed when it can be followed (and gone on with when its
+    /// stream breaks: see [`resume`]).
+    async fn follow(&self, theirs: &Lease, job: Arc<resume::Job>) -> Followed {
         if !self.follower.enabled() || theirs.address.is_none() {
             return Followed::Unreachable;
         }
-        match self.follower.follow(theirs, upstream, digest).await {
+        let answer = self
+            .follower
+            .follow(theirs, &job.upstream, &job.digest, 0)
+            .await;
+        match answer {
             Ok(FromHolder::Streaming(size, body)) => {
                 self.metrics.fleet("followed");
+                let body = resume::following(job.clone(), theirs.clone(), size, body).boxed();
                 Followed::Streaming(Fetched {
                     size,
                     body,
-                    keep: Keep::Link,
+                    keep: Keep::Follow {
+                        settle: Box::pin(job.settle()),
+                    },
                 })
             }
             Ok(FromHolder::NoFill) => Followed::Gone,
@@ -413,46 +429,83 @@ impl Follower {
         self.secret.is_some()
     }
 
-    /// Streams the holder's fill of `digest` from `upstream`.
+    /// Streams the holder's fill of `digest` from `upstream`, from byte `from` on.
     pub(crate) async fn follow(
         &self,
         lease: &Lease,
         upstream: &str,
         digest: &Digest,
+        from: u64,
     ) -> Result<FromHolder, FollowError> {
+        let mut request = self.request(reqwest::Method::GET, lease, upstream, digest)?;
+        if from > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let address = lease.address.as_deref().unwrap_or_default();
+        let response = self.send(address, request).await?;
+        match response.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(FromHolder::NoFill),
+            status => match super::upstreams::body_from(response, from) {
+                Some((size, body)) => Ok(FromHolder::Streaming(size, body)),
+                None => Err(FollowError::Status {
+                    address: address.to_owned(),
+                    status,
+                }),
+            },
+        }
+    }
+
+    /// Whether the holder still has its fill of `digest` from `upstream` in flight (a HEAD).
+    pub(crate) async fn probe(
+        &self,
+        lease: &Lease,
+        upstream: &str,
+        digest: &Digest,
+    ) -> Result<bool, FollowError> {
+        let request = self.request(reqwest::Method::HEAD, lease, upstream, digest)?;
+        let address = lease.address.as_deref().unwrap_or_default();
+        let response = self.send(address, request).await?;
+        match response.status() {
+            reqwest::StatusCode::OK => Ok(true),
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            status => Err(FollowError::Status {
+                address: address.to_owned(),
+                status,
+            }),
+        }
+    }
+
+    /// A signed request for the holder's fill.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        lease: &Lease,
+        upstream: &str,
+        digest: &Digest,
+    ) -> Result<reqwest::RequestBuilder, FollowError> {
         let (Some(secret), Some(address)) = (&self.secret, &lease.address) else {
             return Err(FollowError::NoWay);
         };
         let path = fill_path(upstream, digest);
-        let request = self
+        Ok(self
             .client
-            .get(format!("{address}{path}"))
-            .header(SIGNATURE_HEADER, sign(secret, &path, super::meta::now()))
-            .send();
-        let response = tokio::time::timeout(HOLDER_TIMEOUT, request)
+            .request(method, format!("{address}{path}"))
+            .header(SIGNATURE_HEADER, sign(secret, &path, super::meta::now())))
+    }
+
+    /// Sends `request` to the holder at `address`: its answer's head, within [`HOLDER_TIMEOUT`].
+    async fn send(
+        &self,
+        address: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, FollowError> {
+        let address = address.to_owned();
+        tokio::time::timeout(HOLDER_TIMEOUT, request.send())
             .await
             .map_err(|_| FollowError::Silent {
                 address: address.clone(),
             })?
-            .map_err(|source| FollowError::Request {
-                address: address.clone(),
-                source,
-            })?;
-        match response.status() {
-            reqwest::StatusCode::OK => {
-                let size = response.content_length();
-                let body: UpstreamBody = response
-                    .bytes_stream()
-                    .map(|r| r.map_err(std::io::Error::other))
-                    .boxed();
-                Ok(FromHolder::Streaming(size, body))
-            }
-            reqwest::StatusCode::NOT_FOUND => Ok(FromHolder::NoFill),
-            status => Err(FollowError::Status {
-                address: address.clone(),
-                status,
-            }),
-        }
+            .map_err(|source| FollowError::Request { address, source })
     }
 }
 
