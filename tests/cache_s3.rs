@@ -641,7 +641,7 @@ async fn followers_keep_their_clients(point: KillPoint) {
     };
     upstream
         .state
-        .gates
+        .body_gates
         .lock()
         .unwrap()
         .insert(path.clone(), gate);

@@ -78,7 +78,7 @@ pub struct FakeState {
     /// The `Range` header of every GET, per path (`None`: none).
     pub range_headers: Mutex<HashMap<String, Vec<Option<String>>>>,
     /// Canned bodies of these paths send nothing from the gate's byte on until it opens.
-    pub gates: Mutex<HashMap<String, Gate>>,
+    pub body_gates: Mutex<HashMap<String, Gate>>,
 }
 
 /// Holds a canned body's bytes from `at` on until `open` is set.
@@ -463,7 +463,7 @@ fn canned_body(
 ) -> Body {
     let length = canned.body.len();
     let piece = length.div_ceil(canned.pieces.max(1)).max(1);
-    let gate = state.gates.lock().unwrap().get(&key.1).cloned();
+    let gate = state.body_gates.lock().unwrap().get(&key.1).cloned();
     let mut cuts: Vec<usize> = (0..length).step_by(piece).collect();
     cuts.extend(gate.as_ref().map(|g| g.at).filter(|&at| at < length));
     cuts.push(from);
