@@ -229,7 +229,7 @@ impl UpstreamClient {
         let scope = request.scope.as_deref().unwrap_or("");
         let mut authorization = match &target.client_authorization {
             Some(value) => Some(Authorization::Relayed(value.clone())),
-            None => self.cached_authorization(target, scope),
+            None => self.cached_authorization(target, scope).await?,
         };
         for attempt in 0..2 {
             let mut builder = self
@@ -296,9 +296,9 @@ impl UpstreamClient {
                             .await?,
                     ))
                 }
-                Some(Challenge::Basic) if target.credentials.is_some() => {
+                Some(Challenge::Basic) if target.has_credentials() => {
                     lock(&self.basic_hosts).insert(target.authority.to_string());
-                    target.credentials.clone().map(Authorization::Basic)
+                    credentials(target).await?.map(Authorization::Basic)
                 }
                 _ => return Ok(response),
             };
@@ -455,15 +455,19 @@ impl UpstreamClient {
         self.budgets.get(endpoint, Instant::now())
     }
 
-    fn cached_authorization(&self, target: &Target, scope: &str) -> Option<Authorization> {
+    async fn cached_authorization(
+        &self,
+        target: &Target,
+        scope: &str,
+    ) -> Result<Option<Authorization>, UpstreamError> {
         if let Some(token) = self.tokens.get(&target.authority, scope) {
-            return Some(Authorization::Bearer(format!("Bearer {token}")));
+            return Ok(Some(Authorization::Bearer(format!("Bearer {token}"))));
         }
         let uses_basic = lock(&self.basic_hosts).contains(&*target.authority);
         if uses_basic {
-            target.credentials.clone().map(Authorization::Basic)
+            Ok(credentials(target).await?.map(Authorization::Basic))
         } else {
-            None
+            Ok(None)
         }
     }
 
@@ -502,7 +506,7 @@ impl UpstreamClient {
             TlsMode::Verify
         };
         let mut builder = self.client(tls, target.trusted).get(url);
-        if let Some(credentials) = &target.credentials {
+        if let Some(credentials) = credentials(target).await? {
             builder = builder.basic_auth(credentials.username(), Some(credentials.password()));
         }
         let response = builder.send().await.map_err(|e| fail(describe(&e)))?;
@@ -551,6 +555,19 @@ impl UpstreamClient {
 /// query, and `ns` form-encoded. Refused unless the base is a plain `scheme://authority[/root]`
 /// of exactly the target's authority, so no text in a base or an authority can send a request
 /// to another host, port or path.
+/// The endpoint's own credentials: its helper's answer when it has one (a failed run is the
+/// endpoint's failure, naming the helper, never its output), else the configured ones.
+async fn credentials(target: &Target) -> Result<Option<Credentials>, UpstreamError> {
+    match &target.helper {
+        Some(helper) => helper
+            .get()
+            .await
+            .map(Some)
+            .map_err(|e| UpstreamError::new(format!("{}: {e}", target.base), false)),
+        None => Ok(target.credentials.clone()),
+    }
+}
+
 fn endpoint_url(target: &Target, request: &UpstreamRequest) -> Result<url::Url, UpstreamError> {
     let refused = |why: &str| {
         UpstreamError::new(

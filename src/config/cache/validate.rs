@@ -18,8 +18,8 @@ use super::{
     DEFAULT_TTL, LOCAL_NAMESPACE, Limits, LocalRepositories, MIN_S3_CHUNK_SIZE, MIN_SECRET_BYTES,
     RateLimitReserve, RequestLimits, S3Config, Secret, StorageBackend, UpstreamConfig,
 };
-use crate::config::Credentials;
 use crate::config::mirrors::{MirrorUrl, canonical_registry};
+use crate::config::{CredentialHelper, Credentials};
 
 /// The configuration, or `None` when the report holds an error.
 pub(super) fn validate(raw: RawConfig, r: &mut Report<'_>) -> Option<CacheConfig> {
@@ -329,11 +329,13 @@ fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
     );
     let mut upstreams = Vec::new();
     let credentials = credentials(&raw.username, &raw.password, "proxy", r);
+    let helper = super::exec::helper(raw.exec.as_ref(), &raw.username, "proxy", r);
     if raw.remoteurl.is_some() {
         let upstream = Upstream {
             field: "proxy.remoteurl".into(),
             url: &raw.remoteurl,
             credentials,
+            helper,
             policy,
         };
         upstream.add(&mut upstreams, r);
@@ -383,6 +385,7 @@ fn remote_registry(
         r,
     );
     let credentials = credentials(&remote.username, &remote.password, &at, r);
+    let helper = super::exec::helper(remote.exec.as_ref(), &remote.username, &at, r);
     if remote.url.is_none() {
         r.error(&format!("{at}.url"), "is required");
         return;
@@ -391,6 +394,7 @@ fn remote_registry(
         field: format!("{at}.url"),
         url: &remote.url,
         credentials,
+        helper,
         policy,
     };
     upstream.add(upstreams, r);
@@ -454,6 +458,7 @@ struct Upstream<'a> {
     field: String,
     url: &'a Slot,
     credentials: Option<Credentials>,
+    helper: Option<CredentialHelper>,
     policy: Policy,
 }
 
@@ -479,6 +484,7 @@ impl Upstream<'_> {
             name,
             url,
             credentials: self.credentials,
+            credential_helper: self.helper,
             tag_revalidate: self.policy.tag_revalidate,
             ratelimit_reserve: self.policy.reserve,
             requests: self.policy.requests,
