@@ -306,3 +306,141 @@ fn docker_credential_pass_opens_a_private_upstream() {
         "{body}"
     );
 }
+
+/// `PATH` with `dir` first, where config.json's `docker-credential-<suffix>` helpers are found.
+fn path_with(dir: &Path) -> String {
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn the_shim_takes_mirror_credentials_from_config_json_helpers() {
+    let (mirror, images) = or_skip!(private_origin());
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
+    let rules = format!(
+        r#"{{"mirror-registries": [{{"domain": "{}", "mirrors": ["{}"]}}]}}"#,
+        origin.host(),
+        mirror.url()
+    );
+    let scripts = tempfile::tempdir().unwrap();
+    helper_script(
+        scripts.path(),
+        "docker-credential-regmirror-test",
+        &format!(r#"echo '{{"Username":"{USER}","Secret":"{PASSWORD}"}}'"#),
+    );
+    helper_script(
+        scripts.path(),
+        "docker-credential-regmirror-empty",
+        "echo 'credentials not found in native keychain'; exit 1",
+    );
+    let path = path_with(scripts.path());
+    let config = scripts.path().join("config.json");
+    let manifest_via = |config_json: String| {
+        std::fs::write(&config, config_json).unwrap();
+        let shim = peers::Shim::start_with_env(
+            &rules,
+            &["--mirror-credentials", config.to_str().unwrap()],
+            &[("PATH", &path)],
+        );
+        let (status, _, _) = http(
+            "GET",
+            shim.addr,
+            &format!("/v2/library/demo/manifests/v1?ns={}", origin.host()),
+            &[ACCEPT],
+        );
+        assert_eq!(status, 200, "{}", shim.log());
+        assert!(!shim.log().contains(PASSWORD));
+    };
+
+    // credHelpers names the mirror's helper: the mirror serves.
+    let served = mirror.count_status("GET", "/v2/library/demo/manifests/", 200);
+    manifest_via(format!(
+        r#"{{"credHelpers": {{"{}": "regmirror-test"}}, "credsStore": "regmirror-empty"}}"#,
+        mirror.host()
+    ));
+    assert_eq!(
+        mirror.count_status("GET", "/v2/library/demo/manifests/", 200),
+        served + 1,
+        "the mirror served with the helper's credentials"
+    );
+    assert_eq!(runs(scripts.path()), [mirror.host()]);
+
+    // credsStore holds nothing for the mirror: it is asked without credentials (as Docker
+    // does), refuses, and the origin serves.
+    let before = origin.count("GET", "/v2/library/demo/manifests/");
+    manifest_via(r#"{"credsStore": "regmirror-empty"}"#.to_owned());
+    assert_eq!(
+        origin.count("GET", "/v2/library/demo/manifests/"),
+        before + 1
+    );
+    assert_eq!(
+        mirror.count_status("GET", "/v2/library/demo/manifests/", 200),
+        served + 1
+    );
+}
+
+#[test]
+fn warm_takes_the_caches_credentials_from_a_config_json_helper() {
+    let origin = or_skip!(Registry::start(RegistryOptions::default()));
+    let images = or_skip!(Images::new());
+    images.build("v1", &[("hello", b"hello from v1\n")]);
+    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = or_skip!(peers::htpasswd_file(dir.path(), USER, PASSWORD));
+    let cache = Regmirror::serve(
+        &format!(
+            "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",
+            origin.url(),
+            htpasswd.display()
+        ),
+        &[],
+    );
+    helper_script(
+        dir.path(),
+        "docker-credential-regmirror-test",
+        &format!(r#"echo '{{"Username":"{USER}","Secret":"{PASSWORD}"}}'"#),
+    );
+    helper_script(
+        dir.path(),
+        "docker-credential-regmirror-broken",
+        "echo 'FAKE-SECRET-7f3a'; echo 'FAKE-SECRET-7f3a' >&2; exit 2",
+    );
+    let config = dir.path().join("config.json");
+    let warm = |store: &str| {
+        std::fs::write(&config, format!(r#"{{"credsStore": "{store}"}}"#)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args(["warm", "--cache", &cache.url(), "--credentials"])
+            .arg(&config)
+            .arg(format!("{}/library/demo:v1", origin.host()))
+            .env("PATH", path_with(dir.path()))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let run = warm("regmirror-test");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{output}");
+    assert!(output.contains("warmed 1 of 1 image"), "{output}");
+    assert_eq!(runs(dir.path()), [cache.host()], "asked about the cache");
+
+    let run = warm("regmirror-broken");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("credential helper docker-credential-regmirror-broken for upstream")
+            && stderr.contains("it failed (exit status: 2)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("FAKE-SECRET")
+            && !String::from_utf8_lossy(&run.stdout).contains("FAKE-SECRET")
+    );
+}

@@ -562,7 +562,6 @@ async fn credentials(target: &Target) -> Result<Option<Credentials>, UpstreamErr
         Some(helper) => helper
             .get()
             .await
-            .map(Some)
             .map_err(|e| UpstreamError::new(format!("{}: {e}", target.base), false)),
         None => Ok(target.credentials.clone()),
     }

@@ -12,17 +12,25 @@
 //!   names the program, the upstream and what went wrong (exit status, timeout, an answer that
 //!   is not the protocol's JSON), never the output, which may hold a secret.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
 
+use super::target::Target;
+use crate::config::docker_auth::{RegistryAuth, RegistryAuths};
 use crate::config::{CredentialHelper, Credentials};
+use crate::sync::lock;
 
 /// The largest answer read from a helper.
 pub const MAX_ANSWER: u64 = 64 << 10;
+
+/// Hosts whose config.json helper is kept at most (then they start afresh).
+const MAX_CONFIG_HELPERS: usize = 1024;
 
 /// What docker-credential-helpers print (and exit 1 with) when they hold nothing for a server.
 const NOT_FOUND: &str = "credentials not found in native keychain";
@@ -34,6 +42,9 @@ pub struct HelperCredentials {
     server: String,
     /// The upstream's name, for errors.
     upstream: String,
+    /// The helper's "no credentials" answer means anonymous requests (as Docker reads a
+    /// config.json helper's), not a failure (as an upstream's configured `exec` must answer).
+    missing_is_anonymous: bool,
     last: tokio::sync::Mutex<Option<Run>>,
 }
 
@@ -50,7 +61,7 @@ impl fmt::Debug for HelperCredentials {
 struct Run {
     started: Instant,
     finished: Instant,
-    answer: Result<Credentials, Failure>,
+    answer: Result<Option<Credentials>, Failure>,
 }
 
 /// Why a helper gave no credentials: names the program and the upstream, never its output.
@@ -90,20 +101,32 @@ impl HelperCredentials {
             helper,
             server: server.to_owned(),
             upstream: upstream.to_owned(),
+            missing_is_anonymous: false,
             last: tokio::sync::Mutex::new(None),
         }
     }
 
+    /// A helper of a Docker config.json: when it holds nothing for the server, requests go
+    /// without credentials.
+    pub fn missing_is_anonymous(mut self) -> Self {
+        self.missing_is_anonymous = true;
+        self
+    }
+
     /// The credentials: the last answer while it is current, else a new run (joined by every
-    /// request that arrives while it is in progress).
-    pub async fn get(&self) -> Result<Credentials, HelperError> {
+    /// request that arrives while it is in progress). `None`: anonymous
+    /// ([`missing_is_anonymous`](Self::missing_is_anonymous)).
+    pub async fn get(&self) -> Result<Option<Credentials>, HelperError> {
         let asked = Instant::now();
         let mut last = self.last.lock().await;
         if let Some(run) = last.as_ref().filter(|run| self.current(run, asked)) {
             return run.answer.clone().map_err(|failure| self.error(failure));
         }
         let started = Instant::now();
-        let answer = self.run().await;
+        let answer = match self.run().await {
+            Err(Failure::NotFound(_)) if self.missing_is_anonymous => Ok(None),
+            answer => answer.map(Some),
+        };
         *last = Some(Run {
             started,
             finished: Instant::now(),
@@ -185,6 +208,48 @@ impl HelperCredentials {
         }
         let status = child.wait().await.map_err(io)?;
         Ok((status, answer))
+    }
+}
+
+/// A Docker config.json's credentials for the endpoints of its hosts (the shim's mirrors): stored
+/// ones as they are; a host's helper (`credHelpers`, `credsStore`) run when a request needs it,
+/// one [`HelperCredentials`] per host shared by every request to it.
+#[derive(Debug, Default)]
+pub struct ConfigCredentials {
+    auths: RegistryAuths,
+    helpers: Mutex<HashMap<String, Arc<HelperCredentials>>>,
+}
+
+impl ConfigCredentials {
+    pub fn new(auths: RegistryAuths) -> Self {
+        ConfigCredentials {
+            auths,
+            helpers: Mutex::default(),
+        }
+    }
+
+    /// `target` with the credentials the file gives its host.
+    pub fn apply(&self, mut target: Target) -> Target {
+        match self.auths.get(&target.authority) {
+            None => target,
+            Some(RegistryAuth::Stored(credentials)) => {
+                target.credentials = Some(credentials);
+                target
+            }
+            Some(RegistryAuth::Helper(helper)) => {
+                let authority = target.authority.to_string();
+                let mut helpers = lock(&self.helpers);
+                if helpers.len() >= MAX_CONFIG_HELPERS && !helpers.contains_key(&authority) {
+                    helpers.clear();
+                }
+                let shared = helpers.entry(authority).or_insert_with_key(|authority| {
+                    Arc::new(
+                        HelperCredentials::new(helper, authority, authority).missing_is_anonymous(),
+                    )
+                });
+                target.with_helper(Some(shared.clone()))
+            }
+        }
     }
 }
 

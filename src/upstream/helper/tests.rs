@@ -40,7 +40,7 @@ const ANSWER: &str = "read server; printf '{\"ServerURL\":\"%s\",\"Username\":\"
 async fn an_answer_is_kept_for_the_lifetime_and_shared() {
     let dir = tempfile::tempdir().unwrap();
     let once = helper(script(dir.path(), ANSWER), None);
-    let credentials = once.get().await.unwrap();
+    let credentials = once.get().await.unwrap().unwrap();
     assert_eq!(
         (credentials.username(), credentials.password()),
         ("127.0.0.1:5001", "s3cret"),
@@ -115,6 +115,14 @@ async fn a_helper_without_credentials_says_so() {
     );
     let error = blank.get().await.unwrap_err();
     assert_eq!(error.failure, Failure::NotFound("127.0.0.1:5001".into()));
+    let anonymous = helper(blank.helper.program.clone(), None).missing_is_anonymous();
+    assert_eq!(
+        anonymous.get().await,
+        Ok(None),
+        "a config.json helper: no credentials"
+    );
+    anonymous.get().await.unwrap();
+    assert_eq!(runs(dir.path()), 2, "that answer is kept too");
     assert!(
         error
             .to_string()
