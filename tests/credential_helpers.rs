@@ -444,3 +444,38 @@ fn warm_takes_the_caches_credentials_from_a_config_json_helper() {
             && !String::from_utf8_lossy(&run.stdout).contains("FAKE-SECRET")
     );
 }
+
+#[test]
+fn serve_refuses_to_start_when_a_helper_cannot_be_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    for (command, reason) in [
+        ("docker-credential-regmirror-absent", "not found in PATH"),
+        (
+            "/nonexistent/docker-credential-x",
+            "no executable file there",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "proxy: {{remoteurl: https://registry.example, exec: {{command: {command}}}}}\nhttp: {{addr: 127.0.0.1:0}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "exec.command: credential helper {command} for upstream registry.example: cannot start it: {reason}"
+            )),
+            "{stderr}"
+        );
+    }
+}

@@ -127,6 +127,21 @@ impl HelperCredentials {
             Err(Failure::NotFound(_)) if self.missing_is_anonymous => Ok(None),
             answer => answer.map(Some),
         };
+        match &answer {
+            Ok(credentials) => tracing::debug!(
+                program = %self.helper.program,
+                upstream = %self.upstream,
+                anonymous = credentials.is_none(),
+                took = ?started.elapsed(),
+                "credential helper answered"
+            ),
+            Err(failure) => tracing::warn!(
+                program = %self.helper.program,
+                upstream = %self.upstream,
+                %failure,
+                "credential helper failed"
+            ),
+        }
         *last = Some(Run {
             started,
             finished: Instant::now(),
@@ -209,6 +224,36 @@ impl HelperCredentials {
         let status = child.wait().await.map_err(io)?;
         Ok((status, answer))
     }
+}
+
+/// Checks that `helper`'s program can be run (an executable file at its path, or by its name in
+/// `PATH`), as start-up does before anything is served.
+pub fn check_program(helper: &CredentialHelper, upstream: &str) -> Result<(), HelperError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let program = std::path::Path::new(&helper.program);
+    let found = if helper.program.contains('/') {
+        executable(program)
+    } else {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| executable(&dir.join(program)))
+        })
+    };
+    if found {
+        return Ok(());
+    }
+    let reason = if helper.program.contains('/') {
+        "no executable file there"
+    } else {
+        "not found in PATH"
+    };
+    Err(HelperError {
+        program: helper.program.clone(),
+        upstream: upstream.to_owned(),
+        failure: Failure::Start(reason.to_owned()),
+    })
 }
 
 /// A Docker config.json's credentials for the endpoints of its hosts (the shim's mirrors): stored

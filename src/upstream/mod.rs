@@ -27,7 +27,7 @@ pub use client::{
 };
 pub use error::UpstreamError;
 pub use guard::{AddHostError, AddressPolicy, HostOverrides};
-pub use helper::{ConfigCredentials, Failure, HelperCredentials, HelperError};
+pub use helper::{ConfigCredentials, Failure, HelperCredentials, HelperError, check_program};
 pub use limit::{Admitted, Refused, RequestLimiter};
 pub use ratelimit::{Budget, MAX_RETRY_AFTER, cap_retry_after, retry_after};
 pub use target::{Target, UpstreamRequest};
