@@ -39,3 +39,13 @@ pub(super) fn helper(
         timeout: timeout.unwrap_or(DEFAULT_HELPER_TIMEOUT),
     })
 }
+
+/// `proxy.exec` without `proxy.remoteurl`: it belongs to that upstream only (as `username` and
+/// `password` beside it), so it is ignored, with a warning.
+pub(super) fn warn_unused(r: &mut Report<'_>) {
+    r.warn_at(
+        &FieldPath::parse("proxy.exec"),
+        "ignored without proxy.remoteurl: it gives that upstream's credentials; set exec on \
+         each remoteregistries[] entry",
+    );
+}

@@ -905,6 +905,20 @@ fn exec_gives_an_upstream_a_credential_helper() {
 }
 
 #[test]
+fn exec_beside_no_remoteurl_is_a_warning() {
+    let config =
+        parse("proxy: {exec: {command: h}, remoteregistries: [{url: https://a.io}]}\n").unwrap();
+    assert!(config.upstreams[0].credential_helper.is_none());
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("proxy.exec: ignored without proxy.remoteurl")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
 fn exec_mistakes_are_errors_at_their_key() {
     for (text, expected) in [
         (

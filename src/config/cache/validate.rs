@@ -330,6 +330,9 @@ fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
     let mut upstreams = Vec::new();
     let credentials = credentials(&raw.username, &raw.password, "proxy", r);
     let helper = super::exec::helper(raw.exec.as_ref(), &raw.username, "proxy", r);
+    if helper.is_some() && raw.remoteurl.is_none() {
+        super::exec::warn_unused(r);
+    }
     if raw.remoteurl.is_some() {
         let upstream = Upstream {
             field: "proxy.remoteurl".into(),
