@@ -445,6 +445,28 @@ fn warm_takes_the_caches_credentials_from_a_config_json_helper() {
     );
 }
 
+/// Runs `regmirror serve --config CONFIG`, which must exit: one still running after 60 s
+/// (started despite its configuration) is killed and fails the test.
+fn serve_until_exit(config: &Path) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("serve started: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn serve_refuses_to_start_when_a_helper_cannot_be_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -464,11 +486,7 @@ fn serve_refuses_to_start_when_a_helper_cannot_be_run() {
             ),
         )
         .unwrap();
-        let run = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
+        let run = serve_until_exit(&config);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(2), "{stderr}");
         assert!(
