@@ -372,7 +372,13 @@ fn the_shim_takes_mirror_credentials_from_config_json_helpers() {
     // credsStore holds nothing for the mirror: it is asked without credentials (as Docker
     // does), refuses, and the origin serves.
     let before = origin.count("GET", "/v2/library/demo/manifests/");
+    let refused = mirror.count_status("GET", "/v2/library/demo/manifests/", 401);
     manifest_via(r#"{"credsStore": "regmirror-empty"}"#.to_owned());
+    assert_eq!(
+        mirror.count_status("GET", "/v2/library/demo/manifests/", 401),
+        refused + 1,
+        "asked once: without credentials, its 401 stands"
+    );
     assert_eq!(
         origin.count("GET", "/v2/library/demo/manifests/"),
         before + 1

@@ -297,8 +297,12 @@ impl UpstreamClient {
                     ))
                 }
                 Some(Challenge::Basic) if target.has_credentials() => {
+                    // A config.json helper may hold nothing for the host: the 401 stands.
+                    let Some(credentials) = credentials(target).await? else {
+                        return Ok(response);
+                    };
                     lock(&self.basic_hosts).insert(target.authority.to_string());
-                    credentials(target).await?.map(Authorization::Basic)
+                    Some(Authorization::Basic(credentials))
                 }
                 _ => return Ok(response),
             };
