@@ -2,7 +2,10 @@
 //! credentials from a Docker credential helper (`proxy.exec`): a script speaking the protocol,
 //! and docker-credential-pass with a throwaway GPG key. A failing helper's output (which may hold
 //! a secret) appears nowhere: not in the client's error, the log, `/metrics` or the status page.
+//! The shim's and warm's config.json helpers (`credHelpers`, `credsStore`). A token service's
+//! share of the credentials is checked on the FAKE registry (no token service peer is installed).
 
+mod fake;
 mod peers;
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -502,4 +505,46 @@ fn serve_refuses_to_start_when_a_helper_cannot_be_run() {
             "{stderr}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_token_service_gets_the_helpers_credentials() {
+    // A FAKE registry with its own token service, which records what it is sent.
+    let upstream = fake::FakeUpstream::start().await;
+    *upstream.state.bearer.lock().unwrap() = Some(fake::Bearer {
+        realm: format!("{}/token", upstream.url()),
+        token: "t0k3n".into(),
+        expires_in: 300,
+    });
+    for repository in ["library/a", "library/b"] {
+        upstream.manifest(repository, "v1", r#"{"schemaVersion":2,"layers":[]}"#);
+    }
+    let scripts = tempfile::tempdir().unwrap();
+    let helper = helper_script(
+        scripts.path(),
+        "docker-credential-test",
+        &format!(r#"echo '{{"Username":"{USER}","Secret":"{PASSWORD}"}}'"#),
+    );
+    let cache = fake::Cache::start(&format!(
+        "proxy: {{remoteurl: {}, exec: {{command: {}}}}}",
+        upstream.url(),
+        helper.display()
+    ))
+    .await;
+    for repository in ["library/a", "library/b"] {
+        let response = fake::client()
+            .get(cache.url(&format!("/v2/{repository}/manifests/v1")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{repository}");
+    }
+    let sent = upstream.state.authorizations.lock().unwrap()["/token"].clone();
+    let basic = format!("Basic {}", "YWxpY2U6b3JpZ2luLXBhNTV3b3Jk");
+    assert_eq!(
+        sent,
+        [Some(basic.clone()), Some(basic)],
+        "one token per scope"
+    );
+    assert_eq!(runs(scripts.path()).len(), 1, "one run for both");
 }
