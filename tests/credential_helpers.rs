@@ -127,6 +127,36 @@ fn a_credential_helper_opens_a_private_upstream() {
 }
 
 #[test]
+fn credentials_the_upstream_refuses_are_asked_for_again() {
+    let (origin, _images) = or_skip!(private_origin());
+    let scripts = tempfile::tempdir().unwrap();
+    // The first answer is out of date (an expired token); later ones are current.
+    let helper = helper_script(
+        scripts.path(),
+        "docker-credential-rotating",
+        &format!(
+            r#"if [ "$(wc -l < '{}')" -le 1 ]; then secret=expired; else secret={PASSWORD}; fi
+echo "{{\"Username\":\"{USER}\",\"Secret\":\"$secret\"}}""#,
+            scripts.path().join("runs").display()
+        ),
+    );
+    let cache = Regmirror::serve(
+        &format!(
+            "proxy: {{remoteurl: {}, exec: {{command: {}}}}}",
+            origin.url(),
+            helper.display()
+        ),
+        &[],
+    );
+    assert_eq!(manifest(&cache).0, 401, "the out-of-date answer is refused");
+    let (status, body) = manifest(&cache);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(runs(scripts.path()).len(), 2, "run again once, not per request");
+    assert_eq!(manifest(&cache).0, 200);
+    assert_eq!(runs(scripts.path()).len(), 2);
+}
+
+#[test]
 fn a_failing_helper_is_an_error_naming_it_and_never_its_output() {
     let (origin, _images) = or_skip!(private_origin());
     let scripts = tempfile::tempdir().unwrap();

@@ -277,6 +277,13 @@ impl UpstreamClient {
                 || !target.answer_challenges
                 || request.method != Method::GET && request.method != Method::HEAD;
             if final_answer {
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    if let (Some(helper), Some(Authorization::Basic(used))) =
+                        (&target.helper, &authorization)
+                    {
+                        helper.refused(used).await;
+                    }
+                }
                 return Ok(response);
             }
             let challenge = response
@@ -510,11 +517,17 @@ impl UpstreamClient {
             TlsMode::Verify
         };
         let mut builder = self.client(tls, target.trusted).get(url);
-        if let Some(credentials) = credentials(target).await? {
+        let credentials = credentials(target).await?;
+        if let Some(credentials) = &credentials {
             builder = builder.basic_auth(credentials.username(), Some(credentials.password()));
         }
         let response = builder.send().await.map_err(|e| fail(describe(&e)))?;
         if !response.status().is_success() {
+            if response.status() == StatusCode::UNAUTHORIZED {
+                if let (Some(helper), Some(used)) = (&target.helper, &credentials) {
+                    helper.refused(used).await;
+                }
+            }
             return Err(fail(format!("HTTP {}", response.status())));
         }
         #[derive(serde::Deserialize)]

@@ -7,7 +7,8 @@
 //!   passes the helper's timeout is killed and fails.
 //! - One run at a time per upstream: requests that arrive while a run is in progress share its
 //!   answer (or its failure); an answer is reused for the helper's `lifetime` (`None`: for as
-//!   long as the process runs, zero: only by the requests that waited for it).
+//!   long as the process runs, zero: only by the requests that waited for it), or until the
+//!   upstream refuses it with a 401.
 //! - Nothing the helper prints is ever shown: its standard error goes nowhere, and a failure
 //!   names the program, the upstream and what went wrong (exit status, timeout, an answer that
 //!   is not the protocol's JSON), never the output, which may hold a secret.
@@ -148,6 +149,24 @@ impl HelperCredentials {
             answer: answer.clone(),
         });
         answer.map_err(|failure| self.error(failure))
+    }
+
+    /// The upstream (or its token service) refused `used` with a 401: unless a newer answer
+    /// replaced it, it is dropped, so that the next request runs the helper again (an expired
+    /// token, a rotated password) instead of waiting out the lifetime.
+    pub async fn refused(&self, used: &Credentials) {
+        let mut last = self.last.lock().await;
+        let current = last
+            .as_ref()
+            .is_some_and(|run| matches!(&run.answer, Ok(Some(answer)) if answer == used));
+        if current {
+            tracing::info!(
+                program = %self.helper.program,
+                upstream = %self.upstream,
+                "the upstream refused the credential helper's answer; it runs again next time"
+            );
+            *last = None;
+        }
     }
 
     /// Whether `run` answers a request made at `asked`: it was in progress then, or it succeeded

@@ -154,3 +154,16 @@ async fn a_missing_program_or_a_huge_answer_fails() {
     );
     assert_eq!(huge.get().await.unwrap_err().failure, Failure::TooLarge);
 }
+
+#[tokio::test]
+async fn an_answer_the_upstream_refused_is_asked_for_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let once = helper(script(dir.path(), ANSWER), None);
+    let first = once.get().await.unwrap().unwrap();
+    once.refused(&Credentials::new("someone", "else")).await;
+    once.get().await.unwrap();
+    assert_eq!(runs(dir.path()), 1, "another answer's refusal changes nothing");
+    once.refused(&first).await;
+    once.get().await.unwrap();
+    assert_eq!(runs(dir.path()), 2, "run again after the refusal");
+}
