@@ -151,7 +151,11 @@ echo "{{\"Username\":\"{USER}\",\"Secret\":\"$secret\"}}""#,
     assert_eq!(manifest(&cache).0, 401, "the out-of-date answer is refused");
     let (status, body) = manifest(&cache);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(runs(scripts.path()).len(), 2, "run again once, not per request");
+    assert_eq!(
+        runs(scripts.path()).len(),
+        2,
+        "run again once, not per request"
+    );
     assert_eq!(manifest(&cache).0, 200);
     assert_eq!(runs(scripts.path()).len(), 2);
 }

@@ -2,7 +2,8 @@
 //!
 //! One pair of pooled `reqwest` clients (certificate-verifying and not) serves every upstream.
 //! [`UpstreamClient::send`] adds the endpoint's own credentials (Bearer token from the cache or
-//! fetched on a 401 challenge; Basic where the registry asks for it) and the `?ns=` / `domain`
+//! fetched on a 401 challenge; Basic where the registry asks for it; configured, or a credential
+//! helper's answer, asked for only then and dropped when refused) and the `?ns=` / `domain`
 //! hints for mirrors. [`UpstreamClient::walk`] tries endpoints in order: a mirror's transport
 //! error or HTTP error moves on to the next endpoint; the origin's answer is final.
 //! [`UpstreamClient::walk_mirrors`] walks mirrors without their origin (a `mirrors-only` rule),
@@ -567,11 +568,6 @@ impl UpstreamClient {
     }
 }
 
-/// The URL of `request` on `target`, built with the `url` crate from parts: the base's scheme,
-/// host, port and API root, the request's path (its own `?` or `#` cannot start a query), its
-/// query, and `ns` form-encoded. Refused unless the base is a plain `scheme://authority[/root]`
-/// of exactly the target's authority, so no text in a base or an authority can send a request
-/// to another host, port or path.
 /// The endpoint's own credentials: its helper's answer when it has one (a failed run is the
 /// endpoint's failure, naming the helper, never its output), else the configured ones.
 async fn credentials(target: &Target) -> Result<Option<Credentials>, UpstreamError> {
@@ -584,6 +580,11 @@ async fn credentials(target: &Target) -> Result<Option<Credentials>, UpstreamErr
     }
 }
 
+/// The URL of `request` on `target`, built with the `url` crate from parts: the base's scheme,
+/// host, port and API root, the request's path (its own `?` or `#` cannot start a query), its
+/// query, and `ns` form-encoded. Refused unless the base is a plain `scheme://authority[/root]`
+/// of exactly the target's authority, so no text in a base or an authority can send a request
+/// to another host, port or path.
 fn endpoint_url(target: &Target, request: &UpstreamRequest) -> Result<url::Url, UpstreamError> {
     let refused = |why: &str| {
         UpstreamError::new(

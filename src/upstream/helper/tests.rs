@@ -162,7 +162,11 @@ async fn an_answer_the_upstream_refused_is_asked_for_again() {
     let first = once.get().await.unwrap().unwrap();
     once.refused(&Credentials::new("someone", "else")).await;
     once.get().await.unwrap();
-    assert_eq!(runs(dir.path()), 1, "another answer's refusal changes nothing");
+    assert_eq!(
+        runs(dir.path()),
+        1,
+        "another answer's refusal changes nothing"
+    );
     once.refused(&first).await;
     once.get().await.unwrap();
     assert_eq!(runs(dir.path()), 2, "run again after the refusal");
