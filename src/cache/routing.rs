@@ -25,7 +25,7 @@ use crate::reference::DOCKER_HUB;
 use crate::registry::route::split_registry_prefix;
 use crate::registry::{ErrorCode, RegistryError, RegistryHost};
 use crate::resolve::{InsecureMatcher, Resolver, Role, TlsMode};
-use crate::upstream::{RequestLimiter, Target};
+use crate::upstream::{HelperCredentials, RequestLimiter, Target};
 
 /// A configured or dynamic upstream.
 #[derive(Debug)]
@@ -121,7 +121,13 @@ impl Router {
             let tls = origin_tls(&u.url, &insecure);
             Arc::new(Upstream {
                 name: u.name.clone(),
-                origins: vec![Target::origin(&u.url, u.credentials.clone(), tls)],
+                origins: vec![
+                    Target::origin(&u.url, u.credentials.clone(), tls).with_helper(
+                        u.credential_helper.clone().map(|helper| {
+                            Arc::new(HelperCredentials::new(helper, u.url.authority(), &u.name))
+                        }),
+                    ),
+                ],
                 tag_revalidate: u.tag_revalidate,
                 local: false,
                 dynamic: false,

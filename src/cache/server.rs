@@ -79,6 +79,9 @@ pub enum StartError {
     Header(#[source] axum::http::Error),
     #[error("listen on {addr}: {source}")]
     Listen { addr: String, source: io::Error },
+    /// An upstream's `exec.command` cannot be run.
+    #[error("exec.command: {0}")]
+    CredentialHelper(#[source] crate::upstream::HelperError),
     /// The client replicas follow each other's downloads with could not be built.
     #[error("{0}")]
     Follower(#[source] reqwest::Error),
@@ -344,7 +347,7 @@ impl Serving {
 }
 
 /// What the configuration says beyond the storage and the upstreams: the password file read
-/// and parsed, the extra headers checked.
+/// and parsed, the upstreams' credential helpers found, the extra headers checked.
 fn settings(config: &CacheConfig) -> Result<Options, StartError> {
     let htpasswd = match &config.htpasswd {
         Some((realm, path)) => {
@@ -360,6 +363,12 @@ fn settings(config: &CacheConfig) -> Result<Options, StartError> {
         }
         None => None,
     };
+    for upstream in &config.upstreams {
+        if let Some(helper) = &upstream.credential_helper {
+            crate::upstream::check_program(helper, &upstream.name)
+                .map_err(StartError::CredentialHelper)?;
+        }
+    }
     let mut extra_headers = Vec::new();
     for (name, value) in &config.headers {
         let name = HeaderName::try_from(name.as_str()).map_err(|e| StartError::Header(e.into()))?;

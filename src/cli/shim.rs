@@ -18,7 +18,8 @@ use crate::shim::ca::{CertificateAuthority, Constraints};
 use crate::shim::leaves::DEFAULT_CAPACITY;
 use crate::shim::proxy::Shim;
 use crate::upstream::{
-    AddressPolicy, HostOverrides, HostRoots, SHIM_CA_FILE, Timeouts, UpstreamClient,
+    AddressPolicy, ConfigCredentials, HostOverrides, HostRoots, SHIM_CA_FILE, Timeouts,
+    UpstreamClient,
 };
 
 /// The largest `--leaf-cache`: about 250 MB of leaves.
@@ -67,8 +68,9 @@ struct RunArgs {
     /// Answer NAME with IP instead of DNS (like curl --resolve). Repeatable.
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_host: Vec<String>,
-    /// Credentials for mirrors, in Docker's config.json format (`auths`). Mirrors never get the
-    /// client's credentials.
+    /// Credentials for mirrors, in Docker's config.json format (`auths`, and the helpers of
+    /// `credHelpers` and `credsStore`, whose answers are reused for 5 minutes). Mirrors never get
+    /// the client's credentials.
     #[arg(long, value_name = "FILE")]
     mirror_credentials: Option<PathBuf>,
     /// How many host names' leaf certificates are kept (about 2.5 KB each); the least recently
@@ -128,6 +130,7 @@ fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => RegistryAuths::default(),
     };
+    let mirror_credentials = ConfigCredentials::new(mirror_credentials);
     // The shim's endpoints come from the operator's rules and dockerd's own pulls: private
     // registries are legitimate targets, so the private-address guard stays open here.
     let client = UpstreamClient::new(

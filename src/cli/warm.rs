@@ -13,10 +13,13 @@ use bytesize::ByteSize;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::BadInput;
+use crate::config::Credentials;
 use crate::config::MirrorUrl;
-use crate::config::docker_auth::RegistryAuths;
+use crate::config::docker_auth::{RegistryAuth, RegistryAuths};
 use crate::reference::ImageRef;
-use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
+use crate::upstream::{
+    AddressPolicy, HelperCredentials, HostOverrides, HostRoots, Timeouts, UpstreamClient,
+};
 use crate::warm::plan::{self, Platform, Source};
 use crate::warm::{Item, Options, Report, Totals, WarmError, Warmer};
 
@@ -39,7 +42,8 @@ pub struct Args {
     #[arg(long, value_name = "LIST")]
     file: Option<PathBuf>,
     /// Docker's config.json (as `docker login CACHE` writes it): the entry for the cache's
-    /// host[:port] answers a cache with auth.htpasswd. Sent to the cache only.
+    /// host[:port] (or its `credHelpers` or `credsStore` helper's answer) answers a cache with
+    /// auth.htpasswd. Sent to the cache only.
     #[arg(long, value_name = "FILE")]
     credentials: Option<PathBuf>,
     /// Manifests and blobs read at once (and images walked at once).
@@ -47,26 +51,39 @@ pub struct Args {
     jobs: u16,
 }
 
+/// The credentials config.json `path` gives `authority`: stored, or its helper's answer (run
+/// once, here).
+async fn credentials(path: &std::path::Path, authority: &str) -> Result<Credentials, BadInput> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+    let auths = RegistryAuths::parse(&path.display().to_string(), &text).map_err(BadInput)?;
+    match auths.get(authority) {
+        Some(RegistryAuth::Stored(credentials)) => Ok(credentials),
+        Some(RegistryAuth::Helper(helper)) => HelperCredentials::new(helper, authority, authority)
+            .get()
+            .await
+            .map_err(|e| BadInput(format!("{}: {e}", path.display())))?
+            .ok_or_else(|| {
+                BadInput(format!(
+                    "{}: no credentials for {authority}",
+                    path.display()
+                ))
+            }),
+        None => Err(BadInput(format!(
+            "{}: no credentials for {authority}",
+            path.display()
+        ))),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cache =
         MirrorUrl::parse(&cache_url(&args.cache)).map_err(|e| BadInput(format!("--cache: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let credentials = match &args.credentials {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
-            let auths =
-                RegistryAuths::parse(&path.display().to_string(), &text).map_err(BadInput)?;
-            let found = auths.get(cache.authority()).cloned();
-            if found.is_none() {
-                return Err(BadInput(format!(
-                    "{}: no credentials for {}",
-                    path.display(),
-                    cache.authority()
-                ))
-                .into());
-            }
-            found
-        }
+        Some(path) => Some(runtime.block_on(credentials(path, cache.authority()))?),
         None => None,
     };
     let images = images(&args)?;
@@ -93,9 +110,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         jobs: usize::from(args.jobs),
     };
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let warmer = Warmer::new(client, options, report);
     let outcome = runtime.block_on(warmer.warm(images));
     drop(warmer);

@@ -19,7 +19,7 @@ pub mod mirrors;
 mod suggest;
 pub mod yaml_span;
 
-pub use credentials::Credentials;
+pub use credentials::{CredentialHelper, Credentials, DEFAULT_HELPER_TIMEOUT};
 
 use std::fmt;
 use std::sync::Arc;

@@ -49,7 +49,6 @@ use super::ca::CertificateAuthority;
 use super::leaves::MintError;
 use super::relay::{end_to_end, forwarded, relay, relay_resumable, streaming_body};
 use super::status::{self, ShimStatus};
-use crate::config::docker_auth::RegistryAuths;
 use crate::listen::{self, Listener, StallTimeout};
 use crate::reference::{DOCKER_HUB, split_host_port};
 use crate::registry::namespace;
@@ -57,7 +56,9 @@ use crate::registry::route::{self, V2Request};
 use crate::registry::{ErrorCode, NAMESPACE_HEADER, RegistryError, error_response};
 use crate::resolve::{Endpoints, OmittedOrigin, Resolver, Role};
 use crate::sync;
-use crate::upstream::{HostOverrides, Target, UpstreamClient, UpstreamError, UpstreamRequest};
+use crate::upstream::{
+    ConfigCredentials, HostOverrides, Target, UpstreamClient, UpstreamError, UpstreamRequest,
+};
 
 /// A request head must arrive within this (also how long an idle keep-alive connection stays).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,7 +72,7 @@ pub struct Shim {
     client: Arc<UpstreamClient>,
     ca: Arc<CertificateAuthority>,
     overrides: HostOverrides,
-    mirror_credentials: RegistryAuths,
+    mirror_credentials: ConfigCredentials,
     access: Access,
     status: ShimStatus,
     /// The address it listens on, for its status page.
@@ -90,7 +91,7 @@ impl Shim {
         client: UpstreamClient,
         ca: CertificateAuthority,
         overrides: HostOverrides,
-        mirror_credentials: RegistryAuths,
+        mirror_credentials: ConfigCredentials,
         access: Access,
     ) -> Self {
         Shim {
@@ -539,7 +540,10 @@ impl Shim {
             .endpoints
             .iter()
             .filter(|e| e.role == Role::Mirror)
-            .map(|e| Target::from_endpoint(e, self.mirror_credentials.get(&e.authority).cloned()))
+            .map(|e| {
+                self.mirror_credentials
+                    .apply(Target::from_endpoint(e, None))
+            })
             .collect()
     }
 

@@ -2,7 +2,8 @@
 //!
 //! One pair of pooled `reqwest` clients (certificate-verifying and not) serves every upstream.
 //! [`UpstreamClient::send`] adds the endpoint's own credentials (Bearer token from the cache or
-//! fetched on a 401 challenge; Basic where the registry asks for it) and the `?ns=` / `domain`
+//! fetched on a 401 challenge; Basic where the registry asks for it; configured, or a credential
+//! helper's answer, asked for only then and dropped when refused) and the `?ns=` / `domain`
 //! hints for mirrors. [`UpstreamClient::walk`] tries endpoints in order: a mirror's transport
 //! error or HTTP error moves on to the next endpoint; the origin's answer is final.
 //! [`UpstreamClient::walk_mirrors`] walks mirrors without their origin (a `mirrors-only` rule),
@@ -229,7 +230,7 @@ impl UpstreamClient {
         let scope = request.scope.as_deref().unwrap_or("");
         let mut authorization = match &target.client_authorization {
             Some(value) => Some(Authorization::Relayed(value.clone())),
-            None => self.cached_authorization(target, scope),
+            None => self.cached_authorization(target, scope).await?,
         };
         for attempt in 0..2 {
             let mut builder = self
@@ -277,6 +278,13 @@ impl UpstreamClient {
                 || !target.answer_challenges
                 || request.method != Method::GET && request.method != Method::HEAD;
             if final_answer {
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    if let (Some(helper), Some(Authorization::Basic(used))) =
+                        (&target.helper, &authorization)
+                    {
+                        helper.refused(used).await;
+                    }
+                }
                 return Ok(response);
             }
             let challenge = response
@@ -296,9 +304,13 @@ impl UpstreamClient {
                             .await?,
                     ))
                 }
-                Some(Challenge::Basic) if target.credentials.is_some() => {
+                Some(Challenge::Basic) if target.has_credentials() => {
+                    // A config.json helper may hold nothing for the host: the 401 stands.
+                    let Some(credentials) = credentials(target).await? else {
+                        return Ok(response);
+                    };
                     lock(&self.basic_hosts).insert(target.authority.to_string());
-                    target.credentials.clone().map(Authorization::Basic)
+                    Some(Authorization::Basic(credentials))
                 }
                 _ => return Ok(response),
             };
@@ -455,15 +467,19 @@ impl UpstreamClient {
         self.budgets.get(endpoint, Instant::now())
     }
 
-    fn cached_authorization(&self, target: &Target, scope: &str) -> Option<Authorization> {
+    async fn cached_authorization(
+        &self,
+        target: &Target,
+        scope: &str,
+    ) -> Result<Option<Authorization>, UpstreamError> {
         if let Some(token) = self.tokens.get(&target.authority, scope) {
-            return Some(Authorization::Bearer(format!("Bearer {token}")));
+            return Ok(Some(Authorization::Bearer(format!("Bearer {token}"))));
         }
         let uses_basic = lock(&self.basic_hosts).contains(&*target.authority);
         if uses_basic {
-            target.credentials.clone().map(Authorization::Basic)
+            Ok(credentials(target).await?.map(Authorization::Basic))
         } else {
-            None
+            Ok(None)
         }
     }
 
@@ -502,11 +518,17 @@ impl UpstreamClient {
             TlsMode::Verify
         };
         let mut builder = self.client(tls, target.trusted).get(url);
-        if let Some(credentials) = &target.credentials {
+        let credentials = credentials(target).await?;
+        if let Some(credentials) = &credentials {
             builder = builder.basic_auth(credentials.username(), Some(credentials.password()));
         }
         let response = builder.send().await.map_err(|e| fail(describe(&e)))?;
         if !response.status().is_success() {
+            if response.status() == StatusCode::UNAUTHORIZED {
+                if let (Some(helper), Some(used)) = (&target.helper, &credentials) {
+                    helper.refused(used).await;
+                }
+            }
             return Err(fail(format!("HTTP {}", response.status())));
         }
         #[derive(serde::Deserialize)]
@@ -543,6 +565,18 @@ impl UpstreamClient {
                 .map_err(|refused| UpstreamError::denied(refused.to_string()))?;
         }
         Ok(())
+    }
+}
+
+/// The endpoint's own credentials: its helper's answer when it has one (a failed run is the
+/// endpoint's failure, naming the helper, never its output), else the configured ones.
+async fn credentials(target: &Target) -> Result<Option<Credentials>, UpstreamError> {
+    match &target.helper {
+        Some(helper) => helper
+            .get()
+            .await
+            .map_err(|e| UpstreamError::new(format!("{}: {e}", target.base), false)),
+        None => Ok(target.credentials.clone()),
     }
 }
 

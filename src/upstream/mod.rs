@@ -2,7 +2,7 @@
 //! dynamic upstreams out of the internal network, and the walker that tries an ordered list of
 //! endpoints (mirrors, then origin) until one answers, resting endpoints that failed or answered
 //! 429 (`breaker`) and noting the pull budget each one states (`ratelimit`); per-upstream request
-//! limits with a fair queue (`limit`).
+//! limits with a fair queue (`limit`); credentials from Docker credential helpers (`helper`).
 //!
 //! Credentials go only to the endpoint they were configured for and are never logged.
 
@@ -12,6 +12,7 @@ mod certs;
 mod client;
 mod error;
 mod guard;
+mod helper;
 mod limit;
 mod ratelimit;
 mod special;
@@ -26,6 +27,7 @@ pub use client::{
 };
 pub use error::UpstreamError;
 pub use guard::{AddHostError, AddressPolicy, HostOverrides};
+pub use helper::{ConfigCredentials, Failure, HelperCredentials, HelperError, check_program};
 pub use limit::{Admitted, Refused, RequestLimiter};
 pub use ratelimit::{Budget, MAX_RETRY_AFTER, cap_retry_after, retry_after};
 pub use target::{Target, UpstreamRequest};

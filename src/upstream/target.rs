@@ -9,6 +9,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderValue};
 
+use super::helper::HelperCredentials;
 use crate::config::{Credentials, MirrorUrl};
 use crate::resolve::{Endpoint, Role, TlsMode};
 
@@ -22,6 +23,9 @@ pub struct Target {
     pub tls: TlsMode,
     /// Credentials for this endpoint only.
     pub credentials: Option<Credentials>,
+    /// A credential helper for this endpoint only; when set, its answer replaces
+    /// `credentials`.
+    pub helper: Option<Arc<HelperCredentials>>,
     /// For mirrors: the origin registry, sent as `?ns=` and the `domain` header.
     pub ns: Option<Arc<str>>,
     /// A client's own `Authorization`, relayed as is (the shim's origin requests). When set, or
@@ -39,6 +43,7 @@ impl fmt::Debug for Target {
             .field("base", &self.base)
             .field("tls", &self.tls)
             .field("credentials", &self.credentials)
+            .field("helper", &self.helper)
             .field("ns", &self.ns)
             .field(
                 "client_authorization",
@@ -56,6 +61,7 @@ impl Target {
             authority: Arc::from(url.authority()),
             tls,
             credentials,
+            helper: None,
             ns: None,
             client_authorization: None,
             answer_challenges: true,
@@ -75,6 +81,7 @@ impl Target {
                 TlsMode::None
             },
             credentials: None,
+            helper: None,
             ns: None,
             client_authorization: None,
             answer_challenges: false,
@@ -86,6 +93,18 @@ impl Target {
     pub fn untrusted(mut self) -> Self {
         self.trusted = false;
         self
+    }
+
+    /// Takes this endpoint's credentials from `helper` (shared by every target of the endpoint,
+    /// so that they share its runs).
+    pub fn with_helper(mut self, helper: Option<Arc<HelperCredentials>>) -> Self {
+        self.helper = helper;
+        self
+    }
+
+    /// Whether requests to this endpoint may carry credentials of its own.
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some() || self.helper.is_some()
     }
 
     /// Relays the client's `Authorization` to this endpoint and leaves challenges to the client.
@@ -102,6 +121,7 @@ impl Target {
             authority: endpoint.authority.clone(),
             tls: endpoint.tls,
             credentials,
+            helper: None,
             ns: match endpoint.role {
                 Role::Mirror => endpoint.ns.clone(),
                 Role::Origin => None,

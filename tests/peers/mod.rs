@@ -1178,6 +1178,11 @@ pub struct Shim {
 
 impl Shim {
     pub fn start(json: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_env(json, extra_args, &[])
+    }
+
+    /// [`start`](Self::start) with more environment variables.
+    pub fn start_with_env(json: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mirrors.json");
         std::fs::write(&config, json).unwrap();
@@ -1192,7 +1197,8 @@ impl Shim {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .args(extra_args)
-            .env("REGMIRROR_LOG", "info,regmirror=debug");
+            .env("REGMIRROR_LOG", "info,regmirror=debug")
+            .envs(env.iter().copied());
         let process = Process::spawn(&mut command, dir.path().join("shim.log"));
         wait_for_port(addr);
         Shim { addr, dir, process }

@@ -150,6 +150,7 @@ pub(super) const KEYS: Key = Map(&[
                     ("ratelimit_reserve", Field),
                     ("max_concurrent", Field),
                     ("max_rate", Field),
+                    ("exec", EXEC),
                 ])),
             ),
             ("on", Field),
@@ -162,7 +163,7 @@ pub(super) const KEYS: Key = Map(&[
             ("max_rate", Field),
             ("serve_stale_on_404", Field),
             ("allow_private_upstreams", Field),
-            ("exec", Unsupported),
+            ("exec", EXEC),
         ]),
     ),
     ("local", FreeField),
@@ -205,6 +206,9 @@ pub(super) const KEYS: Key = Map(&[
     ("middleware", Unsupported),
     ("catalog", Unsupported),
 ]);
+
+/// `exec`: a credential helper for an upstream (distribution's `proxy.exec`, plus `timeout`).
+const EXEC: Key = Map(&[("command", Field), ("lifetime", Field), ("timeout", Field)]);
 
 /// Whether `name` is a top-level key of config.yml.
 pub fn is_section(name: &str) -> bool {

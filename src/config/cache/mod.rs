@@ -10,6 +10,7 @@
 //! variable that set it: `report`) and returned together.
 
 mod env;
+mod exec;
 mod filter;
 mod keys;
 mod raw;
@@ -26,9 +27,9 @@ use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::mirrors::MirrorUrl;
-use crate::config::Credentials;
 use crate::config::json_span::LineColumn;
 use crate::config::yaml_span;
+use crate::config::{CredentialHelper, Credentials};
 
 pub use filter::{Pattern, Patterns, Refusal, RepositoryFilter};
 pub use keys::is_section;
@@ -200,6 +201,8 @@ pub struct UpstreamConfig {
     /// Where its registry API lives.
     pub url: MirrorUrl,
     pub credentials: Option<Credentials>,
+    /// `exec`: a credential helper whose answer replaces `credentials`.
+    pub credential_helper: Option<CredentialHelper>,
     /// How long a tag is served from cache without asking this upstream (`tag_revalidate`).
     pub tag_revalidate: Duration,
     /// `ratelimit_reserve`: the part of the pull budget the upstream states that is kept for
@@ -483,6 +486,7 @@ fn upstream(name: &str, url: &str) -> UpstreamConfig {
         name: name.to_owned(),
         url: MirrorUrl::parse(url).expect("built-in upstream URLs are valid"),
         credentials: None,
+        credential_helper: None,
         tag_revalidate: Duration::ZERO,
         ratelimit_reserve: RateLimitReserve::default(),
         requests: RequestLimits::default(),

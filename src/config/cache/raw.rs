@@ -146,6 +146,7 @@ pub(super) struct RawProxy {
     pub ratelimit_reserve: Slot,
     pub max_concurrent: Slot,
     pub max_rate: Slot,
+    pub exec: Option<RawExec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,4 +161,14 @@ pub(super) struct RawRemote {
     pub ratelimit_reserve: Slot,
     pub max_concurrent: Slot,
     pub max_rate: Slot,
+    pub exec: Option<RawExec>,
+}
+
+/// `exec`, on `proxy` or a `remoteregistries[]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawExec {
+    pub command: Slot,
+    pub lifetime: Slot,
+    pub timeout: Slot,
 }

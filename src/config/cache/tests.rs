@@ -797,7 +797,7 @@ http:
   http2: {disabled: false}
   h2c: {enabled: false}
   tls: {clientauth: require-and-verify-client-cert, minimumtls: tls1.2, ciphersuites: [x]}
-proxy: {remoteurl: https://r.io, exec: {command: x}}
+proxy: {remoteurl: https://r.io}
 health: {storagedriver: {enabled: true}}
 notifications: {events: {includereferences: true}}
 redis: {addr: x}
@@ -970,4 +970,98 @@ fn a_wrong_value_of_every_key_read_is_reported_at_that_key() {
             "{text}: no error for {field}: {errors}"
         );
     }
+}
+
+#[test]
+fn exec_gives_an_upstream_a_credential_helper() {
+    let config = parse(
+        "proxy:\n  remoteurl: https://r.io\n  username: ignored\n  exec:\n    command: docker-credential-ecr-login\n    lifetime: 1h\n  remoteregistries:\n  - url: https://a.io\n    exec: {command: /usr/local/bin/helper, lifetime: 0, timeout: 5s}\n  - url: https://b.io\n    exec: {command: helper}\n",
+    )
+    .unwrap();
+    let [r, a, b] = &config.upstreams[..] else {
+        panic!("{:?}", config.upstreams)
+    };
+    let r = r.credential_helper.as_ref().unwrap();
+    assert_eq!(r.program, "docker-credential-ecr-login");
+    assert_eq!(r.lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(r.timeout, crate::config::DEFAULT_HELPER_TIMEOUT);
+    let a = a.credential_helper.as_ref().unwrap();
+    assert_eq!(
+        (a.program.as_str(), a.lifetime, a.timeout),
+        (
+            "/usr/local/bin/helper",
+            Some(Duration::ZERO),
+            Duration::from_secs(5)
+        )
+    );
+    assert_eq!(b.credential_helper.as_ref().unwrap().lifetime, None, "once");
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("proxy.username: ignored: exec is set")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn exec_beside_no_remoteurl_is_a_warning() {
+    let config =
+        parse("proxy: {exec: {command: h}, remoteregistries: [{url: https://a.io}]}\n").unwrap();
+    assert!(config.upstreams[0].credential_helper.is_none());
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("proxy.exec: ignored without proxy.remoteurl")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn exec_mistakes_are_errors_at_their_key() {
+    for (text, expected) in [
+        (
+            "proxy: {remoteurl: https://r.io, exec: {lifetime: 1h}}\n",
+            "proxy.exec.command: is required",
+        ),
+        (
+            "proxy: {remoteurl: https://r.io, exec: {command: ' '}}\n",
+            "proxy.exec.command: is empty",
+        ),
+        (
+            "proxy: {remoteregistries: [{url: https://a.io, exec: {command: h, lifetime: soon}}]}\n",
+            "proxy.remoteregistries[0].exec.lifetime",
+        ),
+        (
+            "proxy: {remoteurl: https://r.io, exec: {command: h, timeout: 0}}\n",
+            "proxy.exec.timeout: \"0\" is not a positive duration",
+        ),
+        (
+            "proxy: {remoteurl: https://r.io, exec: {comand: h}}\n",
+            "did you mean `command`?",
+        ),
+    ] {
+        let error = parse(text).unwrap_err();
+        assert!(error.contains(expected), "{text}: {error}");
+    }
+}
+
+#[test]
+fn exec_takes_distributions_environment_overrides() {
+    let env = [
+        (
+            "REGISTRY_PROXY_REMOTEURL".to_owned(),
+            "https://r.io".to_owned(),
+        ),
+        (
+            "REGISTRY_PROXY_EXEC_COMMAND".to_owned(),
+            "docker-credential-gcr".to_owned(),
+        ),
+        ("REGISTRY_PROXY_EXEC_LIFETIME".to_owned(), "30m".to_owned()),
+    ];
+    let config = CacheConfig::parse("config.yml", None, &env).unwrap();
+    let helper = config.upstreams[0].credential_helper.as_ref().unwrap();
+    assert_eq!(helper.program, "docker-credential-gcr");
+    assert_eq!(helper.lifetime, Some(Duration::from_secs(1800)));
 }

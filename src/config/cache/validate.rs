@@ -19,8 +19,8 @@ use super::{
     DEFAULT_TTL, LOCAL_NAMESPACE, Limits, LocalRepositories, MIN_S3_CHUNK_SIZE, MIN_SECRET_BYTES,
     RateLimitReserve, RequestLimits, S3Config, Secret, StorageBackend, UpstreamConfig,
 };
-use crate::config::Credentials;
 use crate::config::mirrors::{MirrorUrl, canonical_registry};
+use crate::config::{CredentialHelper, Credentials};
 
 /// The configuration, or `None` when the report holds an error.
 pub(super) fn validate(raw: RawConfig, r: &mut Report<'_>) -> Option<CacheConfig> {
@@ -340,11 +340,16 @@ fn proxy(raw: RawProxy, r: &mut Report<'_>) -> Proxy {
     );
     let mut upstreams = Vec::new();
     let credentials = credentials(&raw.username, &raw.password, "proxy", r);
+    let helper = super::exec::helper(raw.exec.as_ref(), &raw.username, "proxy", r);
+    if helper.is_some() && raw.remoteurl.is_none() {
+        super::exec::warn_unused(r);
+    }
     if raw.remoteurl.is_some() {
         let upstream = Upstream {
             field: "proxy.remoteurl".into(),
             url: &raw.remoteurl,
             credentials,
+            helper,
             policy,
             filter: global.clone(),
         };
@@ -403,6 +408,7 @@ fn remote_registry(
         filter::patterns(&remote.deny, &format!("{at}.deny"), r),
     );
     let credentials = credentials(&remote.username, &remote.password, &at, r);
+    let helper = super::exec::helper(remote.exec.as_ref(), &remote.username, &at, r);
     if remote.url.is_none() {
         r.error(&format!("{at}.url"), "is required");
         return;
@@ -411,6 +417,7 @@ fn remote_registry(
         field: format!("{at}.url"),
         url: &remote.url,
         credentials,
+        helper,
         policy,
         filter,
     };
@@ -475,6 +482,7 @@ struct Upstream<'a> {
     field: String,
     url: &'a Slot,
     credentials: Option<Credentials>,
+    helper: Option<CredentialHelper>,
     policy: Policy,
     filter: RepositoryFilter,
 }
@@ -501,6 +509,7 @@ impl Upstream<'_> {
             name,
             url,
             credentials: self.credentials,
+            credential_helper: self.helper,
             tag_revalidate: self.policy.tag_revalidate,
             ratelimit_reserve: self.policy.reserve,
             requests: self.policy.requests,
