@@ -17,42 +17,48 @@ use axum::http::Method;
 use bytes::Bytes;
 use fake::{FakeUpstream, digest_of, random_bytes};
 use peers::oci::{Client, sha256, sha512};
+use peers::storage::{Azurite, BUCKET, StoragePeer};
 use peers::{Images, Missing, MotoServer, Registry, RegistryOptions, Regmirror, http, skopeo_pull};
 
-const BUCKET: &str = "registry";
 const SECRET: &str = "the-fleet-secret-for-tests";
 
-/// Seed 004's storage block verbatim (bucket, region, keys, redirects off), with the test's S3
-/// server as endpoint and a spool of the replica's own.
-fn seed_004(moto: &MotoServer, spool: &Path) -> Vec<(String, String)> {
-    [
-        ("REGISTRY_STORAGE", "s3"),
-        ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
-        ("REGISTRY_STORAGE_S3_BUCKET", BUCKET),
-        ("REGISTRY_STORAGE_S3_REGION", "minio"),
-        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", &moto.endpoint()),
-        ("REGISTRY_STORAGE_S3_ACCESSKEY", "minioadmin"),
-        ("REGISTRY_STORAGE_S3_SECRETKEY", "minioadmin"),
-        ("REGISTRY_STORAGE_SPOOL", &spool.display().to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+/// A replica's storage on `store` with redirects off and a spool of the replica's own (on
+/// moto_server: seed 004's storage block verbatim, with the test's S3 server as endpoint).
+fn seed_004(store: &dyn StoragePeer, spool: &Path) -> Vec<(String, String)> {
+    let mut env = store.env();
+    env.extend([
+        (
+            "REGISTRY_STORAGE_REDIRECT_DISABLE".to_owned(),
+            "true".to_owned(),
+        ),
+        (
+            "REGISTRY_STORAGE_SPOOL".to_owned(),
+            spool.display().to_string(),
+        ),
+    ]);
+    env
+}
+
+/// moto_server with [`BUCKET`] created.
+fn moto() -> Result<MotoServer, Missing> {
+    let moto = MotoServer::start()?;
+    moto.create_bucket(BUCKET);
+    Ok(moto)
 }
 
 /// A replica on the bucket: `yaml` plus the fleet's secret on its own port.
-fn replica(moto: &MotoServer, yaml: &str) -> Regmirror {
+fn replica(moto: &dyn StoragePeer, yaml: &str) -> Regmirror {
     replica_with(moto, yaml, &[])
 }
 
 /// [`replica`] with more environment (`REGISTRY_STORAGE_*` keys: the harness writes `storage`).
-fn replica_with(moto: &MotoServer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
+fn replica_with(moto: &dyn StoragePeer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
     replica_with_secret(moto, yaml, more, Some(SECRET))
 }
 
 /// A replica on the bucket with `secret` as its `http.secret` (or none).
 fn replica_with_secret(
-    moto: &MotoServer,
+    moto: &dyn StoragePeer,
     yaml: &str,
     more: &[(&str, &str)],
     secret: Option<&str>,
@@ -112,8 +118,8 @@ fn settled(cache: &Regmirror) {
     }
 }
 
-fn object_keys(moto: &MotoServer, prefix: &str) -> Vec<String> {
-    moto.list_keys(BUCKET, prefix)
+fn object_keys(store: &dyn StoragePeer, prefix: &str) -> Vec<String> {
+    store.list_keys(prefix)
 }
 
 #[test]
@@ -156,12 +162,19 @@ fn seed_004_environment_on_a_real_s3_server() {
 
 #[test]
 fn a_replica_serves_what_another_fetched_with_the_origin_stopped() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    a_replica_serves_what_another_fetched_with_the_origin_stopped_on(&or_skip!(moto()));
+}
+
+#[test]
+fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on_azurite() {
+    a_replica_serves_what_another_fetched_with_the_origin_stopped_on(&or_skip!(Azurite::start()));
+}
+
+fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on(store: &dyn StoragePeer) {
     let (mut origin, _) = or_skip!(origin_with_image());
     let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
-    let a = replica(&moto, &yaml);
-    let b = replica(&moto, &yaml);
+    let a = replica(store, &yaml);
+    let b = replica(store, &yaml);
     let through_a = tempfile::tempdir().unwrap();
     let manifest = skopeo_pull(
         &format!("{}/library/demo:v1", a.host()),
@@ -288,10 +301,17 @@ fn restarted_replicas_and_a_store_that_comes_back() {
 
 #[test]
 fn push_to_one_replica_pull_from_another() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
-    let a = replica(&moto, "local: all");
-    let b = replica(&moto, "local: all");
+    push_to_one_replica_pull_from_another_on(&or_skip!(moto()));
+}
+
+#[test]
+fn push_to_one_replica_pull_from_another_on_azurite() {
+    push_to_one_replica_pull_from_another_on(&or_skip!(Azurite::start()));
+}
+
+fn push_to_one_replica_pull_from_another_on(store: &dyn StoragePeer) {
+    let a = replica(store, "local: all");
+    let b = replica(store, "local: all");
     let images = or_skip!(Images::new());
     images.build("v1", &[("pushed.txt", b"pushed to replica A")]);
     images.push("v1", &format!("{}/team/app:v1", a.host()), &[]);
@@ -377,14 +397,21 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
 
 #[test]
 fn three_replicas_make_one_upstream_download() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    three_replicas_make_one_upstream_download_on(&or_skip!(moto()));
+}
+
+#[test]
+fn three_replicas_make_one_upstream_download_on_azurite() {
+    three_replicas_make_one_upstream_download_on(&or_skip!(Azurite::start()));
+}
+
+fn three_replicas_make_one_upstream_download_on(store: &dyn StoragePeer) {
     let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let work = tempfile::tempdir().unwrap();
     let (file, digest) = peers::random_file(work.path(), "big", 64 << 20);
     or_skip!(peers::push_blob(origin.addr, "library/big", &file, &digest));
     let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
-    let replicas: Vec<Regmirror> = (0..3).map(|_| replica(&moto, &yaml)).collect();
+    let replicas: Vec<Regmirror> = (0..3).map(|_| replica(store, &yaml)).collect();
     let path = format!("/v2/library/big/blobs/{digest}");
     let clients: Vec<_> = (0..24)
         .map(|i| {
@@ -433,6 +460,17 @@ impl Drop for Raise<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lease_holder_is_taken_over() {
+    a_killed_lease_holder_is_taken_over_on(moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_taken_over_on_azurite() {
+    a_killed_lease_holder_is_taken_over_on(Azurite::start).await;
+}
+
+async fn a_killed_lease_holder_is_taken_over_on<S: StoragePeer + Sync + 'static>(
+    start: fn() -> Result<S, Missing>,
+) {
     let upstream = FakeUpstream::start().await;
     // 8 MiB at about 1 MiB/s: the holder is killed in the middle.
     let blob = random_bytes(8 << 20, 52);
@@ -449,8 +487,7 @@ async fn a_killed_lease_holder_is_taken_over() {
     let d = digest.clone();
     or_skip!(
         tokio::task::spawn_blocking(move || {
-            let moto = MotoServer::start()?;
-            moto.create_bucket(BUCKET);
+            let moto = start()?;
             let yaml = format!("proxy: {{remoteurl: {url}}}");
             let a = replica(&moto, &yaml);
             let b = replica(&moto, &yaml);
@@ -526,7 +563,9 @@ async fn a_killed_lease_holder_is_taken_over() {
             // A collection afterwards: no multipart upload and no temporary key is left, and the
             // verified blob stays.
             gc(&moto, &b, &[]);
-            assert_eq!(moto.list_multipart_uploads(BUCKET), Vec::new());
+            if let Some(uploads) = moto.pending_uploads() {
+                assert_eq!(uploads, Vec::<String>::new());
+            }
             assert_eq!(object_keys(&moto, "uploads/"), Vec::<String>::new());
             assert_eq!(object_keys(&moto, "leases/"), Vec::<String>::new());
             assert!(visible());
@@ -544,7 +583,7 @@ async fn a_killed_lease_holder_is_taken_over() {
 
 /// Runs `regmirror gc` with `replica`'s configuration (on a spool of its own), plus `more`
 /// environment.
-fn gc(moto: &MotoServer, replica: &Regmirror, more: &[(&str, &str)]) -> std::process::Output {
+fn gc(moto: &dyn StoragePeer, replica: &Regmirror, more: &[(&str, &str)]) -> std::process::Output {
     let env = seed_004(moto, &replica.dir.path().join("gc-spool"));
     peers::run(
         std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
@@ -673,13 +712,20 @@ fn the_internal_route_needs_the_fleet_signature() {
 
 #[test]
 fn blobs_redirect_to_presigned_urls_unless_disabled() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    blobs_redirect_to_presigned_urls_unless_disabled_on(&or_skip!(moto()));
+}
+
+#[test]
+fn blobs_redirect_to_presigned_urls_unless_disabled_on_azurite() {
+    blobs_redirect_to_presigned_urls_unless_disabled_on(&or_skip!(Azurite::start()));
+}
+
+fn blobs_redirect_to_presigned_urls_unless_disabled_on(store: &dyn StoragePeer) {
     let work = tempfile::tempdir().unwrap();
     let (file, digest) = peers::random_file(work.path(), "blob", 100_000);
     // distribution's default on object storage: redirects on.
     let dir = tempfile::tempdir().unwrap();
-    let env: Vec<(String, String)> = seed_004(&moto, &dir.path().join("spool"))
+    let env: Vec<(String, String)> = seed_004(store, &dir.path().join("spool"))
         .into_iter()
         .filter(|(k, _)| k != "REGISTRY_STORAGE_REDIRECT_DISABLE")
         .collect();
@@ -694,13 +740,21 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
     );
     assert_eq!(status, 307, "{head}");
     let location = peers::header(&head, "location").unwrap();
-    assert!(location.starts_with(&moto.endpoint()), "{location}");
+    assert!(location.starts_with(&store.endpoint()), "{location}");
     assert!(
-        location.contains("X-Amz-Signature="),
-        "presigned: {location}"
+        location.contains(store.signature_parameter()),
+        "signed: {location}"
     );
-    let target = location.trim_start_matches(&moto.endpoint()).to_owned();
-    let (status, _, body) = http("GET", moto.addr, &target, &[]);
+    if store.checks_signatures() {
+        // Only the signature lets the URL through.
+        let unsigned = location.split('?').next().unwrap().to_owned();
+        assert_eq!(
+            fetch(store, &unsigned).0,
+            403,
+            "{unsigned} without its signature"
+        );
+    }
+    let (status, body) = fetch(store, &location);
     assert_eq!(status, 200);
     assert_eq!(digest_of(&body), digest);
     // HEAD is answered by the cache itself.
@@ -711,6 +765,13 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
         &[],
     );
     assert_eq!(status, 200, "{head}");
+}
+
+/// GET of `url`, an URL on `store`.
+fn fetch(store: &dyn StoragePeer, url: &str) -> (u16, Vec<u8>) {
+    let target = url.trim_start_matches(&format!("http://{}", store.addr()));
+    let (status, _, body) = http("GET", store.addr(), target, &[]);
+    (status, body)
 }
 
 /// A small blob read from the bucket is remembered (`limits.blob_memo`): with its object deleted
@@ -751,8 +812,15 @@ fn small_blobs_on_the_bucket_are_served_from_memory_after_a_hit() {
 
 #[test]
 fn eviction_on_the_bucket() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    eviction_on_the_bucket_on(&or_skip!(moto()));
+}
+
+#[test]
+fn eviction_on_the_bucket_on_azurite() {
+    eviction_on_the_bucket_on(&or_skip!(Azurite::start()));
+}
+
+fn eviction_on_the_bucket_on(store: &dyn StoragePeer) {
     let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let work = tempfile::tempdir().unwrap();
     let images = or_skip!(Images::new());
@@ -767,8 +835,8 @@ fn eviction_on_the_bucket() {
         ("REGISTRY_STORAGE_MAXSIZE", "3MB"),
         ("REGISTRY_STORAGE_GC_INTERVAL", "1s"),
     ];
-    let a = replica_with(&moto, &yaml, &gc);
-    let b = replica_with(&moto, &yaml, &gc);
+    let a = replica_with(store, &yaml, &gc);
+    let b = replica_with(store, &yaml, &gc);
     // v1 used on A, v2 on B, seconds apart (last uses are kept in seconds): the collecting
     // replica, whichever it is, sees both and evicts v1.
     let v1 = skopeo_pull(&format!("{}/library/demo:v1", a.host()), work.path(), &[]).unwrap();
@@ -783,14 +851,14 @@ fn eviction_on_the_bucket() {
         format!("blobs/sha256/{}/{hex}", &hex[..2])
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while object_keys(&moto, "blobs/").contains(&v1_blob) {
+    while object_keys(store, "blobs/").contains(&v1_blob) {
         assert!(Instant::now() < deadline, "v1 is evicted for v2");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(
-        object_keys(&moto, "meta/doomed/").is_empty() || {
+        object_keys(store, "meta/doomed/").is_empty() || {
             std::thread::sleep(Duration::from_secs(2));
-            object_keys(&moto, "meta/doomed/").is_empty()
+            object_keys(store, "meta/doomed/").is_empty()
         },
         "doomed markers are cleared"
     );
