@@ -63,7 +63,7 @@ pub enum StartError {
     Storage { root: PathBuf, source: io::Error },
     #[error("metadata: {0}")]
     Metadata(#[source] MetaError),
-    /// `storage.s3` does not make a client.
+    /// `storage.s3` or `storage.azure` does not make a client.
     #[error("{0}")]
     Bucket(#[source] BucketError),
     #[error("--mirrors: {0}")]
