@@ -898,6 +898,31 @@ fn a_missing_bucket_is_one_clear_line_and_503s() {
     );
 }
 
+/// On Azure a missing container answers 404 like a missing blob: it must read as an outage.
+#[test]
+fn a_missing_container_is_one_clear_line_and_503s_on_azurite() {
+    let azurite = or_skip!(Azurite::start());
+    let container = ("REGISTRY_STORAGE_AZURE_CONTAINER", "absent");
+    let cache = replica_with(&azurite, "local: all", &[container]);
+    let log = cache.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("starting anyway"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("azure://absent/") && line.contains(&azurite.service_url()),
+        "names the container and the service URL: {line}"
+    );
+    let (status, _, body) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    azurite.create_container("absent");
+    let (status, _, _) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(
+        status, 404,
+        "served (nothing pushed yet) once the container exists"
+    );
+}
+
 #[test]
 fn a_push_moves_between_replicas() {
     let moto = or_skip!(MotoServer::start());

@@ -151,17 +151,22 @@ impl Azurite {
             process,
             sas: account_sas(),
         };
-        let (status, _, body) = azurite.request(
+        azurite.create_container(BUCKET);
+        Ok(azurite)
+    }
+
+    /// Creates the container `name`.
+    pub fn create_container(&self, name: &str) {
+        let (status, _, body) = self.request(
             "PUT",
-            &format!("/{AZURITE_ACCOUNT}/{BUCKET}?restype=container"),
+            &format!("/{AZURITE_ACCOUNT}/{name}?restype=container"),
         );
         assert_eq!(
             status,
             201,
-            "create container: {}",
+            "create container {name}: {}",
             String::from_utf8_lossy(&body)
         );
-        Ok(azurite)
     }
 
     /// `target` (`/account/container?query`) with the harness's SAS appended.
