@@ -56,14 +56,20 @@ pub(super) fn s3(config: &S3Config, connect_timeout: Duration) -> Result<AmazonS
 }
 
 /// An Azure Blob Storage client for `storage.azure`, at its service URL (an emulator's too:
-/// `http://127.0.0.1:10000/<account>`, the account a path level). Not from the environment:
-/// only the config says which account and credentials.
+/// `http://127.0.0.1:10000/<account>`, the account a path level). Only `default_credentials`
+/// reads the environment (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE` of
+/// workload identity, ...), as distribution's `DefaultAzureCredential` does; the account,
+/// container and endpoint are always the config's.
 pub(super) fn azure(
     config: &AzureConfig,
     connect_timeout: Duration,
 ) -> Result<MicrosoftAzure, BucketError> {
     crate::upstream::install_crypto_provider();
-    let mut builder = MicrosoftAzureBuilder::new()
+    let base = match config.credentials {
+        AzureCredentials::Default => MicrosoftAzureBuilder::from_env(),
+        _ => MicrosoftAzureBuilder::new(),
+    };
+    let mut builder = base
         .with_account(&config.account)
         .with_container_name(&config.container)
         .with_retry(retry())
@@ -84,4 +90,46 @@ pub(super) fn azure(
         driver: "azure",
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cache::Secret;
+
+    /// Every credential type makes a client without a request (tokens are fetched on first use).
+    #[test]
+    fn every_azure_credential_type_makes_a_client() {
+        for credentials in [
+            AzureCredentials::SharedKey(Secret("a2V5".into())),
+            AzureCredentials::ClientSecret {
+                client_id: "id".into(),
+                tenant_id: "tenant".into(),
+                secret: Secret("s".into()),
+            },
+            AzureCredentials::Default,
+        ] {
+            let config = AzureConfig {
+                account: "acct".into(),
+                container: "registry".into(),
+                service_url: "https://acct.blob.core.windows.net".into(),
+                credentials: credentials.clone(),
+                prefix: String::new(),
+                redirect: true,
+            };
+            if let Err(e) = azure(&config, Duration::from_secs(1)) {
+                panic!("{credentials:?}: {e}");
+            }
+        }
+        let bad_key = AzureConfig {
+            account: "acct".into(),
+            container: "registry".into(),
+            service_url: "https://acct.blob.core.windows.net".into(),
+            credentials: AzureCredentials::SharedKey(Secret("not base64!".into())),
+            prefix: String::new(),
+            redirect: true,
+        };
+        let e = azure(&bad_key, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().starts_with("storage.azure: "), "{e}");
+    }
 }
