@@ -1,5 +1,6 @@
 //! The cache on S3-compatible object storage, and several replicas on one bucket, against real
-//! peers: moto_server (a real S3 server process, from the venv `.ci/run` creates), the
+//! peers: moto_server (a real S3 server process, from the venv `.ci/run` creates; the fleet's
+//! scenarios run on Azurite too, the `_on_azurite` tests, through `peers::storage`), the
 //! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
 //! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, and an origin
 //! slow enough to kill a replica in the middle of its download. Everything on 127.0.0.1.
@@ -210,6 +211,17 @@ fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on(store: &dyn 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bytes_never_reach_the_bucket() {
+    wrong_bytes_never_reach_the_bucket_on(moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_never_reach_the_bucket_on_azurite() {
+    wrong_bytes_never_reach_the_bucket_on(Azurite::start).await;
+}
+
+async fn wrong_bytes_never_reach_the_bucket_on<S: StoragePeer + Sync + 'static>(
+    start: fn() -> Result<S, Missing>,
+) {
     let upstream = FakeUpstream::start().await;
     let good = random_bytes(200_000, 51);
     let claimed = digest_of(&good);
@@ -225,8 +237,7 @@ async fn wrong_bytes_never_reach_the_bucket() {
     let url = upstream.url();
     or_skip!(
         tokio::task::spawn_blocking(move || {
-            let moto = MotoServer::start()?;
-            moto.create_bucket(BUCKET);
+            let moto = start()?;
             let cache = replica(&moto, &format!("proxy: {{remoteurl: {url}}}"));
             for _ in 0..2 {
                 let (status, _, body) = http(
@@ -243,7 +254,9 @@ async fn wrong_bytes_never_reach_the_bucket() {
             assert!(object_keys(&moto, "blobs/").is_empty());
             assert!(object_keys(&moto, "meta/sources/").is_empty());
             assert!(object_keys(&moto, "meta/links/").is_empty());
-            assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+            if let Some(uploads) = moto.pending_uploads() {
+                assert!(uploads.is_empty(), "{uploads:?}");
+            }
             Ok::<_, Missing>(())
         })
         .await
@@ -327,11 +340,18 @@ fn push_to_one_replica_pull_from_another_on(store: &dyn StoragePeer) {
 
 #[test]
 fn referrers_and_sha512_content_are_shared_by_the_replicas() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    referrers_and_sha512_content_are_shared_by_the_replicas_on(&or_skip!(moto()));
+}
+
+#[test]
+fn referrers_and_sha512_content_are_shared_by_the_replicas_on_azurite() {
+    referrers_and_sha512_content_are_shared_by_the_replicas_on(&or_skip!(Azurite::start()));
+}
+
+fn referrers_and_sha512_content_are_shared_by_the_replicas_on(store: &dyn StoragePeer) {
     let deletes = [("REGISTRY_STORAGE_DELETE_ENABLED", "true")];
-    let replica_a = replica_with(&moto, "local: all", &deletes);
-    let b = replica_with(&moto, "local: all", &deletes);
+    let replica_a = replica_with(store, "local: all", &deletes);
+    let b = replica_with(store, "local: all", &deletes);
     let a = Client(replica_a.addr);
     // A sha512 config and an image pushed by its sha512 digest, to A.
     let config = br#"{"architecture":"amd64","os":"linux"}"#;
@@ -378,7 +398,7 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["digest"], signature_digest.as_str());
     assert_eq!(
-        object_keys(&moto, "meta/referrer-lists/").len(),
+        object_keys(store, "meta/referrer-lists/").len(),
         1,
         "one list per subject"
     );
@@ -391,8 +411,8 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
     );
     assert_eq!(status, 202);
     assert!(a.referrers(&path).0.is_empty());
-    assert_eq!(object_keys(&moto, "meta/referrers/"), Vec::<String>::new());
-    assert_eq!(object_keys(&moto, "meta/referrer-lists/").len(), 1);
+    assert_eq!(object_keys(store, "meta/referrers/"), Vec::<String>::new());
+    assert_eq!(object_keys(store, "meta/referrer-lists/").len(), 1);
 }
 
 #[test]
@@ -670,10 +690,17 @@ fn refusal(cache: &Regmirror, path: &str, headers: &[(&str, &str)]) -> (u16, Str
 
 #[test]
 fn the_internal_route_needs_the_fleet_signature() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
-    let fleet = replica(&moto, "local: all");
-    let no_secret = replica_with_secret(&moto, "local: all", &[], None);
+    the_internal_route_needs_the_fleet_signature_on(&or_skip!(moto()));
+}
+
+#[test]
+fn the_internal_route_needs_the_fleet_signature_on_azurite() {
+    the_internal_route_needs_the_fleet_signature_on(&or_skip!(Azurite::start()));
+}
+
+fn the_internal_route_needs_the_fleet_signature_on(store: &dyn StoragePeer) {
+    let fleet = replica(store, "local: all");
+    let no_secret = replica_with_secret(store, "local: all", &[], None);
     let path = format!("/_regmirror/fills/docker.io/sha256:{}", "ab".repeat(32));
     let denied = (403, "DENIED".to_owned());
     let header = "Regmirror-Fleet";
@@ -972,10 +999,17 @@ fn a_push_moves_between_replicas() {
 
 #[test]
 fn abandoned_pushes_are_collected() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    abandoned_pushes_are_collected_on(&or_skip!(moto()));
+}
+
+#[test]
+fn abandoned_pushes_are_collected_on_azurite() {
+    abandoned_pushes_are_collected_on(&or_skip!(Azurite::start()));
+}
+
+fn abandoned_pushes_are_collected_on(store: &dyn StoragePeer) {
     let cache = replica_with(
-        &moto,
+        store,
         "local: all",
         &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")],
     );
@@ -983,22 +1017,31 @@ fn abandoned_pushes_are_collected() {
     let location = peers::header(&head, "location").unwrap();
     let (status, _, _) = peers::http_with_body("PATCH", cache.addr, &location, &[], &[5u8; 1000]);
     assert_eq!(status, 202);
-    assert!(!object_keys(&moto, "uploads/").is_empty());
+    assert!(!object_keys(store, "uploads/").is_empty());
     std::thread::sleep(Duration::from_secs(3));
     let (status, _, _) = http("GET", cache.addr, &location, &[]);
     assert_eq!(status, 404, "abandoned");
-    gc(&moto, &cache, &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")]);
-    assert!(object_keys(&moto, "uploads/").is_empty(), "collected");
-    assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+    gc(store, &cache, &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")]);
+    assert!(object_keys(store, "uploads/").is_empty(), "collected");
+    if let Some(uploads) = store.pending_uploads() {
+        assert!(uploads.is_empty(), "{uploads:?}");
+    }
 }
 
 #[test]
 fn the_fleet_holds_to_max_uploads() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    the_fleet_holds_to_max_uploads_on(&or_skip!(moto()));
+}
+
+#[test]
+fn the_fleet_holds_to_max_uploads_on_azurite() {
+    the_fleet_holds_to_max_uploads_on(&or_skip!(Azurite::start()));
+}
+
+fn the_fleet_holds_to_max_uploads_on(store: &dyn StoragePeer) {
     let limit = [("REGISTRY_LIMITS_MAX_UPLOADS", "5")];
     let replicas: Vec<Regmirror> = (0..2)
-        .map(|_| replica_with(&moto, "local: all", &limit))
+        .map(|_| replica_with(store, "local: all", &limit))
         .collect();
     // Eight uploads started on two replicas in turn: the limit is the bucket's.
     let mut locations = Vec::new();
