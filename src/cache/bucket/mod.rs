@@ -111,7 +111,7 @@ pub(crate) struct Bucket {
     signer: Arc<dyn Signer>,
     service: Service,
     root: String,
-    /// `s3://bucket/root at endpoint`, for messages.
+    /// `s3://bucket/root at endpoint` or `azure://container/root at service URL`, for messages.
     pub(crate) describe: Arc<str>,
     chunk_size: usize,
     http: reqwest::Client,
