@@ -62,7 +62,7 @@ pub enum BucketError {
     /// The HTTP client for requests `object_store` only presigns could not be built.
     #[error("{0}")]
     Client(#[source] reqwest::Error),
-    /// The bucket did not answer, or refused (its S3 error in one line).
+    /// The bucket did not answer, or refused (the service's XML error in one line).
     #[error("storage {bucket}: {}", one_line(&.source.to_string()))]
     Unreachable {
         bucket: Arc<str>,
