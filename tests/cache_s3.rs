@@ -1,5 +1,6 @@
 //! The cache on S3-compatible object storage, and several replicas on one bucket, against real
-//! peers: moto_server (a real S3 server process, from the venv `.ci/run` creates), the
+//! peers: moto_server (a real S3 server process, from the venv `.ci/run` creates; the fleet's
+//! scenarios run on Azurite too, the `_on_azurite` tests, through `peers::storage`), the
 //! distribution registry as origin, skopeo as client, and `regmirror serve` processes. The
 //! in-process FAKE upstream of `fake/` only where no real registry can: wrong bytes, an origin
 //! slow enough to kill a replica in the middle of its download, and one holding its body at a
@@ -19,42 +20,48 @@ use axum::http::Method;
 use bytes::Bytes;
 use fake::{FakeUpstream, digest_of, random_bytes};
 use peers::oci::{Client, sha256, sha512};
+use peers::storage::{Azurite, BUCKET, StoragePeer};
 use peers::{Images, Missing, MotoServer, Registry, RegistryOptions, Regmirror, http, skopeo_pull};
 
-const BUCKET: &str = "registry";
 const SECRET: &str = "the-fleet-secret-for-tests";
 
-/// Seed 004's storage block verbatim (bucket, region, keys, redirects off), with the test's S3
-/// server as endpoint and a spool of the replica's own.
-fn seed_004(moto: &MotoServer, spool: &Path) -> Vec<(String, String)> {
-    [
-        ("REGISTRY_STORAGE", "s3"),
-        ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
-        ("REGISTRY_STORAGE_S3_BUCKET", BUCKET),
-        ("REGISTRY_STORAGE_S3_REGION", "minio"),
-        ("REGISTRY_STORAGE_S3_REGIONENDPOINT", &moto.endpoint()),
-        ("REGISTRY_STORAGE_S3_ACCESSKEY", "minioadmin"),
-        ("REGISTRY_STORAGE_S3_SECRETKEY", "minioadmin"),
-        ("REGISTRY_STORAGE_SPOOL", &spool.display().to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+/// A replica's storage on `store` with redirects off and a spool of the replica's own (on
+/// moto_server: seed 004's storage block verbatim, with the test's S3 server as endpoint).
+fn seed_004(store: &dyn StoragePeer, spool: &Path) -> Vec<(String, String)> {
+    let mut env = store.env();
+    env.extend([
+        (
+            "REGISTRY_STORAGE_REDIRECT_DISABLE".to_owned(),
+            "true".to_owned(),
+        ),
+        (
+            "REGISTRY_STORAGE_SPOOL".to_owned(),
+            spool.display().to_string(),
+        ),
+    ]);
+    env
+}
+
+/// moto_server with [`BUCKET`] created.
+fn moto() -> Result<MotoServer, Missing> {
+    let moto = MotoServer::start()?;
+    moto.create_bucket(BUCKET);
+    Ok(moto)
 }
 
 /// A replica on the bucket: `yaml` plus the fleet's secret on its own port.
-fn replica(moto: &MotoServer, yaml: &str) -> Regmirror {
+fn replica(moto: &dyn StoragePeer, yaml: &str) -> Regmirror {
     replica_with(moto, yaml, &[])
 }
 
 /// [`replica`] with more environment (`REGISTRY_STORAGE_*` keys: the harness writes `storage`).
-fn replica_with(moto: &MotoServer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
+fn replica_with(moto: &dyn StoragePeer, yaml: &str, more: &[(&str, &str)]) -> Regmirror {
     replica_with_secret(moto, yaml, more, Some(SECRET))
 }
 
 /// A replica on the bucket with `secret` as its `http.secret` (or none).
 fn replica_with_secret(
-    moto: &MotoServer,
+    moto: &dyn StoragePeer,
     yaml: &str,
     more: &[(&str, &str)],
     secret: Option<&str>,
@@ -114,8 +121,8 @@ fn settled(cache: &Regmirror) {
     }
 }
 
-fn object_keys(moto: &MotoServer, prefix: &str) -> Vec<String> {
-    moto.list_keys(BUCKET, prefix)
+fn object_keys(store: &dyn StoragePeer, prefix: &str) -> Vec<String> {
+    store.list_keys(prefix)
 }
 
 #[test]
@@ -158,12 +165,19 @@ fn seed_004_environment_on_a_real_s3_server() {
 
 #[test]
 fn a_replica_serves_what_another_fetched_with_the_origin_stopped() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    a_replica_serves_what_another_fetched_with_the_origin_stopped_on(&or_skip!(moto()));
+}
+
+#[test]
+fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on_azurite() {
+    a_replica_serves_what_another_fetched_with_the_origin_stopped_on(&or_skip!(Azurite::start()));
+}
+
+fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on(store: &dyn StoragePeer) {
     let (mut origin, _) = or_skip!(origin_with_image());
     let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
-    let a = replica(&moto, &yaml);
-    let b = replica(&moto, &yaml);
+    let a = replica(store, &yaml);
+    let b = replica(store, &yaml);
     let through_a = tempfile::tempdir().unwrap();
     let manifest = skopeo_pull(
         &format!("{}/library/demo:v1", a.host()),
@@ -199,6 +213,17 @@ fn a_replica_serves_what_another_fetched_with_the_origin_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bytes_never_reach_the_bucket() {
+    wrong_bytes_never_reach_the_bucket_on(moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_never_reach_the_bucket_on_azurite() {
+    wrong_bytes_never_reach_the_bucket_on(Azurite::start).await;
+}
+
+async fn wrong_bytes_never_reach_the_bucket_on<S: StoragePeer + Sync + 'static>(
+    start: fn() -> Result<S, Missing>,
+) {
     let upstream = FakeUpstream::start().await;
     let good = random_bytes(200_000, 51);
     let claimed = digest_of(&good);
@@ -214,8 +239,7 @@ async fn wrong_bytes_never_reach_the_bucket() {
     let url = upstream.url();
     or_skip!(
         tokio::task::spawn_blocking(move || {
-            let moto = MotoServer::start()?;
-            moto.create_bucket(BUCKET);
+            let moto = start()?;
             let cache = replica(&moto, &format!("proxy: {{remoteurl: {url}}}"));
             for _ in 0..2 {
                 let (status, _, body) = http(
@@ -232,7 +256,9 @@ async fn wrong_bytes_never_reach_the_bucket() {
             assert!(object_keys(&moto, "blobs/").is_empty());
             assert!(object_keys(&moto, "meta/sources/").is_empty());
             assert!(object_keys(&moto, "meta/links/").is_empty());
-            assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+            if let Some(uploads) = moto.pending_uploads() {
+                assert!(uploads.is_empty(), "{uploads:?}");
+            }
             Ok::<_, Missing>(())
         })
         .await
@@ -290,10 +316,17 @@ fn restarted_replicas_and_a_store_that_comes_back() {
 
 #[test]
 fn push_to_one_replica_pull_from_another() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
-    let a = replica(&moto, "local: all");
-    let b = replica(&moto, "local: all");
+    push_to_one_replica_pull_from_another_on(&or_skip!(moto()));
+}
+
+#[test]
+fn push_to_one_replica_pull_from_another_on_azurite() {
+    push_to_one_replica_pull_from_another_on(&or_skip!(Azurite::start()));
+}
+
+fn push_to_one_replica_pull_from_another_on(store: &dyn StoragePeer) {
+    let a = replica(store, "local: all");
+    let b = replica(store, "local: all");
     let images = or_skip!(Images::new());
     images.build("v1", &[("pushed.txt", b"pushed to replica A")]);
     images.push("v1", &format!("{}/team/app:v1", a.host()), &[]);
@@ -309,11 +342,18 @@ fn push_to_one_replica_pull_from_another() {
 
 #[test]
 fn referrers_and_sha512_content_are_shared_by_the_replicas() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    referrers_and_sha512_content_are_shared_by_the_replicas_on(&or_skip!(moto()));
+}
+
+#[test]
+fn referrers_and_sha512_content_are_shared_by_the_replicas_on_azurite() {
+    referrers_and_sha512_content_are_shared_by_the_replicas_on(&or_skip!(Azurite::start()));
+}
+
+fn referrers_and_sha512_content_are_shared_by_the_replicas_on(store: &dyn StoragePeer) {
     let deletes = [("REGISTRY_STORAGE_DELETE_ENABLED", "true")];
-    let replica_a = replica_with(&moto, "local: all", &deletes);
-    let b = replica_with(&moto, "local: all", &deletes);
+    let replica_a = replica_with(store, "local: all", &deletes);
+    let b = replica_with(store, "local: all", &deletes);
     let a = Client(replica_a.addr);
     // A sha512 config and an image pushed by its sha512 digest, to A.
     let config = br#"{"architecture":"amd64","os":"linux"}"#;
@@ -360,7 +400,7 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["digest"], signature_digest.as_str());
     assert_eq!(
-        object_keys(&moto, "meta/referrer-lists/").len(),
+        object_keys(store, "meta/referrer-lists/").len(),
         1,
         "one list per subject"
     );
@@ -373,20 +413,27 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas() {
     );
     assert_eq!(status, 202);
     assert!(a.referrers(&path).0.is_empty());
-    assert_eq!(object_keys(&moto, "meta/referrers/"), Vec::<String>::new());
-    assert_eq!(object_keys(&moto, "meta/referrer-lists/").len(), 1);
+    assert_eq!(object_keys(store, "meta/referrers/"), Vec::<String>::new());
+    assert_eq!(object_keys(store, "meta/referrer-lists/").len(), 1);
 }
 
 #[test]
 fn three_replicas_make_one_upstream_download() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    three_replicas_make_one_upstream_download_on(&or_skip!(moto()));
+}
+
+#[test]
+fn three_replicas_make_one_upstream_download_on_azurite() {
+    three_replicas_make_one_upstream_download_on(&or_skip!(Azurite::start()));
+}
+
+fn three_replicas_make_one_upstream_download_on(store: &dyn StoragePeer) {
     let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let work = tempfile::tempdir().unwrap();
     let (file, digest) = peers::random_file(work.path(), "big", 64 << 20);
     or_skip!(peers::push_blob(origin.addr, "library/big", &file, &digest));
     let yaml = format!("proxy: {{remoteurl: {}}}", origin.url());
-    let replicas: Vec<Regmirror> = (0..3).map(|_| replica(&moto, &yaml)).collect();
+    let replicas: Vec<Regmirror> = (0..3).map(|_| replica(store, &yaml)).collect();
     let path = format!("/v2/library/big/blobs/{digest}");
     let clients: Vec<_> = (0..24)
         .map(|i| {
@@ -435,6 +482,17 @@ impl Drop for Raise<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lease_holder_is_taken_over() {
+    a_killed_lease_holder_is_taken_over_on(moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_taken_over_on_azurite() {
+    a_killed_lease_holder_is_taken_over_on(Azurite::start).await;
+}
+
+async fn a_killed_lease_holder_is_taken_over_on<S: StoragePeer + Sync + 'static>(
+    start: fn() -> Result<S, Missing>,
+) {
     let upstream = FakeUpstream::start().await;
     // 8 MiB at about 1 MiB/s: the holder is killed in the middle.
     let blob = random_bytes(8 << 20, 52);
@@ -451,8 +509,7 @@ async fn a_killed_lease_holder_is_taken_over() {
     let d = digest.clone();
     or_skip!(
         tokio::task::spawn_blocking(move || {
-            let moto = MotoServer::start()?;
-            moto.create_bucket(BUCKET);
+            let moto = start()?;
             let yaml = format!("proxy: {{remoteurl: {url}}}");
             let a = replica(&moto, &yaml);
             let b = replica(&moto, &yaml);
@@ -522,7 +579,9 @@ async fn a_killed_lease_holder_is_taken_over() {
             // A collection afterwards: no multipart upload and no temporary key is left, and the
             // verified blob stays.
             gc(&moto, &b, &[]);
-            assert_eq!(moto.list_multipart_uploads(BUCKET), Vec::new());
+            if let Some(uploads) = moto.pending_uploads() {
+                assert_eq!(uploads, Vec::<String>::new());
+            }
             assert_eq!(object_keys(&moto, "uploads/"), Vec::<String>::new());
             assert_eq!(object_keys(&moto, "leases/"), Vec::<String>::new());
             assert!(visible());
@@ -747,7 +806,7 @@ async fn followers_keep_their_clients_when_the_holder_dies_before_the_commit() {
 
 /// Runs `regmirror gc` with `replica`'s configuration (on a spool of its own), plus `more`
 /// environment.
-fn gc(moto: &MotoServer, replica: &Regmirror, more: &[(&str, &str)]) -> std::process::Output {
+fn gc(moto: &dyn StoragePeer, replica: &Regmirror, more: &[(&str, &str)]) -> std::process::Output {
     let env = seed_004(moto, &replica.dir.path().join("gc-spool"));
     peers::run(
         std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
@@ -834,10 +893,17 @@ fn refusal(cache: &Regmirror, path: &str, headers: &[(&str, &str)]) -> (u16, Str
 
 #[test]
 fn the_internal_route_needs_the_fleet_signature() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
-    let fleet = replica(&moto, "local: all");
-    let no_secret = replica_with_secret(&moto, "local: all", &[], None);
+    the_internal_route_needs_the_fleet_signature_on(&or_skip!(moto()));
+}
+
+#[test]
+fn the_internal_route_needs_the_fleet_signature_on_azurite() {
+    the_internal_route_needs_the_fleet_signature_on(&or_skip!(Azurite::start()));
+}
+
+fn the_internal_route_needs_the_fleet_signature_on(store: &dyn StoragePeer) {
+    let fleet = replica(store, "local: all");
+    let no_secret = replica_with_secret(store, "local: all", &[], None);
     let path = format!("/_regmirror/fills/docker.io/sha256:{}", "ab".repeat(32));
     let denied = (403, "DENIED".to_owned());
     let header = "Regmirror-Fleet";
@@ -876,13 +942,20 @@ fn the_internal_route_needs_the_fleet_signature() {
 
 #[test]
 fn blobs_redirect_to_presigned_urls_unless_disabled() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    blobs_redirect_to_presigned_urls_unless_disabled_on(&or_skip!(moto()));
+}
+
+#[test]
+fn blobs_redirect_to_presigned_urls_unless_disabled_on_azurite() {
+    blobs_redirect_to_presigned_urls_unless_disabled_on(&or_skip!(Azurite::start()));
+}
+
+fn blobs_redirect_to_presigned_urls_unless_disabled_on(store: &dyn StoragePeer) {
     let work = tempfile::tempdir().unwrap();
     let (file, digest) = peers::random_file(work.path(), "blob", 100_000);
     // distribution's default on object storage: redirects on.
     let dir = tempfile::tempdir().unwrap();
-    let env: Vec<(String, String)> = seed_004(&moto, &dir.path().join("spool"))
+    let env: Vec<(String, String)> = seed_004(store, &dir.path().join("spool"))
         .into_iter()
         .filter(|(k, _)| k != "REGISTRY_STORAGE_REDIRECT_DISABLE")
         .collect();
@@ -903,13 +976,21 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
     );
     assert_eq!(status, 307, "{head}");
     let location = peers::header(&head, "location").unwrap();
-    assert!(location.starts_with(&moto.endpoint()), "{location}");
+    assert!(location.starts_with(&store.endpoint()), "{location}");
     assert!(
-        location.contains("X-Amz-Signature="),
-        "presigned: {location}"
+        location.contains(store.signature_parameter()),
+        "signed: {location}"
     );
-    let target = location.trim_start_matches(&moto.endpoint()).to_owned();
-    let (status, _, body) = http("GET", moto.addr, &target, &[]);
+    if store.checks_signatures() {
+        // Only the signature lets the URL through.
+        let unsigned = location.split('?').next().unwrap().to_owned();
+        assert_eq!(
+            fetch(store, &unsigned).0,
+            403,
+            "{unsigned} without its signature"
+        );
+    }
+    let (status, body) = fetch(store, &location);
     assert_eq!(status, 200);
     assert_eq!(digest_of(&body), digest);
     // HEAD is answered by the cache itself.
@@ -958,6 +1039,13 @@ fn blobs_redirect_to_presigned_urls_unless_disabled() {
     }
 }
 
+/// GET of `url`, an URL on `store`.
+fn fetch(store: &dyn StoragePeer, url: &str) -> (u16, Vec<u8>) {
+    let target = url.trim_start_matches(&format!("http://{}", store.addr()));
+    let (status, _, body) = http("GET", store.addr(), target, &[]);
+    (status, body)
+}
+
 /// A small blob read from the bucket is remembered (`limits.blob_memo`): with its object deleted
 /// behind the replica's back, the next hit is still served, from memory; with the memo off, the
 /// same request finds no object and is a miss.
@@ -996,8 +1084,15 @@ fn small_blobs_on_the_bucket_are_served_from_memory_after_a_hit() {
 
 #[test]
 fn eviction_on_the_bucket() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    eviction_on_the_bucket_on(&or_skip!(moto()));
+}
+
+#[test]
+fn eviction_on_the_bucket_on_azurite() {
+    eviction_on_the_bucket_on(&or_skip!(Azurite::start()));
+}
+
+fn eviction_on_the_bucket_on(store: &dyn StoragePeer) {
     let origin = or_skip!(Registry::start(RegistryOptions::default()));
     let work = tempfile::tempdir().unwrap();
     let images = or_skip!(Images::new());
@@ -1012,8 +1107,8 @@ fn eviction_on_the_bucket() {
         ("REGISTRY_STORAGE_MAXSIZE", "3MB"),
         ("REGISTRY_STORAGE_GC_INTERVAL", "1s"),
     ];
-    let a = replica_with(&moto, &yaml, &gc);
-    let b = replica_with(&moto, &yaml, &gc);
+    let a = replica_with(store, &yaml, &gc);
+    let b = replica_with(store, &yaml, &gc);
     // v1 used on A, v2 on B, seconds apart (last uses are kept in seconds): the collecting
     // replica, whichever it is, sees both and evicts v1.
     let v1 = skopeo_pull(&format!("{}/library/demo:v1", a.host()), work.path(), &[]).unwrap();
@@ -1028,14 +1123,14 @@ fn eviction_on_the_bucket() {
         format!("blobs/sha256/{}/{hex}", &hex[..2])
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while object_keys(&moto, "blobs/").contains(&v1_blob) {
+    while object_keys(store, "blobs/").contains(&v1_blob) {
         assert!(Instant::now() < deadline, "v1 is evicted for v2");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(
-        object_keys(&moto, "meta/doomed/").is_empty() || {
+        object_keys(store, "meta/doomed/").is_empty() || {
             std::thread::sleep(Duration::from_secs(2));
-            object_keys(&moto, "meta/doomed/").is_empty()
+            object_keys(store, "meta/doomed/").is_empty()
         },
         "doomed markers are cleared"
     );
@@ -1072,6 +1167,31 @@ fn a_missing_bucket_is_one_clear_line_and_503s() {
     assert_eq!(
         status, 404,
         "served (nothing pushed yet) once the bucket exists"
+    );
+}
+
+/// On Azure a missing container answers 404 like a missing blob: it must read as an outage.
+#[test]
+fn a_missing_container_is_one_clear_line_and_503s_on_azurite() {
+    let azurite = or_skip!(Azurite::start());
+    let container = ("REGISTRY_STORAGE_AZURE_CONTAINER", "absent");
+    let cache = replica_with(&azurite, "local: all", &[container]);
+    let log = cache.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("starting anyway"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("azure://absent/") && line.contains(&azurite.service_url()),
+        "names the container and the service URL: {line}"
+    );
+    let (status, _, body) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    azurite.create_container("absent");
+    let (status, _, _) = http("GET", cache.addr, "/v2/team/app/manifests/v1", &[]);
+    assert_eq!(
+        status, 404,
+        "served (nothing pushed yet) once the container exists"
     );
 }
 
@@ -1124,10 +1244,17 @@ fn a_push_moves_between_replicas() {
 
 #[test]
 fn abandoned_pushes_are_collected() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    abandoned_pushes_are_collected_on(&or_skip!(moto()));
+}
+
+#[test]
+fn abandoned_pushes_are_collected_on_azurite() {
+    abandoned_pushes_are_collected_on(&or_skip!(Azurite::start()));
+}
+
+fn abandoned_pushes_are_collected_on(store: &dyn StoragePeer) {
     let cache = replica_with(
-        &moto,
+        store,
         "local: all",
         &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")],
     );
@@ -1135,22 +1262,31 @@ fn abandoned_pushes_are_collected() {
     let location = peers::header(&head, "location").unwrap();
     let (status, _, _) = peers::http_with_body("PATCH", cache.addr, &location, &[], &[5u8; 1000]);
     assert_eq!(status, 202);
-    assert!(!object_keys(&moto, "uploads/").is_empty());
+    assert!(!object_keys(store, "uploads/").is_empty());
     std::thread::sleep(Duration::from_secs(3));
     let (status, _, _) = http("GET", cache.addr, &location, &[]);
     assert_eq!(status, 404, "abandoned");
-    gc(&moto, &cache, &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")]);
-    assert!(object_keys(&moto, "uploads/").is_empty(), "collected");
-    assert!(moto.list_multipart_uploads(BUCKET).is_empty());
+    gc(store, &cache, &[("REGISTRY_LIMITS_UPLOAD_LIFETIME", "1s")]);
+    assert!(object_keys(store, "uploads/").is_empty(), "collected");
+    if let Some(uploads) = store.pending_uploads() {
+        assert!(uploads.is_empty(), "{uploads:?}");
+    }
 }
 
 #[test]
 fn the_fleet_holds_to_max_uploads() {
-    let moto = or_skip!(MotoServer::start());
-    moto.create_bucket(BUCKET);
+    the_fleet_holds_to_max_uploads_on(&or_skip!(moto()));
+}
+
+#[test]
+fn the_fleet_holds_to_max_uploads_on_azurite() {
+    the_fleet_holds_to_max_uploads_on(&or_skip!(Azurite::start()));
+}
+
+fn the_fleet_holds_to_max_uploads_on(store: &dyn StoragePeer) {
     let limit = [("REGISTRY_LIMITS_MAX_UPLOADS", "5")];
     let replicas: Vec<Regmirror> = (0..2)
-        .map(|_| replica_with(&moto, "local: all", &limit))
+        .map(|_| replica_with(store, "local: all", &limit))
         .collect();
     // Eight uploads started on two replicas in turn: the limit is the bucket's.
     let mut locations = Vec::new();

@@ -1,5 +1,5 @@
-//! The S3 peer itself (`peers::MotoServer`, a real moto_server on 127.0.0.1): what the
-//! object-storage tests rely on it for. Few and fast: each test starts its own server.
+//! The object-storage peers themselves (`peers::MotoServer`, a real moto_server, and
+//! `peers::storage::Azurite`, on 127.0.0.1): what the object-storage tests rely on them for. Few and fast: each test starts its own server.
 
 mod peers;
 
@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use peers::storage::{AZURITE_ACCOUNT, Azurite, BUCKET, StoragePeer as _, azurite_at};
 use peers::{MotoServer, moto_server_at, query_escape, xml_texts};
 
 /// The `ETag` header of a response head.
@@ -188,6 +189,48 @@ fn pause_keeps_the_data_and_stop_loses_it() {
 fn a_missing_moto_server_says_how_to_install_it() {
     // Under REGMIRROR_REQUIRE_PEERS=1 this panics itself; without, the test reads the reason.
     if let Err(missing) = moto_server_at(PathBuf::from("/nonexistent/moto_server")) {
+        panic!("{missing}");
+    }
+}
+
+/// What the fleet needs of Azure, on Azurite: a create-only put (`If-None-Match: *`) refused
+/// over an existing blob (409), a put with a stale `If-Match` refused (412), a listing, and SAS
+/// signatures checked.
+#[test]
+fn azurite_honours_conditional_puts() {
+    let azure = or_skip!(Azurite::start());
+    let create = ("If-None-Match", "*");
+    let (status, head, _) = azure.put("leases/a", &[create], b"first");
+    assert_eq!(status, 201, "{head}");
+    let first = etag(&head);
+    let (status, _, body) = azure.put("leases/a", &[create], b"second");
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let (status, head, _) = azure.put("leases/a", &[("If-Match", &first)], b"third");
+    assert_eq!(status, 201, "{head}");
+    let (status, _, _) = azure.put("leases/a", &[("If-Match", &first)], b"fourth");
+    assert_eq!(status, 412, "a stale If-Match");
+    assert_eq!(azure.list_keys("leases/"), ["leases/a"]);
+    // Unsigned, the same read is refused.
+    let (status, _, _) = peers::http(
+        "GET",
+        azure.addr,
+        &format!("/{AZURITE_ACCOUNT}/{BUCKET}/leases/a"),
+        &[],
+    );
+    assert!(matches!(status, 403 | 404), "unsigned: {status}");
+    let (status, _, body) = azure.send(
+        "GET",
+        &format!("/{AZURITE_ACCOUNT}/{BUCKET}/leases/a"),
+        &[],
+        b"",
+    );
+    assert_eq!((status, body.as_slice()), (200, &b"third"[..]));
+}
+
+#[test]
+#[should_panic(expected = "`bash .ci/run` installs npm azurite")]
+fn a_missing_azurite_says_how_to_install_it() {
+    if let Err(missing) = azurite_at(PathBuf::from("/nonexistent/azurite-blob")) {
         panic!("{missing}");
     }
 }

@@ -63,7 +63,7 @@ pub enum StartError {
     Storage { root: PathBuf, source: io::Error },
     #[error("metadata: {0}")]
     Metadata(#[source] MetaError),
-    /// `storage.s3` does not make a client.
+    /// `storage.s3` or `storage.azure` does not make a client.
     #[error("{0}")]
     Bucket(#[source] BucketError),
     #[error("--mirrors: {0}")]
@@ -472,7 +472,7 @@ pub(crate) struct Storage {
 }
 
 /// Opens the configured storage: the local root (locked first, so a second process touches
-/// nothing), and on S3 the bucket, checked once: when it cannot be reached the server still
+/// nothing), and on S3 or Azure the bucket, checked once: when it cannot be reached the server still
 /// starts (one error line naming the endpoint and bucket) and answers 503 for what needs it.
 pub(crate) async fn open_storage(
     config: &CacheConfig,
@@ -497,24 +497,42 @@ pub(crate) async fn open_storage(
             })
         }
         StorageBackend::S3(s3) => {
-            let bucket = Bucket::new(s3, connect_timeout).map_err(StartError::Bucket)?;
-            let store = BlobStore::open_bucket(root, bucket.clone(), s3.redirect).map_err(local)?;
-            match bucket.check().await {
-                Ok(()) => tracing::info!(storage = %bucket.describe, "object storage reachable"),
-                Err(e) => tracing::error!(
-                    "{e}: starting anyway; requests that need the storage answer 503 until it \
-                     is back"
-                ),
-            }
-            let meta = Metadata::Bucket(BucketMetadata::new(bucket.clone(), replica.clone()));
-            Ok(Storage {
-                store,
-                meta,
-                bucket: Some(bucket),
-                replica,
-            })
+            let bucket = Bucket::s3(s3, connect_timeout).map_err(StartError::Bucket)?;
+            open_bucket(root, bucket, s3.redirect, replica).await
+        }
+        StorageBackend::Azure(azure) => {
+            let bucket = Bucket::azure(azure, connect_timeout).map_err(StartError::Bucket)?;
+            open_bucket(root, bucket, azure.redirect, replica).await
         }
     }
+}
+
+/// The storage on `bucket` (its spool under `root`), the bucket checked once.
+async fn open_bucket(
+    root: &std::path::Path,
+    bucket: Bucket,
+    redirect: bool,
+    replica: String,
+) -> Result<Storage, StartError> {
+    let store = BlobStore::open_bucket(root, bucket.clone(), redirect).map_err(|source| {
+        StartError::Storage {
+            root: root.to_owned(),
+            source,
+        }
+    })?;
+    match bucket.check().await {
+        Ok(()) => tracing::info!(storage = %bucket.describe, "object storage reachable"),
+        Err(e) => tracing::error!(
+            "{e}: starting anyway; requests that need the storage answer 503 until it is back"
+        ),
+    }
+    let meta = Metadata::Bucket(BucketMetadata::new(bucket.clone(), replica.clone()));
+    Ok(Storage {
+        store,
+        meta,
+        bucket: Some(bucket),
+        replica,
+    })
 }
 
 /// This replica in the fleet on `bucket`: where others reach it (`http.host`, else the listen

@@ -1,7 +1,7 @@
 //! Real peers for integration tests: the distribution registry, skopeo and umoci, containerd and
-//! ctr, dockerd, an S3 server (moto_server), and regmirror's own binary, each started on 127.0.0.1
-//! with an ephemeral port and stopped on drop (success or panic). Nothing here uses DNS or leaves
-//! loopback.
+//! ctr, dockerd, object stores (moto_server for S3, Azurite for Azure: [`storage`]), and
+//! regmirror's own binary, each started on 127.0.0.1 with an ephemeral port and stopped on drop
+//! (success or panic). Nothing here uses DNS or leaves loopback.
 //!
 //! A peer whose binary is missing is a [`Missing`]: every helper that needs one returns
 //! `Result<_, Missing>`, and a test takes its peers with [`or_skip!`], which ends the test there
@@ -12,6 +12,7 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 pub mod oci;
+pub mod storage;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -15,6 +15,7 @@ mod filter;
 mod keys;
 mod raw;
 mod report;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -150,7 +151,57 @@ pub enum StorageBackend {
     Filesystem,
     /// `storage.s3`: an S3-compatible bucket shared by any number of replicas.
     S3(S3Config),
+    /// `storage.azure`: an Azure Blob Storage container shared by any number of replicas.
+    Azure(AzureConfig),
 }
+
+/// `storage.azure`, as distribution spells it, and `storage.redirect`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AzureConfig {
+    /// `accountname` (or the connection string's `AccountName`).
+    pub account: String,
+    /// `container`: must exist.
+    pub container: String,
+    /// `serviceurl` (or the connection string's `BlobEndpoint`); default
+    /// `https://<accountname>.blob.<realm>`. An emulator's is `http://127.0.0.1:10000/<account>`.
+    pub service_url: String,
+    pub credentials: AzureCredentials,
+    /// `rootdirectory`: the key prefix everything lives under (no leading or trailing `/`).
+    pub prefix: String,
+    /// Not `storage.redirect.disable`: a GET of a committed blob may answer 307 to a SAS URL.
+    pub redirect: bool,
+}
+
+impl std::fmt::Debug for AzureConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureConfig")
+            .field("account", &self.account)
+            .field("container", &self.container)
+            .field("service_url", &self.service_url)
+            .field("credentials", &self.credentials)
+            .field("prefix", &self.prefix)
+            .field("redirect", &self.redirect)
+            .finish()
+    }
+}
+
+/// `storage.azure.credentials.type` and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AzureCredentials {
+    /// `shared_key`: the account key (`accountkey`); SAS URLs are signed with it.
+    SharedKey(Secret),
+    /// `client_secret`: a service principal (`clientid`, `tenantid`, `secret`).
+    ClientSecret {
+        client_id: String,
+        tenant_id: String,
+        secret: Secret,
+    },
+    /// `default_credentials`: workload identity, managed identity or the Azure CLI, as found.
+    Default,
+}
+
+/// The default `storage.azure.realm`.
+pub const DEFAULT_AZURE_REALM: &str = "core.windows.net";
 
 /// `storage.s3`, as distribution spells it, and `storage.redirect`.
 #[derive(Clone, PartialEq, Eq)]

@@ -69,6 +69,7 @@ pub(super) struct RawHtpasswd {
 pub(super) struct RawStorage {
     pub filesystem: Option<RawFilesystem>,
     pub s3: Option<RawS3>,
+    pub azure: Option<RawAzure>,
     pub redirect: RawRedirect,
     pub spool: Slot,
     pub delete: RawDelete,
@@ -106,6 +107,29 @@ pub(super) struct RawS3 {
     pub secure: Slot,
     pub forcepathstyle: Slot,
     pub chunksize: Slot,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawAzure {
+    pub accountname: Slot,
+    pub accountkey: Slot,
+    pub container: Slot,
+    pub rootdirectory: Slot,
+    pub realm: Slot,
+    pub serviceurl: Slot,
+    pub connectionstring: Slot,
+    pub credentials: RawAzureCredentials,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawAzureCredentials {
+    #[serde(rename = "type")]
+    pub kind: Slot,
+    pub clientid: Slot,
+    pub tenantid: Slot,
+    pub secret: Slot,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -588,6 +588,157 @@ fn s3_settings() {
 }
 
 #[test]
+fn azure_settings() {
+    let key = "a2V5LWJ5dGVz";
+    let c = parse(&format!(
+        "proxy: {{on: true}}\nstorage: {{azure: {{accountname: acct, accountkey: {key}, container: reg, rootdirectory: /cache/}}}}"
+    ))
+    .unwrap();
+    let StorageBackend::Azure(azure) = &c.storage else {
+        panic!("azure expected: {:?}", c.storage)
+    };
+    assert_eq!(azure.account, "acct");
+    assert_eq!(azure.container, "reg");
+    assert_eq!(azure.service_url, "https://acct.blob.core.windows.net");
+    assert_eq!(azure.prefix, "cache");
+    assert_eq!(
+        azure.credentials,
+        AzureCredentials::SharedKey(Secret(key.into()))
+    );
+    assert!(azure.redirect, "distribution redirects by default");
+    assert!(
+        !format!("{azure:?}").contains(key),
+        "the key is never shown"
+    );
+    // realm, an emulator's service URL, the other credential types.
+    let c = parse(
+        "proxy: {on: true}\nstorage: {azure: {accountname: a, container: c, realm: core.chinacloudapi.cn, credentials: {type: default_credentials}}}",
+    )
+    .unwrap();
+    let StorageBackend::Azure(azure) = &c.storage else {
+        panic!()
+    };
+    assert_eq!(azure.service_url, "https://a.blob.core.chinacloudapi.cn");
+    assert_eq!(azure.credentials, AzureCredentials::Default);
+    let c = parse(
+        "proxy: {on: true}\nstorage: {azure: {accountname: a, container: c, serviceurl: 'http://127.0.0.1:10000/a/', credentials: {type: client_secret, clientid: i, tenantid: t, secret: s}}}",
+    )
+    .unwrap();
+    let StorageBackend::Azure(azure) = &c.storage else {
+        panic!()
+    };
+    assert_eq!(azure.service_url, "http://127.0.0.1:10000/a");
+    assert!(
+        matches!(&azure.credentials, AzureCredentials::ClientSecret { client_id, tenant_id, .. } if client_id == "i" && tenant_id == "t")
+    );
+    for (text, field) in [
+        (
+            "storage: {azure: {accountname: a}}",
+            "storage.azure.container",
+        ),
+        (
+            "storage: {azure: {container: c}}",
+            "storage.azure.accountname",
+        ),
+        (
+            "storage: {azure: {accountname: a, container: c, credentials: {type: shared_key}}}",
+            "storage.azure.credentials.type: shared_key needs storage.azure.accountkey",
+        ),
+        (
+            "storage: {azure: {accountname: a, container: c, credentials: {type: magic}}}",
+            "storage.azure.credentials.type: \"magic\": one of",
+        ),
+        (
+            "storage: {azure: {accountname: a, container: c, credentials: {type: client_secret, clientid: i}}}",
+            "storage.azure.credentials.tenantid: is required",
+        ),
+        (
+            "storage: {azure: {accountname: a, container: c, serviceurl: 'not a url'}}",
+            "storage.azure.serviceurl",
+        ),
+        (
+            "storage: {azure: {accountname: a, container: c, connectionstring: 'AccountName=a'}}",
+            "storage.azure.connectionstring: takes the place of accountname",
+        ),
+        (
+            "storage: {azure: {container: c, connectionstring: 'AccountKey=k'}}",
+            "storage.azure.connectionstring: has no AccountName",
+        ),
+        (
+            "storage: {azure: {container: c, connectionstring: 'AccountName'}}",
+            "storage.azure.connectionstring: \"AccountName\" is not Name=value",
+        ),
+        (
+            "storage: {azure: {accountname: a, container: c}, s3: {bucket: b}}",
+            "storage: both s3 and azure are configured",
+        ),
+        (
+            "storage: {azure: {accountname: a, container: c, skipverify: true}}",
+            "",
+        ),
+    ] {
+        let result = parse(&format!("proxy: {{on: true}}\n{text}"));
+        if field.is_empty() {
+            assert!(result.is_ok(), "{text}: {result:?}");
+            continue;
+        }
+        let e = result.unwrap_err();
+        assert!(e.contains(field), "{text}: {e}");
+    }
+}
+
+#[test]
+fn azure_from_a_connection_string_and_the_environment() {
+    let connection = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;";
+    let env: Vec<(String, String)> = [
+        ("REGISTRY_STORAGE", "azure"),
+        ("REGISTRY_STORAGE_AZURE_CONTAINER", "registry"),
+        ("REGISTRY_STORAGE_AZURE_CONNECTIONSTRING", connection),
+        ("REGISTRY_STORAGE_AZURE_ROOTDIRECTORY", "fleet"),
+        ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // Over a file naming the filesystem driver too: the environment selects azure.
+    let c = CacheConfig::parse(
+        "c.yml",
+        Some("storage: {filesystem: {rootdirectory: /x}}\nproxy: {on: true}\n"),
+        &env,
+    )
+    .unwrap();
+    let StorageBackend::Azure(azure) = &c.storage else {
+        panic!("azure expected: {:?}", c.storage)
+    };
+    assert_eq!(azure.account, "devstoreaccount1");
+    assert_eq!(azure.service_url, "http://127.0.0.1:10000/devstoreaccount1");
+    assert_eq!(
+        azure.credentials,
+        AzureCredentials::SharedKey(Secret("a2V5".into()))
+    );
+    assert_eq!(azure.prefix, "fleet");
+    assert!(!azure.redirect);
+    // EndpointSuffix in place of BlobEndpoint.
+    let c = parse(
+        "proxy: {on: true}\nstorage: {azure: {container: c, connectionstring: 'AccountName=x;AccountKey=k;EndpointSuffix=core.usgovcloudapi.net'}}",
+    )
+    .unwrap();
+    let StorageBackend::Azure(azure) = &c.storage else {
+        panic!()
+    };
+    assert_eq!(azure.service_url, "https://x.blob.core.usgovcloudapi.net");
+    // A missing key names the variable that chose the driver.
+    let env = [("REGISTRY_STORAGE".to_owned(), "azure".to_owned())];
+    let errors = CacheConfig::parse("(embedded default)", None, &env).unwrap_err();
+    assert!(
+        errors
+            .to_string()
+            .contains("$REGISTRY_STORAGE: storage.azure.container: is required"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn huge_values_are_errors_not_panics() {
     let huge = "9".repeat(400);
     let e = parse(&format!(

@@ -9,15 +9,13 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use super::filter::{self, RepositoryFilter};
-use super::raw::{
-    RawAuth, RawConfig, RawHttp, RawLimits, RawProxy, RawRemote, RawS3, RawStorage, Slot,
-};
+use super::raw::{RawAuth, RawConfig, RawHttp, RawLimits, RawProxy, RawRemote, Slot};
 use super::report::{Report, Zero};
+use super::storage::storage;
 use super::units::{parse_reserve, shown};
 use super::{
-    CacheConfig, DEFAULT_GC_INTERVAL, DEFAULT_LISTEN, DEFAULT_ROOT, DEFAULT_S3_CHUNK_SIZE,
-    DEFAULT_TTL, LOCAL_NAMESPACE, Limits, LocalRepositories, MIN_S3_CHUNK_SIZE, MIN_SECRET_BYTES,
-    RateLimitReserve, RequestLimits, S3Config, Secret, StorageBackend, UpstreamConfig,
+    CacheConfig, DEFAULT_LISTEN, DEFAULT_TTL, LOCAL_NAMESPACE, Limits, LocalRepositories,
+    MIN_SECRET_BYTES, RateLimitReserve, RequestLimits, Secret, UpstreamConfig,
 };
 use crate::config::mirrors::{MirrorUrl, canonical_registry};
 use crate::config::{CredentialHelper, Credentials};
@@ -178,119 +176,6 @@ fn headers(slot: &Slot, r: &mut Report<'_>) -> Vec<(String, String)> {
         .into_iter()
         .flat_map(|(name, values)| values.into_iter().map(move |v| (name.clone(), v)))
         .collect()
-}
-
-/// The `storage` section, validated.
-struct Storage {
-    backend: StorageBackend,
-    root: PathBuf,
-    delete_enabled: bool,
-    max_size: Option<u64>,
-    gc_interval: Duration,
-}
-
-fn storage(raw: RawStorage, r: &mut Report<'_>) -> Storage {
-    let redirect_disabled = r
-        .flag(&raw.redirect.disable, "storage.redirect.disable")
-        .unwrap_or(false);
-    let delete_enabled = r
-        .flag(&raw.delete.enabled, "storage.delete.enabled")
-        .unwrap_or(false);
-    let max_size = r.size(&raw.maxsize, "storage.maxsize", "a size like 50GiB", |_| {
-        true
-    });
-    let gc_interval = r
-        .duration(&raw.gc_interval, "storage.gc_interval", Zero::Refused)
-        .unwrap_or(DEFAULT_GC_INTERVAL);
-    let spool = r.path(&raw.spool, "storage.spool");
-    let default_root = || PathBuf::from(DEFAULT_ROOT);
-    let (backend, root) = match (raw.filesystem, raw.s3) {
-        (Some(_), Some(_)) => {
-            r.error(
-                "storage",
-                "both filesystem and s3 are configured: choose one (REGISTRY_STORAGE=s3 \
-                 selects s3)",
-            );
-            (StorageBackend::Filesystem, default_root())
-        }
-        (None, Some(s3)) => {
-            let backend = s3_storage(s3, redirect_disabled, r)
-                .map_or(StorageBackend::Filesystem, StorageBackend::S3);
-            (backend, spool.unwrap_or_else(default_root))
-        }
-        (filesystem, None) => {
-            let root = filesystem
-                .and_then(|f| r.path(&f.rootdirectory, "storage.filesystem.rootdirectory"));
-            (
-                StorageBackend::Filesystem,
-                root.unwrap_or_else(default_root),
-            )
-        }
-    };
-    Storage {
-        backend,
-        root,
-        delete_enabled,
-        max_size,
-        gc_interval,
-    }
-}
-
-/// `storage.s3`, as distribution spells it.
-fn s3_storage(raw: RawS3, redirect_disabled: bool, r: &mut Report<'_>) -> Option<S3Config> {
-    let bucket = r.required(&raw.bucket, "storage.s3.bucket");
-    let secure = r.flag(&raw.secure, "storage.s3.secure").unwrap_or(true);
-    let endpoint = r
-        .string(&raw.regionendpoint, "storage.s3.regionendpoint")
-        .filter(|e| !e.is_empty())
-        .map(|e| match e.contains("://") {
-            true => e.trim_end_matches('/').to_owned(),
-            false => {
-                let scheme = if secure { "https" } else { "http" };
-                format!("{scheme}://{}", e.trim_end_matches('/'))
-            }
-        });
-    if let Some(Err(e)) = endpoint.as_deref().map(url::Url::parse) {
-        let shown = endpoint.as_deref().unwrap_or_default();
-        r.error("storage.s3.regionendpoint", format!("{shown:?}: {e}"));
-    }
-    let key = r.string(&raw.accesskey, "storage.s3.accesskey");
-    let secret = r.string(&raw.secretkey, "storage.s3.secretkey");
-    let credentials = match (key, secret) {
-        (Some(key), Some(secret)) if !key.is_empty() => Some(Credentials::new(key, secret)),
-        (None, None) => None,
-        (Some(key), None) if key.is_empty() => None,
-        _ => {
-            r.error(
-                "storage.s3.accesskey",
-                "accesskey and secretkey go together",
-            );
-            None
-        }
-    };
-    let chunk_size = r
-        .size(
-            &raw.chunksize,
-            "storage.s3.chunksize",
-            "a part size of at least 5MiB (S3's smallest part)",
-            |n| n >= MIN_S3_CHUNK_SIZE,
-        )
-        .unwrap_or(DEFAULT_S3_CHUNK_SIZE);
-    let region = r.string(&raw.region, "storage.s3.region");
-    let path_style = r.flag(&raw.forcepathstyle, "storage.s3.forcepathstyle");
-    let prefix = r.string(&raw.rootdirectory, "storage.s3.rootdirectory");
-    Some(S3Config {
-        bucket: bucket?,
-        region: region
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "us-east-1".to_owned()),
-        path_style: path_style.unwrap_or(endpoint.is_some()),
-        endpoint,
-        credentials,
-        prefix: prefix.unwrap_or_default().trim_matches('/').to_owned(),
-        chunk_size,
-        redirect: !redirect_disabled,
-    })
 }
 
 /// An upstream's policy keys, each defaulting to the `proxy` level's.

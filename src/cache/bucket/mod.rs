@@ -1,7 +1,9 @@
-//! An S3-compatible bucket as the cache's storage (the `object_store` crate: SigV4, multipart
-//! uploads, conditional puts, presigned URLs), and the key layout everything in it follows.
+//! An object store as the cache's storage: an S3-compatible bucket or an Azure Blob Storage
+//! container, through the `object_store` crate (signed requests, multipart uploads, conditional
+//! puts, signed URLs), and the key layout everything in it follows. Only the listing of
+//! abandoned uploads differs between the services (see [`Bucket::pending_uploads`]).
 //!
-//! Keys, under `storage.s3.rootdirectory` (`<root>/`, empty by default):
+//! Keys, under the driver's `rootdirectory` (`<root>/`, empty by default):
 //!
 //! | key | what |
 //! |---|---|
@@ -21,23 +23,27 @@
 //! components (those start with a letter or digit), so no two records share a key. Characters S3
 //! advises against (the brackets of an IPv6 upstream) are percent-encoded in their key level.
 //! Content becomes visible under `blobs/` only when a multipart upload of verified bytes is
-//! completed; an upload a crash abandoned is invisible and is aborted by the next collection.
+//! completed (on Azure: its block list is committed); an upload a crash abandoned is invisible
+//! and is aborted by the next collection on S3; Azure discards uncommitted blocks by itself
+//! after 7 days.
+
+mod connect;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::aws::AmazonS3;
 use object_store::multipart::MultipartStore as _;
 use object_store::path::Path;
-use object_store::signer::{SignedUrlOptions, Signer as _};
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
-    ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode,
-    PutOptions, PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
+    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions,
+    PutPayload, UpdateVersion, WriteMultipart,
 };
 
-use crate::config::cache::S3Config;
+use crate::config::cache::{AzureConfig, S3Config};
 
 /// How long a presigned URL for a blob is valid.
 const PRESIGN_FOR: Duration = Duration::from_secs(20 * 60);
@@ -47,13 +53,16 @@ const UPLOAD_CONCURRENCY: usize = 4;
 /// What went wrong with the bucket.
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
-    /// The configuration does not make a client (`storage.s3`).
-    #[error("storage.s3: {0}")]
-    Config(#[source] object_store::Error),
+    /// The configuration does not make a client (`storage.s3`, `storage.azure`).
+    #[error("storage.{driver}: {source}")]
+    Config {
+        driver: &'static str,
+        source: object_store::Error,
+    },
     /// The HTTP client for requests `object_store` only presigns could not be built.
     #[error("{0}")]
     Client(#[source] reqwest::Error),
-    /// The bucket did not answer, or refused (its S3 error in one line).
+    /// The bucket did not answer, or refused (the service's XML error in one line).
     #[error("storage {bucket}: {}", one_line(&.source.to_string()))]
     Unreachable {
         bucket: Arc<str>,
@@ -86,55 +95,83 @@ pub(crate) struct Versioned {
 /// A multipart upload in progress: (key under the root, upload id).
 pub(crate) type PendingUpload = (String, String);
 
+/// The service behind the bucket, for what `object_store`'s traits leave out: the listing and
+/// abort of abandoned multipart uploads.
+#[derive(Debug, Clone)]
+enum Service {
+    S3(Arc<AmazonS3>),
+    Azure,
+}
+
 /// The bucket, its root, and how to reach it.
 #[derive(Debug, Clone)]
 pub(crate) struct Bucket {
-    store: Arc<AmazonS3>,
+    store: Arc<dyn ObjectStore>,
+    /// Signs the URLs redirects go to (SigV4 on S3, a SAS on Azure).
+    signer: Arc<dyn Signer>,
+    service: Service,
     root: String,
-    /// `s3://bucket/root at endpoint`, for messages.
+    /// `s3://bucket/root at endpoint` or `azure://container/root at service URL`, for messages.
     pub(crate) describe: Arc<str>,
     chunk_size: usize,
     http: reqwest::Client,
 }
 
 impl Bucket {
-    /// A client for `config`; no request is made.
-    pub(crate) fn new(config: &S3Config, connect_timeout: Duration) -> Result<Self, BucketError> {
-        crate::upstream::install_crypto_provider();
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_virtual_hosted_style_request(!config.path_style)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_retry(RetryConfig {
-                max_retries: 2,
-                retry_timeout: Duration::from_secs(10),
-                ..RetryConfig::default()
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(connect_timeout)
-                    .with_timeout_disabled()
-                    .with_read_timeout(Duration::from_secs(30)),
-            );
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
-        }
-        if let Some(credentials) = &config.credentials {
-            builder = builder
-                .with_access_key_id(credentials.username())
-                .with_secret_access_key(credentials.password());
-        }
-        let store = builder.build().map_err(BucketError::Config)?;
+    /// A client for `storage.s3`; no request is made.
+    pub(crate) fn s3(config: &S3Config, connect_timeout: Duration) -> Result<Self, BucketError> {
+        let store = Arc::new(connect::s3(config, connect_timeout)?);
         let at = config.endpoint.as_deref().unwrap_or("AWS");
-        let root = config.prefix.clone();
+        let describe = format!("s3://{}/{} at {at}", config.bucket, config.prefix);
+        let chunk_size = usize::try_from(config.chunk_size).unwrap_or(usize::MAX);
+        Bucket::with(
+            store.clone(),
+            store.clone(),
+            Service::S3(store),
+            &config.prefix,
+            describe,
+            chunk_size,
+            connect_timeout,
+        )
+    }
+
+    /// A client for `storage.azure`; no request is made.
+    pub(crate) fn azure(
+        config: &AzureConfig,
+        connect_timeout: Duration,
+    ) -> Result<Self, BucketError> {
+        let store = Arc::new(connect::azure(config, connect_timeout)?);
+        let describe = format!(
+            "azure://{}/{} at {}",
+            config.container, config.prefix, config.service_url
+        );
+        Bucket::with(
+            store.clone(),
+            store,
+            Service::Azure,
+            &config.prefix,
+            describe,
+            connect::AZURE_BLOCK_SIZE,
+            connect_timeout,
+        )
+    }
+
+    fn with(
+        store: Arc<dyn ObjectStore>,
+        signer: Arc<dyn Signer>,
+        service: Service,
+        root: &str,
+        describe: String,
+        chunk_size: usize,
+        connect_timeout: Duration,
+    ) -> Result<Self, BucketError> {
         Ok(Bucket {
-            store: Arc::new(store),
-            describe: Arc::from(format!("s3://{}/{root} at {at}", config.bucket)),
-            root,
-            chunk_size: usize::try_from(config.chunk_size).unwrap_or(usize::MAX),
+            store,
+            signer,
+            service,
+            root: root.to_owned(),
+            describe: Arc::from(describe),
+            chunk_size,
             http: reqwest::Client::builder()
                 .connect_timeout(connect_timeout)
                 .timeout(Duration::from_secs(30))
@@ -188,10 +225,12 @@ impl Bucket {
         }
     }
 
-    /// A 404 for the key itself; a missing bucket answers 404 too, and is an outage.
+    /// A 404 for the key itself; a missing bucket (container) answers 404 too, and is an outage.
     fn is_missing_key(&self, e: &object_store::Error) -> bool {
-        matches!(e, object_store::Error::NotFound { .. })
-            && !format!("{e:?}").contains("NoSuchBucket")
+        matches!(e, object_store::Error::NotFound { .. }) && {
+            let text = format!("{e:?}");
+            !text.contains("NoSuchBucket") && !text.contains("ContainerNotFound")
+        }
     }
 
     /// One listing request: the bucket exists and the credentials are good.
@@ -253,9 +292,9 @@ impl Bucket {
         Ok(result.into_stream().map_err(std::io::Error::other).boxed())
     }
 
-    /// A presigned URL to GET an object.
+    /// A presigned URL to GET an object (on Azure a service SAS).
     pub(crate) async fn presigned(&self, key: &str) -> Result<url::Url, BucketError> {
-        self.store
+        self.signer
             .signed_url(reqwest::Method::GET, &self.path(key), PRESIGN_FOR)
             .await
             .map_err(|e| self.unreachable(e))
@@ -270,7 +309,7 @@ impl Bucket {
             .map_err(|e| self.unreachable(e))
     }
 
-    /// Writes an object only if the key does not exist (`If-None-Match: *`).
+    /// Writes an object only if the key does not exist (`If-None-Match: *` on S3 and Azure).
     pub(crate) async fn create(
         &self,
         key: &str,
@@ -279,7 +318,7 @@ impl Bucket {
         self.put_mode(key, body, PutMode::Create).await
     }
 
-    /// Replaces an object only if it is still at `version` (`If-Match`).
+    /// Replaces an object only if it is still at `version` (`If-Match` with its ETag).
     pub(crate) async fn replace(
         &self,
         key: &str,
@@ -388,14 +427,18 @@ impl Bucket {
     }
 
     /// Multipart uploads in progress under the root (S3's ListMultipartUploads, sent as a
-    /// request presigned by `object_store`).
+    /// request presigned by `object_store`). None on Azure: an upload there is blocks staged on
+    /// the blob, invisible until their list is committed, that Azure discards after 7 days, and
+    /// that no request can delete.
     pub(crate) async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, BucketError> {
+        let Service::S3(s3) = &self.service else {
+            return Ok(Vec::new());
+        };
         let mut query = vec![("uploads".to_owned(), String::new())];
         if !self.root.is_empty() {
             query.push(("prefix".to_owned(), format!("{}/", self.root)));
         }
-        let url = self
-            .store
+        let url = s3
             .signed_url_opts(
                 reqwest::Method::GET,
                 &Path::from(""),
@@ -423,8 +466,10 @@ impl Bucket {
 
     /// Aborts a multipart upload `pending_uploads` listed.
     pub(crate) async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), BucketError> {
-        self.store
-            .abort_multipart(&self.path(key), &upload_id.to_owned())
+        let Service::S3(s3) = &self.service else {
+            return Ok(());
+        };
+        s3.abort_multipart(&self.path(key), &upload_id.to_owned())
             .await
             .map_err(|e| self.unreachable(e))
     }
