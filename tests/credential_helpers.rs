@@ -56,6 +56,11 @@ fn runs(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A config.yml proxying `origin` with credentials from the helper `command`.
+fn exec_config(origin: &str, command: &str) -> String {
+    format!("proxy: {{remoteurl: {origin}, exec: {{command: {command}}}}}")
+}
+
 fn manifest(cache: &Regmirror) -> (u16, Vec<u8>) {
     let (status, _, body) = http(
         "GET",
@@ -84,11 +89,7 @@ fn a_credential_helper_opens_a_private_upstream() {
 
     // lifetime unset: the helper runs once, asked about the origin's host:port.
     let cache = Regmirror::serve(
-        &format!(
-            "proxy: {{remoteurl: {}, exec: {{command: {}}}}}",
-            origin.url(),
-            helper.display()
-        ),
+        &exec_config(&origin.url(), &helper.display().to_string()),
         &[],
     );
     let (status, body) = manifest(&cache);
@@ -141,11 +142,7 @@ echo "{{\"Username\":\"{USER}\",\"Secret\":\"$secret\"}}""#,
         ),
     );
     let cache = Regmirror::serve(
-        &format!(
-            "proxy: {{remoteurl: {}, exec: {{command: {}}}}}",
-            origin.url(),
-            helper.display()
-        ),
+        &exec_config(&origin.url(), &helper.display().to_string()),
         &[],
     );
     assert_eq!(manifest(&cache).0, 401, "the out-of-date answer is refused");
@@ -170,11 +167,7 @@ fn a_failing_helper_is_an_error_naming_it_and_never_its_output() {
         "echo '{\"Username\":\"alice\",\"Secret\":\"FAKE-SECRET-7f3a\"}'\necho 'FAKE-SECRET-7f3a' >&2\nexit 1",
     );
     let cache = Regmirror::serve(
-        &format!(
-            "proxy: {{remoteurl: {}, exec: {{command: {}}}}}",
-            origin.url(),
-            helper.display()
-        ),
+        &exec_config(&origin.url(), &helper.display().to_string()),
         &[],
     );
     let (status, body) = manifest(&cache);
@@ -306,10 +299,7 @@ fn docker_credential_pass_opens_a_private_upstream() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let cache = Regmirror::serve_with_env(
         tempfile::tempdir().unwrap(),
-        &format!(
-            "proxy: {{remoteurl: {}, exec: {{command: docker-credential-pass}}}}",
-            origin.url()
-        ),
+        &exec_config(&origin.url(), "docker-credential-pass"),
         &[],
         &env,
     );
@@ -325,10 +315,7 @@ fn docker_credential_pass_opens_a_private_upstream() {
     .unwrap();
     let cache = Regmirror::serve_with_env(
         tempfile::tempdir().unwrap(),
-        &format!(
-            "proxy: {{remoteurl: {}, exec: {{command: docker-credential-pass}}}}",
-            other.url()
-        ),
+        &exec_config(&other.url(), "docker-credential-pass"),
         &[],
         &env,
     );
@@ -559,12 +546,8 @@ async fn a_token_service_gets_the_helpers_credentials() {
         "docker-credential-test",
         &format!(r#"echo '{{"Username":"{USER}","Secret":"{PASSWORD}"}}'"#),
     );
-    let cache = fake::Cache::start(&format!(
-        "proxy: {{remoteurl: {}, exec: {{command: {}}}}}",
-        upstream.url(),
-        helper.display()
-    ))
-    .await;
+    let cache =
+        fake::Cache::start(&exec_config(&upstream.url(), &helper.display().to_string())).await;
     for repository in ["library/a", "library/b"] {
         let response = fake::client()
             .get(cache.url(&format!("/v2/{repository}/manifests/v1")))

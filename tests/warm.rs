@@ -209,6 +209,29 @@ fn after_warm_skopeo_pulls_without_asking_the_origin() {
     assert_eq!(origin.requests(), before, "nothing asked upstream");
 }
 
+/// `warm`'s output when it fetched `multi`'s index and its linux/arm64 child with its blobs, and
+/// nothing else.
+fn assert_warmed_arm64(run: &Output, images: &Images, image: &str) {
+    let (index, _) = images.contents("multi");
+    let (arm, arm_blobs) = images.contents("arm");
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
+    let upstream = index.1 + arm.1 + arm_blobs.iter().map(|b| b.1).sum::<u64>();
+    assert_output(
+        &stdout,
+        vec![
+            expected("index", &index, "fetched upstream", image),
+            expected("manifest", &arm, "fetched upstream", image),
+            expected("config", &arm_blobs[0], "fetched upstream", image),
+            expected("layer", &arm_blobs[1], "fetched upstream", image),
+        ],
+        &format!(
+            "warmed 1 of 1 image: 2 manifests, 2 blobs; {} fetched upstream, 0 B already cached; ",
+            size(upstream)
+        ),
+    );
+}
+
 #[test]
 fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
     let (origin, images) = or_skip!(seeded_origin());
@@ -217,8 +240,8 @@ fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
         &[],
     );
     let image = format!("{}/library/multi:v1", origin.host());
-    let (index, children) = images.contents("multi");
-    let (arm, arm_blobs) = images.contents("arm");
+    let (_, children) = images.contents("multi");
+    let (arm, _) = images.contents("arm");
     let (amd64, amd64_blobs) = images.contents("v1");
     assert_eq!(children, vec![amd64.clone(), arm.clone()]);
     // Pushing them left HEADs and GETs of these digests in the log: count from here on.
@@ -229,22 +252,7 @@ fn one_platform_of_an_index_is_warmed_and_the_other_is_not_requested() {
     let pushed: Vec<usize> = amd64_digests.iter().map(|d| asked(d)).collect();
 
     let run = warm(&cache.url(), &["--platform", "linux/arm64", &image]);
-    let stdout = text(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
-    let upstream = index.1 + arm.1 + arm_blobs.iter().map(|b| b.1).sum::<u64>();
-    assert_output(
-        &stdout,
-        vec![
-            expected("index", &index, "fetched upstream", &image),
-            expected("manifest", &arm, "fetched upstream", &image),
-            expected("config", &arm_blobs[0], "fetched upstream", &image),
-            expected("layer", &arm_blobs[1], "fetched upstream", &image),
-        ],
-        &format!(
-            "warmed 1 of 1 image: 2 manifests, 2 blobs; {} fetched upstream, 0 B already cached; ",
-            size(upstream)
-        ),
-    );
+    assert_warmed_arm64(&run, &images, &image);
     // The origin saw the arm64 child and its blobs, and nothing of linux/amd64.
     assert_eq!(
         origin.count("GET", &format!("/v2/library/multi/manifests/{}", arm.0)),
@@ -313,8 +321,6 @@ fn the_caches_proxy_platforms_keep_warm_to_them_and_other_platforms_are_served_o
         &[],
     );
     let image = format!("{}/library/multi:v1", origin.host());
-    let (index, _) = images.contents("multi");
-    let (arm, arm_blobs) = images.contents("arm");
     let (amd64, amd64_blobs) = images.contents("v1");
     let asked = |digest: &str| origin.count("GET", digest) + origin.count("HEAD", digest);
     let amd64_digests: Vec<&String> = std::iter::once(&amd64.0)
@@ -324,22 +330,7 @@ fn the_caches_proxy_platforms_keep_warm_to_them_and_other_platforms_are_served_o
 
     // No --platform: the cache's proxy.platforms decide.
     let run = warm(&cache.url(), &[&image]);
-    let stdout = text(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
-    let upstream = index.1 + arm.1 + arm_blobs.iter().map(|b| b.1).sum::<u64>();
-    assert_output(
-        &stdout,
-        vec![
-            expected("index", &index, "fetched upstream", &image),
-            expected("manifest", &arm, "fetched upstream", &image),
-            expected("config", &arm_blobs[0], "fetched upstream", &image),
-            expected("layer", &arm_blobs[1], "fetched upstream", &image),
-        ],
-        &format!(
-            "warmed 1 of 1 image: 2 manifests, 2 blobs; {} fetched upstream, 0 B already cached; ",
-            size(upstream)
-        ),
-    );
+    assert_warmed_arm64(&run, &images, &image);
     for (digest, before) in amd64_digests.iter().zip(&pushed) {
         assert_eq!(
             asked(digest),
