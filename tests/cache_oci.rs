@@ -699,7 +699,7 @@ fn listing_pages_and_n_0_answer_as_distribution_does() {
 }
 
 /// The prebuilt conformance suite: `REGMIRROR_OCI_CONFORMANCE`, else ../shared/tools beside
-/// the checkout, else the lab's /work/shared.
+/// the checkout.
 fn conformance_suite() -> Result<PathBuf, Missing> {
     let candidates = [
         std::env::var_os("REGMIRROR_OCI_CONFORMANCE").map(PathBuf::from),
