@@ -26,7 +26,6 @@ pub(crate) mod fill;
 pub mod fleet;
 pub(crate) mod flights;
 pub(crate) mod gc;
-pub(crate) mod heap;
 pub(crate) mod http;
 pub(crate) mod lease;
 pub mod manifest;

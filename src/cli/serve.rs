@@ -115,7 +115,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..Timeouts::default()
         },
     };
-    crate::cache::heap::keep_freed_chunks();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
