@@ -1,6 +1,6 @@
 //! The fetch policy (`allow`/`deny` on `proxy` and per `remoteregistries[]` entry) against a real
 //! distribution origin holding images under several names: a refused repository is 403 DENIED
-//! naming its rule, costs the origin no request (its access log), is counted in `/metrics` and
+//! naming its rule (manifests, blobs, tags and referrers), costs the origin no request (its access log), is counted in `/metrics` and
 //! on the status page, content cached before a config change is refused after the restart (and
 //! no longer listed in the catalog), and pushed (local) repositories are not subject to it. Everything is on 127.0.0.1.
 
@@ -93,6 +93,11 @@ fn refused_repositories_cost_no_upstream_request_and_stay_refused_when_cached() 
     assert_denied(&cache, "/v2/team/internal/tool/tags/list", "proxy.deny[0]");
     assert_denied(
         &cache,
+        &format!("/v2/team/internal/tool/referrers/{layer}"),
+        "proxy.deny[0]",
+    );
+    assert_denied(
+        &cache,
         "/v2/other/thing/manifests/v1",
         "not matched by proxy.remoteregistries[0].allow",
     );
@@ -113,7 +118,7 @@ fn refused_repositories_cost_no_upstream_request_and_stay_refused_when_cached() 
     let (_, _, metrics) = peers::http("GET", cache.addr, "/metrics", &[]);
     let metrics = String::from_utf8(metrics).unwrap();
     let upstream = origin.host();
-    for (rule, count) in [("proxy.deny[0]", 3), ("proxy.remoteregistries[0].allow", 1)] {
+    for (rule, count) in [("proxy.deny[0]", 4), ("proxy.remoteregistries[0].allow", 1)] {
         let line = format!(
             "regmirror_policy_refusals_total{{upstream=\"{upstream}\",rule=\"{rule}\"}} {count}"
         );
@@ -124,7 +129,7 @@ fn refused_repositories_cost_no_upstream_request_and_stay_refused_when_cached() 
     let refusals = status["policy_refusals"].as_array().unwrap();
     assert_eq!(refusals.len(), 2, "{refusals:?}");
     assert_eq!(refusals[0]["rule"], "proxy.deny[0]");
-    assert_eq!(refusals[0]["refused"], 3);
+    assert_eq!(refusals[0]["refused"], 4);
     assert_eq!(refusals[0]["last_repository"], "team/internal/tool");
 
     // Cached content is served until the policy changes; after a restart that denies it, it is
