@@ -66,10 +66,13 @@ async fn clients_that_do_not_read_cost_no_thread_and_bounded_memory() {
         std::thread::sleep(Duration::from_secs(2));
         let threads_now = cache.status("Threads");
         let rss_now = cache.status("VmRSS");
-        // Reads take one of 16 turns on the blocking pool, which may briefly start a few more
-        // threads while finished ones go idle: far from one thread per client.
+        // Reads take one of 16 turns on the blocking pool. tokio starts a new pool thread when a
+        // read is spawned while every pool thread is still between its last task and idling, so
+        // thousands of short reads churn up more threads than turns: 5 -> 54 and 5 -> 64 were
+        // seen under CI (each idle one exits after 10 s). The property is no thread per client:
+        // 300 clients would be 300 threads.
         assert!(
-            threads_now <= threads + 48,
+            threads_now <= threads + 100,
             "300 clients that do not read hold no thread: {threads} -> {threads_now}"
         );
         // Blob data in memory stays within limits.buffer_memory (32 MiB here) plus under
