@@ -406,7 +406,7 @@ impl UpstreamClient {
                     unreachable &= e.is_unreachable();
                     not_found = false;
                     tracing::debug!(endpoint = %target.base, error = %e, path = %request.path, "endpoint failed");
-                    failures.push(e.into_summary());
+                    failures.push(e.summary().to_owned());
                 }
             }
         }

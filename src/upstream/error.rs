@@ -109,18 +109,6 @@ impl UpstreamError {
         }
     }
 
-    /// The summary, owned.
-    pub(super) fn into_summary(self) -> String {
-        match self {
-            UpstreamError::Unreachable { summary }
-            | UpstreamError::Resting { summary, .. }
-            | UpstreamError::Throttled { summary, .. }
-            | UpstreamError::NotFound { summary }
-            | UpstreamError::Denied { summary }
-            | UpstreamError::Failed { summary } => summary,
-        }
-    }
-
     /// Every failure was a timeout or a refused connection (or nothing was tried).
     pub(super) fn is_unreachable(&self) -> bool {
         matches!(self, UpstreamError::Unreachable { .. })
