@@ -804,6 +804,78 @@ async fn followers_keep_their_clients_when_the_holder_dies_before_the_commit() {
     followers_keep_their_clients(KillPoint::BeforeTheCommit).await;
 }
 
+/// A holder killed before any follower asked: the first follower finds it refusing connections
+/// with its lease still live, and takes the lease over once the holder missed a renewal, seconds
+/// before the lease would expire (the log says which rule took it over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_dead_before_anyone_followed_is_taken_over_at_its_missed_renewal() {
+    let upstream = FakeUpstream::start().await;
+    let blob = random_bytes(1 << 20, 62);
+    let digest = digest_of(&blob);
+    upstream.blob("library/slow", &digest, blob.clone(), 16, Duration::ZERO);
+    let path = format!("/v2/library/slow/blobs/{digest}");
+    // The upstream holds the body back: A holds the lease with nothing downloaded.
+    let open = std::sync::Arc::new(AtomicBool::new(false));
+    let gate = fake::Gate {
+        at: 0,
+        open: open.clone(),
+    };
+    upstream
+        .state
+        .body_gates
+        .lock()
+        .unwrap()
+        .insert(path.clone(), gate);
+    let (url, state, d) = (upstream.url(), upstream.state.clone(), digest.clone());
+    let blob_len = blob.len();
+    or_skip!(
+        tokio::task::spawn_blocking(move || {
+            let moto = MotoServer::start()?;
+            moto.create_bucket(BUCKET);
+            let yaml = format!("proxy: {{remoteurl: {url}}}");
+            let [a, b] = [0, 1].map(|_| replica(&moto, &yaml));
+            let asked = || {
+                state
+                    .range_headers
+                    .lock()
+                    .unwrap()
+                    .get(&path)
+                    .map_or(0, Vec::len)
+            };
+            let on_a = Reading::start(a.addr, &path);
+            wait_until("A's upstream request", || asked() == 1);
+            a.kill();
+            drop(on_a);
+            open.store(true, Ordering::SeqCst);
+            let asked_b = Instant::now();
+            let (head, body, reads) = Reading::start(b.addr, &path).thread.join().unwrap();
+            println!(
+                "B's client waited {:?} for its first byte after the kill -9",
+                reads[0] - asked_b
+            );
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert_eq!((body.len(), digest_of(&body)), (blob_len, d.clone()));
+            let took_over = r#"regmirror_fleet_fills_total{role="took_over"}"#;
+            assert_eq!(metric(&b, took_over), 1, "B took the download over");
+            let log = b.log();
+            assert!(
+                log.contains("took over the lease of a holder that stopped answering")
+                    && !log.contains("took over an expired lease"),
+                "taken over before the lease expired:\n{log}"
+            );
+            assert_eq!(asked(), 2, "A's download and B's");
+            settled(&b);
+            assert!(
+                object_keys(&moto, "leases/fills/").is_empty(),
+                "leases are released"
+            );
+            Ok::<_, Missing>(())
+        })
+        .await
+        .unwrap()
+    );
+}
+
 /// Runs `regmirror gc` with `replica`'s configuration (on a spool of its own), plus `more`
 /// environment.
 fn gc(moto: &dyn StoragePeer, replica: &Regmirror, more: &[(&str, &str)]) -> std::process::Output {

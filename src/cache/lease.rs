@@ -6,8 +6,9 @@
 //! lifetime with `If-Match` on its last version, and deleted when the work is done. A replica
 //! that finds a lease expired (its holder died: nobody renewed it) takes it over with `If-Match`
 //! on the version it read, so of several replicas noticing at once exactly one wins; a follower
-//! whose stream from the holder broke and whose holder refuses connections takes it over the
-//! same way without waiting for the expiry ([`Leases::take_over_from`]). A holder
+//! whose holder does not answer (refuses connections, or is silent) takes it over the same way
+//! without waiting for the expiry once its stream from the holder broke or the holder missed a
+//! renewal ([`Leases::take_over_from`], [`missed_renewal`]). A holder
 //! that cannot renew in time considers the lease lost and stops, so two replicas never download
 //! the same blob for long. Expiry times are wall-clock: replicas' clocks must agree to within
 //! [`CLOCK_SKEW`].
@@ -26,6 +27,10 @@ use super::bucket::{Bucket, BucketError, Versioned};
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How far replicas' clocks may disagree: a lease is taken over only this long after it expired.
 pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(2);
+/// How often a holder renews its lease.
+const RENEW_EVERY: Duration = Duration::from_millis(LEASE_TTL.as_millis() as u64 / 3);
+/// What a renewal may take beyond its time (the bucket's latency) before it counts as missed.
+const RENEWAL_LATE: Duration = Duration::from_secs(1);
 
 /// A lease as stored (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +62,18 @@ pub(crate) fn decide(lease: &Lease, now_ms: u64) -> Decision {
     } else {
         Decision::Respect
     }
+}
+
+/// Whether the holder of `lease` missed a renewal: the lease stayed as it is for longer than a
+/// renewal takes to come round (`unchanged_for`, seen from here), or, by the holder's own clock,
+/// its last renewal (`expires` less the lifetime) is older than that plus the clock skew. A
+/// holder that also stops answering is dead: its lease is taken over without waiting for it to
+/// expire.
+pub(crate) fn missed_renewal(lease: &Lease, unchanged_for: Duration, now_ms: u64) -> bool {
+    let due = RENEW_EVERY + RENEWAL_LATE;
+    let renewed_at = lease.expires.saturating_sub(LEASE_TTL.as_millis() as u64);
+    let overdue_at = renewed_at.saturating_add((due + CLOCK_SKEW).as_millis() as u64);
+    unchanged_for >= due || now_ms > overdue_at
 }
 
 /// Unix milliseconds now.
@@ -150,24 +167,25 @@ impl Leases {
         })
     }
 
-    /// Takes the lease `key` over from `holder` before it expires, for work on `repository`:
-    /// what a follower does when its stream from that holder broke and the holder no longer
-    /// answers (a dead holder renews nothing). Conditional on the version read now
-    /// (`If-Match`): `None` when the lease is gone, is no longer `holder`'s, or changed between
-    /// the read and the replace (renewed, taken over, released).
+    /// Takes the lease `key` over from a dead holder before it expires, for work on
+    /// `repository`: what a follower does when the holder no longer answers and either its
+    /// stream from it broke or it missed a renewal ([`missed_renewal`]). `dead` is the lease as
+    /// the follower judged it. Conditional on the version read now (`If-Match`): `None` when the
+    /// lease is gone or is no longer `dead` (renewed, taken over, released), or changed between
+    /// the read and the replace.
     pub(crate) async fn take_over_from(
         &self,
         key: &str,
         repository: &str,
-        holder: &str,
+        dead: &Lease,
     ) -> Result<Option<HeldLease>, BucketError> {
         let Some(Versioned { body, version }) = self.bucket.get_versioned(key).await? else {
             return Ok(None);
         };
-        let theirs = serde_json::from_slice::<Lease>(&body).map(|lease| lease.holder);
-        if theirs.ok().as_deref() != Some(holder) {
+        if serde_json::from_slice::<Lease>(&body).ok().as_ref() != Some(dead) {
             return Ok(None);
         }
+        let holder = &dead.holder;
         let mine = self.lease_for(repository);
         match self.bucket.replace(key, encode(&mine), version).await {
             Ok(version) => {
@@ -260,7 +278,7 @@ async fn renew(
     lost: watch::Sender<bool>,
 ) {
     loop {
-        tokio::time::sleep(LEASE_TTL / 3).await;
+        tokio::time::sleep(RENEW_EVERY).await;
         let renewed = Lease {
             expires: now_ms() + LEASE_TTL.as_millis() as u64,
             ..lease.clone()
@@ -319,6 +337,31 @@ mod tests {
             Decision::Respect,
             "no overflow"
         );
+    }
+
+    #[test]
+    fn a_renewal_is_missed_once_it_is_late_here_or_by_the_holders_clock() {
+        let now = 1_000_000;
+        let ttl = LEASE_TTL.as_millis() as u64;
+        let just_renewed = lease(now + ttl);
+        let quiet = Duration::ZERO;
+        assert!(!missed_renewal(&just_renewed, quiet, now));
+        let due = RENEW_EVERY + RENEWAL_LATE;
+        assert!(!missed_renewal(
+            &just_renewed,
+            due - Duration::from_millis(1),
+            now
+        ));
+        assert!(
+            missed_renewal(&just_renewed, due, now),
+            "unchanged here long enough"
+        );
+        // Renewed, by its clock, a renewal period plus the latency and the skew ago.
+        let overdue = (due + CLOCK_SKEW).as_millis() as u64;
+        assert!(!missed_renewal(&lease(now + ttl - overdue), quiet, now));
+        assert!(missed_renewal(&lease(now + ttl - overdue - 1), quiet, now));
+        assert!(!missed_renewal(&lease(u64::MAX), quiet, now), "no overflow");
+        assert!(missed_renewal(&lease(0), quiet, now));
     }
 
     #[test]

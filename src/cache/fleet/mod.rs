@@ -6,7 +6,9 @@
 //! and stores the blob; when another replica holds it, it streams that replica's download
 //! (verifying the digest itself and storing nothing: the holder does), or, when the holder
 //! cannot be reached, waits (at most [`FOLLOW_WAIT`]) for the blob to appear in the bucket or
-//! for the lease to expire and be taken over. So the fleet makes one upstream download per blob.
+//! for the lease to expire and be taken over. A holder that refuses connections (or does not
+//! answer in time) and misses a renewal is dead: its lease is taken over then, seconds before it
+//! would expire. So the fleet makes one upstream download per blob.
 //! A follower whose stream from the holder breaks goes on from the byte it had, taking the
 //! download over when the holder is dead ([`resume`]).
 //!
@@ -29,7 +31,7 @@ use super::bucket::{Bucket, BucketError, keys};
 mod resume;
 
 use super::fill::{Download, Fetched, Keep, UpstreamBody};
-use super::lease::{Claim, Decision, Lease, Leases, decide};
+use super::lease::{Claim, Decision, Lease, Leases, decide, missed_renewal, now_ms};
 use super::metrics::Metrics;
 use crate::config::cache::Secret;
 use crate::reference::Digest;
@@ -39,6 +41,8 @@ use crate::registry::{ErrorCode, RegistryError};
 pub(crate) const FOLLOW_WAIT: Duration = Duration::from_secs(300);
 /// How often a waiting replica looks again.
 const POLL: Duration = Duration::from_secs(1);
+/// How often a holder that did not answer is looked at again, until it renews or is found dead.
+const SILENT_POLL: Duration = Duration::from_millis(250);
 
 /// This replica in a fleet sharing one bucket.
 #[derive(Debug, Clone)]
@@ -180,6 +184,8 @@ impl Fleet {
         let deadline = Instant::now() + FOLLOW_WAIT;
         let mut confirm = Some(confirm);
         let mut waited = false;
+        // The lease of a holder that did not answer, as first seen, and since when.
+        let mut silent: Option<(Lease, Instant)> = None;
         loop {
             // Stored for this upstream by another replica meanwhile: read it from the bucket
             // (verified again).
@@ -214,11 +220,29 @@ impl Fleet {
                 digest,
                 download.clone(),
             );
+            let mut poll = POLL;
             match self.follow(&theirs, job).await {
                 Followed::Streaming(fetched) => return Ok(fetched),
                 // Finished or failed just now: look at the bucket and the lease again.
                 Followed::Gone => continue,
                 Followed::Unreachable => {}
+                // Dead once it also misses a renewal: taken over then, not at the expiry.
+                Followed::NotAnswering => match &silent {
+                    Some((seen, since)) if *seen == theirs => {
+                        if missed_renewal(&theirs, since.elapsed(), now_ms()) {
+                            if let Some(fetched) =
+                                self.take_over(&key, repository, &theirs, &download).await?
+                            {
+                                return Ok(fetched);
+                            }
+                        }
+                        poll = SILENT_POLL;
+                    }
+                    _ => {
+                        silent = Some((theirs.clone(), Instant::now()));
+                        poll = SILENT_POLL;
+                    }
+                },
             }
             if !waited {
                 waited = true;
@@ -233,8 +257,30 @@ impl Fleet {
                     ),
                 ));
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
         }
+    }
+
+    /// Takes the download over from `dead`, a holder that does not answer and missed a
+    /// renewal: the upstream's body, unless the lease changed meanwhile (`None`: look again).
+    async fn take_over(
+        &self,
+        key: &str,
+        repository: &str,
+        dead: &Lease,
+        download: &Download,
+    ) -> Result<Option<Fetched>, RegistryError> {
+        let taken = self
+            .leases
+            .take_over_from(key, repository, dead)
+            .await
+            .map_err(|e| unavailable(&self.bucket, e))?;
+        let Some(lease) = taken else {
+            return Ok(None);
+        };
+        self.metrics.fleet("took_over");
+        let (size, body) = download(0).await?;
+        Ok(Some(Fetched::stored(size, body, Some(lease))))
     }
 
     /// The size of `digest` in the bucket when `upstream`'s namespace holds it there: content
@@ -295,7 +341,13 @@ impl Fleet {
             Ok(FromHolder::NoFill) => Followed::Gone,
             Err(e) => {
                 tracing::debug!(holder = %theirs.holder, error = %e, "cannot follow");
-                Followed::Unreachable
+                match e {
+                    FollowError::Request { source, .. } if source.is_connect() => {
+                        Followed::NotAnswering
+                    }
+                    FollowError::Silent { .. } => Followed::NotAnswering,
+                    _ => Followed::Unreachable,
+                }
             }
         }
     }
@@ -307,8 +359,10 @@ enum Followed {
     Streaming(Fetched),
     /// It has no fill in flight (done, failed, or never started).
     Gone,
-    /// It cannot be followed: no secret or address, or it did not answer.
+    /// It cannot be followed: no secret or address, or it answered with an error.
     Unreachable,
+    /// It refused the connection or did not answer in time.
+    NotAnswering,
 }
 
 /// Where the internal route lives.

@@ -114,7 +114,7 @@ impl Job {
         let fleet = &self.fleet;
         let taken = fleet
             .leases
-            .take_over_from(&self.key(), &self.repository, &dead.holder)
+            .take_over_from(&self.key(), &self.repository, dead)
             .await
             .map_err(|e| unavailable(&fleet.bucket, e))?;
         if taken.is_some() {
