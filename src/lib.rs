@@ -32,6 +32,7 @@ pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
+pub mod sendfile;
 pub mod shim;
 pub mod sync;
 pub mod upstream;

@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 
 use super::access::ContentAccess;
 use super::buffers::Buffers;
-use super::fill::{Download, Fetched, Fill, Fills, UpstreamBody};
+use super::fill::{Download, Fetched, Fill, FillBody, Fills, UpstreamBody};
 use super::fleet::Fleet;
 use super::memo::Memo;
 use super::metrics::Metrics;
@@ -67,7 +67,7 @@ pub(crate) enum BlobBody {
     /// A redirect to where the bucket serves the blob (a presigned URL).
     Redirect(url::Url),
     /// Read from a fill as its download proceeds: bytes from the upstream now.
-    Fill(BodyStream),
+    Fill(FillBody),
 }
 
 /// A blob the cache holds, ready to be read.
@@ -272,7 +272,7 @@ impl Blobs {
             partial,
             span,
             size,
-            body: BlobBody::Fill(fill.reader(span.start, end).boxed()),
+            body: BlobBody::Fill(fill.body(span.start, end)),
         })
     }
 

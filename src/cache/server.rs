@@ -35,6 +35,7 @@ use crate::config::MirrorConfig;
 use crate::config::cache::{CacheConfig, StorageBackend};
 use crate::listen::{self, Listener, StallTimeout};
 use crate::resolve::{BuildError, Resolver};
+use crate::sendfile::{SendfileQueue, SendfileStream};
 use crate::upstream::{AddressPolicy, HostOverrides, HostRoots, Timeouts, UpstreamClient};
 
 /// What `regmirror serve` runs.
@@ -282,14 +283,22 @@ impl Serving {
             tls,
         } = self;
         let limits = app.options.limits.clone();
-        // Every request goes to `http::handle`, which parses the path itself: no router.
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        // Every request goes to `http::handle`, which parses the path itself: no router. On
+        // plain http, requests carry their connection's sendfile queue.
+        let service = move |sends: Option<SendfileQueue>| {
             let app = app.clone();
-            async move {
-                let request = request.map(axum::body::Body::new);
-                Ok::<_, std::convert::Infallible>(http::handle(app, request).await)
-            }
-        });
+            hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let app = app.clone();
+                let sends = sends.clone();
+                async move {
+                    let mut request = request.map(axum::body::Body::new);
+                    if let Some(sends) = sends {
+                        request.extensions_mut().insert(sends);
+                    }
+                    Ok::<_, std::convert::Infallible>(http::handle(app, request).await)
+                }
+            })
+        };
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -298,7 +307,6 @@ impl Serving {
                 () = &mut shutdown => break,
             };
             let peer = accepted.peer;
-            let stream = StallTimeout::new(accepted.stream, limits.idle_timeout);
             let slot = accepted.slot;
             let tls = tls.clone();
             let service = service.clone();
@@ -306,12 +314,17 @@ impl Serving {
             let limits = limits.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let io: Box<dyn Io> = match tls {
-                    None => Box::new(stream),
+                let (io, sends): (Box<dyn Io>, _) = match tls {
+                    None => {
+                        let (stream, sends) = SendfileStream::new(accepted.stream);
+                        let stream = StallTimeout::new(stream, limits.idle_timeout);
+                        (Box::new(stream), Some(sends))
+                    }
                     Some(acceptor) => {
+                        let stream = StallTimeout::new(accepted.stream, limits.idle_timeout);
                         let handshake = acceptor.accept(stream);
                         match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
-                            Ok(Ok(tls)) => Box::new(tls),
+                            Ok(Ok(tls)) => (Box::new(tls), None),
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
@@ -324,7 +337,7 @@ impl Serving {
                     }
                 };
                 let connection = listen::http1(limits.header_timeout)
-                    .serve_connection(TokioIo::new(io), service);
+                    .serve_connection(TokioIo::new(io), service(sends));
                 if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %e, "connection ended");
                 }

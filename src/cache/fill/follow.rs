@@ -1,8 +1,12 @@
 //! A reader following a fill in flight: it reads the fill's spool file up to the bytes written
 //! so far (never the blob's last byte before the digest is verified), waits for more, and takes
 //! the chunks just received from the fill's in-memory window ([`RecentChunks`]) when it keeps up,
-//! instead of reading them back out of the page cache. Once the content is verified it reads on
-//! like any reader of a committed file, through its own handle, whatever becomes of the commit.
+//! instead of reading them back out of the page cache. Fallen behind that window on a plain-http
+//! connection, it reads nothing: the spans written go out with `sendfile` from the spool file
+//! ([`crate::sendfile`]), so a reader that fell behind costs no more per byte than one keeping
+//! up, and can catch up (reading back through memory cost two copies per byte, which kept late
+//! readers late). Once the content is verified it reads on like any reader of a committed file,
+//! through its own handle, whatever becomes of the commit.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -16,10 +20,15 @@ use tokio::sync::watch;
 use super::FillState;
 use crate::cache::buffers::{Buffers, Reservation};
 use crate::cache::store::read::FileReader;
+use crate::sendfile::{MAX_SPAN, SendfileQueue};
 use crate::sync::lock;
 
 /// Bytes of the most recent chunks a fill keeps in memory for the readers following it.
 const RECENT_BYTES: usize = 8 << 20;
+/// How far behind the write head a reader on plain http has its bytes sent from the spool file
+/// (`sendfile`): written that recently, they are in the page cache (`sendfile` would wait for
+/// the disk on the server's thread otherwise). Further behind, it reads on the blocking pool.
+const SENT_FROM_FILE_WITHIN: u64 = 256 << 20;
 
 /// The chunks a fill wrote last, by offset, at most [`RECENT_BYTES`] of them (plus one chunk),
 /// each held only while the memory budget has room for it.
@@ -88,21 +97,25 @@ struct Reader {
     end: Option<u64>,
     /// `None` from the moment the fill's content is verified.
     follow: Option<Follow>,
+    /// On a plain-http connection: its bytes go out with `sendfile` from the spool file.
+    sends: Option<SendfileQueue>,
 }
 
 /// A body stream of bytes `start..end` of the fill behind `follow` (end exclusive; `None` = to
-/// the end of the blob), read from its spool file `file`.
+/// the end of the blob), read from its spool file `file`, or sent from it through `sends`.
 pub(super) fn follow(
     file: Arc<File>,
     start: u64,
     end: Option<u64>,
     follow: Follow,
     buffers: Arc<Buffers>,
+    sends: Option<SendfileQueue>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let reader = Reader {
         file: FileReader::new(file, start, buffers),
         end,
         follow: Some(follow),
+        sends,
     };
     futures_util::stream::unfold(Some(reader), |reader| async move {
         let mut reader = reader?;
@@ -155,6 +168,16 @@ impl Reader {
                 if let Some(bytes) = in_memory {
                     self.file.skip(bytes.len() as u64);
                     return Ok(Some(bytes));
+                }
+                let recent = available - pos <= SENT_FROM_FILE_WITHIN;
+                if let Some(sends) = self.sends.as_ref().filter(|_| recent) {
+                    // Behind the window: what is written stays written, its span is sent from
+                    // the file when the socket has room, with no copy through memory.
+                    let len = usize::try_from(limit - pos)
+                        .unwrap_or(usize::MAX)
+                        .min(MAX_SPAN);
+                    self.file.skip(len as u64);
+                    return Ok(Some(sends.placeholder(self.file.file().clone(), pos, len)));
                 }
                 return self.file.read(limit, complete).await.map(Some);
             }
@@ -235,6 +258,75 @@ mod tests {
         recent.clear();
         assert!(recent.slice(last, last + 10).is_none());
         assert_eq!(budget.in_use(), 0, "the window's memory is given back");
+    }
+
+    /// A reader of a fill whose spool file holds `content`, `written` bytes of it so far, the
+    /// window holding the chunk at `windowed`; with a sendfile queue or without.
+    fn reader_of(
+        content: &[u8],
+        written: u64,
+        windowed: (u64, &'static [u8]),
+        sends: Option<SendfileQueue>,
+    ) -> (
+        impl Stream<Item = io::Result<Bytes>>,
+        watch::Sender<FillState>,
+    ) {
+        use std::io::Write as _;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(content).unwrap();
+        // Sparse past the content: zeroes.
+        file.set_len(written.max(content.len() as u64)).unwrap();
+        let (progress_tx, progress) = watch::channel(FillState::Streaming {
+            size: None,
+            written,
+        });
+        let mut recent = RecentChunks::new(buffers());
+        recent.push(windowed.0, Bytes::from_static(windowed.1));
+        let follow = Follow {
+            progress,
+            recent: Arc::new(Mutex::new(recent)),
+        };
+        let reader = super::follow(Arc::new(file), 0, None, follow, buffers(), sends);
+        (reader, progress_tx)
+    }
+
+    #[tokio::test]
+    async fn behind_the_window_a_plain_http_reader_sends_from_the_file() {
+        let content = b"abcdefghijkl";
+        let (reader, progress) = reader_of(content, 12, (8, b"ijkl"), Some(Default::default()));
+        let mut reader = std::pin::pin!(reader);
+        let behind = reader.next().await.unwrap().unwrap();
+        assert_eq!(behind.len(), 12, "every byte written, in one span");
+        assert!(
+            crate::sendfile::is_placeholder(&behind),
+            "from byte 0, behind the window: sent from the file"
+        );
+        progress.send(FillState::Verified { size: 12 }).unwrap();
+        assert!(reader.next().await.is_none());
+        // Keeping up, it takes the window's chunk.
+        let (reader, _progress) =
+            reader_of(content, 12, (0, b"abcd"), Some(SendfileQueue::default()));
+        let mut reader = std::pin::pin!(reader);
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"abcd");
+        let behind = reader.next().await.unwrap().unwrap();
+        assert!(crate::sendfile::is_placeholder(&behind) && behind.len() == 8);
+    }
+
+    #[tokio::test]
+    async fn without_sendfile_or_far_behind_a_reader_reads_the_file() {
+        let content = b"abcdefghijkl";
+        let (reader, _progress) = reader_of(content, 12, (8, b"ijkl"), None);
+        let mut reader = std::pin::pin!(reader);
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], content);
+        // Further behind the write head than the page cache surely holds: read, not sent.
+        let written = SENT_FROM_FILE_WITHIN + 2;
+        let sends = SendfileQueue::default();
+        let (reader, _progress) = reader_of(b"", written, (0, b"x"), Some(sends));
+        let mut reader = std::pin::pin!(reader);
+        let first = reader.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"x", "the window first");
+        let next = reader.next().await.unwrap().unwrap();
+        assert!(!crate::sendfile::is_placeholder(&next) && next.iter().all(|&b| b == 0));
     }
 
     #[test]

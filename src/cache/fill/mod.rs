@@ -10,8 +10,9 @@
 //! to another upstream never joins it (it starts its own), so one slow or hostile upstream cannot
 //! hold a digest for everyone. Readers keeping up with the download take the chunks just received
 //! from a small in-memory window ([`RecentChunks`]) instead, without copying them back out of the
-//! page cache. The blob's last byte is held back until the digest is verified, so no client ever
-//! holds a complete body of unverified content.
+//! page cache; those that fell behind it on plain http have the spool file's bytes sent with
+//! `sendfile` ([`crate::sendfile`]). The blob's last byte is held back until the digest is
+//! verified, so no client ever holds a complete body of unverified content.
 //!
 //! Bounds: a blob larger than `limits.max_blob_size` is refused before the download (by its
 //! Content-Length) or cut when it passes the limit (without one); a blob larger than the free
@@ -52,6 +53,7 @@ use super::meta::Metadata;
 use super::store::{BlobStore, StoredBytes};
 use crate::reference::Digest;
 use crate::registry::{ErrorCode, RegistryError};
+use crate::sendfile::SendfileQueue;
 use crate::sync::lock;
 pub(crate) use error::FillError;
 use follow::{Follow, RecentChunks};
@@ -138,17 +140,30 @@ impl Fill {
         }
     }
 
-    /// A body stream of bytes `start..end` (end exclusive; `None` = to the end of the blob).
+    /// A body stream of bytes `start..end` (end exclusive; `None` = to the end of the blob);
+    /// with `sends` (a plain-http connection's), the bytes a reader fell behind on go out from
+    /// the spool file ([`follow`]).
     pub(crate) fn reader(
         &self,
         start: u64,
         end: Option<u64>,
-    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        sends: Option<SendfileQueue>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + use<> {
         let follow = Follow {
             progress: self.state.clone(),
             recent: self.recent.clone(),
         };
-        follow::follow(self.file.clone(), start, end, follow, self.buffers.clone())
+        let buffers = self.buffers.clone();
+        follow::follow(self.file.clone(), start, end, follow, buffers, sends)
+    }
+
+    /// Bytes `start..end` for one answer, streamed once the answer knows how it is sent.
+    pub(crate) fn body(self: &Arc<Self>, start: u64, end: Option<u64>) -> FillBody {
+        FillBody {
+            fill: self.clone(),
+            start,
+            end,
+        }
     }
 
     /// Where it stands, for the status page.
@@ -167,6 +182,23 @@ impl Fill {
             elapsed: self.started.elapsed(),
             followers: self.followers.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A fill's bytes for one answer: see [`Fill::body`].
+pub(crate) struct FillBody {
+    fill: Arc<Fill>,
+    start: u64,
+    end: Option<u64>,
+}
+
+impl FillBody {
+    /// The body stream ([`Fill::reader`]).
+    pub(crate) fn stream(
+        self,
+        sends: Option<SendfileQueue>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        self.fill.reader(self.start, self.end, sends)
     }
 }
 
@@ -432,7 +464,11 @@ mod tests {
             })
             .unwrap();
         assert!(started);
-        let bytes: Vec<Bytes> = fill.reader(0, None).map(Result::unwrap).collect().await;
+        let bytes: Vec<Bytes> = fill
+            .reader(0, None, None)
+            .map(Result::unwrap)
+            .collect()
+            .await;
         assert_eq!(bytes.concat(), b"x");
     }
 

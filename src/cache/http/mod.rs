@@ -30,6 +30,7 @@ use crate::registry::{
     API_VERSION, API_VERSION_HEADER, CACHE_HEADER, CacheOutcome, ErrorCode, NAMESPACE_HEADER,
     PLATFORMS_HEADER, RegistryError, error_response,
 };
+use crate::sendfile::SendfileQueue;
 use lists::Query;
 
 /// The part of the API a request is for: the duration histogram's `kind`.
@@ -351,7 +352,14 @@ async fn registry(
                 .get(&route, digest, BlobRequest { head, range })
                 .await?;
             outcome.cache = Some(answer.outcome);
-            Ok(response::blob(answer, digest, &app.metrics, &counters))
+            let sends = request.extensions.get::<SendfileQueue>().cloned();
+            Ok(response::blob(
+                answer,
+                digest,
+                &app.metrics,
+                &counters,
+                sends,
+            ))
         }
         (V2Request::Referrers { name, subject }, Method::GET) => {
             let route = route_for(name, outcome)?;
@@ -499,7 +507,8 @@ async fn fleet_fill(app: &App, request: &Parts) -> Response {
         .zip(size)
         .and_then(|(range, size)| super::range::parse_range(range, size).ok().flatten());
     let start = range.map_or(0, |r| r.start);
-    let mut response = Response::new(Body::from_stream(fill.reader(start, None)));
+    let sends = request.extensions.get::<SendfileQueue>().cloned();
+    let mut response = Response::new(Body::from_stream(fill.reader(start, None, sends)));
     if range.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
     }

@@ -16,15 +16,18 @@ use crate::cache::range::ByteRange;
 use crate::cache::status::UpstreamCounters;
 use crate::reference::Digest;
 use crate::registry::CONTENT_DIGEST_HEADER;
+use crate::sendfile::SendfileQueue;
 
 /// A blob answer as a response: 307 for a redirect, else 200 (206 for a range) with the blob's
 /// headers and its body, each byte counted once it leaves (from the cache or from a fill).
 /// Every form carries `Docker-Content-Digest`.
+/// `sends`: the connection's sendfile queue, on plain http.
 pub(super) fn blob(
     answer: BlobAnswer,
     digest: &Digest,
     metrics: &Arc<Metrics>,
     counters: &Arc<UpstreamCounters>,
+    sends: Option<SendfileQueue>,
 ) -> Response {
     let status = if answer.partial {
         StatusCode::PARTIAL_CONTENT
@@ -51,7 +54,7 @@ pub(super) fn blob(
             bytes.into()
         }
         BlobBody::File(stream) | BlobBody::Object(stream) => counted(stream, Source::Cache),
-        BlobBody::Fill(stream) => counted(stream, Source::Fill),
+        BlobBody::Fill(fill) => counted(fill.stream(sends).boxed(), Source::Fill),
     };
     blob_response(status, digest, answer.span, answer.size, body)
 }

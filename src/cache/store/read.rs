@@ -61,6 +61,11 @@ impl FileReader {
         self.pos
     }
 
+    /// The file it reads.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
     /// Moves on past `n` bytes the caller had from elsewhere (a fill's chunks in memory).
     pub(crate) fn skip(&mut self, n: u64) {
         self.pos += n;
