@@ -693,17 +693,7 @@ async fn followers_keep_their_clients(point: KillPoint) {
         KillPoint::MidBody => blob.len() / 2,
         KillPoint::BeforeTheCommit => blob.len() - 1,
     };
-    let open = std::sync::Arc::new(AtomicBool::new(false));
-    let gate = fake::Gate {
-        at,
-        open: open.clone(),
-    };
-    upstream
-        .state
-        .body_gates
-        .lock()
-        .unwrap()
-        .insert(path.clone(), gate);
+    let open = upstream.gate(&path, at);
     upstream.state.ranges.store(true, Ordering::SeqCst);
     let (url, state, d) = (upstream.url(), upstream.state.clone(), digest.clone());
     let blob_len = blob.len();
@@ -815,17 +805,7 @@ async fn a_holder_dead_before_anyone_followed_is_taken_over_at_its_missed_renewa
     upstream.blob("library/slow", &digest, blob.clone(), 16, Duration::ZERO);
     let path = format!("/v2/library/slow/blobs/{digest}");
     // The upstream holds the body back: A holds the lease with nothing downloaded.
-    let open = std::sync::Arc::new(AtomicBool::new(false));
-    let gate = fake::Gate {
-        at: 0,
-        open: open.clone(),
-    };
-    upstream
-        .state
-        .body_gates
-        .lock()
-        .unwrap()
-        .insert(path.clone(), gate);
+    let open = upstream.gate(&path, 0);
     let (url, state, d) = (upstream.url(), upstream.state.clone(), digest.clone());
     let blob_len = blob.len();
     or_skip!(

@@ -179,6 +179,21 @@ impl FakeUpstream {
             .insert((method, path.to_owned()), canned);
     }
 
+    /// Holds the body of `path` from byte `at` on until the returned flag is set.
+    pub fn gate(&self, path: &str, at: usize) -> Arc<AtomicBool> {
+        let open = Arc::new(AtomicBool::new(false));
+        let gate = Gate {
+            at,
+            open: open.clone(),
+        };
+        self.state
+            .body_gates
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), gate);
+        open
+    }
+
     /// A blob served (GET and HEAD) as `body`, claimed to be `digest`.
     pub fn blob(
         &self,
