@@ -403,17 +403,71 @@ fn mirror_commands_refuse_a_config_yml_with_a_hint() {
              daemon.json mirror format\n"
         )
     );
-    for (args, reader) in [
-        (vec!["check", "--mirrors", &config], "check reads"),
-        (
-            vec!["registries-conf", "--mirrors", &config, "--check"],
-            "registries-conf reads",
-        ),
-    ] {
-        let out = regmirror(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(stderr(&out).contains(reader), "{}", stderr(&out));
-    }
+    let out = regmirror(&["registries-conf", "--mirrors", &config, "--check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("registries-conf reads"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_validates_a_config_yml_as_serve_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = file_in(
+        &dir,
+        "config.yml",
+        "version: 0.1\nproxy:\n  remoteurl: https://registry-1.docker.io\n  deny: [Library/x]\n",
+    );
+    let out = regmirror(&["check", "--config", &good]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "ok: {good}: a config.yml for `regmirror serve`, a pull-through cache, 1 warning(s)\n"
+        )
+    );
+    assert!(
+        stderr(&out).starts_with(&format!("warning: {good}:4:10: proxy.deny[0]: ")),
+        "{}",
+        stderr(&out)
+    );
+    // With a mirror file beside it, both are checked.
+    let out = regmirror(&[
+        "check",
+        "--mirrors",
+        &good,
+        "--mirrors",
+        "contrib/examples/exact-rule.json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    // An error is one located line, as `serve` would print it, and exit code 2.
+    let bad = file_in(
+        &dir,
+        "bad.yml",
+        "version: 0.1\nproxy:\n  remoteurl: https://registry-1.docker.io\n  tag_revalidate: soon\n",
+    );
+    let out = regmirror(&["check", "--mirrors", &bad]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!("error: {bad}:4:3: proxy.tag_revalidate: ")),
+        "{}",
+        stderr(&out)
+    );
+    // The REGISTRY_* environment applies, as for `serve`.
+    let out = Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(["check", "--config", &good])
+        .env("REGISTRY_PROXY_TAG_REVALIDATE", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: $REGISTRY_PROXY_TAG_REVALIDATE: proxy.tag_revalidate: "),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -37,7 +37,7 @@ struct Cli {
 enum Command {
     /// Show the ordered endpoints (mirrors, then origin) a pull of IMAGE tries, and why.
     Resolve(resolve::Args),
-    /// Validate the mirror configuration and print its warnings.
+    /// Validate mirror files and `serve`'s config.yml files, and print their warnings.
     Check(check::Args),
     /// Run the multi-upstream pull-through cache (the mirror target).
     Serve(serve::Args),

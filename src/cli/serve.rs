@@ -137,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// No upstream at all: the configuration of a plain registry.
-fn is_plain_registry(config: &CacheConfig) -> bool {
+pub(super) fn is_plain_registry(config: &CacheConfig) -> bool {
     config.upstreams.is_empty() && !config.dynamic_upstreams
 }
 
