@@ -99,6 +99,8 @@ struct Reader {
     follow: Option<Follow>,
     /// On a plain-http connection: its bytes go out with `sendfile` from the spool file.
     sends: Option<SendfileQueue>,
+    /// The fill's write head when last seen (its size once verified).
+    head: u64,
 }
 
 /// A body stream of bytes `start..end` of the fill behind `follow` (end exclusive; `None` = to
@@ -116,6 +118,7 @@ pub(super) fn follow(
         end,
         follow: Some(follow),
         sends,
+        head: 0,
     };
     futures_util::stream::unfold(Some(reader), |reader| async move {
         let mut reader = reader?;
@@ -152,6 +155,9 @@ impl Reader {
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
         loop {
             let (available, complete) = self.readable()?;
+            if self.follow.is_some() {
+                self.head = available;
+            }
             if complete && self.follow.is_some() {
                 // Verified content: what becomes of the commit no longer concerns this reader,
                 // which reads on through its own handle.
@@ -169,7 +175,7 @@ impl Reader {
                     self.file.skip(bytes.len() as u64);
                     return Ok(Some(bytes));
                 }
-                let recent = available - pos <= SENT_FROM_FILE_WITHIN;
+                let recent = self.head.saturating_sub(pos) <= SENT_FROM_FILE_WITHIN;
                 if let Some(sends) = self.sends.as_ref().filter(|_| recent) {
                     // Behind the window: what is written stays written, its span is sent from
                     // the file when the socket has room, with no copy through memory.
@@ -271,6 +277,20 @@ mod tests {
         impl Stream<Item = io::Result<Bytes>>,
         watch::Sender<FillState>,
     ) {
+        range_reader_of(content, written, None, windowed, sends)
+    }
+
+    /// [`reader_of`] for bytes `0..end`.
+    fn range_reader_of(
+        content: &[u8],
+        written: u64,
+        end: Option<u64>,
+        windowed: (u64, &'static [u8]),
+        sends: Option<SendfileQueue>,
+    ) -> (
+        impl Stream<Item = io::Result<Bytes>>,
+        watch::Sender<FillState>,
+    ) {
         use std::io::Write as _;
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(content).unwrap();
@@ -286,7 +306,7 @@ mod tests {
             progress,
             recent: Arc::new(Mutex::new(recent)),
         };
-        let reader = super::follow(Arc::new(file), 0, None, follow, buffers(), sends);
+        let reader = super::follow(Arc::new(file), 0, end, follow, buffers(), sends);
         (reader, progress_tx)
     }
 
@@ -327,6 +347,15 @@ mod tests {
         assert_eq!(&first[..], b"x", "the window first");
         let next = reader.next().await.unwrap().unwrap();
         assert!(!crate::sendfile::is_placeholder(&next) && next.iter().all(|&b| b == 0));
+        // A range's end near, the write head far: far behind all the same.
+        let end = (2 << 20) + 1;
+        let head = SENT_FROM_FILE_WITHIN + end;
+        let sends = Some(SendfileQueue::default());
+        let (reader, progress) = range_reader_of(b"", head, Some(end), (0, b"x"), sends);
+        progress.send(FillState::Verified { size: head }).unwrap();
+        let chunks: Vec<Bytes> = reader.map(Result::unwrap).collect().await;
+        assert!(chunks.iter().all(|c| !crate::sendfile::is_placeholder(c)));
+        assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>() as u64, end);
     }
 
     #[test]
