@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use crate::sync::lock;
 
 /// The longest span one placeholder stands for.
-pub const MAX_SPAN: usize = 4 << 20;
+pub(crate) const MAX_SPAN: usize = 4 << 20;
 
 /// The zeroes every placeholder points into: allocated zeroed and never touched, so the kernel
 /// maps it lazily and it costs no resident memory.
@@ -79,12 +79,12 @@ struct Queue {
 /// A connection's queue of file spans, handed to the requests it serves (as a request
 /// extension) so their bodies can yield placeholders.
 #[derive(Debug, Clone, Default)]
-pub struct SendfileQueue(Arc<Mutex<Queue>>);
+pub(crate) struct SendfileQueue(Arc<Mutex<Queue>>);
 
 impl SendfileQueue {
     /// A body chunk standing for bytes `offset..offset + len` of `file` (`len` at most
     /// [`MAX_SPAN`]), which the connection's [`SendfileStream`] sends from the file.
-    pub fn placeholder(&self, file: Arc<File>, offset: u64, len: usize) -> Bytes {
+    pub(crate) fn placeholder(&self, file: Arc<File>, offset: u64, len: usize) -> Bytes {
         assert!(
             len > 0 && len <= MAX_SPAN,
             "a placeholder stands for 1..=MAX_SPAN bytes"
@@ -161,14 +161,14 @@ impl Drop for Placeholder {
 
 /// A plain TCP connection whose writes send placeholders' spans from their files.
 #[derive(Debug)]
-pub struct SendfileStream {
+pub(crate) struct SendfileStream {
     tcp: TcpStream,
     queue: SendfileQueue,
 }
 
 impl SendfileStream {
     /// The stream and the queue its requests' bodies fill.
-    pub fn new(tcp: TcpStream) -> (Self, SendfileQueue) {
+    pub(crate) fn new(tcp: TcpStream) -> (Self, SendfileQueue) {
         let queue = SendfileQueue::default();
         (
             SendfileStream {
