@@ -31,7 +31,7 @@ use super::bucket::{Bucket, BucketError, keys};
 mod resume;
 
 use super::fill::{Download, Fetched, Keep, UpstreamBody};
-use super::lease::{Claim, Decision, Lease, Leases, decide, missed_renewal, now_ms};
+use super::lease::{Claim, Decision, HeldLease, Lease, Leases, decide, missed_renewal, now_ms};
 use super::metrics::Metrics;
 use crate::config::cache::Secret;
 use crate::reference::Digest;
@@ -230,10 +230,9 @@ impl Fleet {
                 Followed::NotAnswering => match &silent {
                     Some((seen, since)) if *seen == theirs => {
                         if missed_renewal(&theirs, since.elapsed(), now_ms()) {
-                            if let Some(fetched) =
-                                self.take_over(&key, repository, &theirs, &download).await?
-                            {
-                                return Ok(fetched);
+                            if let Some(lease) = self.take_over(&key, repository, &theirs).await? {
+                                let (size, body) = download(0).await?;
+                                return Ok(Fetched::stored(size, body, Some(lease)));
                             }
                         }
                         poll = SILENT_POLL;
@@ -261,26 +260,24 @@ impl Fleet {
         }
     }
 
-    /// Takes the download over from `dead`, a holder that does not answer and missed a
-    /// renewal: the upstream's body, unless the lease changed meanwhile (`None`: look again).
+    /// Takes the lease `key` over from `dead`, a holder found dead, for work on `repository`,
+    /// counting the takeover: `None` when the lease changed meanwhile (renewed, taken over,
+    /// released).
     async fn take_over(
         &self,
         key: &str,
         repository: &str,
         dead: &Lease,
-        download: &Download,
-    ) -> Result<Option<Fetched>, RegistryError> {
+    ) -> Result<Option<HeldLease>, RegistryError> {
         let taken = self
             .leases
             .take_over_from(key, repository, dead)
             .await
             .map_err(|e| unavailable(&self.bucket, e))?;
-        let Some(lease) = taken else {
-            return Ok(None);
-        };
-        self.metrics.fleet("took_over");
-        let (size, body) = download(0).await?;
-        Ok(Some(Fetched::stored(size, body, Some(lease))))
+        if taken.is_some() {
+            self.metrics.fleet("took_over");
+        }
+        Ok(taken)
     }
 
     /// The size of `digest` in the bucket when `upstream`'s namespace holds it there: content

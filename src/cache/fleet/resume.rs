@@ -111,16 +111,9 @@ impl Job {
     /// Takes over from `dead` (its stream broke and it refuses connections, or it has no such
     /// download), when it still holds the lease.
     async fn take_over_from(&self, dead: &Lease) -> Result<Option<HeldLease>, RegistryError> {
-        let fleet = &self.fleet;
-        let taken = fleet
-            .leases
-            .take_over_from(&self.key(), &self.repository, dead)
+        self.fleet
+            .take_over(&self.key(), &self.repository, dead)
             .await
-            .map_err(|e| unavailable(&fleet.bucket, e))?;
-        if taken.is_some() {
-            fleet.metrics.fleet("took_over");
-        }
-        Ok(taken)
     }
 
     /// Where the bytes from `from` on come from after the stream from `cut` broke.
