@@ -42,6 +42,34 @@ fn seed_004(store: &dyn StoragePeer, spool: &Path) -> Vec<(String, String)> {
     env
 }
 
+/// The two tests of a scenario that runs on each object store: the first on moto_server, the
+/// second on Azurite, both calling the scenario with the store (`async`: with the function that
+/// starts it, for scenarios that start their store on the blocking pool).
+macro_rules! on_each_store {
+    ($on_moto:ident, $on_azurite:ident => $scenario:ident) => {
+        #[test]
+        fn $on_moto() {
+            $scenario(&or_skip!(moto()));
+        }
+
+        #[test]
+        fn $on_azurite() {
+            $scenario(&or_skip!(Azurite::start()));
+        }
+    };
+    (async $on_moto:ident, $on_azurite:ident => $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_moto() {
+            $scenario(moto).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_azurite() {
+            $scenario(Azurite::start).await;
+        }
+    };
+}
+
 /// moto_server with [`BUCKET`] created.
 fn moto() -> Result<MotoServer, Missing> {
     let moto = MotoServer::start()?;
@@ -163,15 +191,11 @@ fn seed_004_environment_on_a_real_s3_server() {
     );
 }
 
-#[test]
-fn a_replica_serves_what_another_fetched_with_the_origin_stopped() {
-    a_replica_serves_what_another_fetched_with_the_origin_stopped_on(&or_skip!(moto()));
-}
-
-#[test]
-fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on_azurite() {
-    a_replica_serves_what_another_fetched_with_the_origin_stopped_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    a_replica_serves_what_another_fetched_with_the_origin_stopped,
+    a_replica_serves_what_another_fetched_with_the_origin_stopped_on_azurite
+        => a_replica_serves_what_another_fetched_with_the_origin_stopped_on
+);
 
 fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on(store: &dyn StoragePeer) {
     let (mut origin, _) = or_skip!(origin_with_image());
@@ -211,15 +235,11 @@ fn a_replica_serves_what_another_fetched_with_the_origin_stopped_on(store: &dyn 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_bytes_never_reach_the_bucket() {
-    wrong_bytes_never_reach_the_bucket_on(moto).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_bytes_never_reach_the_bucket_on_azurite() {
-    wrong_bytes_never_reach_the_bucket_on(Azurite::start).await;
-}
+on_each_store!(
+    async wrong_bytes_never_reach_the_bucket,
+    wrong_bytes_never_reach_the_bucket_on_azurite
+        => wrong_bytes_never_reach_the_bucket_on
+);
 
 async fn wrong_bytes_never_reach_the_bucket_on<S: StoragePeer + Sync + 'static>(
     start: fn() -> Result<S, Missing>,
@@ -314,15 +334,11 @@ fn restarted_replicas_and_a_store_that_comes_back() {
     );
 }
 
-#[test]
-fn push_to_one_replica_pull_from_another() {
-    push_to_one_replica_pull_from_another_on(&or_skip!(moto()));
-}
-
-#[test]
-fn push_to_one_replica_pull_from_another_on_azurite() {
-    push_to_one_replica_pull_from_another_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    push_to_one_replica_pull_from_another,
+    push_to_one_replica_pull_from_another_on_azurite
+        => push_to_one_replica_pull_from_another_on
+);
 
 fn push_to_one_replica_pull_from_another_on(store: &dyn StoragePeer) {
     let a = replica(store, "local: all");
@@ -340,15 +356,11 @@ fn push_to_one_replica_pull_from_another_on(store: &dyn StoragePeer) {
     );
 }
 
-#[test]
-fn referrers_and_sha512_content_are_shared_by_the_replicas() {
-    referrers_and_sha512_content_are_shared_by_the_replicas_on(&or_skip!(moto()));
-}
-
-#[test]
-fn referrers_and_sha512_content_are_shared_by_the_replicas_on_azurite() {
-    referrers_and_sha512_content_are_shared_by_the_replicas_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    referrers_and_sha512_content_are_shared_by_the_replicas,
+    referrers_and_sha512_content_are_shared_by_the_replicas_on_azurite
+        => referrers_and_sha512_content_are_shared_by_the_replicas_on
+);
 
 fn referrers_and_sha512_content_are_shared_by_the_replicas_on(store: &dyn StoragePeer) {
     let deletes = [("REGISTRY_STORAGE_DELETE_ENABLED", "true")];
@@ -417,15 +429,11 @@ fn referrers_and_sha512_content_are_shared_by_the_replicas_on(store: &dyn Storag
     assert_eq!(object_keys(store, "meta/referrer-lists/").len(), 1);
 }
 
-#[test]
-fn three_replicas_make_one_upstream_download() {
-    three_replicas_make_one_upstream_download_on(&or_skip!(moto()));
-}
-
-#[test]
-fn three_replicas_make_one_upstream_download_on_azurite() {
-    three_replicas_make_one_upstream_download_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    three_replicas_make_one_upstream_download,
+    three_replicas_make_one_upstream_download_on_azurite
+        => three_replicas_make_one_upstream_download_on
+);
 
 fn three_replicas_make_one_upstream_download_on(store: &dyn StoragePeer) {
     let origin = or_skip!(Registry::start(RegistryOptions::default()));
@@ -480,15 +488,11 @@ impl Drop for Raise<'_> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_lease_holder_is_taken_over() {
-    a_killed_lease_holder_is_taken_over_on(moto).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_lease_holder_is_taken_over_on_azurite() {
-    a_killed_lease_holder_is_taken_over_on(Azurite::start).await;
-}
+on_each_store!(
+    async a_killed_lease_holder_is_taken_over,
+    a_killed_lease_holder_is_taken_over_on_azurite
+        => a_killed_lease_holder_is_taken_over_on
+);
 
 async fn a_killed_lease_holder_is_taken_over_on<S: StoragePeer + Sync + 'static>(
     start: fn() -> Result<S, Missing>,
@@ -943,15 +947,11 @@ fn refusal(cache: &Regmirror, path: &str, headers: &[(&str, &str)]) -> (u16, Str
     )
 }
 
-#[test]
-fn the_internal_route_needs_the_fleet_signature() {
-    the_internal_route_needs_the_fleet_signature_on(&or_skip!(moto()));
-}
-
-#[test]
-fn the_internal_route_needs_the_fleet_signature_on_azurite() {
-    the_internal_route_needs_the_fleet_signature_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    the_internal_route_needs_the_fleet_signature,
+    the_internal_route_needs_the_fleet_signature_on_azurite
+        => the_internal_route_needs_the_fleet_signature_on
+);
 
 fn the_internal_route_needs_the_fleet_signature_on(store: &dyn StoragePeer) {
     let fleet = replica(store, "local: all");
@@ -992,15 +992,11 @@ fn the_internal_route_needs_the_fleet_signature_on(store: &dyn StoragePeer) {
     assert_eq!(refusal(&no_secret, &path, &[(header, &right)]), denied);
 }
 
-#[test]
-fn blobs_redirect_to_presigned_urls_unless_disabled() {
-    blobs_redirect_to_presigned_urls_unless_disabled_on(&or_skip!(moto()));
-}
-
-#[test]
-fn blobs_redirect_to_presigned_urls_unless_disabled_on_azurite() {
-    blobs_redirect_to_presigned_urls_unless_disabled_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    blobs_redirect_to_presigned_urls_unless_disabled,
+    blobs_redirect_to_presigned_urls_unless_disabled_on_azurite
+        => blobs_redirect_to_presigned_urls_unless_disabled_on
+);
 
 fn blobs_redirect_to_presigned_urls_unless_disabled_on(store: &dyn StoragePeer) {
     let work = tempfile::tempdir().unwrap();
@@ -1134,15 +1130,11 @@ fn small_blobs_on_the_bucket_are_served_from_memory_after_a_hit() {
     }
 }
 
-#[test]
-fn eviction_on_the_bucket() {
-    eviction_on_the_bucket_on(&or_skip!(moto()));
-}
-
-#[test]
-fn eviction_on_the_bucket_on_azurite() {
-    eviction_on_the_bucket_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    eviction_on_the_bucket,
+    eviction_on_the_bucket_on_azurite
+        => eviction_on_the_bucket_on
+);
 
 fn eviction_on_the_bucket_on(store: &dyn StoragePeer) {
     let origin = or_skip!(Registry::start(RegistryOptions::default()));
@@ -1294,15 +1286,11 @@ fn a_push_moves_between_replicas() {
     );
 }
 
-#[test]
-fn abandoned_pushes_are_collected() {
-    abandoned_pushes_are_collected_on(&or_skip!(moto()));
-}
-
-#[test]
-fn abandoned_pushes_are_collected_on_azurite() {
-    abandoned_pushes_are_collected_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    abandoned_pushes_are_collected,
+    abandoned_pushes_are_collected_on_azurite
+        => abandoned_pushes_are_collected_on
+);
 
 fn abandoned_pushes_are_collected_on(store: &dyn StoragePeer) {
     let cache = replica_with(
@@ -1325,15 +1313,11 @@ fn abandoned_pushes_are_collected_on(store: &dyn StoragePeer) {
     }
 }
 
-#[test]
-fn the_fleet_holds_to_max_uploads() {
-    the_fleet_holds_to_max_uploads_on(&or_skip!(moto()));
-}
-
-#[test]
-fn the_fleet_holds_to_max_uploads_on_azurite() {
-    the_fleet_holds_to_max_uploads_on(&or_skip!(Azurite::start()));
-}
+on_each_store!(
+    the_fleet_holds_to_max_uploads,
+    the_fleet_holds_to_max_uploads_on_azurite
+        => the_fleet_holds_to_max_uploads_on
+);
 
 fn the_fleet_holds_to_max_uploads_on(store: &dyn StoragePeer) {
     let limit = [("REGISTRY_LIMITS_MAX_UPLOADS", "5")];
