@@ -415,20 +415,8 @@ fn the_shim_takes_mirror_credentials_from_config_json_helpers() {
 
 #[test]
 fn warm_takes_the_caches_credentials_from_a_config_json_helper() {
-    let origin = or_skip!(Registry::start(RegistryOptions::default()));
-    let images = or_skip!(Images::new());
-    images.build("v1", &[("hello", b"hello from v1\n")]);
-    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = or_skip!(peers::htpasswd_file(dir.path(), USER, PASSWORD));
-    let cache = Regmirror::serve(
-        &format!(
-            "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",
-            origin.url(),
-            htpasswd.display()
-        ),
-        &[],
-    );
+    let (origin, cache) = or_skip!(peers::demo_behind_a_password(dir.path(), USER, PASSWORD));
     helper_script(
         dir.path(),
         "docker-credential-regmirror-test",

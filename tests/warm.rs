@@ -511,20 +511,12 @@ fn bad_input_exits_2_and_an_unreachable_cache_fails_each_image() {
 
 #[test]
 fn a_cache_with_htpasswd_is_warmed_with_docker_credentials() {
-    let origin = or_skip!(Registry::start(RegistryOptions::default()));
-    let images = or_skip!(Images::new());
-    images.build("v1", &[("hello", b"hello from v1\n")]);
-    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = or_skip!(peers::htpasswd_file(dir.path(), "carol", "pa55word"));
-    let cache = Regmirror::serve(
-        &format!(
-            "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",
-            origin.url(),
-            htpasswd.display()
-        ),
-        &[],
-    );
+    let (origin, cache) = or_skip!(peers::demo_behind_a_password(
+        dir.path(),
+        "carol",
+        "pa55word"
+    ));
     let image = format!("{}/library/demo:v1", origin.host());
     let run = warm(&cache.url(), &[&image]);
     let stderr = text(&run.stderr);

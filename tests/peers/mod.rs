@@ -1739,3 +1739,26 @@ pub fn htpasswd_file(dir: &Path, user: &str, password: &str) -> Result<PathBuf, 
     std::fs::write(&file, out.stdout).unwrap();
     Ok(file)
 }
+
+/// An origin holding `library/demo:v1` and a cache in front of it whose clients must log in as
+/// `user` with `password` (`auth.htpasswd`, its file in `dir`).
+pub fn demo_behind_a_password(
+    dir: &Path,
+    user: &str,
+    password: &str,
+) -> Result<(Registry, Regmirror), Missing> {
+    let origin = Registry::start(RegistryOptions::default())?;
+    let images = Images::new()?;
+    images.build("v1", &[("hello", b"hello from v1\n")]);
+    images.push("v1", &format!("{}/library/demo:v1", origin.host()), &[]);
+    let htpasswd = htpasswd_file(dir, user, password)?;
+    let cache = Regmirror::serve(
+        &format!(
+            "proxy: {{remoteurl: {}}}\nauth: {{htpasswd: {{realm: cache, path: {}}}}}",
+            origin.url(),
+            htpasswd.display()
+        ),
+        &[],
+    );
+    Ok((origin, cache))
+}
