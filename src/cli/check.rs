@@ -3,11 +3,11 @@
 //! config.yml for `regmirror serve` (with the `REGISTRY_*` environment applied, as `serve`
 //! applies it), so a config.yml can be checked before a restart.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::BadInput;
-use super::mirror_config::{DEFAULT_FILES, MirrorConfigArgs};
+use super::mirror_config::{DEFAULT_FILES, MirrorConfigArgs, read, validate};
+use crate::config::MirrorConfig;
 use crate::config::kind::{FileKind, sniff};
 use crate::resolve::Resolver;
 
@@ -18,37 +18,27 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (serve_configs, mirror_files) = by_kind(&args.config.files)?;
-    for path in &serve_configs {
-        check_serve_config(path)?;
-    }
-    if mirror_files.is_empty() && !serve_configs.is_empty() {
+    if args.config.files.is_empty() {
+        let config = args.config.load("check")?;
+        check_mirrors(config, &args.config.source_names())?;
         return Ok(ExitCode::SUCCESS);
     }
-    check_mirrors(&MirrorConfigArgs {
-        files: mirror_files,
-    })?;
+    let (serve_configs, mirror_files): (Vec<_>, Vec<_>) = read(&args.config.files)?
+        .into_iter()
+        .partition(|(_, text)| sniff(text) == FileKind::CacheConfig);
+    for (name, text) in &serve_configs {
+        check_serve_config(name, text)?;
+    }
+    if !mirror_files.is_empty() {
+        let names: Vec<String> = mirror_files.iter().map(|(name, _)| name.clone()).collect();
+        check_mirrors(validate(&mirror_files)?, &names)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The files given, split into config.ymls and mirror files (by their content).
-fn by_kind(files: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
-    let mut serve_configs = Vec::new();
-    let mut mirror_files = Vec::new();
-    for path in files {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
-        match sniff(&text) {
-            FileKind::CacheConfig => serve_configs.push(path.clone()),
-            _ => mirror_files.push(path.clone()),
-        }
-    }
-    Ok((serve_configs, mirror_files))
-}
-
-/// A config.yml as `regmirror serve` would read it.
-fn check_serve_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = super::serve::load_cache_config(Some(path), "")?;
+/// A config.yml, `name`'s `text`, as `regmirror serve` would read it.
+fn check_serve_config(name: &str, text: &str) -> anyhow::Result<()> {
+    let config = super::serve::parse_cache_config(name, Some(text))?;
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }
@@ -58,22 +48,20 @@ fn check_serve_config(path: &std::path::Path) -> anyhow::Result<()> {
         "a pull-through cache"
     };
     println!(
-        "ok: {}: a config.yml for `regmirror serve`, {what}, {} warning(s)",
-        path.display(),
+        "ok: {name}: a config.yml for `regmirror serve`, {what}, {} warning(s)",
         config.warnings.len()
     );
     Ok(())
 }
 
-/// The mirror files (or, with none given, the default files that exist).
-fn check_mirrors(files: &MirrorConfigArgs) -> anyhow::Result<()> {
-    let config = files.load("check")?;
+/// The mirror configuration read from the files `names`.
+fn check_mirrors(config: MirrorConfig, names: &[String]) -> anyhow::Result<()> {
     let rules = config.rules.len();
     let hub_mirrors = config.registry_mirrors.len();
     let warnings = config.warnings.len();
     Resolver::new(config).map_err(|e| BadInput(e.to_string()))?;
     if rules == 0 && hub_mirrors == 0 {
-        eprintln!("warning: {}", nothing_configured(&files.source_names()));
+        eprintln!("warning: {}", nothing_configured(names));
     }
     println!(
         "ok: {rules} mirror rule(s), {hub_mirrors} registry-mirrors entr{}, {warnings} warning(s)",

@@ -46,26 +46,42 @@ impl MirrorConfigArgs {
         let paths = self.paths();
         let mut texts = Vec::with_capacity(paths.len());
         for path in &paths {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| BadInput(format!("{}: cannot read: {e}", path.display())))?;
+            let (name, text) = read_one(path)?;
             if sniff(&text) == FileKind::CacheConfig {
                 return Err(BadInput(format!(
-                    "{}: this is a config.yml for `regmirror serve`; {reader} reads the \
-                     daemon.json mirror format",
-                    path.display()
+                    "{name}: this is a config.yml for `regmirror serve`; {reader} reads the \
+                     daemon.json mirror format"
                 ))
                 .into());
             }
-            texts.push((path.display().to_string(), text));
+            texts.push((name, text));
         }
-        let sources: Vec<ConfigSource<'_>> = texts
-            .iter()
-            .map(|(path, text)| ConfigSource { path, text })
-            .collect();
-        let config = MirrorConfig::from_sources(&sources).map_err(|e| BadInput(e.to_string()))?;
-        for warning in &config.warnings {
-            eprintln!("warning: {warning}");
-        }
-        Ok(config)
+        validate(&texts)
     }
+}
+
+/// Each file's name (as messages give it) and text.
+pub fn read(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    paths.iter().map(|path| read_one(path)).collect()
+}
+
+fn read_one(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let name = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| BadInput(format!("{name}: cannot read: {e}")))?;
+    Ok((name, text))
+}
+
+/// The configuration in `texts` (each a file's name and its text, as read), validated; its
+/// warnings printed to stderr.
+pub fn validate(texts: &[(String, String)]) -> anyhow::Result<MirrorConfig> {
+    let sources: Vec<ConfigSource<'_>> = texts
+        .iter()
+        .map(|(path, text)| ConfigSource { path, text })
+        .collect();
+    let config = MirrorConfig::from_sources(&sources).map_err(|e| BadInput(e.to_string()))?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(config)
 }

@@ -65,10 +65,16 @@ pub fn load_cache_config(
         }
         None => ("(embedded default)".to_owned(), None),
     };
+    parse_cache_config(&name, text.as_deref())
+}
+
+/// `text` as the config.yml `name` (`None`: the embedded default) with the `REGISTRY_*`
+/// environment overrides.
+pub(super) fn parse_cache_config(name: &str, text: Option<&str>) -> anyhow::Result<CacheConfig> {
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("REGISTRY_"))
         .collect();
-    CacheConfig::parse(&name, text.as_deref(), &env).map_err(|e| BadInput(e.to_string()).into())
+    CacheConfig::parse(name, text, &env).map_err(|e| BadInput(e.to_string()).into())
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
